@@ -1,0 +1,256 @@
+using System.Globalization;
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using Microsoft.Extensions.AI;
+
+namespace Coral.AI;
+
+/// <summary>
+/// An <see cref="IChatClient"/> that runs a Hugging Face Llama-family model in process on TorchSharp.
+/// </summary>
+/// <remarks>
+/// <para>
+/// All members are safe for concurrent use. Requests over one model host are queued and run one at a time (the host
+/// has a single KV cache, which also keeps the previous conversation so that a follow-up turn skips its shared prefix);
+/// concurrent requests never share state. Each request runs on its own thread; cancellation is checked at every token.
+/// </para>
+/// <para>
+/// <see cref="ChatOptions"/> fields honoured: Temperature (0 = greedy), TopP, TopK, Seed, MaxOutputTokens, StopSequences
+/// (matched on text across token boundaries; the stop text is not emitted), FrequencyPenalty and PresencePenalty (OpenAI
+/// semantics, over the generated tokens), Instructions (a leading system message), ModelId (must be this model's id or
+/// null). AdditionalProperties keys: <c>min_p</c>, <c>repetition_penalty</c>. Not yet used: Tools, ToolMode,
+/// ResponseFormat, Reasoning (the chat template issue adds them); ConversationId, RawRepresentationFactory and background
+/// responses are ignored (the client is stateless). The caller's options are never modified.
+/// </para>
+/// <para>
+/// Defaults: sampling at <see cref="CoralChatClientOptions.DefaultTemperature"/> and
+/// <see cref="CoralChatClientOptions.DefaultTopP"/>, a cap of <see cref="CoralChatClientOptions.DefaultMaxOutputTokens"/>.
+/// </para>
+/// </remarks>
+public sealed class CoralChatClient : IChatClient
+{
+    /// <summary>The provider name reported in <see cref="ChatClientMetadata"/>.</summary>
+    public const string ProviderName = "coral";
+
+    private readonly CoralModelHost _host;
+    private readonly bool _ownsHost;
+    private readonly CoralChatClientOptions _defaults;
+    private readonly ChatClientMetadata _metadata;
+
+    /// <summary>Initializes a new instance of the <see cref="CoralChatClient"/> class that owns its model host.</summary>
+    /// <param name="options">The model options. The model loads on first use (or call <see cref="CoralModelHost.WaitUntilReadyAsync"/>).</param>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is <see langword="null"/>.</exception>
+    public CoralChatClient(CoralChatClientOptions options)
+        : this(new CoralModelHost(Throw.IfNull(options)), ownsHost: true)
+    {
+    }
+
+    /// <summary>Initializes a new instance of the <see cref="CoralChatClient"/> class over a shared model host.</summary>
+    /// <param name="host">The model host; it is not disposed with the client.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="host"/> is <see langword="null"/>.</exception>
+    public CoralChatClient(CoralModelHost host)
+        : this(Throw.IfNull(host), ownsHost: false)
+    {
+    }
+
+    private CoralChatClient(CoralModelHost host, bool ownsHost)
+    {
+        _host = host;
+        _ownsHost = ownsHost;
+        _defaults = host.Options;
+        _metadata = new ChatClientMetadata(ProviderName, host.ModelUri, host.ModelId);
+    }
+
+    /// <summary>Gets the model host serving this client.</summary>
+    public CoralModelHost Host => _host;
+
+    /// <inheritdoc />
+    public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default) =>
+        GetStreamingResponseAsync(messages, options, cancellationToken).ToChatResponseAsync(cancellationToken);
+
+    /// <inheritdoc />
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(
+        IEnumerable<ChatMessage> messages, ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        _ = Throw.IfNull(messages);
+        List<ChatMessage> history = messages.ToList();
+        if (options?.ModelId is string requested && requested != _host.ModelId)
+        {
+            throw new InvalidOperationException($"Unknown model id '{requested}': this client serves '{_host.ModelId}'.");
+        }
+
+        SamplingParameters sampling = MapSampling(options);
+        int maxTokens = options?.MaxOutputTokens ?? _defaults.DefaultMaxOutputTokens;
+        if (maxTokens < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"ChatOptions.MaxOutputTokens must be at least 1 (got {maxTokens}).");
+        }
+
+        InferenceEngine engine = await _host.GetEngineAsync(cancellationToken).ConfigureAwait(false);
+        RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, options?.Instructions);
+        List<int> ids = engine.Tokenizer.Encode(prompt.Text, addSpecialTokens: false);
+        var stops = new List<string>(prompt.TurnTerminators.Where(t => !engine.Tokenizer.TryGetId(t, out _)));
+        if (options?.StopSequences is { } userStops)
+        {
+            stops.AddRange(userStops);
+        }
+
+        var request = new GenerationRequest(ids, sampling, maxTokens, stops);
+        if (ids.Count >= engine.ContextLength)
+        {
+            throw new PromptTooLongException(ids.Count, engine.ContextLength);
+        }
+
+        string responseId = "coral-" + Guid.NewGuid().ToString("N");
+        string messageId = "msg-" + Guid.NewGuid().ToString("N");
+        DateTimeOffset created = DateTimeOffset.UtcNow;
+        ChatResponseUpdate NewUpdate(string? text) => new(ChatRole.Assistant, text)
+        {
+            ResponseId = responseId,
+            MessageId = messageId,
+            ModelId = _host.ModelId,
+            CreatedAt = created,
+        };
+
+        var channel = Channel.CreateUnbounded<ChatResponseUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        Task worker;
+        try
+        {
+            worker = Task.Factory.StartNew(() =>
+            {
+                try
+                {
+                    GenerationResult result = engine.Generate(request, (_, text) =>
+                    {
+                        if (text.Length > 0)
+                        {
+                            channel.Writer.TryWrite(NewUpdate(text));
+                        }
+                    }, stop.Token);
+                    ChatResponseUpdate last = NewUpdate(null);
+                    last.FinishReason = result.Finish == GenerationFinish.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
+                    last.Contents.Add(new UsageContent(ToUsage(result)));
+                    channel.Writer.TryWrite(last);
+                    channel.Writer.TryComplete();
+                }
+                catch (Exception ex)
+                {
+                    channel.Writer.TryComplete(ex);
+                }
+                finally
+                {
+                    engine.Gate.Release();
+                }
+            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        }
+        catch
+        {
+            engine.Gate.Release();
+            throw;
+        }
+
+        try
+        {
+            await foreach (ChatResponseUpdate update in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+            {
+                yield return update;
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            await worker.ConfigureAwait(false);
+        }
+    }
+
+    /// <inheritdoc />
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        _ = Throw.IfNull(serviceType);
+        return serviceKey is not null ? null
+            : serviceType == typeof(ChatClientMetadata) ? _metadata
+            : serviceType == typeof(CoralModelHost) ? _host
+            : serviceType.IsInstanceOfType(this) ? this
+            : null;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_ownsHost)
+        {
+            _host.Dispose();
+        }
+    }
+
+    internal static UsageDetails ToUsage(GenerationResult r)
+    {
+        var usage = new UsageDetails
+        {
+            InputTokenCount = r.PromptTokens,
+            OutputTokenCount = r.TokenIds.Count,
+            TotalTokenCount = r.PromptTokens + r.TokenIds.Count,
+            CachedInputTokenCount = r.CachedPromptTokens,
+            AdditionalCounts = new AdditionalPropertiesDictionary<long>
+            {
+                ["prompt_eval_duration_ns"] = (long)(r.PrefillTime.TotalMilliseconds * 1e6),
+                ["eval_duration_ns"] = (long)(r.DecodeTime.TotalMilliseconds * 1e6),
+                ["time_to_first_token_ns"] = (long)(r.TimeToFirstToken.TotalMilliseconds * 1e6),
+                ["target_forward_passes"] = r.TargetForwardPasses,
+            },
+        };
+        if (r.Speculative is { } s)
+        {
+            usage.AdditionalCounts["draft_tokens_proposed"] = s.DraftTokens;
+            usage.AdditionalCounts["draft_tokens_accepted"] = s.AcceptedTokens - s.Cycles;
+            usage.AdditionalCounts["mean_accepted_length_x1000"] = (long)Math.Round(s.MeanAcceptedLength * 1000);
+        }
+
+        return usage;
+    }
+
+    private SamplingParameters MapSampling(ChatOptions? o)
+    {
+        float temperature = o?.Temperature ?? _defaults.DefaultTemperature;
+        if (temperature < 0 || o?.TopP is < 0 or > 1 || o?.TopK is < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(o), "ChatOptions.Temperature must be >= 0, TopP in [0, 1] and TopK >= 0.");
+        }
+
+        return new SamplingParameters
+        {
+            Temperature = temperature,
+            TopP = o?.TopP ?? _defaults.DefaultTopP,
+            TopK = o?.TopK,
+            MinP = ReadFloat(o, "min_p"),
+            RepetitionPenalty = ReadFloat(o, "repetition_penalty") ?? 1f,
+            FrequencyPenalty = o?.FrequencyPenalty ?? 0f,
+            PresencePenalty = o?.PresencePenalty ?? 0f,
+            Seed = o?.Seed,
+        };
+    }
+
+    private static float? ReadFloat(ChatOptions? o, string key)
+    {
+        if (o?.AdditionalProperties is null || !o.AdditionalProperties.TryGetValue(key, out object? value) || value is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            return value switch
+            {
+                System.Text.Json.JsonElement e => e.GetSingle(),
+                string s => float.Parse(s, CultureInfo.InvariantCulture),
+                _ => Convert.ToSingle(value, CultureInfo.InvariantCulture),
+            };
+        }
+        catch (Exception ex) when (ex is FormatException or InvalidCastException or InvalidOperationException)
+        {
+            throw new ArgumentException($"ChatOptions.AdditionalProperties['{key}'] must be a number (got '{value}').", nameof(o), ex);
+        }
+    }
+}

@@ -1,0 +1,42 @@
+namespace Coral.AI;
+
+/// <summary>Options of a <see cref="CoralChatClient"/> and of the model host behind it.</summary>
+/// <remarks>Bind from configuration (section <c>Coral</c>): <c>Coral__ModelPath</c>, <c>Coral__Device</c>, ...</remarks>
+public sealed class CoralChatClientOptions
+{
+    /// <summary>Gets or sets the Hugging Face model folder (config.json, model.safetensors[.index.json], tokenizer.json).</summary>
+    public string? ModelPath { get; set; }
+
+    /// <summary>Gets or sets the drafter folder for speculative decoding, or <see langword="null"/> for plain decoding.</summary>
+    public string? DraftModelPath { get; set; }
+
+    /// <summary>Gets or sets the model id reported in responses; defaults to the model folder's name.</summary>
+    public string? ModelId { get; set; }
+
+    /// <summary>Gets or sets the device: <c>cpu</c>, <c>cuda</c> or <c>cuda:N</c>. Defaults to <c>cpu</c>.</summary>
+    public string Device { get; set; } = "cpu";
+
+    /// <summary>
+    /// Gets or sets the compute dtype of the weights: <c>float32</c>, <c>bfloat16</c> or <c>float16</c>; <see langword="null"/>
+    /// picks the best for the device (bfloat16 on CPU and CUDA). float16 is refused on CPU, where it is 40× slower.
+    /// </summary>
+    public string? DType { get; set; }
+
+    /// <summary>Gets or sets the context length (prompt + output) the KV cache is allocated for. Defaults to 4096, capped by the model.</summary>
+    public int ContextLength { get; set; } = 4096;
+
+    /// <summary>Gets or sets the output cap used when <c>ChatOptions.MaxOutputTokens</c> is not set.</summary>
+    public int DefaultMaxOutputTokens { get; set; } = 1024;
+
+    /// <summary>Gets or sets the temperature used when <c>ChatOptions.Temperature</c> is not set (sampling by default, as ME.AI expects).</summary>
+    public float DefaultTemperature { get; set; } = 0.7f;
+
+    /// <summary>Gets or sets the top-p used when <c>ChatOptions.TopP</c> is not set.</summary>
+    public float DefaultTopP { get; set; } = 0.95f;
+
+    /// <summary>Gets or sets how many prompt tokens one prefill forward processes.</summary>
+    public int PrefillChunkSize { get; set; } = 256;
+
+    /// <summary>Gets or sets the number of CPU threads torch uses; <see langword="null"/> keeps torch's default.</summary>
+    public int? Threads { get; set; }
+}

@@ -1,0 +1,233 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI;
+
+/// <summary>
+/// Converts a Hugging Face model folder (Llama, Mistral, Qwen2, Qwen3 with a byte-level BPE tokenizer) to a GGUF file
+/// that llama.cpp loads, so the same weights can run under llama.cpp/LLamaSharp/Ollama.
+/// </summary>
+public static class GgufExporter
+{
+    private const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    private const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    /// <summary>Writes <paramref name="outputPath"/> from the model in <paramref name="modelFolder"/>.</summary>
+    /// <param name="modelFolder">The Hugging Face model folder.</param>
+    /// <param name="outputPath">The GGUF file to write.</param>
+    /// <param name="tensorType">The storage type of the 2-D weights: <c>f32</c>, <c>f16</c> or <c>bf16</c> (norms stay f32).</param>
+    /// <exception cref="ArgumentNullException">An argument is <see langword="null"/>.</exception>
+    /// <exception cref="CoralModelException">The model cannot be exported.</exception>
+    public static void Export(string modelFolder, string outputPath, string tensorType = "f32")
+    {
+        _ = Throw.IfNullOrWhitespace(modelFolder);
+        _ = Throw.IfNullOrWhitespace(outputPath);
+        (uint ggmlType, ScalarType torchType) = tensorType.ToLowerInvariant() switch
+        {
+            "f32" or "float32" => (GgufWriter.TypeF32, ScalarType.Float32),
+            "f16" or "float16" => (GgufWriter.TypeF16, ScalarType.Float16),
+            "bf16" or "bfloat16" => (GgufWriter.TypeBF16, ScalarType.BFloat16),
+            _ => throw new ArgumentException($"Tensor type '{tensorType}' is not supported; use f32, f16 or bf16.", nameof(tensorType)),
+        };
+
+        ModelConfig c = ModelConfig.Load(Path.Combine(modelFolder, "config.json"));
+        string arch = c.Family switch
+        {
+            ModelFamily.Llama or ModelFamily.Mistral => "llama",
+            ModelFamily.Qwen2 => "qwen2",
+            _ => "qwen3",
+        };
+        bool permuteQk = arch == "llama";
+        var g = new GgufWriter();
+        g.Add("general.architecture", arch);
+        g.Add("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder))));
+        g.Add("general.file_type", ggmlType == GgufWriter.TypeF32 ? 0u : ggmlType == GgufWriter.TypeF16 ? 1u : 32u);
+        g.Add($"{arch}.context_length", (uint)c.MaxPositionEmbeddings);
+        g.Add($"{arch}.embedding_length", (uint)c.HiddenSize);
+        g.Add($"{arch}.block_count", (uint)c.NumLayers);
+        g.Add($"{arch}.feed_forward_length", (uint)c.IntermediateSize);
+        g.Add($"{arch}.attention.head_count", (uint)c.NumHeads);
+        g.Add($"{arch}.attention.head_count_kv", (uint)c.NumKvHeads);
+        g.Add($"{arch}.attention.key_length", (uint)c.HeadDim);
+        g.Add($"{arch}.attention.value_length", (uint)c.HeadDim);
+        g.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
+        g.Add($"{arch}.rope.dimension_count", (uint)c.HeadDim);
+        g.Add($"{arch}.rope.freq_base", (float)c.RopeTheta);
+        g.Add($"{arch}.vocab_size", (uint)c.VocabSize);
+        AddTokenizer(g, modelFolder, c);
+
+        using var reader = new CheckpointReader(modelFolder);
+        using var noGrad = torch.no_grad();
+        void Put(string ggufName, string hfName, long[] shape, bool norm = false, int permuteHeads = 0)
+        {
+            using Tensor t = reader.Take(hfName, shape, ScalarType.Float32);
+            using Tensor p = permuteHeads > 0 ? PermuteForInterleavedRope(t, permuteHeads) : t.alias();
+            using Tensor outT = norm || shape.Length == 1 ? p.contiguous() : p.to(torchType).contiguous();
+            g.AddTensor(ggufName, shape, norm || shape.Length == 1 ? GgufWriter.TypeF32 : ggmlType, outT.bytes.ToArray());
+        }
+
+        long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
+        Put("token_embd.weight", "model.embed_tokens.weight", [c.VocabSize, d]);
+        Put("output_norm.weight", "model.norm.weight", [d], norm: true);
+        if (!c.TieWordEmbeddings)
+        {
+            Put("output.weight", "lm_head.weight", [c.VocabSize, d]);
+        }
+
+        if (c.RopeScaling is not null)
+        {
+            float[] factors = RopeFrequencyFactors(c);
+            using Tensor f = torch.tensor(factors);
+            g.AddTensor("rope_freqs.weight", [factors.Length], GgufWriter.TypeF32, f.bytes.ToArray());
+        }
+
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string h = $"model.layers.{i}.", b = $"blk.{i}.";
+            Put(b + "attn_norm.weight", h + "input_layernorm.weight", [d], norm: true);
+            Put(b + "attn_q.weight", h + "self_attn.q_proj.weight", [nq, d], permuteHeads: permuteQk ? c.NumHeads : 0);
+            Put(b + "attn_k.weight", h + "self_attn.k_proj.weight", [nkv, d], permuteHeads: permuteQk ? c.NumKvHeads : 0);
+            Put(b + "attn_v.weight", h + "self_attn.v_proj.weight", [nkv, d]);
+            Put(b + "attn_output.weight", h + "self_attn.o_proj.weight", [d, nq]);
+            if (c.QkvBias)
+            {
+                Put(b + "attn_q.bias", h + "self_attn.q_proj.bias", [nq], permuteHeads: permuteQk ? c.NumHeads : 0);
+                Put(b + "attn_k.bias", h + "self_attn.k_proj.bias", [nkv], permuteHeads: permuteQk ? c.NumKvHeads : 0);
+                Put(b + "attn_v.bias", h + "self_attn.v_proj.bias", [nkv]);
+            }
+
+            if (c.OutputBias)
+            {
+                Put(b + "attn_output.bias", h + "self_attn.o_proj.bias", [d]);
+            }
+
+            if (c.QkNorm)
+            {
+                Put(b + "attn_q_norm.weight", h + "self_attn.q_norm.weight", [hd], norm: true);
+                Put(b + "attn_k_norm.weight", h + "self_attn.k_norm.weight", [hd], norm: true);
+            }
+
+            Put(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
+            Put(b + "ffn_gate.weight", h + "mlp.gate_proj.weight", [ff, d]);
+            Put(b + "ffn_up.weight", h + "mlp.up_proj.weight", [ff, d]);
+            Put(b + "ffn_down.weight", h + "mlp.down_proj.weight", [d, ff]);
+        }
+
+        g.Write(outputPath);
+    }
+
+    /// <summary>
+    /// HF stores q/k rows for rotate_half RoPE (pairs (i, i + hd/2)); llama.cpp's "normal" RoPE rotates adjacent pairs
+    /// (2i, 2i + 1). Within each head, new row 2i + j takes old row j·hd/2 + i.
+    /// </summary>
+    private static Tensor PermuteForInterleavedRope(Tensor w, int heads)
+    {
+        long rows = w.shape[0];
+        long hd = rows / heads;
+        long[] rest = w.shape.Skip(1).ToArray();
+        return w.reshape([heads, 2, hd / 2, .. rest]).transpose(1, 2).reshape([rows, .. rest]);
+    }
+
+    private static float[] RopeFrequencyFactors(ModelConfig c)
+    {
+        Llama3RopeScaling s = c.RopeScaling!;
+        int half = c.HeadDim / 2;
+        var factors = new float[half];
+        double lowWavelen = s.OriginalMaxPositions / s.LowFreqFactor, highWavelen = s.OriginalMaxPositions / s.HighFreqFactor;
+        for (int i = 0; i < half; i++)
+        {
+            double inv = (float)(1.0 / Math.Pow(c.RopeTheta, (2.0 * i) / c.HeadDim));
+            double wavelen = 2 * Math.PI / inv;
+            double scaled = wavelen < highWavelen ? inv
+                : wavelen > lowWavelen ? inv / s.Factor
+                : (1 - (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor)) * inv / s.Factor
+                  + (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor) * inv;
+            factors[i] = (float)(inv / scaled);
+        }
+
+        return factors;
+    }
+
+    private static void AddTokenizer(GgufWriter g, string folder, ModelConfig c)
+    {
+        string path = Path.Combine(folder, "tokenizer.json");
+        JsonObject root = ModelConfig.ReadJsonObject(path);
+        HfTokenizer tokenizer = HfTokenizer.Load(folder);
+        if (!tokenizer.IsByteLevel)
+        {
+            throw new CoralModelException(path, "model", "only byte-level BPE tokenizers can be exported to GGUF so far.");
+        }
+
+        JsonObject vocab = (JsonObject)root["model"]!["vocab"]!;
+        var tokens = new string[c.VocabSize];
+        var types = new int[c.VocabSize];
+        foreach (var (piece, id) in vocab)
+        {
+            int i = id!.GetValue<int>();
+            if (i < tokens.Length)
+            {
+                tokens[i] = piece;
+                types[i] = 1;
+            }
+        }
+
+        foreach (JsonNode? n in root["added_tokens"] as JsonArray ?? [])
+        {
+            int i = n!["id"]!.GetValue<int>();
+            if (i < tokens.Length)
+            {
+                tokens[i] = n["content"]!.GetValue<string>();
+                types[i] = n["special"]?.GetValue<bool>() ?? false ? 3 : 4;
+            }
+        }
+
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (tokens[i] is null)
+            {
+                tokens[i] = $"[PAD{i}]";
+                types[i] = 5;
+            }
+        }
+
+        var merges = ((JsonArray?)root["model"]!["merges"] ?? [])
+            .Select(m => m is JsonArray a ? $"{a[0]} {a[1]}" : m!.GetValue<string>()).ToArray();
+        string? split = FindSplit(root["pre_tokenizer"]);
+        string pre = split switch
+        {
+            null => "gpt-2",
+            Llama3Pattern => "llama-bpe",
+            Qwen2Pattern => "qwen2",
+            _ => throw new CoralModelException(path, "pre_tokenizer", "this split pattern has no known llama.cpp pre-tokenizer name."),
+        };
+
+        g.Add("tokenizer.ggml.model", "gpt2");
+        g.Add("tokenizer.ggml.pre", pre);
+        g.Add("tokenizer.ggml.tokens", tokens);
+        g.Add("tokenizer.ggml.token_type", types);
+        g.Add("tokenizer.ggml.merges", merges);
+        List<int> probe = tokenizer.Encode("a", addSpecialTokens: true);
+        bool addsBos = tokenizer.BosTokenId is int bos && probe.Count > 0 && probe[0] == bos;
+        int? bosId = tokenizer.BosTokenId ?? c.BosTokenId;
+        if (bosId is int b)
+        {
+            g.Add("tokenizer.ggml.bos_token_id", (uint)b);
+        }
+
+        int? eosId = tokenizer.Config.GenerationEosTokenIds.Concat(c.EosTokenIds).Select(x => (int?)x).FirstOrDefault() ?? tokenizer.EosTokenId;
+        if (eosId is int e)
+        {
+            g.Add("tokenizer.ggml.eos_token_id", (uint)e);
+        }
+
+        g.Add("tokenizer.ggml.add_bos_token", addsBos);
+    }
+
+    private static string? FindSplit(JsonNode? node) => node switch
+    {
+        JsonObject o when o["type"]?.GetValue<string>() == "Split" => o["pattern"]?["Regex"]?.GetValue<string>(),
+        JsonObject o => (o["pretokenizers"] as JsonArray)?.Select(FindSplit).FirstOrDefault(x => x is not null),
+        _ => null,
+    };
+}

@@ -1,0 +1,75 @@
+using Microsoft.Extensions.Options;
+
+namespace Coral.AI;
+
+/// <summary>Validates <see cref="CoralChatClientOptions"/> at start, with messages that name the option.</summary>
+internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralChatClientOptions>
+{
+    public ValidateOptionsResult Validate(string? name, CoralChatClientOptions options) =>
+        Check(options) is string error ? ValidateOptionsResult.Fail(error) : ValidateOptionsResult.Success;
+
+    internal static string? Check(CoralChatClientOptions o)
+    {
+        if (string.IsNullOrWhiteSpace(o.ModelPath))
+        {
+            return "CoralChatClientOptions.ModelPath is required (a Hugging Face model folder with config.json).";
+        }
+
+        if (!Directory.Exists(o.ModelPath))
+        {
+            return $"CoralChatClientOptions.ModelPath '{o.ModelPath}' does not exist.";
+        }
+
+        if (!File.Exists(Path.Combine(o.ModelPath, "config.json")))
+        {
+            return $"CoralChatClientOptions.ModelPath '{o.ModelPath}' has no config.json.";
+        }
+
+        if (!File.Exists(Path.Combine(o.ModelPath, "tokenizer.json")))
+        {
+            return $"CoralChatClientOptions.ModelPath '{o.ModelPath}' has no tokenizer.json.";
+        }
+
+        if (o.DraftModelPath is not null && !Directory.Exists(o.DraftModelPath))
+        {
+            return $"CoralChatClientOptions.DraftModelPath '{o.DraftModelPath}' does not exist.";
+        }
+
+        if (!TorchDevices.IsValidDevice(o.Device))
+        {
+            return $"CoralChatClientOptions.Device '{o.Device}' is not valid; use cpu, cuda or cuda:N.";
+        }
+
+        if (!TorchDevices.TryParseDType(o.DType, out var dtype))
+        {
+            return $"CoralChatClientOptions.DType '{o.DType}' is not valid; use float32, bfloat16 or float16 (or leave it unset).";
+        }
+
+        if (dtype == TorchSharp.torch.ScalarType.Float16 && o.Device == "cpu")
+        {
+            return "CoralChatClientOptions.DType float16 is not supported on CPU; use bfloat16 or float32.";
+        }
+
+        if (o.ContextLength < 16)
+        {
+            return $"CoralChatClientOptions.ContextLength must be at least 16 (got {o.ContextLength}).";
+        }
+
+        if (o.DefaultMaxOutputTokens < 1)
+        {
+            return $"CoralChatClientOptions.DefaultMaxOutputTokens must be at least 1 (got {o.DefaultMaxOutputTokens}).";
+        }
+
+        if (o.DefaultTemperature < 0 || o.DefaultTopP is <= 0 or > 1)
+        {
+            return "CoralChatClientOptions.DefaultTemperature must be >= 0 and DefaultTopP in (0, 1].";
+        }
+
+        if (o.PrefillChunkSize < 1 || o.Threads is < 1)
+        {
+            return "CoralChatClientOptions.PrefillChunkSize and Threads must be at least 1.";
+        }
+
+        return null;
+    }
+}

@@ -1,0 +1,175 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using TorchSharp;
+
+namespace Coral.AI;
+
+/// <summary>
+/// Owns a loaded model (weights, tokenizer, KV cache) and shares it between chat clients. Loads once, in the background
+/// when started by the hosted warm-up service, or on first use. Thread-safe.
+/// </summary>
+/// <remarks>Chat clients created over a host never dispose it; dispose the host (or let the DI container do it).</remarks>
+public sealed class CoralModelHost : IDisposable
+{
+    private readonly object _sync = new();
+    private readonly CoralChatClientOptions _options;
+    private readonly ILogger _logger;
+    private Task<InferenceEngine>? _loading;
+    private InferenceEngine? _engine;
+    private bool _disposed;
+
+    /// <summary>Initializes a new instance of the <see cref="CoralModelHost"/> class. Nothing is loaded yet.</summary>
+    /// <param name="options">The model options; copied, so later changes have no effect.</param>
+    /// <param name="logger">A logger for load, device and dtype choices.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is <see langword="null"/>.</exception>
+    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    public CoralModelHost(CoralChatClientOptions options, ILogger<CoralModelHost>? logger = null)
+    {
+        _ = Throw.IfNull(options);
+        string? error = CoralChatClientOptionsValidator.Check(options);
+        if (error is not null)
+        {
+            throw new ArgumentException(error, nameof(options));
+        }
+
+        _options = Copy(options);
+        _logger = (ILogger?)logger ?? NullLogger.Instance;
+        ModelId = options.ModelId ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.ModelPath!)));
+        ModelUri = new Uri(Path.GetFullPath(options.ModelPath!));
+    }
+
+    /// <summary>Gets the model id reported in responses.</summary>
+    public string ModelId { get; }
+
+    /// <summary>Gets the file URI of the model folder.</summary>
+    public Uri ModelUri { get; }
+
+    /// <summary>Gets the current state.</summary>
+    public CoralModelState State
+    {
+        get
+        {
+            Task? t = _loading;
+            return t is null ? CoralModelState.NotStarted
+                : !t.IsCompleted ? CoralModelState.Loading
+                : t.IsCompletedSuccessfully ? CoralModelState.Ready
+                : CoralModelState.Failed;
+        }
+    }
+
+    /// <summary>Gets the load failure, if loading failed.</summary>
+    public Exception? Failure => _loading is { IsFaulted: true } t ? t.Exception!.InnerException ?? t.Exception : null;
+
+    /// <summary>Gets the options the host was created with (a copy).</summary>
+    public CoralChatClientOptions Options => Copy(_options);
+
+    /// <summary>Loads synchronously and returns a ready host.</summary>
+    /// <param name="options">The model options.</param>
+    /// <param name="logger">An optional logger.</param>
+    /// <returns>The loaded host.</returns>
+    public static CoralModelHost Load(CoralChatClientOptions options, ILogger<CoralModelHost>? logger = null)
+    {
+        var host = new CoralModelHost(options, logger);
+        try
+        {
+            host.WaitUntilReadyAsync(CancellationToken.None).GetAwaiter().GetResult();
+            return host;
+        }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Starts loading in the background if it has not started.</summary>
+    /// <returns>A task that completes when loading ends (faulted on failure).</returns>
+    public Task StartLoading()
+    {
+        lock (_sync)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return _loading ??= Task.Factory.StartNew(LoadEngine, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        }
+    }
+
+    /// <summary>Waits until the model is ready, starting the load if needed.</summary>
+    /// <param name="cancellationToken">Cancels the wait (not the load).</param>
+    /// <returns>A task that completes when the model is ready.</returns>
+    public async Task WaitUntilReadyAsync(CancellationToken cancellationToken)
+    {
+        await StartLoading().WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    internal async Task<InferenceEngine> GetEngineAsync(CancellationToken cancellationToken)
+    {
+        InferenceEngine engine = await ((Task<InferenceEngine>)StartLoading()).WaitAsync(cancellationToken).ConfigureAwait(false);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return engine;
+    }
+
+    /// <summary>Releases the weights and the KV cache once no request uses them.</summary>
+    public void Dispose()
+    {
+        Task<InferenceEngine>? loading;
+        lock (_sync)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            loading = _loading;
+        }
+
+        if (loading is { IsCompletedSuccessfully: true })
+        {
+            InferenceEngine engine = loading.Result;
+            engine.Gate.Wait();
+            engine.Dispose();
+        }
+    }
+
+    private InferenceEngine LoadEngine()
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        try
+        {
+            if (_options.Threads is int threads)
+            {
+                torch.set_num_threads(threads);
+            }
+
+            var device = TorchDevices.Resolve(_options.Device);
+            var dtype = TorchDevices.ResolveDType(_options.DType, device);
+            _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (libtorch {Backend})",
+                _options.ModelPath, _options.Device, dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
+            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId);
+            _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
+                ModelId, clock.ElapsedMilliseconds, _engine.Model.Config.Architecture, _engine.Model.Config.NumLayers,
+                _engine.Model.Config.HiddenSize, _engine.Model.Config.VocabSize, _engine.ContextLength, _engine.Cache.Bytes / 1048576.0);
+            return _engine;
+        }
+        catch (Exception ex)
+        {
+            _logger.LogError(ex, "Coral: loading {ModelPath} failed", _options.ModelPath);
+            throw;
+        }
+    }
+
+    private static CoralChatClientOptions Copy(CoralChatClientOptions o) => new()
+    {
+        ModelPath = o.ModelPath,
+        DraftModelPath = o.DraftModelPath,
+        ModelId = o.ModelId,
+        Device = o.Device,
+        DType = o.DType,
+        ContextLength = o.ContextLength,
+        DefaultMaxOutputTokens = o.DefaultMaxOutputTokens,
+        DefaultTemperature = o.DefaultTemperature,
+        DefaultTopP = o.DefaultTopP,
+        PrefillChunkSize = o.PrefillChunkSize,
+        Threads = o.Threads,
+    };
+}

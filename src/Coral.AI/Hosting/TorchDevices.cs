@@ -1,0 +1,72 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI;
+
+/// <summary>Turns the <c>Device</c> and <c>DType</c> option strings into torch values, failing fast with clear messages.</summary>
+internal static class TorchDevices
+{
+    public const string CudaBackendHint =
+        "CUDA was requested but this process has no CUDA-enabled libtorch. Reference the TorchSharp-cuda-linux (or " +
+        "TorchSharp-cuda-windows) package instead of libtorch-cpu-linux-x64 — in this repository build with " +
+        "-p:CoralTorchBackend=cuda — and check that an NVIDIA driver is present.";
+
+    public static bool IsValidDevice(string? device) =>
+        device is not null && (device == "cpu" || device == "cuda" || (device.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(device.AsSpan(5), out int n) && n >= 0));
+
+    public static Device Resolve(string device)
+    {
+        if (!IsValidDevice(device))
+        {
+            throw new ArgumentException($"Device '{device}' is not valid; use cpu, cuda or cuda:N.", nameof(device));
+        }
+
+        if (device == "cpu")
+        {
+            return torch.CPU;
+        }
+
+        if (!torch.cuda.is_available())
+        {
+            throw new InvalidOperationException(CudaBackendHint);
+        }
+
+        int index = device == "cuda" ? 0 : int.Parse(device.AsSpan(5), System.Globalization.CultureInfo.InvariantCulture);
+        if (index >= torch.cuda.device_count())
+        {
+            throw new InvalidOperationException($"Device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) are visible.");
+        }
+
+        return torch.device(DeviceType.CUDA, index);
+    }
+
+    public static bool TryParseDType(string? name, out ScalarType? dtype)
+    {
+        dtype = name?.ToLowerInvariant() switch
+        {
+            null or "" or "auto" => null,
+            "float32" or "f32" or "fp32" => ScalarType.Float32,
+            "bfloat16" or "bf16" => ScalarType.BFloat16,
+            "float16" or "f16" or "fp16" or "half" => ScalarType.Float16,
+            _ => (ScalarType?)(ScalarType)(-1),
+        };
+        return dtype is null || (int)dtype.Value >= 0;
+    }
+
+    /// <summary>Picks the compute dtype: the requested one, else bfloat16. float16 is refused on CPU.</summary>
+    public static ScalarType ResolveDType(string? name, Device device)
+    {
+        if (!TryParseDType(name, out ScalarType? requested))
+        {
+            throw new ArgumentException($"DType '{name}' is not valid; use float32, bfloat16 or float16.", nameof(name));
+        }
+
+        ScalarType dtype = requested ?? ScalarType.BFloat16;
+        if (dtype == ScalarType.Float16 && device.type == DeviceType.CPU)
+        {
+            throw new ArgumentException("float16 compute is not supported on CPU (its matmul is a slow reference kernel); use bfloat16 or float32.", nameof(name));
+        }
+
+        return dtype;
+    }
+}

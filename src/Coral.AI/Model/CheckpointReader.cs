@@ -1,0 +1,127 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI;
+
+/// <summary>
+/// The weights of a Hugging Face model folder: <c>model.safetensors</c> or a sharded
+/// <c>model.safetensors.index.json</c>. Tensors are taken one at a time, checked against the expected shape and
+/// converted to the compute dtype; a tensor already in that dtype stays a view of the memory-mapped file.
+/// </summary>
+internal sealed class CheckpointReader : IDisposable
+{
+    private readonly Dictionary<string, SafetensorsFile> _byTensor = new(StringComparer.Ordinal);
+    private readonly List<SafetensorsFile> _files = [];
+
+    public CheckpointReader(string folder, string baseName = "model")
+    {
+        Folder = folder;
+        string single = System.IO.Path.Combine(folder, baseName + ".safetensors");
+        string index = System.IO.Path.Combine(folder, baseName + ".safetensors.index.json");
+        try
+        {
+            if (File.Exists(index))
+            {
+                JsonObject root = ModelConfig.ReadJsonObject(index);
+                if (root["weight_map"] is not JsonObject map)
+                {
+                    throw new CoralModelException(index, "weight_map", "missing or not an object.");
+                }
+
+                var opened = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
+                foreach (var (name, fileNode) in map)
+                {
+                    string shard = fileNode?.GetValue<string>() ?? throw new CoralModelException(index, $"weight_map.{name}", "null shard name.");
+                    if (shard.Contains('/') || shard.Contains('\\') || shard.Contains(".."))
+                    {
+                        throw new CoralModelException(index, $"weight_map.{name}", $"shard '{shard}' must be a file name in the model folder.");
+                    }
+
+                    if (!opened.TryGetValue(shard, out SafetensorsFile? f))
+                    {
+                        f = SafetensorsFile.Open(System.IO.Path.Combine(folder, shard));
+                        opened[shard] = f;
+                        _files.Add(f);
+                    }
+
+                    if (!f.Entries.ContainsKey(name))
+                    {
+                        throw new CoralModelException(f.Path, name, $"listed in {System.IO.Path.GetFileName(index)} but absent from the shard.");
+                    }
+
+                    _byTensor[name] = f;
+                }
+            }
+            else if (File.Exists(single))
+            {
+                SafetensorsFile f = SafetensorsFile.Open(single);
+                _files.Add(f);
+                foreach (string name in f.Entries.Keys)
+                {
+                    _byTensor[name] = f;
+                }
+            }
+            else
+            {
+                throw new CoralModelException(single, null, $"no {baseName}.safetensors or {baseName}.safetensors.index.json in the folder.");
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public string Folder { get; }
+
+    public IEnumerable<string> Names => _byTensor.Keys;
+
+    public bool Contains(string name) => _byTensor.ContainsKey(name);
+
+    /// <summary>Gets a tensor's stored shape.</summary>
+    public long[] ShapeOf(string name) => _byTensor[name].Entries[name].Shape;
+
+    /// <summary>Returns the tensor converted to <paramref name="dtype"/>; a view of the mapping when no conversion is needed.</summary>
+    public Tensor Take(string name, long[] expectedShape, ScalarType dtype)
+    {
+        if (!_byTensor.TryGetValue(name, out SafetensorsFile? f))
+        {
+            throw new CoralModelException(_files.Count == 1 ? _files[0].Path : Folder, name, "required tensor is missing from the checkpoint.");
+        }
+
+        SafetensorsEntry e = f.Entries[name];
+        if (!e.Shape.SequenceEqual(expectedShape))
+        {
+            throw new CoralModelException(f.Path, name,
+                $"shape [{string.Join(", ", e.Shape)}] does not match config.json, which implies [{string.Join(", ", expectedShape)}].");
+        }
+
+        if (e.DType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+        {
+            throw new CoralModelException(f.Path, name, $"dtype {SafetensorsFile.DTypeName(e.DType)} is not a floating-point weight type (F32, BF16, F16).");
+        }
+
+        Tensor view = f.Get(name);
+        if (view.dtype == dtype)
+        {
+            return view;
+        }
+
+        using (view)
+        {
+            return view.to(dtype);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (SafetensorsFile f in _files)
+        {
+            f.Dispose();
+        }
+
+        _files.Clear();
+    }
+}

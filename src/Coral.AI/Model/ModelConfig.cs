@@ -1,0 +1,207 @@
+using System.Text.Json.Nodes;
+
+namespace Coral.AI;
+
+/// <summary>The architecture families that the forward implements.</summary>
+internal enum ModelFamily
+{
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+/// <summary>Llama-3.1 style RoPE frequency scaling (<c>rope_scaling.rope_type == "llama3"</c>).</summary>
+internal sealed record Llama3RopeScaling(double Factor, double LowFreqFactor, double HighFreqFactor, int OriginalMaxPositions);
+
+/// <summary>
+/// The parts of a Hugging Face <c>config.json</c> that the forward needs, with the defaults transformers applies.
+/// </summary>
+internal sealed record ModelConfig
+{
+    public required string Architecture { get; init; }
+    public required ModelFamily Family { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int NumLayers { get; init; }
+    public required int NumHeads { get; init; }
+    public required int NumKvHeads { get; init; }
+    public required int HeadDim { get; init; }
+    public required int VocabSize { get; init; }
+    public required double RmsNormEps { get; init; }
+    public required double RopeTheta { get; init; }
+    public Llama3RopeScaling? RopeScaling { get; init; }
+    public required int MaxPositionEmbeddings { get; init; }
+    public required bool TieWordEmbeddings { get; init; }
+
+    /// <summary>Gets whether q/k/v projections carry a bias (Qwen2 always; Llama/Qwen3 when <c>attention_bias</c>).</summary>
+    public required bool QkvBias { get; init; }
+
+    /// <summary>Gets whether o_proj carries a bias (Llama/Qwen3 <c>attention_bias</c>).</summary>
+    public required bool OutputBias { get; init; }
+
+    /// <summary>Gets whether q and k are RMS-normalised per head before RoPE (Qwen3).</summary>
+    public required bool QkNorm { get; init; }
+
+    /// <summary>Gets the sliding attention window, or null for full attention.</summary>
+    public int? SlidingWindow { get; init; }
+
+    public required IReadOnlyList<int> EosTokenIds { get; init; }
+    public int? BosTokenId { get; init; }
+    public string? TorchDtype { get; init; }
+
+    public static ModelConfig Load(string path)
+    {
+        JsonObject root = ReadJsonObject(path);
+        string arch = root["architectures"] is JsonArray { Count: > 0 } archs
+            ? archs[0]!.GetValue<string>()
+            : throw new CoralModelException(path, "architectures", "missing; expected e.g. [\"LlamaForCausalLM\"].");
+        ModelFamily family = arch switch
+        {
+            "LlamaForCausalLM" => ModelFamily.Llama,
+            "MistralForCausalLM" => ModelFamily.Mistral,
+            "Qwen2ForCausalLM" => ModelFamily.Qwen2,
+            "Qwen3ForCausalLM" => ModelFamily.Qwen3,
+            _ => throw new CoralModelException(path, "architectures",
+                $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM."),
+        };
+
+        int hidden = RequiredInt(root, path, "hidden_size");
+        int heads = RequiredInt(root, path, "num_attention_heads");
+        int kvHeads = OptionalInt(root, path, "num_key_value_heads") ?? heads;
+        int headDim = OptionalInt(root, path, "head_dim") ?? (hidden % heads == 0
+            ? hidden / heads
+            : throw new CoralModelException(path, "hidden_size", $"{hidden} is not divisible by num_attention_heads {heads} and head_dim is absent."));
+        if (heads % kvHeads != 0)
+        {
+            throw new CoralModelException(path, "num_key_value_heads", $"{kvHeads} does not divide num_attention_heads {heads}.");
+        }
+
+        if (headDim % 2 != 0)
+        {
+            throw new CoralModelException(path, "head_dim", $"{headDim} must be even for rotary embeddings.");
+        }
+
+        bool attentionBias = OptionalBool(root, path, "attention_bias") ?? false;
+        int? window = OptionalInt(root, path, "sliding_window");
+        bool useWindow = family switch
+        {
+            ModelFamily.Mistral => window is not null,
+            ModelFamily.Qwen2 or ModelFamily.Qwen3 => (OptionalBool(root, path, "use_sliding_window") ?? false) && window is not null,
+            _ => false,
+        };
+
+        return new ModelConfig
+        {
+            Architecture = arch,
+            Family = family,
+            HiddenSize = hidden,
+            IntermediateSize = RequiredInt(root, path, "intermediate_size"),
+            NumLayers = RequiredInt(root, path, "num_hidden_layers"),
+            NumHeads = heads,
+            NumKvHeads = kvHeads,
+            HeadDim = headDim,
+            VocabSize = RequiredInt(root, path, "vocab_size"),
+            RmsNormEps = OptionalDouble(root, path, "rms_norm_eps") ?? 1e-6,
+            RopeTheta = OptionalDouble(root, path, "rope_theta") ?? 10000.0,
+            RopeScaling = ParseRopeScaling(root, path),
+            MaxPositionEmbeddings = OptionalInt(root, path, "max_position_embeddings") ?? 2048,
+            TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? false,
+            QkvBias = family == ModelFamily.Qwen2 || attentionBias,
+            OutputBias = family != ModelFamily.Qwen2 && attentionBias,
+            QkNorm = family == ModelFamily.Qwen3,
+            SlidingWindow = useWindow ? window : null,
+            EosTokenIds = ReadIdList(root["eos_token_id"], path, "eos_token_id"),
+            BosTokenId = OptionalInt(root, path, "bos_token_id"),
+            TorchDtype = root["torch_dtype"]?.GetValue<string>() ?? root["dtype"]?.GetValue<string>(),
+        };
+    }
+
+    internal static JsonObject ReadJsonObject(string path)
+    {
+        if (!File.Exists(path))
+        {
+            throw new CoralModelException(path, null, "file not found.");
+        }
+
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+                ?? throw new CoralModelException(path, null, "expected a JSON object.");
+        }
+        catch (System.Text.Json.JsonException ex)
+        {
+            throw new CoralModelException(path, null, $"invalid JSON: {ex.Message}", ex);
+        }
+    }
+
+    internal static IReadOnlyList<int> ReadIdList(JsonNode? node, string path, string field)
+    {
+        try
+        {
+            return node switch
+            {
+                null => [],
+                JsonArray a => a.Select(n => n!.GetValue<int>()).ToArray(),
+                _ => [node.GetValue<int>()],
+            };
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or FormatException)
+        {
+            throw new CoralModelException(path, field, "expected an integer or a list of integers.", ex);
+        }
+    }
+
+    private static Llama3RopeScaling? ParseRopeScaling(JsonObject root, string path)
+    {
+        if (root["rope_scaling"] is not JsonObject rs)
+        {
+            return null;
+        }
+
+        string? type = rs["rope_type"]?.GetValue<string>() ?? rs["type"]?.GetValue<string>();
+        if (type is null or "default")
+        {
+            return null;
+        }
+
+        if (type != "llama3")
+        {
+            throw new CoralModelException(path, "rope_scaling.rope_type", $"'{type}' is not supported; supported: llama3, default.");
+        }
+
+        return new Llama3RopeScaling(
+            OptionalDouble(rs, path, "factor") ?? throw new CoralModelException(path, "rope_scaling.factor", "missing."),
+            OptionalDouble(rs, path, "low_freq_factor") ?? 1.0,
+            OptionalDouble(rs, path, "high_freq_factor") ?? 4.0,
+            OptionalInt(rs, path, "original_max_position_embeddings") ?? 8192);
+    }
+
+    private static int RequiredInt(JsonObject o, string path, string field) =>
+        OptionalInt(o, path, field) ?? throw new CoralModelException(path, field, "missing.");
+
+    private static int? OptionalInt(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<int>());
+
+    private static double? OptionalDouble(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<double>());
+
+    private static bool? OptionalBool(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<bool>());
+
+    private static T? Get<T>(JsonObject o, string path, string field, Func<JsonNode, T> read)
+        where T : struct
+    {
+        JsonNode? node = o[field];
+        if (node is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            return read(node);
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or FormatException)
+        {
+            throw new CoralModelException(path, field, $"has the wrong type ({node.ToJsonString()}).", ex);
+        }
+    }
+}

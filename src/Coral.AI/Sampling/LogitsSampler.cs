@@ -1,0 +1,280 @@
+namespace Coral.AI;
+
+/// <summary>
+/// Penalties, temperature, top-k, top-p and min-p over one row of logits, done in C# on the logits' memory (torch's
+/// argmax/topk over 50k entries cost more than the whole loop here). Owns the request's random stream.
+/// </summary>
+internal sealed class LogitsSampler
+{
+    private readonly SamplingParameters _p;
+    private readonly Random _random;
+    private readonly int[] _counts;
+    private readonly List<int> _seen = [];
+    private readonly HashSet<int> _context = [];
+    private readonly float[] _work;
+
+    public LogitsSampler(SamplingParameters parameters, int vocabSize, IEnumerable<int>? promptIds = null)
+    {
+        _p = parameters;
+        _random = parameters.Seed is long s ? new Random(unchecked((int)(s ^ (s >> 32)))) : new Random();
+        _counts = new int[vocabSize];
+        _work = new float[vocabSize];
+        if (parameters.RepetitionPenalty != 1f && promptIds is not null)
+        {
+            _context.UnionWith(promptIds);
+        }
+    }
+
+    public SamplingParameters Parameters => _p;
+
+    /// <summary>Records a generated token for the penalties.</summary>
+    public void Accept(int token)
+    {
+        if ((uint)token >= (uint)_counts.Length)
+        {
+            return;
+        }
+
+        if (_counts[token]++ == 0)
+        {
+            _seen.Add(token);
+        }
+
+        _context.Add(token);
+    }
+
+    /// <summary>Picks the next token from one row of logits (the span is not modified).</summary>
+    public int Sample(ReadOnlySpan<float> logits)
+    {
+        Span<float> x = _work.AsSpan(0, logits.Length);
+        logits.CopyTo(x);
+        ApplyPenalties(x);
+        if (_p.IsGreedy)
+        {
+            return ArgMax(x);
+        }
+
+        ToProbabilities(x);
+        return Draw(x);
+    }
+
+    /// <summary>Writes the distribution the sampler draws from (after every filter) into <paramref name="probs"/>.</summary>
+    public void Distribution(ReadOnlySpan<float> logits, Span<float> probs)
+    {
+        logits.CopyTo(probs);
+        ApplyPenalties(probs);
+        if (_p.IsGreedy)
+        {
+            int best = ArgMax(probs);
+            probs.Clear();
+            probs[best] = 1f;
+            return;
+        }
+
+        ToProbabilities(probs);
+    }
+
+    /// <summary>Draws an index from a normalised distribution.</summary>
+    public int Draw(ReadOnlySpan<float> probs)
+    {
+        double u = _random.NextDouble();
+        double acc = 0;
+        int last = -1;
+        for (int i = 0; i < probs.Length; i++)
+        {
+            if (probs[i] <= 0f)
+            {
+                continue;
+            }
+
+            last = i;
+            acc += probs[i];
+            if (u < acc)
+            {
+                return i;
+            }
+        }
+
+        return last;
+    }
+
+    public double NextUniform() => _random.NextDouble();
+
+    public static int ArgMax(ReadOnlySpan<float> x)
+    {
+        int best = 0;
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < x.Length; i++)
+        {
+            if (x[i] > max)
+            {
+                max = x[i];
+                best = i;
+            }
+        }
+
+        return best;
+    }
+
+    private void ApplyPenalties(Span<float> x)
+    {
+        if (_p.FrequencyPenalty != 0f || _p.PresencePenalty != 0f)
+        {
+            foreach (int t in _seen)
+            {
+                if (t < x.Length)
+                {
+                    x[t] -= _p.FrequencyPenalty * _counts[t] + _p.PresencePenalty;
+                }
+            }
+        }
+
+        if (_p.RepetitionPenalty != 1f)
+        {
+            foreach (int t in _context)
+            {
+                if ((uint)t < (uint)x.Length)
+                {
+                    x[t] = x[t] > 0 ? x[t] / _p.RepetitionPenalty : x[t] * _p.RepetitionPenalty;
+                }
+            }
+        }
+    }
+
+    /// <summary>Temperature, softmax, then top-k, top-p and min-p; the result sums to 1.</summary>
+    private void ToProbabilities(Span<float> x)
+    {
+        float inv = 1f / _p.Temperature;
+        float max = float.NegativeInfinity;
+        foreach (float v in x)
+        {
+            max = MathF.Max(max, v);
+        }
+
+        double sum = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            float e = float.IsNegativeInfinity(x[i]) ? 0f : MathF.Exp((x[i] - max) * inv);
+            x[i] = e;
+            sum += e;
+        }
+
+        Scale(x, (float)(1.0 / sum));
+        float pmax = MathF.Exp(0f) / (float)sum;
+
+        if (_p.TopK is int k && k > 0 && k < x.Length)
+        {
+            KeepLargest(x, k);
+        }
+
+        if (_p.TopP is float topP && topP < 1f)
+        {
+            KeepNucleus(x, topP, pmax);
+        }
+
+        if (_p.MinP is float minP && minP > 0f)
+        {
+            float threshold = minP * pmax;
+            for (int i = 0; i < x.Length; i++)
+            {
+                if (x[i] < threshold)
+                {
+                    x[i] = 0f;
+                }
+            }
+        }
+
+        double total = 0;
+        foreach (float v in x)
+        {
+            total += v;
+        }
+
+        Scale(x, (float)(1.0 / total));
+    }
+
+    private static void Scale(Span<float> x, float s)
+    {
+        for (int i = 0; i < x.Length; i++)
+        {
+            x[i] *= s;
+        }
+    }
+
+    /// <summary>Zeroes all but the k largest entries (ties at the boundary keep the lower index).</summary>
+    private static void KeepLargest(Span<float> x, int k)
+    {
+        var candidates = new List<(float P, int I)>();
+        for (int i = 0; i < x.Length; i++)
+        {
+            if (x[i] > 0f)
+            {
+                candidates.Add((x[i], i));
+            }
+        }
+
+        if (candidates.Count <= k)
+        {
+            return;
+        }
+
+        candidates.Sort((a, b) => b.P != a.P ? b.P.CompareTo(a.P) : a.I.CompareTo(b.I));
+        for (int j = k; j < candidates.Count; j++)
+        {
+            x[candidates[j].I] = 0f;
+        }
+    }
+
+    /// <summary>
+    /// Keeps the smallest set of most likely tokens whose mass reaches <paramref name="topP"/>. Only entries above a
+    /// threshold are sorted: the threshold is lowered until the entries above it already hold topP of the mass, so the
+    /// nucleus lies inside them.
+    /// </summary>
+    private static void KeepNucleus(Span<float> x, float topP, float pmax)
+    {
+        float threshold = pmax / 1024f;
+        var candidates = new List<(float P, int I)>();
+        while (true)
+        {
+            candidates.Clear();
+            double mass = 0;
+            for (int i = 0; i < x.Length; i++)
+            {
+                if (x[i] >= threshold && x[i] > 0f)
+                {
+                    candidates.Add((x[i], i));
+                    mass += x[i];
+                }
+            }
+
+            if (mass >= topP || threshold < 1e-30f)
+            {
+                break;
+            }
+
+            threshold /= 64f;
+        }
+
+        candidates.Sort((a, b) => b.P != a.P ? b.P.CompareTo(a.P) : a.I.CompareTo(b.I));
+        double cum = 0;
+        int keep = candidates.Count;
+        for (int j = 0; j < candidates.Count; j++)
+        {
+            cum += candidates[j].P;
+            if (cum >= topP)
+            {
+                keep = j + 1;
+                break;
+            }
+        }
+
+        var kept = new HashSet<int>(candidates.Take(keep).Select(c => c.I));
+        for (int i = 0; i < x.Length; i++)
+        {
+            if (x[i] > 0f && !kept.Contains(i))
+            {
+                x[i] = 0f;
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+using Coral.AI;
+
+namespace Coral.Cli;
+
+/// <summary>The <c>coral</c> tool: verbs dispatch to one class each.</summary>
+internal static class CliApp
+{
+    public const string Usage = """
+        coral — local LLM inference with CORAL speculative decoding
+
+        usage:
+          coral generate --model <hf-dir> [--draft <draft-dir>] --prompt <text> [--chat] [--system <text>]
+                         [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
+                         [--stop <text>]... [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16|float16] [--json]
+          coral chat     --model <hf-dir> [--system <text>] [--temperature T] [--max-new-tokens N] [--device D] [--dtype T]
+          coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16]
+        """;
+
+    public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
+    {
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            stdout.WriteLine(Usage);
+            return args.Length == 0 ? 2 : 0;
+        }
+
+        try
+        {
+            string[] rest = args[1..];
+            return args[0] switch
+            {
+                "generate" => GenerateCommand.Run(rest, stdout, stderr),
+                "chat" => await ChatCommand.RunAsync(rest, stdout, stderr, stdin).ConfigureAwait(false),
+                "export-gguf" => ExportGgufCommand.Run(rest, stdout, stderr),
+                _ => throw new UsageException($"Unknown command '{args[0]}'."),
+            };
+        }
+        catch (UsageException ex)
+        {
+            stderr.WriteLine($"error: {ex.Message}");
+            stderr.WriteLine(Usage);
+            return 2;
+        }
+        catch (Exception ex) when (ex is CoralModelException or PromptTooLongException or ArgumentException or InvalidOperationException or NotSupportedException or IOException)
+        {
+            stderr.WriteLine($"error: {ex.Message}");
+            return 1;
+        }
+    }
+}

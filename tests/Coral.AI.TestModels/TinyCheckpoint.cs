@@ -1,0 +1,248 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.TestModels;
+
+/// <summary>The shape of a random test checkpoint.</summary>
+public sealed record TinyModelSpec
+{
+    public string Architecture { get; init; } = "LlamaForCausalLM";
+    public int HiddenSize { get; init; } = 64;
+    public int Layers { get; init; } = 2;
+    public int Heads { get; init; } = 4;
+    public int KvHeads { get; init; } = 2;
+    public int? HeadDim { get; init; }
+    public int IntermediateSize { get; init; } = 176;
+    public bool Tied { get; init; }
+    public bool AttentionBias { get; init; }
+
+    /// <summary>Gets the safetensors dtype of the stored weights: F32, BF16 or F16.</summary>
+    public string StorageDType { get; init; } = "F32";
+
+    /// <summary>Gets the number of shards (1 = a single model.safetensors).</summary>
+    public int Shards { get; init; } = 1;
+
+    public double RopeTheta { get; init; } = 10000;
+    public bool Llama3RopeScaling { get; init; }
+    public int MaxPositions { get; init; } = 512;
+    public int? SlidingWindow { get; init; }
+
+    /// <summary>Gets the number of GPT-2 ranks in the byte-level vocabulary (before special tokens).</summary>
+    public int TokenizerRanks { get; init; } = 1000;
+
+    public ByteLevelStyle TokenizerStyle { get; init; } = ByteLevelStyle.Llama3;
+
+    /// <summary>Gets whether to use a SentencePiece-style tokenizer instead of byte-level BPE.</summary>
+    public bool SentencePiece { get; init; }
+
+    /// <summary>Gets extra rows in the embedding beyond the tokenizer (config vocab_size padding, as real models have).</summary>
+    public int VocabPadding { get; init; } = 3;
+
+    public float WeightScale { get; init; } = 1f;
+    public int Seed { get; init; } = 1234;
+
+    /// <summary>Gets a chat template to put in tokenizer_config.json, or null for none.</summary>
+    public string? ChatTemplate { get; init; }
+}
+
+/// <summary>Writes random Hugging Face model folders (config.json, safetensors, tokenizer.json, tokenizer_config.json,
+/// generation_config.json) exactly as transformers lays them out.</summary>
+public static class TinyCheckpoint
+{
+    public const string SentencePieceSample =
+        "The quick brown fox jumps over the lazy dog. A speculative decoder drafts tokens and the target verifies them. " +
+        "Hello world, hello there; numbers 12345 and symbols (like these) appear too. The end.";
+
+    public static string Create(string folder, TinyModelSpec spec)
+    {
+        Directory.CreateDirectory(folder);
+        int bos, eos, vocab;
+        string bosText, eosText;
+        bool addBos;
+        if (spec.SentencePiece)
+        {
+            JsonObject tj = TokenizerFactory.SentencePiece(SentencePieceSample, 200);
+            File.WriteAllText(Path.Combine(folder, "tokenizer.json"), tj.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
+            vocab = ((JsonObject)tj["model"]!["vocab"]!).Count;
+            (bos, eos, bosText, eosText, addBos) = (1, 2, "<s>", "</s>", true);
+        }
+        else
+        {
+            string[] specials = spec.TokenizerStyle switch
+            {
+                ByteLevelStyle.Llama3 => ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                ByteLevelStyle.Qwen2 => ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                _ => ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            };
+            var (tj, ids) = TokenizerFactory.ByteLevel(spec.TokenizerRanks, spec.TokenizerStyle, specials);
+            File.WriteAllText(Path.Combine(folder, "tokenizer.json"), tj.ToJsonString());
+            vocab = spec.TokenizerRanks + specials.Length;
+            if (spec.TokenizerStyle == ByteLevelStyle.Llama3)
+            {
+                (bos, eos, bosText, eosText, addBos) = (ids[0], ids[1], specials[0], specials[1], true);
+            }
+            else
+            {
+                (bos, eos, bosText, eosText, addBos) = (ids[0], ids[0], specials[0], specials[0], false);
+            }
+        }
+
+        int vocabSize = vocab + spec.VocabPadding;
+        int headDim = spec.HeadDim ?? spec.HiddenSize / spec.Heads;
+        var config = new JsonObject
+        {
+            ["architectures"] = new JsonArray(spec.Architecture),
+            ["model_type"] = spec.Architecture switch
+            {
+                "Qwen2ForCausalLM" => "qwen2",
+                "Qwen3ForCausalLM" => "qwen3",
+                "MistralForCausalLM" => "mistral",
+                _ => "llama",
+            },
+            ["hidden_size"] = spec.HiddenSize,
+            ["intermediate_size"] = spec.IntermediateSize,
+            ["num_hidden_layers"] = spec.Layers,
+            ["num_attention_heads"] = spec.Heads,
+            ["num_key_value_heads"] = spec.KvHeads,
+            ["head_dim"] = headDim,
+            ["hidden_act"] = "silu",
+            ["max_position_embeddings"] = spec.MaxPositions,
+            ["rms_norm_eps"] = 1e-5,
+            ["rope_theta"] = spec.RopeTheta,
+            ["vocab_size"] = vocabSize,
+            ["tie_word_embeddings"] = spec.Tied,
+            ["attention_bias"] = spec.AttentionBias,
+            ["bos_token_id"] = bos,
+            ["eos_token_id"] = eos,
+            ["torch_dtype"] = spec.StorageDType switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" },
+        };
+        if (spec.Llama3RopeScaling)
+        {
+            config["rope_scaling"] = new JsonObject
+            {
+                ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0,
+                ["original_max_position_embeddings"] = 64,
+            };
+        }
+
+        if (spec.SlidingWindow is int w)
+        {
+            config["sliding_window"] = w;
+            config["use_sliding_window"] = true;
+        }
+
+        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        var tokenizerConfig = new JsonObject
+        {
+            ["add_bos_token"] = addBos,
+            ["bos_token"] = bosText,
+            ["eos_token"] = eosText,
+            ["model_max_length"] = spec.MaxPositions,
+            ["tokenizer_class"] = spec.SentencePiece ? "LlamaTokenizerFast" : "PreTrainedTokenizerFast",
+        };
+        if (spec.ChatTemplate is not null)
+        {
+            tokenizerConfig["chat_template"] = spec.ChatTemplate;
+        }
+
+        File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), tokenizerConfig.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(folder, "generation_config.json"), new JsonObject
+        {
+            ["bos_token_id"] = bos,
+            ["eos_token_id"] = new JsonArray(eos),
+        }.ToJsonString());
+
+        WriteWeights(folder, spec, vocabSize, headDim);
+        return folder;
+    }
+
+    private static void WriteWeights(string folder, TinyModelSpec spec, int vocabSize, int headDim)
+    {
+        using var scope = torch.NewDisposeScope();
+        var gen = new torch.Generator((ulong)spec.Seed);
+        ScalarType storage = spec.StorageDType switch
+        {
+            "BF16" => ScalarType.BFloat16,
+            "F16" => ScalarType.Float16,
+            _ => ScalarType.Float32,
+        };
+        long d = spec.HiddenSize;
+        float s = spec.WeightScale;
+        Tensor Linear(long rows, long cols) => (torch.randn([rows, cols], generator: gen) * (s * 0.7 / Math.Sqrt(cols))).to(storage);
+        Tensor Vec(long n, double center, double spread) => (torch.randn([n], generator: gen) * spread + center).to(storage);
+
+        var tensors = new List<KeyValuePair<string, Tensor>>
+        {
+            new("model.embed_tokens.weight", (torch.randn([vocabSize, d], generator: gen) * (0.5 * s)).to(storage)),
+        };
+        bool qkvBias = spec.Architecture == "Qwen2ForCausalLM" || spec.AttentionBias;
+        bool oBias = spec.Architecture != "Qwen2ForCausalLM" && spec.AttentionBias;
+        for (int i = 0; i < spec.Layers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            tensors.Add(new(p + "input_layernorm.weight", Vec(d, 1, 0.1)));
+            tensors.Add(new(p + "self_attn.q_proj.weight", Linear(spec.Heads * headDim, d)));
+            tensors.Add(new(p + "self_attn.k_proj.weight", Linear(spec.KvHeads * headDim, d)));
+            tensors.Add(new(p + "self_attn.v_proj.weight", Linear(spec.KvHeads * headDim, d)));
+            if (qkvBias)
+            {
+                tensors.Add(new(p + "self_attn.q_proj.bias", Vec(spec.Heads * headDim, 0, 0.1)));
+                tensors.Add(new(p + "self_attn.k_proj.bias", Vec(spec.KvHeads * headDim, 0, 0.1)));
+                tensors.Add(new(p + "self_attn.v_proj.bias", Vec(spec.KvHeads * headDim, 0, 0.1)));
+            }
+
+            if (spec.Architecture == "Qwen3ForCausalLM")
+            {
+                tensors.Add(new(p + "self_attn.q_norm.weight", Vec(headDim, 1, 0.1)));
+                tensors.Add(new(p + "self_attn.k_norm.weight", Vec(headDim, 1, 0.1)));
+            }
+
+            tensors.Add(new(p + "self_attn.o_proj.weight", Linear(d, spec.Heads * headDim)));
+            if (oBias)
+            {
+                tensors.Add(new(p + "self_attn.o_proj.bias", Vec(d, 0, 0.1)));
+            }
+
+            tensors.Add(new(p + "post_attention_layernorm.weight", Vec(d, 1, 0.1)));
+            tensors.Add(new(p + "mlp.gate_proj.weight", Linear(spec.IntermediateSize, d)));
+            tensors.Add(new(p + "mlp.up_proj.weight", Linear(spec.IntermediateSize, d)));
+            tensors.Add(new(p + "mlp.down_proj.weight", Linear(d, spec.IntermediateSize)));
+        }
+
+        tensors.Add(new("model.norm.weight", Vec(d, 1, 0.1)));
+        if (!spec.Tied)
+        {
+            tensors.Add(new("lm_head.weight", (torch.randn([vocabSize, d], generator: gen) * (0.5 * s)).to(storage)));
+        }
+
+        var metadata = new Dictionary<string, string> { ["format"] = "pt" };
+        if (spec.Shards <= 1)
+        {
+            SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"), tensors, metadata);
+            return;
+        }
+
+        var weightMap = new JsonObject();
+        long totalBytes = 0;
+        int per = (tensors.Count + spec.Shards - 1) / spec.Shards;
+        for (int shard = 0; shard < spec.Shards; shard++)
+        {
+            string name = $"model-{shard + 1:D5}-of-{spec.Shards:D5}.safetensors";
+            var part = tensors.Skip(shard * per).Take(per).ToList();
+            SafetensorsWriter.Write(Path.Combine(folder, name), part, metadata);
+            foreach (var (k, t) in part)
+            {
+                weightMap[k] = name;
+                totalBytes += t.numel() * t.element_size();
+            }
+        }
+
+        File.WriteAllText(Path.Combine(folder, "model.safetensors.index.json"), new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["total_size"] = totalBytes },
+            ["weight_map"] = weightMap,
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+}

@@ -1,0 +1,53 @@
+using System.Collections.Concurrent;
+using Coral.AI.TestModels;
+
+[assembly: Xunit.CollectionBehavior(DisableTestParallelization = true)]
+
+namespace Coral.AI.Tests;
+
+/// <summary>Random checkpoints generated once per test run in a temporary folder, by name.</summary>
+internal static class ModelZoo
+{
+    private static readonly string Root = Path.Combine(Path.GetTempPath(), "coral-tests-" + Environment.ProcessId);
+    private static readonly ConcurrentDictionary<string, Lazy<string>> Models = new();
+
+    public static TinyModelSpec Llama => new() { Architecture = "LlamaForCausalLM", TokenizerStyle = ByteLevelStyle.Llama3 };
+
+    public static TinyModelSpec LlamaTiedScaled => Llama with { Tied = true, Llama3RopeScaling = true, RopeTheta = 500000, Seed = 7 };
+
+    public static TinyModelSpec Qwen2 => new()
+    {
+        Architecture = "Qwen2ForCausalLM", TokenizerStyle = ByteLevelStyle.Qwen2, Tied = true, Seed = 11,
+        ChatTemplate = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    };
+
+    public static TinyModelSpec Qwen3 => new() { Architecture = "Qwen3ForCausalLM", TokenizerStyle = ByteLevelStyle.Qwen2, HeadDim = 32, Seed = 13 };
+
+    public static TinyModelSpec Mistral => new() { Architecture = "MistralForCausalLM", TokenizerStyle = ByteLevelStyle.Gpt2, KvHeads = 1, SlidingWindow = 8, Seed = 17 };
+
+    public static TinyModelSpec LlamaShardedBf16 => Llama with { Shards = 3, StorageDType = "BF16", Seed = 19 };
+
+    public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
+
+    public static string Get(string name, TinyModelSpec spec) =>
+        Models.GetOrAdd(name, n => new Lazy<string>(() => TinyCheckpoint.Create(Path.Combine(Root, n), spec))).Value;
+
+    public static string TempFolder(string name)
+    {
+        string path = Path.Combine(Root, "scratch", name + "-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(path);
+        return path;
+    }
+
+    /// <summary>Copies a model folder so a test can corrupt it.</summary>
+    public static string Copy(string source, string name)
+    {
+        string dest = TempFolder(name);
+        foreach (string f in Directory.GetFiles(source))
+        {
+            File.Copy(f, Path.Combine(dest, Path.GetFileName(f)));
+        }
+
+        return dest;
+    }
+}

@@ -1,0 +1,142 @@
+using Coral.AI.TestModels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.Tests;
+
+public class TransformerModelTests
+{
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16"];
+
+    internal static string ModelFor(string name) => name switch
+    {
+        "llama" => ModelZoo.Get(name, ModelZoo.Llama),
+        "llama-tied-scaled" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaled),
+        "qwen2" => ModelZoo.Get(name, ModelZoo.Qwen2),
+        "qwen3" => ModelZoo.Get(name, ModelZoo.Qwen3),
+        "mistral" => ModelZoo.Get(name, ModelZoo.Mistral),
+        "llama-sharded-bf16" => ModelZoo.Get(name, ModelZoo.LlamaShardedBf16),
+        "sentencepiece" => ModelZoo.Get(name, ModelZoo.SentencePieceLlama),
+        _ => throw new ArgumentException(name),
+    };
+
+    private static long[] Sequence(int n, int vocab, int seed)
+    {
+        var r = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => (long)r.Next(vocab)).ToArray();
+    }
+
+    [Theory]
+    [MemberData(nameof(Architectures))]
+    public void IncrementalDecoding_EqualsFullForward(string arch)
+    {
+        using var model = TransformerModel.Load(ModelFor(arch), torch.CPU, ScalarType.Float32, 256);
+        long[] ids = Sequence(20, model.Config.VocabSize, 1);
+        float[] full = TorchTestHelpers.FullLogits(model, ids);
+        int v = model.Config.VocabSize;
+
+        using var inference = torch.inference_mode();
+        using KvCache cache = model.CreateCache(64);
+        // Prefill 5 tokens, then a chunk of 4, then one at a time.
+        int pos = 0;
+        foreach (int n in new[] { 5, 4 }.Concat(Enumerable.Repeat(1, ids.Length - 9)))
+        {
+            using var scope = torch.NewDisposeScope();
+            Tensor hidden = model.Forward(ids[pos..(pos + n)], cache);
+            float[] logits = TorchTestHelpers.ToArray(model.Logits(hidden));
+            float[] expected = full[(pos * v)..((pos + n) * v)];
+            Assert.True(TorchTestHelpers.MaxAbsDiff(expected, logits) < 1e-4f, $"{arch}: positions {pos}..{pos + n}");
+            pos += n;
+        }
+
+        Assert.Equal(ids.Length, cache.Length);
+    }
+
+    [Theory]
+    [MemberData(nameof(Architectures))]
+    public void TreeMaskedForward_EqualsSequentialPaths(string arch)
+    {
+        using var model = TransformerModel.Load(ModelFor(arch), torch.CPU, ScalarType.Float32, 256);
+        int v = model.Config.VocabSize;
+        long[] prefix = Sequence(6, v, 2);
+        // A tree of 6 nodes: parents (-1 = the prefix's last token).
+        int[] parent = [-1, 0, 0, 1, 2, -1];
+        long[] nodes = Sequence(parent.Length, v, 3);
+        int[] depth = new int[parent.Length];
+        for (int i = 0; i < parent.Length; i++)
+        {
+            depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
+        }
+
+        using var inference = torch.inference_mode();
+        using KvCache cache = model.CreateCache(64);
+        using (torch.NewDisposeScope())
+        {
+            model.Forward(prefix, cache);
+        }
+
+        var mask = new bool[parent.Length, parent.Length];
+        for (int i = 0; i < parent.Length; i++)
+        {
+            for (int a = i; a >= 0; a = parent[a])
+            {
+                mask[i, a] = true;
+            }
+        }
+
+        float[] tree;
+        using (torch.NewDisposeScope())
+        {
+            long[] positions = depth.Select(d => (long)(prefix.Length + d)).ToArray();
+            Tensor treeMask = torch.tensor(mask.Cast<bool>().ToArray(), [parent.Length, parent.Length]);
+            tree = TorchTestHelpers.ToArray(model.Logits(model.Forward(nodes, cache, positions, treeMask)));
+        }
+
+        for (int i = 0; i < parent.Length; i++)
+        {
+            var path = new List<long>();
+            for (int a = i; a >= 0; a = parent[a])
+            {
+                path.Insert(0, nodes[a]);
+            }
+
+            float[] seq = TorchTestHelpers.FullLogits(model, [.. prefix, .. path]);
+            float[] last = seq[((prefix.Length + path.Count - 1) * v)..((prefix.Length + path.Count) * v)];
+            Assert.True(TorchTestHelpers.MaxAbsDiff(last, tree[(i * v)..((i + 1) * v)]) < 1e-4f, $"{arch}: node {i}");
+        }
+    }
+
+    [Fact]
+    public void ShardedBf16Checkpoint_LoadsTheSameValuesAsAsSingleF32File()
+    {
+        string sharded = ModelFor("llama-sharded-bf16");
+        // Re-save the same (bf16) values as one f32 file and compare logits exactly.
+        string single = ModelZoo.Copy(sharded, "resaved");
+        foreach (string f in Directory.GetFiles(single, "model-*")) File.Delete(f);
+        File.Delete(Path.Combine(single, "model.safetensors.index.json"));
+        using (var reader = new CheckpointReader(sharded))
+        {
+            var tensors = reader.Names.Select(n => new KeyValuePair<string, Tensor>(n, reader.Take(n, reader.ShapeOf(n), ScalarType.Float32))).ToList();
+            SafetensorsWriter.Write(Path.Combine(single, "model.safetensors"), tensors);
+        }
+
+        using var a = TransformerModel.Load(sharded, torch.CPU, ScalarType.Float32, 64);
+        using var b = TransformerModel.Load(single, torch.CPU, ScalarType.Float32, 64);
+        long[] ids = Sequence(8, a.Config.VocabSize, 4);
+        Assert.Equal(TorchTestHelpers.FullLogits(a, ids), TorchTestHelpers.FullLogits(b, ids));
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("qwen2")]
+    public void Bf16Compute_StaysCloseToF32(string arch)
+    {
+        using var f32 = TransformerModel.Load(ModelFor(arch), torch.CPU, ScalarType.Float32, 64);
+        using var bf16 = TransformerModel.Load(ModelFor(arch), torch.CPU, ScalarType.BFloat16, 64);
+        long[] ids = Sequence(10, f32.Config.VocabSize, 5);
+        float[] x = TorchTestHelpers.FullLogits(f32, ids), y = TorchTestHelpers.FullLogits(bf16, ids);
+        float scale = x.Max(MathF.Abs);
+        Assert.True(TorchTestHelpers.MaxAbsDiff(x, y) < 0.05f * scale, "bf16 logits drift too far from f32");
+        Assert.NotEqual(x, y); // it really ran in bf16
+    }
+}

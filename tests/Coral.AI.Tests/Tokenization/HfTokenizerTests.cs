@@ -1,0 +1,95 @@
+using System.Text;
+
+namespace Coral.AI.Tests;
+
+/// <summary>Token ids checked against Hugging Face tokenizers (the Rust library, via Tokenizers.DotNet) as the oracle.</summary>
+public class HfTokenizerTests
+{
+    public static readonly string[] Samples =
+    [
+        "Hello world",
+        " leading space and trailing space ",
+        "I'm sure they've been there; we'll see, won't we? It's 2024-07-26 and 1234567 apples.",
+        "Tabs\tand\nnewlines\r\n\r\nand   multiple    spaces",
+        "Ünïcödé: naïve café, Straße, 東京タワー, 안녕하세요",
+        "Emoji 🙂👍🏽 and ZWJ 👩‍👩‍👧 sequences",
+        "Code: for (int i = 0; i < n; i++) { x += a[i] * 2; }",
+        "Special <|begin_of_text|> inside <|eot_id|> text <|im_end|>",
+        "",
+        "a",
+    ];
+
+    public static TheoryData<string> Models => ["llama", "qwen2", "mistral", "sentencepiece"];
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void Encode_MatchesHuggingFaceTokenizers(string name)
+    {
+        string folder = TransformerModelTests.ModelFor(name);
+        var ours = HfTokenizer.Load(folder);
+        using var oracle = new Tokenizers.DotNet.Tokenizer(Path.Combine(folder, "tokenizer.json"));
+        foreach (string s in Samples)
+        {
+            uint[] expected = oracle.Encode(s);
+            List<int> actual = ours.Encode(s);
+            Assert.True(expected.Select(x => (int)x).SequenceEqual(actual),
+                $"{name}: '{s}'\n expected [{string.Join(",", expected)}]\n actual   [{string.Join(",", actual)}]");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void Decode_RoundTripsText(string name)
+    {
+        var tok = HfTokenizer.Load(TransformerModelTests.ModelFor(name));
+        foreach (string s in Samples.Where(s => !s.Contains("<|", StringComparison.Ordinal)))
+        {
+            string expected = tok.IsByteLevel ? s : s; // SentencePiece strips the prepended space again
+            Assert.Equal(expected.Normalize(NormalizationForm.FormC), tok.Decode(tok.Encode(s, addSpecialTokens: false)).Normalize(NormalizationForm.FormC));
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void StreamingDetokenizer_EmitsOnlyCompleteUtf8_AndConcatenatesToDecode(string name)
+    {
+        var tok = HfTokenizer.Load(TransformerModelTests.ModelFor(name));
+        foreach (string s in Samples.Where(s => !s.Contains("<|", StringComparison.Ordinal)))
+        {
+            List<int> ids = tok.Encode(s, addSpecialTokens: false);
+            var detok = new StreamingDetokenizer(tok);
+            var sb = new StringBuilder();
+            foreach (int id in ids)
+            {
+                string piece = detok.Push(id);
+                Assert.DoesNotContain('\uFFFD', piece);
+                sb.Append(piece);
+            }
+
+            sb.Append(detok.Flush());
+            Assert.Equal(tok.Decode(ids), sb.ToString());
+        }
+    }
+
+    [Fact]
+    public void Emoji_SplitOverByteTokens_IsHeldBackUntilComplete()
+    {
+        var tok = HfTokenizer.Load(TransformerModelTests.ModelFor("llama"));
+        List<int> ids = tok.Encode("🙂", addSpecialTokens: false);
+        Assert.True(ids.Count > 1, "the small vocabulary should split the emoji into byte tokens");
+        var detok = new StreamingDetokenizer(tok);
+        var pieces = ids.Select(detok.Push).ToList();
+        Assert.All(pieces.Take(pieces.Count - 1), p => Assert.Equal(string.Empty, p));
+        Assert.Equal("🙂", pieces[^1]);
+    }
+
+    [Fact]
+    public void Bos_FollowsThePostProcessor()
+    {
+        var llama = HfTokenizer.Load(TransformerModelTests.ModelFor("llama"));
+        Assert.Equal(llama.BosTokenId, llama.Encode("hi")[0]);
+        Assert.NotEqual(llama.BosTokenId, llama.Encode("hi", addSpecialTokens: false)[0]);
+        var qwen = HfTokenizer.Load(TransformerModelTests.ModelFor("qwen2"));
+        Assert.Equal(qwen.Encode("hi", addSpecialTokens: false), qwen.Encode("hi"));
+    }
+}
