@@ -88,17 +88,10 @@ public sealed class CoralChatClient : IChatClient
 
         InferenceEngine engine = await _host.GetEngineAsync(cancellationToken).ConfigureAwait(false);
         RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, options?.Instructions);
-        List<int> ids = engine.Tokenizer.Encode(prompt.Text, addSpecialTokens: false);
-        var stops = new List<string>(prompt.TurnTerminators.Where(t => !engine.Tokenizer.TryGetId(t, out _)));
-        if (options?.StopSequences is { } userStops)
+        GenerationRequest request = prompt.ToRequest(engine.Tokenizer, sampling, maxTokens, options?.StopSequences);
+        if (request.PromptIds.Count >= engine.ContextLength)
         {
-            stops.AddRange(userStops);
-        }
-
-        var request = new GenerationRequest(ids, sampling, maxTokens, stops);
-        if (ids.Count >= engine.ContextLength)
-        {
-            throw new PromptTooLongException(ids.Count, engine.ContextLength);
+            throw new PromptTooLongException(request.PromptIds.Count, engine.ContextLength);
         }
 
         string responseId = "coral-" + Guid.NewGuid().ToString("N");

@@ -1,11 +1,17 @@
 namespace Coral.AI;
 
 /// <summary>One generation: the prompt ids, how to sample, when to stop.</summary>
+/// <param name="PromptIds">The prompt's token ids.</param>
+/// <param name="Sampling">How to pick tokens.</param>
+/// <param name="MaxNewTokens">The output cap.</param>
+/// <param name="StopSequences">Texts that end generation (not emitted).</param>
+/// <param name="StopTokenIds">Extra token ids that end generation like EOS (a chat template's turn terminator).</param>
 internal sealed record GenerationRequest(
     IReadOnlyList<int> PromptIds,
     SamplingParameters Sampling,
     int MaxNewTokens,
-    IReadOnlyList<string> StopSequences);
+    IReadOnlyList<string> StopSequences,
+    IReadOnlyList<int>? StopTokenIds = null);
 
 /// <summary>Why generation ended.</summary>
 internal enum GenerationFinish

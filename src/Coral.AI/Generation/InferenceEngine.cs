@@ -107,7 +107,7 @@ internal sealed class InferenceEngine : IDisposable
                 firstToken = clock.Elapsed;
             }
 
-            if (EosTokenIds.Contains(token))
+            if (EosTokenIds.Contains(token) || request.StopTokenIds?.Contains(token) == true)
             {
                 finish = GenerationFinish.Stop;
                 break;

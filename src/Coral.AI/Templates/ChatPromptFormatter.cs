@@ -4,7 +4,29 @@ using Microsoft.Extensions.AI;
 namespace Coral.AI;
 
 /// <summary>The rendered prompt of a conversation and the turn terminator that ends the assistant's reply.</summary>
-internal sealed record RenderedPrompt(string Text, IReadOnlyList<string> TurnTerminators);
+internal sealed record RenderedPrompt(string Text, IReadOnlyList<string> TurnTerminators)
+{
+    /// <summary>Builds the generation request: terminators that are single tokens stop like EOS, others as stop text.</summary>
+    public GenerationRequest ToRequest(HfTokenizer tokenizer, SamplingParameters sampling, int maxNewTokens, IEnumerable<string>? userStops)
+    {
+        var stopIds = new List<int>();
+        var stops = new List<string>();
+        foreach (string t in TurnTerminators)
+        {
+            if (tokenizer.TryGetId(t, out int id))
+            {
+                stopIds.Add(id);
+            }
+            else
+            {
+                stops.Add(t);
+            }
+        }
+
+        stops.AddRange(userStops ?? []);
+        return new GenerationRequest(tokenizer.Encode(Text, addSpecialTokens: false), sampling, maxNewTokens, stops, stopIds);
+    }
+}
 
 /// <summary>
 /// Renders ME.AI chat messages into the model's prompt format. Until the Jinja engine lands, two formats are built in and

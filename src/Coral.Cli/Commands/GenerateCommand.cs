@@ -27,31 +27,6 @@ internal static class GenerateCommand
 
         using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
-        List<int> ids;
-        var stops = new List<string>(cl.Values("--stop"));
-        if (cl.Flag("--chat"))
-        {
-            var messages = new List<ChatMessage>();
-            if (cl.Value("--system") is string system)
-            {
-                messages.Add(new ChatMessage(ChatRole.System, system));
-            }
-
-            messages.Add(new ChatMessage(ChatRole.User, prompt));
-            RenderedPrompt rendered = ChatPromptFormatter.Render(engine.Tokenizer.Config, messages, null);
-            ids = engine.Tokenizer.Encode(rendered.Text, addSpecialTokens: false);
-            stops.AddRange(rendered.TurnTerminators.Where(t => !engine.Tokenizer.TryGetId(t, out _)));
-        }
-        else
-        {
-            if (cl.Value("--system") is not null)
-            {
-                throw new UsageException("--system needs --chat.");
-            }
-
-            ids = engine.Tokenizer.Encode(prompt, addSpecialTokens: true);
-        }
-
         float temperature = cl.Float("--temperature") ?? 0.7f;
         var sampling = new SamplingParameters
         {
@@ -66,9 +41,32 @@ internal static class GenerateCommand
             throw new UsageException("--max-new-tokens must be >= 1 and --temperature >= 0.");
         }
 
+        GenerationRequest request;
+        if (cl.Flag("--chat"))
+        {
+            var messages = new List<ChatMessage>();
+            if (cl.Value("--system") is string system)
+            {
+                messages.Add(new ChatMessage(ChatRole.System, system));
+            }
+
+            messages.Add(new ChatMessage(ChatRole.User, prompt));
+            request = ChatPromptFormatter.Render(engine.Tokenizer.Config, messages, null)
+                .ToRequest(engine.Tokenizer, sampling, maxNew, cl.Values("--stop"));
+        }
+        else
+        {
+            if (cl.Value("--system") is not null)
+            {
+                throw new UsageException("--system needs --chat.");
+            }
+
+            request = new GenerationRequest(engine.Tokenizer.Encode(prompt, addSpecialTokens: true), sampling, maxNew, cl.Values("--stop"));
+        }
+
         bool json = cl.Flag("--json");
         var clock = Stopwatch.StartNew();
-        GenerationResult result = engine.Generate(new GenerationRequest(ids, sampling, maxNew, stops), json ? null : (_, text) =>
+        GenerationResult result = engine.Generate(request, json ? null : (_, text) =>
         {
             stdout.Write(text);
             stdout.Flush();

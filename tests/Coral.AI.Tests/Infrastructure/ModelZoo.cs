@@ -17,11 +17,11 @@ internal static class ModelZoo
 
     public static TinyModelSpec Qwen2 => new()
     {
-        Architecture = "Qwen2ForCausalLM", TokenizerStyle = ByteLevelStyle.Qwen2, Tied = true, Seed = 11,
+        Architecture = "Qwen2ForCausalLM", TokenizerStyle = ByteLevelStyle.Qwen2, Seed = 11,
         ChatTemplate = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
     };
 
-    public static TinyModelSpec Qwen3 => new() { Architecture = "Qwen3ForCausalLM", TokenizerStyle = ByteLevelStyle.Qwen2, HeadDim = 32, Seed = 13 };
+    public static TinyModelSpec Qwen3 => new() { Architecture = "Qwen3ForCausalLM", TokenizerStyle = ByteLevelStyle.Qwen2, HeadDim = 32, Tied = true, Seed = 13 };
 
     public static TinyModelSpec Mistral => new() { Architecture = "MistralForCausalLM", TokenizerStyle = ByteLevelStyle.Gpt2, KvHeads = 1, SlidingWindow = 8, Seed = 17 };
 
