@@ -76,7 +76,8 @@ internal static class GenerateCommand
         string finish = result.Finish == GenerationFinish.Length ? "length" : "stop";
         if (json)
         {
-            using var w = new Utf8JsonWriter(Console.OpenStandardOutput(), new JsonWriterOptions { Indented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
+            using var buffer = new MemoryStream();
+            using var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
             w.WriteStartObject();
             w.WriteString("text", result.Text);
             w.WriteStartArray("token_ids");
@@ -107,7 +108,7 @@ internal static class GenerateCommand
 
             w.WriteEndObject();
             w.Flush();
-            Console.Out.WriteLine();
+            stdout.WriteLine(System.Text.Encoding.UTF8.GetString(buffer.ToArray()));
         }
         else
         {

@@ -76,6 +76,11 @@ internal sealed class LlamaCppOracle : IDisposable
     private readonly LLamaWeights _weights;
     private readonly LLamaContext _context;
 
+    static LlamaCppOracle()
+    {
+        NativeLibraryConfig.All.WithLogCallback((_, _) => { });
+    }
+
     public LlamaCppOracle(string gguf, int contextSize = 256, int threads = 2)
     {
         var p = new ModelParams(gguf)

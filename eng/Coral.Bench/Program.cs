@@ -1,0 +1,147 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using Coral.AI;
+using Coral.AI.TestModels;
+using LLama;
+using LLama.Common;
+using LLama.Native;
+using TorchSharp;
+using static TorchSharp.torch;
+
+// Plain greedy decoding, tokens/s, Coral vs llama.cpp on the same random Llama weights, interleaved in one process.
+// usage: dotnet run -c Release --project eng/Coral.Bench -- [--hidden 512] [--layers 8] [--ranks 50000] [--tokens 128]
+//        [--rounds 7] [--out docs/benchmarks/plain-decode.md]
+NativeLibraryConfig.All.WithLogCallback((_, _) => { });
+var opts = ParseArgs(args);
+int hidden = opts.GetValueOrDefault("--hidden", 512), layers = opts.GetValueOrDefault("--layers", 8);
+int ranks = opts.GetValueOrDefault("--ranks", 50000), tokens = opts.GetValueOrDefault("--tokens", 128), rounds = opts.GetValueOrDefault("--rounds", 7);
+string? output = args.SkipWhile(a => a != "--out").Skip(1).FirstOrDefault();
+
+string root = Path.Combine(Path.GetTempPath(), $"coral-bench-{hidden}-{layers}-{ranks}");
+string model = Path.Combine(root, "model");
+if (!File.Exists(Path.Combine(model, "model.safetensors")))
+{
+    Console.Error.WriteLine($"writing random model d={hidden} L={layers} vocab={ranks} to {model}");
+    TinyCheckpoint.Create(model, new TinyModelSpec
+    {
+        HiddenSize = hidden, Layers = layers, Heads = hidden / 64, KvHeads = hidden / 128, IntermediateSize = hidden * 11 / 4,
+        TokenizerRanks = ranks, MaxPositions = 1024, VocabPadding = 0, Seed = 5,
+    });
+}
+
+var variants = new List<(string Name, Func<string, int, double> Run)>();
+foreach (string dtype in new[] { "float32", "bfloat16" })
+{
+    string gguf = Path.Combine(root, $"model-{dtype}.gguf");
+    if (!File.Exists(gguf))
+    {
+        GgufExporter.Export(model, gguf, dtype == "float32" ? "f32" : "bf16");
+    }
+
+    var engine = InferenceEngine.Load(model, torch.CPU, dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16, 512);
+    variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
+    foreach (int threads in new[] { 1, 2 })
+    {
+        var p = new ModelParams(gguf) { ContextSize = 512, BatchSize = 512, UBatchSize = 512, GpuLayerCount = 0, Threads = threads, FlashAttention = false };
+        var weights = LLamaWeights.LoadFromFile(p);
+        var ctx = weights.CreateContext(p);
+        variants.Add(($"llama.cpp {dtype} {threads}t", (prompt, n) => LlamaDecode(ctx, prompt, n)));
+    }
+}
+
+string promptText = "The history of the city begins with a small settlement on the banks of the river, where traders met each spring to";
+var results = variants.ToDictionary(v => v.Name, _ => new List<double>());
+for (int r = 0; r < rounds + 1; r++)
+{
+    // Rotate the order every round; round 0 is a warm-up and is discarded.
+    for (int k = 0; k < variants.Count; k++)
+    {
+        var (name, run) = variants[(k + r) % variants.Count];
+        double tps = run(promptText, tokens);
+        if (r > 0)
+        {
+            results[name].Add(tps);
+        }
+    }
+
+    Console.Error.WriteLine($"round {r}: " + string.Join(", ", results.Select(kv => $"{kv.Key} {(kv.Value.Count > 0 ? kv.Value[^1] : 0):F1}")));
+}
+
+double Median(List<double> x)
+{
+    var s = x.OrderBy(v => v).ToList();
+    return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
+}
+
+var report = new StringBuilder();
+report.AppendLine(CultureInfo.InvariantCulture, $"Plain greedy decode, {tokens} new tokens after a {promptText.Split(' ').Length}-word prompt; random Llama d={hidden}, {layers} layers, {hidden / 64} heads / {hidden / 128} KV heads, FFN {hidden * 11 / 4}, vocab {ranks + 5} (GPT-2 ranks + 5 specials), untied head.");
+report.AppendLine(CultureInfo.InvariantCulture, $"Medians of {rounds} interleaved rounds (order rotated each round, one warm-up discarded), one process; machine: {Environment.ProcessorCount} vCPU, torch threads {torch.get_num_threads()}.");
+report.AppendLine();
+report.AppendLine("| dtype | Coral tokens/s | llama.cpp 1 thread | llama.cpp 2 threads | Coral / best llama.cpp |");
+report.AppendLine("| --- | --- | --- | --- | --- |");
+foreach (string dtype in new[] { "float32", "bfloat16" })
+{
+    double c = Median(results[$"coral {dtype}"]), l1 = Median(results[$"llama.cpp {dtype} 1t"]), l2 = Median(results[$"llama.cpp {dtype} 2t"]);
+    report.AppendLine(CultureInfo.InvariantCulture, $"| {dtype} | {c:F1} | {l1:F1} | {l2:F1} | {c / Math.Max(l1, l2):F2} |");
+}
+
+Console.WriteLine(report);
+if (output is not null)
+{
+    File.WriteAllText(output, report.ToString());
+}
+
+static double CoralDecode(InferenceEngine engine, string prompt, int n)
+{
+    engine.ResetCache();
+    List<int> ids = engine.Tokenizer.Encode(prompt);
+    var r = engine.Generate(new GenerationRequest(ids, SamplingParameters.Greedy, n, []), null, CancellationToken.None);
+    // Decode rate: tokens after the first (the first comes from the prefill's logits).
+    return (r.TokenIds.Count - 1) / r.DecodeTime.TotalSeconds;
+}
+
+static double LlamaDecode(LLamaContext ctx, string prompt, int n)
+{
+    ctx.NativeHandle.MemoryClear();
+    var ids = ctx.Tokenize(prompt, addBos: true, special: true);
+    var batch = new LLamaBatch();
+    for (int i = 0; i < ids.Length; i++)
+    {
+        batch.Add(ids[i], i, LLamaSeqId.Zero, i == ids.Length - 1);
+    }
+
+    ctx.Decode(batch);
+    int pos = ids.Length;
+    var clock = Stopwatch.StartNew();
+    int produced = 0;
+    while (produced < n)
+    {
+        int next = LogitsSampler.ArgMax(ctx.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
+        produced++;
+        if (produced == n)
+        {
+            break;
+        }
+
+        batch.Clear();
+        batch.Add(next, pos++, LLamaSeqId.Zero, true);
+        ctx.Decode(batch);
+    }
+
+    return (n - 1) / clock.Elapsed.TotalSeconds;
+}
+
+static Dictionary<string, int> ParseArgs(string[] a)
+{
+    var d = new Dictionary<string, int>();
+    for (int i = 0; i + 1 < a.Length; i += 2)
+    {
+        if (int.TryParse(a[i + 1], out int v))
+        {
+            d[a[i]] = v;
+        }
+    }
+
+    return d;
+}

@@ -1,0 +1,100 @@
+using System.Text.Json;
+using Coral.Cli;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.Tests;
+
+public class CliTests
+{
+    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(args, stdout, stderr, new StringReader(string.Empty));
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("qwen2")]
+    [InlineData("llama-sharded-bf16")]
+    public async Task GenerateJson_IsOneObject_WithTheEngineGreedyIds(string name)
+    {
+        string model = TransformerModelTests.ModelFor(name);
+        var (code, stdout, _) = await Run("generate", "--model", model, "--prompt", "Once upon a time", "--temperature", "0",
+            "--max-new-tokens", "12", "--dtype", "float32", "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(stdout);
+        JsonElement o = doc.RootElement;
+        int[] ids = o.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        Assert.Equal(ids.Length, o.GetProperty("completion_token_count").GetInt32());
+        Assert.Equal(JsonValueKind.Null, o.GetProperty("speculative").ValueKind);
+        Assert.True(o.GetProperty("elapsed_ms").GetDouble() > 0);
+        Assert.True(o.GetProperty("tokens_per_second").GetDouble() > 0);
+
+        using var engine = InferenceEngine.Load(model, torch.CPU, ScalarType.Float32, 256);
+        List<int> prompt = engine.Tokenizer.Encode("Once upon a time");
+        Assert.Equal(prompt.Count, o.GetProperty("prompt_token_count").GetInt32());
+        var expected = engine.Generate(new GenerationRequest(prompt, SamplingParameters.Greedy, 12, []), null, default);
+        Assert.Equal(expected.TokenIds, ids);
+        Assert.Equal(expected.Text, o.GetProperty("text").GetString());
+        Assert.Equal(expected.Finish == GenerationFinish.Length ? "length" : "stop", o.GetProperty("finish_reason").GetString());
+    }
+
+    [Fact]
+    public async Task GenerateWithStop_CutsTheText()
+    {
+        string model = TransformerModelTests.ModelFor("llama");
+        var (_, full, _) = await Run("generate", "--model", model, "--prompt", "Hello", "--temperature", "0", "--max-new-tokens", "24", "--json");
+        string text = JsonDocument.Parse(full).RootElement.GetProperty("text").GetString()!;
+        string stop = text.Substring(text.Length / 2, 3);
+        var (code, cut, _) = await Run("generate", "--model", model, "--prompt", "Hello", "--temperature", "0", "--max-new-tokens", "24", "--stop", stop, "--json");
+        Assert.Equal(0, code);
+        JsonElement o = JsonDocument.Parse(cut).RootElement;
+        Assert.Equal(text[..text.IndexOf(stop, StringComparison.Ordinal)], o.GetProperty("text").GetString());
+        Assert.Equal("stop", o.GetProperty("finish_reason").GetString());
+    }
+
+    [Fact]
+    public async Task GenerateChat_UsesTheChatTemplateAndStopsAtTheTurnEnd()
+    {
+        string model = TransformerModelTests.ModelFor("qwen2");
+        var (code, stdout, _) = await Run("generate", "--model", model, "--prompt", "Hi", "--chat", "--system", "Be brief.",
+            "--temperature", "0", "--max-new-tokens", "8", "--json");
+        Assert.Equal(0, code);
+        var tok = HfTokenizer.Load(model);
+        int expectedPrompt = tok.Encode("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", addSpecialTokens: false).Count;
+        Assert.Equal(expectedPrompt, JsonDocument.Parse(stdout).RootElement.GetProperty("prompt_token_count").GetInt32());
+    }
+
+    [Fact]
+    public async Task BadInput_GivesClearErrors_AndExitCodes()
+    {
+        var (code, _, err) = await Run("generate", "--model", "/does/not/exist", "--prompt", "x");
+        Assert.Equal(1, code);
+        Assert.Contains("/does/not/exist", err);
+
+        (code, _, err) = await Run("generate", "--prompt", "x", "--bogus", "1");
+        Assert.Equal(2, code);
+        Assert.Contains("--bogus", err);
+
+        (code, _, err) = await Run("generate", "--model", TransformerModelTests.ModelFor("llama"));
+        Assert.Equal(2, code);
+        Assert.Contains("--prompt", err);
+
+        (code, _, err) = await Run("generate", "--model", TransformerModelTests.ModelFor("llama"), "--prompt", "x", "--dtype", "float16");
+        Assert.Equal(1, code);
+        Assert.Contains("float16", err);
+    }
+
+    [Fact]
+    public async Task ExportGguf_WritesAFile()
+    {
+        string output = Path.Combine(ModelZoo.TempFolder("cli-gguf"), "m.gguf");
+        var (code, _, _) = await Run("export-gguf", "--model", TransformerModelTests.ModelFor("llama"), "--out", output, "--type", "f16");
+        Assert.Equal(0, code);
+        byte[] head = File.ReadAllBytes(output)[..4];
+        Assert.Equal("GGUF"u8.ToArray(), head);
+    }
+}
