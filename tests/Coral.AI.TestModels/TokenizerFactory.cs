@@ -142,22 +142,7 @@ public static class TokenizerFactory
                     byteLevel(false)),
             };
         JsonNode postProcessor = style == ByteLevelStyle.Llama3 && specialTokens.Count > 0
-            ? new JsonObject
-            {
-                ["type"] = "TemplateProcessing",
-                ["single"] = new JsonArray(
-                    new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = specialTokens[0], ["type_id"] = 0 } },
-                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } }),
-                ["pair"] = new JsonArray(
-                    new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = specialTokens[0], ["type_id"] = 0 } },
-                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } },
-                    new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = specialTokens[0], ["type_id"] = 1 } },
-                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "B", ["type_id"] = 1 } }),
-                ["special_tokens"] = new JsonObject
-                {
-                    [specialTokens[0]] = new JsonObject { ["id"] = specialTokens[0], ["ids"] = new JsonArray(specialIds[0]), ["tokens"] = new JsonArray(specialTokens[0]) },
-                },
-            }
+            ? BosTemplate(specialTokens[0], specialIds[0])
             : new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = true, ["trim_offsets"] = false, ["use_regex"] = true };
 
         var json = new JsonObject
@@ -275,22 +260,7 @@ public static class TokenizerFactory
                     new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = " " }, ["content"] = Space.ToString() }),
             },
             ["pre_tokenizer"] = null,
-            ["post_processor"] = new JsonObject
-            {
-                ["type"] = "TemplateProcessing",
-                ["single"] = new JsonArray(
-                    new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<s>", ["type_id"] = 0 } },
-                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } }),
-                ["pair"] = new JsonArray(
-                    new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<s>", ["type_id"] = 0 } },
-                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } },
-                    new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<s>", ["type_id"] = 1 } },
-                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "B", ["type_id"] = 1 } }),
-                ["special_tokens"] = new JsonObject
-                {
-                    ["<s>"] = new JsonObject { ["id"] = "<s>", ["ids"] = new JsonArray(1), ["tokens"] = new JsonArray("<s>") },
-                },
-            },
+            ["post_processor"] = BosTemplate("<s>", 1),
             ["decoder"] = new JsonObject
             {
                 ["type"] = "Sequence",
@@ -312,6 +282,23 @@ public static class TokenizerFactory
                 ["ignore_merges"] = false,
                 ["vocab"] = vocab,
                 ["merges"] = merges,
+            },
+        };
+    }
+
+    /// <summary>A TemplateProcessing post-processor that puts <paramref name="bos"/> before each sequence.</summary>
+    private static JsonObject BosTemplate(string bos, int bosId)
+    {
+        JsonObject Special(int typeId) => new() { ["SpecialToken"] = new JsonObject { ["id"] = bos, ["type_id"] = typeId } };
+        JsonObject Sequence(string id, int typeId) => new() { ["Sequence"] = new JsonObject { ["id"] = id, ["type_id"] = typeId } };
+        return new JsonObject
+        {
+            ["type"] = "TemplateProcessing",
+            ["single"] = new JsonArray(Special(0), Sequence("A", 0)),
+            ["pair"] = new JsonArray(Special(0), Sequence("A", 0), Special(1), Sequence("B", 1)),
+            ["special_tokens"] = new JsonObject
+            {
+                [bos] = new JsonObject { ["id"] = bos, ["ids"] = new JsonArray(bosId), ["tokens"] = new JsonArray(bos) },
             },
         };
     }

@@ -203,6 +203,14 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets the logits row of the last step.</summary>
     public ReadOnlySpan<float> LastLogits => _row;
 
+    /// <summary>Runs one forward (allocators, kernels, page-in of the weights) so the first request is not the slow one.</summary>
+    public void WarmUp()
+    {
+        using var inference = torch.inference_mode();
+        RunAndReadLastRow([EosTokenIds.Count > 0 ? EosTokenIds[0] : 0], readLogits: true);
+        ResetCache();
+    }
+
     /// <summary>Forgets the cached sequence.</summary>
     public void ResetCache()
     {

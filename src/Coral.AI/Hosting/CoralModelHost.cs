@@ -146,6 +146,7 @@ public sealed class CoralModelHost : IDisposable
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
             _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId);
+            _engine.WarmUp();
             _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
                 ModelId, clock.ElapsedMilliseconds, _engine.Model.Config.Architecture, _engine.Model.Config.NumLayers,
                 _engine.Model.Config.HiddenSize, _engine.Model.Config.VocabSize, _engine.ContextLength, _engine.Cache.Bytes / 1048576.0);

@@ -11,6 +11,20 @@ internal static class ModelZoo
     private static readonly string Root = Path.Combine(Path.GetTempPath(), "coral-tests-" + Environment.ProcessId);
     private static readonly ConcurrentDictionary<string, Lazy<string>> Models = new();
 
+    static ModelZoo()
+    {
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try
+            {
+                Directory.Delete(Root, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        };
+    }
+
     public static TinyModelSpec Llama => new() { Architecture = "LlamaForCausalLM", TokenizerStyle = ByteLevelStyle.Llama3 };
 
     public static TinyModelSpec LlamaTiedScaled => Llama with { Tied = true, Llama3RopeScaling = true, RopeTheta = 500000, Seed = 7 };
