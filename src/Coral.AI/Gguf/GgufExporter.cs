@@ -129,24 +129,12 @@ public static class GgufExporter
         return w.reshape([heads, 2, hd / 2, .. rest]).transpose(1, 2).reshape([rows, .. rest]);
     }
 
+    /// <summary>llama.cpp's rope_freqs: per-frequency divisors turning the base frequencies into the scaled ones.</summary>
     private static float[] RopeFrequencyFactors(ModelConfig c)
     {
-        Llama3RopeScaling s = c.RopeScaling!;
-        int half = c.HeadDim / 2;
-        var factors = new float[half];
-        double lowWavelen = s.OriginalMaxPositions / s.LowFreqFactor, highWavelen = s.OriginalMaxPositions / s.HighFreqFactor;
-        for (int i = 0; i < half; i++)
-        {
-            double inv = (float)(1.0 / Math.Pow(c.RopeTheta, (2.0 * i) / c.HeadDim));
-            double wavelen = 2 * Math.PI / inv;
-            double scaled = wavelen < highWavelen ? inv
-                : wavelen > lowWavelen ? inv / s.Factor
-                : (1 - (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor)) * inv / s.Factor
-                  + (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor) * inv;
-            factors[i] = (float)(inv / scaled);
-        }
-
-        return factors;
+        double[] plain = RotaryTables.InverseFrequencies(c, applyScaling: false);
+        double[] scaled = RotaryTables.InverseFrequencies(c, applyScaling: true);
+        return plain.Select((p, i) => (float)(p / scaled[i])).ToArray();
     }
 
     private static void AddTokenizer(GgufWriter g, string folder, ModelConfig c)

@@ -1,0 +1,125 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Coral.AI;
+
+/// <summary>What every layer of one forward shares: rotary tables for the new tokens, the mask, where they go in the cache.</summary>
+/// <param name="Cos">[T, 1, hd] cosines at the new tokens' positions.</param>
+/// <param name="SinSigned">[T, 1, hd] sines with rotate_half's sign folded in.</param>
+/// <param name="Mask">[group·T, S] bool mask, or null when every cached slot and the (single) new token are visible.</param>
+/// <param name="Start">The first cache slot of the new tokens.</param>
+/// <param name="Count">The number of new tokens T.</param>
+internal readonly record struct LayerInputs(Tensor Cos, Tensor SinSigned, Tensor? Mask, int Start, int Count);
+
+/// <summary>
+/// One Llama-family decoder layer with fused QKV and gate/up weights; used by the target (all layers) and by EAGLE-style
+/// drafters (one layer without the input norm). Weights in the compute dtype, activations in f32.
+/// </summary>
+internal sealed class DecoderLayer : IDisposable
+{
+    private readonly Tensor? _attnNorm;   // [d] f32; null for an EAGLE drafter's layer 0
+    private readonly Tensor _qkv;         // [(H + 2Hkv)·hd, d]
+    private readonly Tensor? _qkvBias;
+    private readonly Tensor? _qkNorm;     // [H + Hkv, hd] f32 (Qwen3)
+    private readonly Tensor _o;           // [d, H·hd]
+    private readonly Tensor? _oBias;
+    private readonly Tensor _mlpNorm;     // [d] f32
+    private readonly Tensor _gateUp;      // [2·ff, d]
+    private readonly Tensor _down;        // [d, ff]
+    private readonly int _heads, _kvHeads;
+    private readonly long _headDim;
+    private readonly double _eps;
+
+    private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor o, Tensor? oBias,
+        Tensor mlpNorm, Tensor gateUp, Tensor down)
+    {
+        (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, mlpNorm, gateUp, down);
+        (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
+    }
+
+    /// <summary>Loads the tensors under <paramref name="prefix"/> (e.g. <c>model.layers.3.</c> or <c>layers.0.</c>).</summary>
+    public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm)
+    {
+        long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
+        Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype).to(device);
+        Tensor Norm(string name, long n) => reader.Take(prefix + name, [n], ScalarType.Float32).to(device);
+
+        using Tensor q = W("self_attn.q_proj.weight", nq, d);
+        using Tensor k = W("self_attn.k_proj.weight", nkv, d);
+        using Tensor v = W("self_attn.v_proj.weight", nkv, d);
+        using Tensor gate = W("mlp.gate_proj.weight", ff, d);
+        using Tensor up = W("mlp.up_proj.weight", ff, d);
+        Tensor? qkvBias = null;
+        if (c.QkvBias)
+        {
+            using Tensor bq = W("self_attn.q_proj.bias", nq);
+            using Tensor bk = W("self_attn.k_proj.bias", nkv);
+            using Tensor bv = W("self_attn.v_proj.bias", nkv);
+            qkvBias = torch.cat([bq, bk, bv]);
+        }
+
+        Tensor? qkNorm = null;
+        if (c.QkNorm)
+        {
+            using Tensor qn = Norm("self_attn.q_norm.weight", hd);
+            using Tensor kn = Norm("self_attn.k_norm.weight", hd);
+            qkNorm = torch.cat([qn.unsqueeze(0).expand(c.NumHeads, hd), kn.unsqueeze(0).expand(c.NumKvHeads, hd)]);
+        }
+
+        return new DecoderLayer(
+            c,
+            inputNorm ? Norm("input_layernorm.weight", d) : null,
+            torch.cat([q, k, v]),
+            qkvBias,
+            qkNorm,
+            W("self_attn.o_proj.weight", d, nq),
+            c.OutputBias ? W("self_attn.o_proj.bias", d) : null,
+            Norm("post_attention_layernorm.weight", d),
+            torch.cat([gate, up]),
+            W("mlp.down_proj.weight", d, ff));
+    }
+
+    /// <summary>Runs the layer on x [T, d] (f32), writing K/V into <paramref name="keys"/>/<paramref name="values"/> [Hkv, cap, hd].</summary>
+    public Tensor Forward(Tensor x, in LayerInputs s, Tensor keys, Tensor values)
+    {
+        int t = s.Count, group = _heads / _kvHeads;
+        long hd = _headDim;
+        Tensor h = _attnNorm is null ? x : RmsNorm(x, _attnNorm, _eps);
+        Tensor qkv = Linear(h, _qkv, _qkvBias);                                    // [T, (H + 2Hkv)·hd]
+        Tensor qk = qkv.narrow(1, 0, (_heads + _kvHeads) * hd).view(t, _heads + _kvHeads, hd);
+        if (_qkNorm is not null)
+        {
+            qk = RmsNorm(qk, _qkNorm, _eps);
+        }
+
+        qk = qk * s.Cos + qk.roll(hd / 2, -1) * s.SinSigned;                       // RoPE on q and k together
+        Tensor k = qk.narrow(1, _heads, _kvHeads);                                 // [T, Hkv, hd]
+        Tensor v = qkv.narrow(1, (_heads + _kvHeads) * hd, _kvHeads * hd).view(t, _kvHeads, hd);
+        keys.narrow(1, s.Start, t).copy_(k.transpose(0, 1));
+        values.narrow(1, s.Start, t).copy_(v.transpose(0, 1));
+        int total = s.Start + t;
+        // Query heads sharing a KV head become rows of one attention call: [1, Hkv, group·T, hd].
+        Tensor q = qk.narrow(1, 0, _heads).reshape(t, _kvHeads, group, hd).permute(1, 2, 0, 3).reshape(1, _kvHeads, group * t, hd);
+        Tensor att = F.scaled_dot_product_attention(q, keys.narrow(1, 0, total).unsqueeze(0), values.narrow(1, 0, total).unsqueeze(0), s.Mask);
+        Tensor o = att.view(_kvHeads, group, t, hd).permute(2, 0, 1, 3).reshape(t, _heads * hd);
+        x = x + Linear(o, _o, _oBias);
+
+        Tensor[] gu = Linear(RmsNorm(x, _mlpNorm, _eps), _gateUp, null).chunk(2, -1);   // SwiGLU
+        return x + Linear(F.silu(gu[0]) * gu[1], _down, null);
+    }
+
+    public static Tensor Linear(Tensor x, Tensor w, Tensor? b) =>
+        w.dtype == ScalarType.Float32 ? F.linear(x, w, b) : F.linear(x.to(w.dtype), w, b).to(ScalarType.Float32);
+
+    public static Tensor RmsNorm(Tensor x, Tensor w, double eps) =>
+        x * (x.square().mean([-1L], keepdim: true) + eps).rsqrt() * w;
+
+    public void Dispose()
+    {
+        foreach (Tensor? t in new[] { _attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down })
+        {
+            t?.Dispose();
+        }
+    }
+}

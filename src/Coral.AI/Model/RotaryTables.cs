@@ -1,0 +1,137 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI;
+
+/// <summary>
+/// Precomputed RoPE tables [maxPositions, hd] in the rotate_half convention, with rotate_half's sign folded into the sine
+/// table so that RoPE is <c>x·cos + roll(x, hd/2)·sinSigned</c>; and the attention masks every forward builds.
+/// </summary>
+internal sealed class RotaryTables : IDisposable
+{
+    private readonly Tensor _cos;
+    private readonly Tensor _sinSigned;
+
+    public RotaryTables(ModelConfig c, int maxPositions, Device device, bool applyScaling = true)
+    {
+        int hd = c.HeadDim, half = hd / 2;
+        double[] inv = InverseFrequencies(c, applyScaling);
+        var cos = new float[maxPositions * hd];
+        var sin = new float[maxPositions * hd];
+        for (int p = 0; p < maxPositions; p++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                float angle = (float)p * (float)inv[i];
+                float cv = MathF.Cos(angle), sv = MathF.Sin(angle);
+                cos[p * hd + i] = cv;
+                cos[p * hd + half + i] = cv;
+                sin[p * hd + i] = -sv;
+                sin[p * hd + half + i] = sv;
+            }
+        }
+
+        _cos = torch.tensor(cos, [maxPositions, hd]).to(device);
+        _sinSigned = torch.tensor(sin, [maxPositions, hd]).to(device);
+        MaxPositions = maxPositions;
+    }
+
+    public int MaxPositions { get; }
+
+    /// <summary>The hd/2 rotary inverse frequencies, with Llama-3.1 scaling applied when asked and configured.</summary>
+    public static double[] InverseFrequencies(ModelConfig c, bool applyScaling)
+    {
+        int hd = c.HeadDim, half = hd / 2;
+        var inv = new double[half];
+        for (int i = 0; i < half; i++)
+        {
+            inv[i] = (float)(1.0 / Math.Pow(c.RopeTheta, (2.0 * i) / hd));   // float32, as transformers computes it
+        }
+
+        if (applyScaling && c.RopeScaling is { } s)
+        {
+            double lowWavelen = s.OriginalMaxPositions / s.LowFreqFactor;
+            double highWavelen = s.OriginalMaxPositions / s.HighFreqFactor;
+            for (int i = 0; i < half; i++)
+            {
+                double wavelen = 2 * Math.PI / inv[i];
+                if (wavelen > lowWavelen)
+                {
+                    inv[i] /= s.Factor;
+                }
+                else if (wavelen >= highWavelen)
+                {
+                    double smooth = (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+                    inv[i] = (1 - smooth) * inv[i] / s.Factor + smooth * inv[i];
+                }
+            }
+        }
+
+        return inv;
+    }
+
+    /// <summary>Gets [T, 1, hd] cos and signed sin for positions start..start+T-1, or for explicit positions.</summary>
+    public (Tensor Cos, Tensor SinSigned) At(int start, int t, long[]? positions)
+    {
+        if (positions is null)
+        {
+            if (start + t > MaxPositions)
+            {
+                throw new InvalidOperationException($"Position {start + t} exceeds the rotary table ({MaxPositions}).");
+            }
+
+            return (_cos.narrow(0, start, t).unsqueeze(1), _sinSigned.narrow(0, start, t).unsqueeze(1));
+        }
+
+        if (positions.Length > 0 && positions.Max() >= MaxPositions)
+        {
+            throw new InvalidOperationException($"Position {positions.Max()} exceeds the rotary table ({MaxPositions}).");
+        }
+
+        using Tensor pos = torch.tensor(positions, device: _cos.device);
+        return (_cos.index_select(0, pos).unsqueeze(1), _sinSigned.index_select(0, pos).unsqueeze(1));
+    }
+
+    /// <summary>
+    /// The [group·T, start+T] bool mask for T new tokens after <paramref name="start"/> cached slots: null for one token
+    /// that sees everything; causal (and windowed) for a block; all-true prefix plus <paramref name="treeMask"/> for a tree.
+    /// </summary>
+    public static Tensor? Mask(int t, int start, int group, Tensor? treeMask, long[]? positions, int? slidingWindow, Device device)
+    {
+        int total = start + t;
+        Tensor mask;
+        if (treeMask is not null)
+        {
+            mask = torch.cat([torch.ones([t, start], ScalarType.Bool, device), treeMask.to(device)], 1);
+            if (slidingWindow is int window)
+            {
+                // Key j is visible to query i only while pos(i) - pos(j) < window; cached slots hold position = slot.
+                Tensor q = positions is null ? torch.arange(start, total, device: device) : torch.tensor(positions, device: device);
+                Tensor k = torch.cat([torch.arange(start, device: device), q]);
+                mask = mask.logical_and((q.unsqueeze(1) - k.unsqueeze(0)).lt(window));
+            }
+        }
+        else
+        {
+            bool windowed = slidingWindow is int w && total > w;
+            if (t == 1 && !windowed)
+            {
+                return null;
+            }
+
+            mask = torch.ones([t, total], ScalarType.Bool, device).tril(start);
+            if (windowed)
+            {
+                mask = mask.triu(start - slidingWindow!.Value + 1);
+            }
+        }
+
+        return group == 1 ? mask : mask.repeat(group, 1);
+    }
+
+    public void Dispose()
+    {
+        _cos.Dispose();
+        _sinSigned.Dispose();
+    }
+}
