@@ -11,7 +11,14 @@ internal sealed record GenerationRequest(
     SamplingParameters Sampling,
     int MaxNewTokens,
     IReadOnlyList<string> StopSequences,
-    IReadOnlyList<int>? StopTokenIds = null);
+    IReadOnlyList<int>? StopTokenIds = null)
+{
+    /// <summary>Gets whether to decode speculatively when the engine has a drafter.</summary>
+    public bool Speculative { get; init; } = true;
+
+    /// <summary>Gets the draft tree for this request, or null for the engine's default.</summary>
+    public TreeShape? Tree { get; init; }
+}
 
 /// <summary>Why generation ended.</summary>
 internal enum GenerationFinish
@@ -21,7 +28,12 @@ internal enum GenerationFinish
 }
 
 /// <summary>Counters of a speculative run (null for plain decoding).</summary>
-internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int DraftTokens)
+/// <param name="Cycles">Draft-verify cycles (target forwards after the prefill).</param>
+/// <param name="AcceptedTokens">Tokens emitted by the cycles: accepted draft tokens plus one bonus token per cycle.</param>
+/// <param name="DraftTokens">Draft tokens proposed for verification (tree nodes below the root).</param>
+/// <param name="DraftTime">Time spent drafting.</param>
+/// <param name="VerifyTime">Time spent in target verification forwards (logits read back included).</param>
+internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int DraftTokens, TimeSpan DraftTime, TimeSpan VerifyTime)
 {
     public double MeanAcceptedLength => Cycles == 0 ? 0 : (double)AcceptedTokens / Cycles;
 }

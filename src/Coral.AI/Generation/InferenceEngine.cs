@@ -1,22 +1,28 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
-using System.Text;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Coral.AI;
 
 /// <summary>
-/// A loaded model with its tokenizer and one preallocated KV cache, and the decode loop. Generation runs synchronously
-/// on the caller's thread (TorchSharp dispose scopes are thread-static); callers serialise requests through
-/// <see cref="Gate"/>. The cache keeps the last sequence so that a request sharing its prefix skips that prefill.
+/// A loaded model with its tokenizer, one preallocated KV cache and optionally a drafter, and the decode loop. Generation
+/// runs synchronously on the caller's thread (TorchSharp dispose scopes are thread-static); callers serialise requests
+/// through <see cref="Gate"/>. The cache keeps the last sequence so that a request sharing its prefix skips that prefill.
 /// </summary>
+/// <remarks>
+/// One loop, two proposers: plain decoding samples one token per target forward; speculative decoding drafts an EAGLE-2
+/// tree, verifies it in one target forward and accepts a path losslessly. Both hand tokens to the same
+/// <see cref="TokenEmitter"/> and draw from the same <see cref="LogitsSampler"/>.
+/// </remarks>
 internal sealed class InferenceEngine : IDisposable
 {
     private readonly List<int> _cachedTokens = [];
     private readonly float[] _row;
+    private float[] _treeLogits = [];
+    private float[] _probs;
 
-    public InferenceEngine(TransformerModel model, HfTokenizer tokenizer, int contextLength, string modelId, int prefillChunk = 256)
+    public InferenceEngine(TransformerModel model, HfTokenizer tokenizer, int contextLength, string modelId, int prefillChunk = 256, DraftModel? draft = null)
     {
         Model = model;
         Tokenizer = tokenizer;
@@ -32,6 +38,11 @@ internal sealed class InferenceEngine : IDisposable
 
         EosTokenIds = eos.Distinct().ToArray();
         _row = new float[model.Config.VocabSize];
+        _probs = new float[model.Config.VocabSize];
+        if (draft is not null)
+        {
+            Drafter = new TreeDrafter(draft, Cache.Capacity + 128);
+        }
     }
 
     public TransformerModel Model { get; }
@@ -40,11 +51,20 @@ internal sealed class InferenceEngine : IDisposable
 
     public KvCache Cache { get; }
 
+    /// <summary>Gets the drafter, or null when the engine has no draft model.</summary>
+    public TreeDrafter? Drafter { get; }
+
+    /// <summary>Gets or sets the default draft tree (set at load, possibly auto-tuned).</summary>
+    public TreeShape Tree { get; set; } = TreeShape.Default;
+
     public string ModelId { get; }
 
     public int PrefillChunk { get; }
 
     public IReadOnlyList<int> EosTokenIds { get; }
+
+    /// <summary>Gets the token ids whose K/V the cache holds, in slot order.</summary>
+    public IReadOnlyList<int> CachedTokens => _cachedTokens;
 
     /// <summary>Gets the usable context (prompt + output) in tokens.</summary>
     public int ContextLength => Cache.Capacity;
@@ -52,18 +72,32 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets the lock that serialises requests over the single cache.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
 
-    public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null)
+    public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null)
     {
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
         TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength);
-        if (tokenizer.VocabSize > model.Config.VocabSize)
+        DraftModel? draft = null;
+        try
         {
-            model.Dispose();
-            throw new CoralModelException(Path.Combine(folder, "tokenizer.json"), "model.vocab",
-                $"the tokenizer has {tokenizer.VocabSize} ids but config.json vocab_size is {model.Config.VocabSize}.");
-        }
+            if (tokenizer.VocabSize > model.Config.VocabSize)
+            {
+                throw new CoralModelException(Path.Combine(folder, "tokenizer.json"), "model.vocab",
+                    $"the tokenizer has {tokenizer.VocabSize} ids but config.json vocab_size is {model.Config.VocabSize}.");
+            }
 
-        return new InferenceEngine(model, tokenizer, contextLength, modelId ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder))));
+            if (draftFolder is not null)
+            {
+                draft = DraftModel.Load(draftFolder, model, model.MaxPositions + 128);
+            }
+
+            return new InferenceEngine(model, tokenizer, contextLength, modelId ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder))), draft: draft);
+        }
+        catch
+        {
+            draft?.Dispose();
+            model.Dispose();
+            throw;
+        }
     }
 
     /// <summary>
@@ -85,73 +119,162 @@ internal sealed class InferenceEngine : IDisposable
 
         using var inference = torch.inference_mode();
         var sampler = new LogitsSampler(request.Sampling, Model.Config.VocabSize, prompt);
-        var detok = new StreamingDetokenizer(Tokenizer);
-        var stops = new StopSequenceMatcher(request.StopSequences);
-        var text = new StringBuilder();
-        var ids = new List<int>();
         var clock = Stopwatch.StartNew();
-
-        int cached = Prefill(prompt, cancellationToken);
+        var emitter = new TokenEmitter(request, Tokenizer, EosTokenIds, onText, clock);
+        bool speculative = Drafter is not null && request.Speculative;
+        var (cached, features) = Prefill(prompt, cancellationToken, collectFeatures: speculative);
         TimeSpan prefill = clock.Elapsed;
-        TimeSpan firstToken = TimeSpan.Zero;
         int forwards = 1;
-        GenerationFinish finish = GenerationFinish.Length;
-        bool stopped = false;
-        while (true)
+        SpeculativeStats? stats = null;
+
+        int token = sampler.Sample(_row);
+        sampler.Accept(token);
+        if (emitter.Emit(token))
         {
-            int token = sampler.Sample(_row);
-            sampler.Accept(token);
-            ids.Add(token);
-            if (ids.Count == 1)
+            if (speculative)
             {
-                firstToken = clock.Elapsed;
+                long[] next = [.. prompt.Skip(prompt.Count - (int)features!.shape[0] + 1).Select(x => (long)x), token];
+                (token, stats) = SpeculativeLoop(request.Tree ?? Tree, sampler, emitter, features, next, cancellationToken);
+                forwards += stats.Cycles;
+                features = null;
             }
 
-            if (EosTokenIds.Contains(token) || request.StopTokenIds?.Contains(token) == true)
-            {
-                finish = GenerationFinish.Stop;
-                break;
-            }
+            forwards += PlainLoop(token, sampler, emitter, cancellationToken);
+        }
 
-            (string emit, stopped) = stops.Push(detok.Push(token));
-            text.Append(emit);
-            onText?.Invoke(token, emit);
-            if (stopped)
-            {
-                finish = GenerationFinish.Stop;
-                break;
-            }
+        features?.Dispose();
+        return new GenerationResult(emitter.Ids, emitter.Text, prompt.Count, cached, emitter.Finish, prefill, clock.Elapsed - prefill,
+            emitter.TimeToFirstToken, forwards, stats);
+    }
 
-            if (ids.Count >= request.MaxNewTokens || Cache.Length + 1 >= ContextLength)
+    /// <summary>Plain decoding from <paramref name="last"/> (emitted, not yet in the cache); returns the forwards run.</summary>
+    private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, CancellationToken cancellationToken)
+    {
+        int forwards = 0;
+        while (!emitter.Finished)
+        {
+            if (Cache.Length + 1 >= ContextLength)
             {
+                emitter.EndForContext();
                 break;
             }
 
             cancellationToken.ThrowIfCancellationRequested();
-            Step([token]);
-            _cachedTokens.Add(token);
+            Step([last]);
+            _cachedTokens.Add(last);
             forwards++;
+            last = sampler.Sample(_row);
+            sampler.Accept(last);
+            emitter.Emit(last);
         }
 
-        if (!stopped)
+        return forwards;
+    }
+
+    /// <summary>
+    /// Draft → verify → accept cycles until the emitter finishes or the cache cannot hold another tree. Returns the last
+    /// emitted token (not yet in the target cache) for the plain loop to continue from, and the cycle statistics.
+    /// </summary>
+    private (int Last, SpeculativeStats Stats) SpeculativeLoop(TreeShape shape, LogitsSampler sampler, TokenEmitter emitter,
+        Tensor features, long[] nextTokens, CancellationToken cancellationToken)
+    {
+        shape.Validate();
+        TreeDrafter drafter = Drafter!;
+        int vocab = Model.Config.VocabSize;
+        int cycles = 0, accepted = 0, drafted = 0;
+        var draftClock = new Stopwatch();
+        var verifyClock = new Stopwatch();
+        int root = (int)nextTokens[^1];
+        try
         {
-            string rest = stops.Push(detok.Flush()).Emit + stops.Flush();
-            if (rest.Length > 0)
+            while (!emitter.Finished && Cache.Length + shape.TotalTokens < ContextLength)
             {
-                text.Append(rest);
-                onText?.Invoke(-1, rest);
+                cancellationToken.ThrowIfCancellationRequested();
+                var emitted = new List<int>();
+                var path = new List<int> { 0 };
+                int start = Cache.Length;
+                using (var scope = torch.NewDisposeScope())
+                {
+                    draftClock.Start();
+                    DraftTree tree;
+                    using (features)
+                    {
+                        tree = drafter.Draft(features, nextTokens, shape);
+                    }
+
+                    draftClock.Stop();
+                    verifyClock.Start();
+                    Tensor hidden = Model.Forward(tree.Tokens.Select(t => (long)t).ToArray(), Cache, tree.Positions(start), tree.AncestorMask());
+                    ReadRows(Model.Logits(hidden), ref _treeLogits);
+                    verifyClock.Stop();
+
+                    // Walk down the tree: accept a child with the target's probability, else draw the bonus token.
+                    for (int node = 0; ;)
+                    {
+                        sampler.Distribution(_treeLogits.AsSpan(node * vocab, vocab), _probs);
+                        int[] children = tree.Children[node];
+                        int c = TreeAcceptance.AcceptChild(_probs, children.Select(i => tree.Tokens[i]).ToArray(), sampler.NextUniform);
+                        if (c < 0)
+                        {
+                            int bonus = sampler.Draw(_probs);
+                            sampler.Accept(bonus);
+                            emitted.Add(bonus);
+                            break;
+                        }
+
+                        node = children[c];
+                        sampler.Accept(tree.Tokens[node]);
+                        emitted.Add(tree.Tokens[node]);
+                        path.Add(node);
+                    }
+
+                    // Keep the accepted path's K/V: slot start + path[j] moves to start + j.
+                    Cache.Length = start;
+                    if (path.Select((p, j) => p != j).Any(moved => moved))
+                    {
+                        Cache.CopySlots(path.Skip(1).Select(p => (long)(start + p)).ToArray(), start + 1);
+                    }
+
+                    Cache.Length = start + path.Count;
+                    using Tensor rows = torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device);
+                    features = hidden.index_select(0, rows).DetachFromDisposeScope();
+                    drafted += tree.Count - 1;
+                }
+
+                cycles++;
+                _cachedTokens.Add(root);
+                _cachedTokens.AddRange(emitted.Take(emitted.Count - 1));
+                for (int j = 0; j < emitted.Count; j++)
+                {
+                    accepted++;
+                    if (!emitter.Emit(emitted[j]))
+                    {
+                        // Nothing after a stop: the cache keeps the root and the tokens before the last one emitted.
+                        Cache.Length = start + 1 + j;
+                        _cachedTokens.RemoveRange(start + 1 + j, _cachedTokens.Count - (start + 1 + j));
+                        break;
+                    }
+                }
+
+                nextTokens = emitted.Select(t => (long)t).ToArray();
+                root = emitted[^1];
             }
+
+        }
+        finally
+        {
+            features.Dispose();
         }
 
-        return new GenerationResult(ids, text.ToString(), prompt.Count, cached, finish, prefill, clock.Elapsed - prefill,
-            firstToken, forwards, null);
+        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed));
     }
 
     /// <summary>
     /// Brings the cache to hold the prompt, reusing the longest prefix shared with the cached sequence, and leaves the
-    /// logits of the last prompt token in the row buffer. Returns the number of prompt tokens reused.
+    /// logits of the last prompt token in the row buffer. With <paramref name="collectFeatures"/>, also returns the target
+    /// features of the prompt positions whose (feature, next token) pairs the drafter has not seen.
     /// </summary>
-    public int Prefill(IReadOnlyList<int> prompt, CancellationToken cancellationToken)
+    public (int Reused, Tensor? Features) Prefill(IReadOnlyList<int> prompt, CancellationToken cancellationToken, bool collectFeatures = false)
     {
         int common = 0;
         int limit = Math.Min(Math.Min(_cachedTokens.Count, Cache.Length), prompt.Count - 1);
@@ -160,43 +283,67 @@ internal sealed class InferenceEngine : IDisposable
             common++;
         }
 
-        Cache.Length = common;
-        _cachedTokens.RemoveRange(common, _cachedTokens.Count - common);
-        for (int start = common; start < prompt.Count; start += PrefillChunk)
+        // Drafter pair t = (feature t, token t + 1) stays valid while token t + 1 is in the shared prefix.
+        Drafter?.Truncate(common - 1);
+        if (collectFeatures)
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            int n = Math.Min(PrefillChunk, prompt.Count - start);
-            long[] chunk = new long[n];
-            for (int i = 0; i < n; i++)
-            {
-                chunk[i] = prompt[start + i];
-            }
-
-            bool last = start + n == prompt.Count;
-            try
-            {
-                RunAndReadLastRow(chunk, readLogits: last);
-            }
-            catch
-            {
-                _cachedTokens.Clear();
-                Cache.Length = 0;
-                throw;
-            }
-
-            for (int i = 0; i < n; i++)
-            {
-                _cachedTokens.Add(prompt[start + i]);
-            }
+            common = Drafter!.Cache.Length;
         }
 
-        return common;
+        Cache.Length = common;
+        _cachedTokens.RemoveRange(common, _cachedTokens.Count - common);
+        var parts = new List<Tensor>();
+        try
+        {
+            for (int start = common; start < prompt.Count; start += PrefillChunk)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                int n = Math.Min(PrefillChunk, prompt.Count - start);
+                long[] chunk = prompt.Skip(start).Take(n).Select(x => (long)x).ToArray();
+                using (var scope = torch.NewDisposeScope())
+                {
+                    Tensor hidden = Model.Forward(chunk, Cache);
+                    if (start + n == prompt.Count)
+                    {
+                        CopyRow(Model.Logits(hidden.narrow(0, n - 1, 1)), _row);
+                    }
+
+                    if (collectFeatures)
+                    {
+                        parts.Add(hidden.clone().DetachFromDisposeScope());
+                    }
+                }
+
+                _cachedTokens.AddRange(chunk.Select(x => (int)x));
+            }
+
+            if (!collectFeatures)
+            {
+                return (common, null);
+            }
+
+            Tensor features = parts.Count == 1 ? parts[0].alias() : torch.cat(parts, 0);
+            return (common, features);
+        }
+        catch
+        {
+            _cachedTokens.Clear();
+            Cache.Length = 0;
+            Drafter?.Truncate(0);
+            throw;
+        }
+        finally
+        {
+            parts.ForEach(p => p.Dispose());
+        }
     }
 
     /// <summary>Runs one decode step for the given token(s) and leaves the last row's logits in the row buffer.</summary>
     public ReadOnlySpan<float> Step(long[] tokens)
     {
-        RunAndReadLastRow(tokens, readLogits: true);
+        using var scope = torch.NewDisposeScope();
+        Tensor hidden = Model.Forward(tokens, Cache);
+        CopyRow(Model.Logits(hidden.narrow(0, tokens.Length - 1, 1)), _row);
         return _row;
     }
 
@@ -207,7 +354,7 @@ internal sealed class InferenceEngine : IDisposable
     public void WarmUp()
     {
         using var inference = torch.inference_mode();
-        RunAndReadLastRow([EosTokenIds.Count > 0 ? EosTokenIds[0] : 0], readLogits: true);
+        Step([EosTokenIds.Count > 0 ? EosTokenIds[0] : 0]);
         ResetCache();
     }
 
@@ -216,24 +363,16 @@ internal sealed class InferenceEngine : IDisposable
     {
         _cachedTokens.Clear();
         Cache.Length = 0;
+        Drafter?.Truncate(0);
     }
 
     public void Dispose()
     {
+        Drafter?.Model.Dispose();
+        Drafter?.Dispose();
         Cache.Dispose();
         Model.Dispose();
         Gate.Dispose();
-    }
-
-    private void RunAndReadLastRow(long[] tokens, bool readLogits)
-    {
-        using var scope = torch.NewDisposeScope();
-        Tensor hidden = Model.Forward(tokens, Cache);
-        if (readLogits)
-        {
-            Tensor logits = Model.Logits(hidden.narrow(0, tokens.Length - 1, 1));
-            CopyRow(logits, _row);
-        }
     }
 
     /// <summary>Copies a [1, V] f32 tensor into a managed buffer.</summary>
@@ -241,5 +380,17 @@ internal sealed class InferenceEngine : IDisposable
     {
         Tensor host = logits.device_type == DeviceType.CPU ? logits.contiguous() : logits.cpu().contiguous();
         MemoryMarshal.Cast<byte, float>(host.bytes).CopyTo(destination);
+    }
+
+    private static void ReadRows(Tensor logits, ref float[] destination)
+    {
+        Tensor host = logits.device_type == DeviceType.CPU ? logits.contiguous() : logits.cpu().contiguous();
+        Span<float> values = MemoryMarshal.Cast<byte, float>(host.bytes);
+        if (destination.Length < values.Length)
+        {
+            destination = new float[values.Length];
+        }
+
+        values.CopyTo(destination);
     }
 }

@@ -94,7 +94,8 @@ internal sealed class RotaryTables : IDisposable
 
     /// <summary>
     /// The [group·T, start+T] bool mask for T new tokens after <paramref name="start"/> cached slots: null for one token
-    /// that sees everything; causal (and windowed) for a block; all-true prefix plus <paramref name="treeMask"/> for a tree.
+    /// that sees everything; causal (and windowed) for a block; for a tree, <paramref name="treeMask"/> [T, M] (M ≥ T)
+    /// covers the last M slots (the T new ones and the M − T cached before them) and every earlier slot is visible.
     /// </summary>
     public static Tensor? Mask(int t, int start, int group, Tensor? treeMask, long[]? positions, int? slidingWindow, Device device)
     {
@@ -102,8 +103,9 @@ internal sealed class RotaryTables : IDisposable
         Tensor mask;
         if (treeMask is not null)
         {
-            mask = torch.cat([torch.ones([t, start], ScalarType.Bool, device), treeMask.to(device)], 1);
-            if (slidingWindow is int window)
+            long covered = treeMask.shape[1];
+            mask = torch.cat([torch.ones([t, total - covered], ScalarType.Bool, device), treeMask.to(device)], 1);
+            if (slidingWindow is int window && covered == t)
             {
                 // Key j is visible to query i only while pos(i) - pos(j) < window; cached slots hold position = slot.
                 Tensor q = positions is null ? torch.arange(start, total, device: device) : torch.tensor(positions, device: device);

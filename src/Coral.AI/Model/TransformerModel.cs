@@ -105,8 +105,8 @@ internal sealed class TransformerModel : IDisposable
     /// <param name="ids">The T new tokens.</param>
     /// <param name="cache">The sequence's cache.</param>
     /// <param name="positions">Rotary positions of the new tokens; null means their slot indices.</param>
-    /// <param name="treeMask">A [T, T] bool mask among the new tokens (true = attend); null means causal.
-    /// All cached slots before them are always visible.</param>
+    /// <param name="treeMask">A [T, M] bool mask (true = attend) over the last M slots, the T new tokens included;
+    /// null means causal. Earlier slots are always visible.</param>
     /// <returns>The final (post-norm) hidden states [T, d] in f32.</returns>
     public Tensor Forward(long[] ids, KvCache cache, long[]? positions = null, Tensor? treeMask = null)
     {

@@ -1,0 +1,120 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI;
+
+/// <summary>
+/// An EAGLE-family drafter (EAGLE-1/2, HASS, CORAL): <c>h = Layer(FC([E(x_{t+1}); f_t]))</c>, one Llama decoder layer
+/// without its input norm, no final norm; <c>h</c> predicts the target's next feature and goes through the target's own
+/// LM head (or the CORAL router's subset of it). The embedding and LM head are the target's, never copied.
+/// </summary>
+/// <remarks>
+/// Checkpoint: a folder with config.json (Llama-style, <c>bias</c> — FC bias, true when absent — and <c>qkv_bias</c>) and
+/// <c>model.safetensors</c> with the published unprefixed keys <c>fc.weight [d, 2d]</c>, <c>fc.bias</c>,
+/// <c>layers.0.self_attn.{q,k,v,o}_proj.*</c>, <c>layers.0.mlp.*</c>, <c>layers.0.post_attention_layernorm.weight</c>;
+/// an <c>embed_tokens.weight</c> copy may be present and is ignored. CORAL adds <c>router.safetensors</c>.
+/// </remarks>
+internal sealed class DraftModel : IDisposable
+{
+    private readonly TransformerModel _target;
+    private readonly DecoderLayer _layer;
+    private readonly Tensor _fc;          // [d, 2d]
+    private readonly Tensor? _fcBias;     // [d]
+    private readonly RotaryTables _rope;
+    private readonly CheckpointReader _reader;
+
+    private DraftModel(TransformerModel target, ModelConfig config, CheckpointReader reader, DecoderLayer layer, Tensor fc, Tensor? fcBias,
+        RotaryTables rope, LmHeadRouter? router)
+    {
+        _target = target;
+        Config = config;
+        _reader = reader;
+        _layer = layer;
+        _fc = fc;
+        _fcBias = fcBias;
+        _rope = rope;
+        Router = router;
+    }
+
+    public ModelConfig Config { get; }
+
+    public LmHeadRouter? Router { get; }
+
+    public TransformerModel Target => _target;
+
+    public static DraftModel Load(string folder, TransformerModel target, int maxPositions)
+    {
+        string configPath = Path.Combine(folder, "config.json");
+        JsonObject raw = ModelConfig.ReadJsonObject(configPath);
+        ModelConfig c = ModelConfig.Load(configPath);
+        bool fcBias = raw["bias"]?.GetValue<bool>() ?? true;
+        c = c with { QkvBias = c.QkvBias || (raw["qkv_bias"]?.GetValue<bool>() ?? false), QkNorm = false, NumLayers = 1, SlidingWindow = null };
+        if (c.HiddenSize != target.Config.HiddenSize)
+        {
+            throw new CoralModelException(configPath, "hidden_size",
+                $"the drafter has {c.HiddenSize} but the target has {target.Config.HiddenSize}; this drafter was trained for another model.");
+        }
+
+        if (c.VocabSize != target.Config.VocabSize)
+        {
+            throw new CoralModelException(configPath, "vocab_size",
+                $"the drafter has {c.VocabSize} but the target has {target.Config.VocabSize}; this drafter was trained for another model.");
+        }
+
+        var reader = new CheckpointReader(folder);
+        DecoderLayer? layer = null;
+        try
+        {
+            using var noGrad = torch.no_grad();
+            ScalarType dtype = target.WeightType;
+            long d = c.HiddenSize;
+            layer = DecoderLayer.Load(reader, "layers.0.", c, dtype, target.Device, inputNorm: false);
+            Tensor fc = reader.Take("fc.weight", [d, 2 * d], dtype).to(target.Device);
+            Tensor? bias = fcBias ? reader.Take("fc.bias", [d], dtype).to(target.Device) : null;
+            var rope = new RotaryTables(c, maxPositions, target.Device, applyScaling: false);
+            LmHeadRouter? router = LmHeadRouter.TryLoad(folder, raw, target);
+            return new DraftModel(target, c, reader, layer, fc, bias, rope, router);
+        }
+        catch
+        {
+            layer?.Dispose();
+            reader.Dispose();
+            throw;
+        }
+    }
+
+    public KvCache CreateCache(int capacity) => new(Config, Math.Min(capacity, _rope.MaxPositions), ScalarType.Float32, _target.Device);
+
+    /// <summary>
+    /// Runs T (feature, next-token) pairs: <paramref name="features"/> [T, d] f32 and <paramref name="tokens"/> [T], writing
+    /// their K/V at <c>cache.Length</c> and advancing it. Returns the draft outputs h [T, d] (predicted next features).
+    /// </summary>
+    public Tensor Forward(long[] tokens, Tensor features, KvCache cache, long[]? positions = null, Tensor? treeMask = null)
+    {
+        int t = tokens.Length, start = cache.Length;
+        if (start + t > cache.Capacity)
+        {
+            throw new InvalidOperationException($"Draft KV cache overflow: {start} + {t} > {cache.Capacity}.");
+        }
+
+        using Tensor idx = torch.tensor(tokens, device: _target.Device);
+        Tensor e = _target.Embedding.index_select(0, idx).to(ScalarType.Float32);
+        Tensor u = DecoderLayer.Linear(torch.cat([e, features], 1), _fc, _fcBias);
+        var (cos, sin) = _rope.At(start, t, positions);
+        Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions, null, _target.Device);
+        Tensor h = _layer.Forward(u, new LayerInputs(cos, sin, mask, start, t), cache.Keys[0], cache.Values[0]);
+        cache.Length = start + t;
+        return h;
+    }
+
+    public void Dispose()
+    {
+        _layer.Dispose();
+        _fc.Dispose();
+        _fcBias?.Dispose();
+        _rope.Dispose();
+        Router?.Dispose();
+        _reader.Dispose();
+    }
+}

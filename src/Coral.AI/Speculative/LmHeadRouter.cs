@@ -1,0 +1,162 @@
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Coral.AI;
+
+/// <summary>
+/// CORAL's LM-head router (our reconstruction, see docs/speculative.md): the vocabulary is partitioned into G groups of S
+/// rows (a permutation of the LM head's rows); a small MLP on the draft output scores the groups, and a drafting step
+/// computes logits only for the top-k groups. Verification never uses it.
+/// </summary>
+/// <remarks>
+/// File <c>router.safetensors</c> beside the drafter: <c>router.0.weight [r, d]</c>, <c>router.0.bias [r]</c>,
+/// <c>router.2.weight [G, r]</c>, <c>router.2.bias [G]</c> (Linear → SiLU → Linear), <c>group_perm [G·S]</c> int64
+/// (token id of each permuted row, −1 for padding). config.json: <c>router_groups</c>, <c>router_topk</c>, <c>router_hidden</c>.
+/// </remarks>
+internal sealed class LmHeadRouter : IDisposable
+{
+    public const string FileName = "router.safetensors";
+
+    private readonly Tensor _w1, _b1, _w2, _b2;   // f32
+    private readonly Tensor _head;               // permuted LM head rows, in the target head's layout
+    private readonly bool _transposed;           // head stored [d, G·S] (f32 matmul layout) instead of [G·S, d]
+    private readonly long[] _perm;
+    private readonly ScalarType _headType;
+
+    private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, bool transposed, long[] perm, int groups, int topK)
+    {
+        (_w1, _b1, _w2, _b2, _head, _transposed, _perm) = (w1, b1, w2, b2, head, transposed, perm);
+        _headType = head.dtype;
+        Groups = groups;
+        GroupSize = perm.Length / groups;
+        TopK = topK;
+    }
+
+    public int Groups { get; }
+
+    public int GroupSize { get; }
+
+    /// <summary>Gets the default number of groups computed per drafting step.</summary>
+    public int TopK { get; }
+
+    /// <summary>Gets the token id of each permuted row (−1 = padding).</summary>
+    public IReadOnlyList<long> Permutation => _perm;
+
+    public static LmHeadRouter? TryLoad(string folder, JsonObject config, TransformerModel target)
+    {
+        string path = Path.Combine(folder, FileName);
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+
+        string configPath = Path.Combine(folder, "config.json");
+        int groups = config["router_groups"]?.GetValue<int>() ?? throw new CoralModelException(configPath, "router_groups", $"required when {FileName} is present.");
+        int topK = config["router_topk"]?.GetValue<int>() ?? Math.Max(1, groups / 8);
+        int hidden = config["router_hidden"]?.GetValue<int>() ?? throw new CoralModelException(configPath, "router_hidden", $"required when {FileName} is present.");
+        using var file = SafetensorsFile.Open(path);
+        long d = target.Config.HiddenSize;
+        Tensor Take(string name, long[] shape)
+        {
+            if (!file.Entries.TryGetValue(name, out SafetensorsEntry? e))
+            {
+                throw new CoralModelException(path, name, "required tensor is missing.");
+            }
+
+            if (!e.Shape.SequenceEqual(shape))
+            {
+                throw new CoralModelException(path, name, $"shape [{string.Join(", ", e.Shape)}] does not match config.json, which implies [{string.Join(", ", shape)}].");
+            }
+
+            using Tensor v = file.Get(name);
+            return v.to(name == "group_perm" ? ScalarType.Int64 : ScalarType.Float32).to(target.Device).clone();
+        }
+
+        if (!file.Entries.TryGetValue("group_perm", out SafetensorsEntry? permEntry) || permEntry.Shape.Length != 1 || permEntry.Shape[0] % groups != 0)
+        {
+            throw new CoralModelException(path, "group_perm", $"must be a 1-D int64 tensor whose length is a multiple of router_groups ({groups}).");
+        }
+
+        using Tensor permTensor = Take("group_perm", [permEntry.Shape[0]]);
+        using Tensor permCpu = permTensor.cpu();
+        long[] perm = MemoryMarshal.Cast<byte, long>(permCpu.bytes).ToArray();
+        long vocab = target.Config.VocabSize;
+        if (perm.Any(p => p < -1 || p >= vocab) || perm.Where(p => p >= 0).Distinct().Count() != perm.Count(p => p >= 0))
+        {
+            throw new CoralModelException(path, "group_perm", $"entries must be distinct token ids in [0, {vocab}) or −1 for padding.");
+        }
+
+        Tensor w1 = Take("router.0.weight", [hidden, d]), b1 = Take("router.0.bias", [hidden]);
+        Tensor w2 = Take("router.2.weight", [groups, hidden]), b2 = Take("router.2.bias", [groups]);
+        Tensor head = PermutedHead(target, perm);
+        return new LmHeadRouter(w1, b1, w2, b2, head, target.HeadIsTransposed, perm, groups, topK);
+    }
+
+    /// <summary>Builds the permuted head: a view of the target's head when the permutation is the identity prefix.</summary>
+    private static Tensor PermutedHead(TransformerModel target, long[] perm)
+    {
+        bool identity = true;
+        for (int i = 0; i < perm.Length && identity; i++)
+        {
+            identity = perm[i] == (i < target.Config.VocabSize ? i : -1);
+        }
+
+        int dim = target.HeadIsTransposed ? 1 : 0;
+        if (identity && perm.Length == target.Config.VocabSize)
+        {
+            return target.Head.alias();
+        }
+
+        using Tensor index = torch.tensor(perm.Select(p => Math.Max(p, 0)).ToArray(), device: target.Device);
+        using Tensor rows = target.Head.index_select(dim, index);
+        using Tensor keep = torch.tensor(perm.Select(p => p >= 0 ? 1f : 0f).ToArray(), device: target.Device).to(target.Head.dtype);
+        return (dim == 1 ? rows * keep.unsqueeze(0) : rows * keep.unsqueeze(1)).contiguous();
+    }
+
+    /// <summary>Gets the group scores (log-probabilities) [K, G] for draft outputs h [K, d].</summary>
+    public Tensor GroupLogProbs(Tensor h) => F.log_softmax(F.linear(F.silu(F.linear(h, _w1, _b1)), _w2, _b2), -1);
+
+    /// <summary>
+    /// Routes once for all K rows (the groups with the highest summed log-probability), then computes logits only over
+    /// those groups. Returns logits [K, k·S] in f32 and the token id of each column (−1 for padding columns).
+    /// </summary>
+    public (Tensor Logits, long[] TokenIds) Logits(Tensor h, int topK)
+    {
+        topK = Math.Clamp(topK, 1, Groups);
+        using Tensor scores = GroupLogProbs(h).sum([0L]).cpu();
+        float[] s = MemoryMarshal.Cast<byte, float>(scores.contiguous().bytes).ToArray();
+        int[] chosen = Enumerable.Range(0, Groups).OrderByDescending(g => s[g]).ThenBy(g => g).Take(topK).OrderBy(g => g).ToArray();
+        var parts = new List<Tensor>();
+        var ids = new List<long>(topK * GroupSize);
+        Tensor x = _headType == ScalarType.Float32 ? h : h.to(_headType);
+        for (int i = 0; i < chosen.Length;)
+        {
+            int run = 1;
+            while (i + run < chosen.Length && chosen[i + run] == chosen[i] + run)
+            {
+                run++;
+            }
+
+            long start = (long)chosen[i] * GroupSize, length = (long)run * GroupSize;
+            Tensor rows = _head.narrow(_transposed ? 1 : 0, start, length);
+            parts.Add(_transposed ? x.matmul(rows) : F.linear(x, rows));
+            ids.AddRange(_perm.AsSpan((int)start, (int)length).ToArray());
+            i += run;
+        }
+
+        Tensor logits = parts.Count == 1 ? parts[0] : torch.cat(parts, 1);
+        return (logits.to(ScalarType.Float32), ids.ToArray());
+    }
+
+    public void Dispose()
+    {
+        _w1.Dispose();
+        _b1.Dispose();
+        _w2.Dispose();
+        _b2.Dispose();
+        _head.Dispose();
+    }
+}

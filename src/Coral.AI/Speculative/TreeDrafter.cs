@@ -1,0 +1,229 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI;
+
+/// <summary>
+/// Builds EAGLE-2 dynamic draft trees: appends the newly accepted (feature, next token) pairs to the drafter's stable
+/// cache, expands a beam of top-k nodes level by level (joint log-confidence = sum of log-probabilities along the path),
+/// then keeps the best nodes overall as a connected tree. Tree nodes only ever live in temporary cache slots after the
+/// stable part, which is restored at the end of every cycle.
+/// </summary>
+internal sealed class TreeDrafter : IDisposable
+{
+    private readonly DraftModel _model;
+    private float[] _rows = [];
+
+    public TreeDrafter(DraftModel model, int capacity)
+    {
+        _model = model;
+        Cache = model.CreateCache(capacity);
+    }
+
+    public DraftModel Model => _model;
+
+    /// <summary>Gets the drafter cache; its length is the number of stable (feature, next token) pairs.</summary>
+    public KvCache Cache { get; }
+
+    /// <summary>Forgets stable pairs beyond <paramref name="pairs"/>.</summary>
+    public void Truncate(int pairs) => Cache.Length = Math.Min(Cache.Length, Math.Max(pairs, 0));
+
+    /// <summary>
+    /// Feeds <paramref name="features"/> [m, d] with <paramref name="nextTokens"/> (the last one is the root token) and
+    /// drafts a tree under the root. Runs inside the caller's dispose scope.
+    /// </summary>
+    public DraftTree Draft(Tensor features, long[] nextTokens, TreeShape shape)
+    {
+        int k = shape.TopK;
+        Tensor h = _model.Forward(nextTokens, features, Cache);
+        int stable = Cache.Length;
+        var tokens = new List<int>();
+        var parents = new List<int>();   // record index of the parent, −1 = root
+        var scores = new List<float>();
+
+        // Level 1: children of the root from the last pair's output.
+        var (level1Tokens, level1Lp) = TopKPerRow(h.narrow(0, h.shape[0] - 1, 1), k, shape.RouterTopK);
+        int[] frontier = new int[level1Tokens[0].Length];
+        for (int j = 0; j < frontier.Length; j++)
+        {
+            frontier[j] = tokens.Count;
+            tokens.Add(level1Tokens[0][j]);
+            parents.Add(-1);
+            scores.Add(level1Lp[0][j]);
+        }
+
+        Tensor frontierHidden = h.narrow(0, h.shape[0] - 1, 1).expand(frontier.Length, -1);
+        var ancestors = new bool[frontier.Length, 0];   // frontier rows over temporary slots written so far
+        try
+        {
+            for (int level = 1; level < shape.Depth; level++)
+            {
+                int f = frontier.Length, covered = ancestors.GetLength(1) + f;
+                var mask = new bool[f * covered];
+                for (int i = 0; i < f; i++)
+                {
+                    for (int j = 0; j < ancestors.GetLength(1); j++)
+                    {
+                        mask[i * covered + j] = ancestors[i, j];
+                    }
+
+                    mask[i * covered + ancestors.GetLength(1) + i] = true;
+                }
+
+                long[] frontierTokens = frontier.Select(r => (long)tokens[r]).ToArray();
+                long[] positions = Enumerable.Repeat((long)(stable + level - 1), f).ToArray();
+                Tensor hidden = _model.Forward(frontierTokens, frontierHidden, Cache, positions, torch.tensor(mask, [f, covered]));
+                var (childTokens, childLp) = TopKPerRow(hidden, k, shape.RouterTopK);
+
+                // All f·k children are candidates for the final tree; the best k become the next frontier.
+                var candidates = new List<(int Record, float Score, int Row)>();
+                for (int i = 0; i < f; i++)
+                {
+                    for (int j = 0; j < childTokens[i].Length; j++)
+                    {
+                        float score = scores[frontier[i]] + childLp[i][j];
+                        candidates.Add((tokens.Count, score, i));
+                        tokens.Add(childTokens[i][j]);
+                        parents.Add(frontier[i]);
+                        scores.Add(score);
+                    }
+                }
+
+                var next = candidates.OrderByDescending(c => c.Score).ThenBy(c => c.Record).Take(k).ToArray();
+                var nextAncestors = new bool[next.Length, covered];
+                for (int i = 0; i < next.Length; i++)
+                {
+                    for (int j = 0; j < covered; j++)
+                    {
+                        nextAncestors[i, j] = mask[next[i].Row * covered + j];
+                    }
+                }
+
+                using Tensor rows = torch.tensor(next.Select(c => (long)c.Row).ToArray(), device: hidden.device);
+                frontierHidden = hidden.index_select(0, rows);
+                frontier = next.Select(c => c.Record).ToArray();
+                ancestors = nextAncestors;
+            }
+        }
+        finally
+        {
+            Cache.Length = stable;   // tree nodes never stay in the drafter's cache
+        }
+
+        return Rerank(nextTokens[^1], tokens, parents, scores, shape.TotalTokens);
+    }
+
+    public void Dispose() => Cache.Dispose();
+
+    /// <summary>Keeps the best <paramref name="total"/> − 1 records by joint score whose parents are kept, in record order.</summary>
+    private static DraftTree Rerank(long root, List<int> tokens, List<int> parents, List<float> scores, int total)
+    {
+        var kept = new HashSet<int>();
+        foreach (int r in Enumerable.Range(0, tokens.Count).OrderByDescending(r => scores[r]).ThenBy(r => r))
+        {
+            if (kept.Count == total - 1)
+            {
+                break;
+            }
+
+            if (parents[r] < 0 || kept.Contains(parents[r]))
+            {
+                kept.Add(r);
+            }
+        }
+
+        int[] order = kept.Order().ToArray();
+        var nodeOf = new Dictionary<int, int>();
+        var treeTokens = new int[order.Length + 1];
+        var treeParents = new int[order.Length + 1];
+        var treeScores = new float[order.Length + 1];
+        treeTokens[0] = (int)root;
+        treeParents[0] = -1;
+        for (int i = 0; i < order.Length; i++)
+        {
+            int r = order[i];
+            nodeOf[r] = i + 1;
+            treeTokens[i + 1] = tokens[r];
+            treeParents[i + 1] = parents[r] < 0 ? 0 : nodeOf[parents[r]];
+            treeScores[i + 1] = scores[r];
+        }
+
+        return new DraftTree(treeTokens, treeParents, treeScores);
+    }
+
+    /// <summary>Top-k tokens and log-probabilities of each row of draft outputs [R, d], through the router or the full head.</summary>
+    private (int[][] Tokens, float[][] LogProbs) TopKPerRow(Tensor hidden, int k, int routerTopK)
+    {
+        Tensor logits;
+        long[]? ids = null;
+        if (_model.Router is { } router && routerTopK != 0)
+        {
+            (logits, ids) = router.Logits(hidden, routerTopK < 0 ? router.TopK : routerTopK);
+        }
+        else
+        {
+            logits = _model.Target.Logits(hidden);
+        }
+
+        int r = (int)logits.shape[0], n = (int)logits.shape[1];
+        Tensor host = logits.device_type == DeviceType.CPU ? logits.contiguous() : logits.cpu().contiguous();
+        if (_rows.Length < r * n)
+        {
+            _rows = new float[r * n];
+        }
+
+        MemoryMarshal.Cast<byte, float>(host.bytes).CopyTo(_rows);
+        var tokens = new int[r][];
+        var logProbs = new float[r][];
+        for (int row = 0; row < r; row++)
+        {
+            (tokens[row], logProbs[row]) = TopK(_rows.AsSpan(row * n, n), ids, k);
+        }
+
+        return (tokens, logProbs);
+    }
+
+    /// <summary>The k largest entries of a logits row as (token, log-softmax) pairs, best first; padding columns skipped.</summary>
+    internal static (int[] Tokens, float[] LogProbs) TopK(ReadOnlySpan<float> row, long[]? ids, int k)
+    {
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < row.Length; i++)
+        {
+            if (row[i] > max && (ids is null || ids[i] >= 0))
+            {
+                max = row[i];
+            }
+        }
+
+        double sum = 0;
+        var best = new List<(float Value, int Index)>(k + 1);
+        for (int i = 0; i < row.Length; i++)
+        {
+            if (ids is not null && ids[i] < 0)
+            {
+                continue;
+            }
+
+            float v = row[i];
+            sum += Math.Exp(v - max);
+            if (best.Count < k || v > best[^1].Value)
+            {
+                int at = best.Count;
+                while (at > 0 && best[at - 1].Value < v)
+                {
+                    at--;
+                }
+
+                best.Insert(at, (v, i));
+                if (best.Count > k)
+                {
+                    best.RemoveAt(k);
+                }
+            }
+        }
+
+        float logZ = max + (float)Math.Log(sum);
+        return (best.Select(b => ids is null ? b.Index : (int)ids[b.Index]).ToArray(), best.Select(b => b.Value - logZ).ToArray());
+    }
+}

@@ -1,0 +1,23 @@
+namespace Coral.AI;
+
+/// <summary>The EAGLE-2 dynamic tree: <paramref name="Depth"/> draft levels, <paramref name="TopK"/> children per expanded
+/// node and beam width, <paramref name="TotalTokens"/> nodes verified (root included).</summary>
+/// <param name="Depth">Draft levels below the root (draft forwards per cycle = Depth).</param>
+/// <param name="TopK">Candidates per node and nodes kept per level.</param>
+/// <param name="TotalTokens">Nodes sent to verification, root included.</param>
+/// <param name="RouterTopK">Groups computed per draft step when the drafter has a router; 0 = the full LM head.</param>
+internal sealed record TreeShape(int Depth, int TopK, int TotalTokens, int RouterTopK)
+{
+    public static TreeShape Default { get; } = new(5, 8, 16, -1);
+
+    /// <summary>Gets the largest number of temporary draft slots one cycle writes.</summary>
+    public int TemporarySlots => Depth * TopK;
+
+    public void Validate()
+    {
+        if (Depth < 1 || TopK < 1 || TotalTokens < 2 || TotalTokens > 1 + TopK + (Depth - 1) * TopK * TopK)
+        {
+            throw new ArgumentException($"Invalid tree: depth {Depth}, top-k {TopK}, total tokens {TotalTokens} (need depth ≥ 1, top-k ≥ 1, 2 ≤ total ≤ 1 + top-k + (depth − 1)·top-k²).");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+namespace Coral.AI.Tests;
+
+/// <summary>Speculative decoding is lossless: greedy output equals plain greedy output token for token.</summary>
+public class SpeculativeDecodingTests
+{
+    public static TheoryData<string, string, int, int, int> Cases => new()
+    {
+        { "llama", "random", 5, 8, 16 },
+        { "qwen2", "random", 3, 4, 8 },
+        { "llama-tied-scaled", "copy", 5, 8, 16 },
+        { "llama-tied-scaled", "copy", 1, 4, 4 },
+        { "llama-tied-scaled", "copy", 6, 10, 60 },
+        { "qwen3", "copy", 4, 3, 12 },
+        { "qwen3", "random", 2, 2, 3 },
+    };
+
+    private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
+        IReadOnlyList<string>? stops = null, SamplingParameters? sampling = null, IReadOnlyList<int>? stopIds = null)
+    {
+        engine.ResetCache();
+        var request = new GenerationRequest(engine.Tokenizer.Encode(prompt), sampling ?? SamplingParameters.Greedy, max, stops ?? [], stopIds)
+        {
+            Speculative = speculative,
+            Tree = shape,
+        };
+        return engine.Generate(request, null, CancellationToken.None);
+    }
+
+    internal static string Drafter(string target, string kind) => kind == "copy"
+        ? DrafterZoo.Copy(TransformerModelTests.ModelFor(target), target + "-copy")
+        : DrafterZoo.Random(TransformerModelTests.ModelFor(target), target + "-random");
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Greedy_SpeculativeEqualsPlain(string target, string drafter, int depth, int topK, int total)
+    {
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor(target), Drafter(target, drafter));
+        var shape = new TreeShape(depth, topK, total, 0);
+        foreach (string prompt in new[] { "Once upon a time", "The quick brown fox", "1, 2, 3," })
+        {
+            GenerationResult plain = Run(engine, prompt, speculative: false);
+            GenerationResult spec = Run(engine, prompt, speculative: true, shape);
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            Assert.Equal(plain.Text, spec.Text);
+            Assert.Equal(plain.Finish, spec.Finish);
+            Assert.NotNull(spec.Speculative);
+            Assert.Null(plain.Speculative);
+            Assert.Equal(spec.TokenIds.Count, 1 + spec.Speculative!.AcceptedTokens + (spec.TargetForwardPasses - 1 - spec.Speculative.Cycles));
+        }
+    }
+
+    [Fact]
+    public void CopyDrafter_OnATiedTarget_IsAcceptedOften()
+    {
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor("llama-tied-scaled"), Drafter("llama-tied-scaled", "copy"));
+        GenerationResult spec = Run(engine, "Once upon a time", speculative: true, TreeShape.Default with { RouterTopK = 0 }, max: 60);
+        Assert.True(spec.Speculative!.MeanAcceptedLength > 1.5, $"τ = {spec.Speculative.MeanAcceptedLength}");
+        Assert.True(spec.TargetForwardPasses < spec.TokenIds.Count);
+    }
+
+    [Fact]
+    public void StopsAndCaps_InsideTheTree_MatchPlain()
+    {
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor("llama-tied-scaled"), Drafter("llama-tied-scaled", "copy"));
+        var shape = TreeShape.Default with { RouterTopK = 0 };
+        GenerationResult reference = Run(engine, "Once upon a time", speculative: false, max: 30);
+        for (int max = 1; max <= 12; max++)
+        {
+            Assert.Equal(Run(engine, "Once upon a time", false, max: max).TokenIds, Run(engine, "Once upon a time", true, shape, max: max).TokenIds);
+        }
+
+        string text = reference.Text;
+        for (int at = 1; at + 3 <= text.Length; at += Math.Max(1, text.Length / 7))
+        {
+            string stop = text.Substring(at, 3);
+            GenerationResult plain = Run(engine, "Once upon a time", false, max: 30, stops: [stop]);
+            GenerationResult spec = Run(engine, "Once upon a time", true, shape, max: 30, stops: [stop]);
+            Assert.Equal(plain.Text, spec.Text);
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            Assert.Equal(GenerationFinish.Stop, spec.Finish);
+        }
+
+        foreach (int j in new[] { 2, 5, 9 })
+        {
+            int[] eos = [reference.TokenIds[j]];
+            GenerationResult plain = Run(engine, "Once upon a time", false, max: 30, stopIds: eos);
+            GenerationResult spec = Run(engine, "Once upon a time", true, shape, max: 30, stopIds: eos);
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            Assert.Equal(GenerationFinish.Stop, spec.Finish);
+        }
+    }
+
+    [Fact]
+    public void KvCompaction_EqualsRecomputation()
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        using var engine = DrafterZoo.Engine(target, Drafter("llama-tied-scaled", "copy"));
+        GenerationResult spec = Run(engine, "Once upon a time", true, TreeShape.Default with { RouterTopK = 0 }, max: 40);
+        Assert.True(spec.Speculative!.AcceptedTokens > spec.Speculative.Cycles, "some draft tokens must be accepted for this test to mean anything");
+        long[] tokens = engine.CachedTokens.Select(t => (long)t).ToArray();
+        Assert.Equal(engine.Cache.Length, tokens.Length);
+        using var fresh = engine.Model.CreateCache(tokens.Length + 1);
+        using (TorchSharp.torch.inference_mode())
+        using (TorchSharp.torch.NewDisposeScope())
+        {
+            engine.Model.Forward(tokens, fresh);
+        }
+
+        for (int l = 0; l < engine.Model.Config.NumLayers; l++)
+        {
+            float[] a = TorchTestHelpers.ToArray(engine.Cache.Keys[l].narrow(1, 0, tokens.Length));
+            float[] b = TorchTestHelpers.ToArray(fresh.Keys[l].narrow(1, 0, tokens.Length));
+            Assert.True(TorchTestHelpers.MaxAbsDiff(a, b) < 1e-4f, $"layer {l} keys");
+            a = TorchTestHelpers.ToArray(engine.Cache.Values[l].narrow(1, 0, tokens.Length));
+            b = TorchTestHelpers.ToArray(fresh.Values[l].narrow(1, 0, tokens.Length));
+            Assert.True(TorchTestHelpers.MaxAbsDiff(a, b) < 1e-4f, $"layer {l} values");
+        }
+    }
+
+    [Fact]
+    public void Router_NeverChangesVerifiedOutput()
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string drafter = DrafterZoo.Copy(target, "router", new DraftInitOptions { RouterGroups = 8, RouterTopK = 2, ShuffleGroups = true, Seed = 5 });
+        using var engine = DrafterZoo.Engine(target, drafter);
+        Assert.NotNull(engine.Drafter!.Model.Router);
+        Assert.Equal(8, engine.Drafter.Model.Router!.Groups);
+        foreach (int routerTopK in new[] { 1, 2, 8, 0 })
+        {
+            GenerationResult plain = Run(engine, "Once upon a time", false);
+            GenerationResult spec = Run(engine, "Once upon a time", true, TreeShape.Default with { RouterTopK = routerTopK });
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+        }
+    }
+
+    [Fact]
+    public void PrefixReuse_WithADrafter_StaysLossless()
+    {
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor("llama-tied-scaled"), Drafter("llama-tied-scaled", "copy"));
+        var shape = TreeShape.Default with { RouterTopK = 0 };
+        List<int> prompt = engine.Tokenizer.Encode("Once upon a time there was");
+        var request = new GenerationRequest(prompt, SamplingParameters.Greedy, 20, []) { Tree = shape };
+        engine.ResetCache();
+        GenerationResult first = engine.Generate(request, null, default);
+        // A follow-up that extends the previous exchange reuses its prefix in both caches.
+        var followUp = request with { PromptIds = [.. prompt, .. first.TokenIds, .. engine.Tokenizer.Encode(" and then", false)] };
+        GenerationResult reused = engine.Generate(followUp, null, default);
+        Assert.True(reused.CachedPromptTokens > prompt.Count);
+        engine.ResetCache();
+        GenerationResult cold = engine.Generate(followUp, null, default);
+        Assert.Equal(cold.TokenIds, reused.TokenIds);
+        engine.ResetCache();
+        Assert.Equal(cold.TokenIds, engine.Generate(followUp with { Speculative = false }, null, default).TokenIds);
+    }
+}
