@@ -12,8 +12,11 @@ internal static class CliApp
           coral generate --model <hf-dir> [--draft <draft-dir>] --prompt <text> [--chat] [--system <text>]
                          [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
                          [--stop <text>]... [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16|float16] [--json]
-          coral chat     --model <hf-dir> [--system <text>] [--temperature T] [--max-new-tokens N] [--device D] [--dtype T]
+          coral chat     --model <hf-dir> [--draft <draft-dir>] [--system <text>] [--temperature T] [--max-new-tokens N] [--device D] [--dtype T]
           coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16]
+          coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
+          coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
+                         [--rounds R] [--device D] [--dtype T] [--json]
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
@@ -32,6 +35,8 @@ internal static class CliApp
                 "generate" => GenerateCommand.Run(rest, stdout, stderr),
                 "chat" => await ChatCommand.RunAsync(rest, stdout, stderr, stdin).ConfigureAwait(false),
                 "export-gguf" => ExportGgufCommand.Run(rest, stdout, stderr),
+                "draft-init" => DraftInitCommand.Run(rest, stdout, stderr),
+                "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };
         }

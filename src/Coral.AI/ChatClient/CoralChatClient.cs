@@ -88,7 +88,29 @@ public sealed class CoralChatClient : IChatClient
 
         InferenceEngine engine = await _host.GetEngineAsync(cancellationToken).ConfigureAwait(false);
         RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, options?.Instructions);
-        GenerationRequest request = prompt.ToRequest(engine.Tokenizer, sampling, maxTokens, options?.StopSequences);
+        GenerationRequest request = prompt.ToRequest(engine.Tokenizer, sampling, maxTokens, options?.StopSequences) with
+        {
+            Speculative = ReadBool(options, "speculative") ?? true,
+            Tree = engine.Tree with
+            {
+                Depth = ReadInt(options, "tree_depth") ?? engine.Tree.Depth,
+                TopK = ReadInt(options, "tree_top_k") ?? engine.Tree.TopK,
+                TotalTokens = ReadInt(options, "tree_total_tokens") ?? engine.Tree.TotalTokens,
+                RouterTopK = ReadInt(options, "router_top_k") ?? engine.Tree.RouterTopK,
+            },
+        };
+        if (engine.Drafter is not null && request.Speculative)
+        {
+            try
+            {
+                request.Tree!.Validate();
+            }
+            catch (ArgumentException ex)
+            {
+                throw new ArgumentException($"ChatOptions.AdditionalProperties tree settings: {ex.Message}", nameof(options), ex);
+            }
+        }
+
         if (request.PromptIds.Count >= engine.ContextLength)
         {
             throw new PromptTooLongException(request.PromptIds.Count, engine.ContextLength);
@@ -197,8 +219,11 @@ public sealed class CoralChatClient : IChatClient
         if (r.Speculative is { } s)
         {
             usage.AdditionalCounts["draft_tokens_proposed"] = s.DraftTokens;
-            usage.AdditionalCounts["draft_tokens_accepted"] = s.AcceptedTokens - s.Cycles;
+            usage.AdditionalCounts["draft_tokens_accepted"] = Math.Max(0, s.AcceptedTokens - s.Cycles);
+            usage.AdditionalCounts["speculative_cycles"] = s.Cycles;
             usage.AdditionalCounts["mean_accepted_length_x1000"] = (long)Math.Round(s.MeanAcceptedLength * 1000);
+            usage.AdditionalCounts["draft_duration_ns"] = (long)(s.DraftTime.TotalMilliseconds * 1e6);
+            usage.AdditionalCounts["verify_duration_ns"] = (long)(s.VerifyTime.TotalMilliseconds * 1e6);
         }
 
         return usage;
@@ -222,6 +247,25 @@ public sealed class CoralChatClient : IChatClient
             FrequencyPenalty = o?.FrequencyPenalty ?? 0f,
             PresencePenalty = o?.PresencePenalty ?? 0f,
             Seed = o?.Seed,
+        };
+    }
+
+    private static int? ReadInt(ChatOptions? o, string key) => ReadFloat(o, key) is float f ? (int)f : null;
+
+    private static bool? ReadBool(ChatOptions? o, string key)
+    {
+        if (o?.AdditionalProperties is null || !o.AdditionalProperties.TryGetValue(key, out object? value) || value is null)
+        {
+            return null;
+        }
+
+        return value switch
+        {
+            bool b => b,
+            System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.True } => true,
+            System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.False } => false,
+            string s when bool.TryParse(s, out bool b) => b,
+            _ => throw new ArgumentException($"ChatOptions.AdditionalProperties['{key}'] must be a boolean (got '{value}').", nameof(o)),
         };
     }
 

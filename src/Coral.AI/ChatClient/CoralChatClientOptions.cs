@@ -7,8 +7,29 @@ public sealed class CoralChatClientOptions
     /// <summary>Gets or sets the Hugging Face model folder (config.json, model.safetensors[.index.json], tokenizer.json).</summary>
     public string? ModelPath { get; set; }
 
-    /// <summary>Gets or sets the drafter folder for speculative decoding, or <see langword="null"/> for plain decoding.</summary>
+    /// <summary>
+    /// Gets or sets the drafter folder for speculative decoding (an EAGLE, HASS or CORAL checkpoint trained for this model),
+    /// or <see langword="null"/> for plain decoding. Output is identical in distribution (greedy: token for token).
+    /// </summary>
     public string? DraftModelPath { get; set; }
+
+    /// <summary>Gets or sets the number of draft levels per cycle (EAGLE-2 depth). Defaults to 5.</summary>
+    public int TreeDepth { get; set; } = 5;
+
+    /// <summary>Gets or sets the candidates per expanded node and nodes kept per level (EAGLE-2 top-k). Defaults to 8.</summary>
+    public int TreeTopK { get; set; } = 8;
+
+    /// <summary>
+    /// Gets or sets the nodes verified per cycle, root included; <see langword="null"/> auto-tunes it at load by timing the
+    /// target's verify forward against tree size on this device.
+    /// </summary>
+    public int? TreeTotalTokens { get; set; }
+
+    /// <summary>
+    /// Gets or sets the LM-head groups a CORAL router computes per draft step; <see langword="null"/> uses the checkpoint's
+    /// default, 0 disables the router (full head).
+    /// </summary>
+    public int? RouterTopK { get; set; }
 
     /// <summary>Gets or sets the model id reported in responses; defaults to the model folder's name.</summary>
     public string? ModelId { get; set; }

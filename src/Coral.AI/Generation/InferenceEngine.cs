@@ -350,6 +350,90 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets the logits row of the last step.</summary>
     public ReadOnlySpan<float> LastLogits => _row;
 
+    /// <summary>
+    /// Picks the tree size for this device: times the target's verify forward for several tree sizes and one draft step,
+    /// then maximises prior_τ(T) / (depth · draft step + verify(T)). The prior is a concave acceptance curve (τ grows
+    /// slowly with tree size, EAGLE-2's observation); on a GPU, where verify cost is nearly flat, it picks large trees,
+    /// on a small CPU small ones. Returns the chosen shape and the measured costs (ms).
+    /// </summary>
+    public (TreeShape Shape, IReadOnlyDictionary<int, double> VerifyMs, double DraftStepMs) TuneTree(int depth, int topK, int routerTopK)
+    {
+        if (Drafter is null)
+        {
+            throw new InvalidOperationException("No drafter is loaded.");
+        }
+
+        var prior = new SortedDictionary<int, double> { [4] = 0.70, [8] = 0.85, [12] = 0.93, [16] = 1.0, [24] = 1.08, [32] = 1.14, [48] = 1.22, [64] = 1.28 };
+        int maxNodes = 1 + topK + (depth - 1) * topK * topK;
+        int context = Math.Min(128, ContextLength / 2);
+        var verify = new Dictionary<int, double>();
+        double draftStep;
+        using (torch.inference_mode())
+        {
+            ResetCache();
+            long[] prefix = Enumerable.Range(0, context).Select(i => (long)(i % Model.Config.VocabSize)).ToArray();
+            using (torch.NewDisposeScope())
+            {
+                Model.Forward(prefix, Cache);
+            }
+
+            foreach (int t in prior.Keys.Where(t => t <= maxNodes && context + t < ContextLength))
+            {
+                long[] ids = prefix.Take(t).ToArray();
+                long[] positions = Enumerable.Range(context, t).Select(i => (long)i).ToArray();
+                verify[t] = MedianMs(() =>
+                {
+                    using var scope = torch.NewDisposeScope();
+                    Cache.Length = context;
+                    ReadRows(Model.Logits(Model.Forward(ids, Cache, positions, torch.ones(t, t, ScalarType.Bool).tril())), ref _treeLogits);
+                });
+            }
+
+            draftStep = MeasureDraftStep(topK, routerTopK);
+            ResetCache();
+        }
+
+        int best = verify.Keys.OrderByDescending(t => prior[t] / (depth * draftStep + verify[t])).ThenBy(t => t).First();
+        return (new TreeShape(depth, topK, best, routerTopK), verify, draftStep);
+    }
+
+    /// <summary>Median time (ms) of one draft step over <paramref name="rows"/> tree nodes: drafter forward, head (routed
+    /// or full), logits read back.</summary>
+    public double MeasureDraftStep(int rows, int routerTopK)
+    {
+        TreeDrafter drafter = Drafter ?? throw new InvalidOperationException("No drafter is loaded.");
+        long d = Model.Config.HiddenSize;
+        long[] tokens = Enumerable.Range(0, rows).Select(i => (long)(i % Model.Config.VocabSize)).ToArray();
+        using var inference = torch.inference_mode();
+        double ms = MedianMs(() =>
+        {
+            using var scope = torch.NewDisposeScope();
+            drafter.Truncate(0);
+            Tensor h = drafter.Model.Forward(tokens, torch.zeros(rows, d, device: Model.Device), drafter.Cache);
+            Tensor logits = drafter.Model.Router is { } router && routerTopK != 0
+                ? router.Logits(h, routerTopK < 0 ? router.TopK : routerTopK).Logits
+                : Model.Logits(h);
+            ReadRows(logits, ref _treeLogits);
+        }, 9);
+        drafter.Truncate(0);
+        return ms;
+    }
+
+    private static double MedianMs(Action action, int repeats = 5)
+    {
+        action();
+        var times = new double[repeats];
+        for (int i = 0; i < repeats; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            action();
+            times[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+
+        Array.Sort(times);
+        return times[repeats / 2];
+    }
+
     /// <summary>Runs one forward (allocators, kernels, page-in of the weights) so the first request is not the slow one.</summary>
     public void WarmUp()
     {

@@ -65,6 +65,16 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return "CoralChatClientOptions.DefaultTemperature must be >= 0 and DefaultTopP in (0, 1].";
         }
 
+        if (o.DraftModelPath is not null && !File.Exists(Path.Combine(o.DraftModelPath, "config.json")))
+        {
+            return $"CoralChatClientOptions.DraftModelPath '{o.DraftModelPath}' has no config.json.";
+        }
+
+        if (o.TreeDepth is < 1 or > 16 || o.TreeTopK is < 1 or > 32 || o.TreeTotalTokens is < 2 or > 256 || o.RouterTopK is < 0)
+        {
+            return "CoralChatClientOptions: TreeDepth must be in [1, 16], TreeTopK in [1, 32], TreeTotalTokens in [2, 256] and RouterTopK >= 0.";
+        }
+
         if (o.PrefillChunkSize < 1 || o.Threads is < 1)
         {
             return "CoralChatClientOptions.PrefillChunkSize and Threads must be at least 1.";

@@ -145,8 +145,26 @@ public sealed class CoralModelHost : IDisposable
             var dtype = TorchDevices.ResolveDType(_options.DType, device);
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
-            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId);
+            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath);
             _engine.WarmUp();
+            if (_engine.Drafter is not null)
+            {
+                int routerTopK = _options.RouterTopK ?? -1;
+                if (_options.TreeTotalTokens is int total)
+                {
+                    _engine.Tree = new TreeShape(_options.TreeDepth, _options.TreeTopK, total, routerTopK);
+                }
+                else
+                {
+                    var (shape, verify, draftMs) = _engine.TuneTree(_options.TreeDepth, _options.TreeTopK, routerTopK);
+                    _engine.Tree = shape;
+                    _logger.LogInformation("Coral: tree auto-tuned to {Total} nodes (depth {Depth}, top-k {TopK}); draft step {Draft:F2} ms, verify ms by size: {Verify}",
+                        shape.TotalTokens, shape.Depth, shape.TopK, draftMs, string.Join(", ", verify.Select(kv => $"{kv.Key}: {kv.Value:F2}")));
+                }
+
+                _engine.Tree.Validate();
+            }
+
             _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
                 ModelId, clock.ElapsedMilliseconds, _engine.Model.Config.Architecture, _engine.Model.Config.NumLayers,
                 _engine.Model.Config.HiddenSize, _engine.Model.Config.VocabSize, _engine.ContextLength, _engine.Cache.Bytes / 1048576.0);
@@ -172,5 +190,9 @@ public sealed class CoralModelHost : IDisposable
         DefaultTopP = o.DefaultTopP,
         PrefillChunkSize = o.PrefillChunkSize,
         Threads = o.Threads,
+        TreeDepth = o.TreeDepth,
+        TreeTopK = o.TreeTopK,
+        TreeTotalTokens = o.TreeTotalTokens,
+        RouterTopK = o.RouterTopK,
     };
 }

@@ -20,11 +20,6 @@ internal static class GenerateCommand
     {
         var cl = new CommandLine(args, ValueOptions, Flags);
         string prompt = cl.Required("--prompt");
-        if (cl.Value("--draft") is not null)
-        {
-            throw new NotSupportedException("--draft: speculative decoding is not available in this build yet; run without --draft.");
-        }
-
         using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
         float temperature = cl.Float("--temperature") ?? 0.7f;

@@ -8,6 +8,7 @@ internal static class ModelLoading
     public static CoralChatClientOptions Options(CommandLine cl) => new()
     {
         ModelPath = cl.Value("--model") ?? throw new UsageException("--model is required (no bundled demo model yet)."),
+        DraftModelPath = cl.Value("--draft"),
         Device = cl.Value("--device") ?? "cpu",
         DType = cl.Value("--dtype"),
     };
@@ -23,7 +24,11 @@ internal static class ModelLoading
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
         CoralModelHost host = CoralModelHost.Load(options);
-        stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} in {clock.ElapsedMilliseconds} ms]");
+        InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
+        string tree = engine.Drafter is null ? string.Empty
+            : $", drafter {Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.DraftModelPath!)))}, tree {engine.Tree.TotalTokens} nodes depth {engine.Tree.Depth} top-k {engine.Tree.TopK}"
+              + (engine.Drafter.Model.Router is { } r ? $", router {(engine.Tree.RouterTopK < 0 ? r.TopK : engine.Tree.RouterTopK)}/{r.Groups} groups" : string.Empty);
+        stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}) in {clock.ElapsedMilliseconds} ms{tree}]");
         return host;
     }
 }

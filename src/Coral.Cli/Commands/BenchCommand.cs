@@ -1,0 +1,229 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Coral.AI;
+using Microsoft.Extensions.AI;
+
+namespace Coral.Cli;
+
+/// <summary>
+/// <c>coral bench</c>: plain and speculative decoding of the same prompts, interleaved in one process (order alternated
+/// every round, caches reset before every run), with τ, tokens/s, speedup, draft time share, verify cost by tree size and
+/// draft step time with and without the router.
+/// </summary>
+internal static class BenchCommand
+{
+    private sealed record Prompt(int Index, string Kind, List<ChatMessage> Messages);
+
+    private sealed record Measured(int Tokens, double DecodeSeconds, SpeculativeStats? Stats, IReadOnlyList<int> Ids);
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var cl = new CommandLine(args,
+            new HashSet<string> { "--model", "--draft", "--prompts", "--temperature", "--max-new-tokens", "--rounds", "--device", "--dtype", "--seed" },
+            new HashSet<string> { "--json" });
+        if (cl.Value("--draft") is null)
+        {
+            throw new UsageException("--draft is required: bench compares plain and speculative decoding.");
+        }
+
+        List<Prompt> prompts = ReadPrompts(cl.Required("--prompts"));
+        float temperature = cl.Float("--temperature") ?? 0f;
+        int maxNew = cl.Int("--max-new-tokens") ?? 128;
+        int rounds = cl.Int("--rounds") ?? 3;
+        long seed = cl.Long("--seed") ?? 0;
+        bool json = cl.Flag("--json");
+        TextWriter log = json ? stderr : stdout;
+
+        using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
+        InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
+        TreeShape tree = engine.Tree;
+        var requests = prompts.Select(p => ChatPromptFormatter.Render(engine.Tokenizer.Config, p.Messages, null)
+            .ToRequest(engine.Tokenizer, new SamplingParameters { Temperature = temperature, TopP = temperature > 0 ? 1f : null }, maxNew, null) with { Tree = tree })
+            .ToArray();
+
+        var plain = prompts.Select(_ => new List<Measured>()).ToArray();
+        var spec = prompts.Select(_ => new List<Measured>()).ToArray();
+        for (int r = 0; r < rounds; r++)
+        {
+            for (int i = 0; i < prompts.Count; i++)
+            {
+                foreach (bool speculative in (r + i) % 2 == 0 ? new[] { false, true } : new[] { true, false })
+                {
+                    engine.ResetCache();
+                    GenerationRequest request = requests[i] with
+                    {
+                        Speculative = speculative,
+                        Sampling = requests[i].Sampling with { Seed = temperature > 0 ? seed + (r * 1000) + i : null },
+                    };
+                    GenerationResult g = engine.Generate(request, null, CancellationToken.None);
+                    (speculative ? spec : plain)[i].Add(new Measured(g.TokenIds.Count, g.DecodeTime.TotalSeconds, g.Speculative, g.TokenIds));
+                }
+            }
+
+            log.WriteLine($"round {r + 1}/{rounds} done");
+        }
+
+        var (_, verifyMs, _) = engine.TuneTree(tree.Depth, tree.TopK, tree.RouterTopK);
+        double draftFull = engine.MeasureDraftStep(tree.TopK, 0);
+        double? draftRouted = engine.Drafter!.Model.Router is null ? null : engine.MeasureDraftStep(tree.TopK, tree.RouterTopK);
+
+        var perPrompt = new JsonArray();
+        for (int i = 0; i < prompts.Count; i++)
+        {
+            double p = Median(plain[i].Select(Rate)), s = Median(spec[i].Select(Rate));
+            var o = new JsonObject
+            {
+                ["index"] = i,
+                ["kind"] = prompts[i].Kind,
+                ["mean_accepted_length"] = Round(Tau(spec[i])),
+                ["plain_tokens_per_second"] = Round(p),
+                ["speculative_tokens_per_second"] = Round(s),
+                ["speedup"] = Round(s / p),
+                ["draft_time_share"] = Round(DraftShare(spec[i])),
+            };
+            if (temperature == 0)
+            {
+                o["greedy_identical"] = plain[i].Zip(spec[i]).All(x => x.First.Ids.SequenceEqual(x.Second.Ids));
+            }
+
+            perPrompt.Add(o);
+        }
+
+        var byKind = new JsonObject();
+        foreach (var group in Enumerable.Range(0, prompts.Count).GroupBy(i => prompts[i].Kind))
+        {
+            byKind[group.Key] = Summary(group.SelectMany(i => plain[i]).ToList(), group.SelectMany(i => spec[i]).ToList(), temperature);
+        }
+
+        var result = new JsonObject
+        {
+            ["model"] = host.ModelId,
+            ["draft"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(cl.Value("--draft")!))),
+            ["device"] = host.Options.Device,
+            ["dtype"] = engine.Model.WeightType.ToString(),
+            ["temperature"] = temperature,
+            ["max_new_tokens"] = maxNew,
+            ["rounds"] = rounds,
+            ["tree"] = new JsonObject { ["depth"] = tree.Depth, ["top_k"] = tree.TopK, ["total_tokens"] = tree.TotalTokens, ["router_top_k"] = tree.RouterTopK },
+            ["prompts"] = perPrompt,
+            ["by_kind"] = byKind,
+            ["overall"] = Summary(plain.SelectMany(x => x).ToList(), spec.SelectMany(x => x).ToList(), temperature),
+            ["verify_ms_by_tree_size"] = new JsonObject(verifyMs.OrderBy(kv => kv.Key).Select(kv => KeyValuePair.Create(kv.Key.ToString(CultureInfo.InvariantCulture), (JsonNode?)Round(kv.Value)))),
+            ["draft_step_ms"] = new JsonObject { ["full_head"] = Round(draftFull), ["router"] = draftRouted is double dr ? Round(dr) : null },
+        };
+
+        if (json)
+        {
+            stdout.WriteLine(result.ToJsonString());
+        }
+        else
+        {
+            WriteTable(stdout, result);
+        }
+
+        return 0;
+    }
+
+    private static JsonObject Summary(List<Measured> plain, List<Measured> spec, float temperature)
+    {
+        double p = plain.Sum(r => r.Tokens - 1) / plain.Sum(r => r.DecodeSeconds);
+        double s = spec.Sum(r => r.Tokens - 1) / spec.Sum(r => r.DecodeSeconds);
+        var o = new JsonObject
+        {
+            ["mean_accepted_length"] = Round(Tau(spec)),
+            ["plain_tokens_per_second"] = Round(p),
+            ["speculative_tokens_per_second"] = Round(s),
+            ["speedup"] = Round(s / p),
+            ["draft_time_share"] = Round(DraftShare(spec)),
+        };
+        if (temperature == 0)
+        {
+            o["greedy_identical"] = plain.Zip(spec).All(x => x.First.Ids.SequenceEqual(x.Second.Ids));
+        }
+
+        return o;
+    }
+
+    private static double Rate(Measured r) => (r.Tokens - 1) / r.DecodeSeconds;
+
+    private static double Tau(IEnumerable<Measured> runs)
+    {
+        var stats = runs.Select(r => r.Stats).OfType<SpeculativeStats>().ToList();
+        int cycles = stats.Sum(s => s.Cycles);
+        return cycles == 0 ? 0 : (double)stats.Sum(s => s.AcceptedTokens) / cycles;
+    }
+
+    private static double DraftShare(IEnumerable<Measured> runs)
+    {
+        var list = runs.ToList();
+        return list.Sum(r => r.Stats?.DraftTime.TotalSeconds ?? 0) / list.Sum(r => r.DecodeSeconds);
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        double[] v = values.Order().ToArray();
+        return v.Length == 0 ? 0 : v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
+    }
+
+    private static double Round(double x) => Math.Round(x, 4);
+
+    private static List<Prompt> ReadPrompts(string path)
+    {
+        if (!File.Exists(path))
+        {
+            throw new ArgumentException($"--prompts '{path}' does not exist.");
+        }
+
+        var prompts = new List<Prompt>();
+        int lineNo = 0;
+        foreach (string line in File.ReadLines(path))
+        {
+            lineNo++;
+            if (string.IsNullOrWhiteSpace(line))
+            {
+                continue;
+            }
+
+            JsonObject o;
+            try
+            {
+                o = JsonNode.Parse(line) as JsonObject ?? throw new FormatException("not an object");
+            }
+            catch (Exception ex) when (ex is JsonException or FormatException)
+            {
+                throw new ArgumentException($"{path}:{lineNo}: not a JSON object ({ex.Message}).", ex);
+            }
+
+            string kind = o["kind"]?.GetValue<string>() ?? "default";
+            List<ChatMessage> messages = o["prompt"] is JsonNode p
+                ? [new ChatMessage(ChatRole.User, p.GetValue<string>())]
+                : (o["messages"] as JsonArray ?? throw new ArgumentException($"{path}:{lineNo}: needs \"prompt\" or \"messages\"."))
+                    .Select(m => new ChatMessage(new ChatRole(m!["role"]!.GetValue<string>()), m["content"]!.GetValue<string>())).ToList();
+            prompts.Add(new Prompt(prompts.Count, kind, messages));
+        }
+
+        return prompts.Count > 0 ? prompts : throw new ArgumentException($"--prompts '{path}' has no prompts.");
+    }
+
+    private static void WriteTable(TextWriter w, JsonObject r)
+    {
+        w.WriteLine($"model {r["model"]}, draft {r["draft"]}, {r["device"]} {r["dtype"]}, T={r["temperature"]}, {r["max_new_tokens"]} new tokens, {r["rounds"]} rounds, tree {r["tree"]!.ToJsonString()}");
+        w.WriteLine("| prompt | kind | τ | plain tok/s | spec tok/s | speedup | draft share |");
+        w.WriteLine("| --- | --- | --- | --- | --- | --- | --- |");
+        foreach (JsonNode? p in (JsonArray)r["prompts"]!)
+        {
+            w.WriteLine($"| {p!["index"]} | {p["kind"]} | {p["mean_accepted_length"]} | {p["plain_tokens_per_second"]} | {p["speculative_tokens_per_second"]} | {p["speedup"]} | {p["draft_time_share"]} |");
+        }
+
+        JsonNode o = r["overall"]!;
+        w.WriteLine($"| all | | {o["mean_accepted_length"]} | {o["plain_tokens_per_second"]} | {o["speculative_tokens_per_second"]} | {o["speedup"]} | {o["draft_time_share"]} |");
+        if (o["greedy_identical"] is JsonNode same)
+        {
+            w.WriteLine($"greedy identical: {same}");
+        }
+
+        w.WriteLine($"verify ms by tree size: {r["verify_ms_by_tree_size"]!.ToJsonString()}");
+        w.WriteLine($"draft step ms: {r["draft_step_ms"]!.ToJsonString()}");
+    }
+}
