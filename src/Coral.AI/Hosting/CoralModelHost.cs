@@ -142,7 +142,7 @@ public sealed class CoralModelHost : IDisposable
             }
 
             var device = TorchDevices.Resolve(_options.Device);
-            var dtype = TorchDevices.ResolveDType(_options.DType, device);
+            var dtype = TorchDevices.ResolveDType(_options.DType, device, speculative: _options.DraftModelPath is not null);
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
             _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath);

@@ -54,17 +54,19 @@ internal static class TorchDevices
     }
 
     /// <summary>
-    /// Picks the compute dtype: the requested one, else float32 on CPU (one-row decode steps run faster in f32 there:
-    /// oneDNN's bf16 GEMV is slower than f32 at batch 1) and bfloat16 on CUDA. float16 is refused on CPU.
+    /// Picks the compute dtype: the requested one; else bfloat16 on CUDA; on CPU float32 for plain decoding (one-row steps
+    /// run faster in f32: oneDNN's bf16 GEMV is slower at batch 1) and bfloat16 with a drafter (verification and tree
+    /// drafting are multi-row, where bf16 GEMMs cost about what one row costs and f32 ones grow with the rows).
+    /// float16 is refused on CPU.
     /// </summary>
-    public static ScalarType ResolveDType(string? name, Device device)
+    public static ScalarType ResolveDType(string? name, Device device, bool speculative = false)
     {
         if (!TryParseDType(name, out ScalarType? requested))
         {
             throw new ArgumentException($"DType '{name}' is not valid; use float32, bfloat16 or float16.", nameof(name));
         }
 
-        ScalarType dtype = requested ?? (device.type == DeviceType.CPU ? ScalarType.Float32 : ScalarType.BFloat16);
+        ScalarType dtype = requested ?? (device.type == DeviceType.CPU && !speculative ? ScalarType.Float32 : ScalarType.BFloat16);
         if (dtype == ScalarType.Float16 && device.type == DeviceType.CPU)
         {
             throw new ArgumentException("float16 compute is not supported on CPU (its matmul is a slow reference kernel); use bfloat16 or float32.", nameof(name));

@@ -30,12 +30,14 @@ internal sealed class DecoderLayer : IDisposable
     private readonly int _heads, _kvHeads;
     private readonly long _headDim;
     private readonly double _eps;
+    private readonly double _scale;
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor o, Tensor? oBias,
         Tensor mlpNorm, Tensor gateUp, Tensor down)
     {
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, mlpNorm, gateUp, down);
         (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
+        _scale = 1.0 / Math.Sqrt(c.HeadDim);
     }
 
     /// <summary>Loads the tensors under <paramref name="prefix"/> (e.g. <c>model.layers.3.</c> or <c>layers.0.</c>).</summary>
@@ -101,12 +103,30 @@ internal sealed class DecoderLayer : IDisposable
         int total = s.Start + t;
         // Query heads sharing a KV head become rows of one attention call: [1, Hkv, group·T, hd].
         Tensor q = qk.narrow(1, 0, _heads).reshape(t, _kvHeads, group, hd).permute(1, 2, 0, 3).reshape(1, _kvHeads, group * t, hd);
-        Tensor att = F.scaled_dot_product_attention(q, keys.narrow(1, 0, total).unsqueeze(0), values.narrow(1, 0, total).unsqueeze(0), s.Mask);
+        Tensor att = Attention(q, keys.narrow(1, 0, total).unsqueeze(0), values.narrow(1, 0, total).unsqueeze(0), s.Mask, _scale);
         Tensor o = att.view(_kvHeads, group, t, hd).permute(2, 0, 1, 3).reshape(t, _heads * hd);
         x = x + Linear(o, _o, _oBias);
 
         Tensor[] gu = Linear(RmsNorm(x, _mlpNorm, _eps), _gateUp, null).chunk(2, -1);   // SwiGLU
         return x + Linear(F.silu(gu[0]) * gu[1], _down, null);
+    }
+
+    /// <summary>
+    /// Softmax attention in the KV cache's dtype. With the f64 cache used on CPU, a query's result does not depend on
+    /// how many queries share the call or which masked keys sit between the keys it sees: dot products, the softmax sum
+    /// and the weighted sum over values all accumulate in f64, so their f32 result is the same (short of an exact rounding
+    /// tie) whether a token runs alone or as a node of a verified tree. That keeps speculative greedy decoding token-
+    /// identical to plain greedy decoding in bf16 too; fused f32 SDPA's accumulation order shifts with both.
+    /// </summary>
+    public static Tensor Attention(Tensor q, Tensor keys, Tensor values, Tensor? mask, double scale)
+    {
+        Tensor scores = q.to(keys.dtype).matmul(keys.transpose(-2, -1)).mul_(scale);   // [1, Hkv, G·T, S]
+        if (mask is not null)
+        {
+            scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
+        }
+
+        return F.softmax(scores, -1).matmul(values).to(ScalarType.Float32);
     }
 
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b) =>

@@ -5,7 +5,8 @@ namespace Coral.AI;
 
 /// <summary>
 /// The key/value cache of one sequence, allocated once: per layer K and V of shape [kvHeads, capacity, headDim].
-/// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating.
+/// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating. On CPU the cache is
+/// f64 (see <see cref="DecoderLayer.Attention"/>: it makes tree verification bit-compatible with one-token steps).
 /// </summary>
 internal sealed class KvCache : IDisposable
 {

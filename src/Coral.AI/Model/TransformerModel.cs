@@ -1,6 +1,5 @@
 using TorchSharp;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace Coral.AI;
 
@@ -17,7 +16,7 @@ internal sealed class TransformerModel : IDisposable
     private readonly DecoderLayer[] _layers;
     private readonly Tensor _embed;       // [V, d], WeightType
     private readonly Tensor _finalNorm;   // [d], f32
-    private readonly Tensor _head;        // f32: [d, V] (transposed, for matmul); bf16: [V, d] (for linear)
+    private readonly Tensor _head;        // [V, d], WeightType (the embedding itself when tied)
     private readonly RotaryTables _rope;
     private readonly CheckpointReader _reader;
 
@@ -44,11 +43,8 @@ internal sealed class TransformerModel : IDisposable
     /// <summary>Gets the token embedding table [V, d] (shared with drafters, never copied).</summary>
     public Tensor Embedding => _embed;
 
-    /// <summary>Gets the LM head: [d, V] when <see cref="HeadIsTransposed"/>, else [V, d].</summary>
+    /// <summary>Gets the LM head [V, d] (shared with drafters, never copied).</summary>
     public Tensor Head => _head;
-
-    /// <summary>Gets whether <see cref="Head"/> is stored transposed ([d, V], f32 matmul layout).</summary>
-    public bool HeadIsTransposed => WeightType == ScalarType.Float32;
 
     /// <summary>Gets the number of rotary positions precomputed (the hard context limit).</summary>
     public int MaxPositions => _rope.MaxPositions;
@@ -75,15 +71,7 @@ internal sealed class TransformerModel : IDisposable
             Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], weightType).to(device);
             Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32).to(device);
             Tensor head;
-            if (c.TieWordEmbeddings)
-            {
-                head = weightType == ScalarType.Float32 ? embed.t().contiguous() : embed.alias();
-            }
-            else
-            {
-                using Tensor lm = reader.Take("lm_head.weight", [c.VocabSize, d], weightType).to(device);
-                head = weightType == ScalarType.Float32 ? lm.t().contiguous() : lm.contiguous();
-            }
+            head = c.TieWordEmbeddings ? embed.alias() : reader.Take("lm_head.weight", [c.VocabSize, d], weightType).to(device);
 
             var rope = new RotaryTables(c, Math.Min(maxPositions, Math.Max(c.MaxPositionEmbeddings, 1)), device);
             return new TransformerModel(c, device, weightType, reader, layers.ToArray(), embed, finalNorm, head, rope);
@@ -96,7 +84,10 @@ internal sealed class TransformerModel : IDisposable
         }
     }
 
-    public KvCache CreateCache(int capacity) => new(Config, Math.Min(capacity, MaxPositions), ScalarType.Float32, Device);
+    /// <summary>Gets the KV cache dtype: f64 on CPU (exact tree verification, see <see cref="DecoderLayer.Attention"/>), else f32.</summary>
+    public ScalarType CacheType => Device.type == DeviceType.CPU ? ScalarType.Float64 : ScalarType.Float32;
+
+    public KvCache CreateCache(int capacity) => new(Config, Math.Min(capacity, MaxPositions), CacheType, Device);
 
     /// <summary>
     /// Runs <paramref name="ids"/> through the decoder, writing their K/V to cache slots
@@ -131,9 +122,7 @@ internal sealed class TransformerModel : IDisposable
     }
 
     /// <summary>Projects hidden rows [R, d] to f32 logits [R, V].</summary>
-    public Tensor Logits(Tensor hidden) => HeadIsTransposed
-        ? hidden.matmul(_head)
-        : F.linear(hidden.to(WeightType), _head).to(ScalarType.Float32);
+    public Tensor Logits(Tensor hidden) => DecoderLayer.Linear(hidden, _head, null);
 
     public void Dispose()
     {

@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+
 namespace Coral.AI;
 
 /// <summary>
@@ -100,21 +102,8 @@ internal sealed class LogitsSampler
 
     public double NextUniform() => _random.NextDouble();
 
-    public static int ArgMax(ReadOnlySpan<float> x)
-    {
-        int best = 0;
-        float max = float.NegativeInfinity;
-        for (int i = 0; i < x.Length; i++)
-        {
-            if (x[i] > max)
-            {
-                max = x[i];
-                best = i;
-            }
-        }
-
-        return best;
-    }
+    /// <summary>The index of the largest value (the first one on ties), vectorised.</summary>
+    public static int ArgMax(ReadOnlySpan<float> x) => TensorPrimitives.IndexOfMax(x);
 
     private void ApplyPenalties(Span<float> x)
     {
@@ -145,22 +134,13 @@ internal sealed class LogitsSampler
     private void ToProbabilities(Span<float> x)
     {
         float inv = 1f / _p.Temperature;
-        float max = float.NegativeInfinity;
-        foreach (float v in x)
-        {
-            max = MathF.Max(max, v);
-        }
-
-        double sum = 0;
-        for (int i = 0; i < x.Length; i++)
-        {
-            float e = float.IsNegativeInfinity(x[i]) ? 0f : MathF.Exp((x[i] - max) * inv);
-            x[i] = e;
-            sum += e;
-        }
-
-        Scale(x, (float)(1.0 / sum));
-        float pmax = MathF.Exp(0f) / (float)sum;
+        float max = TensorPrimitives.Max(x);
+        TensorPrimitives.Subtract(x, max, x);
+        TensorPrimitives.Multiply(x, inv, x);
+        TensorPrimitives.Exp(x, x);                     // exp(−∞) = 0
+        float sum = TensorPrimitives.Sum(x);
+        TensorPrimitives.Multiply(x, 1f / sum, x);
+        float pmax = 1f / sum;
 
         if (_p.TopK is int k && k > 0 && k < x.Length)
         {
@@ -184,21 +164,7 @@ internal sealed class LogitsSampler
             }
         }
 
-        double total = 0;
-        foreach (float v in x)
-        {
-            total += v;
-        }
-
-        Scale(x, (float)(1.0 / total));
-    }
-
-    private static void Scale(Span<float> x, float s)
-    {
-        for (int i = 0; i < x.Length; i++)
-        {
-            x[i] *= s;
-        }
+        TensorPrimitives.Multiply(x, 1f / TensorPrimitives.Sum(x), x);
     }
 
     /// <summary>Zeroes all but the k largest entries (ties at the boundary keep the lower index).</summary>

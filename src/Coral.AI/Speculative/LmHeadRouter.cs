@@ -21,15 +21,12 @@ internal sealed class LmHeadRouter : IDisposable
     public const string FileName = "router.safetensors";
 
     private readonly Tensor _w1, _b1, _w2, _b2;   // f32
-    private readonly Tensor _head;               // permuted LM head rows, in the target head's layout
-    private readonly bool _transposed;           // head stored [d, G·S] (f32 matmul layout) instead of [G·S, d]
+    private readonly Tensor _head;               // [G·S, d] LM head rows in group order (padding rows zero)
     private readonly long[] _perm;
-    private readonly ScalarType _headType;
 
-    private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, bool transposed, long[] perm, int groups, int topK)
+    private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, long[] perm, int groups, int topK)
     {
-        (_w1, _b1, _w2, _b2, _head, _transposed, _perm) = (w1, b1, w2, b2, head, transposed, perm);
-        _headType = head.dtype;
+        (_w1, _b1, _w2, _b2, _head, _perm) = (w1, b1, w2, b2, head, perm);
         Groups = groups;
         GroupSize = perm.Length / groups;
         TopK = topK;
@@ -92,7 +89,7 @@ internal sealed class LmHeadRouter : IDisposable
         Tensor w1 = Take("router.0.weight", [hidden, d]), b1 = Take("router.0.bias", [hidden]);
         Tensor w2 = Take("router.2.weight", [groups, hidden]), b2 = Take("router.2.bias", [groups]);
         Tensor head = PermutedHead(target, perm);
-        return new LmHeadRouter(w1, b1, w2, b2, head, target.HeadIsTransposed, perm, groups, topK);
+        return new LmHeadRouter(w1, b1, w2, b2, head, perm, groups, topK);
     }
 
     /// <summary>Builds the permuted head: a view of the target's head when the permutation is the identity prefix.</summary>
@@ -104,16 +101,15 @@ internal sealed class LmHeadRouter : IDisposable
             identity = perm[i] == (i < target.Config.VocabSize ? i : -1);
         }
 
-        int dim = target.HeadIsTransposed ? 1 : 0;
         if (identity && perm.Length == target.Config.VocabSize)
         {
             return target.Head.alias();
         }
 
         using Tensor index = torch.tensor(perm.Select(p => Math.Max(p, 0)).ToArray(), device: target.Device);
-        using Tensor rows = target.Head.index_select(dim, index);
+        using Tensor rows = target.Head.index_select(0, index);
         using Tensor keep = torch.tensor(perm.Select(p => p >= 0 ? 1f : 0f).ToArray(), device: target.Device).to(target.Head.dtype);
-        return (dim == 1 ? rows * keep.unsqueeze(0) : rows * keep.unsqueeze(1)).contiguous();
+        return (rows * keep.unsqueeze(1)).contiguous();
     }
 
     /// <summary>Gets the group scores (log-probabilities) [K, G] for draft outputs h [K, d].</summary>
@@ -131,7 +127,7 @@ internal sealed class LmHeadRouter : IDisposable
         int[] chosen = Enumerable.Range(0, Groups).OrderByDescending(g => s[g]).ThenBy(g => g).Take(topK).OrderBy(g => g).ToArray();
         var parts = new List<Tensor>();
         var ids = new List<long>(topK * GroupSize);
-        Tensor x = _headType == ScalarType.Float32 ? h : h.to(_headType);
+        Tensor x = h.to(_head.dtype);
         for (int i = 0; i < chosen.Length;)
         {
             int run = 1;
@@ -141,8 +137,7 @@ internal sealed class LmHeadRouter : IDisposable
             }
 
             long start = (long)chosen[i] * GroupSize, length = (long)run * GroupSize;
-            Tensor rows = _head.narrow(_transposed ? 1 : 0, start, length);
-            parts.Add(_transposed ? x.matmul(rows) : F.linear(x, rows));
+            parts.Add(F.linear(x, _head.narrow(0, start, length)));
             ids.AddRange(_perm.AsSpan((int)start, (int)length).ToArray());
             i += run;
         }

@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+
 namespace Coral.AI;
 
 /// <summary>
@@ -29,11 +31,7 @@ internal static class TreeAcceptance
             }
 
             probs[x] = 0f;
-            float scale = 1f / (1f - px);
-            for (int i = 0; i < probs.Length; i++)
-            {
-                probs[i] *= scale;
-            }
+            TensorPrimitives.Multiply(probs, 1f / (1f - px), probs);
         }
 
         return -1;

@@ -185,45 +185,64 @@ internal sealed class TreeDrafter : IDisposable
     }
 
     /// <summary>The k largest entries of a logits row as (token, log-softmax) pairs, best first; padding columns skipped.</summary>
-    internal static (int[] Tokens, float[] LogProbs) TopK(ReadOnlySpan<float> row, long[]? ids, int k)
+    internal static (int[] Tokens, float[] LogProbs) TopK(Span<float> row, long[]? ids, int k)
     {
-        float max = float.NegativeInfinity;
-        for (int i = 0; i < row.Length; i++)
+        if (ids is not null)
         {
-            if (row[i] > max && (ids is null || ids[i] >= 0))
+            for (int i = 0; i < row.Length; i++)
             {
-                max = row[i];
+                if (ids[i] < 0)
+                {
+                    row[i] = float.NegativeInfinity;
+                }
             }
         }
 
-        double sum = 0;
+        float logZ = LogSumExp(row);
         var best = new List<(float Value, int Index)>(k + 1);
+        float floor = float.NegativeInfinity;
         for (int i = 0; i < row.Length; i++)
         {
-            if (ids is not null && ids[i] < 0)
+            float v = row[i];
+            if (v <= floor && best.Count == k)
             {
                 continue;
             }
 
-            float v = row[i];
-            sum += Math.Exp(v - max);
-            if (best.Count < k || v > best[^1].Value)
+            int at = best.Count;
+            while (at > 0 && best[at - 1].Value < v)
             {
-                int at = best.Count;
-                while (at > 0 && best[at - 1].Value < v)
-                {
-                    at--;
-                }
-
-                best.Insert(at, (v, i));
-                if (best.Count > k)
-                {
-                    best.RemoveAt(k);
-                }
+                at--;
             }
+
+            best.Insert(at, (v, i));
+            if (best.Count > k)
+            {
+                best.RemoveAt(k);
+            }
+
+            floor = best[^1].Value;
         }
 
-        float logZ = max + (float)Math.Log(sum);
+        best.RemoveAll(b => float.IsNegativeInfinity(b.Value));
         return (best.Select(b => ids is null ? b.Index : (int)ids[b.Index]).ToArray(), best.Select(b => b.Value - logZ).ToArray());
+    }
+
+    /// <summary>log Σ exp(x), vectorised.</summary>
+    internal static float LogSumExp(ReadOnlySpan<float> x)
+    {
+        float max = System.Numerics.Tensors.TensorPrimitives.Max(x);
+        float[] scratch = System.Buffers.ArrayPool<float>.Shared.Rent(x.Length);
+        try
+        {
+            Span<float> e = scratch.AsSpan(0, x.Length);
+            System.Numerics.Tensors.TensorPrimitives.Subtract(x, max, e);
+            System.Numerics.Tensors.TensorPrimitives.Exp(e, e);
+            return max + MathF.Log(System.Numerics.Tensors.TensorPrimitives.Sum(e));
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(scratch);
+        }
     }
 }
