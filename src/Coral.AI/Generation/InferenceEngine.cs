@@ -28,7 +28,7 @@ internal sealed class InferenceEngine : IDisposable
         Tokenizer = tokenizer;
         ModelId = modelId;
         PrefillChunk = prefillChunk;
-        Cache = model.CreateCache(contextLength);
+        Cache = model.CreateCache(contextLength, batchInvariant: draft is not null);
         var eos = new List<int>(model.Config.EosTokenIds);
         eos.AddRange(tokenizer.Config.GenerationEosTokenIds);
         if (tokenizer.EosTokenId is int e)

@@ -103,7 +103,10 @@ internal sealed class DecoderLayer : IDisposable
         int total = s.Start + t;
         // Query heads sharing a KV head become rows of one attention call: [1, Hkv, group·T, hd].
         Tensor q = qk.narrow(1, 0, _heads).reshape(t, _kvHeads, group, hd).permute(1, 2, 0, 3).reshape(1, _kvHeads, group * t, hd);
-        Tensor att = Attention(q, keys.narrow(1, 0, total).unsqueeze(0), values.narrow(1, 0, total).unsqueeze(0), s.Mask, _scale);
+        Tensor k4 = keys.narrow(1, 0, total).unsqueeze(0), v4 = values.narrow(1, 0, total).unsqueeze(0);
+        Tensor att = keys.dtype == ScalarType.Float32
+            ? F.scaled_dot_product_attention(q, k4, v4, s.Mask)          // fused; accumulation order depends on the batch
+            : Attention(q, k4, v4, s.Mask, _scale);                       // f64 cache: batch-invariant (speculative engines)
         Tensor o = att.view(_kvHeads, group, t, hd).permute(2, 0, 1, 3).reshape(t, _heads * hd);
         x = x + Linear(o, _o, _oBias);
 

@@ -5,8 +5,9 @@ namespace Coral.AI;
 
 /// <summary>
 /// The key/value cache of one sequence, allocated once: per layer K and V of shape [kvHeads, capacity, headDim].
-/// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating. On CPU the cache is
-/// f64 (see <see cref="DecoderLayer.Attention"/>: it makes tree verification bit-compatible with one-token steps).
+/// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating. Engines with a
+/// drafter keep it in f64 on CPU (see <see cref="DecoderLayer.Attention"/>: tree verification then equals one-token steps
+/// bit for bit); plain engines keep it in f32.
 /// </summary>
 internal sealed class KvCache : IDisposable
 {

@@ -84,10 +84,13 @@ internal sealed class TransformerModel : IDisposable
         }
     }
 
-    /// <summary>Gets the KV cache dtype: f64 on CPU (exact tree verification, see <see cref="DecoderLayer.Attention"/>), else f32.</summary>
-    public ScalarType CacheType => Device.type == DeviceType.CPU ? ScalarType.Float64 : ScalarType.Float32;
-
-    public KvCache CreateCache(int capacity) => new(Config, Math.Min(capacity, MaxPositions), CacheType, Device);
+    /// <summary>
+    /// Allocates a KV cache. <paramref name="batchInvariant"/> (for engines that verify draft trees) makes it f64 on CPU,
+    /// which switches attention to <see cref="DecoderLayer.Attention"/> so that a tree node computes exactly what a
+    /// one-token step computes; otherwise it is f32 and attention is fused SDPA (faster for plain decoding).
+    /// </summary>
+    public KvCache CreateCache(int capacity, bool batchInvariant = false) =>
+        new(Config, Math.Min(capacity, MaxPositions), batchInvariant && Device.type == DeviceType.CPU ? ScalarType.Float64 : ScalarType.Float32, Device);
 
     /// <summary>
     /// Runs <paramref name="ids"/> through the decoder, writing their K/V to cache slots

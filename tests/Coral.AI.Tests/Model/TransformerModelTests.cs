@@ -106,6 +106,65 @@ public class TransformerModelTests
         }
     }
 
+    [Theory]
+    [InlineData("llama", "bfloat16")]
+    [InlineData("qwen2", "bfloat16")]
+    [InlineData("llama-tied-scaled", "float32")]
+    public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
+    {
+        var type = dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16;
+        using var model = TransformerModel.Load(ModelFor(arch), torch.CPU, type, 256);
+        int v = model.Config.VocabSize;
+        long[] prefix = Sequence(37, v, 6);
+        int[] parent = [-1, 0, 0, 1, 2, 1, 3, 5, 0];
+        long[] nodes = Sequence(parent.Length, v, 7);
+        int[] depth = new int[parent.Length];
+        var mask = new bool[parent.Length * parent.Length];
+        for (int i = 0; i < parent.Length; i++)
+        {
+            depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
+            for (int a = i; a >= 0; a = parent[a])
+            {
+                mask[i * parent.Length + a] = true;
+            }
+        }
+
+        using var inference = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        using KvCache cache = model.CreateCache(128, batchInvariant: true);
+        model.Forward(prefix, cache);
+        float[] tree = TorchTestHelpers.ToArray(model.Logits(model.Forward(nodes, cache,
+            depth.Select(d => (long)(prefix.Length + d)).ToArray(), torch.tensor(mask, [parent.Length, parent.Length]))));
+        for (int i = 0; i < parent.Length; i++)
+        {
+            using KvCache steps = model.CreateCache(128, batchInvariant: true);
+            model.Forward(prefix, steps);
+            var path = new List<long>();
+            for (int a = i; a >= 0; a = parent[a])
+            {
+                path.Insert(0, nodes[a]);
+            }
+
+            Tensor last = null!;
+            foreach (long t in path)
+            {
+                last = model.Forward([t], steps);
+            }
+
+            float[] step = TorchTestHelpers.ToArray(model.Logits(last)), node = tree[(i * v)..((i + 1) * v)];
+            if (type == ScalarType.BFloat16)
+            {
+                Assert.Equal(step, node);   // bf16 GEMMs are batch-invariant here: bit for bit
+            }
+            else
+            {
+                // MKL's f32 GEMM kernels change with the row count: equal to f32 rounding, same argmax.
+                Assert.True(TorchTestHelpers.MaxAbsDiff(step, node) < 1e-4f);
+                Assert.Equal(LogitsSampler.ArgMax(step), LogitsSampler.ArgMax(node));
+            }
+        }
+    }
+
     [Fact]
     public void ShardedBf16Checkpoint_LoadsTheSameValuesAsAsSingleF32File()
     {

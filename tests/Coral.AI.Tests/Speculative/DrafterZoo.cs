@@ -31,6 +31,6 @@ internal static class DrafterZoo
         return folder;
     }
 
-    public static InferenceEngine Engine(string target, string drafter, int context = 512) =>
-        InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, context, draftFolder: drafter);
+    public static InferenceEngine Engine(string target, string drafter, int context = 512, ScalarType dtype = ScalarType.Float32) =>
+        InferenceEngine.Load(target, torch.CPU, dtype, context, draftFolder: drafter);
 }

@@ -3,15 +3,18 @@ namespace Coral.AI.Tests;
 /// <summary>Speculative decoding is lossless: greedy output equals plain greedy output token for token.</summary>
 public class SpeculativeDecodingTests
 {
-    public static TheoryData<string, string, int, int, int> Cases => new()
+    public static TheoryData<string, string, int, int, int, string> Cases => new()
     {
-        { "llama", "random", 5, 8, 16 },
-        { "qwen2", "random", 3, 4, 8 },
-        { "llama-tied-scaled", "copy", 5, 8, 16 },
-        { "llama-tied-scaled", "copy", 1, 4, 4 },
-        { "llama-tied-scaled", "copy", 6, 10, 60 },
-        { "qwen3", "copy", 4, 3, 12 },
-        { "qwen3", "random", 2, 2, 3 },
+        { "llama", "random", 5, 8, 16, "float32" },
+        { "qwen2", "random", 3, 4, 8, "float32" },
+        { "llama-tied-scaled", "copy", 5, 8, 16, "float32" },
+        { "llama-tied-scaled", "copy", 1, 4, 4, "float32" },
+        { "llama-tied-scaled", "copy", 6, 10, 60, "float32" },
+        { "qwen3", "copy", 4, 3, 12, "float32" },
+        { "qwen3", "random", 2, 2, 3, "float32" },
+        { "llama", "random", 5, 8, 24, "bfloat16" },
+        { "llama-tied-scaled", "copy", 5, 8, 16, "bfloat16" },
+        { "qwen2", "random", 4, 6, 20, "bfloat16" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -32,9 +35,10 @@ public class SpeculativeDecodingTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void Greedy_SpeculativeEqualsPlain(string target, string drafter, int depth, int topK, int total)
+    public void Greedy_SpeculativeEqualsPlain(string target, string drafter, int depth, int topK, int total, string dtype)
     {
-        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor(target), Drafter(target, drafter));
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor(target), Drafter(target, drafter), 512,
+            dtype == "bfloat16" ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32);
         var shape = new TreeShape(depth, topK, total, 0);
         foreach (string prompt in new[] { "Once upon a time", "The quick brown fox", "1, 2, 3," })
         {
