@@ -14,6 +14,7 @@ internal static class CliApp
                          [--stop <text>]... [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16|float16] [--json]
           coral chat     --model <hf-dir> [--draft <draft-dir>] [--system <text>] [--temperature T] [--max-new-tokens N] [--device D] [--dtype T]
           coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16]
+          coral template --template <file.jinja> --context <context.json> [--now 2024-07-26T00:00:00]
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--device D] [--dtype T] [--json]
@@ -36,6 +37,7 @@ internal static class CliApp
                 "chat" => await ChatCommand.RunAsync(rest, stdout, stderr, stdin).ConfigureAwait(false),
                 "export-gguf" => ExportGgufCommand.Run(rest, stdout, stderr),
                 "draft-init" => DraftInitCommand.Run(rest, stdout, stderr),
+                "template" => TemplateCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };

@@ -88,3 +88,57 @@ public class ChatTemplateFixtureTests
         }
     }
 }
+
+/// <summary><c>coral template</c> renders the fixtures byte for byte too.</summary>
+public class TemplateCommandTests
+{
+    [Theory]
+    [InlineData("llama-3.2-3b-instruct", "05_tools_offered")]
+    [InlineData("qwen3-0.6b", "12_reasoning_in_history")]
+    [InlineData("mistral-nemo-instruct-2407", "08_unicode_quotes")]
+    [InlineData("gemma-2-2b-it", "10_roles_not_alternating")]
+    [InlineData("hermes-3-llama-3.1-8b-tool_use", "01_single_user")]
+    public async Task CoralTemplate_PrintsTheExpectedRender(string template, string caseId)
+    {
+        string root = ChatTemplateFixtureTests.FixtureRoot();
+        var meta = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(root, "templates", template + ".json")))!;
+        var caseJson = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(root, "cases", caseId + ".json")))!;
+        var context = new System.Text.Json.Nodes.JsonObject
+        {
+            ["messages"] = caseJson["messages"]!.DeepClone(),
+            ["tools"] = caseJson["tools"]?.DeepClone(),
+            ["documents"] = caseJson["documents"]?.DeepClone(),
+            ["add_generation_prompt"] = caseJson["add_generation_prompt"]?.GetValue<bool>() ?? false,
+        };
+        foreach (var (k, v) in meta["special_tokens"] as System.Text.Json.Nodes.JsonObject ?? [])
+        {
+            context[k] = v?.DeepClone();
+        }
+
+        foreach (var (k, v) in caseJson["kwargs"] as System.Text.Json.Nodes.JsonObject ?? [])
+        {
+            context[k] = v?.DeepClone();
+        }
+
+        string contextFile = Path.Combine(ModelZoo.TempFolder("template-cli"), "context.json");
+        File.WriteAllText(contextFile, context.ToJsonString());
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = await Coral.Cli.CliApp.RunAsync(["template", "--template", Path.Combine(root, "templates", template + ".jinja"), "--context", contextFile, "--now", "2024-07-26T00:00:00"], stdout, stderr, TextReader.Null);
+        var expected = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(root, "expected", template + ".json")))!["results"]![caseId]!;
+        if (expected["output"] is System.Text.Json.Nodes.JsonNode output)
+        {
+            Assert.Equal(0, code);
+            Assert.Equal(output.GetValue<string>(), stdout.ToString());
+        }
+        else
+        {
+            Assert.NotEqual(0, code);
+            Assert.Equal(string.Empty, stdout.ToString());
+            if (expected["error"]!["raised_by"]!.GetValue<string>() == "raise_exception")
+            {
+                Assert.Equal(expected["error"]!["message"]!.GetValue<string>(), stderr.ToString().TrimEnd('\n'));
+            }
+        }
+    }
+}

@@ -111,7 +111,7 @@ internal sealed partial class JinjaTemplate
                 case ">=": return Compare(x, y) >= 0;
                 case "in": return Contains(y, x, b.Line);
                 case "not in": return !Contains(y, x, b.Line);
-                case "~": return Str(x) + Str(y);
+                case "~": return _state.CheckSize(Str(x) + Str(y));
             }
 
             if (x is JinjaUndefined ux || y is JinjaUndefined uy)
@@ -124,7 +124,7 @@ internal sealed partial class JinjaTemplate
                 switch (x, y)
                 {
                     case (string s1, string s2):
-                        return s1 + s2;
+                        return _state.CheckSize(s1 + s2);
                     case (List<object?> l1, List<object?> l2):
                         return l1.Concat(l2).ToList();
                 }
@@ -132,7 +132,9 @@ internal sealed partial class JinjaTemplate
 
             if (b.Op == "*" && x is string rep && y is long times)
             {
-                return string.Concat(Enumerable.Repeat(rep, (int)Math.Clamp(times, 0, _state.Limits.MaxOutputChars)));
+                return (long)rep.Length * times > _state.Limits.MaxOutputChars
+                    ? _state.CheckSize(new string(' ', _state.Limits.MaxOutputChars + 1))
+                    : string.Concat(Enumerable.Repeat(rep, (int)Math.Max(times, 0)));
             }
 
             if (b.Op == "%" && x is string fmt)

@@ -36,8 +36,10 @@ internal sealed record NContinue(int Line) : JinjaNode(Line);
 /// <summary>Parses template tokens into statement and expression trees (Jinja's grammar and operator precedence).</summary>
 internal sealed class JinjaParser
 {
+    private const int MaxNesting = 200;
     private readonly List<JinjaToken> _t;
     private int _p;
+    private int _depth;
 
     private JinjaParser(List<JinjaToken> tokens) => _t = tokens;
 
@@ -95,6 +97,11 @@ internal sealed class JinjaParser
     /// <summary>Parses nodes until an end tag it does not own; returns that tag's keyword (left unconsumed after it).</summary>
     private List<JinjaNode> ParseBody(out string? endTag, params string[] ends)
     {
+        if (_depth > MaxNesting)
+        {
+            throw Error($"statements nested deeper than {MaxNesting}");
+        }
+
         var nodes = new List<JinjaNode>();
         while (true)
         {
@@ -144,6 +151,19 @@ internal sealed class JinjaParser
     private void EndTag() => Expect(JinjaTokenKind.BlockEnd, "%}");
 
     private JinjaNode ParseStatement()
+    {
+        _depth++;
+        try
+        {
+            return ParseStatementCore();
+        }
+        finally
+        {
+            _depth--;
+        }
+    }
+
+    private JinjaNode ParseStatementCore()
     {
         JinjaToken kw = Next();
         int line = kw.Line;
@@ -319,6 +339,23 @@ internal sealed class JinjaParser
 
     public JinjaExpr ParseExpression(bool noCondition = false)
     {
+        if (++_depth > MaxNesting)
+        {
+            throw Error($"expressions nested deeper than {MaxNesting}");
+        }
+
+        try
+        {
+            return ParseConditional(noCondition);
+        }
+        finally
+        {
+            _depth--;
+        }
+    }
+
+    private JinjaExpr ParseConditional(bool noCondition)
+    {
         JinjaExpr expr = ParseOr();
         if (noCondition)
         {
@@ -438,6 +475,23 @@ internal sealed class JinjaParser
     private JinjaExpr ParseUnary()
     {
         int line = Peek.Line;
+        if (++_depth > MaxNesting)
+        {
+            throw Error($"expressions nested deeper than {MaxNesting}");
+        }
+
+        try
+        {
+            return ParseUnaryCore(line);
+        }
+        finally
+        {
+            _depth--;
+        }
+    }
+
+    private JinjaExpr ParseUnaryCore(int line)
+    {
         if (AcceptOp("-"))
         {
             return ParseFilters(new JUnary("-", ParseUnary(), line));

@@ -3,7 +3,7 @@ using System.Text;
 namespace Coral.AI;
 
 /// <summary>Limits that turn a hostile template into a clear error instead of a hang or an out-of-memory.</summary>
-internal sealed record JinjaLimits(int MaxOutputChars = 4_000_000, long MaxIterations = 2_000_000, int MaxCallDepth = 64);
+internal sealed record JinjaLimits(int MaxOutputChars = 4_000_000, long MaxIterations = 2_000_000, int MaxCallDepth = 64, double MaxSeconds = 10);
 
 /// <summary>
 /// A sandboxed Jinja2 template with the semantics transformers renders chat templates with (immutable sandbox,
@@ -16,10 +16,27 @@ internal sealed partial class JinjaTemplate
 
     private JinjaTemplate(List<JinjaNode> body) => _body = body;
 
-    public static JinjaTemplate Parse(string source) => new(JinjaParser.Parse(source));
+    public static JinjaTemplate Parse(string source) => Guard(() => new JinjaTemplate(JinjaParser.Parse(source)));
+
+    /// <summary>Turns any runtime fault (a missing argument, a bad cast) into a <see cref="ChatTemplateException"/>.</summary>
+    private static T Guard<T>(Func<T> action)
+    {
+        try
+        {
+            return action();
+        }
+        catch (Exception ex) when (ex is ArgumentException or IndexOutOfRangeException or InvalidCastException or KeyNotFoundException
+            or NullReferenceException or FormatException or OverflowException or InvalidOperationException)
+        {
+            throw new ChatTemplateException($"template error: {ex.Message}");
+        }
+    }
 
     /// <summary>Renders with <paramref name="variables"/>; <paramref name="now"/> feeds <c>strftime_now</c>.</summary>
-    public string Render(IReadOnlyDictionary<string, object?> variables, DateTime? now = null, JinjaLimits? limits = null)
+    public string Render(IReadOnlyDictionary<string, object?> variables, DateTime? now = null, JinjaLimits? limits = null) =>
+        Guard(() => RenderCore(variables, now, limits));
+
+    private string RenderCore(IReadOnlyDictionary<string, object?> variables, DateTime? now, JinjaLimits? limits)
     {
         var state = new RenderState(limits ?? new JinjaLimits(), now ?? DateTime.Now);
         var globals = new Dictionary<string, object?>(StringComparer.Ordinal)
@@ -95,6 +112,7 @@ internal sealed partial class JinjaTemplate
     /// <summary>Counters shared by one render.</summary>
     private sealed class RenderState(JinjaLimits limits, DateTime now)
     {
+        private readonly long _started = System.Diagnostics.Stopwatch.GetTimestamp();
         private long _iterations;
 
         public JinjaLimits Limits { get; } = limits;
@@ -109,7 +127,16 @@ internal sealed partial class JinjaTemplate
             {
                 throw new ChatTemplateException($"template exceeded {Limits.MaxIterations} loop iterations.");
             }
+
+            if ((_iterations & 1023) == 0 && System.Diagnostics.Stopwatch.GetElapsedTime(_started).TotalSeconds > Limits.MaxSeconds)
+            {
+                throw new ChatTemplateException($"template rendering exceeded {Limits.MaxSeconds} s.");
+            }
         }
+
+        public string CheckSize(string s) => s.Length > Limits.MaxOutputChars
+            ? throw new ChatTemplateException($"template built a string longer than {Limits.MaxOutputChars} characters.")
+            : s;
     }
 
     private enum Flow
