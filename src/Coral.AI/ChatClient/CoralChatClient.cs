@@ -87,7 +87,7 @@ public sealed class CoralChatClient : IChatClient
         }
 
         InferenceEngine engine = await _host.GetEngineAsync(cancellationToken).ConfigureAwait(false);
-        RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, options?.Instructions);
+        RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, options);
         GenerationRequest request = prompt.ToRequest(engine.Tokenizer, sampling, maxTokens, options?.StopSequences) with
         {
             Speculative = ReadBool(options, "speculative") ?? true,
