@@ -20,7 +20,10 @@ namespace Coral.AI;
 /// semantics, over the generated tokens), Instructions (a leading system message), ModelId (must be this model's id or
 /// null). AdditionalProperties keys: <c>min_p</c>, <c>repetition_penalty</c>. Not yet used: Tools, ToolMode,
 /// ResponseFormat, Reasoning (the chat template issue adds them); ConversationId, RawRepresentationFactory and background
-/// responses are ignored (the client is stateless). The caller's options are never modified.
+/// responses are ignored (the client is stateless). The caller's options are never modified. Tools are rendered by the
+/// model's chat template; tool calls in the reply (Hermes/Qwen, Llama JSON, Mistral syntax) come back as
+/// <see cref="FunctionCallContent"/> with <see cref="ChatFinishReason.ToolCalls"/>, never as text; <c>&lt;think&gt;</c>
+/// output comes back as <see cref="TextReasoningContent"/>.
 /// </para>
 /// <para>
 /// Defaults: sampling at <see cref="CoralChatClientOptions.DefaultTemperature"/> and
@@ -126,6 +129,17 @@ public sealed class CoralChatClient : IChatClient
             ModelId = _host.ModelId,
             CreatedAt = created,
         };
+        ChatResponseUpdate Piece((bool Reasoning, string Text) piece)
+        {
+            ChatResponseUpdate u = NewUpdate(null);
+            u.Contents.Add(piece.Reasoning ? new TextReasoningContent(piece.Text) : new TextContent(piece.Text));
+            return u;
+        }
+
+        bool toolsOffered = options?.ToolMode is not NoneChatToolMode && options?.Tools?.OfType<AIFunctionDeclaration>().Any() == true;
+        var parser = new AssistantOutputParser(
+            toolsOffered ? AssistantOutputParser.Detect(engine.Tokenizer.Config.ChatTemplate) : ToolCallSyntax.None,
+            startsInThink: prompt.Text.TrimEnd('\n').EndsWith("<think>", StringComparison.Ordinal));
 
         var channel = Channel.CreateUnbounded<ChatResponseUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -139,13 +153,25 @@ public sealed class CoralChatClient : IChatClient
                 {
                     GenerationResult result = engine.Generate(request, (_, text) =>
                     {
-                        if (text.Length > 0)
+                        foreach (var piece in parser.Push(text))
                         {
-                            channel.Writer.TryWrite(NewUpdate(text));
+                            channel.Writer.TryWrite(Piece(piece));
                         }
                     }, stop.Token);
+                    var (rest, calls) = parser.Finish();
+                    foreach (var piece in rest)
+                    {
+                        channel.Writer.TryWrite(Piece(piece));
+                    }
+
                     ChatResponseUpdate last = NewUpdate(null);
-                    last.FinishReason = result.Finish == GenerationFinish.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
+                    foreach (FunctionCallContent call in calls)
+                    {
+                        last.Contents.Add(call);
+                    }
+
+                    last.FinishReason = calls.Count > 0 ? ChatFinishReason.ToolCalls
+                        : result.Finish == GenerationFinish.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
                     last.Contents.Add(new UsageContent(ToUsage(result)));
                     channel.Writer.TryWrite(last);
                     channel.Writer.TryComplete();

@@ -20,6 +20,7 @@ internal sealed class HfTokenizer
     private readonly Dictionary<string, int> _added;
     private readonly Regex? _addedSplitter;
     private readonly HashSet<int> _special;
+    private readonly HashSet<int> _markers = [];
     private readonly int[] _prefix;
     private readonly int[] _suffix;
     private readonly bool _stripLeadingSpace;
@@ -51,6 +52,14 @@ internal sealed class HfTokenizer
             if (n["special"]?.GetValue<bool>() ?? false)
             {
                 _special.Add(id);
+            }
+        }
+
+        foreach (string marker in new[] { "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<think>", "</think>", "<|python_tag|>" })
+        {
+            if (_added.TryGetValue(marker, out int markerId))
+            {
+                _markers.Add(markerId);
             }
         }
 
@@ -149,6 +158,10 @@ internal sealed class HfTokenizer
     }
 
     public bool IsSpecial(int id) => _special.Contains(id);
+
+    /// <summary>Gets whether a special token carries structure the chat client parses (tool-call and reasoning markers),
+    /// so the streamed text keeps it.</summary>
+    public bool IsMarker(int id) => _markers.Contains(id);
 
     /// <summary>Encodes like HF <c>tokenizer(text, add_special_tokens=...)</c>: added tokens in the text are recognised.</summary>
     public List<int> Encode(string text, bool addSpecialTokens = true)

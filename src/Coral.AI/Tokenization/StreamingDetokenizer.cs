@@ -22,7 +22,7 @@ internal sealed class StreamingDetokenizer
     /// <summary>Adds a token and returns the text that became complete (possibly empty).</summary>
     public string Push(int id)
     {
-        if (_skipSpecial && _tokenizer.IsSpecial(id))
+        if (_skipSpecial && _tokenizer.IsSpecial(id) && !_tokenizer.IsMarker(id))
         {
             return string.Empty;
         }
