@@ -90,9 +90,19 @@ public sealed class CoralChatClient : IChatClient
         }
 
         InferenceEngine engine = await _host.GetEngineAsync(cancellationToken).ConfigureAwait(false);
-        RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, options);
+        ToolCallSyntax syntax = AssistantOutputParser.Detect(engine.Tokenizer.Config.ChatTemplate);
+        OutputConstraint? constraint = OutputConstraints.For(options, ref syntax, out string? schemaInstructions);
+        ChatOptions? renderOptions = options;
+        if (schemaInstructions is not null)
+        {
+            renderOptions = options!.Clone();
+            renderOptions.Instructions = string.IsNullOrEmpty(options.Instructions) ? schemaInstructions : options.Instructions + "\n\n" + schemaInstructions;
+        }
+
+        RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, renderOptions);
         GenerationRequest request = prompt.ToRequest(engine.Tokenizer, sampling, maxTokens, options?.StopSequences) with
         {
+            Constraint = constraint,
             Speculative = ReadBool(options, "speculative") ?? true,
             Tree = engine.Tree with
             {
@@ -138,7 +148,7 @@ public sealed class CoralChatClient : IChatClient
 
         bool toolsOffered = options?.ToolMode is not NoneChatToolMode && options?.Tools?.OfType<AIFunctionDeclaration>().Any() == true;
         var parser = new AssistantOutputParser(
-            toolsOffered ? AssistantOutputParser.Detect(engine.Tokenizer.Config.ChatTemplate) : ToolCallSyntax.None,
+            toolsOffered ? syntax : ToolCallSyntax.None,
             startsInThink: prompt.Text.TrimEnd('\n').EndsWith("<think>", StringComparison.Ordinal));
 
         var channel = Channel.CreateUnbounded<ChatResponseUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });

@@ -18,6 +18,9 @@ internal sealed record GenerationRequest(
 
     /// <summary>Gets the draft tree for this request, or null for the engine's default.</summary>
     public TreeShape? Tree { get; init; }
+
+    /// <summary>Gets what the output must be (JSON, a forced tool call), or null for free text. Constrained requests decode plainly.</summary>
+    public OutputConstraint? Constraint { get; init; }
 }
 
 /// <summary>Why generation ended.</summary>

@@ -121,15 +121,15 @@ internal sealed class InferenceEngine : IDisposable
         var sampler = new LogitsSampler(request.Sampling, Model.Config.VocabSize, prompt);
         var clock = Stopwatch.StartNew();
         var emitter = new TokenEmitter(request, Tokenizer, EosTokenIds, onText, clock);
-        bool speculative = Drafter is not null && request.Speculative;
+        bool speculative = Drafter is not null && request.Speculative && request.Constraint is null;
+        OutputConstraint.State? constraint = request.Constraint?.Start();
         var (cached, features) = Prefill(prompt, cancellationToken, collectFeatures: speculative);
         TimeSpan prefill = clock.Elapsed;
         int forwards = 1;
         SpeculativeStats? stats = null;
 
-        int token = sampler.Sample(_row);
-        sampler.Accept(token);
-        if (emitter.Emit(token))
+        int token = Next(sampler, ref constraint, emitter);
+        if (emitter.Emit(token) && !EndIfComplete(constraint, emitter))
         {
             if (speculative)
             {
@@ -139,7 +139,7 @@ internal sealed class InferenceEngine : IDisposable
                 features = null;
             }
 
-            forwards += PlainLoop(token, sampler, emitter, cancellationToken);
+            forwards += PlainLoop(token, sampler, emitter, constraint, cancellationToken);
         }
 
         features?.Dispose();
@@ -148,7 +148,7 @@ internal sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Plain decoding from <paramref name="last"/> (emitted, not yet in the cache); returns the forwards run.</summary>
-    private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, CancellationToken cancellationToken)
+    private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, OutputConstraint.State? constraint, CancellationToken cancellationToken)
     {
         int forwards = 0;
         while (!emitter.Finished)
@@ -163,12 +163,102 @@ internal sealed class InferenceEngine : IDisposable
             Step([last]);
             _cachedTokens.Add(last);
             forwards++;
-            last = sampler.Sample(_row);
-            sampler.Accept(last);
-            emitter.Emit(last);
+            last = Next(sampler, ref constraint, emitter);
+            if (emitter.Emit(last))
+            {
+                EndIfComplete(constraint, emitter);
+            }
         }
 
         return forwards;
+    }
+
+    private static bool EndIfComplete(OutputConstraint.State? constraint, TokenEmitter emitter)
+    {
+        if (constraint?.IsComplete == true)
+        {
+            emitter.EndComplete();
+            return true;
+        }
+
+        return false;
+    }
+
+    /// <summary>Samples the next token from the row buffer: freely, or restricted to tokens that keep the constraint satisfiable.</summary>
+    private int Next(LogitsSampler sampler, ref OutputConstraint.State? constraint, TokenEmitter emitter)
+    {
+        if (constraint is null)
+        {
+            int free = sampler.Sample(_row);
+            sampler.Accept(free);
+            return free;
+        }
+
+        OutputConstraint.State state = constraint;
+        (int Token, OutputConstraint.State? Next) Try(int id)
+        {
+            if (EosTokenIds.Contains(id))
+            {
+                return state.CanEnd ? (id, state) : (-1, null);
+            }
+
+            if (Tokenizer.IsSpecial(id) && !Tokenizer.IsMarker(id))
+            {
+                return (-1, null);
+            }
+
+            ReadOnlySpan<byte> bytes = Tokenizer.TokenBytes(id);
+            return bytes.IsEmpty ? (-1, null) : (id, state.TryAdvance(bytes)) is (var t, { } n) ? (t, n) : (-1, null);
+        }
+
+        // Candidates of the sampler's own distribution, most likely first; renormalised over the valid ones.
+        sampler.Distribution(_row, _probs);
+        var candidates = Enumerable.Range(0, _probs.Length).Where(i => _probs[i] > 0).OrderByDescending(i => _probs[i]).Take(512).ToList();
+        var valid = new List<(int Token, OutputConstraint.State Next, float P)>();
+        foreach (int id in candidates)
+        {
+            var (t, n) = Try(id);
+            if (n is not null)
+            {
+                valid.Add((t, n, _probs[id]));
+            }
+        }
+
+        if (valid.Count == 0)
+        {
+            // Nothing the sampler allows fits: take the most likely token (by raw logit) that does.
+            int[] order = Enumerable.Range(0, _row.Length).ToArray();
+            float[] keys = _row.Select(x => -x).ToArray();
+            Array.Sort(keys, order);
+            foreach (int id in order)
+            {
+                var (t, n) = Try(id);
+                if (n is not null)
+                {
+                    valid.Add((t, n, 1f));
+                    break;
+                }
+            }
+
+            if (valid.Count == 0)
+            {
+                throw new InvalidOperationException("No token can continue the constrained output (the vocabulary cannot spell it).");
+            }
+        }
+
+        int pick = 0;
+        if (!sampler.Parameters.IsGreedy && valid.Count > 1)
+        {
+            double u = sampler.NextUniform() * valid.Sum(v => v.P), acc = 0;
+            while (pick < valid.Count - 1 && (acc += valid[pick].P) <= u)
+            {
+                pick++;
+            }
+        }
+
+        sampler.Accept(valid[pick].Token);
+        constraint = valid[pick].Next;
+        return valid[pick].Token;
     }
 
     /// <summary>

@@ -67,6 +67,21 @@ internal sealed class TokenEmitter
         return Ids.Count < _request.MaxNewTokens || End(GenerationFinish.Length);
     }
 
+    /// <summary>Ends generation because a constrained output is complete; flushes held-back text.</summary>
+    public void EndComplete()
+    {
+        if (!Finished)
+        {
+            Finished = true;
+            Finish = GenerationFinish.Stop;
+            string rest = _stops.Push(_detok.Flush()).Emit + _stops.Flush();
+            if (rest.Length > 0)
+            {
+                Append(-1, rest);
+            }
+        }
+    }
+
     /// <summary>Ends generation for lack of context; flushes held-back text.</summary>
     public void EndForContext()
     {
