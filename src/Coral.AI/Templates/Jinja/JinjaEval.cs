@@ -180,27 +180,13 @@ internal sealed partial class JinjaTemplate
         {
             var values = args as List<object?> ?? [args];
             int next = 0;
-            var sb = new StringBuilder();
-            for (int i = 0; i < fmt.Length; i++)
+            return ExpandPercent(fmt, f => f switch
             {
-                if (fmt[i] != '%' || i + 1 >= fmt.Length)
-                {
-                    sb.Append(fmt[i]);
-                    continue;
-                }
-
-                char f = fmt[++i];
-                sb.Append(f switch
-                {
-                    '%' => "%",
-                    's' => Str(values[next++]),
-                    'd' => ToLong(values[next++]).ToString(CultureInfo.InvariantCulture),
-                    'r' => Repr(values[next++]),
-                    _ => "%" + f,
-                });
-            }
-
-            return sb.ToString();
+                's' => Str(values[next++]),
+                'd' => ToLong(values[next++]).ToString(CultureInfo.InvariantCulture),
+                'r' => Repr(values[next++]),
+                _ => "%" + f,
+            });
         }
 
         private static bool Contains(object? container, object? item, int line) => container switch

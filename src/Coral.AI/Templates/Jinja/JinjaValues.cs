@@ -344,8 +344,8 @@ internal static class JinjaValues
         return sb.ToString();
     }
 
-    /// <summary><c>strftime</c> for the formats chat templates use, in the C locale.</summary>
-    public static string Strftime(DateTime t, string format)
+    /// <summary>Expands <c>%x</c> directives through <paramref name="directive"/> (printf-style formats and strftime).</summary>
+    public static string ExpandPercent(string format, Func<char, string> directive)
     {
         var sb = new StringBuilder();
         for (int i = 0; i < format.Length; i++)
@@ -357,28 +357,30 @@ internal static class JinjaValues
             }
 
             char f = format[++i];
-            sb.Append(f switch
-            {
-                'd' => t.Day.ToString("D2", CultureInfo.InvariantCulture),
-                'm' => t.Month.ToString("D2", CultureInfo.InvariantCulture),
-                'Y' => t.Year.ToString(CultureInfo.InvariantCulture),
-                'y' => (t.Year % 100).ToString("D2", CultureInfo.InvariantCulture),
-                'H' => t.Hour.ToString("D2", CultureInfo.InvariantCulture),
-                'I' => ((t.Hour + 11) % 12 + 1).ToString("D2", CultureInfo.InvariantCulture),
-                'M' => t.Minute.ToString("D2", CultureInfo.InvariantCulture),
-                'S' => t.Second.ToString("D2", CultureInfo.InvariantCulture),
-                'p' => t.Hour < 12 ? "AM" : "PM",
-                'b' => CultureInfo.InvariantCulture.DateTimeFormat.GetAbbreviatedMonthName(t.Month),
-                'B' => CultureInfo.InvariantCulture.DateTimeFormat.GetMonthName(t.Month),
-                'a' => CultureInfo.InvariantCulture.DateTimeFormat.GetAbbreviatedDayName(t.DayOfWeek),
-                'A' => CultureInfo.InvariantCulture.DateTimeFormat.GetDayName(t.DayOfWeek),
-                'j' => t.DayOfYear.ToString("D3", CultureInfo.InvariantCulture),
-                'e' => t.Day.ToString(CultureInfo.InvariantCulture).PadLeft(2),
-                '%' => "%",
-                _ => "%" + f,
-            });
+            sb.Append(f == '%' ? "%" : directive(f));
         }
 
         return sb.ToString();
     }
+
+    /// <summary><c>strftime</c> for the formats chat templates use, in the C locale.</summary>
+    public static string Strftime(DateTime t, string format) => ExpandPercent(format, f => f switch
+    {
+        'd' => t.Day.ToString("D2", CultureInfo.InvariantCulture),
+        'm' => t.Month.ToString("D2", CultureInfo.InvariantCulture),
+        'Y' => t.Year.ToString(CultureInfo.InvariantCulture),
+        'y' => (t.Year % 100).ToString("D2", CultureInfo.InvariantCulture),
+        'H' => t.Hour.ToString("D2", CultureInfo.InvariantCulture),
+        'I' => ((t.Hour + 11) % 12 + 1).ToString("D2", CultureInfo.InvariantCulture),
+        'M' => t.Minute.ToString("D2", CultureInfo.InvariantCulture),
+        'S' => t.Second.ToString("D2", CultureInfo.InvariantCulture),
+        'p' => t.Hour < 12 ? "AM" : "PM",
+        'b' => CultureInfo.InvariantCulture.DateTimeFormat.GetAbbreviatedMonthName(t.Month),
+        'B' => CultureInfo.InvariantCulture.DateTimeFormat.GetMonthName(t.Month),
+        'a' => CultureInfo.InvariantCulture.DateTimeFormat.GetAbbreviatedDayName(t.DayOfWeek),
+        'A' => CultureInfo.InvariantCulture.DateTimeFormat.GetDayName(t.DayOfWeek),
+        'j' => t.DayOfYear.ToString("D3", CultureInfo.InvariantCulture),
+        'e' => t.Day.ToString(CultureInfo.InvariantCulture).PadLeft(2),
+        _ => "%" + f,
+    });
 }
