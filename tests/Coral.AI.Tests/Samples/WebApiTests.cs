@@ -1,0 +1,112 @@
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
+using Coral.Samples.WebApi;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.DependencyInjection;
+using OpenAI;
+
+namespace Coral.AI.Tests;
+
+/// <summary>The ASP.NET sample on Kestrel at 127.0.0.1, driven by the real OpenAI .NET client.</summary>
+public sealed class WebApiTests : IAsyncLifetime
+{
+    private WebApplication _app = null!;
+    private string _baseUrl = null!;
+
+    public async Task InitializeAsync()
+    {
+        _app = CoralWebApp.Build(["--urls", "http://127.0.0.1:0", "--Coral:ModelPath", TransformerModelTests.ModelFor("qwen2"),
+            "--Coral:ContextLength", "256", "--Coral:DType", "float32", "--Coral:MaxQueuedRequests", "1", "--Logging:LogLevel:Default", "Warning"]);
+        await _app.StartAsync();
+        _baseUrl = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        await _app.Services.GetRequiredService<CoralModelHost>().WaitUntilReadyAsync(default);
+    }
+
+    public async Task DisposeAsync() => await _app.DisposeAsync();
+
+    private IChatClient OpenAiClient() =>
+        new OpenAI.Chat.ChatClient("qwen2", new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(_baseUrl + "/v1") }).AsIChatClient();
+
+    [Fact]
+    public async Task OpenAiClient_NonStreaming_GetsTheSameGreedyTextAsTheDirectClient()
+    {
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 12 };
+        ChatResponse viaHttp = await OpenAiClient().GetResponseAsync("Tell me about whales.", options);
+        ChatResponse direct = await _app.Services.GetRequiredService<IChatClient>().GetResponseAsync("Tell me about whales.", options);
+        Assert.Equal(direct.Text, viaHttp.Text);
+        Assert.Equal(ChatFinishReason.Length, viaHttp.FinishReason);
+        Assert.Equal(12, viaHttp.Usage!.OutputTokenCount);
+        Assert.Equal(direct.Usage!.InputTokenCount, viaHttp.Usage.InputTokenCount);
+    }
+
+    [Fact]
+    public async Task OpenAiClient_Streaming_ReceivesManyUpdatesAndUsage()
+    {
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var u in OpenAiClient().GetStreamingResponseAsync("Hello!", new ChatOptions { Temperature = 0, MaxOutputTokens = 10 }))
+        {
+            updates.Add(u);
+        }
+
+        Assert.True(updates.Count > 2);
+        ChatResponse r = updates.ToChatResponse();
+        Assert.False(string.IsNullOrEmpty(r.Text));
+        Assert.Equal(10, r.Usage!.OutputTokenCount);
+    }
+
+    [Fact]
+    public async Task ModelsHealthAndPage_AreServed()
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(_baseUrl) };
+        JsonNode models = JsonNode.Parse(await http.GetStringAsync("/v1/models"))!;
+        Assert.Equal("qwen2", models["data"]![0]!["id"]!.GetValue<string>());
+        Assert.Equal("Healthy", await http.GetStringAsync("/health"));
+        Assert.Contains("/v1/chat/completions", await http.GetStringAsync("/"));
+    }
+
+    [Fact]
+    public async Task Overload_Returns429_WithRetryAfter_AndBadRequestsAre400()
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(_baseUrl) };
+        // Fill the admission queue (capacity 1) as a long request would, then ask again.
+        var queue = _app.Services.GetRequiredService<RequestQueue>();
+        using (IDisposable? held = queue.TryEnter())
+        {
+            Assert.NotNull(held);
+            using var rejected = await http.PostAsync("/v1/chat/completions",
+                new StringContent("""{"messages":[{"role":"user","content":"me too"}],"max_tokens":2}""", Encoding.UTF8, "application/json"));
+            Assert.Equal(HttpStatusCode.TooManyRequests, rejected.StatusCode);
+            Assert.NotNull(rejected.Headers.RetryAfter);
+        }
+
+        using var admitted = await http.PostAsync("/v1/chat/completions",
+            new StringContent("""{"messages":[{"role":"user","content":"now"}],"max_tokens":2}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.OK, admitted.StatusCode);
+        Assert.Equal(0, queue.InFlight);
+        using HttpResponseMessage bad = await http.PostAsync("/v1/chat/completions", new StringContent("{\"nope\": 1}", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+    }
+
+    [Fact]
+    public async Task ConcurrentRequests_EqualTheSameRequestsOneAtATime()
+    {
+        IChatClient client = OpenAiClient();
+        ChatOptions Options(int i) => new() { Temperature = 0.9f, Seed = i, MaxOutputTokens = 8 };
+        var serial = new List<string>();
+        for (int i = 0; i < 3; i++)
+        {
+            serial.Add((await client.GetResponseAsync($"Question {i}: what is the sea?", Options(i))).Text);
+        }
+
+        // Capacity is 1 here, so run them through the direct client concurrently (the host queues them).
+        IChatClient direct = _app.Services.GetRequiredService<IChatClient>();
+        var parallel = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => Task.Run(() => direct.GetResponseAsync($"Question {i}: what is the sea?", Options(i)))));
+        Assert.Equal(serial, parallel.Select(r => r.Text));
+
+    }
+}
