@@ -54,3 +54,18 @@ public class SemanticKernelTests
         Assert.True(plugin.Calls >= 1);
     }
 }
+
+public class AgentSampleTests
+{
+    [Fact]
+    public async Task NonInteractiveRun_PrintsThePluginCallAndTheAnswer()
+    {
+        var stdout = new StringWriter();
+        int code = await Coral.Samples.Agent.AgentApp.RunAsync(
+            ["--model", TransformerModelTests.ModelFor("qwen2"), "--prompt", "What does coral mean?", "--force-tool", "--max-tokens", "200"], stdout, TextReader.Null);
+        Assert.Equal(0, code);
+        string output = stdout.ToString();
+        Assert.Contains("[plugin] define(word: ", output);
+        Assert.Contains("[agent] ", output);
+    }
+}
