@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
@@ -153,12 +154,24 @@ public sealed class CoralChatClient : IChatClient
 
         var channel = Channel.CreateUnbounded<ChatResponseUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        CoralTelemetry.QueueDepth.Add(1);
+        try
+        {
+            await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            CoralTelemetry.QueueDepth.Add(-1);
+            throw;
+        }
+
         Task worker;
         try
         {
             worker = Task.Factory.StartNew(() =>
             {
+                using Activity? activity = CoralTelemetry.Source.StartActivity("coral.generate");
+                activity?.SetTag("gen_ai.request.model", _host.ModelId);
                 try
                 {
                     GenerationResult result = engine.Generate(request, (_, text) =>
@@ -168,6 +181,7 @@ public sealed class CoralChatClient : IChatClient
                             channel.Writer.TryWrite(Piece(piece));
                         }
                     }, stop.Token);
+                    CoralTelemetry.Record(result, _host.ModelId, activity);
                     var (rest, calls) = parser.Finish();
                     foreach (var piece in rest)
                     {
@@ -188,16 +202,19 @@ public sealed class CoralChatClient : IChatClient
                 }
                 catch (Exception ex)
                 {
+                    activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
                     channel.Writer.TryComplete(ex);
                 }
                 finally
                 {
+                    CoralTelemetry.QueueDepth.Add(-1);
                     engine.Gate.Release();
                 }
             }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         }
         catch
         {
+            CoralTelemetry.QueueDepth.Add(-1);
             engine.Gate.Release();
             throw;
         }

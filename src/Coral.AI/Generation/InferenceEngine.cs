@@ -43,6 +43,8 @@ internal sealed class InferenceEngine : IDisposable
         {
             Drafter = new TreeDrafter(draft, Cache.Capacity + 128);
         }
+
+        CoralTelemetry.TrackCache(this, Cache.Bytes + (Drafter?.Cache.Bytes ?? 0));
     }
 
     public TransformerModel Model { get; }
@@ -542,6 +544,7 @@ internal sealed class InferenceEngine : IDisposable
 
     public void Dispose()
     {
+        CoralTelemetry.UntrackCache(this);
         Drafter?.Model.Dispose();
         Drafter?.Dispose();
         Cache.Dispose();
