@@ -110,3 +110,43 @@ public sealed class WebApiTests : IAsyncLifetime
 
     }
 }
+
+public class WebApiDisconnectTests
+{
+    [Fact]
+    public async Task ClientDisconnect_CancelsGeneration_AndFreesTheSlot()
+    {
+        await using WebApplication app = CoralWebApp.Build(["--urls", "http://127.0.0.1:0", "--Coral:ModelPath", TransformerModelTests.ModelFor("llama"),
+            "--Coral:ContextLength", "4096", "--Coral:DType", "float32", "--Logging:LogLevel:Default", "Warning"]);
+        await app.StartAsync();
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        await app.Services.GetRequiredService<CoralModelHost>().WaitUntilReadyAsync(default);
+        var queue = app.Services.GetRequiredService<RequestQueue>();
+        using var http = new HttpClient { BaseAddress = new Uri(url) };
+
+        var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions")
+        {
+            Content = new StringContent("""{"messages":[{"role":"user","content":"talk"}],"max_tokens":4000,"temperature":1,"stream":true}""", System.Text.Encoding.UTF8, "application/json"),
+        };
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        HttpResponseMessage response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using (var reader = new StreamReader(await response.Content.ReadAsStreamAsync()))
+        {
+            await reader.ReadLineAsync();   // the first chunk arrived: generation is running
+            Assert.Equal(1, queue.InFlight);
+        }
+
+        response.Dispose();               // disconnect
+        while (queue.InFlight > 0 && clock.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(20);
+        }
+
+        Assert.Equal(0, queue.InFlight);
+        // A full 4000-token generation would take far longer on this model than the disconnect took to free the slot.
+        ChatResponseCheck(await http.PostAsync("/v1/chat/completions",
+            new StringContent("""{"messages":[{"role":"user","content":"next"}],"max_tokens":3}""", System.Text.Encoding.UTF8, "application/json")));
+    }
+
+    private static void ChatResponseCheck(HttpResponseMessage r) => Assert.Equal(System.Net.HttpStatusCode.OK, r.StatusCode);
+}
