@@ -439,9 +439,6 @@ internal sealed class InferenceEngine : IDisposable
         return _row;
     }
 
-    /// <summary>Gets the logits row of the last step.</summary>
-    public ReadOnlySpan<float> LastLogits => _row;
-
     /// <summary>
     /// Picks the tree size for this device: times the target's verify forward for several tree sizes and one draft step,
     /// then maximises prior_τ(T) / (depth · draft step + verify(T)). The prior is a concave acceptance curve (τ grows

@@ -48,7 +48,6 @@ internal sealed record ModelConfig
 
     public required IReadOnlyList<int> EosTokenIds { get; init; }
     public int? BosTokenId { get; init; }
-    public string? TorchDtype { get; init; }
 
     public static ModelConfig Load(string path)
     {
@@ -113,7 +112,6 @@ internal sealed record ModelConfig
             SlidingWindow = useWindow ? window : null,
             EosTokenIds = ReadIdList(root["eos_token_id"], path, "eos_token_id"),
             BosTokenId = OptionalInt(root, path, "bos_token_id"),
-            TorchDtype = root["torch_dtype"]?.GetValue<string>() ?? root["dtype"]?.GetValue<string>(),
         };
     }
 

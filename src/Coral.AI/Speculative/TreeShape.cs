@@ -10,9 +10,6 @@ internal sealed record TreeShape(int Depth, int TopK, int TotalTokens, int Route
 {
     public static TreeShape Default { get; } = new(5, 8, 16, -1);
 
-    /// <summary>Gets the largest number of temporary draft slots one cycle writes.</summary>
-    public int TemporarySlots => Depth * TopK;
-
     public void Validate()
     {
         if (Depth < 1 || TopK < 1 || TotalTokens < 2 || TotalTokens > 1 + TopK + (Depth - 1) * TopK * TopK)
