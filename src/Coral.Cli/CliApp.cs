@@ -15,6 +15,7 @@ internal static class CliApp
           coral chat     --model <hf-dir> [--draft <draft-dir>] [--system <text>] [--temperature T] [--max-new-tokens N] [--device D] [--dtype T]
           coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16]
           coral template --template <file.jinja> --context <context.json> [--now 2024-07-26T00:00:00]
+          coral extract-features --target <hf-dir> --data <file.jsonl|file.txt> --out <dir> [--max-length N] [--shard-size N] [--limit N]
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--device D] [--dtype T] [--json]
@@ -38,6 +39,7 @@ internal static class CliApp
                 "export-gguf" => ExportGgufCommand.Run(rest, stdout, stderr),
                 "draft-init" => DraftInitCommand.Run(rest, stdout, stderr),
                 "template" => TemplateCommand.Run(rest, stdout, stderr),
+                "extract-features" => ExtractFeaturesCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };
@@ -48,7 +50,7 @@ internal static class CliApp
             stderr.WriteLine(Usage);
             return 2;
         }
-        catch (Exception ex) when (ex is CoralModelException or PromptTooLongException or ArgumentException or InvalidOperationException or NotSupportedException or IOException)
+        catch (Exception ex) when (ex is CoralModelException or PromptTooLongException or ChatTemplateException or ArgumentException or InvalidOperationException or NotSupportedException or IOException)
         {
             stderr.WriteLine($"error: {ex.Message}");
             return 1;

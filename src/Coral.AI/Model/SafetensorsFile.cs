@@ -94,11 +94,23 @@ internal sealed class SafetensorsFile : IDisposable
         return new SafetensorsFile(path, dataStart, fileLength, entries);
     }
 
-    /// <summary>Returns a tensor that views the mapped file (no copy). Dispose the file only after converting it.</summary>
+    /// <summary>
+    /// Returns a tensor that views the mapped file (no copy) when the data is element-aligned, as standard writers lay it
+    /// out; a tensor placed after an odd-sized one (e.g. after a U8 mask) is read into memory instead.
+    /// </summary>
     public Tensor Get(string name)
     {
         SafetensorsEntry e = Entries[name];
         long es = ElementSize(e.DType);
+        if ((DataStart + e.Begin) % es != 0)
+        {
+            Tensor copy = torch.empty(e.Shape, e.DType);
+            using var fs = File.OpenRead(Path);
+            fs.Position = DataStart + e.Begin;
+            fs.ReadExactly(copy.bytes);
+            return copy;
+        }
+
         if (!_maps.TryGetValue(e.DType, out Tensor? map))
         {
             map = torch.from_file(Path, shared: false, size: FileLength / es, dtype: e.DType);

@@ -1,0 +1,104 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.AI;
+
+namespace Coral.AI.Training;
+
+/// <summary>
+/// Reads training data for a target: chat JSONL (<c>{"messages": [...]}</c>, rendered with the target's chat template,
+/// loss on assistant tokens), JSONL with <c>{"text": ...}</c>, or a plain-text file (split into fixed-length chunks; loss
+/// everywhere).
+/// </summary>
+internal static class TrainingDataReader
+{
+    public static IEnumerable<TrainingExample> Read(string path, HfTokenizer tokenizer, int maxLength)
+    {
+        if (!File.Exists(path))
+        {
+            throw new FileNotFoundException($"Training data '{path}' does not exist.", path);
+        }
+
+        if (!path.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase) && !path.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
+        {
+            foreach (TrainingExample chunk in Chunks(tokenizer.Encode(File.ReadAllText(path)), maxLength))
+            {
+                yield return chunk;
+            }
+
+            yield break;
+        }
+
+        int lineNo = 0;
+        foreach (string line in File.ReadLines(path))
+        {
+            lineNo++;
+            if (string.IsNullOrWhiteSpace(line))
+            {
+                continue;
+            }
+
+            JsonObject o;
+            try
+            {
+                o = JsonNode.Parse(line) as JsonObject ?? throw new JsonException("not an object");
+            }
+            catch (JsonException ex)
+            {
+                throw new InvalidDataException($"{path}:{lineNo}: not a JSON object ({ex.Message}).", ex);
+            }
+
+            if (o["text"] is JsonNode text)
+            {
+                foreach (TrainingExample chunk in Chunks(tokenizer.Encode(text.GetValue<string>()), maxLength))
+                {
+                    yield return chunk;
+                }
+
+                continue;
+            }
+
+            var messages = (o["messages"] as JsonArray ?? throw new InvalidDataException($"{path}:{lineNo}: needs \"messages\" or \"text\"."))
+                .Select(m => new ChatMessage(new ChatRole(m!["role"]!.GetValue<string>()), m["content"]?.GetValue<string>() ?? string.Empty))
+                .ToList();
+            yield return Conversation(messages, tokenizer, maxLength);
+        }
+    }
+
+    /// <summary>
+    /// Renders a conversation with the chat template; an assistant turn's tokens are those between the render of the
+    /// conversation before it (with the generation prompt) and the render including it.
+    /// </summary>
+    public static TrainingExample Conversation(List<ChatMessage> messages, HfTokenizer tokenizer, int maxLength)
+    {
+        TokenizerConfig config = tokenizer.Config;
+        string full = ChatPromptFormatter.Render(config, messages, null, addGenerationPrompt: false).Text;
+        int[] ids = [.. tokenizer.Encode(full, addSpecialTokens: false)];
+        var mask = new byte[ids.Length];
+        for (int i = 0; i < messages.Count; i++)
+        {
+            if (messages[i].Role != ChatRole.Assistant)
+            {
+                continue;
+            }
+
+            int start = tokenizer.Encode(ChatPromptFormatter.Render(config, messages.Take(i), null, addGenerationPrompt: true).Text, addSpecialTokens: false).Count;
+            int end = tokenizer.Encode(ChatPromptFormatter.Render(config, messages.Take(i + 1), null, addGenerationPrompt: false).Text, addSpecialTokens: false).Count;
+            for (int t = start; t < Math.Min(end, ids.Length); t++)
+            {
+                mask[t] = 1;
+            }
+        }
+
+        int n = Math.Min(ids.Length, maxLength);
+        return new TrainingExample(ids[..n], mask[..n]);
+    }
+
+    private static IEnumerable<TrainingExample> Chunks(List<int> ids, int maxLength)
+    {
+        for (int start = 0; start + 2 <= ids.Count; start += maxLength)
+        {
+            int[] chunk = ids.Skip(start).Take(maxLength).ToArray();
+            yield return new TrainingExample(chunk, Enumerable.Repeat((byte)1, chunk.Length).ToArray());
+        }
+    }
+}

@@ -1,0 +1,6 @@
+namespace Coral.AI.Training;
+
+/// <summary>One training sequence: token ids and which of them the loss looks at (assistant tokens, or all for plain text).</summary>
+/// <param name="Ids">The token ids.</param>
+/// <param name="LossMask">1 where the loss counts.</param>
+internal sealed record TrainingExample(int[] Ids, byte[] LossMask);
