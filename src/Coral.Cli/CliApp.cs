@@ -16,6 +16,8 @@ internal static class CliApp
           coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16]
           coral template --template <file.jinja> --context <context.json> [--now 2024-07-26T00:00:00]
           coral extract-features --target <hf-dir> --data <file.jsonl|file.txt> --out <dir> [--max-length N] [--shard-size N] [--limit N]
+          coral train-draft --target <hf-dir> --data <features-dir|file.jsonl|file.txt> --out <dir> [--method eagle]
+                         [--init <draft-dir>] [--steps N] [--lr LR] [--seed S] [--max-length N]
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--device D] [--dtype T] [--json]
@@ -40,6 +42,7 @@ internal static class CliApp
                 "draft-init" => DraftInitCommand.Run(rest, stdout, stderr),
                 "template" => TemplateCommand.Run(rest, stdout, stderr),
                 "extract-features" => ExtractFeaturesCommand.Run(rest, stdout, stderr),
+                "train-draft" => TrainDraftCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };

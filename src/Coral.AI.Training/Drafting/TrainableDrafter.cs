@@ -1,0 +1,120 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Coral.AI.Training;
+
+/// <summary>
+/// The EAGLE drafter's weights as trainable f32 parameters, with a whole-sequence (teacher-forced, causal) forward that
+/// computes exactly what <see cref="DraftModel.Forward"/> computes step by step at inference. Saves in the published
+/// EAGLE layout, which the speculative engine loads.
+/// </summary>
+internal sealed class TrainableDrafter : IDisposable
+{
+    private readonly Dictionary<string, Parameter> _p = new(StringComparer.Ordinal);
+    private readonly Tensor _cos, _sinSigned;   // [maxPos, hd]
+
+    private TrainableDrafter(ModelConfig target, bool fcBias, int maxPositions)
+    {
+        Target = target;
+        FcBias = fcBias;
+        double[] inv = RotaryTables.InverseFrequencies(target, applyScaling: false);
+        int hd = target.HeadDim, half = hd / 2;
+        var cos = new float[maxPositions * hd];
+        var sin = new float[maxPositions * hd];
+        for (int p = 0; p < maxPositions; p++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                float angle = (float)p * (float)inv[i];
+                cos[p * hd + i] = cos[p * hd + half + i] = MathF.Cos(angle);
+                sin[p * hd + i] = -MathF.Sin(angle);
+                sin[p * hd + half + i] = MathF.Sin(angle);
+            }
+        }
+
+        _cos = torch.tensor(cos, [maxPositions, hd]);
+        _sinSigned = torch.tensor(sin, [maxPositions, hd]);
+    }
+
+    public ModelConfig Target { get; }
+
+    public bool FcBias { get; }
+
+    public IEnumerable<Parameter> Parameters => _p.Values;
+
+    /// <summary>Loads a drafter folder (EAGLE layout, e.g. from <c>coral draft-init</c>) as trainable parameters.</summary>
+    public static TrainableDrafter Load(string folder, ModelConfig target, int maxPositions = 4096)
+    {
+        using var reader = new CheckpointReader(folder);
+        long d = target.HiddenSize, hd = target.HeadDim, nq = target.NumHeads * hd, nkv = target.NumKvHeads * hd, ff = target.IntermediateSize;
+        var drafter = new TrainableDrafter(target, reader.Contains("fc.bias"), maxPositions);
+        void Add(string name, params long[] shape) => drafter._p[name] = new Parameter(reader.Take(name, shape, ScalarType.Float32).clone(), requires_grad: true);
+        Add("fc.weight", d, 2 * d);
+        if (drafter.FcBias)
+        {
+            Add("fc.bias", d);
+        }
+
+        Add("layers.0.self_attn.q_proj.weight", nq, d);
+        Add("layers.0.self_attn.k_proj.weight", nkv, d);
+        Add("layers.0.self_attn.v_proj.weight", nkv, d);
+        Add("layers.0.self_attn.o_proj.weight", d, nq);
+        Add("layers.0.mlp.gate_proj.weight", ff, d);
+        Add("layers.0.mlp.up_proj.weight", ff, d);
+        Add("layers.0.mlp.down_proj.weight", d, ff);
+        Add("layers.0.post_attention_layernorm.weight", d);
+        return drafter;
+    }
+
+    /// <summary>
+    /// Teacher-forced forward over one sequence of pairs: <paramref name="embeddings"/> [T, d] of the next tokens and
+    /// <paramref name="features"/> [T, d]; causal attention over positions 0..T−1. Returns h [T, d].
+    /// </summary>
+    public Tensor Forward(Tensor embeddings, Tensor features)
+    {
+        long t = embeddings.shape[0], hd = Target.HeadDim;
+        int heads = Target.NumHeads, kvHeads = Target.NumKvHeads;
+        Tensor u = F.linear(torch.cat([embeddings, features], 1), _p["fc.weight"], FcBias ? _p["fc.bias"] : null);
+        Tensor Heads(Tensor x, int n) => x.view(t, n, hd).transpose(0, 1);                        // [n, T, hd]
+        Tensor cos = _cos.narrow(0, 0, t).unsqueeze(0), sin = _sinSigned.narrow(0, 0, t).unsqueeze(0);
+        Tensor Rope(Tensor x) => x * cos + x.roll(hd / 2, -1) * sin;
+        Tensor q = Rope(Heads(F.linear(u, _p["layers.0.self_attn.q_proj.weight"]), heads));
+        Tensor k = Rope(Heads(F.linear(u, _p["layers.0.self_attn.k_proj.weight"]), kvHeads));
+        Tensor v = Heads(F.linear(u, _p["layers.0.self_attn.v_proj.weight"]), kvHeads);
+        if (heads != kvHeads)
+        {
+            k = k.repeat_interleave(heads / kvHeads, 0);
+            v = v.repeat_interleave(heads / kvHeads, 0);
+        }
+
+        Tensor mask = torch.ones(t, t, ScalarType.Bool).tril();
+        Tensor att = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask).squeeze(0);   // [H, T, hd]
+        Tensor a = u + F.linear(att.transpose(0, 1).reshape(t, heads * hd), _p["layers.0.self_attn.o_proj.weight"]);
+        Tensor n = DecoderLayer.RmsNorm(a, _p["layers.0.post_attention_layernorm.weight"], Target.RmsNormEps);
+        return a + F.linear(F.silu(F.linear(n, _p["layers.0.mlp.gate_proj.weight"])) * F.linear(n, _p["layers.0.mlp.up_proj.weight"]),
+            _p["layers.0.mlp.down_proj.weight"]);
+    }
+
+    /// <summary>Writes the drafter in the EAGLE layout (config.json with <c>bias</c>, unprefixed keys).</summary>
+    public void Save(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        DraftCheckpoint.WriteConfig(Target, folder, new DraftInitOptions { FcBias = FcBias });
+        using var noGrad = torch.no_grad();
+        SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"),
+            _p.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach())), new Dictionary<string, string> { ["format"] = "pt" });
+    }
+
+    public void Dispose()
+    {
+        foreach (Parameter p in _p.Values)
+        {
+            p.Dispose();
+        }
+
+        _cos.Dispose();
+        _sinSigned.Dispose();
+    }
+}
