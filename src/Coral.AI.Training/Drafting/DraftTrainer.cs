@@ -7,9 +7,54 @@ using F = TorchSharp.torch.nn.functional;
 
 namespace Coral.AI.Training;
 
+/// <summary>The training method.</summary>
+internal enum DraftMethod
+{
+    /// <summary>EAGLE: one step on target features.</summary>
+    Eagle,
+
+    /// <summary>HASS: n steps, each fed the previous step's (detached) predictions.</summary>
+    Hass,
+
+    /// <summary>CORAL: HASS plus cross-step representation alignment (CSRA).</summary>
+    Coral,
+}
+
+/// <summary>Which CSRA reconstruction to use (method.md §7.4).</summary>
+internal enum CsraVariant
+{
+    /// <summary>Supervised contrastive: same position across steps are positives, other positions negatives.</summary>
+    SupCon,
+
+    /// <summary>(a) InfoNCE between consecutive steps only.</summary>
+    Consecutive,
+
+    /// <summary>(b) Step 1 is a stop-gradient teacher; steps ≥ 2 are pulled toward it.</summary>
+    Teacher,
+}
+
 /// <summary>Settings of a drafter training run.</summary>
 internal sealed record DraftTrainingOptions
 {
+    public DraftMethod Method { get; init; } = DraftMethod.Eagle;
+
+    /// <summary>Gets the HASS/CORAL alignment steps n (EAGLE uses 1).</summary>
+    public int AlignmentSteps { get; init; } = 3;
+
+    /// <summary>Gets the weight of HASS's top-K distillation term (0 in stage 1, 1 in stage 2).</summary>
+    public double TopKWeight { get; init; }
+
+    public int TopK { get; init; } = 10;
+
+    public CsraVariant CsraVariant { get; init; } = CsraVariant.SupCon;
+
+    public double CsraWeight { get; init; } = 0.1;
+
+    public double CsraTemperature { get; init; } = 0.1;
+
+    /// <summary>Gets the most positions per sequence the CSRA similarity matrix uses (subsampled evenly).</summary>
+    public int CsraMaxPositions { get; init; } = 256;
+
     public int Steps { get; init; } = 200;
     public double LearningRate { get; init; } = 3e-4;
     public double Beta1 { get; init; } = 0.9;
@@ -26,10 +71,11 @@ internal sealed record DraftTrainingOptions
 }
 
 /// <summary>
-/// EAGLE training (method <c>eagle</c>): one step, SmoothL1 regression of the next feature plus a soft cross-entropy
-/// against the target's next-token distribution through the frozen LM head, on assistant (loss-masked) positions;
-/// AdamW (β 0.9/0.95), gradient clipping by value, linear warm-up then linear decay. HASS multi-step training, CSRA and
-/// the router stage build on this loop (next steps of the trainer issue).
+/// Drafter training. EAGLE: one step, SmoothL1 regression of the next feature plus a soft cross-entropy against the
+/// target's next-token distribution through the frozen LM head, on assistant (loss-masked) positions. HASS: n steps,
+/// step j fed the detached predictions of steps &lt; j (see <see cref="TrainableDrafter.ForwardStep"/>), equal weights,
+/// optional top-K distillation. CORAL: HASS plus CSRA. AdamW (β 0.9/0.95), gradient clipping by value, linear warm-up
+/// then linear decay. The router (CORAL stage 2) is trained separately on the frozen drafter.
 /// </summary>
 internal sealed class DraftTrainer
 {
@@ -46,7 +92,7 @@ internal sealed class DraftTrainer
         _o = options;
     }
 
-    /// <summary>One training sequence's loss terms (graph attached to the drafter's parameters).</summary>
+    /// <summary>One training sequence's loss terms (graph attached to the drafter's parameters); accuracy is step 1's.</summary>
     internal (Tensor Loss, Tensor Regression, Tensor Classification, double Accuracy) Loss(FeatureSequence s, Generator? noise)
     {
         long t = s.InputIds.shape[0];
@@ -61,24 +107,112 @@ internal sealed class DraftTrainer
         Tensor targets = features.narrow(0, 1, t - 1);
         Tensor weight = s.LossMask.narrow(0, 1, t - 1).to(ScalarType.Float32);
         Tensor denominator = weight.sum() + 1e-5;
-        Tensor h = _drafter.Forward(_embedding.index_select(0, ids), inputs);
-        Tensor regression = (F.smooth_l1_loss(h, targets, nn.Reduction.None).mean([-1L]) * weight).sum() / denominator;
-        Tensor logq = F.log_softmax(F.linear(h, _head), -1);
+        Tensor embeddings = _embedding.index_select(0, ids);
         Tensor p;
         using (torch.no_grad())
         {
             p = F.softmax(F.linear(targets, _head), -1);
         }
 
-        Tensor classification = (-(p * logq).sum([-1L]) * weight).sum() / denominator;
-        double accuracy;
-        using (torch.no_grad())
+        int steps = _o.Method == DraftMethod.Eagle ? 1 : _o.AlignmentSteps;
+        var sets = new List<Tensor> { inputs };
+        var outputs = new List<Tensor>();
+        Tensor loss = torch.zeros(1), regression = torch.zeros(1), classification = torch.zeros(1);
+        double accuracy = 0;
+        for (int step = 1; step <= steps; step++)
         {
-            Tensor hit = logq.argmax(-1).eq(p.argmax(-1)).to(ScalarType.Float32);
-            accuracy = (hit * weight).sum().item<float>() / Math.Max(weight.sum().item<float>(), 1e-5f);
+            Tensor h = _drafter.ForwardStep(embeddings, sets);
+            outputs.Add(h);
+            Tensor reg = (F.smooth_l1_loss(h, targets, nn.Reduction.None).mean([-1L]) * weight).sum() / denominator;
+            Tensor logq = F.log_softmax(F.linear(h, _head), -1);
+            Tensor cls = (-(p * logq).sum([-1L]) * weight).sum() / denominator;
+            Tensor stepLoss = reg + _o.ClassificationWeight * cls;
+            if (_o.TopKWeight > 0)
+            {
+                Tensor top = p.topk(Math.Min(_o.TopK, (int)p.shape[1]), -1).indexes;
+                Tensor topLoss = (-(p.gather(-1, top) * logq.gather(-1, top)).sum([-1L]) * weight).sum() / denominator;
+                stepLoss = stepLoss + _o.TopKWeight * topLoss;
+            }
+
+            loss = loss + stepLoss;
+            if (step == 1)
+            {
+                (regression, classification) = (reg, cls);
+                using (torch.no_grad())
+                {
+                    Tensor hit = logq.argmax(-1).eq(p.argmax(-1)).to(ScalarType.Float32);
+                    accuracy = (hit * weight).sum().item<float>() / Math.Max(weight.sum().item<float>(), 1e-5f);
+                }
+            }
+
+            if (step < steps)
+            {
+                sets.Add(torch.cat([sets[^1].narrow(0, 0, 1), h.narrow(0, 0, t - 2)], 0).detach());
+            }
         }
 
-        return (regression + _o.ClassificationWeight * classification, regression, classification, accuracy);
+        if (_o.Method == DraftMethod.Coral && outputs.Count > 1)
+        {
+            loss = loss + _o.CsraWeight * Csra(outputs, weight, _o.CsraVariant, _o.CsraTemperature, _o.CsraMaxPositions);
+        }
+
+        return (loss, regression, classification, accuracy);
+    }
+
+    /// <summary>
+    /// Cross-step representation alignment over the steps' outputs at the loss-masked positions (cosine similarities /
+    /// temperature). SupCon: every (step, position) anchor has the same position's other steps as positives and every
+    /// other position (any step) as negatives; Consecutive: anchors of step j against step j+1 only; Teacher: anchors of
+    /// steps ≥ 2 against a stop-gradient step 1.
+    /// </summary>
+    internal static Tensor Csra(IReadOnlyList<Tensor> outputs, Tensor weight, CsraVariant variant, double temperature, int maxPositions)
+    {
+        long[] valid = Enumerable.Range(0, (int)weight.shape[0]).Where(i => weight[i].item<float>() > 0).Select(i => (long)i).ToArray();
+        if (valid.Length > maxPositions)
+        {
+            valid = Enumerable.Range(0, maxPositions).Select(i => valid[(int)((long)i * valid.Length / maxPositions)]).ToArray();
+        }
+
+        int m = valid.Length, n = outputs.Count;
+        if (m < 2)
+        {
+            return torch.zeros(1);
+        }
+
+        using Tensor index = torch.tensor(valid);
+        Tensor[] z = outputs.Select((o, j) =>
+        {
+            Tensor x = F.normalize(o.index_select(0, index), p: 2, dim: -1);
+            return variant == CsraVariant.Teacher && j == 0 ? x.detach() : x;
+        }).ToArray();
+
+        if (variant == CsraVariant.SupCon)
+        {
+            Tensor all = torch.cat(z, 0);                                             // [n·m, d], row = step·m + position
+            Tensor sim = all.matmul(all.t()) / temperature;
+            long rows = (long)n * m;
+            Tensor position = torch.arange(rows) % m;
+            Tensor self = torch.eye(rows, dtype: ScalarType.Bool);
+            Tensor positive = position.unsqueeze(1).eq(position.unsqueeze(0)).logical_and(self.logical_not());
+            Tensor logProb = sim - sim.masked_fill(self, double.NegativeInfinity).logsumexp(1, keepdim: true);
+            Tensor perAnchor = -(logProb * positive.to(ScalarType.Float32)).sum([1L]) / positive.sum([1L]).to(ScalarType.Float32);
+            return perAnchor.mean();
+        }
+
+        // InfoNCE between pairs of steps: anchor rows of one, candidates of the other; the same position is the positive.
+        var pairs = variant == CsraVariant.Consecutive
+            ? Enumerable.Range(0, n - 1).Select(j => (z[j], z[j + 1]))
+            : Enumerable.Range(1, n - 1).Select(j => (z[j], z[0]));
+        Tensor total = torch.zeros(1);
+        int count = 0;
+        foreach (var (anchor, candidates) in pairs)
+        {
+            Tensor logits = anchor.matmul(candidates.t()) / temperature;               // [m, m]
+            total = total + F.cross_entropy(logits, torch.arange(m));
+            count++;
+        }
+
+        return total / count;
     }
 
     /// <summary>Trains for <see cref="DraftTrainingOptions.Steps"/> steps over the sequences (cycled); writes metrics JSONL.</summary>

@@ -72,26 +72,43 @@ internal sealed class TrainableDrafter : IDisposable
     /// Teacher-forced forward over one sequence of pairs: <paramref name="embeddings"/> [T, d] of the next tokens and
     /// <paramref name="features"/> [T, d]; causal attention over positions 0..T−1. Returns h [T, d].
     /// </summary>
-    public Tensor Forward(Tensor embeddings, Tensor features)
+    public Tensor Forward(Tensor embeddings, Tensor features) => ForwardStep(embeddings, [features]);
+
+    /// <summary>
+    /// HASS step j = <paramref name="featureSets"/>.Count: set 1 holds the target features, set m ≥ 2 the (detached)
+    /// predictions of step m − 1 shifted right by one. Queries and the residual stream come from the newest set; keys and
+    /// values from all sets, where at query t set 1 offers keys s ≤ t − (j − 1) and set m ≥ 2 only key s = t − (j − m).
+    /// One softmax over the merged keys, so position t sees exactly what drafting step j sees at inference.
+    /// </summary>
+    public Tensor ForwardStep(Tensor embeddings, IReadOnlyList<Tensor> featureSets)
     {
         long t = embeddings.shape[0], hd = Target.HeadDim;
-        int heads = Target.NumHeads, kvHeads = Target.NumKvHeads;
-        Tensor u = F.linear(torch.cat([embeddings, features], 1), _p["fc.weight"], FcBias ? _p["fc.bias"] : null);
+        int heads = Target.NumHeads, kvHeads = Target.NumKvHeads, j = featureSets.Count;
         Tensor Heads(Tensor x, int n) => x.view(t, n, hd).transpose(0, 1);                        // [n, T, hd]
         Tensor cos = _cos.narrow(0, 0, t).unsqueeze(0), sin = _sinSigned.narrow(0, 0, t).unsqueeze(0);
         Tensor Rope(Tensor x) => x * cos + x.roll(hd / 2, -1) * sin;
-        Tensor q = Rope(Heads(F.linear(u, _p["layers.0.self_attn.q_proj.weight"]), heads));
-        Tensor k = Rope(Heads(F.linear(u, _p["layers.0.self_attn.k_proj.weight"]), kvHeads));
-        Tensor v = Heads(F.linear(u, _p["layers.0.self_attn.v_proj.weight"]), kvHeads);
-        if (heads != kvHeads)
+        Tensor Expand(Tensor x) => heads == kvHeads ? x : x.repeat_interleave(heads / kvHeads, 0);
+        Tensor[] u = featureSets.Select(f => F.linear(torch.cat([embeddings, f], 1), _p["fc.weight"], FcBias ? _p["fc.bias"] : null)).ToArray();
+        Tensor q = Rope(Heads(F.linear(u[^1], _p["layers.0.self_attn.q_proj.weight"]), heads));
+        Tensor? scores = null, keep = null;
+        var values = new List<(Tensor Mask, Tensor V)>();
+        for (int m = 1; m <= j; m++)
         {
-            k = k.repeat_interleave(heads / kvHeads, 0);
-            v = v.repeat_interleave(heads / kvHeads, 0);
+            Tensor k = Expand(Rope(Heads(F.linear(u[m - 1], _p["layers.0.self_attn.k_proj.weight"]), kvHeads)));
+            Tensor v = Expand(Heads(F.linear(u[m - 1], _p["layers.0.self_attn.v_proj.weight"]), kvHeads));
+            Tensor mask = m == 1
+                ? torch.ones(t, t, ScalarType.Bool).tril(-(j - 1))                                                    // s ≤ t − (j − 1)
+                : torch.ones(t, t, ScalarType.Bool).tril(-(j - m)).logical_and(torch.ones(t, t, ScalarType.Bool).triu(-(j - m)));   // s = t − (j − m)
+
+            Tensor sm = q.matmul(k.transpose(1, 2)) / Math.Sqrt(hd);                               // [H, T, T]
+            scores = scores is null ? sm.masked_fill(mask.logical_not(), 0) : scores + sm.masked_fill(mask.logical_not(), 0);
+            keep = keep is null ? mask : keep.logical_or(mask);
+            values.Add((mask, v));
         }
 
-        Tensor mask = torch.ones(t, t, ScalarType.Bool).tril();
-        Tensor att = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask).squeeze(0);   // [H, T, hd]
-        Tensor a = u + F.linear(att.transpose(0, 1).reshape(t, heads * hd), _p["layers.0.self_attn.o_proj.weight"]);
+        Tensor attention = F.softmax(scores!.masked_fill(keep!.logical_not(), double.NegativeInfinity), -1);
+        Tensor att = values.Select(x => attention.masked_fill(x.Mask.logical_not(), 0).matmul(x.V)).Aggregate((x, y) => x + y);   // [H, T, hd]
+        Tensor a = u[^1] + F.linear(att.transpose(0, 1).reshape(t, heads * hd), _p["layers.0.self_attn.o_proj.weight"]);
         Tensor n = DecoderLayer.RmsNorm(a, _p["layers.0.post_attention_layernorm.weight"], Target.RmsNormEps);
         return a + F.linear(F.silu(F.linear(n, _p["layers.0.mlp.gate_proj.weight"])) * F.linear(n, _p["layers.0.mlp.up_proj.weight"]),
             _p["layers.0.mlp.down_proj.weight"]);

@@ -8,20 +8,31 @@ namespace Coral.Cli;
 /// <summary>
 /// <c>coral train-draft</c>: trains a drafter for a target. <c>--data</c> is a features folder (from
 /// <c>coral extract-features</c>) or training data (JSONL/text), whose features are extracted into <c>&lt;out&gt;/features</c>
-/// first. Methods: <c>eagle</c> (hass and coral are the trainer issue's next steps).
+/// first. Methods: <c>eagle</c>, <c>hass</c> (n-step alignment, optional top-K term), <c>coral</c> (hass + CSRA, variants
+/// supcon / consecutive / teacher). The router stage is not in this command yet.
 /// </summary>
 internal static class TrainDraftCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var cl = new CommandLine(args,
-            new HashSet<string> { "--target", "--data", "--method", "--out", "--init", "--steps", "--lr", "--seed", "--max-length" }, new HashSet<string>());
+            new HashSet<string> { "--target", "--data", "--method", "--out", "--init", "--steps", "--lr", "--seed", "--max-length",
+                "--align-steps", "--topk-weight", "--csra-weight", "--csra-tau", "--csra-variant" }, new HashSet<string>());
         string target = cl.Required("--target"), data = cl.Required("--data"), output = cl.Required("--out");
-        string method = cl.Value("--method") ?? "eagle";
-        if (method != "eagle")
+        DraftMethod method = (cl.Value("--method") ?? "eagle") switch
         {
-            throw new NotSupportedException($"--method {method}: only 'eagle' is implemented so far (hass and coral are in progress).");
-        }
+            "eagle" => DraftMethod.Eagle,
+            "hass" => DraftMethod.Hass,
+            "coral" => DraftMethod.Coral,
+            string other => throw new UsageException($"--method '{other}' is not one of eagle, hass, coral."),
+        };
+        CsraVariant variant = (cl.Value("--csra-variant") ?? "supcon") switch
+        {
+            "supcon" => CsraVariant.SupCon,
+            "consecutive" => CsraVariant.Consecutive,
+            "teacher" => CsraVariant.Teacher,
+            string other => throw new UsageException($"--csra-variant '{other}' is not one of supcon, consecutive, teacher."),
+        };
 
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 4096);
         string features = data;
@@ -40,7 +51,18 @@ internal static class TrainDraftCommand
 
         var sequences = FeatureStore.Read(features).ToList();
         using var drafter = TrainableDrafter.Load(init, engine.Model.Config);
-        var options = new DraftTrainingOptions { Steps = cl.Int("--steps") ?? 1000, LearningRate = cl.Float("--lr") ?? 1e-3, Seed = seed };
+        var options = new DraftTrainingOptions
+        {
+            Method = method,
+            Steps = cl.Int("--steps") ?? 1000,
+            LearningRate = cl.Float("--lr") ?? 1e-3,
+            Seed = seed,
+            AlignmentSteps = cl.Int("--align-steps") ?? 3,
+            TopKWeight = cl.Float("--topk-weight") ?? 0,
+            CsraVariant = variant,
+            CsraWeight = cl.Float("--csra-weight") ?? 0.1,
+            CsraTemperature = cl.Float("--csra-tau") ?? 0.1,
+        };
         new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options).Train(sequences, Path.Combine(output, "metrics.jsonl"), stderr);
         drafter.Save(output);
         stderr.WriteLine($"wrote the drafter to {output} ({sequences.Count} sequences, {options.Steps} steps; metrics in metrics.jsonl)");

@@ -101,7 +101,117 @@ public class TrainDraftCommandTests
         engine.ResetCache();
         Assert.Equal(engine.Generate(request with { Speculative = false }, null, default).TokenIds, spec.TokenIds);
 
-        code = await Coral.Cli.CliApp.RunAsync(["train-draft", "--target", target, "--data", data, "--out", output, "--method", "coral"], new StringWriter(), stderr, TextReader.Null);
-        Assert.Equal(1, code);
+        string coral = ModelZoo.TempFolder("cli-trained-coral");
+        code = await Coral.Cli.CliApp.RunAsync(["train-draft", "--target", target, "--data", data, "--out", coral, "--method", "coral", "--steps", "3", "--csra-variant", "teacher"], new StringWriter(), stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        code = await Coral.Cli.CliApp.RunAsync(["train-draft", "--target", target, "--data", data, "--out", coral, "--method", "medusa"], new StringWriter(), stderr, TextReader.Null);
+        Assert.Equal(2, code);
+    }
+}
+
+public class HassTrainingForwardTests
+{
+    /// <summary>The property HASS training exists for: step j of the training forward computes, at every position, what
+    /// the drafter computes after drafting j steps autoregressively at inference (fed its own previous outputs).</summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void StepJ_EqualsJAutoregressiveDraftSteps(int j)
+    {
+        string target = TransformerModelTests.ModelFor("llama");
+        string draft = DrafterZoo.Random(target, "hass-" + j, new DraftInitOptions { Seed = 12 });
+        using var model = TransformerModel.Load(target, torch.CPU, ScalarType.Float32, 256);
+        using var inference = DraftModel.Load(draft, model, 256);
+        using var trainable = TrainableDrafter.Load(draft, model.Config);
+        using var noGrad = torch.no_grad();
+        int n = 9;
+        long[] next = Enumerable.Range(0, n).Select(i => (long)(i * 37 % 900 + 3)).ToArray();
+        Tensor f = torch.randn(n, model.Config.HiddenSize, generator: new Generator(5));
+        Tensor e = model.Embedding.index_select(0, torch.tensor(next));
+
+        // Training: steps 1..j, each feeding the previous step's predictions shifted right by one (first row: f_0).
+        var sets = new List<Tensor> { f };
+        Tensor p = trainable.ForwardStep(e, sets);
+        for (int step = 2; step <= j; step++)
+        {
+            Tensor shifted = torch.cat([sets[^1].narrow(0, 0, 1), p.narrow(0, 0, n - 1)], 0);
+            sets.Add(shifted);
+            p = trainable.ForwardStep(e, sets);
+        }
+
+        float[] training = TorchTestHelpers.ToArray(p);
+        int d = (int)model.Config.HiddenSize;
+        for (int t = j - 1; t < n; t++)
+        {
+            using var cache = inference.CreateCache(32);
+            int real = t - j + 2;                                    // pairs 0..t−j+1 use target features
+            Tensor h = inference.Forward(next.Take(real).ToArray(), f.narrow(0, 0, real), cache);
+            Tensor last = h.narrow(0, real - 1, 1);
+            for (int pos = real; pos <= t; pos++)
+            {
+                last = inference.Forward([next[pos]], last, cache);
+            }
+
+            float[] expected = TorchTestHelpers.ToArray(last);
+            Assert.True(TorchTestHelpers.MaxAbsDiff(expected, training[(t * d)..((t + 1) * d)]) < 1e-4f, $"step {j}, position {t}");
+        }
+    }
+}
+
+public class CoralTrainingTests
+{
+    [Fact]
+    public void Csra_SupCon_MatchesAHandComputation()
+    {
+        // Two steps × two positions, 2-d outputs; temperature 0.5.
+        double[][] rows = [[1, 0], [0, 1], [1, 0], [1 / Math.Sqrt(2), 1 / Math.Sqrt(2)]];   // step-major: (s1,p0) (s1,p1) (s2,p0) (s2,p1)
+        double tau = 0.5, expected = 0;
+        for (int a = 0; a < 4; a++)
+        {
+            double Sim(int c) => (rows[a][0] * rows[c][0] + rows[a][1] * rows[c][1]) / tau;
+            double denominator = Enumerable.Range(0, 4).Where(c => c != a).Sum(c => Math.Exp(Sim(c)));
+            int positive = (a + 2) % 4;                                     // same position, other step
+            expected += -Math.Log(Math.Exp(Sim(positive)) / denominator);
+        }
+
+        expected /= 4;
+        Tensor step1 = torch.tensor(new float[] { 3, 0, 0, 2 }, [2, 2]);    // scaled: CSRA normalises
+        Tensor step2 = torch.tensor(new float[] { 5, 0, 1, 1 }, [2, 2]);
+        float actual = DraftTrainer.Csra([step1, step2], torch.ones(2), CsraVariant.SupCon, tau, 256).item<float>();
+        Assert.Equal(expected, actual, 4);
+
+        // Masked positions do not take part.
+        Tensor third = torch.tensor(new float[] { 9, 9, 9, 9, 9, 9 }, [3, 2]);
+        float masked = DraftTrainer.Csra([torch.cat([step1, third.narrow(0, 0, 1)], 0), torch.cat([step2, third.narrow(0, 1, 1)], 0)],
+            torch.tensor(new float[] { 1, 1, 0 }), CsraVariant.SupCon, tau, 256).item<float>();
+        Assert.Equal(expected, masked, 4);
+    }
+
+    [Theory]
+    [InlineData("Hass", "SupCon")]
+    [InlineData("Coral", "SupCon")]
+    [InlineData("Coral", "Consecutive")]
+    [InlineData("Coral", "Teacher")]
+    public void MultiStepMethods_Train_AndLowerTheLoss(string methodName, string variantName)
+    {
+        var method = Enum.Parse<DraftMethod>(methodName);
+        var variant = Enum.Parse<CsraVariant>(variantName);
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512);
+        string data = Path.Combine(ModelZoo.TempFolder("multi-step"), "text.jsonl");
+        File.WriteAllLines(data, new[] { "The river", "A small house", "Her garden was" }.Select(p =>
+        {
+            engine.ResetCache();
+            var r = engine.Generate(new GenerationRequest(engine.Tokenizer.Encode(p), SamplingParameters.Greedy, 32, []), null, default);
+            return new System.Text.Json.Nodes.JsonObject { ["text"] = p + r.Text }.ToJsonString();
+        }));
+        string features = ModelZoo.TempFolder("multi-step-features");
+        FeatureExtractor.Run(engine, data, features, maxLength: 64);
+        string init = DrafterZoo.Random(target, "multi-step-init", new DraftInitOptions { Seed = 4, Scale = 0.3f });
+        using var drafter = TrainableDrafter.Load(init, engine.Model.Config);
+        var losses = new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head,
+            new DraftTrainingOptions { Method = method, CsraVariant = variant, Steps = 60, LearningRate = 2e-3, TopKWeight = method == DraftMethod.Hass ? 1 : 0 })
+            .Train(FeatureStore.Read(features).ToList());
+        Assert.True(losses.TakeLast(10).Average() < losses.Take(10).Average(), $"{losses.Take(10).Average():F3} -> {losses.TakeLast(10).Average():F3}");
     }
 }
