@@ -19,6 +19,9 @@ internal static class CliApp
           coral train-draft --target <hf-dir> --data <features-dir|file.jsonl|file.txt> --out <dir> [--method eagle|hass|coral]
                          [--init <draft-dir>] [--steps N] [--lr LR] [--seed S] [--max-length N] [--align-steps N]
                          [--topk-weight W] [--csra-weight W] [--csra-tau T] [--csra-variant supcon|consecutive|teacher]
+          coral train-router --target <hf-dir> --draft <draft-dir> --data <features-dir|file.jsonl> [--groups G] [--topk K]
+                         [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N]
+          coral draft-inspect <draft-dir>
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--device D] [--dtype T] [--json]
@@ -44,6 +47,8 @@ internal static class CliApp
                 "template" => TemplateCommand.Run(rest, stdout, stderr),
                 "extract-features" => ExtractFeaturesCommand.Run(rest, stdout, stderr),
                 "train-draft" => TrainDraftCommand.Run(rest, stdout, stderr),
+                "train-router" => TrainRouterCommand.Run(rest, stdout, stderr),
+                "draft-inspect" => DraftInspectCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };

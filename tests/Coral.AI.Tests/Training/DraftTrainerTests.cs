@@ -215,3 +215,66 @@ public class CoralTrainingTests
         Assert.True(losses.TakeLast(10).Average() < losses.Take(10).Average(), $"{losses.Take(10).Average():F3} -> {losses.TakeLast(10).Average():F3}");
     }
 }
+
+public class RouterTrainerTests
+{
+    [Theory]
+    [InlineData("KMeans")]
+    [InlineData("Frequency")]
+    [InlineData("Contiguous")]
+    public void RouterTraining_RaisesRecall_AndTheRouterLoadsLosslessly(string groupingName)
+    {
+        var grouping = Enum.Parse<GroupingMethod>(groupingName);
+        string target = TransformerModelTests.ModelFor("llama");
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512);
+        string data = Path.Combine(ModelZoo.TempFolder("router-data"), "text.jsonl");
+        File.WriteAllLines(data, new[] { "The river", "A small house", "Her garden was", "In winter", "The market" }.Select(p =>
+        {
+            engine.ResetCache();
+            var r = engine.Generate(new GenerationRequest(engine.Tokenizer.Encode(p), new SamplingParameters { Temperature = 1, Seed = 3 }, 48, []), null, default);
+            return new System.Text.Json.Nodes.JsonObject { ["text"] = p + r.Text }.ToJsonString();
+        }));
+        string features = ModelZoo.TempFolder("router-features");
+        FeatureExtractor.Run(engine, data, features, maxLength: 64);
+        var sequences = FeatureStore.Read(features).ToList();
+        string drafterFolder = DrafterZoo.Random(target, "router-" + groupingName, new DraftInitOptions { Seed = 2, Scale = 0.5f });
+        using var drafter = TrainableDrafter.Load(drafterFolder, engine.Model.Config);
+        var router = new RouterTrainer(drafter, engine.Model.Embedding, engine.Model.Head,
+            new RouterTrainingOptions { Groups = 8, TopK = 2, Hidden = 32, Grouping = grouping, Steps = 300, LearningRate = 1e-2 });
+        var (before, after, perm, weights) = router.Train(sequences);
+
+        int vocab = engine.Model.Config.VocabSize;
+        Assert.Equal(Enumerable.Range(0, vocab).Select(i => (long)i), perm.Where(p => p >= 0).Order());
+        Assert.True(after > before, $"recall@2 {before:F3} -> {after:F3}");
+        Assert.True(after > 2.0 / 8, $"recall@2 {after:F3} is no better than chance");
+
+        router.Save(drafterFolder, perm, weights);
+        using var spec = DrafterZoo.Engine(target, drafterFolder);
+        Assert.Equal(8, spec.Drafter!.Model.Router!.Groups);
+        var request = new GenerationRequest(spec.Tokenizer.Encode("The river"), SamplingParameters.Greedy, 16, []);
+        var routed = spec.Generate(request, null, default);
+        spec.ResetCache();
+        Assert.Equal(spec.Generate(request with { Speculative = false }, null, default).TokenIds, routed.TokenIds);
+    }
+}
+
+public class RouterCommandTests
+{
+    [Fact]
+    public async Task TrainRouter_ThenInspect_ReportsTheRouter()
+    {
+        string target = TransformerModelTests.ModelFor("llama");
+        string data = Path.Combine(ModelZoo.TempFolder("cli-router"), "data.jsonl");
+        File.WriteAllLines(data, ["""{"text": "The quick brown fox jumps over the lazy dog again and again, and the dog sleeps on."}"""]);
+        string draft = DrafterZoo.Random(target, "cli-router-draft");
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = await Coral.Cli.CliApp.RunAsync(["train-router", "--target", target, "--draft", draft, "--data", data, "--groups", "4", "--topk", "1", "--steps", "20"], stdout, stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Contains("recall@1", stdout.ToString());
+        stdout = new StringWriter();
+        Assert.Equal(0, await Coral.Cli.CliApp.RunAsync(["draft-inspect", draft], stdout, stderr, TextReader.Null));
+        Assert.Contains("router: 4 groups", stdout.ToString());
+        Assert.Contains("fc.weight", stdout.ToString());
+    }
+}

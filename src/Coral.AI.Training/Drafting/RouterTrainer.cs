@@ -1,0 +1,222 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Coral.AI.Training;
+
+/// <summary>How the LM-head rows are partitioned into router groups.</summary>
+internal enum GroupingMethod
+{
+    /// <summary>Contiguous id ranges (no permutation: the router reuses the target head's memory).</summary>
+    Contiguous,
+
+    /// <summary>Tokens ordered by frequency in the training data, then cut into groups.</summary>
+    Frequency,
+
+    /// <summary>Capacity-balanced k-means on the L2-normalised LM-head rows (tokens with similar output vectors together).</summary>
+    KMeans,
+}
+
+/// <summary>Settings of CORAL's stage 2.</summary>
+internal sealed record RouterTrainingOptions
+{
+    public int Groups { get; init; } = 16;
+    public int TopK { get; init; } = 2;
+    public int Hidden { get; init; } = 64;
+    public GroupingMethod Grouping { get; init; } = GroupingMethod.KMeans;
+    public int Steps { get; init; } = 200;
+    public double LearningRate { get; init; } = 3e-3;
+    public int KMeansIterations { get; init; } = 8;
+    public int Seed { get; init; }
+}
+
+/// <summary>
+/// CORAL stage 2 (our reconstruction, method.md §7.5): with the drafter frozen, partition the vocabulary into equal
+/// groups, then train a small router (Linear → SiLU → Linear over the draft output) with a soft cross-entropy against the
+/// target's probability mass per group. Reports recall@k: how often the target's top-1 token lies in the router's top-k groups.
+/// </summary>
+internal sealed class RouterTrainer
+{
+    private readonly TrainableDrafter _drafter;
+    private readonly Tensor _embedding;
+    private readonly Tensor _head;
+    private readonly RouterTrainingOptions _o;
+
+    public RouterTrainer(TrainableDrafter drafter, Tensor embedding, Tensor head, RouterTrainingOptions options)
+    {
+        _drafter = drafter;
+        _embedding = embedding.to(ScalarType.Float32);
+        _head = head.to(ScalarType.Float32);
+        _o = options;
+    }
+
+    /// <summary>The permutation: G·S token ids in group order (−1 = padding).</summary>
+    public long[] Partition(IReadOnlyList<FeatureSequence> data)
+    {
+        int vocab = (int)_head.shape[0], g = _o.Groups, size = (vocab + g - 1) / g;
+        long[] order = _o.Grouping switch
+        {
+            GroupingMethod.Contiguous => Enumerable.Range(0, vocab).Select(i => (long)i).ToArray(),
+            GroupingMethod.Frequency => FrequencyOrder(data, vocab),
+            _ => KMeansOrder(vocab, g, size),
+        };
+        return order.Concat(Enumerable.Repeat(-1L, g * size - order.Length)).ToArray();
+    }
+
+    private static long[] FrequencyOrder(IReadOnlyList<FeatureSequence> data, int vocab)
+    {
+        var counts = new long[vocab];
+        foreach (FeatureSequence s in data)
+        {
+            foreach (long id in s.InputIds.data<long>().ToArray())
+            {
+                counts[id]++;
+            }
+        }
+
+        return Enumerable.Range(0, vocab).OrderByDescending(i => counts[i]).ThenBy(i => i).Select(i => (long)i).ToArray();
+    }
+
+    private long[] KMeansOrder(int vocab, int groups, int size)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        Tensor rows = F.normalize(_head, p: 2, dim: -1);
+        var generator = new Generator((ulong)_o.Seed + 7);
+        Tensor centroids = rows.index_select(0, torch.randperm(vocab, generator: generator).narrow(0, 0, groups));
+        int[] assignment = new int[vocab];
+        for (int iteration = 0; iteration < _o.KMeansIterations; iteration++)
+        {
+            float[] sim = rows.matmul(centroids.t()).contiguous().data<float>().ToArray();   // [V, G]
+            // Capacity-balanced assignment: most decided rows first, each to its best group with room left.
+            int[] byMargin = Enumerable.Range(0, vocab).OrderByDescending(v =>
+            {
+                var top = sim.AsSpan(v * groups, groups).ToArray().OrderDescending().Take(2).ToArray();
+                return top.Length > 1 ? top[0] - top[1] : top[0];
+            }).ToArray();
+            int[] fill = new int[groups];
+            foreach (int v in byMargin)
+            {
+                int best = Enumerable.Range(0, groups).Where(c => fill[c] < size).MaxBy(c => sim[v * groups + c]);
+                assignment[v] = best;
+                fill[best]++;
+            }
+
+            using Tensor labels = torch.tensor(assignment.Select(a => (long)a).ToArray());
+            Tensor sums = torch.zeros(groups, rows.shape[1]).index_add(0, labels, rows, 1);
+            centroids = F.normalize(sums, p: 2, dim: -1);
+        }
+
+        return Enumerable.Range(0, vocab).OrderBy(v => assignment[v]).ThenBy(v => v).Select(v => (long)v).ToArray();
+    }
+
+    /// <summary>Draft outputs h (step 1, frozen drafter) and the target's group mass / top-1 group at every masked position.</summary>
+    private List<(Tensor H, Tensor Mass, Tensor TopGroup)> Examples(IReadOnlyList<FeatureSequence> data, Tensor groupOf)
+    {
+        var list = new List<(Tensor, Tensor, Tensor)>();
+        using var noGrad = torch.no_grad();
+        foreach (FeatureSequence s in data)
+        {
+            long t = s.InputIds.shape[0];
+            if (t < 3)
+            {
+                continue;
+            }
+
+            Tensor f = s.HiddenState.to(ScalarType.Float32);
+            Tensor h = _drafter.Forward(_embedding.index_select(0, s.InputIds.narrow(0, 1, t - 1)), f.narrow(0, 0, t - 1));
+            Tensor p = F.softmax(F.linear(f.narrow(0, 1, t - 1), _head), -1);                          // [T−1, V]
+            Tensor mass = torch.zeros(t - 1, _o.Groups).index_add(1, groupOf, p, 1);
+            Tensor keep = s.LossMask.narrow(0, 1, t - 1).nonzero().squeeze(1);
+            if (keep.numel() > 0)
+            {
+                list.Add((h.index_select(0, keep), mass.index_select(0, keep), groupOf.index_select(0, p.argmax(-1)).index_select(0, keep)));
+            }
+        }
+
+        return list;
+    }
+
+    /// <summary>Trains the router; returns (recall@k before, after, permutation, weights).</summary>
+    public (double RecallBefore, double RecallAfter, long[] Permutation, Dictionary<string, Tensor> Weights) Train(IReadOnlyList<FeatureSequence> data)
+    {
+        long[] perm = Partition(data);
+        int vocab = (int)_head.shape[0];
+        long[] groupOfToken = new long[vocab];
+        int size = perm.Length / _o.Groups;
+        for (int i = 0; i < perm.Length; i++)
+        {
+            if (perm[i] >= 0)
+            {
+                groupOfToken[perm[i]] = i / size;
+            }
+        }
+
+        Tensor groupOf = torch.tensor(groupOfToken);
+        var examples = Examples(data, groupOf);
+        if (examples.Count == 0)
+        {
+            throw new InvalidOperationException("No loss-masked positions to train the router on.");
+        }
+
+        torch.manual_seed(_o.Seed);
+        long d = _head.shape[1];
+        var w1 = new Parameter(torch.randn(_o.Hidden, d) / Math.Sqrt(d));
+        var b1 = new Parameter(torch.zeros(_o.Hidden));
+        var w2 = new Parameter(torch.randn(_o.Groups, _o.Hidden) / Math.Sqrt(_o.Hidden));
+        var b2 = new Parameter(torch.zeros(_o.Groups));
+        Tensor Scores(Tensor h) => F.linear(F.silu(F.linear(h, w1, b1)), w2, b2);
+        double Recall()
+        {
+            using var noGrad = torch.no_grad();
+            long hits = 0, total = 0;
+            foreach (var (h, _, top) in examples)
+            {
+                Tensor chosen = Scores(h).topk(_o.TopK, -1).indexes;
+                hits += chosen.eq(top.unsqueeze(1)).any(1).sum().item<long>();
+                total += top.shape[0];
+            }
+
+            return (double)hits / total;
+        }
+
+        double before = Recall();
+        var optimizer = torch.optim.AdamW([w1, b1, w2, b2], _o.LearningRate, 0.9, 0.95);
+        for (int step = 0; step < _o.Steps; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var (h, mass, _) = examples[step % examples.Count];
+            optimizer.zero_grad();
+            Tensor loss = -(mass * F.log_softmax(Scores(h), -1)).sum([-1L]).mean();
+            loss.backward();
+            optimizer.step();
+        }
+
+        double after = Recall();
+        var weights = new Dictionary<string, Tensor>
+        {
+            ["router.0.weight"] = w1.detach().clone(),
+            ["router.0.bias"] = b1.detach().clone(),
+            ["router.2.weight"] = w2.detach().clone(),
+            ["router.2.bias"] = b2.detach().clone(),
+        };
+        return (before, after, perm, weights);
+    }
+
+    /// <summary>Writes router.safetensors into a drafter folder and adds the router keys to its config.json.</summary>
+    public void Save(string drafterFolder, long[] permutation, Dictionary<string, Tensor> weights)
+    {
+        var tensors = weights.Select(kv => kv).Append(new KeyValuePair<string, Tensor>("group_perm", torch.tensor(permutation))).ToList();
+        SafetensorsWriter.Write(Path.Combine(drafterFolder, LmHeadRouter.FileName), tensors);
+        string configPath = Path.Combine(drafterFolder, "config.json");
+        JsonObject config = ModelConfig.ReadJsonObject(configPath);
+        config["router_groups"] = _o.Groups;
+        config["router_topk"] = _o.TopK;
+        config["router_hidden"] = _o.Hidden;
+        config["router_grouping"] = _o.Grouping.ToString().ToLowerInvariant();
+        File.WriteAllText(configPath, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+}
