@@ -68,6 +68,9 @@ internal sealed record DraftTrainingOptions
     public double Noise { get; init; } = 0.1;
 
     public int Seed { get; init; }
+
+    /// <summary>Gets the vocabulary chunk of the soft cross-entropy (0 = the plain full-vocabulary version).</summary>
+    public int ClassificationChunk { get; init; } = 8192;
 }
 
 /// <summary>
@@ -92,8 +95,11 @@ internal sealed class DraftTrainer
         _o = options;
     }
 
-    /// <summary>One training sequence's loss terms (graph attached to the drafter's parameters); accuracy is step 1's.</summary>
-    internal (Tensor Loss, Tensor Regression, Tensor Classification, double Accuracy) Loss(FeatureSequence s, Generator? noise)
+    /// <summary>
+    /// One training sequence: the objective to backpropagate (with the chunked cross-entropy it contains a surrogate term
+    /// whose gradient is the cross-entropy's), the loss value to report, and step 1's regression, classification and accuracy.
+    /// </summary>
+    internal (Tensor Objective, double Reported, Tensor Regression, Tensor Classification, double Accuracy) Loss(FeatureSequence s, Generator? noise)
     {
         long t = s.InputIds.shape[0];
         Tensor ids = s.InputIds.narrow(0, 1, t - 1);
@@ -108,41 +114,61 @@ internal sealed class DraftTrainer
         Tensor weight = s.LossMask.narrow(0, 1, t - 1).to(ScalarType.Float32);
         Tensor denominator = weight.sum() + 1e-5;
         Tensor embeddings = _embedding.index_select(0, ids);
-        Tensor p;
-        using (torch.no_grad())
+        bool chunked = _o.ClassificationChunk > 0 && _o.TopKWeight == 0;
+        Tensor? p = null;
+        if (!chunked)
         {
-            p = F.softmax(F.linear(targets, _head), -1);
+            using (torch.no_grad())
+            {
+                p = F.softmax(F.linear(targets, _head), -1);
+            }
         }
 
         int steps = _o.Method == DraftMethod.Eagle ? 1 : _o.AlignmentSteps;
         var sets = new List<Tensor> { inputs };
         var outputs = new List<Tensor>();
         Tensor loss = torch.zeros(1), regression = torch.zeros(1), classification = torch.zeros(1);
-        double accuracy = 0;
+        double accuracy = 0, reported = 0;
         for (int step = 1; step <= steps; step++)
         {
             Tensor h = _drafter.ForwardStep(embeddings, sets);
             outputs.Add(h);
             Tensor reg = (F.smooth_l1_loss(h, targets, nn.Reduction.None).mean([-1L]) * weight).sum() / denominator;
-            Tensor logq = F.log_softmax(F.linear(h, _head), -1);
-            Tensor cls = (-(p * logq).sum([-1L]) * weight).sum() / denominator;
-            Tensor stepLoss = reg + _o.ClassificationWeight * cls;
-            if (_o.TopKWeight > 0)
+            Tensor cls;
+            Tensor stepLoss;
+            double stepAccuracy;
+            if (chunked)
             {
-                Tensor top = p.topk(Math.Min(_o.TopK, (int)p.shape[1]), -1).indexes;
-                Tensor topLoss = (-(p.gather(-1, top) * logq.gather(-1, top)).sum([-1L]) * weight).sum() / denominator;
-                stepLoss = stepLoss + _o.TopKWeight * topLoss;
+                // Never materialises [T × V]: the value is logged, the gradient enters through a surrogate term.
+                var (value, gradH, acc) = ChunkedSoftCrossEntropy.Compute(h, targets, _head, weight, denominator, _o.ClassificationChunk);
+                cls = torch.tensor((float)value);
+                stepLoss = reg + _o.ClassificationWeight * (h * gradH).sum();
+                stepAccuracy = acc;
+            }
+            else
+            {
+                Tensor logq = F.log_softmax(F.linear(h, _head), -1);
+                cls = (-(p! * logq).sum([-1L]) * weight).sum() / denominator;
+                stepLoss = reg + _o.ClassificationWeight * cls;
+                if (_o.TopKWeight > 0)
+                {
+                    Tensor top = p!.topk(Math.Min(_o.TopK, (int)p.shape[1]), -1).indexes;
+                    Tensor topLoss = (-(p.gather(-1, top) * logq.gather(-1, top)).sum([-1L]) * weight).sum() / denominator;
+                    stepLoss = stepLoss + _o.TopKWeight * topLoss;
+                }
+
+                using (torch.no_grad())
+                {
+                    Tensor hit = logq.argmax(-1).eq(p!.argmax(-1)).to(ScalarType.Float32);
+                    stepAccuracy = (hit * weight).sum().item<float>() / Math.Max(weight.sum().item<float>(), 1e-5f);
+                }
             }
 
             loss = loss + stepLoss;
+            reported += reg.item<float>() + _o.ClassificationWeight * cls.item<float>();
             if (step == 1)
             {
-                (regression, classification) = (reg, cls);
-                using (torch.no_grad())
-                {
-                    Tensor hit = logq.argmax(-1).eq(p.argmax(-1)).to(ScalarType.Float32);
-                    accuracy = (hit * weight).sum().item<float>() / Math.Max(weight.sum().item<float>(), 1e-5f);
-                }
+                (regression, classification, accuracy) = (reg, cls, stepAccuracy);
             }
 
             if (step < steps)
@@ -153,10 +179,12 @@ internal sealed class DraftTrainer
 
         if (_o.Method == DraftMethod.Coral && outputs.Count > 1)
         {
-            loss = loss + _o.CsraWeight * Csra(outputs, weight, _o.CsraVariant, _o.CsraTemperature, _o.CsraMaxPositions);
+            Tensor csra = _o.CsraWeight * Csra(outputs, weight, _o.CsraVariant, _o.CsraTemperature, _o.CsraMaxPositions);
+            loss = loss + csra;
+            reported += csra.item<float>();
         }
 
-        return (loss, regression, classification, accuracy);
+        return (loss, reported, regression, classification, accuracy);
     }
 
     /// <summary>
@@ -243,11 +271,10 @@ internal sealed class DraftTrainer
             FeatureSequence s = usable[step % usable.Count];
             using var scope = torch.NewDisposeScope();
             optimizer.zero_grad();
-            var (loss, reg, cls, acc) = Loss(s, noise);
-            loss.backward();
+            var (objective, value, reg, cls, acc) = Loss(s, noise);
+            objective.backward();
             nn.utils.clip_grad_value_(_drafter.Parameters, _o.ClipValue);
             optimizer.step();
-            double value = loss.item<float>();
             losses.Add(value);
             tokens += s.InputIds.shape[0];
             var line = new JsonObject
