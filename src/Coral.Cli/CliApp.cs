@@ -19,6 +19,7 @@ internal static class CliApp
           coral train-draft --target <hf-dir> --data <features-dir|file.jsonl|file.txt> --out <dir> [--method eagle|hass|coral]
                          [--init <draft-dir>] [--steps N] [--lr LR] [--seed S] [--max-length N] [--align-steps N]
                          [--topk-weight W] [--csra-weight W] [--csra-tau T] [--csra-variant supcon|consecutive|teacher]
+                         [--checkpoint-every N] [--held-out FRACTION]   (resumes from <out>/checkpoint)
           coral train-router --target <hf-dir> --draft <draft-dir> --data <features-dir|file.jsonl> [--groups G] [--topk K]
                          [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N]
           coral draft-inspect <draft-dir>

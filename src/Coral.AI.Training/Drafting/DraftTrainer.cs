@@ -71,6 +71,12 @@ internal sealed record DraftTrainingOptions
 
     /// <summary>Gets the vocabulary chunk of the soft cross-entropy (0 = the plain full-vocabulary version).</summary>
     public int ClassificationChunk { get; init; } = 8192;
+
+    /// <summary>Gets how often (in steps) to write a checkpoint and evaluate held-out data; 0 = never.</summary>
+    public int CheckpointEvery { get; init; }
+
+    /// <summary>Gets the draft depths evaluated on held-out data (acc@1 per depth, HASS-style).</summary>
+    public int EvaluationDepths { get; init; } = 5;
 }
 
 /// <summary>
@@ -243,8 +249,53 @@ internal sealed class DraftTrainer
         return total / count;
     }
 
-    /// <summary>Trains for <see cref="DraftTrainingOptions.Steps"/> steps over the sequences (cycled); writes metrics JSONL.</summary>
-    public List<double> Train(IReadOnlyList<FeatureSequence> data, string? metricsPath = null, TextWriter? progress = null)
+    /// <summary>
+    /// Held-out acc@1 per draft depth (HASS's measure): depth j is the drafter fed its own predictions for j − 1 steps
+    /// (exactly what step j of the multi-step forward computes), compared with the target's argmax on masked positions.
+    /// </summary>
+    public double[] EvaluateDepths(IReadOnlyList<FeatureSequence> heldOut, int depths)
+    {
+        using var noGrad = torch.no_grad();
+        var hits = new double[depths];
+        var totals = new double[depths];
+        foreach (FeatureSequence s in heldOut)
+        {
+            using var scope = torch.NewDisposeScope();
+            long t = s.InputIds.shape[0];
+            if (t < 3)
+            {
+                continue;
+            }
+
+            Tensor features = s.HiddenState.to(ScalarType.Float32);
+            Tensor embeddings = _embedding.index_select(0, s.InputIds.narrow(0, 1, t - 1));
+            Tensor weight = s.LossMask.narrow(0, 1, t - 1).to(ScalarType.Float32);
+            Tensor expected = F.linear(features.narrow(0, 1, t - 1), _head).argmax(-1);
+            var sets = new List<Tensor> { features.narrow(0, 0, t - 1) };
+            for (int j = 1; j <= depths; j++)
+            {
+                Tensor h = _drafter.ForwardStep(embeddings, sets);
+                // Position t at depth j has j − 1 predicted features before it: only t ≥ j − 1 is a real depth-j draft.
+                Tensor valid = weight.clone();
+                valid.narrow(0, 0, Math.Min(j - 1, t - 1)).zero_();
+                hits[j - 1] += (F.linear(h, _head).argmax(-1).eq(expected).to(ScalarType.Float32) * valid).sum().item<float>();
+                totals[j - 1] += valid.sum().item<float>();
+                sets.Add(torch.cat([sets[^1].narrow(0, 0, 1), h.narrow(0, 0, t - 2)], 0));
+            }
+        }
+
+        return hits.Select((h, i) => totals[i] > 0 ? h / totals[i] : 0).ToArray();
+    }
+
+    /// <summary>
+    /// Trains for <see cref="DraftTrainingOptions.Steps"/> steps over the sequences (cycled); writes metrics JSONL. With
+    /// <paramref name="checkpointFolder"/>, a checkpoint (weights, optimizer state, step) is written every
+    /// <see cref="DraftTrainingOptions.CheckpointEvery"/> steps and an existing one is resumed exactly: data order and
+    /// noise depend only on the step, so a resumed run continues the same curve. <paramref name="stopAfterSteps"/> ends the
+    /// run early (as an interruption would).
+    /// </summary>
+    public List<double> Train(IReadOnlyList<FeatureSequence> data, string? metricsPath = null, TextWriter? progress = null,
+        string? checkpointFolder = null, IReadOnlyList<FeatureSequence>? heldOut = null, int? stopAfterSteps = null)
     {
         var usable = data.Where(s => s.InputIds.shape[0] >= 3 && s.LossMask.narrow(0, 1, s.LossMask.shape[0] - 1).sum().item<long>() > 0).ToList();
         if (usable.Count == 0)
@@ -253,13 +304,23 @@ internal sealed class DraftTrainer
         }
 
         torch.manual_seed(_o.Seed);
-        var noise = new Generator((ulong)_o.Seed + 1);
         var optimizer = torch.optim.AdamW(_drafter.Parameters, _o.LearningRate, _o.Beta1, _o.Beta2, weight_decay: _o.WeightDecay);
-        using var metrics = metricsPath is null ? null : new StreamWriter(metricsPath, append: false);
+        int first = 0;
+        string? statePath = checkpointFolder is null ? null : Path.Combine(checkpointFolder, "trainer-state.json");
+        if (statePath is not null && File.Exists(statePath))
+        {
+            first = JsonNode.Parse(File.ReadAllText(statePath))!["next_step"]!.GetValue<int>();
+            _drafter.LoadWeights(checkpointFolder!);
+            optimizer.load_state_dict(Path.Combine(checkpointFolder!, "optimizer.bin"));
+            progress?.WriteLine($"[train] resuming at step {first}");
+        }
+
+        using var metrics = metricsPath is null ? null : new StreamWriter(metricsPath, append: first > 0);
         var losses = new List<double>();
         var clock = Stopwatch.StartNew();
         long tokens = 0;
-        for (int step = 0; step < _o.Steps; step++)
+        int last = Math.Min(_o.Steps, stopAfterSteps ?? int.MaxValue);
+        for (int step = first; step < last; step++)
         {
             double lr = _o.LearningRate * Math.Min(1.0, (step + 1.0) / Math.Max(1, _o.WarmupSteps))
                         * (step < _o.WarmupSteps ? 1.0 : Math.Max(0.0, 1.0 - (double)(step - _o.WarmupSteps) / Math.Max(1, _o.Steps - _o.WarmupSteps)));
@@ -271,6 +332,7 @@ internal sealed class DraftTrainer
             FeatureSequence s = usable[step % usable.Count];
             using var scope = torch.NewDisposeScope();
             optimizer.zero_grad();
+            var noise = new Generator((ulong)_o.Seed * 1_000_003UL + (ulong)step + 1);
             var (objective, value, reg, cls, acc) = Loss(s, noise);
             objective.backward();
             nn.utils.clip_grad_value_(_drafter.Parameters, _o.ClipValue);
@@ -287,7 +349,21 @@ internal sealed class DraftTrainer
                 ["lr"] = lr,
                 ["tokens_per_second"] = Math.Round(tokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9), 1),
             };
+            bool checkpoint = _o.CheckpointEvery > 0 && ((step + 1) % _o.CheckpointEvery == 0 || step == _o.Steps - 1);
+            if (checkpoint && heldOut is { Count: > 0 })
+            {
+                line["held_out_acc_by_depth"] = new JsonArray(EvaluateDepths(heldOut, _o.EvaluationDepths).Select(x => (JsonNode)Math.Round(x, 4)).ToArray());
+            }
+
             metrics?.WriteLine(line.ToJsonString());
+            metrics?.Flush();
+            if (checkpoint && checkpointFolder is not null)
+            {
+                _drafter.Save(checkpointFolder);
+                optimizer.save_state_dict(Path.Combine(checkpointFolder, "optimizer.bin"));
+                File.WriteAllText(statePath!, new JsonObject { ["next_step"] = step + 1 }.ToJsonString());
+            }
+
             if (progress is not null && (step % 20 == 0 || step == _o.Steps - 1))
             {
                 progress.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[train] step {step + 1}/{_o.Steps} loss {value:F4} acc {acc:F3} {line["tokens_per_second"]} tok/s"));

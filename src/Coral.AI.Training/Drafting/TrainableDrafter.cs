@@ -114,6 +114,18 @@ internal sealed class TrainableDrafter : IDisposable
             _p["layers.0.mlp.down_proj.weight"]);
     }
 
+    /// <summary>Copies the weights of a saved drafter (same shapes) into these parameters (checkpoint resume).</summary>
+    public void LoadWeights(string folder)
+    {
+        using var reader = new CheckpointReader(folder);
+        using var noGrad = torch.no_grad();
+        foreach (var (name, parameter) in _p)
+        {
+            using Tensor value = reader.Take(name, parameter.shape, ScalarType.Float32);
+            parameter.copy_(value);
+        }
+    }
+
     /// <summary>Writes the drafter in the EAGLE layout (config.json with <c>bias</c>, unprefixed keys).</summary>
     public void Save(string folder)
     {

@@ -17,7 +17,7 @@ internal static class TrainDraftCommand
     {
         var cl = new CommandLine(args,
             new HashSet<string> { "--target", "--data", "--method", "--out", "--init", "--steps", "--lr", "--seed", "--max-length",
-                "--align-steps", "--topk-weight", "--csra-weight", "--csra-tau", "--csra-variant" }, new HashSet<string>());
+                "--align-steps", "--topk-weight", "--csra-weight", "--csra-tau", "--csra-variant", "--checkpoint-every", "--held-out" }, new HashSet<string>());
         string target = cl.Required("--target"), data = cl.Required("--data"), output = cl.Required("--out");
         DraftMethod method = (cl.Value("--method") ?? "eagle") switch
         {
@@ -49,7 +49,10 @@ internal static class TrainDraftCommand
             DraftCheckpoint.CreateRandom(target, init, new DraftInitOptions { Seed = seed, Scale = 0.3f });
         }
 
-        var sequences = FeatureStore.Read(features).ToList();
+        var all = FeatureStore.Read(features).ToList();
+        int heldOutCount = (int)Math.Round(all.Count * (cl.Float("--held-out") ?? 0.05f));
+        var heldOut = all.TakeLast(heldOutCount).ToList();
+        var sequences = all.Take(all.Count - heldOutCount).ToList();
         using var drafter = TrainableDrafter.Load(init, engine.Model.Config);
         var options = new DraftTrainingOptions
         {
@@ -62,8 +65,10 @@ internal static class TrainDraftCommand
             CsraVariant = variant,
             CsraWeight = cl.Float("--csra-weight") ?? 0.1,
             CsraTemperature = cl.Float("--csra-tau") ?? 0.1,
+            CheckpointEvery = cl.Int("--checkpoint-every") ?? 100,
         };
-        new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options).Train(sequences, Path.Combine(output, "metrics.jsonl"), stderr);
+        new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options)
+            .Train(sequences, Path.Combine(output, "metrics.jsonl"), stderr, Path.Combine(output, "checkpoint"), heldOut);
         drafter.Save(output);
         stderr.WriteLine($"wrote the drafter to {output} ({sequences.Count} sequences, {options.Steps} steps; metrics in metrics.jsonl)");
         return 0;

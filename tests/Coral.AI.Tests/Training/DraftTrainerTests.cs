@@ -305,3 +305,64 @@ public class ChunkedCrossEntropyTests
         Assert.True(TorchTestHelpers.MaxAbsDiff(full.Grads, chunked.Grads) < 1e-4f);
     }
 }
+
+public class TrainerCheckpointTests
+{
+    [Fact]
+    public void ResumingFromACheckpoint_ContinuesTheSameCurve_AndHeldOutDepthsAreLogged()
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512);
+        string data = Path.Combine(ModelZoo.TempFolder("resume-data"), "text.jsonl");
+        File.WriteAllLines(data, new[] { "The river", "A small house", "Her garden was", "In winter" }.Select(p =>
+        {
+            engine.ResetCache();
+            var r = engine.Generate(new GenerationRequest(engine.Tokenizer.Encode(p), SamplingParameters.Greedy, 32, []), null, default);
+            return new System.Text.Json.Nodes.JsonObject { ["text"] = p + r.Text }.ToJsonString();
+        }));
+        string features = ModelZoo.TempFolder("resume-features");
+        FeatureExtractor.Run(engine, data, features, maxLength: 64);
+        var sequences = FeatureStore.Read(features).ToList();
+        var train = sequences.Take(3).ToList();
+        var heldOut = sequences.Skip(3).ToList();
+        string init = DrafterZoo.Random(target, "resume-init", new DraftInitOptions { Seed = 4, Scale = 0.3f });
+        var options = new DraftTrainingOptions { Method = DraftMethod.Hass, Steps = 20, LearningRate = 2e-3, CheckpointEvery = 10, Seed = 3 };
+
+        List<double> straight;
+        using (var drafter = TrainableDrafter.Load(init, engine.Model.Config))
+        {
+            straight = new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options).Train(train);
+        }
+
+        string checkpoint = ModelZoo.TempFolder("resume-checkpoint");
+        string metrics = Path.Combine(checkpoint, "metrics.jsonl");
+        using (var drafter = TrainableDrafter.Load(init, engine.Model.Config))
+        {
+            new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options with { Steps = 20 })
+                .Train(train, metrics, checkpointFolder: checkpoint, heldOut: heldOut);
+        }
+
+        // A run interrupted after 10 steps, then resumed from its checkpoint, continues the uninterrupted curve.
+        string interrupted = ModelZoo.TempFolder("resume-interrupted");
+        using (var drafter = TrainableDrafter.Load(init, engine.Model.Config))
+        {
+            Assert.Equal(10, new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options)
+                .Train(train, null, checkpointFolder: interrupted, stopAfterSteps: 10).Count);
+        }
+
+        using (var resumed = TrainableDrafter.Load(init, engine.Model.Config))
+        {
+            List<double> tail = new DraftTrainer(resumed, engine.Model.Embedding, engine.Model.Head, options).Train(train, null, checkpointFolder: interrupted);
+            Assert.Equal(10, tail.Count);
+            for (int i = 0; i < 10; i++)
+            {
+                Assert.Equal(straight[10 + i], tail[i], 4);
+            }
+        }
+
+        var logged = File.ReadLines(metrics).Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!).ToList();
+        Assert.Equal(20, logged.Count);
+        var depths = logged[^1]["held_out_acc_by_depth"]!.AsArray();
+        Assert.Equal(5, depths.Count);
+    }
+}
