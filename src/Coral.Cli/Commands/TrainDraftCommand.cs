@@ -70,7 +70,8 @@ internal static class TrainDraftCommand
         new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options)
             .Train(sequences, Path.Combine(output, "metrics.jsonl"), stderr, Path.Combine(output, "checkpoint"), heldOut);
         drafter.Save(output);
-        stderr.WriteLine($"wrote the drafter to {output} ({sequences.Count} sequences, {options.Steps} steps; metrics in metrics.jsonl)");
+        TrainingPlot.Save(Path.Combine(output, "metrics.jsonl"), Path.Combine(output, "training.png"), $"{options.Method} drafter for {Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(target)))}");
+        stderr.WriteLine($"wrote the drafter to {output} ({sequences.Count} sequences, {options.Steps} steps; metrics.jsonl, training.png)");
         return 0;
     }
 }

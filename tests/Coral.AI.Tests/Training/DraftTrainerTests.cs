@@ -95,6 +95,8 @@ public class TrainDraftCommandTests
         int code = await Coral.Cli.CliApp.RunAsync(["train-draft", "--target", target, "--data", data, "--out", output, "--steps", "5"], new StringWriter(), stderr, TextReader.Null);
         Assert.True(code == 0, stderr.ToString());
         Assert.Equal(5, File.ReadLines(Path.Combine(output, "metrics.jsonl")).Count());
+        byte[] png = File.ReadAllBytes(Path.Combine(output, "training.png"));
+        Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, png[..4]);
         using var engine = DrafterZoo.Engine(target, output);
         var request = new GenerationRequest(engine.Tokenizer.Encode("Hello"), SamplingParameters.Greedy, 10, []);
         var spec = engine.Generate(request, null, default);
