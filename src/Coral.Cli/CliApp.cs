@@ -16,6 +16,7 @@ internal static class CliApp
           coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16]
           coral template --template <file.jinja> --context <context.json> [--now 2024-07-26T00:00:00]
           coral extract-features --target <hf-dir> --data <file.jsonl|file.txt> --out <dir> [--max-length N] [--shard-size N] [--limit N]
+                         [--regenerate [--regenerate-temperature T] [--regenerate-max-tokens N]]
           coral train-draft --target <hf-dir> --data <features-dir|file.jsonl|file.txt> --out <dir> [--method eagle|hass|coral]
                          [--init <draft-dir>] [--steps N] [--lr LR] [--seed S] [--max-length N] [--align-steps N]
                          [--topk-weight W] [--csra-weight W] [--csra-tau T] [--csra-variant supcon|consecutive|teacher]

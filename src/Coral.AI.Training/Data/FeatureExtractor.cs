@@ -17,7 +17,7 @@ internal static class FeatureExtractor
 
     /// <summary>Extracts features; returns the number of sequences in the store.</summary>
     public static int Run(InferenceEngine target, string dataPath, string outFolder, int maxLength = 1024, int sequencesPerShard = 64,
-        int? limit = null, TextWriter? progress = null)
+        int? limit = null, TextWriter? progress = null, SamplingParameters? regenerate = null, int regenerateMaxTokens = 256)
     {
         Directory.CreateDirectory(outFolder);
         string manifestPath = Path.Combine(outFolder, ManifestName);
@@ -39,7 +39,14 @@ internal static class FeatureExtractor
 
         var shards = (JsonArray)manifest["shards"]!;
         int done = shards.Sum(s => s!["sequences"]!.GetValue<int>());
-        List<TrainingExample> examples = TrainingDataReader.Read(dataPath, target.Tokenizer, maxLength)
+        Func<List<Microsoft.Extensions.AI.ChatMessage>, string>? reply = regenerate is null ? null : history =>
+        {
+            GenerationRequest request = ChatPromptFormatter.Render(target.Tokenizer.Config, history, null)
+                .ToRequest(target.Tokenizer, regenerate, regenerateMaxTokens, null);
+            target.ResetCache();
+            return target.Generate(request, null, CancellationToken.None).Text;
+        };
+        List<TrainingExample> examples = TrainingDataReader.Read(dataPath, target.Tokenizer, maxLength, reply)
             .Take(limit ?? int.MaxValue).Skip(done).ToList();
         var clock = Stopwatch.StartNew();
         int tokens = 0;

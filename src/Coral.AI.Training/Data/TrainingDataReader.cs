@@ -11,7 +11,12 @@ namespace Coral.AI.Training;
 /// </summary>
 internal static class TrainingDataReader
 {
-    public static IEnumerable<TrainingExample> Read(string path, HfTokenizer tokenizer, int maxLength)
+    /// <param name="path">The data file.</param>
+    /// <param name="tokenizer">The target's tokenizer (and chat template).</param>
+    /// <param name="maxLength">The longest sequence kept.</param>
+    /// <param name="regenerate">Self-distillation (EAGLE-3's recommendation): given the conversation before an assistant
+    /// turn, returns the target's own reply, which replaces the dataset's.</param>
+    public static IEnumerable<TrainingExample> Read(string path, HfTokenizer tokenizer, int maxLength, Func<List<ChatMessage>, string>? regenerate = null)
     {
         if (!File.Exists(path))
         {
@@ -60,6 +65,17 @@ internal static class TrainingDataReader
             var messages = (o["messages"] as JsonArray ?? throw new InvalidDataException($"{path}:{lineNo}: needs \"messages\" or \"text\"."))
                 .Select(m => new ChatMessage(new ChatRole(m!["role"]!.GetValue<string>()), m["content"]?.GetValue<string>() ?? string.Empty))
                 .ToList();
+            if (regenerate is not null)
+            {
+                for (int i = 0; i < messages.Count; i++)
+                {
+                    if (messages[i].Role == ChatRole.Assistant)
+                    {
+                        messages[i] = new ChatMessage(ChatRole.Assistant, regenerate(messages.Take(i).ToList()));
+                    }
+                }
+            }
+
             yield return Conversation(messages, tokenizer, maxLength);
         }
     }

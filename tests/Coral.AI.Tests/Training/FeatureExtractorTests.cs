@@ -84,3 +84,29 @@ public class FeatureExtractorTests
         Assert.Contains("target_hidden_size", ex.Message);
     }
 }
+
+public class SelfDistillationTests
+{
+    [Fact]
+    public void Regenerate_ReplacesAssistantTurnsWithTheTargetsOwnReplies()
+    {
+        string model = TransformerModelTests.ModelFor("qwen2");
+        using var engine = InferenceEngine.Load(model, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32, 256);
+        string data = Path.Combine(ModelZoo.TempFolder("regen"), "chat.jsonl");
+        File.WriteAllLines(data, ["""{"messages": [{"role": "user", "content": "What is a whale?"}, {"role": "assistant", "content": "DATASET ANSWER"}]}"""]);
+        string folder = ModelZoo.TempFolder("regen-features");
+        FeatureExtractor.Run(engine, data, folder, regenerate: SamplingParameters.Greedy, regenerateMaxTokens: 12);
+        FeatureSequence s = FeatureStore.Read(folder).Single();
+
+        // The target's own greedy reply to the same prompt.
+        var history = new List<Microsoft.Extensions.AI.ChatMessage> { new(Microsoft.Extensions.AI.ChatRole.User, "What is a whale?") };
+        engine.ResetCache();
+        string own = engine.Generate(ChatPromptFormatter.Render(engine.Tokenizer.Config, history, null).ToRequest(engine.Tokenizer, SamplingParameters.Greedy, 12, null), null, default).Text;
+        var tok = HfTokenizer.Load(model);
+        long[] ids = s.InputIds.data<long>().ToArray();
+        byte[] mask = s.LossMask.data<byte>().ToArray();
+        string masked = tok.Decode(ids.Where((_, t) => mask[t] != 0).Select(x => (int)x), skipSpecial: false);
+        Assert.DoesNotContain("DATASET ANSWER", tok.Decode(ids.Select(x => (int)x), skipSpecial: false));
+        Assert.StartsWith(own, masked);
+    }
+}
