@@ -24,6 +24,8 @@ internal static class CliApp
           coral train-router --target <hf-dir> --draft <draft-dir> --data <features-dir|file.jsonl> [--groups G] [--topk K]
                          [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N]
           coral draft-inspect <draft-dir>
+          coral pretrain --tokenizer <dir-with-tokenizer.json> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
+                         [--lr LR] [--max-length N] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR]] [--bf16]
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--device D] [--dtype T] [--json]
@@ -51,6 +53,7 @@ internal static class CliApp
                 "train-draft" => TrainDraftCommand.Run(rest, stdout, stderr),
                 "train-router" => TrainRouterCommand.Run(rest, stdout, stderr),
                 "draft-inspect" => DraftInspectCommand.Run(rest, stdout, stderr),
+                "pretrain" => PretrainCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };

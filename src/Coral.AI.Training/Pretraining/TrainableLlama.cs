@@ -1,0 +1,179 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Coral.AI.Training;
+
+/// <summary>The shape of a small Llama to train from scratch (<c>coral pretrain --config</c>).</summary>
+internal sealed record PretrainConfig
+{
+    public int HiddenSize { get; init; } = 256;
+    public int Layers { get; init; } = 4;
+    public int Heads { get; init; } = 8;
+    public int KvHeads { get; init; } = 4;
+    public int IntermediateSize { get; init; } = 704;
+    public int MaxPositions { get; init; } = 1024;
+    public double RopeTheta { get; init; } = 10000;
+    public double RmsNormEps { get; init; } = 1e-5;
+
+    public static PretrainConfig Load(string path)
+    {
+        JsonObject o = ModelConfig.ReadJsonObject(path);
+        var c = new PretrainConfig();
+        return c with
+        {
+            HiddenSize = o["hidden_size"]?.GetValue<int>() ?? c.HiddenSize,
+            Layers = o["num_hidden_layers"]?.GetValue<int>() ?? c.Layers,
+            Heads = o["num_attention_heads"]?.GetValue<int>() ?? c.Heads,
+            KvHeads = o["num_key_value_heads"]?.GetValue<int>() ?? c.KvHeads,
+            IntermediateSize = o["intermediate_size"]?.GetValue<int>() ?? c.IntermediateSize,
+            MaxPositions = o["max_position_embeddings"]?.GetValue<int>() ?? c.MaxPositions,
+            RopeTheta = o["rope_theta"]?.GetValue<double>() ?? c.RopeTheta,
+        };
+    }
+}
+
+/// <summary>
+/// A Llama (tied embeddings) as trainable f32 parameters under the Hugging Face tensor names, with a causal forward for
+/// training and a writer for a standard HF folder that <see cref="InferenceEngine"/> (and transformers) load.
+/// </summary>
+internal sealed class TrainableLlama : IDisposable
+{
+    private readonly Dictionary<string, Parameter> _p = new(StringComparer.Ordinal);
+    private readonly Tensor _cos, _sinSigned;
+
+    public TrainableLlama(PretrainConfig config, int vocabSize, int seed)
+    {
+        Config = config;
+        VocabSize = vocabSize;
+        var gen = new Generator((ulong)seed);
+        long d = config.HiddenSize, hd = d / config.Heads, ff = config.IntermediateSize;
+        void Linear(string name, long rows, long cols) => _p[name] = new Parameter(torch.randn([rows, cols], generator: gen) * (1.0 / Math.Sqrt(cols)));
+        _p["model.embed_tokens.weight"] = new Parameter(torch.randn([vocabSize, d], generator: gen) * 0.02);
+        for (int i = 0; i < config.Layers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            _p[p + "input_layernorm.weight"] = new Parameter(torch.ones(d));
+            Linear(p + "self_attn.q_proj.weight", config.Heads * hd, d);
+            Linear(p + "self_attn.k_proj.weight", config.KvHeads * hd, d);
+            Linear(p + "self_attn.v_proj.weight", config.KvHeads * hd, d);
+            Linear(p + "self_attn.o_proj.weight", d, config.Heads * hd);
+            _p[p + "post_attention_layernorm.weight"] = new Parameter(torch.ones(d));
+            Linear(p + "mlp.gate_proj.weight", ff, d);
+            Linear(p + "mlp.up_proj.weight", ff, d);
+            Linear(p + "mlp.down_proj.weight", d, ff);
+        }
+
+        _p["model.norm.weight"] = new Parameter(torch.ones(d));
+        double[] inv = Enumerable.Range(0, (int)hd / 2).Select(i => (double)(float)(1.0 / Math.Pow(config.RopeTheta, 2.0 * i / hd))).ToArray();
+        var cos = new float[config.MaxPositions * hd];
+        var sin = new float[config.MaxPositions * hd];
+        for (int pos = 0; pos < config.MaxPositions; pos++)
+        {
+            for (int i = 0; i < hd / 2; i++)
+            {
+                float angle = (float)pos * (float)inv[i];
+                cos[pos * hd + i] = cos[pos * hd + hd / 2 + i] = MathF.Cos(angle);
+                sin[pos * hd + i] = -MathF.Sin(angle);
+                sin[pos * hd + hd / 2 + i] = MathF.Sin(angle);
+            }
+        }
+
+        _cos = torch.tensor(cos, [config.MaxPositions, hd]);
+        _sinSigned = torch.tensor(sin, [config.MaxPositions, hd]);
+    }
+
+    public PretrainConfig Config { get; }
+
+    public int VocabSize { get; }
+
+    public IEnumerable<Parameter> Parameters => _p.Values;
+
+    /// <summary>Next-token cross-entropy of a sequence, on positions whose target token has mask 1.</summary>
+    public Tensor Loss(long[] ids, byte[] mask)
+    {
+        long t = ids.Length - 1;
+        Tensor input = torch.tensor(ids[..^1]), labels = torch.tensor(ids[1..]);
+        Tensor weight = torch.tensor(mask[1..]).to(ScalarType.Float32);
+        Tensor h = Hidden(input);
+        Tensor logits = F.linear(h, _p["model.embed_tokens.weight"]);
+        Tensor nll = F.cross_entropy(logits, labels, reduction: nn.Reduction.None);
+        return (nll * weight).sum() / (weight.sum() + 1e-5);
+    }
+
+    private Tensor Hidden(Tensor ids)
+    {
+        long t = ids.shape[0], d = Config.HiddenSize, hd = d / Config.Heads;
+        int heads = Config.Heads, kvHeads = Config.KvHeads;
+        Tensor x = _p["model.embed_tokens.weight"].index_select(0, ids);
+        Tensor cos = _cos.narrow(0, 0, t).unsqueeze(0), sin = _sinSigned.narrow(0, 0, t).unsqueeze(0);
+        Tensor Rope(Tensor v) => v * cos + v.roll(hd / 2, -1) * sin;
+        Tensor Heads(Tensor v, int n) => v.view(t, n, hd).transpose(0, 1);
+        Tensor mask = torch.ones(t, t, ScalarType.Bool).tril();
+        for (int i = 0; i < Config.Layers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            Tensor n1 = DecoderLayer.RmsNorm(x, _p[p + "input_layernorm.weight"], Config.RmsNormEps);
+            Tensor q = Rope(Heads(F.linear(n1, _p[p + "self_attn.q_proj.weight"]), heads));
+            Tensor k = Rope(Heads(F.linear(n1, _p[p + "self_attn.k_proj.weight"]), kvHeads)).repeat_interleave(heads / kvHeads, 0);
+            Tensor v = Heads(F.linear(n1, _p[p + "self_attn.v_proj.weight"]), kvHeads).repeat_interleave(heads / kvHeads, 0);
+            Tensor att = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask).squeeze(0);
+            x = x + F.linear(att.transpose(0, 1).reshape(t, heads * hd), _p[p + "self_attn.o_proj.weight"]);
+            Tensor n2 = DecoderLayer.RmsNorm(x, _p[p + "post_attention_layernorm.weight"], Config.RmsNormEps);
+            x = x + F.linear(F.silu(F.linear(n2, _p[p + "mlp.gate_proj.weight"])) * F.linear(n2, _p[p + "mlp.up_proj.weight"]), _p[p + "mlp.down_proj.weight"]);
+        }
+
+        return DecoderLayer.RmsNorm(x, _p["model.norm.weight"], Config.RmsNormEps);
+    }
+
+    /// <summary>Writes a standard HF folder: config.json, model.safetensors (bf16 or f32), tokenizer files, generation_config.json.</summary>
+    public void Save(string folder, string tokenizerFolder, int bosId, int eosId, string chatTemplate, bool bf16 = false)
+    {
+        Directory.CreateDirectory(folder);
+        var config = new JsonObject
+        {
+            ["architectures"] = new JsonArray("LlamaForCausalLM"),
+            ["model_type"] = "llama",
+            ["hidden_size"] = Config.HiddenSize,
+            ["intermediate_size"] = Config.IntermediateSize,
+            ["num_hidden_layers"] = Config.Layers,
+            ["num_attention_heads"] = Config.Heads,
+            ["num_key_value_heads"] = Config.KvHeads,
+            ["hidden_act"] = "silu",
+            ["max_position_embeddings"] = Config.MaxPositions,
+            ["rms_norm_eps"] = Config.RmsNormEps,
+            ["rope_theta"] = Config.RopeTheta,
+            ["vocab_size"] = VocabSize,
+            ["tie_word_embeddings"] = true,
+            ["attention_bias"] = false,
+            ["bos_token_id"] = bosId,
+            ["eos_token_id"] = eosId,
+            ["torch_dtype"] = bf16 ? "bfloat16" : "float32",
+        };
+        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(folder, "generation_config.json"), new JsonObject { ["bos_token_id"] = bosId, ["eos_token_id"] = new JsonArray(eosId) }.ToJsonString());
+        File.Copy(Path.Combine(tokenizerFolder, "tokenizer.json"), Path.Combine(folder, "tokenizer.json"), overwrite: true);
+        string sourceConfig = Path.Combine(tokenizerFolder, "tokenizer_config.json");
+        JsonObject tokenizerConfig = File.Exists(sourceConfig) ? ModelConfig.ReadJsonObject(sourceConfig) : new JsonObject();
+        tokenizerConfig["chat_template"] = chatTemplate;
+        File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), tokenizerConfig.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        using var noGrad = torch.no_grad();
+        SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"),
+            _p.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, bf16 ? kv.Value.detach().to(ScalarType.BFloat16) : kv.Value.detach())),
+            new Dictionary<string, string> { ["format"] = "pt" });
+    }
+
+    public void Dispose()
+    {
+        foreach (Parameter p in _p.Values)
+        {
+            p.Dispose();
+        }
+
+        _cos.Dispose();
+        _sinSigned.Dispose();
+    }
+}
