@@ -33,25 +33,8 @@ internal static class TrainingDataReader
             yield break;
         }
 
-        int lineNo = 0;
-        foreach (string line in File.ReadLines(path))
+        foreach ((int lineNo, JsonObject o) in JsonLines.ReadObjects(path))
         {
-            lineNo++;
-            if (string.IsNullOrWhiteSpace(line))
-            {
-                continue;
-            }
-
-            JsonObject o;
-            try
-            {
-                o = JsonNode.Parse(line) as JsonObject ?? throw new JsonException("not an object");
-            }
-            catch (JsonException ex)
-            {
-                throw new InvalidDataException($"{path}:{lineNo}: not a JSON object ({ex.Message}).", ex);
-            }
-
             if (o["text"] is JsonNode text)
             {
                 foreach (TrainingExample chunk in Chunks(tokenizer.Encode(text.GetValue<string>()), maxLength))
@@ -62,9 +45,8 @@ internal static class TrainingDataReader
                 continue;
             }
 
-            var messages = (o["messages"] as JsonArray ?? throw new InvalidDataException($"{path}:{lineNo}: needs \"messages\" or \"text\"."))
-                .Select(m => new ChatMessage(new ChatRole(m!["role"]!.GetValue<string>()), m["content"]?.GetValue<string>() ?? string.Empty))
-                .ToList();
+            List<ChatMessage> messages = JsonLines.Messages(
+                o["messages"] as JsonArray ?? throw new InvalidDataException($"{path}:{lineNo}: needs \"messages\" or \"text\"."), path, lineNo);
             if (regenerate is not null)
             {
                 for (int i = 0; i < messages.Count; i++)

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Coral.AI;
+using Coral.AI.Training;
 using Microsoft.Extensions.AI;
 
 namespace Coral.Cli;
@@ -176,30 +177,12 @@ internal static class BenchCommand
         }
 
         var prompts = new List<Prompt>();
-        int lineNo = 0;
-        foreach (string line in File.ReadLines(path))
+        foreach ((int lineNo, JsonObject o) in JsonLines.ReadObjects(path))
         {
-            lineNo++;
-            if (string.IsNullOrWhiteSpace(line))
-            {
-                continue;
-            }
-
-            JsonObject o;
-            try
-            {
-                o = JsonNode.Parse(line) as JsonObject ?? throw new FormatException("not an object");
-            }
-            catch (Exception ex) when (ex is JsonException or FormatException)
-            {
-                throw new ArgumentException($"{path}:{lineNo}: not a JSON object ({ex.Message}).", ex);
-            }
-
             string kind = o["kind"]?.GetValue<string>() ?? "default";
             List<ChatMessage> messages = o["prompt"] is JsonNode p
                 ? [new ChatMessage(ChatRole.User, p.GetValue<string>())]
-                : (o["messages"] as JsonArray ?? throw new ArgumentException($"{path}:{lineNo}: needs \"prompt\" or \"messages\"."))
-                    .Select(m => new ChatMessage(new ChatRole(m!["role"]!.GetValue<string>()), m["content"]!.GetValue<string>())).ToList();
+                : JsonLines.Messages(o["messages"] as JsonArray ?? throw new ArgumentException($"{path}:{lineNo}: needs \"prompt\" or \"messages\"."), path, lineNo);
             prompts.Add(new Prompt(prompts.Count, kind, messages));
         }
 
