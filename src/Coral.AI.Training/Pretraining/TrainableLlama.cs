@@ -23,16 +23,37 @@ internal sealed record PretrainConfig
     {
         JsonObject o = ModelConfig.ReadJsonObject(path);
         var c = new PretrainConfig();
-        return c with
+        c = c with
         {
-            HiddenSize = o["hidden_size"]?.GetValue<int>() ?? c.HiddenSize,
-            Layers = o["num_hidden_layers"]?.GetValue<int>() ?? c.Layers,
-            Heads = o["num_attention_heads"]?.GetValue<int>() ?? c.Heads,
-            KvHeads = o["num_key_value_heads"]?.GetValue<int>() ?? c.KvHeads,
-            IntermediateSize = o["intermediate_size"]?.GetValue<int>() ?? c.IntermediateSize,
-            MaxPositions = o["max_position_embeddings"]?.GetValue<int>() ?? c.MaxPositions,
-            RopeTheta = o["rope_theta"]?.GetValue<double>() ?? c.RopeTheta,
+            HiddenSize = ModelConfig.OptionalInt(o, path, "hidden_size") ?? c.HiddenSize,
+            Layers = ModelConfig.OptionalInt(o, path, "num_hidden_layers") ?? c.Layers,
+            Heads = ModelConfig.OptionalInt(o, path, "num_attention_heads") ?? c.Heads,
+            KvHeads = ModelConfig.OptionalInt(o, path, "num_key_value_heads") ?? c.KvHeads,
+            IntermediateSize = ModelConfig.OptionalInt(o, path, "intermediate_size") ?? c.IntermediateSize,
+            MaxPositions = ModelConfig.OptionalInt(o, path, "max_position_embeddings") ?? c.MaxPositions,
+            RopeTheta = ModelConfig.OptionalDouble(o, path, "rope_theta") ?? c.RopeTheta,
+            RmsNormEps = ModelConfig.OptionalDouble(o, path, "rms_norm_eps") ?? c.RmsNormEps,
         };
+        foreach ((string field, int value) in new[] { ("hidden_size", c.HiddenSize), ("num_hidden_layers", c.Layers), ("num_attention_heads", c.Heads),
+            ("num_key_value_heads", c.KvHeads), ("intermediate_size", c.IntermediateSize), ("max_position_embeddings", c.MaxPositions) })
+        {
+            if (value <= 0)
+            {
+                throw new CoralModelException(path, field, $"must be positive, not {value}.");
+            }
+        }
+
+        if (c.HiddenSize % c.Heads != 0 || (c.HiddenSize / c.Heads) % 2 != 0)
+        {
+            throw new CoralModelException(path, "num_attention_heads", $"hidden_size {c.HiddenSize} / {c.Heads} heads must be an even head size.");
+        }
+
+        if (c.Heads % c.KvHeads != 0)
+        {
+            throw new CoralModelException(path, "num_key_value_heads", $"{c.KvHeads} does not divide num_attention_heads {c.Heads}.");
+        }
+
+        return c;
     }
 }
 

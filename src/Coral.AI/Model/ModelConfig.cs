@@ -178,9 +178,11 @@ internal sealed record ModelConfig
     private static int RequiredInt(JsonObject o, string path, string field) =>
         OptionalInt(o, path, field) ?? throw new CoralModelException(path, field, "missing.");
 
-    private static int? OptionalInt(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<int>());
+    /// <summary>An optional integer field; a value of another type is a <see cref="CoralModelException"/> naming it.</summary>
+    internal static int? OptionalInt(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<int>());
 
-    private static double? OptionalDouble(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<double>());
+    /// <summary>An optional number field; a value of another type is a <see cref="CoralModelException"/> naming it.</summary>
+    internal static double? OptionalDouble(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<double>());
 
     private static bool? OptionalBool(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<bool>());
 

@@ -51,9 +51,9 @@ internal sealed class LmHeadRouter : IDisposable
         }
 
         string configPath = Path.Combine(folder, "config.json");
-        int groups = config["router_groups"]?.GetValue<int>() ?? throw new CoralModelException(configPath, "router_groups", $"required when {FileName} is present.");
-        int topK = config["router_topk"]?.GetValue<int>() ?? Math.Max(1, groups / 8);
-        int hidden = config["router_hidden"]?.GetValue<int>() ?? throw new CoralModelException(configPath, "router_hidden", $"required when {FileName} is present.");
+        int groups = ModelConfig.OptionalInt(config, configPath, "router_groups") ?? throw new CoralModelException(configPath, "router_groups", $"required when {FileName} is present.");
+        int topK = ModelConfig.OptionalInt(config, configPath, "router_topk") ?? Math.Max(1, groups / 8);
+        int hidden = ModelConfig.OptionalInt(config, configPath, "router_hidden") ?? throw new CoralModelException(configPath, "router_hidden", $"required when {FileName} is present.");
         using var file = SafetensorsFile.Open(path);
         long d = target.Config.HiddenSize;
         Tensor Take(string name, long[] shape)

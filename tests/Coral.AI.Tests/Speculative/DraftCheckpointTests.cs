@@ -69,6 +69,22 @@ public class DraftCheckpointTests
         Assert.Equal("group_perm", ex.Field);
     }
 
+    [Theory]
+    [InlineData("router_groups")]
+    [InlineData("router_topk")]
+    [InlineData("router_hidden")]
+    public void RouterConfigField_OfTheWrongType_IsReportedByName(string field)
+    {
+        string draft = DrafterZoo.Random(Target, "bad-router-" + field, new DraftInitOptions { RouterGroups = 4 });
+        string path = Path.Combine(draft, "config.json");
+        JsonNode config = JsonNode.Parse(File.ReadAllText(path))!;
+        config[field] = "four";
+        File.WriteAllText(path, config.ToJsonString());
+        var ex = Assert.Throws<CoralModelException>(() => DrafterZoo.Engine(Target, draft).Dispose());
+        Assert.Equal(field, ex.Field);
+        Assert.Equal(path, ex.FilePath);
+    }
+
     [Fact]
     public async Task ChatClient_WithADrafter_ReportsSpeculativeStats_AndHonoursTheSwitch()
     {

@@ -41,3 +41,30 @@ public class PretrainTests
         Assert.Contains("mat", answer.Text);   // and the SFT turn format
     }
 }
+
+public class PretrainConfigTests
+{
+    [Theory]
+    [InlineData("""{"hidden_size": "big"}""", "hidden_size")]
+    [InlineData("""{"rope_theta": "x"}""", "rope_theta")]
+    [InlineData("""{"num_hidden_layers": 0}""", "num_hidden_layers")]
+    [InlineData("""{"hidden_size": 100, "num_attention_heads": 8}""", "num_attention_heads")]
+    [InlineData("""{"num_attention_heads": 8, "num_key_value_heads": 3}""", "num_key_value_heads")]
+    public void BadField_IsATypedErrorNamingIt(string json, string field)
+    {
+        string path = Path.Combine(ModelZoo.TempFolder("pretrain-config"), "config.json");
+        File.WriteAllText(path, json);
+        var ex = Assert.Throws<CoralModelException>(() => Coral.AI.Training.PretrainConfig.Load(path));
+        Assert.Equal(field, ex.Field);
+        Assert.Equal(path, ex.FilePath);
+    }
+
+    [Fact]
+    public void Fields_AreRead_IncludingRmsNormEps()
+    {
+        string path = Path.Combine(ModelZoo.TempFolder("pretrain-config-ok"), "config.json");
+        File.WriteAllText(path, """{"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 500000}""");
+        var c = Coral.AI.Training.PretrainConfig.Load(path);
+        Assert.Equal((96, 6, 2, 1e-6, 500000.0), (c.HiddenSize, c.Heads, c.KvHeads, c.RmsNormEps, c.RopeTheta));
+    }
+}
