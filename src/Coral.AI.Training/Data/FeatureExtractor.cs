@@ -15,6 +15,21 @@ internal static class FeatureExtractor
 {
     public const string ManifestName = "manifest.json";
 
+    /// <summary>
+    /// The features folder for <paramref name="data"/>: <paramref name="data"/> itself when it is one (it has a manifest),
+    /// else <paramref name="extractInto"/> after extracting the training data file there (resuming a partial run).
+    /// </summary>
+    public static string Ensure(InferenceEngine target, string data, string extractInto, int maxLength = 1024, TextWriter? progress = null)
+    {
+        if (File.Exists(Path.Combine(data, ManifestName)))
+        {
+            return data;
+        }
+
+        Run(target, data, extractInto, maxLength, progress: progress);
+        return extractInto;
+    }
+
     /// <summary>Extracts features; returns the number of sequences in the store.</summary>
     public static int Run(InferenceEngine target, string dataPath, string outFolder, int maxLength = 1024, int sequencesPerShard = 64,
         int? limit = null, TextWriter? progress = null, SamplingParameters? regenerate = null, int regenerateMaxTokens = 256)

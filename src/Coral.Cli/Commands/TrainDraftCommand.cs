@@ -9,7 +9,7 @@ namespace Coral.Cli;
 /// <c>coral train-draft</c>: trains a drafter for a target. <c>--data</c> is a features folder (from
 /// <c>coral extract-features</c>) or training data (JSONL/text), whose features are extracted into <c>&lt;out&gt;/features</c>
 /// first. Methods: <c>eagle</c>, <c>hass</c> (n-step alignment, optional top-K term), <c>coral</c> (hass + CSRA, variants
-/// supcon / consecutive / teacher). The router stage is not in this command yet.
+/// supcon / consecutive / teacher). CORAL's router stage is <c>coral train-router</c>, run on the result.
 /// </summary>
 internal static class TrainDraftCommand
 {
@@ -35,12 +35,7 @@ internal static class TrainDraftCommand
         };
 
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 4096);
-        string features = data;
-        if (!File.Exists(Path.Combine(data, FeatureExtractor.ManifestName)))
-        {
-            features = Path.Combine(output, "features");
-            FeatureExtractor.Run(engine, data, features, cl.Int("--max-length") ?? 1024, progress: stderr);
-        }
+        string features = FeatureExtractor.Ensure(engine, data, Path.Combine(output, "features"), cl.Int("--max-length") ?? 1024, stderr);
 
         int seed = (int)(cl.Long("--seed") ?? 0);
         string init = cl.Value("--init") ?? Path.Combine(output, "init");
@@ -50,9 +45,20 @@ internal static class TrainDraftCommand
         }
 
         var all = FeatureStore.Read(features).ToList();
-        int heldOutCount = (int)Math.Round(all.Count * (cl.Float("--held-out") ?? 0.05f));
+        double heldOutFraction = cl.Float("--held-out") ?? 0.05;
+        if (heldOutFraction is < 0 or >= 1)
+        {
+            throw new UsageException($"--held-out {heldOutFraction} is not a fraction in [0, 1).");
+        }
+
+        int heldOutCount = (int)Math.Round(all.Count * heldOutFraction);
         var heldOut = all.TakeLast(heldOutCount).ToList();
         var sequences = all.Take(all.Count - heldOutCount).ToList();
+        if (sequences.Count == 0)
+        {
+            throw new UsageException($"--data '{data}' leaves no training sequences ({all.Count} in all, {heldOutCount} held out by --held-out).");
+        }
+
         using var drafter = TrainableDrafter.Load(init, engine.Model.Config);
         var options = new DraftTrainingOptions
         {

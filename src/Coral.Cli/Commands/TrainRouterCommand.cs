@@ -21,12 +21,7 @@ internal static class TrainRouterCommand
             string other => throw new UsageException($"--grouping '{other}' is not one of kmeans, frequency, contiguous."),
         };
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 4096);
-        string features = data;
-        if (!File.Exists(Path.Combine(data, FeatureExtractor.ManifestName)))
-        {
-            features = Path.Combine(draft, "router-features");
-            FeatureExtractor.Run(engine, data, features, progress: stderr);
-        }
+        string features = FeatureExtractor.Ensure(engine, data, Path.Combine(draft, "router-features"), progress: stderr);
 
         var options = new RouterTrainingOptions
         {

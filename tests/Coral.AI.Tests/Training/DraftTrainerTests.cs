@@ -108,6 +108,23 @@ public class TrainDraftCommandTests
         Assert.True(code == 0, stderr.ToString());
         code = await Coral.Cli.CliApp.RunAsync(["train-draft", "--target", target, "--data", data, "--out", coral, "--method", "medusa"], new StringWriter(), stderr, TextReader.Null);
         Assert.Equal(2, code);
+        foreach (string fraction in new[] { "1", "-0.5" })
+        {
+            var err = new StringWriter();
+            code = await Coral.Cli.CliApp.RunAsync(["train-draft", "--target", target, "--data", data, "--out", coral, "--held-out", fraction], new StringWriter(), err, TextReader.Null);
+            Assert.Equal(2, code);
+            Assert.Contains("--held-out", err.ToString());
+        }
+
+        // A features folder is used as it is (train-draft extracted one into <out>/features); training data is extracted first.
+        string features = Path.Combine(output, "features");
+        Assert.True(File.Exists(Path.Combine(features, FeatureExtractor.ManifestName)));
+        code = await Coral.Cli.CliApp.RunAsync(["train-router", "--target", target, "--draft", output, "--data", features, "--groups", "4", "--steps", "3"], new StringWriter(), stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.False(Directory.Exists(Path.Combine(output, "router-features")));
+        code = await Coral.Cli.CliApp.RunAsync(["train-router", "--target", target, "--draft", coral, "--data", data, "--groups", "4", "--steps", "3"], new StringWriter(), stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.True(File.Exists(Path.Combine(coral, "router-features", FeatureExtractor.ManifestName)));
     }
 }
 
