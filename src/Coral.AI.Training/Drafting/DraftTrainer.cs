@@ -322,12 +322,7 @@ internal sealed class DraftTrainer
         int last = Math.Min(_o.Steps, stopAfterSteps ?? int.MaxValue);
         for (int step = first; step < last; step++)
         {
-            double lr = _o.LearningRate * Math.Min(1.0, (step + 1.0) / Math.Max(1, _o.WarmupSteps))
-                        * (step < _o.WarmupSteps ? 1.0 : Math.Max(0.0, 1.0 - (double)(step - _o.WarmupSteps) / Math.Max(1, _o.Steps - _o.WarmupSteps)));
-            foreach (var group in optimizer.ParamGroups)
-            {
-                group.LearningRate = lr;
-            }
+            double lr = LearningRateSchedule.Apply(optimizer, step, _o.LearningRate, _o.WarmupSteps, _o.Steps);
 
             FeatureSequence s = usable[step % usable.Count];
             using var scope = torch.NewDisposeScope();

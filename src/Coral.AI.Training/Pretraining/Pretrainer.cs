@@ -34,11 +34,7 @@ internal static class Pretrainer
         long tokens = 0;
         for (int step = 0; step < steps; step++)
         {
-            double lr = learningRate * (step < warmup ? (step + 1.0) / warmup : Math.Max(0.0, 1.0 - (double)(step - warmup) / Math.Max(1, steps - warmup)));
-            foreach (var group in optimizer.ParamGroups)
-            {
-                group.LearningRate = lr;
-            }
+            double lr = LearningRateSchedule.Apply(optimizer, step, learningRate, warmup, steps);
 
             TrainingExample e = usable[step % usable.Count];
             using var scope = torch.NewDisposeScope();
