@@ -1,3 +1,4 @@
+using Coral.AI.Training;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using TorchSharp;
@@ -76,7 +77,7 @@ public static class TinyCheckpoint
                 ByteLevelStyle.Qwen2 => ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                 _ => ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
             };
-            var (tj, ids) = TokenizerFactory.ByteLevel(spec.TokenizerRanks, spec.TokenizerStyle, specials);
+            var (tj, ids) = ByteLevelTokenizer.Build(spec.TokenizerRanks, spec.TokenizerStyle, specials);
             File.WriteAllText(Path.Combine(folder, "tokenizer.json"), tj.ToJsonString());
             vocab = spec.TokenizerRanks + specials.Length;
             if (spec.TokenizerStyle == ByteLevelStyle.Llama3)

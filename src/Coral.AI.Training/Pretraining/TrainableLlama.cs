@@ -113,38 +113,66 @@ internal sealed class TrainableLlama : IDisposable
 
     public IEnumerable<Parameter> Parameters => _p.Values;
 
-    /// <summary>Next-token cross-entropy of a sequence, on positions whose target token has mask 1.</summary>
-    public Tensor Loss(long[] ids, byte[] mask)
+    /// <summary>When set, the projections and the LM head multiply in bf16 (f32 master weights, norms and softmax).</summary>
+    public bool Bf16Matmuls { get; set; }
+
+    /// <summary>Copies the weights of a standard HF folder written by <see cref="Save"/> (to continue training).</summary>
+    public void LoadWeights(string folder)
     {
-        long t = ids.Length - 1;
-        Tensor input = torch.tensor(ids[..^1]), labels = torch.tensor(ids[1..]);
-        Tensor weight = torch.tensor(mask[1..]).to(ScalarType.Float32);
-        Tensor h = Hidden(input);
-        Tensor logits = F.linear(h, _p["model.embed_tokens.weight"]);
-        Tensor nll = F.cross_entropy(logits, labels, reduction: nn.Reduction.None);
-        return (nll * weight).sum() / (weight.sum() + 1e-5);
+        using var reader = new CheckpointReader(folder);
+        using var noGrad = torch.no_grad();
+        foreach ((string name, Parameter p) in _p)
+        {
+            using Tensor value = reader.Take(name, p.shape, ScalarType.Float32);
+            p.copy_(value);
+        }
     }
+
+    /// <summary>
+    /// Next-token cross-entropy over packed blocks <paramref name="ids"/> [B, T+1] on positions whose target token has
+    /// mask 1. The LM head's cross-entropy is chunked over rows (<see cref="ChunkedCrossEntropy"/>): no [B·T × V] logits
+    /// or gradients are held whole. Returns the mean loss and a surrogate whose gradient is the loss's gradient.
+    /// </summary>
+    public (double Loss, Tensor Surrogate) Loss(Tensor ids, Tensor mask)
+    {
+        long b = ids.shape[0], t = ids.shape[1] - 1;
+        Tensor input = ids.narrow(1, 0, t), labels = ids.narrow(1, 1, t).reshape(-1);
+        Tensor weight = mask.narrow(1, 1, t).reshape(-1).to(ScalarType.Float32);
+        Tensor h = Hidden(input).reshape(b * t, Config.HiddenSize);
+        Parameter head = _p["model.embed_tokens.weight"];
+        (double loss, Tensor gradH, Tensor gradW) = ChunkedCrossEntropy.Compute(h, head, labels, weight, Bf16Matmuls);
+        return (loss, (h * gradH).sum() + (head * gradW).sum());
+    }
+
+    /// <summary>The logits of one sequence (f32; for tests).</summary>
+    public Tensor Logits(long[] ids)
+    {
+        Tensor h = Hidden(torch.tensor(ids).unsqueeze(0)).squeeze(0);
+        return F.linear(h, _p["model.embed_tokens.weight"]);
+    }
+
+    private Tensor Linear(Tensor x, string name) =>
+        Bf16Matmuls ? F.linear(x.to(ScalarType.BFloat16), _p[name].to(ScalarType.BFloat16)).to(ScalarType.Float32) : F.linear(x, _p[name]);
 
     private Tensor Hidden(Tensor ids)
     {
-        long t = ids.shape[0], d = Config.HiddenSize, hd = d / Config.Heads;
+        long b = ids.shape[0], t = ids.shape[1], d = Config.HiddenSize, hd = d / Config.Heads;
         int heads = Config.Heads, kvHeads = Config.KvHeads;
-        Tensor x = _p["model.embed_tokens.weight"].index_select(0, ids);
-        Tensor cos = _cos.narrow(0, 0, t).unsqueeze(0), sin = _sinSigned.narrow(0, 0, t).unsqueeze(0);
+        Tensor x = _p["model.embed_tokens.weight"].index_select(0, ids.reshape(-1)).view(b, t, d);
+        Tensor cos = _cos.narrow(0, 0, t), sin = _sinSigned.narrow(0, 0, t);
         Tensor Rope(Tensor v) => v * cos + v.roll(hd / 2, -1) * sin;
-        Tensor Heads(Tensor v, int n) => v.view(t, n, hd).transpose(0, 1);
-        Tensor mask = torch.ones(t, t, ScalarType.Bool).tril();
+        Tensor Heads(Tensor v, int n) => v.view(b, t, n, hd).transpose(1, 2);
         for (int i = 0; i < Config.Layers; i++)
         {
             string p = $"model.layers.{i}.";
             Tensor n1 = DecoderLayer.RmsNorm(x, _p[p + "input_layernorm.weight"], Config.RmsNormEps);
-            Tensor q = Rope(Heads(F.linear(n1, _p[p + "self_attn.q_proj.weight"]), heads));
-            Tensor k = Rope(Heads(F.linear(n1, _p[p + "self_attn.k_proj.weight"]), kvHeads)).repeat_interleave(heads / kvHeads, 0);
-            Tensor v = Heads(F.linear(n1, _p[p + "self_attn.v_proj.weight"]), kvHeads).repeat_interleave(heads / kvHeads, 0);
-            Tensor att = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask).squeeze(0);
-            x = x + F.linear(att.transpose(0, 1).reshape(t, heads * hd), _p[p + "self_attn.o_proj.weight"]);
+            Tensor q = Rope(Heads(Linear(n1, p + "self_attn.q_proj.weight"), heads));
+            Tensor k = Rope(Heads(Linear(n1, p + "self_attn.k_proj.weight"), kvHeads)).repeat_interleave(heads / kvHeads, 1);
+            Tensor v = Heads(Linear(n1, p + "self_attn.v_proj.weight"), kvHeads).repeat_interleave(heads / kvHeads, 1);
+            Tensor att = F.scaled_dot_product_attention(q, k, v, is_casual: true);
+            x = x + Linear(att.transpose(1, 2).reshape(b, t, heads * hd), p + "self_attn.o_proj.weight");
             Tensor n2 = DecoderLayer.RmsNorm(x, _p[p + "post_attention_layernorm.weight"], Config.RmsNormEps);
-            x = x + F.linear(F.silu(F.linear(n2, _p[p + "mlp.gate_proj.weight"])) * F.linear(n2, _p[p + "mlp.up_proj.weight"]), _p[p + "mlp.down_proj.weight"]);
+            x = x + Linear(F.silu(Linear(n2, p + "mlp.gate_proj.weight")) * Linear(n2, p + "mlp.up_proj.weight"), p + "mlp.down_proj.weight");
         }
 
         return DecoderLayer.RmsNorm(x, _p["model.norm.weight"], Config.RmsNormEps);

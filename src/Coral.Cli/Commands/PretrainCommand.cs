@@ -12,35 +12,82 @@ internal static class PretrainCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var cl = new CommandLine(args,
-            new HashSet<string> { "--config", "--data", "--tokenizer", "--out", "--steps", "--lr", "--seed", "--max-length", "--sft", "--sft-steps", "--sft-lr" },
+            new HashSet<string>
+            {
+                "--config", "--data", "--tokenizer", "--out", "--steps", "--lr", "--seed", "--max-length", "--batch", "--accumulate", "--minutes",
+                "--save-every", "--init", "--matmul", "--sft", "--sft-steps", "--sft-lr", "--sft-minutes",
+            },
             new HashSet<string> { "--bf16" });
         string tokenizerFolder = cl.Required("--tokenizer"), output = cl.Required("--out");
-        if (!File.Exists(Path.Combine(tokenizerFolder, "tokenizer.json")))
+        Directory.CreateDirectory(output);
+        if (tokenizerFolder == "gpt2")
         {
-            throw new ArgumentException($"--tokenizer '{tokenizerFolder}' has no tokenizer.json.");
+            // The demo tokenizer: GPT-2's byte-level BPE + ChatML tokens, generated from Microsoft.ML.Tokenizers' data.
+            tokenizerFolder = Path.Combine(Path.GetTempPath(), "coral-gpt2-tokenizer-" + Guid.NewGuid().ToString("N"));
+            ByteLevelTokenizer.WriteGpt2ChatTokenizer(tokenizerFolder);
+        }
+        else if (!File.Exists(Path.Combine(tokenizerFolder, "tokenizer.json")))
+        {
+            throw new ArgumentException($"--tokenizer '{tokenizerFolder}' has no tokenizer.json (or pass --tokenizer gpt2).");
+        }
+
+        string matmul = cl.Value("--matmul") ?? "f32";
+        if (matmul is not ("f32" or "bf16"))
+        {
+            throw new UsageException($"--matmul must be f32 or bf16, not '{matmul}'.");
         }
 
         PretrainConfig config = cl.Value("--config") is string c ? PretrainConfig.Load(c) : new PretrainConfig();
         HfTokenizer tokenizer = HfTokenizer.Load(tokenizerFolder);
+        // Chat lines in either phase are rendered with the template the written model will carry.
+        HfTokenizer chatTokenizer = WithConfig(tokenizerFolder, tokenizer.Config with { ChatTemplate = ByteLevelTokenizer.ChatMlTemplate });
         int maxLength = cl.Int("--max-length") ?? 256;
         int seed = (int)(cl.Long("--seed") ?? 0);
-        var text = TrainingDataReader.Read(cl.Required("--data"), tokenizer, maxLength).ToList();
-        using var model = new TrainableLlama(config, tokenizer.VocabSize, seed);
-        Directory.CreateDirectory(output);
-        string metrics = Path.Combine(output, "metrics.jsonl");
-        File.Delete(metrics);
-        Pretrainer.Train(model, text, cl.Int("--steps") ?? 1000, cl.Float("--lr") ?? 1e-3, seed, metrics, stderr);
-        if (cl.Value("--sft") is string sft)
-        {
-            // The chat template must be in place before chat data is rendered.
-            var withTemplate = tokenizer.Config with { ChatTemplate = Pretrainer.ChatMlTemplate };
-            var chat = TrainingDataReader.Read(sft, WithConfig(tokenizerFolder, withTemplate), maxLength).ToList();
-            Pretrainer.Train(model, chat, cl.Int("--sft-steps") ?? 300, cl.Float("--sft-lr") ?? 3e-4, seed + 1, metrics, stderr, "sft");
-        }
-
         int eos = tokenizer.TryGetId("<|im_end|>", out int imEnd) ? imEnd : tokenizer.EosTokenId ?? 0;
         int bos = tokenizer.BosTokenId ?? eos;
-        model.Save(output, tokenizerFolder, bos, eos, Pretrainer.ChatMlTemplate, cl.Flag("--bf16"));
+        using var model = new TrainableLlama(config, tokenizer.VocabSize, seed) { Bf16Matmuls = matmul == "bf16" };
+        if (cl.Value("--init") is string init)
+        {
+            model.LoadWeights(init);
+        }
+
+        string metrics = Path.Combine(output, "metrics.jsonl");
+        if (cl.Value("--init") is null)
+        {
+            File.Delete(metrics);
+        }
+
+        void Save(int step)
+        {
+            model.Save(output, tokenizerFolder, bos, eos, ByteLevelTokenizer.ChatMlTemplate, cl.Flag("--bf16"));
+            stderr.WriteLine($"saved {output} at step {step}");
+        }
+
+        var common = new PretrainOptions
+        {
+            BlockLength = maxLength, BatchSize = cl.Int("--batch") ?? 8, Accumulate = cl.Int("--accumulate") ?? 1,
+            Save = Save, SaveEvery = cl.Int("--save-every") ?? 500,
+        };
+        if ((cl.Int("--steps") ?? 1000) > 0)
+        {
+            var data = TrainingDataReader.Read(cl.Required("--data"), chatTokenizer, maxLength).ToList();
+            Pretrainer.Train(model, data, common with
+            {
+                Steps = cl.Int("--steps") ?? 1000, LearningRate = cl.Float("--lr") ?? 1e-3, Seed = seed,
+                Budget = cl.Float("--minutes") is float m ? TimeSpan.FromMinutes(m) : null,
+            }, metrics, stderr);
+        }
+
+        if (cl.Value("--sft") is string sft)
+        {
+            var chat = TrainingDataReader.Read(sft, chatTokenizer, maxLength).ToList();
+            Pretrainer.Train(model, chat, common with
+            {
+                Steps = cl.Int("--sft-steps") ?? 300, LearningRate = cl.Float("--sft-lr") ?? 3e-4, Seed = seed + 1, Phase = "sft",
+                Budget = cl.Float("--sft-minutes") is float m ? TimeSpan.FromMinutes(m) : null,
+            }, metrics, stderr);
+        }
+
         stderr.WriteLine($"wrote {output}");
         return 0;
     }

@@ -1,3 +1,4 @@
+using Coral.AI.Training;
 using System.Collections.Concurrent;
 using Coral.AI.TestModels;
 
