@@ -28,7 +28,7 @@ internal static class CliApp
                          [--lr LR] [--max-length N] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR]] [--bf16]
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
-                         [--rounds R] [--device D] [--dtype T] [--json]
+                         [--rounds R] [--fixed-depth] [--device D] [--dtype T] [--json]
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)

@@ -26,6 +26,13 @@ public sealed class CoralChatClientOptions
     public int? TreeTotalTokens { get; set; }
 
     /// <summary>
+    /// Gets or sets a value indicating whether each speculation cycle's draft depth follows the acceptance observed so far
+    /// (up to <see cref="TreeDepth"/>), so that drafting stops paying for levels the target rarely accepts. Defaults to
+    /// <see langword="true"/>; output is unaffected either way.
+    /// </summary>
+    public bool AdaptiveTreeDepth { get; set; } = true;
+
+    /// <summary>
     /// Gets or sets the LM-head groups a CORAL router computes per draft step; <see langword="null"/> uses the checkpoint's
     /// default, 0 disables the router (full head).
     /// </summary>

@@ -57,7 +57,16 @@ internal sealed class InferenceEngine : IDisposable
     public TreeDrafter? Drafter { get; }
 
     /// <summary>Gets or sets the default draft tree (set at load, possibly auto-tuned).</summary>
+    private DepthController? _depthController;
+
     public TreeShape Tree { get; set; } = TreeShape.Default;
+
+    /// <summary>When set (the default), each speculation cycle's draft depth follows the acceptance observed so far, up
+    /// to the tree's depth (<see cref="DepthController"/>); the state persists across requests of this engine.</summary>
+    public bool AdaptiveDepth { get; set; } = true;
+
+    /// <summary>The adaptive depth state (null until the first speculative request, or when adaptation is off).</summary>
+    internal DepthController? DepthState => _depthController;
 
     public string ModelId { get; }
 
@@ -272,6 +281,17 @@ internal sealed class InferenceEngine : IDisposable
     {
         shape.Validate();
         TreeDrafter drafter = Drafter!;
+        DepthController? depthController = null;
+        if (AdaptiveDepth)
+        {
+            if (_depthController is null || _depthController.MaxDepth != shape.Depth)
+            {
+                _depthController = new DepthController(shape.Depth);
+            }
+
+            depthController = _depthController;
+        }
+
         int vocab = Model.Config.VocabSize;
         int cycles = 0, accepted = 0, drafted = 0;
         var draftClock = new Stopwatch();
@@ -287,18 +307,28 @@ internal sealed class InferenceEngine : IDisposable
                 int start = Cache.Length;
                 using (var scope = torch.NewDisposeScope())
                 {
+                    TreeShape cycleShape = shape;
+                    if (depthController is not null)
+                    {
+                        int d = depthController.NextDepth();
+                        cycleShape = shape with { Depth = d, TotalTokens = Math.Min(shape.TotalTokens, 1 + shape.TopK + (d - 1) * shape.TopK * shape.TopK) };
+                    }
+
+                    long draftStart = Stopwatch.GetTimestamp();
                     draftClock.Start();
                     DraftTree tree;
                     using (features)
                     {
-                        tree = drafter.Draft(features, nextTokens, shape);
+                        tree = drafter.Draft(features, nextTokens, cycleShape);
                     }
 
                     draftClock.Stop();
+                    long verifyStart = Stopwatch.GetTimestamp();
                     verifyClock.Start();
                     Tensor hidden = Model.Forward(tree.Tokens.Select(t => (long)t).ToArray(), Cache, tree.Positions(start), tree.AncestorMask());
                     ReadRows(Model.Logits(hidden), ref _treeLogits);
                     verifyClock.Stop();
+                    long verifyEnd = Stopwatch.GetTimestamp();
 
                     // Walk down the tree: accept a child with the target's probability, else draw the bonus token.
                     for (int node = 0; ;)
@@ -331,6 +361,8 @@ internal sealed class InferenceEngine : IDisposable
                     using Tensor rows = torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device);
                     features = hidden.index_select(0, rows).DetachFromDisposeScope();
                     drafted += tree.Count - 1;
+                    depthController?.Observe(cycleShape.Depth, path.Count - 1,
+                        Stopwatch.GetElapsedTime(draftStart, verifyStart).TotalMilliseconds, Stopwatch.GetElapsedTime(verifyStart, verifyEnd).TotalMilliseconds);
                 }
 
                 cycles++;

@@ -163,6 +163,7 @@ public sealed class CoralModelHost : IDisposable
                 }
 
                 _engine.Tree.Validate();
+                _engine.AdaptiveDepth = _options.AdaptiveTreeDepth;
             }
 
             _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
@@ -194,5 +195,6 @@ public sealed class CoralModelHost : IDisposable
         TreeTopK = o.TreeTopK,
         TreeTotalTokens = o.TreeTotalTokens,
         RouterTopK = o.RouterTopK,
+        AdaptiveTreeDepth = o.AdaptiveTreeDepth,
     };
 }

@@ -22,7 +22,7 @@ internal static class BenchCommand
     {
         var cl = new CommandLine(args,
             new HashSet<string> { "--model", "--draft", "--prompts", "--temperature", "--max-new-tokens", "--rounds", "--device", "--dtype", "--seed" },
-            new HashSet<string> { "--json" });
+            new HashSet<string> { "--json", "--fixed-depth" });
         if (cl.Value("--draft") is null)
         {
             throw new UsageException("--draft is required: bench compares plain and speculative decoding.");
@@ -38,6 +38,7 @@ internal static class BenchCommand
 
         using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
+        engine.AdaptiveDepth = !cl.Flag("--fixed-depth");
         TreeShape tree = engine.Tree;
         var requests = prompts.Select(p => ChatPromptFormatter.Render(engine.Tokenizer.Config, p.Messages, null)
             .ToRequest(engine.Tokenizer, new SamplingParameters { Temperature = temperature, TopP = temperature > 0 ? 1f : null }, maxNew, null) with { Tree = tree })
@@ -106,7 +107,12 @@ internal static class BenchCommand
             ["temperature"] = temperature,
             ["max_new_tokens"] = maxNew,
             ["rounds"] = rounds,
-            ["tree"] = new JsonObject { ["depth"] = tree.Depth, ["top_k"] = tree.TopK, ["total_tokens"] = tree.TotalTokens, ["router_top_k"] = tree.RouterTopK },
+            ["tree"] = new JsonObject
+            {
+                ["depth"] = tree.Depth, ["top_k"] = tree.TopK, ["total_tokens"] = tree.TotalTokens, ["router_top_k"] = tree.RouterTopK,
+                ["adaptive_depth"] = engine.AdaptiveDepth, ["final_depth"] = engine.DepthState?.Depth,
+                ["reach_by_depth"] = engine.DepthState is { } state ? new JsonArray(state.Reach.Skip(1).Select(x => (JsonNode?)Round(x)).ToArray()) : null,
+            },
             ["prompts"] = perPrompt,
             ["by_kind"] = byKind,
             ["overall"] = Summary(plain.SelectMany(x => x).ToList(), spec.SelectMany(x => x).ToList(), temperature),

@@ -1,0 +1,81 @@
+namespace Coral.AI;
+
+/// <summary>
+/// Chooses the draft depth of each speculation cycle from the acceptance observed so far, so that a drafter that is
+/// rarely right past depth 2 does not pay for five draft forwards. It keeps, per depth j, an exponential moving average
+/// of r_j = P(at least j drafted tokens accepted), and the measured cost of one draft step (s) and of one verification
+/// (v); the next depth maximises the expected tokens per millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
+/// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
+/// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
+/// The tree shape changes only; acceptance stays exact (lossless), whatever the depth.
+/// </summary>
+internal sealed class DepthController
+{
+    /// <summary>One cycle in this many drafts one level deeper than the current choice.</summary>
+    public const int ExploreEvery = 16;
+
+    private const double Rate = 0.1;
+    private readonly double[] _reach;
+    private readonly int[] _seen;
+    private double _stepMs = -1, _verifyMs = -1;
+    private int _cycles;
+
+    /// <param name="maxDepth">The deepest tree (the configured shape's depth).</param>
+    public DepthController(int maxDepth)
+    {
+        MaxDepth = maxDepth;
+        _reach = new double[maxDepth + 1];
+        _seen = new int[maxDepth + 1];
+        for (int j = 1; j <= maxDepth; j++)
+        {
+            _reach[j] = Math.Pow(0.7, j);   // prior until measured
+        }
+
+        Depth = maxDepth;
+    }
+
+    public int MaxDepth { get; }
+
+    /// <summary>The depth chosen for the next cycle (before exploration).</summary>
+    public int Depth { get; private set; }
+
+    /// <summary>The depth to draft in the next cycle: <see cref="Depth"/>, or one more on an exploration cycle.</summary>
+    public int NextDepth() => _cycles % ExploreEvery == ExploreEvery - 1 ? Math.Min(MaxDepth, Depth + 1) : Depth;
+
+    /// <summary>The estimated P(at least j drafted tokens accepted), j = 1..MaxDepth (index 0 unused).</summary>
+    public IReadOnlyList<double> Reach => _reach;
+
+    /// <summary>Records a cycle: the depth drafted, how many drafted tokens were accepted (bonus excluded), and the
+    /// measured draft (whole cycle) and verification times.</summary>
+    public void Observe(int depth, int acceptedDrafted, double draftMs, double verifyMs)
+    {
+        _cycles++;
+        for (int j = 1; j <= depth; j++)
+        {
+            // A running mean over the first observations (the prior counts as one), then a moving average.
+            _reach[j] += Math.Max(Rate, 1.0 / (_seen[j]++ + 2)) * ((acceptedDrafted >= j ? 1 : 0) - _reach[j]);
+        }
+
+        // Depths never drafted yet: extrapolated with the deepest drafted level's conditional acceptance.
+        double ratio = depth >= 2 && _reach[depth - 1] > 0 ? Math.Min(1, _reach[depth] / _reach[depth - 1]) : _reach[1];
+        for (int j = depth + 1; j <= MaxDepth && _seen[j] == 0; j++)
+        {
+            _reach[j] = _reach[j - 1] * ratio;
+        }
+
+        double step = draftMs / Math.Max(1, depth);
+        _stepMs = _stepMs < 0 ? step : _stepMs + Rate * (step - _stepMs);
+        _verifyMs = _verifyMs < 0 ? verifyMs : _verifyMs + Rate * (verifyMs - _verifyMs);
+        double best = double.NegativeInfinity, expected = 1;
+        for (int d = 1; d <= MaxDepth; d++)
+        {
+            expected += _reach[d];
+            double rate = expected / (d * _stepMs + _verifyMs);
+            if (rate > best * (1 + 1e-9))
+            {
+                best = rate;
+                Depth = d;
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+namespace Coral.AI.Tests;
+
+public class DepthControllerTests
+{
+    [Fact]
+    public void ADrafterThatIsNeverRight_IsCutToOneLevel()
+    {
+        var c = new DepthController(5);
+        for (int i = 0; i < 100; i++)
+        {
+            c.Observe(c.NextDepth(), acceptedDrafted: 0, draftMs: 1.0 * c.NextDepth(), verifyMs: 5);
+        }
+
+        Assert.Equal(1, c.Depth);
+        Assert.True(c.Reach[1] < 0.01);
+    }
+
+    [Fact]
+    public void ADrafterThatIsAlwaysRight_KeepsTheFullDepth()
+    {
+        var c = new DepthController(5);
+        for (int i = 0; i < 100; i++)
+        {
+            int d = c.NextDepth();
+            c.Observe(d, acceptedDrafted: d, draftMs: 1.0 * d, verifyMs: 5);
+        }
+
+        Assert.Equal(5, c.Depth);
+    }
+
+    [Fact]
+    public void TheDepth_MaximisesExpectedTokensPerMillisecond()
+    {
+        // Always exactly 2 accepted: levels 3+ never pay. Cheap draft steps (0.1 ms vs 5 ms verify): depth 2 wins.
+        var c = new DepthController(5);
+        for (int i = 0; i < 200; i++)
+        {
+            int d = c.NextDepth();
+            c.Observe(d, acceptedDrafted: Math.Min(d, 2), draftMs: 0.1 * d, verifyMs: 5);
+        }
+
+        Assert.Equal(2, c.Depth);
+        // Expensive draft steps (5 ms each, as costly as verification): one level is the best trade.
+        var costly = new DepthController(5);
+        for (int i = 0; i < 200; i++)
+        {
+            int d = costly.NextDepth();
+            costly.Observe(d, acceptedDrafted: d >= 1 ? 1 : 0, draftMs: 5.0 * d, verifyMs: 5);
+        }
+
+        Assert.Equal(1, costly.Depth);
+    }
+
+    [Fact]
+    public void ACutDepth_ComesBackWhenTheDrafterImproves()
+    {
+        var c = new DepthController(4);
+        for (int i = 0; i < 100; i++)
+        {
+            c.Observe(c.NextDepth(), 0, c.NextDepth() * 0.5, 5);
+        }
+
+        Assert.Equal(1, c.Depth);
+        var depths = new List<int>();
+        for (int i = 0; i < 400; i++)
+        {
+            int d = c.NextDepth();
+            depths.Add(d);
+            c.Observe(d, d, d * 0.5, 5);
+        }
+
+        Assert.Equal(4, c.Depth);
+        Assert.Contains(2, depths);   // it got there through exploration cycles, one level at a time
+    }
+}
