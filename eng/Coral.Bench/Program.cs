@@ -17,10 +17,16 @@ var opts = ParseArgs(args);
 int hidden = opts.GetValueOrDefault("--hidden", 512), layers = opts.GetValueOrDefault("--layers", 8);
 int ranks = opts.GetValueOrDefault("--ranks", 50000), tokens = opts.GetValueOrDefault("--tokens", 128), rounds = opts.GetValueOrDefault("--rounds", 7);
 string? output = args.SkipWhile(a => a != "--out").Skip(1).FirstOrDefault();
+// --model <hf-dir>: measure those weights (e.g. the demo model) instead of a random model; --draft <dir> adds Coral's
+// speculative decoding (bf16, greedy, same prompt) to the comparison.
+string? modelArg = args.SkipWhile(a => a != "--model").Skip(1).FirstOrDefault();
+string? draftArg = args.SkipWhile(a => a != "--draft").Skip(1).FirstOrDefault();
 
-string root = Path.Combine(Path.GetTempPath(), $"coral-bench-{hidden}-{layers}-{ranks}");
-string model = Path.Combine(root, "model");
-if (!File.Exists(Path.Combine(model, "model.safetensors")))
+string root = modelArg is null ? Path.Combine(Path.GetTempPath(), $"coral-bench-{hidden}-{layers}-{ranks}")
+    : Path.Combine(Path.GetTempPath(), "coral-bench-" + Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelArg))));
+string model = modelArg ?? Path.Combine(root, "model");
+Directory.CreateDirectory(root);
+if (modelArg is null && !File.Exists(Path.Combine(model, "model.safetensors")))
 {
     Console.Error.WriteLine($"writing random model d={hidden} L={layers} vocab={ranks} to {model}");
     TinyCheckpoint.Create(model, new TinyModelSpec
@@ -41,6 +47,12 @@ foreach (string dtype in new[] { "float32", "bfloat16" })
 
     var engine = InferenceEngine.Load(model, torch.CPU, dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16, 512);
     variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
+    if (draftArg is not null && dtype == "bfloat16")
+    {
+        var spec = InferenceEngine.Load(model, torch.CPU, ScalarType.BFloat16, 512, null, draftArg);
+        spec.Tree = spec.TuneTree(5, 8, -1).Shape;
+        variants.Add(("coral speculative bfloat16", (prompt, n) => CoralDecode(spec, prompt, n, speculative: true)));
+    }
     foreach (int threads in new[] { 1, 2 })
     {
         var p = new ModelParams(gguf) { ContextSize = 512, BatchSize = 512, UBatchSize = 512, GpuLayerCount = 0, Threads = threads, FlashAttention = false };
@@ -50,7 +62,9 @@ foreach (string dtype in new[] { "float32", "bfloat16" })
     }
 }
 
-string promptText = "The history of the city begins with a small settlement on the banks of the river, where traders met each spring to";
+string promptText = modelArg is null
+    ? "The history of the city begins with a small settlement on the banks of the river, where traders met each spring to"
+    : "<|im_start|>user\nContinue this text: The history of the city begins with a small settlement on the banks of the river. Traders met there each spring.<|im_end|>\n<|im_start|>assistant\n";
 var results = variants.ToDictionary(v => v.Name, _ => new List<double>());
 for (int r = 0; r < rounds + 1; r++)
 {
@@ -75,7 +89,9 @@ double Median(List<double> x)
 }
 
 var report = new StringBuilder();
-report.AppendLine(CultureInfo.InvariantCulture, $"Plain greedy decode, {tokens} new tokens after a {promptText.Split(' ').Length}-word prompt; random Llama d={hidden}, {layers} layers, {hidden / 64} heads / {hidden / 128} KV heads, FFN {hidden * 11 / 4}, vocab {ranks + 5} (GPT-2 ranks + 5 specials), untied head.");
+report.AppendLine(modelArg is null
+    ? string.Create(CultureInfo.InvariantCulture, $"Plain greedy decode, {tokens} new tokens after a {promptText.Split(' ').Length}-word prompt; random Llama d={hidden}, {layers} layers, {hidden / 64} heads / {hidden / 128} KV heads, FFN {hidden * 11 / 4}, vocab {ranks + 5} (GPT-2 ranks + 5 specials), untied head.")
+    : string.Create(CultureInfo.InvariantCulture, $"Greedy decode of {modelArg} (up to {tokens} new tokens, same chat prompt; llama.cpp on a GGUF exported from the same safetensors){(draftArg is null ? "" : $"; speculative with {draftArg}")}."));
 report.AppendLine(CultureInfo.InvariantCulture, $"Medians of {rounds} interleaved rounds (order rotated each round, one warm-up discarded), one process; machine: {Environment.ProcessorCount} vCPU, torch threads {torch.get_num_threads()}.");
 report.AppendLine();
 report.AppendLine("| dtype | Coral tokens/s | llama.cpp 1 thread | llama.cpp 2 threads | Coral / best llama.cpp |");
@@ -86,17 +102,23 @@ foreach (string dtype in new[] { "float32", "bfloat16" })
     report.AppendLine(CultureInfo.InvariantCulture, $"| {dtype} | {c:F1} | {l1:F1} | {l2:F1} | {c / Math.Max(l1, l2):F2} |");
 }
 
+if (results.TryGetValue("coral speculative bfloat16", out var specRates))
+{
+    double best = new[] { "float32", "bfloat16" }.SelectMany(d => new[] { $"llama.cpp {d} 1t", $"llama.cpp {d} 2t" }).Max(k => Median(results[k]));
+    report.AppendLine(CultureInfo.InvariantCulture, $"| speculative bf16 | {Median(specRates):F1} | | | {Median(specRates) / best:F2} (vs the best llama.cpp row) |");
+}
+
 Console.WriteLine(report);
 if (output is not null)
 {
     File.WriteAllText(output, report.ToString());
 }
 
-static double CoralDecode(InferenceEngine engine, string prompt, int n)
+static double CoralDecode(InferenceEngine engine, string prompt, int n, bool speculative = false)
 {
     engine.ResetCache();
     List<int> ids = engine.Tokenizer.Encode(prompt);
-    var r = engine.Generate(new GenerationRequest(ids, SamplingParameters.Greedy, n, []), null, CancellationToken.None);
+    var r = engine.Generate(new GenerationRequest(ids, SamplingParameters.Greedy, n, []) { Speculative = speculative }, null, CancellationToken.None);
     // Decode rate: tokens after the first (the first comes from the prefill's logits).
     return (r.TokenIds.Count - 1) / r.DecodeTime.TotalSeconds;
 }

@@ -20,15 +20,19 @@ internal static class CliApp
           coral train-draft --target <hf-dir> --data <features-dir|file.jsonl|file.txt> --out <dir> [--method eagle|hass|coral]
                          [--init <draft-dir>] [--steps N] [--lr LR] [--seed S] [--max-length N] [--align-steps N]
                          [--topk-weight W] [--csra-weight W] [--csra-tau T] [--csra-variant supcon|consecutive|teacher]
-                         [--checkpoint-every N] [--held-out FRACTION]   (resumes from <out>/checkpoint)
+                         [--checkpoint-every N] [--held-out FRACTION] [--matmul f32|bf16] [--pack TOKENS] [--format eagle] [--bf16]
+                         (resumes from <out>/checkpoint)
           coral train-router --target <hf-dir> --draft <draft-dir> --data <features-dir|file.jsonl> [--groups G] [--topk K]
                          [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N]
           coral draft-inspect <draft-dir>
-          coral pretrain --tokenizer <dir-with-tokenizer.json> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
-                         [--lr LR] [--max-length N] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR]] [--bf16]
+          coral pretrain --tokenizer <dir-with-tokenizer.json|gpt2> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
+                         [--lr LR] [--max-length N] [--batch B] [--accumulate A] [--minutes M] [--matmul f32|bf16]
+                         [--save-every N] [--init <hf-dir>] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR] [--sft-minutes M]] [--bf16]
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
-                         [--rounds R] [--fixed-depth] [--device D] [--dtype T] [--json]
+                         [--rounds R] [--fixed-depth] [--device D] [--dtype T] [--json]   (no --model: the demo pair)
+          coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]
+          coral plot     --pretrain <metrics.jsonl> --out <file.png> [--title T]
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
@@ -54,6 +58,7 @@ internal static class CliApp
                 "train-router" => TrainRouterCommand.Run(rest, stdout, stderr),
                 "draft-inspect" => DraftInspectCommand.Run(rest, stdout, stderr),
                 "pretrain" => PretrainCommand.Run(rest, stdout, stderr),
+                "plot" => PlotCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };

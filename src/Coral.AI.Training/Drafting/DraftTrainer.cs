@@ -69,8 +69,11 @@ internal sealed record DraftTrainingOptions
 
     public int Seed { get; init; }
 
-    /// <summary>Gets the vocabulary chunk of the soft cross-entropy (0 = the plain full-vocabulary version).</summary>
-    public int ClassificationChunk { get; init; } = 8192;
+    /// <summary>Gets the row chunk of the soft cross-entropy (0 = the plain full-vocabulary version through autograd).</summary>
+    public int ClassificationChunk { get; init; } = 256;
+
+    /// <summary>When set, the soft cross-entropy through the frozen head multiplies in bf16 (the drafter itself stays f32).</summary>
+    public bool Bf16Matmuls { get; init; }
 
     /// <summary>Gets how often (in steps) to write a checkpoint and evaluate held-out data; 0 = never.</summary>
     public int CheckpointEvery { get; init; }
@@ -122,7 +125,12 @@ internal sealed class DraftTrainer
         Tensor embeddings = _embedding.index_select(0, ids);
         bool chunked = _o.ClassificationChunk > 0 && _o.TopKWeight == 0;
         Tensor? p = null;
-        if (!chunked)
+        (Tensor Probabilities, Tensor ArgMax) target = default;
+        if (chunked)
+        {
+            target = ChunkedSoftCrossEntropy.Target(targets, _head, _o.Bf16Matmuls);
+        }
+        else
         {
             using (torch.no_grad())
             {
@@ -146,7 +154,7 @@ internal sealed class DraftTrainer
             if (chunked)
             {
                 // Never materialises [T × V]: the value is logged, the gradient enters through a surrogate term.
-                var (value, gradH, acc) = ChunkedSoftCrossEntropy.Compute(h, targets, _head, weight, denominator, _o.ClassificationChunk);
+                var (value, gradH, acc) = ChunkedSoftCrossEntropy.Compute(h, target, _head, weight, denominator, _o.ClassificationChunk);
                 cls = torch.tensor((float)value);
                 stepLoss = reg + _o.ClassificationWeight * (h * gradH).sum();
                 stepAccuracy = acc;

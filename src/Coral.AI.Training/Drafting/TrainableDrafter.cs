@@ -126,14 +126,15 @@ internal sealed class TrainableDrafter : IDisposable
         }
     }
 
-    /// <summary>Writes the drafter in the EAGLE layout (config.json with <c>bias</c>, unprefixed keys).</summary>
-    public void Save(string folder)
+    /// <summary>Writes the drafter in the EAGLE layout (config.json with <c>bias</c>, unprefixed keys), f32 or bf16.</summary>
+    public void Save(string folder, bool bf16 = false)
     {
         Directory.CreateDirectory(folder);
         DraftCheckpoint.WriteConfig(Target, folder, new DraftInitOptions { FcBias = FcBias });
         using var noGrad = torch.no_grad();
         SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"),
-            _p.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach())), new Dictionary<string, string> { ["format"] = "pt" });
+            _p.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, bf16 ? kv.Value.detach().to(ScalarType.BFloat16) : kv.Value.detach())),
+            new Dictionary<string, string> { ["format"] = "pt" });
     }
 
     public void Dispose()

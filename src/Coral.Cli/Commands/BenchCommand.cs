@@ -23,9 +23,9 @@ internal static class BenchCommand
         var cl = new CommandLine(args,
             new HashSet<string> { "--model", "--draft", "--prompts", "--temperature", "--max-new-tokens", "--rounds", "--device", "--dtype", "--seed" },
             new HashSet<string> { "--json", "--fixed-depth" });
-        if (cl.Value("--draft") is null)
+        if (cl.Value("--draft") is null && cl.Value("--model") is not null)
         {
-            throw new UsageException("--draft is required: bench compares plain and speculative decoding.");
+            throw new UsageException("--draft is required with --model: bench compares plain and speculative decoding.");
         }
 
         List<Prompt> prompts = ReadPrompts(cl.Required("--prompts"));

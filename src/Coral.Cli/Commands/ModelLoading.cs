@@ -5,13 +5,26 @@ namespace Coral.Cli;
 /// <summary>Builds a model host from the common options (--model, --device, --dtype).</summary>
 internal static class ModelLoading
 {
-    public static CoralChatClientOptions Options(CommandLine cl) => new()
+    /// <summary>The options from --model/--draft/--device/--dtype; without --model, the bundled demo pair (target and its
+    /// CORAL drafter).</summary>
+    public static CoralChatClientOptions Options(CommandLine cl)
     {
-        ModelPath = cl.Value("--model") ?? throw new UsageException("--model is required (no bundled demo model yet)."),
-        DraftModelPath = cl.Value("--draft"),
-        Device = cl.Value("--device") ?? "cpu",
-        DType = cl.Value("--dtype"),
-    };
+        string? model = cl.Value("--model"), draft = cl.Value("--draft");
+        if (model is null)
+        {
+            (model, string? demoDraft) = DemoModels.Locate()
+                ?? throw new UsageException($"--model is required: the demo pair (samples/models/{DemoModels.Target}) was not found here; run from the repository or set CORAL_DEMO_MODELS.");
+            draft ??= demoDraft;
+        }
+
+        return new()
+        {
+            ModelPath = model,
+            DraftModelPath = draft,
+            Device = cl.Value("--device") ?? "cpu",
+            DType = cl.Value("--dtype"),
+        };
+    }
 
     public static CoralModelHost LoadHost(CommandLine cl, TextWriter stderr)
     {

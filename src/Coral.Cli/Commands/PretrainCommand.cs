@@ -88,6 +88,11 @@ internal static class PretrainCommand
             }, metrics, stderr);
         }
 
+        if ((cl.Int("--steps") ?? 1000) <= 0 && cl.Value("--sft") is null)
+        {
+            Save(0);   // --init + --steps 0: a conversion (e.g. to bf16 with --bf16)
+        }
+
         stderr.WriteLine($"wrote {output}");
         return 0;
     }

@@ -17,8 +17,15 @@ internal static class TrainDraftCommand
     {
         var cl = new CommandLine(args,
             new HashSet<string> { "--target", "--data", "--method", "--out", "--init", "--steps", "--lr", "--seed", "--max-length",
-                "--align-steps", "--topk-weight", "--csra-weight", "--csra-tau", "--csra-variant", "--checkpoint-every", "--held-out" }, new HashSet<string>());
+                "--align-steps", "--topk-weight", "--csra-weight", "--csra-tau", "--csra-variant", "--checkpoint-every", "--held-out", "--matmul", "--format", "--pack" }, new HashSet<string> { "--bf16" });
         string target = cl.Required("--target"), data = cl.Required("--data"), output = cl.Required("--out");
+        if ((cl.Value("--format") ?? "eagle") != "eagle")
+        {
+            // The published EAGLE layout (config.json + model.safetensors, unprefixed keys; a CORAL router goes in a
+            // sibling router.safetensors) is the one format: EAGLE-style servers load it as is.
+            throw new UsageException($"--format '{cl.Value("--format")}' is not supported; the drafter is written in the EAGLE layout (--format eagle).");
+        }
+
         DraftMethod method = (cl.Value("--method") ?? "eagle") switch
         {
             "eagle" => DraftMethod.Eagle,
@@ -52,8 +59,9 @@ internal static class TrainDraftCommand
         }
 
         int heldOutCount = (int)Math.Round(all.Count * heldOutFraction);
-        var heldOut = all.TakeLast(heldOutCount).ToList();
-        var sequences = all.Take(all.Count - heldOutCount).ToList();
+        int pack = cl.Int("--pack") ?? 512;
+        var heldOut = FeatureStore.Pack(all.TakeLast(heldOutCount).ToList(), pack);
+        var sequences = FeatureStore.Pack(all.Take(all.Count - heldOutCount).ToList(), pack);
         if (sequences.Count == 0)
         {
             throw new UsageException($"--data '{data}' leaves no training sequences ({all.Count} in all, {heldOutCount} held out by --held-out).");
@@ -72,10 +80,16 @@ internal static class TrainDraftCommand
             CsraWeight = cl.Float("--csra-weight") ?? 0.1,
             CsraTemperature = cl.Float("--csra-tau") ?? 0.1,
             CheckpointEvery = cl.Int("--checkpoint-every") ?? 100,
+            Bf16Matmuls = (cl.Value("--matmul") ?? "f32") switch
+            {
+                "f32" => false,
+                "bf16" => true,
+                string other => throw new UsageException($"--matmul '{other}' is not one of f32, bf16."),
+            },
         };
         new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options)
             .Train(sequences, Path.Combine(output, "metrics.jsonl"), stderr, Path.Combine(output, "checkpoint"), heldOut);
-        drafter.Save(output);
+        drafter.Save(output, cl.Flag("--bf16"));
         TrainingPlot.Save(Path.Combine(output, "metrics.jsonl"), Path.Combine(output, "training.png"), $"{options.Method} drafter for {Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(target)))}");
         stderr.WriteLine($"wrote the drafter to {output} ({sequences.Count} sequences, {options.Steps} steps; metrics.jsonl, training.png)");
         return 0;

@@ -319,7 +319,7 @@ public class ChunkedCrossEntropyTests
         }
 
         var full = Run(0);
-        var chunked = Run(97);   // an odd chunk size: the last chunk is partial
+        var chunked = Run(3);   // rows in chunks of 3: the last chunk is partial
         Assert.Equal(full.Value, chunked.Value, 4);
         Assert.True(TorchTestHelpers.MaxAbsDiff(full.Grads, chunked.Grads) < 1e-4f);
     }

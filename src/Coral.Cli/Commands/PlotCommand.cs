@@ -1,0 +1,41 @@
+using System.Text.Json.Nodes;
+using Coral.AI;
+using Coral.AI.Training;
+
+namespace Coral.Cli;
+
+/// <summary>
+/// <c>coral plot</c>: PNGs for the benchmark report from <c>coral bench --json</c> outputs (τ and speedup by prompt
+/// kind, one series per run; verify cost by tree size) or from <c>coral pretrain</c>'s metrics.jsonl.
+/// </summary>
+internal static class PlotCommand
+{
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var cl = new CommandLine(args, new HashSet<string> { "--bench", "--pretrain", "--out", "--title" }, new HashSet<string>());
+        string output = cl.Required("--out");
+        string title = cl.Value("--title") ?? string.Empty;
+        if (cl.Value("--pretrain") is string metrics)
+        {
+            BenchPlot.PretrainLoss(metrics, title, output);
+            stderr.WriteLine($"wrote {output}");
+            return 0;
+        }
+
+        // --bench label=file.json,label=file.json,...
+        var runs = (cl.Value("--bench") ?? throw new UsageException("--bench label=file.json[,label=file.json...] or --pretrain <metrics.jsonl> is required."))
+            .Split(',', StringSplitOptions.RemoveEmptyEntries)
+            .Select(item =>
+            {
+                int eq = item.IndexOf('=');
+                string label = eq > 0 ? item[..eq] : Path.GetFileNameWithoutExtension(item), path = eq > 0 ? item[(eq + 1)..] : item;
+                return (label, ModelConfig.ReadJsonObject(path));
+            }).ToList();
+        Directory.CreateDirectory(output);
+        BenchPlot.ByKind(runs, "mean_accepted_length", "mean accepted length τ", $"{title} τ by prompt kind", Path.Combine(output, "tau-by-kind.png"));
+        BenchPlot.ByKind(runs, "speedup", "speedup over plain decoding", $"{title} speedup by prompt kind", Path.Combine(output, "speedup-by-kind.png"));
+        BenchPlot.TreeCost(runs[0].Item2, $"{title} verify cost vs tree size", Path.Combine(output, "tree-cost.png"));
+        stderr.WriteLine($"wrote tau-by-kind.png, speedup-by-kind.png, tree-cost.png to {output}");
+        return 0;
+    }
+}
