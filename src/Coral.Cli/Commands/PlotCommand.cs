@@ -27,7 +27,7 @@ internal static class PlotCommand
             .Split(',', StringSplitOptions.RemoveEmptyEntries)
             .Select(item =>
             {
-                int eq = item.IndexOf('=');
+                int eq = item.LastIndexOf('=');   // labels may contain '=' ("greedy (T=0)"), paths do not
                 string label = eq > 0 ? item[..eq] : Path.GetFileNameWithoutExtension(item), path = eq > 0 ? item[(eq + 1)..] : item;
                 return (label, ModelConfig.ReadJsonObject(path));
             }).ToList();

@@ -69,6 +69,27 @@ public class CliTests
     }
 
     [Fact]
+    public async Task WithoutModel_TheBundledDemoPairAnswers_AndSpeculativeEqualsPlainGreedy()
+    {
+        // The README's main job: no --model means samples/models/coral-demo-chat with its drafter.
+        string[] ask = ["--chat", "--prompt", "Define kludge.", "--max-new-tokens", "24", "--temperature", "0", "--json"];
+        var (code, spec, err) = await Run(["generate", .. ask]);
+        Assert.True(code == 0, err);
+        Assert.Contains("coral-demo-chat-drafter", err);   // loaded with the drafter
+        string root = AppContext.BaseDirectory;
+        while (!Directory.Exists(Path.Combine(root, "samples", "models", "coral-demo-chat")))
+        {
+            root = Path.GetDirectoryName(root.TrimEnd('/'))!;
+        }
+
+        var (plainCode, plain, plainErr) = await Run(["generate", "--model", Path.Combine(root, "samples", "models", "coral-demo-chat"), "--dtype", "bfloat16", .. ask]);
+        Assert.True(plainCode == 0, plainErr);
+        string text = JsonDocument.Parse(spec).RootElement.GetProperty("text").GetString()!;
+        Assert.False(string.IsNullOrWhiteSpace(text));
+        Assert.Equal(JsonDocument.Parse(plain).RootElement.GetProperty("text").GetString(), text);   // lossless on the shipped pair
+    }
+
+    [Fact]
     public async Task BadInput_GivesClearErrors_AndExitCodes()
     {
         var (code, _, err) = await Run("generate", "--model", "/does/not/exist", "--prompt", "x");

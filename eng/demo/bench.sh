@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The demo pair's benchmarks (docs/benchmarks.md): plain vs speculative by prompt kind at T=0 and T=1, the drafter
+# ablation (eagle / hass / hass+csra / coral with router), router on/off, adaptive vs fixed depth, and llama.cpp on the
+# same weights. Interleaved in one process per run; medians. Writes JSON under $OUT (default artifacts/bench) and the
+# plots under docs/benchmarks/.
+#   env: ROUNDS (2), TOKENS (64), OUT
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-$root/artifacts/bench}"
+models="$root/samples/models"
+prompts="$root/eng/demo/bench-prompts.jsonl"
+mkdir -p "$out" "$root/docs/benchmarks"
+dotnet build "$root/src/Coral.Cli" -c Release -v q -nologo >/dev/null
+coral="$root/src/Coral.Cli/bin/Release/net10.0/coral"
+bench() { "$coral" bench --model "$models/coral-demo-chat" --prompts "$prompts" --max-new-tokens "${TOKENS:-64}" --json "$@"; }
+
+bench --draft "$models/coral-demo-chat-drafter" --rounds "${ROUNDS:-2}" > "$out/coral-t0.json"
+bench --draft "$models/coral-demo-chat-drafter" --rounds "${ROUNDS:-2}" --temperature 1 > "$out/coral-t1.json"
+for m in eagle hass hass-csra; do
+  bench --draft "$models/coral-demo-chat-drafter-$m" --rounds 1 > "$out/ablation-$m.json"
+done
+bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --fixed-depth > "$out/coral-fixed-depth.json"
+"$coral" plot --bench "greedy (T=0)=$out/coral-t0.json,sampling (T=1)=$out/coral-t1.json" --out "$root/docs/benchmarks/demo" --title "coral-demo-chat + CORAL drafter:"
+"$coral" plot --bench "eagle=$out/ablation-eagle.json,hass=$out/ablation-hass.json,hass+csra=$out/ablation-hass-csra.json,coral+router=$out/coral-t0.json" \
+  --out "$root/docs/benchmarks/ablation" --title "drafter ablation (T=0):"
+dotnet run -c Release --project "$root/eng/Coral.Bench" -- --model "$models/coral-demo-chat" --draft "$models/coral-demo-chat-drafter" \
+  --tokens 64 --rounds 5 --out "$out/llama-cpp.md"
