@@ -101,7 +101,7 @@ internal static class BenchCommand
         var result = new JsonObject
         {
             ["model"] = host.ModelId,
-            ["draft"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(cl.Value("--draft")!))),
+            ["draft"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(host.Options.DraftModelPath!))),
             ["device"] = host.Options.Device,
             ["dtype"] = engine.Model.WeightType.ToString(),
             ["temperature"] = temperature,
