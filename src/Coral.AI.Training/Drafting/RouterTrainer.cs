@@ -126,6 +126,8 @@ internal sealed class RouterTrainer
                 continue;
             }
 
+            // One scope per sequence: the [T−1, V] probabilities must not outlive it (84k tokens × 50k = 17 GB).
+            using var scope = torch.NewDisposeScope();
             Tensor f = s.HiddenState.to(ScalarType.Float32);
             Tensor h = _drafter.Forward(_embedding.index_select(0, s.InputIds.narrow(0, 1, t - 1)), f.narrow(0, 0, t - 1));
             Tensor p = F.softmax(F.linear(f.narrow(0, 1, t - 1), _head), -1);                          // [T−1, V]
@@ -133,7 +135,8 @@ internal sealed class RouterTrainer
             Tensor keep = s.LossMask.narrow(0, 1, t - 1).nonzero().squeeze(1);
             if (keep.numel() > 0)
             {
-                list.Add((h.index_select(0, keep), mass.index_select(0, keep), groupOf.index_select(0, p.argmax(-1)).index_select(0, keep)));
+                list.Add((h.index_select(0, keep).MoveToOuterDisposeScope(), mass.index_select(0, keep).MoveToOuterDisposeScope(),
+                    groupOf.index_select(0, p.argmax(-1)).index_select(0, keep).MoveToOuterDisposeScope()));
             }
         }
 
