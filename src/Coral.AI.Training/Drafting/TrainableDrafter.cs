@@ -115,16 +115,7 @@ internal sealed class TrainableDrafter : IDisposable
     }
 
     /// <summary>Copies the weights of a saved drafter (same shapes) into these parameters (checkpoint resume).</summary>
-    public void LoadWeights(string folder)
-    {
-        using var reader = new CheckpointReader(folder);
-        using var noGrad = torch.no_grad();
-        foreach (var (name, parameter) in _p)
-        {
-            using Tensor value = reader.Take(name, parameter.shape, ScalarType.Float32);
-            parameter.copy_(value);
-        }
-    }
+    public void LoadWeights(string folder) => ParameterLoader.Load(folder, _p);
 
     /// <summary>Writes the drafter in the EAGLE layout (config.json with <c>bias</c>, unprefixed keys), f32 or bf16.</summary>
     public void Save(string folder, bool bf16 = false)

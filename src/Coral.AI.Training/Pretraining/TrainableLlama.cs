@@ -117,16 +117,7 @@ internal sealed class TrainableLlama : IDisposable
     public bool Bf16Matmuls { get; set; }
 
     /// <summary>Copies the weights of a standard HF folder written by <see cref="Save"/> (to continue training).</summary>
-    public void LoadWeights(string folder)
-    {
-        using var reader = new CheckpointReader(folder);
-        using var noGrad = torch.no_grad();
-        foreach ((string name, Parameter p) in _p)
-        {
-            using Tensor value = reader.Take(name, p.shape, ScalarType.Float32);
-            p.copy_(value);
-        }
-    }
+    public void LoadWeights(string folder) => ParameterLoader.Load(folder, _p);
 
     /// <summary>
     /// Next-token cross-entropy over packed blocks <paramref name="ids"/> [B, T+1] on positions whose target token has
