@@ -12,7 +12,16 @@ using static TorchSharp.torch;
 // Plain greedy decoding, tokens/s, Coral vs llama.cpp on the same random Llama weights, interleaved in one process.
 // usage: dotnet run -c Release --project eng/Coral.Bench -- [--hidden 512] [--layers 8] [--ranks 50000] [--tokens 128]
 //        [--rounds 7] [--out docs/benchmarks/plain-decode.md]
+//        or: --profile <hf-dir> [--rows 1,4,8,16,32] (the cost breakdown of a step, see CostProfile)
 NativeLibraryConfig.All.WithLogCallback((_, _) => { });
+if (args.SkipWhile(a => a != "--profile").Skip(1).FirstOrDefault() is string profiled)
+{
+    // --profile <hf-dir> [--rows 1,4,8,16,32]: where a plain step and a tree verification spend their time.
+    string rows = args.SkipWhile(a => a != "--rows").Skip(1).FirstOrDefault() ?? "1,4,8,16,32";
+    CostProfile.Run(profiled, rows.Split(',').Select(int.Parse).ToArray());
+    return;
+}
+
 var opts = ParseArgs(args);
 int hidden = opts.GetValueOrDefault("--hidden", 512), layers = opts.GetValueOrDefault("--layers", 8);
 int ranks = opts.GetValueOrDefault("--ranks", 50000), tokens = opts.GetValueOrDefault("--tokens", 128), rounds = opts.GetValueOrDefault("--rounds", 7);

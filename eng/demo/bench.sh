@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The demo pair's benchmarks (docs/benchmarks.md): plain vs speculative by prompt kind at T=0 and T=1, the drafter
-# ablation (eagle / hass / hass+csra / coral with router), router on/off, adaptive vs fixed depth, and llama.cpp on the
+# ablation (eagle / hass / hass+csra / coral with router), router on/off, adaptive vs fixed depth, a tree-size sweep, and llama.cpp on the
 # same weights. Interleaved in one process per run; medians. Writes JSON under $OUT (default artifacts/bench) and the
 # plots under docs/benchmarks/.
-#   env: ROUNDS (2), TOKENS (64), OUT
+#   env: ROUNDS (2), TOKENS (64), SWEEP ("4 8 16 32"), TREE (16), OUT
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-$root/artifacts/bench}"
@@ -16,12 +16,25 @@ bench() { "$coral" bench --model "$models/coral-demo-chat" --prompts "$prompts" 
 
 bench --draft "$models/coral-demo-chat-drafter" --rounds "${ROUNDS:-2}" > "$out/coral-t0.json"
 bench --draft "$models/coral-demo-chat-drafter" --rounds "${ROUNDS:-2}" --temperature 1 > "$out/coral-t1.json"
-for m in eagle hass hass-csra; do
-  bench --draft "$models/coral-demo-chat-drafter-$m" --rounds 1 > "$out/ablation-$m.json"
+bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --temperature 1 --router-topk 0 > "$out/coral-t1-router-off.json"
+# Tree-size sweep of the coral drafter: fixed node budgets instead of the auto-tuned one.
+sweep=()
+for n in ${SWEEP:-4 8 16 32}; do
+  bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --tree-tokens "$n" > "$out/sweep-$n.json"
+  sweep+=("$n nodes=$out/sweep-$n.json")
 done
-bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --fixed-depth > "$out/coral-fixed-depth.json"
+# The ablation at one fixed tree size (TREE nodes, 16 by default), so that rows differ only in the drafter: eagle, hass,
+# hass+csra with the full head, coral (the same drafter with its router), router off, fixed depth.
+tree=(--tree-tokens "${TREE:-16}")
+for m in eagle hass hass-csra; do
+  bench --draft "$models/coral-demo-chat-drafter-$m" --rounds 1 "${tree[@]}" > "$out/ablation-$m.json"
+done
+bench --draft "$models/coral-demo-chat-drafter" --rounds 1 "${tree[@]}" > "$out/ablation-coral.json"
+bench --draft "$models/coral-demo-chat-drafter" --rounds 1 "${tree[@]}" --router-topk 0 > "$out/coral-router-off.json"
+bench --draft "$models/coral-demo-chat-drafter" --rounds 1 "${tree[@]}" --fixed-depth > "$out/coral-fixed-depth.json"
 "$coral" plot --bench "greedy (T=0)=$out/coral-t0.json,sampling (T=1)=$out/coral-t1.json" --out "$root/docs/benchmarks/demo" --title "coral-demo-chat + CORAL drafter:"
-"$coral" plot --bench "eagle=$out/ablation-eagle.json,hass=$out/ablation-hass.json,hass+csra=$out/ablation-hass-csra.json,coral+router=$out/coral-t0.json" \
-  --out "$root/docs/benchmarks/ablation" --title "drafter ablation (T=0):"
+"$coral" plot --bench "eagle=$out/ablation-eagle.json,hass=$out/ablation-hass.json,hass+csra=$out/ablation-hass-csra.json,coral+router=$out/ablation-coral.json" \
+  --out "$root/docs/benchmarks/ablation" --title "drafter ablation (T=0, ${TREE:-16} nodes):"
+"$coral" plot --sweep "$(IFS=,; echo "${sweep[*]}")" --out "$root/docs/benchmarks/tree-sweep.png" --title "coral drafter, T=0:"
 dotnet run -c Release --project "$root/eng/Coral.Bench" -- --model "$models/coral-demo-chat" --draft "$models/coral-demo-chat-drafter" \
   --tokens 64 --rounds 5 --out "$out/llama-cpp.md"

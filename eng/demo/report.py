@@ -12,10 +12,26 @@ def load(name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
-def row(label, s, extra=""):
+def yes(s):
     same = s.get("greedy_identical")
+    return "" if same is None else ("yes" if same else "NO")
+
+
+def row(label, s, extra=""):
     return (f"| {label} | {s['mean_accepted_length']:.2f} | {s['plain_tokens_per_second']:.1f} | {s['speculative_tokens_per_second']:.1f} "
-            f"| {s['speedup']:.2f} | {s['draft_time_share']:.2f} | {'' if same is None else ('yes' if same else 'NO')} |{extra}")
+            f"| {s['speedup']:.2f} | {s['draft_time_share']:.2f} | {yes(s)} |{extra}")
+
+
+def reach(b):
+    """Fraction of the run's cycles that accepted at least j drafted tokens, j = 1..depth."""
+    r = b["overall"].get("accepted_at_least")
+    return ", ".join(f"{x:.2f}" for x in r) if r else "–"
+
+
+def step_ms(b):
+    ms = b["draft_step_ms"]
+    routed = b["tree"]["router_top_k"] != 0 and ms.get("router") is not None
+    return ms["router"] if routed else ms["full_head"]
 
 
 for name, title in [("coral-t0", "Greedy (T=0)"), ("coral-t1", "Sampling (T=1)")]:
@@ -24,23 +40,43 @@ for name, title in [("coral-t0", "Greedy (T=0)"), ("coral-t1", "Sampling (T=1)")
         continue
     t = b["tree"]
     print(f"### {title}: coral drafter with router, by prompt kind\n")
-    print(f"{b['rounds']} rounds × {len(b['prompts'])} prompts, ≤ {b['max_new_tokens']} new tokens, dtype {b['dtype']}, tree {t['total_tokens']} nodes "
-          f"depth ≤ {t['depth']} top-k {t['top_k']} router top-k {t['router_top_k']}; adaptive depth ended at {t.get('final_depth')}, "
-          f"P(≥ j accepted) = {t.get('reach_by_depth')}\n")
+    print(f"{b['rounds']} rounds × {len(b['prompts'])} prompts, ≤ {b['max_new_tokens']} new tokens, dtype {b['dtype']}, tree auto-tuned to "
+          f"{t['total_tokens']} nodes (depth ≤ {t['depth']}, top-k {t['top_k']}), adaptive depth ended at {t.get('final_depth')}, "
+          f"fraction of cycles accepting ≥ j drafted tokens (j = 1..{t['depth']}): {reach(b)}\n")
     print("| kind | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for kind, s in b["by_kind"].items():
         print(row(kind, s))
     print(row("**all**", b["overall"]))
-    print(f"\ndraft step ms: {b['draft_step_ms']}; verify ms by tree size: {b['verify_ms_by_tree_size']}\n")
+    print(f"\ndraft step ms: full head {b['draft_step_ms']['full_head']:.2f}, routed {b['draft_step_ms']['router']:.2f}; "
+          f"verify ms by tree size: {', '.join(f'{k}: {v:.1f}' for k, v in b['verify_ms_by_tree_size'].items())}\n")
 
-print("### Drafter ablation (T=0, same data, steps and seed)\n")
-print("| drafter | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | draft step ms |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for name, label in [("ablation-eagle", "eagle"), ("ablation-hass", "hass"), ("ablation-hass-csra", "hass + csra (full head)"),
-                    ("coral-t0", "coral (hass + csra + router)"), ("coral-fixed-depth", "coral, fixed depth 5")]:
-    b = load(name)
-    if b:
-        ms = b["draft_step_ms"]
-        step = ms["router"] if ms.get("router") is not None and "coral" in label else ms["full_head"]
-        print(row(label, b["overall"], f" {step:.2f} |"))
+ablation = [("ablation-eagle", "eagle"), ("ablation-hass", "hass"), ("ablation-hass-csra", "hass + csra (full head)"),
+            ("ablation-coral", "coral (hass + csra + router)"), ("coral-router-off", "coral, router off"),
+            ("coral-fixed-depth", "coral, fixed depth 5"), ("coral-t1-router-off", "coral, router off, T=1 (auto tree)")]
+first = next((load(n) for n, _ in ablation if load(n)), None)
+if first:
+    print(f"### Drafter ablation (T=0 unless noted; {first['tree']['total_tokens']} nodes; same data, steps and seed)\n")
+    print("| drafter | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | draft step ms | cycles accepting ≥ j, j = 1..5 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, label in ablation:
+        b = load(name)
+        if b:
+            print(row(label, b["overall"], f" {step_ms(b):.2f} | {reach(b)} |"))
+    print()
+
+sweep = [load(f[:-5]) for f in os.listdir(d) if f.startswith("sweep-") and f.endswith(".json")]
+if sweep:
+    print("### Tree-size sweep (coral drafter with router, T=0, adaptive depth)\n")
+    print("| nodes | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | verify ms at this size |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for b in sorted(sweep, key=lambda b: b["tree"]["total_tokens"]):
+        n = b["tree"]["total_tokens"]
+        v = b["verify_ms_by_tree_size"].get(str(n))
+        print(row(str(n), b["overall"], f" {v:.1f} |" if v is not None else " – |"))
+    print()
+
+p = os.path.join(d, "llama-cpp.md")
+if os.path.exists(p):
+    print("### Plain decoding against llama.cpp (same weights, GGUF exported by `coral export-gguf`)\n")
+    print(open(p).read())

@@ -33,6 +33,10 @@ internal static class CliApp
                          [--rounds R] [--fixed-depth] [--device D] [--dtype T] [--json]   (no --model: the demo pair)
           coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]
           coral plot     --pretrain <metrics.jsonl> --out <file.png> [--title T]
+          coral plot     --sweep label=bench.json[,label=bench.json...] --out <file.png> [--title T]
+
+        generate, chat and bench also take the tree: [--tree-tokens N] (fixed; default auto-tuned) [--tree-depth D] [--tree-topk K]
+        [--router-topk K] (groups per draft step; 0 = the full LM head).
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)

@@ -65,6 +65,28 @@ internal static class BenchPlot
         plot.SavePng(pngPath, 900, 480);
     }
 
+    /// <summary>A tree-size sweep: τ and speedup (overall) against the nodes each run verified, one point per bench run,
+    /// ordered by tree size.</summary>
+    public static void TreeSweep(IReadOnlyList<(string Label, JsonObject Bench)> runs, string title, string pngPath)
+    {
+        var points = runs.Select(r => (Nodes: r.Bench["tree"]!["total_tokens"]!.GetValue<double>(), Overall: r.Bench["overall"]!))
+            .OrderBy(p => p.Nodes).ToList();
+        double[] nodes = points.Select(p => p.Nodes).ToArray();
+        var plot = new ScottPlot.Plot();
+        foreach ((string field, string label) in new[] { ("mean_accepted_length", "mean accepted length τ"), ("speedup", "speedup over plain decoding") })
+        {
+            var line = plot.Add.Scatter(nodes, points.Select(p => p.Overall[field]!.GetValue<double>()).ToArray());
+            line.LegendText = label;
+        }
+
+        plot.Add.HorizontalLine(1.0).LinePattern = ScottPlot.LinePattern.Dotted;
+        plot.Title(title);
+        plot.XLabel("tree nodes verified per cycle");
+        plot.Axes.SetLimitsY(0, points.Max(p => Math.Max(p.Overall["mean_accepted_length"]!.GetValue<double>(), p.Overall["speedup"]!.GetValue<double>())) * 1.15);
+        plot.ShowLegend();
+        plot.SavePng(pngPath, 900, 480);
+    }
+
     /// <summary>Loss by step of a <c>coral pretrain</c> metrics file, one series per phase.</summary>
     public static void PretrainLoss(string metricsPath, string title, string pngPath)
     {

@@ -195,7 +195,11 @@ internal sealed class TrainableLlama : IDisposable
         };
         File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         File.WriteAllText(Path.Combine(folder, "generation_config.json"), new JsonObject { ["bos_token_id"] = bosId, ["eos_token_id"] = new JsonArray(eosId) }.ToJsonString());
-        File.Copy(Path.Combine(tokenizerFolder, "tokenizer.json"), Path.Combine(folder, "tokenizer.json"), overwrite: true);
+        if (Path.TrimEndingDirectorySeparator(Path.GetFullPath(tokenizerFolder)) != Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder)))   // continuing in place keeps the folder's own
+        {
+            File.Copy(Path.Combine(tokenizerFolder, "tokenizer.json"), Path.Combine(folder, "tokenizer.json"), overwrite: true);
+        }
+
         string sourceConfig = Path.Combine(tokenizerFolder, "tokenizer_config.json");
         JsonObject tokenizerConfig = File.Exists(sourceConfig) ? ModelConfig.ReadJsonObject(sourceConfig) : new JsonObject();
         tokenizerConfig["chat_template"] = chatTemplate;

@@ -36,7 +36,9 @@ internal enum GenerationFinish
 /// <param name="DraftTokens">Draft tokens proposed for verification (tree nodes below the root).</param>
 /// <param name="DraftTime">Time spent drafting.</param>
 /// <param name="VerifyTime">Time spent in target verification forwards (logits read back included).</param>
-internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int DraftTokens, TimeSpan DraftTime, TimeSpan VerifyTime)
+/// <param name="AcceptedDrafted">Cycles by how many drafted tokens they accepted: element j counts the cycles that
+/// accepted exactly j (bonus token excluded).</param>
+internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int DraftTokens, TimeSpan DraftTime, TimeSpan VerifyTime, IReadOnlyList<int> AcceptedDrafted)
 {
     public double MeanAcceptedLength => Cycles == 0 ? 0 : (double)AcceptedTokens / Cycles;
 }

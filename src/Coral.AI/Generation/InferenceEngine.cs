@@ -294,6 +294,7 @@ internal sealed class InferenceEngine : IDisposable
 
         int vocab = Model.Config.VocabSize;
         int cycles = 0, accepted = 0, drafted = 0;
+        var acceptedDrafted = new int[shape.Depth + 1];
         var draftClock = new Stopwatch();
         var verifyClock = new Stopwatch();
         int root = (int)nextTokens[^1];
@@ -361,6 +362,7 @@ internal sealed class InferenceEngine : IDisposable
                     using Tensor rows = torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device);
                     features = hidden.index_select(0, rows).DetachFromDisposeScope();
                     drafted += tree.Count - 1;
+                    acceptedDrafted[path.Count - 1]++;
                     depthController?.Observe(cycleShape.Depth, path.Count - 1,
                         Stopwatch.GetElapsedTime(draftStart, verifyStart).TotalMilliseconds, Stopwatch.GetElapsedTime(verifyStart, verifyEnd).TotalMilliseconds);
                 }
@@ -390,7 +392,7 @@ internal sealed class InferenceEngine : IDisposable
             features.Dispose();
         }
 
-        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed));
+        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted));
     }
 
     /// <summary>

@@ -21,7 +21,7 @@ internal static class BenchCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var cl = new CommandLine(args,
-            new HashSet<string> { "--model", "--draft", "--prompts", "--temperature", "--max-new-tokens", "--rounds", "--device", "--dtype", "--seed" },
+            ModelLoading.With("--prompts", "--temperature", "--max-new-tokens", "--rounds", "--seed"),
             new HashSet<string> { "--json", "--fixed-depth" });
         if (cl.Value("--draft") is null && cl.Value("--model") is not null)
         {
@@ -139,6 +139,7 @@ internal static class BenchCommand
         var o = new JsonObject
         {
             ["mean_accepted_length"] = Round(Tau(spec)),
+            ["accepted_at_least"] = AcceptedAtLeast(spec),
             ["plain_tokens_per_second"] = Round(p),
             ["speculative_tokens_per_second"] = Round(s),
             ["speedup"] = Round(s / p),
@@ -159,6 +160,25 @@ internal static class BenchCommand
         var stats = runs.Select(r => r.Stats).OfType<SpeculativeStats>().ToList();
         int cycles = stats.Sum(s => s.Cycles);
         return cycles == 0 ? 0 : (double)stats.Sum(s => s.AcceptedTokens) / cycles;
+    }
+
+    /// <summary>The fraction of all cycles that accepted at least j drafted tokens, j = 1..depth (over the whole run, unlike
+    /// the depth controller's moving estimate; cycles drafted shallower than j count as not reaching j).</summary>
+    private static JsonArray AcceptedAtLeast(IEnumerable<Measured> runs)
+    {
+        var stats = runs.Select(r => r.Stats).OfType<SpeculativeStats>().ToList();
+        int depth = stats.Select(s => s.AcceptedDrafted.Count).DefaultIfEmpty(1).Max() - 1;
+        var counts = new long[depth + 1];
+        foreach (SpeculativeStats s in stats)
+        {
+            for (int j = 0; j < s.AcceptedDrafted.Count; j++)
+            {
+                counts[j] += s.AcceptedDrafted[j];
+            }
+        }
+
+        long cycles = counts.Sum();
+        return new JsonArray(Enumerable.Range(1, depth).Select(j => (JsonNode?)Round(cycles == 0 ? 0 : (double)counts[j..].Sum() / cycles)).ToArray());
     }
 
     private static double DraftShare(IEnumerable<Measured> runs)

@@ -9,7 +9,7 @@ internal static class ChatCommand
 {
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
     {
-        var cl = new CommandLine(args, new HashSet<string> { "--model", "--draft", "--system", "--temperature", "--max-new-tokens", "--device", "--dtype", "--seed" }, new HashSet<string>());
+        var cl = new CommandLine(args, ModelLoading.With("--system", "--temperature", "--max-new-tokens", "--seed"), new HashSet<string>());
         using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
         using var client = new CoralChatClient(host);
         var history = new List<ChatMessage>();

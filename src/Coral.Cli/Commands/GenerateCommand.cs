@@ -9,10 +9,7 @@ namespace Coral.Cli;
 internal static class GenerateCommand
 {
     private static readonly HashSet<string> ValueOptions =
-    [
-        "--model", "--draft", "--prompt", "--system", "--max-new-tokens", "--temperature", "--top-p", "--top-k", "--seed",
-        "--stop", "--device", "--dtype",
-    ];
+        ModelLoading.With("--prompt", "--system", "--max-new-tokens", "--temperature", "--top-p", "--top-k", "--seed", "--stop");
 
     private static readonly HashSet<string> Flags = ["--chat", "--json"];
 

@@ -5,7 +5,14 @@ namespace Coral.Cli;
 /// <summary>Builds a model host from the common options (--model, --device, --dtype).</summary>
 internal static class ModelLoading
 {
-    /// <summary>The options from --model/--draft/--device/--dtype; without --model, the bundled demo pair (target and its
+    /// <summary>The value options every model-loading command accepts: the pair, the device, the dtype and the tree.</summary>
+    public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk"];
+
+    /// <summary>The command's own value options plus <see cref="ValueOptions"/>.</summary>
+    public static HashSet<string> With(params string[] options) => [.. ValueOptions, .. options];
+
+    /// <summary>The options from --model/--draft/--device/--dtype and the tree (--tree-tokens, fixed instead of auto-tuned;
+    /// --tree-depth, --tree-topk; --router-topk, 0 = full LM head); without --model, the bundled demo pair (target and its
     /// CORAL drafter).</summary>
     public static CoralChatClientOptions Options(CommandLine cl)
     {
@@ -23,6 +30,10 @@ internal static class ModelLoading
             DraftModelPath = draft,
             Device = cl.Value("--device") ?? "cpu",
             DType = cl.Value("--dtype"),
+            TreeTotalTokens = cl.Int("--tree-tokens"),
+            TreeDepth = cl.Int("--tree-depth") ?? 5,
+            TreeTopK = cl.Int("--tree-topk") ?? 8,
+            RouterTopK = cl.Int("--router-topk"),
         };
     }
 
@@ -40,7 +51,9 @@ internal static class ModelLoading
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
         string tree = engine.Drafter is null ? string.Empty
             : $", drafter {Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.DraftModelPath!)))}, tree {engine.Tree.TotalTokens} nodes depth {engine.Tree.Depth} top-k {engine.Tree.TopK}"
-              + (engine.Drafter.Model.Router is { } r ? $", router {(engine.Tree.RouterTopK < 0 ? r.TopK : engine.Tree.RouterTopK)}/{r.Groups} groups" : string.Empty);
+              + (engine.Drafter.Model.Router is not { } r ? string.Empty
+                  : engine.Tree.RouterTopK == 0 ? ", router off (full LM head)"
+                  : $", router {(engine.Tree.RouterTopK < 0 ? r.TopK : engine.Tree.RouterTopK)}/{r.Groups} groups");
         stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}) in {clock.ElapsedMilliseconds} ms{tree}]");
         return host;
     }

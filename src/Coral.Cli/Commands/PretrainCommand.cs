@@ -22,22 +22,40 @@ internal static class PretrainCommand
         Directory.CreateDirectory(output);
         if (tokenizerFolder == "gpt2")
         {
-            // The demo tokenizer: GPT-2's byte-level BPE + ChatML tokens, generated from Microsoft.ML.Tokenizers' data.
-            tokenizerFolder = Path.Combine(Path.GetTempPath(), "coral-gpt2-tokenizer-" + Guid.NewGuid().ToString("N"));
-            ByteLevelTokenizer.WriteGpt2ChatTokenizer(tokenizerFolder);
+            // The demo tokenizer: GPT-2's byte-level BPE + ChatML tokens, generated from Microsoft.ML.Tokenizers' data
+            // into a temporary folder that lives as long as the run (the written model copies it).
+            string generated = Path.Combine(Path.GetTempPath(), "coral-gpt2-tokenizer-" + Guid.NewGuid().ToString("N"));
+            try
+            {
+                ByteLevelTokenizer.WriteGpt2ChatTokenizer(generated);
+                return Train(cl, generated, output, stderr);
+            }
+            finally
+            {
+                Directory.Delete(generated, recursive: true);
+            }
         }
-        else if (!File.Exists(Path.Combine(tokenizerFolder, "tokenizer.json")))
+
+        if (!File.Exists(Path.Combine(tokenizerFolder, "tokenizer.json")))
         {
             throw new ArgumentException($"--tokenizer '{tokenizerFolder}' has no tokenizer.json (or pass --tokenizer gpt2).");
         }
 
+        return Train(cl, tokenizerFolder, output, stderr);
+    }
+
+    private static int Train(CommandLine cl, string tokenizerFolder, string output, TextWriter stderr)
+    {
         string matmul = cl.Value("--matmul") ?? "f32";
         if (matmul is not ("f32" or "bf16"))
         {
             throw new UsageException($"--matmul must be f32 or bf16, not '{matmul}'.");
         }
 
-        PretrainConfig config = cl.Value("--config") is string c ? PretrainConfig.Load(c) : new PretrainConfig();
+        // The shape: --config, else the --init model's own config.json (continue/convert), else the defaults.
+        PretrainConfig config = cl.Value("--config") is string c ? PretrainConfig.Load(c)
+            : cl.Value("--init") is string from ? PretrainConfig.Load(Path.Combine(from, "config.json"))
+            : new PretrainConfig();
         HfTokenizer tokenizer = HfTokenizer.Load(tokenizerFolder);
         // Chat lines in either phase are rendered with the template the written model will carry.
         HfTokenizer chatTokenizer = WithConfig(tokenizerFolder, tokenizer.Config with { ChatTemplate = ByteLevelTokenizer.ChatMlTemplate });
@@ -102,12 +120,19 @@ internal static class PretrainCommand
         string temp = Path.Combine(Path.GetTempPath(), "coral-pretrain-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(temp);
         File.Copy(Path.Combine(folder, "tokenizer.json"), Path.Combine(temp, "tokenizer.json"));
-        File.WriteAllText(Path.Combine(temp, "tokenizer_config.json"), new System.Text.Json.Nodes.JsonObject
+        try
         {
-            ["chat_template"] = config.ChatTemplate,
-            ["bos_token"] = config.BosToken,
-            ["eos_token"] = config.EosToken,
-        }.ToJsonString());
-        return HfTokenizer.Load(temp);
+            File.WriteAllText(Path.Combine(temp, "tokenizer_config.json"), new System.Text.Json.Nodes.JsonObject
+            {
+                ["chat_template"] = config.ChatTemplate,
+                ["bos_token"] = config.BosToken,
+                ["eos_token"] = config.EosToken,
+            }.ToJsonString());
+            return HfTokenizer.Load(temp);   // reads both files whole
+        }
+        finally
+        {
+            Directory.Delete(temp, recursive: true);
+        }
     }
 }

@@ -155,5 +155,36 @@ public class DraftCheckpointTests
         }
 
         Assert.True(overall.GetProperty("greedy_identical").GetBoolean());
+
+        // A fixed 4-node tree with the router off (the tree-size sweep and router on/off rows of the report), then the plots.
+        string folder = Path.GetDirectoryName(prompts)!, auto = Path.Combine(folder, "auto.json"), small = Path.Combine(folder, "small.json");
+        File.WriteAllText(auto, benchOut.ToString());
+        benchOut = new StringWriter();
+        rc = await CliApp.RunAsync(["bench", "--model", target, "--draft", draft, "--prompts", prompts, "--max-new-tokens", "12", "--rounds", "1", "--json",
+            "--tree-tokens", "4", "--router-topk", "0"], benchOut, benchErr, TextReader.Null);
+        Assert.True(rc == 0, benchErr.ToString());
+        File.WriteAllText(small, benchOut.ToString());
+        JsonElement tree = JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("tree");
+        Assert.Equal((4, 0), (tree.GetProperty("total_tokens").GetInt32(), tree.GetProperty("router_top_k").GetInt32()));
+        Assert.Contains("router off (full LM head)", benchErr.ToString());
+
+        string plots = Path.Combine(folder, "plots"), sweep = Path.Combine(folder, "sweep.png");
+        Assert.Equal(0, await CliApp.RunAsync(["plot", "--bench", $"auto (T=0)={auto},4 nodes={small}", "--out", plots], new StringWriter(), benchErr, TextReader.Null));
+        Assert.Equal(0, await CliApp.RunAsync(["plot", "--sweep", $"a={small},b={auto}", "--out", sweep], new StringWriter(), benchErr, TextReader.Null));
+        foreach (string png in new[] { "tau-by-kind.png", "speedup-by-kind.png", "tree-cost.png" }.Select(f => Path.Combine(plots, f)).Append(sweep))
+        {
+            Assert.Equal((900, 480), PngSize(png));
+        }
+
+        Assert.NotEqual(File.ReadAllBytes(Path.Combine(plots, "tau-by-kind.png")), File.ReadAllBytes(Path.Combine(plots, "speedup-by-kind.png")));
+    }
+
+    /// <summary>Width and height from a PNG's IHDR chunk (and a check of the signature).</summary>
+    internal static (int Width, int Height) PngSize(string path)
+    {
+        byte[] b = File.ReadAllBytes(path);
+        Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A }, b[..8]);
+        Assert.Equal("IHDR", System.Text.Encoding.ASCII.GetString(b, 12, 4));
+        return (System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(b.AsSpan(16)), System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(b.AsSpan(20)));
     }
 }

@@ -60,6 +60,14 @@ public class SpeculativeDecodingTests
         GenerationResult spec = Run(engine, "Once upon a time", speculative: true, TreeShape.Default with { RouterTopK = 0 }, max: 60);
         Assert.True(spec.Speculative!.MeanAcceptedLength > 1.5, $"τ = {spec.Speculative.MeanAcceptedLength}");
         Assert.True(spec.TargetForwardPasses < spec.TokenIds.Count);
+
+        // The histogram of accepted drafted tokens per cycle accounts for every cycle; with no stop inside a cycle
+        // (the run ends by length) its weighted sum plus one bonus per cycle is every token the cycles emitted.
+        IReadOnlyList<int> histogram = spec.Speculative.AcceptedDrafted;
+        Assert.Equal(TreeShape.Default.Depth + 1, histogram.Count);
+        Assert.Equal(spec.Speculative.Cycles, histogram.Sum());
+        Assert.True(spec.Speculative.AcceptedTokens <= spec.Speculative.Cycles + histogram.Select((n, j) => n * j).Sum());
+        Assert.True(spec.Speculative.AcceptedTokens > spec.Speculative.Cycles + histogram.Select((n, j) => n * j).Sum() - TreeShape.Default.Depth - 1);
     }
 
     [Fact]

@@ -40,6 +40,59 @@ public class PretrainTests
         ChatResponse answer = await client.GetResponseAsync("where did the cat sit?", new ChatOptions { Temperature = 0, MaxOutputTokens = 8 });
         Assert.Contains("mat", answer.Text);   // and the SFT turn format
     }
+
+    [Fact]
+    public async Task Init_ContinuesFromTheSavedWeights_ConvertsToBf16_AndLeavesNoTempFolders()
+    {
+        string tokenizer = TransformerModelTests.ModelFor("qwen2");
+        string folder = ModelZoo.TempFolder("pretrain-init");
+        string text = Path.Combine(folder, "corpus.txt");
+        File.WriteAllText(text, string.Concat(Enumerable.Repeat("a red fox ran past the old barn. ", 60)));
+        string config = Path.Combine(folder, "config.json");
+        File.WriteAllText(config, """{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128}""");
+        var temps = TempFolders();
+        string first = Path.Combine(folder, "first"), second = Path.Combine(folder, "second"), bf16 = Path.Combine(folder, "bf16");
+
+        async Task Pretrain(params string[] args)
+        {
+            var stderr = new StringWriter();
+            int code = await Coral.Cli.CliApp.RunAsync(["pretrain", "--tokenizer", tokenizer, "--data", text, "--max-length", "32", "--batch", "2", .. args],
+                new StringWriter(), stderr, TextReader.Null);
+            Assert.True(code == 0, stderr.ToString());
+        }
+
+        static List<double> Losses(string model) => File.ReadLines(Path.Combine(model, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!["loss"]!.GetValue<double>()).ToList();
+
+        await Pretrain("--config", config, "--out", first, "--steps", "60", "--lr", "0.01");
+        // Continue: no --config (the shape comes from the --init model), a small LR; the curve goes on where it stopped.
+        await Pretrain("--init", first, "--out", second, "--steps", "5", "--lr", "0.0005");
+        List<double> before = Losses(first), after = Losses(second);
+        string lossPng = Path.Combine(folder, "loss.png");
+        Assert.Equal(0, await Coral.Cli.CliApp.RunAsync(["plot", "--pretrain", Path.Combine(first, "metrics.jsonl"), "--out", lossPng], new StringWriter(), new StringWriter(), TextReader.Null));
+        Assert.Equal((900, 480), DraftCheckpointTests.PngSize(lossPng));
+        Assert.True(after[0] < 0.5 * before.Take(5).Average(), $"continued at {after[0]:F2}; the first run started at {before.Take(5).Average():F2}");
+        Assert.True(after[0] < 1.5 * before.TakeLast(5).Average(), $"continued at {after[0]:F2}; the first run ended at {before.TakeLast(5).Average():F2}");
+
+        // Convert: --steps 0 --bf16 writes the same weights rounded to bf16.
+        await Pretrain("--init", first, "--out", bf16, "--steps", "0", "--bf16");
+        Assert.Equal("bfloat16", JsonNode.Parse(File.ReadAllText(Path.Combine(bf16, "config.json")))!["torch_dtype"]!.GetValue<string>());
+        using var f32Weights = new CheckpointReader(first);
+        using var bf16Weights = new CheckpointReader(bf16);
+        Assert.Equal(f32Weights.Names.Order(), bf16Weights.Names.Order());
+        foreach (string name in f32Weights.Names)
+        {
+            long[] shape = f32Weights.ShapeOf(name);   // (no DisposeScope here: the readers map their files lazily)
+            using Tensor f32 = f32Weights.Take(name, shape, ScalarType.Float32);
+            using Tensor rounded = f32.to(ScalarType.BFloat16);
+            using Tensor saved = bf16Weights.Take(name, shape, ScalarType.BFloat16);
+            Assert.True(rounded.eq(saved).all().item<bool>(), name);
+        }
+
+        Assert.Empty(TempFolders().Except(temps));   // the ChatML re-render's temporary tokenizer folder is removed
+    }
+
+    private static HashSet<string> TempFolders() =>
+        Directory.EnumerateDirectories(Path.GetTempPath(), "coral-pretrain-*").Concat(Directory.EnumerateDirectories(Path.GetTempPath(), "coral-gpt2-tokenizer-*")).ToHashSet();
 }
 
 public class PretrainConfigTests
