@@ -19,7 +19,7 @@ internal readonly record struct LayerInputs(Tensor Cos, Tensor SinSigned, Tensor
 internal sealed class DecoderLayer : IDisposable
 {
     private readonly Tensor? _attnNorm;   // [d] f32; null for an EAGLE drafter's layer 0
-    private readonly Tensor _qkv;         // [(H + 2Hkv)·hd, d]
+    private readonly Tensor _qkv;         // [(H + 2Hkv)·hd, d]; this and the other projections: see Projection
     private readonly Tensor? _qkvBias;
     private readonly Tensor? _qkNorm;     // [H + Hkv, hd] f32 (Qwen3)
     private readonly Tensor _o;           // [d, H·hd]
@@ -69,18 +69,30 @@ internal sealed class DecoderLayer : IDisposable
             qkNorm = torch.cat([qn.unsqueeze(0).expand(c.NumHeads, hd), kn.unsqueeze(0).expand(c.NumKvHeads, hd)]);
         }
 
+        using Tensor o = W("self_attn.o_proj.weight", d, nq);
+        using Tensor down = W("mlp.down_proj.weight", d, ff);
+        using Tensor qkv = torch.cat([q, k, v]);
+        using Tensor gateUp = torch.cat([gate, up]);
         return new DecoderLayer(
             c,
             inputNorm ? Norm("input_layernorm.weight", d) : null,
-            torch.cat([q, k, v]),
+            Projection(qkv),
             qkvBias,
             qkNorm,
-            W("self_attn.o_proj.weight", d, nq),
+            Projection(o),
             c.OutputBias ? W("self_attn.o_proj.bias", d) : null,
             Norm("post_attention_layernorm.weight", d),
-            torch.cat([gate, up]),
-            W("mlp.down_proj.weight", d, ff));
+            Projection(gateUp),
+            Projection(down));
     }
+
+    /// <summary>
+    /// A projection weight [out, in] as the layer keeps it: f32 transposed to [in, out] (contiguous), because on CPU
+    /// x·W with that layout runs up to 2× faster than <c>F.linear</c> on the [out, in] layout for a few rows (measured:
+    /// 16 × 256 → 1536 in 97 µs vs 185 µs; one row 17 vs 28 µs, <c>Coral.Bench --profile</c>); bf16 keeps [out, in],
+    /// where <c>F.linear</c> is the faster form.
+    /// </summary>
+    private static Tensor Projection(Tensor w) => w.dtype == ScalarType.Float32 ? w.t().contiguous() : w.alias();
 
     /// <summary>Runs the layer on x [T, d] (f32), writing K/V into <paramref name="keys"/>/<paramref name="values"/> [Hkv, cap, hd].</summary>
     public Tensor Forward(Tensor x, in LayerInputs s, Tensor keys, Tensor values)
@@ -88,7 +100,7 @@ internal sealed class DecoderLayer : IDisposable
         int t = s.Count, group = _heads / _kvHeads;
         long hd = _headDim;
         Tensor h = _attnNorm is null ? x : RmsNorm(x, _attnNorm, _eps);
-        Tensor qkv = Linear(h, _qkv, _qkvBias);                                    // [T, (H + 2Hkv)·hd]
+        Tensor qkv = Project(h, _qkv, _qkvBias);                                   // [T, (H + 2Hkv)·hd]
         Tensor qk = qkv.narrow(1, 0, (_heads + _kvHeads) * hd).view(t, _heads + _kvHeads, hd);
         if (_qkNorm is not null)
         {
@@ -108,10 +120,10 @@ internal sealed class DecoderLayer : IDisposable
             ? F.scaled_dot_product_attention(q, k4, v4, s.Mask)          // fused; accumulation order depends on the batch
             : Attention(q, k4, v4, s.Mask, _scale);                       // f64 cache: batch-invariant (speculative engines)
         Tensor o = att.view(_kvHeads, group, t, hd).permute(2, 0, 1, 3).reshape(t, _heads * hd);
-        x = x + Linear(o, _o, _oBias);
+        x = x + Project(o, _o, _oBias);
 
-        Tensor[] gu = Linear(RmsNorm(x, _mlpNorm, _eps), _gateUp, null).chunk(2, -1);   // SwiGLU
-        return x + Linear(F.silu(gu[0]) * gu[1], _down, null);
+        Tensor[] gu = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp, null).chunk(2, -1);   // SwiGLU
+        return x + Project(F.silu(gu[0]) * gu[1], _down, null);
     }
 
     /// <summary>
@@ -132,6 +144,19 @@ internal sealed class DecoderLayer : IDisposable
         return F.softmax(scores, -1).matmul(values).to(ScalarType.Float32);
     }
 
+    /// <summary>x [T, in] through a layer projection kept by <see cref="Projection"/> (f32 [in, out] or bf16 [out, in]).</summary>
+    private static Tensor Project(Tensor x, Tensor w, Tensor? b)
+    {
+        if (w.dtype != ScalarType.Float32)
+        {
+            return Linear(x, w, b);
+        }
+
+        Tensor y = x.matmul(w);
+        return b is null ? y : y.add_(b);
+    }
+
+    /// <summary>x [T, in] through a weight [out, in] in its own dtype; the result is f32.</summary>
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b) =>
         w.dtype == ScalarType.Float32 ? F.linear(x, w, b) : F.linear(x.to(w.dtype), w, b).to(ScalarType.Float32);
 
