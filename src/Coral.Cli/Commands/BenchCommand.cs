@@ -68,7 +68,9 @@ internal static class BenchCommand
 
         var (_, verifyMs, _) = engine.TuneTree(tree.Depth, tree.TopK, tree.RouterTopK);
         double draftFull = engine.MeasureDraftStep(tree.TopK, 0);
-        double? draftRouted = engine.Drafter!.Model.Router is null ? null : engine.MeasureDraftStep(tree.TopK, tree.RouterTopK);
+        // The routed step is measured whenever the drafter has a router, at the run's top-k or, in a router-off run
+        // (--router-topk 0), at the router's own: the JSON then holds both costs whatever the run used.
+        double? draftRouted = engine.Drafter!.Model.Router is null ? null : engine.MeasureDraftStep(tree.TopK, tree.RouterTopK > 0 ? tree.RouterTopK : -1);
 
         var perPrompt = new JsonArray();
         for (int i = 0; i < prompts.Count; i++)

@@ -166,6 +166,8 @@ public class DraftCheckpointTests
         File.WriteAllText(small, benchOut.ToString());
         JsonElement tree = JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("tree");
         Assert.Equal((4, 0), (tree.GetProperty("total_tokens").GetInt32(), tree.GetProperty("router_top_k").GetInt32()));
+        JsonElement steps = JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("draft_step_ms");
+        Assert.True(steps.GetProperty("full_head").GetDouble() > 0 && steps.GetProperty("router").GetDouble() > 0, steps.ToString());   // both costs, router off or on
         Assert.Contains("router off (full LM head)", benchErr.ToString());
 
         string plots = Path.Combine(folder, "plots"), sweep = Path.Combine(folder, "sweep.png");
