@@ -70,9 +70,24 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return $"CoralChatClientOptions.DraftModelPath '{o.DraftModelPath}' has no config.json.";
         }
 
-        if (o.TreeDepth is < 1 or > 16 || o.TreeTopK is < 1 or > 32 || o.TreeTotalTokens is < 2 or > 256 || o.RouterTopK is < 0)
+        if (o.TreeDepth is < 1 or > 16)
         {
-            return "CoralChatClientOptions: TreeDepth must be in [1, 16], TreeTopK in [1, 32], TreeTotalTokens in [2, 256] and RouterTopK >= 0.";
+            return $"CoralChatClientOptions.TreeDepth must be in [1, 16] (got {o.TreeDepth}).";
+        }
+
+        if (o.TreeTopK is < 1 or > 32)
+        {
+            return $"CoralChatClientOptions.TreeTopK must be in [1, 32] (got {o.TreeTopK}).";
+        }
+
+        if (o.TreeTotalTokens is < 2 or > 256)
+        {
+            return $"CoralChatClientOptions.TreeTotalTokens must be in [2, 256] or unset for auto-tuning (got {o.TreeTotalTokens}).";
+        }
+
+        if (o.RouterTopK is < 0)
+        {
+            return $"CoralChatClientOptions.RouterTopK must be >= 0 (0 = the full LM head) or unset (got {o.RouterTopK}).";
         }
 
         if (o.PrefillChunkSize < 1 || o.Threads is < 1)

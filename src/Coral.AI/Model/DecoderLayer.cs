@@ -19,14 +19,14 @@ internal readonly record struct LayerInputs(Tensor Cos, Tensor SinSigned, Tensor
 internal sealed class DecoderLayer : IDisposable
 {
     private readonly Tensor? _attnNorm;   // [d] f32; null for an EAGLE drafter's layer 0
-    private readonly Tensor _qkv;         // [(H + 2Hkv)·hd, d]; this and the other projections: see Projection
+    private readonly Tensor _qkv;         // [(H + 2Hkv)·hd, d]; projections are [out, in] in bf16, [in, out] in f32 (Projection)
     private readonly Tensor? _qkvBias;
     private readonly Tensor? _qkNorm;     // [H + Hkv, hd] f32 (Qwen3)
-    private readonly Tensor _o;           // [d, H·hd]
+    private readonly Tensor _o;           // [d, H·hd] (or transposed, see _qkv)
     private readonly Tensor? _oBias;
     private readonly Tensor _mlpNorm;     // [d] f32
-    private readonly Tensor _gateUp;      // [2·ff, d]
-    private readonly Tensor _down;        // [d, ff]
+    private readonly Tensor _gateUp;      // [2·ff, d] (or transposed)
+    private readonly Tensor _down;        // [d, ff] (or transposed)
     private readonly int _heads, _kvHeads;
     private readonly long _headDim;
     private readonly double _eps;

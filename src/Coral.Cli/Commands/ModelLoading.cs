@@ -8,6 +8,13 @@ internal static class ModelLoading
     /// <summary>The value options every model-loading command accepts: the pair, the device, the dtype and the tree.</summary>
     public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk"];
 
+    /// <summary>Which option of <see cref="CoralChatClientOptions"/> each of <see cref="ValueOptions"/> sets, for error messages.</summary>
+    private static readonly (string Property, string Flag)[] Flags =
+    [
+        ("ModelPath", "--model"), ("DraftModelPath", "--draft"), ("Device", "--device"), ("DType", "--dtype"),
+        ("TreeTotalTokens", "--tree-tokens"), ("TreeDepth", "--tree-depth"), ("TreeTopK", "--tree-topk"), ("RouterTopK", "--router-topk"),
+    ];
+
     /// <summary>The command's own value options plus <see cref="ValueOptions"/>.</summary>
     public static HashSet<string> With(params string[] options) => [.. ValueOptions, .. options];
 
@@ -43,7 +50,7 @@ internal static class ModelLoading
         string? invalid = CoralChatClientOptionsValidator.Check(options);
         if (invalid is not null)
         {
-            throw new ArgumentException(invalid.Replace("CoralChatClientOptions.ModelPath", "--model").Replace("CoralChatClientOptions.", "--"));
+            throw new ArgumentException(Flags.Aggregate(invalid, (message, f) => message.Replace("CoralChatClientOptions." + f.Property, f.Flag)));
         }
 
         var clock = System.Diagnostics.Stopwatch.StartNew();

@@ -107,6 +107,16 @@ public class CliTests
         (code, _, err) = await Run("generate", "--model", TransformerModelTests.ModelFor("llama"), "--prompt", "x", "--dtype", "float16");
         Assert.Equal(1, code);
         Assert.Contains("float16", err);
+
+        // Option errors name the flag the user typed, not the options property behind it.
+        foreach ((string flag, string value) in new[] { ("--tree-tokens", "1000"), ("--tree-depth", "0"), ("--tree-topk", "99"), ("--router-topk", "-1"), ("--draft", "/no/drafter") })
+        {
+            (code, _, err) = await Run("generate", "--model", TransformerModelTests.ModelFor("llama"), "--prompt", "x", flag, value);
+            Assert.Equal(1, code);
+            Assert.Contains(flag, err);
+            Assert.Contains(value, err);
+            Assert.DoesNotContain("CoralChatClientOptions", err);
+        }
     }
 
     [Fact]
