@@ -13,46 +13,95 @@ internal static class CostProfile
 {
     public static void Run(string model, int[] sizes)
     {
-        foreach (ScalarType dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        // The engine forms, measured interleaved (one repetition of every form in turn) so that the machine's drift
+        // spreads evenly over them: plain f32 (fused f32 SDPA), speculative f32 layers with a bf16 head, and bf16
+        // with either cache.
+        var forms = new (string Name, ScalarType DType, bool Invariant, ScalarType? Head)[]
         {
-            using var engine = InferenceEngine.Load(model, torch.CPU, dtype, 512);
-            TransformerModel m = engine.Model;
-            int context = 128;
-            long[] prefix = Enumerable.Range(0, context).Select(i => (long)(i * 7 % m.Config.VocabSize)).ToArray();
+            ("f32, f32 SDPA (plain engine)", ScalarType.Float32, false, null),
+            ("f32 + bf16 head, f64 attention (speculative, CPU default)", ScalarType.Float32, true, ScalarType.BFloat16),
+            ("bf16, f32 SDPA (plain engine)", ScalarType.BFloat16, false, null),
+            ("bf16, f64 attention (speculative)", ScalarType.BFloat16, true, null),
+        };
+        int context = 128;
+        var engines = forms.Select(f => InferenceEngine.Load(model, torch.CPU, f.DType, 512, headType: f.Head)).ToArray();
+        var caches = engines.Select((e, i) => e.Model.CreateCache(512, forms[i].Invariant)).ToArray();
+        try
+        {
+            ModelConfig c = engines[0].Model.Config;
+            long[] prefix = Enumerable.Range(0, context).Select(i => (long)(i * 7 % c.VocabSize)).ToArray();
             using var inference = torch.inference_mode();
-            using (torch.NewDisposeScope())
+            for (int f = 0; f < forms.Length; f++)
             {
-                m.Forward(prefix, engine.Cache);
+                using var scope = torch.NewDisposeScope();
+                engines[f].Model.Forward(prefix, caches[f]);
             }
 
-            Console.WriteLine($"{dtype}: {m.Config.NumLayers} layers, d={m.Config.HiddenSize}, vocab {m.Config.VocabSize}, context {context}, threads {torch.get_num_threads()}");
-            Console.WriteLine("| rows | decoder ms | per layer ms | head ms | read-back ms | whole step ms |");
+            Console.WriteLine($"{c.NumLayers} layers, d={c.HiddenSize}, vocab {c.VocabSize}, context {context}, threads {torch.get_num_threads()}; medians of 31 interleaved repetitions");
+            Console.WriteLine("| form | rows | decoder ms | per layer ms | head ms | whole step ms |");
             Console.WriteLine("| --- | --- | --- | --- | --- | --- |");
-            var buffer = new float[sizes.Max() * m.Config.VocabSize];
+            var buffer = new float[sizes.Max() * c.VocabSize];
             foreach (int t in sizes)
             {
                 long[] ids = prefix.Take(t).ToArray();
                 long[] positions = Enumerable.Range(context, t).Select(i => (long)i).ToArray();
-                Tensor? mask = t == 1 ? null : torch.ones(t, t, ScalarType.Bool).tril();
-                Tensor Decoder()
+                using Tensor? mask = t == 1 ? null : torch.ones(t, t, ScalarType.Bool).tril();
+                var actions = new List<Action>();
+                for (int f = 0; f < forms.Length; f++)
                 {
-                    engine.Cache.Length = context;
-                    return m.Forward(ids, engine.Cache, positions, mask);
+                    TransformerModel m = engines[f].Model;
+                    KvCache cache = caches[f];
+                    Tensor Decoder()
+                    {
+                        cache.Length = context;
+                        return m.Forward(ids, cache, positions, mask);
+                    }
+
+                    Tensor hidden = Decoder().DetachFromDisposeScope();
+                    actions.Add(() => Decoder());
+                    actions.Add(() => m.Logits(hidden));
+                    actions.Add(() => Read(m.Logits(Decoder()), buffer));
                 }
 
-                using Tensor hidden = Decoder().DetachFromDisposeScope();
-                using Tensor logits = m.Logits(hidden).DetachFromDisposeScope();
-                double decoder = Median(() => Decoder());
-                double head = Median(() => m.Logits(hidden));
-                double read = Median(() => Read(logits, buffer));
-                double whole = Median(() => Read(m.Logits(Decoder()), buffer));
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {t} | {decoder:F2} | {decoder / m.Config.NumLayers:F3} | {head:F2} | {read:F2} | {whole:F2} |"));
-                mask?.Dispose();
+                double[] medians = Interleaved(actions);
+                for (int f = 0; f < forms.Length; f++)
+                {
+                    double decoder = medians[3 * f], head = medians[(3 * f) + 1], whole = medians[(3 * f) + 2];
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"| {forms[f].Name} | {t} | {decoder:F2} | {decoder / c.NumLayers:F3} | {head:F2} | {whole:F2} |"));
+                }
             }
 
             Console.WriteLine();
         }
+        finally
+        {
+            foreach (IDisposable d in caches.Concat<IDisposable>(engines))
+            {
+                d.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Medians of <paramref name="repeats"/> rounds in which every action runs once, in turn.</summary>
+    private static double[] Interleaved(IReadOnlyList<Action> actions, int repeats = 31)
+    {
+        var times = actions.Select(_ => new double[repeats]).ToArray();
+        for (int i = -2; i < repeats; i++)
+        {
+            for (int a = 0; a < actions.Count; a++)
+            {
+                using var scope = torch.NewDisposeScope();
+                long start = Stopwatch.GetTimestamp();
+                actions[a]();
+                if (i >= 0)
+                {
+                    times[a][i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                }
+            }
+        }
+
+        return times.Select(t => t.Order().ElementAt(repeats / 2)).ToArray();
     }
 
     /// <summary>The parts of one layer at demo-like shapes (d, heads from the model), 1 and T rows: attention in the three
@@ -97,6 +146,38 @@ internal static class CostProfile
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  rows {t}: bf16 linear (no casts) {lin16 * 1000:F0} µs, bf16 x·Wᵀ pre-transposed {mm16 * 1000:F0} µs, f32 x·Wᵀ pre-transposed {mm32 * 1000:F0} µs"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {t} | {plain * 1000:F0} µs | {masked * 1000:F0} µs | {f64 * 1000:F0} µs | {l32 * 1000:F0} µs | {l16 * 1000:F0} µs | {rms * 1000:F0} µs |"));
+        }
+
+        Console.WriteLine();
+    }
+
+    /// <summary>
+    /// Which GEMM forms give every row the same bits whatever the row count (1..<paramref name="maxRows"/>), at the
+    /// model's projection shapes: the property tree verification needs to equal one-token steps exactly.
+    /// </summary>
+    public static void Invariance(string model, int maxRows)
+    {
+        ModelConfig c = ModelConfig.Load(Path.Combine(model, "config.json"));
+        long d = c.HiddenSize, ff = c.IntermediateSize, qkv = (c.NumHeads + 2L * c.NumKvHeads) * c.HeadDim;
+        using var inference = torch.inference_mode();
+        Console.WriteLine($"| shape | dtype | F.linear [out, in] | x·W [in, out] |");
+        Console.WriteLine("| --- | --- | --- | --- |");
+        foreach ((long i, long o) in new[] { (d, qkv), (d, d), (d, 2 * ff), (ff, d), (d, (long)c.VocabSize) })
+        {
+            foreach (ScalarType dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                using var scope = torch.NewDisposeScope();
+                torch.manual_seed(1);
+                Tensor w = torch.randn(o, i).div(Math.Sqrt(i)).to(dtype), wt = w.t().contiguous(), x = torch.randn(maxRows, i).to(dtype);
+                string First(Func<Tensor, Tensor> f)
+                {
+                    Tensor all = f(x);
+                    var differ = Enumerable.Range(1, maxRows - 1).Where(m => !f(x.narrow(0, 0, m)).eq(all.narrow(0, 0, m)).all().item<bool>()).ToList();
+                    return differ.Count == 0 ? "invariant" : $"{differ.Count} row counts differ from {maxRows}: {string.Join(",", differ.Take(8))}{(differ.Count > 8 ? ",…" : "")}";
+                }
+
+                Console.WriteLine($"| {i}→{o} | {dtype} | {First(r => TorchSharp.torch.nn.functional.linear(r, w))} | {First(r => r.matmul(wt))} |");
+            }
         }
 
         Console.WriteLine();

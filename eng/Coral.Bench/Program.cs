@@ -19,6 +19,7 @@ if (args.SkipWhile(a => a != "--profile").Skip(1).FirstOrDefault() is string pro
     // --profile <hf-dir> [--rows 1,4,8,16,32]: where a plain step and a tree verification spend their time.
     string rows = args.SkipWhile(a => a != "--rows").Skip(1).FirstOrDefault() ?? "1,4,8,16,32";
     int[] sizes = rows.Split(',').Select(int.Parse).ToArray();
+    CostProfile.Invariance(profiled, 64);
     CostProfile.Parts(profiled, sizes);
     CostProfile.Run(profiled, sizes);
     return;

@@ -83,10 +83,11 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets the lock that serialises requests over the single cache.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
 
-    public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null)
+    public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
+        ScalarType? headType = null)
     {
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
-        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength);
+        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType);
         DraftModel? draft = null;
         try
         {

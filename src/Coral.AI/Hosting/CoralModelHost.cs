@@ -142,10 +142,12 @@ public sealed class CoralModelHost : IDisposable
             }
 
             var device = TorchDevices.Resolve(_options.Device);
-            var dtype = TorchDevices.ResolveDType(_options.DType, device, speculative: _options.DraftModelPath is not null);
-            _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (libtorch {Backend})",
-                _options.ModelPath, _options.Device, dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
-            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath);
+            bool speculative = _options.DraftModelPath is not null;
+            var dtype = TorchDevices.ResolveDType(_options.DType, device, speculative);
+            var headType = TorchDevices.ResolveHeadType(dtype, device, speculative);
+            _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (LM head {HeadType}, libtorch {Backend})",
+                _options.ModelPath, _options.Device, dtype, headType ?? dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
+            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType);
             _engine.WarmUp();
             if (_engine.Drafter is not null)
             {

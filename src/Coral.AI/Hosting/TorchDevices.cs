@@ -54,10 +54,10 @@ internal static class TorchDevices
     }
 
     /// <summary>
-    /// Picks the compute dtype: the requested one; else bfloat16 on CUDA; on CPU float32 for plain decoding (one-row steps
-    /// run faster in f32: oneDNN's bf16 GEMV is slower at batch 1) and bfloat16 with a drafter (verification and tree
-    /// drafting are multi-row, where bf16 GEMMs cost about what one row costs and f32 ones grow with the rows).
-    /// float16 is refused on CPU.
+    /// Picks the compute dtype of the layers: the requested one; else bfloat16 on CUDA; on CPU float32 for plain decoding
+    /// (one-token steps run faster in f32: oneDNN's bf16 GEMV is slower at batch 1) and bfloat16 with a drafter (multi-row
+    /// verification and tree drafting cost about what one row costs in bf16; measured end to end, f32 layers with a bf16
+    /// head are no faster on the demo pair). float16 is refused on CPU.
     /// </summary>
     public static ScalarType ResolveDType(string? name, Device device, bool speculative = false)
     {
@@ -74,4 +74,13 @@ internal static class TorchDevices
 
         return dtype;
     }
+
+    /// <summary>
+    /// Picks the LM head's dtype when it differs from the layers': bfloat16 under float32 layers with a drafter on CPU.
+    /// Tree verification must give each node the bits a one-token step gives; f32 layer GEMMs do that once one-token
+    /// steps are padded to two rows (<see cref="TransformerModel.Forward"/>), but the f32 head, kept [V, d], does not at
+    /// several row counts, while the bf16 head does at all of them and costs at 16 rows what one row costs (AMX).
+    /// </summary>
+    public static ScalarType? ResolveHeadType(ScalarType layers, Device device, bool speculative) =>
+        speculative && device.type == DeviceType.CPU && layers == ScalarType.Float32 ? ScalarType.BFloat16 : null;
 }

@@ -94,32 +94,41 @@ internal sealed class DecoderLayer : IDisposable
     /// </summary>
     private static Tensor Projection(Tensor w) => w.dtype == ScalarType.Float32 ? w.t().contiguous() : w.alias();
 
-    /// <summary>Runs the layer on x [T, d] (f32), writing K/V into <paramref name="keys"/>/<paramref name="values"/> [Hkv, cap, hd].</summary>
+    /// <summary>
+    /// Runs the layer on x [R, d] (f32), writing the K/V of its first <see cref="LayerInputs.Count"/> rows into
+    /// <paramref name="keys"/>/<paramref name="values"/> [Hkv, cap, hd]. R exceeds the count only for a one-token step
+    /// padded to two identical rows (see <see cref="TransformerModel.Forward"/>).
+    /// </summary>
     public Tensor Forward(Tensor x, in LayerInputs s, Tensor keys, Tensor values)
     {
-        int t = s.Count, group = _heads / _kvHeads;
+        int t = s.Count, rows = (int)x.shape[0], group = _heads / _kvHeads;
         long hd = _headDim;
         Tensor h = _attnNorm is null ? x : RmsNorm(x, _attnNorm, _eps);
-        Tensor qkv = Project(h, _qkv, _qkvBias);                                   // [T, (H + 2Hkv)·hd]
-        Tensor qk = qkv.narrow(1, 0, (_heads + _kvHeads) * hd).view(t, _heads + _kvHeads, hd);
+        Tensor qkv = Project(h, _qkv, _qkvBias);                                   // [R, (H + 2Hkv)·hd]
+        Tensor qk = qkv.narrow(1, 0, (_heads + _kvHeads) * hd).view(rows, _heads + _kvHeads, hd);
         if (_qkNorm is not null)
         {
             qk = RmsNorm(qk, _qkNorm, _eps);
         }
 
         qk = qk * s.Cos + qk.roll(hd / 2, -1) * s.SinSigned;                       // RoPE on q and k together
-        Tensor k = qk.narrow(1, _heads, _kvHeads);                                 // [T, Hkv, hd]
-        Tensor v = qkv.narrow(1, (_heads + _kvHeads) * hd, _kvHeads * hd).view(t, _kvHeads, hd);
+        Tensor k = qk.narrow(1, _heads, _kvHeads);                                 // [R, Hkv, hd]
+        Tensor v = qkv.narrow(1, (_heads + _kvHeads) * hd, _kvHeads * hd).view(rows, _kvHeads, hd);
+        if (rows != t)
+        {
+            (k, v) = (k.narrow(0, 0, t), v.narrow(0, 0, t));
+        }
+
         keys.narrow(1, s.Start, t).copy_(k.transpose(0, 1));
         values.narrow(1, s.Start, t).copy_(v.transpose(0, 1));
         int total = s.Start + t;
-        // Query heads sharing a KV head become rows of one attention call: [1, Hkv, group·T, hd].
-        Tensor q = qk.narrow(1, 0, _heads).reshape(t, _kvHeads, group, hd).permute(1, 2, 0, 3).reshape(1, _kvHeads, group * t, hd);
+        // Query heads sharing a KV head become rows of one attention call: [1, Hkv, group·R, hd].
+        Tensor q = qk.narrow(1, 0, _heads).reshape(rows, _kvHeads, group, hd).permute(1, 2, 0, 3).reshape(1, _kvHeads, group * rows, hd);
         Tensor k4 = keys.narrow(1, 0, total).unsqueeze(0), v4 = values.narrow(1, 0, total).unsqueeze(0);
         Tensor att = keys.dtype == ScalarType.Float32
             ? F.scaled_dot_product_attention(q, k4, v4, s.Mask)          // fused; accumulation order depends on the batch
             : Attention(q, k4, v4, s.Mask, _scale);                       // f64 cache: batch-invariant (speculative engines)
-        Tensor o = att.view(_kvHeads, group, t, hd).permute(2, 0, 1, 3).reshape(t, _heads * hd);
+        Tensor o = att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd);
         x = x + Project(o, _o, _oBias);
 
         Tensor[] gu = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp, null).chunk(2, -1);   // SwiGLU
@@ -135,13 +144,7 @@ internal sealed class DecoderLayer : IDisposable
     /// </summary>
     public static Tensor Attention(Tensor q, Tensor keys, Tensor values, Tensor? mask, double scale)
     {
-        Tensor scores = q.to(keys.dtype).matmul(keys.transpose(-2, -1)).mul_(scale);   // [1, Hkv, G·T, S]
-        if (mask is not null)
-        {
-            scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
-        }
-
-        return F.softmax(scores, -1).matmul(values).to(ScalarType.Float32);
+        return F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, mask).to(ScalarType.Float32);
     }
 
     /// <summary>x [T, in] through a layer projection kept by <see cref="Projection"/> (f32 [in, out] or bf16 [out, in]).</summary>

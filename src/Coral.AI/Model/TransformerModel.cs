@@ -26,6 +26,7 @@ internal sealed class TransformerModel : IDisposable
         Config = config;
         Device = device;
         WeightType = weightType;
+        HeadType = head.dtype;
         _reader = reader;
         _layers = layers;
         _embed = embed;
@@ -40,16 +41,27 @@ internal sealed class TransformerModel : IDisposable
 
     public ScalarType WeightType { get; }
 
+    /// <summary>Gets the LM head's dtype: <see cref="WeightType"/>, or bfloat16 for f32 layers that verify trees on CPU.</summary>
+    public ScalarType HeadType { get; }
+
     /// <summary>Gets the token embedding table [V, d] (shared with drafters, never copied).</summary>
     public Tensor Embedding => _embed;
 
-    /// <summary>Gets the LM head [V, d] (shared with drafters, never copied).</summary>
+    /// <summary>Gets the LM head [V, d] in <see cref="HeadType"/> (shared with drafters, never copied).</summary>
     public Tensor Head => _head;
 
     /// <summary>Gets the number of rotary positions precomputed (the hard context limit).</summary>
     public int MaxPositions => _rope.MaxPositions;
 
-    public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions)
+    /// <summary>Loads an HF checkpoint folder.</summary>
+    /// <param name="folder">The folder with config.json and the safetensors.</param>
+    /// <param name="device">Where the weights live.</param>
+    /// <param name="weightType">The layers' (and embedding's) dtype.</param>
+    /// <param name="maxPositions">The rotary table length (the context limit).</param>
+    /// <param name="headType">The LM head's dtype, when it differs: f32 layers with a bf16 head is the CPU form for
+    /// speculative decoding (a one-token f32 step is 2–5× cheaper than a bf16 one, a 16-row bf16 head 3× cheaper than an
+    /// f32 one, and bf16 GEMMs are batch-invariant). A tied head is then a bf16 copy of the embedding.</param>
+    public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions, ScalarType? headType = null)
     {
         if (weightType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
         {
@@ -70,8 +82,10 @@ internal sealed class TransformerModel : IDisposable
             long d = c.HiddenSize;
             Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], weightType).to(device);
             Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32).to(device);
-            Tensor head;
-            head = c.TieWordEmbeddings ? embed.alias() : reader.Take("lm_head.weight", [c.VocabSize, d], weightType).to(device);
+            ScalarType ht = headType ?? weightType;
+            Tensor head = c.TieWordEmbeddings
+                ? (ht == weightType ? embed.alias() : embed.to(ht))
+                : reader.Take("lm_head.weight", [c.VocabSize, d], ht).to(device);
 
             var rope = new RotaryTables(c, Math.Min(maxPositions, Math.Max(c.MaxPositionEmbeddings, 1)), device);
             return new TransformerModel(c, device, weightType, reader, layers.ToArray(), embed, finalNorm, head, rope);
@@ -110,8 +124,11 @@ internal sealed class TransformerModel : IDisposable
             throw new InvalidOperationException($"KV cache overflow: {start} + {t} > {cache.Capacity}.");
         }
 
-        using Tensor idx = torch.tensor(ids, device: Device);
-        Tensor x = _embed.index_select(0, idx).to(ScalarType.Float32);            // [T, d]
+        // f32 GEMMs give a row the same bits for any row count >= 2 but take another kernel (GEMV) for one row, so a
+        // batch-invariant (speculative) f32 step runs one token as two identical rows; bf16 GEMMs need no padding.
+        bool pad = t == 1 && WeightType == ScalarType.Float32 && cache.Keys[0].dtype == ScalarType.Float64;
+        using Tensor idx = torch.tensor(pad ? [ids[0], ids[0]] : ids, device: Device);
+        Tensor x = _embed.index_select(0, idx).to(ScalarType.Float32);            // [T, d] ([2, d] padded)
         var (cos, sin) = _rope.At(start, t, positions);
         Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions, Config.SlidingWindow, Device);
         var inputs = new LayerInputs(cos, sin, mask, start, t);
@@ -121,7 +138,7 @@ internal sealed class TransformerModel : IDisposable
         }
 
         cache.Length = start + t;
-        return DecoderLayer.RmsNorm(x, _finalNorm, Config.RmsNormEps);
+        return DecoderLayer.RmsNorm(pad ? x.narrow(0, 0, 1) : x, _finalNorm, Config.RmsNormEps);
     }
 
     /// <summary>Projects hidden rows [R, d] to f32 logits [R, V].</summary>

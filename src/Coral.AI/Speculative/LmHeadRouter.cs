@@ -23,10 +23,12 @@ internal sealed class LmHeadRouter : IDisposable
     private readonly Tensor _w1, _b1, _w2, _b2;   // f32
     private readonly Tensor _head;               // [G·S, d] LM head rows in group order (padding rows zero)
     private readonly long[] _perm;
+    private readonly Tensor? _padding;           // [G·S] bool, true at padding rows; null when there are none
 
     private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, long[] perm, int groups, int topK)
     {
         (_w1, _b1, _w2, _b2, _head, _perm) = (w1, b1, w2, b2, head, perm);
+        _padding = perm.Any(p => p < 0) ? torch.tensor(perm.Select(p => p < 0).ToArray(), device: head.device) : null;
         Groups = groups;
         GroupSize = perm.Length / groups;
         TopK = topK;
@@ -117,7 +119,7 @@ internal sealed class LmHeadRouter : IDisposable
 
     /// <summary>
     /// Routes once for all K rows (the groups with the highest summed log-probability), then computes logits only over
-    /// those groups. Returns logits [K, k·S] in f32 and the token id of each column (−1 for padding columns).
+    /// those groups. Returns logits [K, k·S] in f32 (−∞ in padding columns) and the token id of each column (−1 for padding).
     /// </summary>
     public (Tensor Logits, long[] TokenIds) Logits(Tensor h, int topK)
     {
@@ -126,6 +128,7 @@ internal sealed class LmHeadRouter : IDisposable
         float[] s = MemoryMarshal.Cast<byte, float>(scores.contiguous().bytes).ToArray();
         int[] chosen = Enumerable.Range(0, Groups).OrderByDescending(g => s[g]).ThenBy(g => g).Take(topK).OrderBy(g => g).ToArray();
         var parts = new List<Tensor>();
+        var padding = new List<Tensor>();
         var ids = new List<long>(topK * GroupSize);
         Tensor x = h.to(_head.dtype);
         for (int i = 0; i < chosen.Length;)
@@ -138,12 +141,22 @@ internal sealed class LmHeadRouter : IDisposable
 
             long start = (long)chosen[i] * GroupSize, length = (long)run * GroupSize;
             parts.Add(F.linear(x, _head.narrow(0, start, length)));
+            if (_padding is not null)
+            {
+                padding.Add(_padding.narrow(0, start, length));
+            }
+
             ids.AddRange(_perm.AsSpan((int)start, (int)length).ToArray());
             i += run;
         }
 
-        Tensor logits = parts.Count == 1 ? parts[0] : torch.cat(parts, 1);
-        return (logits.to(ScalarType.Float32), ids.ToArray());
+        Tensor logits = (parts.Count == 1 ? parts[0] : torch.cat(parts, 1)).to(ScalarType.Float32);
+        if (_padding is not null)
+        {
+            logits = logits.masked_fill(padding.Count == 1 ? padding[0] : torch.cat(padding), float.NegativeInfinity);
+        }
+
+        return (logits, ids.ToArray());
     }
 
     public void Dispose()
@@ -153,5 +166,6 @@ internal sealed class LmHeadRouter : IDisposable
         _w2.Dispose();
         _b2.Dispose();
         _head.Dispose();
+        _padding?.Dispose();
     }
 }

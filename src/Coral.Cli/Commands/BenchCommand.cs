@@ -106,6 +106,7 @@ internal static class BenchCommand
             ["draft"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(host.Options.DraftModelPath!))),
             ["device"] = host.Options.Device,
             ["dtype"] = engine.Model.WeightType.ToString(),
+            ["head_dtype"] = engine.Model.HeadType.ToString(),
             ["temperature"] = temperature,
             ["max_new_tokens"] = maxNew,
             ["rounds"] = rounds,
@@ -146,6 +147,8 @@ internal static class BenchCommand
             ["speculative_tokens_per_second"] = Round(s),
             ["speedup"] = Round(s / p),
             ["draft_time_share"] = Round(DraftShare(spec)),
+            ["plain_step_ms"] = Round(1000 / p),
+            ["cycle_ms"] = CycleParts(spec),
         };
         if (temperature == 0)
         {
@@ -181,6 +184,22 @@ internal static class BenchCommand
 
         long cycles = counts.Sum();
         return new JsonArray(Enumerable.Range(1, depth).Select(j => (JsonNode?)Round(cycles == 0 ? 0 : (double)counts[j..].Sum() / cycles)).ToArray());
+    }
+
+    /// <summary>Where a speculative cycle's time goes, in ms per cycle: drafting, the verify forward with its logits read
+    /// back, and the rest (acceptance, KV compaction, emission, the plain steps that finish a sequence near the context end).</summary>
+    private static JsonObject CycleParts(IEnumerable<Measured> runs)
+    {
+        var list = runs.Where(r => r.Stats is not null).ToList();
+        int cycles = Math.Max(1, list.Sum(r => r.Stats!.Cycles));
+        double draft = list.Sum(r => r.Stats!.DraftTime.TotalMilliseconds), verify = list.Sum(r => r.Stats!.VerifyTime.TotalMilliseconds);
+        double total = list.Sum(r => r.DecodeSeconds) * 1000;
+        return new JsonObject
+        {
+            ["draft"] = Round(draft / cycles),
+            ["verify"] = Round(verify / cycles),
+            ["rest"] = Round((total - draft - verify) / cycles),
+        };
     }
 
     private static double DraftShare(IEnumerable<Measured> runs)

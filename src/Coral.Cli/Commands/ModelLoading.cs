@@ -61,7 +61,7 @@ internal static class ModelLoading
               + (engine.Drafter.Model.Router is not { } r ? string.Empty
                   : engine.Tree.RouterTopK == 0 ? ", router off (full LM head)"
                   : $", router {(engine.Tree.RouterTopK < 0 ? r.TopK : engine.Tree.RouterTopK)}/{r.Groups} groups");
-        stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}) in {clock.ElapsedMilliseconds} ms{tree}]");
+        stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}{(engine.Model.HeadType != engine.Model.WeightType ? $", LM head {engine.Model.HeadType}" : "")}) in {clock.ElapsedMilliseconds} ms{tree}]");
         return host;
     }
 }

@@ -40,6 +40,10 @@ internal static class ModelZoo
 
     public static TinyModelSpec Mistral => new() { Architecture = "MistralForCausalLM", TokenizerStyle = ByteLevelStyle.Gpt2, KvHeads = 1, SlidingWindow = 8, Seed = 17 };
 
+    /// <summary>The demo model's layer shape (d = 256, ff = 768, 4 heads, 2 KV heads) with two layers and a small vocabulary:
+    /// wide enough that MKL's f32 GEMV (one row) and GEMM (several rows) round differently.</summary>
+    public static TinyModelSpec LlamaDemoWidth => Llama with { HiddenSize = 256, IntermediateSize = 768, Tied = true, Seed = 29 };
+
     public static TinyModelSpec LlamaShardedBf16 => Llama with { Shards = 3, StorageDType = "BF16", Seed = 19 };
 
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };

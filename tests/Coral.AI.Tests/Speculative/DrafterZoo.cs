@@ -31,6 +31,7 @@ internal static class DrafterZoo
         return folder;
     }
 
+    /// <summary>An engine with a drafter as the host builds it: f32 layers verify with a bf16 LM head on CPU.</summary>
     public static InferenceEngine Engine(string target, string drafter, int context = 512, ScalarType dtype = ScalarType.Float32) =>
-        InferenceEngine.Load(target, torch.CPU, dtype, context, draftFolder: drafter);
+        InferenceEngine.Load(target, torch.CPU, dtype, context, draftFolder: drafter, headType: TorchDevices.ResolveHeadType(dtype, torch.CPU, speculative: true));
 }

@@ -1,3 +1,6 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
 namespace Coral.AI.Tests;
 
 /// <summary>Speculative decoding is lossless: greedy output equals plain greedy output token for token.</summary>
@@ -15,6 +18,8 @@ public class SpeculativeDecodingTests
         { "llama", "random", 5, 8, 24, "bfloat16" },
         { "llama-tied-scaled", "copy", 5, 8, 16, "bfloat16" },
         { "qwen2", "random", 4, 6, 20, "bfloat16" },
+        { "llama-demo-width", "random", 4, 8, 16, "float32" },
+        { "llama-demo-width", "random", 4, 8, 16, "bfloat16" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -142,6 +147,56 @@ public class SpeculativeDecodingTests
             GenerationResult plain = Run(engine, "Once upon a time", false);
             GenerationResult spec = Run(engine, "Once upon a time", true, TreeShape.Default with { RouterTopK = routerTopK });
             Assert.Equal(plain.TokenIds, spec.TokenIds);
+        }
+    }
+
+    [Theory]
+    [InlineData("float32")]
+    [InlineData("bfloat16")]
+    public void RoutedTopK_OverEveryGroup_EqualsTheFullHead_AndNeverDraftsPadding(string dtype)
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string drafter = DrafterZoo.Copy(target, "router-topk", new DraftInitOptions { RouterGroups = 10, RouterTopK = 2, ShuffleGroups = true, Seed = 3 });
+        using var engine = DrafterZoo.Engine(target, drafter, dtype: dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16);
+        TreeDrafter d = engine.Drafter!;
+        LmHeadRouter router = d.Model.Router!;
+        int vocab = engine.Model.Config.VocabSize;
+        Assert.Contains(-1L, router.Permutation);   // 1,008 tokens do not fill 10 equal groups: padding columns exist
+        using var inference = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(2);
+        Tensor hidden = torch.randn(5, engine.Model.Config.HiddenSize) * 4;
+        var (full, fullLp) = d.TopKPerRow(hidden, 8, 0);
+        var (routed, routedLp) = d.TopKPerRow(hidden, 8, router.Groups);
+        for (int r = 0; r < 5; r++)
+        {
+            // The same candidates with the same log-probabilities, best first; tied logits may come in another order.
+            Assert.Equal(8, routed[r].Length);
+            Assert.True(TorchTestHelpers.MaxAbsDiff(fullLp[r], routedLp[r]) < 1e-4f, $"row {r}");
+            Assert.True(fullLp[r].Zip(fullLp[r].Skip(1)).All(p => p.First >= p.Second), "best first");
+            var byToken = full[r].Zip(fullLp[r]).ToDictionary(p => p.First, p => p.Second);
+            for (int j = 0; j < 8; j++)
+            {
+                float expected = byToken.TryGetValue(routed[r][j], out float lp) ? lp : fullLp[r][^1];   // absent: tied at the cut
+                Assert.True(Math.Abs(expected - routedLp[r][j]) < 1e-4f, $"row {r}, token {routed[r][j]}");
+            }
+        }
+
+        // Every column of every group: each real token exactly once, no padding column, normalised over the vocabulary.
+        var (all, allLp) = d.TopKPerRow(hidden, router.Groups * router.GroupSize, router.Groups);
+        var (one, oneLp) = d.TopKPerRow(hidden, router.GroupSize, 1);
+        for (int r = 0; r < 5; r++)
+        {
+            Assert.Equal(vocab, all[r].Length);
+            Assert.Equal(vocab, all[r].Distinct().Count());
+            Assert.All(all[r], t => Assert.InRange(t, 0, vocab - 1));
+            Assert.True(Math.Abs(allLp[r].Sum(MathF.Exp) - 1f) < 1e-3f, $"row {r}: normalised over the vocabulary");
+
+            // One group: its real tokens, normalised over that group alone (so each at least the full head's value).
+            var everyToken = all[r].Zip(allLp[r]).ToDictionary(p => p.First, p => p.Second);
+            Assert.InRange(one[r].Length, router.GroupSize - 2, router.GroupSize);
+            Assert.True(Math.Abs(oneLp[r].Sum(MathF.Exp) - 1f) < 1e-3f, $"row {r}: normalised over the group");
+            Assert.All(one[r].Zip(oneLp[r]), p => Assert.True(p.Second >= everyToken[p.First] - 1e-4f));
         }
     }
 
