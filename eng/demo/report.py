@@ -48,8 +48,14 @@ for name, title in [("coral-t0", "Greedy (T=0)"), ("coral-t1", "Sampling (T=1)")
     for kind, s in b["by_kind"].items():
         print(row(kind, s))
     print(row("**all**", b["overall"]))
-    print(f"\ndraft step ms: full head {b['draft_step_ms']['full_head']:.2f}, routed {b['draft_step_ms']['router']:.2f}; "
-          f"verify ms by tree size: {', '.join(f'{k}: {v:.1f}' for k, v in b['verify_ms_by_tree_size'].items())}\n")
+    line = (f"\ndraft step ms: full head {b['draft_step_ms']['full_head']:.2f}, routed {b['draft_step_ms']['router']:.2f}; "
+            f"verify ms by tree size: {', '.join(f'{k}: {v:.1f}' for k, v in b['verify_ms_by_tree_size'].items())}")
+    o = b["overall"]
+    if "cycle_ms" in o:
+        c = o["cycle_ms"]
+        line += (f"; one cycle: draft {c['draft']:.1f} + verify {c['verify']:.1f} + rest {c['rest']:.1f} ms for τ = "
+                 f"{o['mean_accepted_length']:.2f} tokens, against {o['plain_step_ms']:.1f} ms per plain token")
+    print(line + "\n")
 
 ablation = [("ablation-eagle", "eagle"), ("ablation-hass", "hass"), ("ablation-hass-csra", "hass + csra (full head)"),
             ("ablation-coral", "coral (hass + csra + router)"), ("coral-router-off", "coral, router off"),

@@ -522,7 +522,7 @@ internal sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Median time (ms) of one draft step over <paramref name="rows"/> tree nodes: drafter forward, head (routed
-    /// or full), logits read back.</summary>
+    /// or full), the top-<paramref name="rows"/> candidates of each row.</summary>
     public double MeasureDraftStep(int rows, int routerTopK)
     {
         TreeDrafter drafter = Drafter ?? throw new InvalidOperationException("No drafter is loaded.");
@@ -534,10 +534,7 @@ internal sealed class InferenceEngine : IDisposable
             using var scope = torch.NewDisposeScope();
             drafter.Truncate(0);
             Tensor h = drafter.Model.Forward(tokens, torch.zeros(rows, d, device: Model.Device), drafter.Cache);
-            Tensor logits = drafter.Model.Router is { } router && routerTopK != 0
-                ? router.Logits(h, routerTopK < 0 ? router.TopK : routerTopK).Logits
-                : Model.Logits(h);
-            ReadRows(logits, ref _treeLogits);
+            drafter.TopKPerRow(h, rows, routerTopK);
         }, 9);
         drafter.Truncate(0);
         return ms;

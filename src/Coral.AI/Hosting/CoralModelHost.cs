@@ -152,6 +152,20 @@ public sealed class CoralModelHost : IDisposable
             if (_engine.Drafter is not null)
             {
                 int routerTopK = _options.RouterTopK ?? -1;
+                LmHeadRouter? router = _engine.Drafter.Model.Router;
+                if (routerTopK > 0 && router is null)
+                {
+                    _logger.LogWarning("Coral: RouterTopK {RouterTopK} is ignored: the drafter {Drafter} has no router ({File}); drafting uses the full LM head",
+                        routerTopK, _options.DraftModelPath, LmHeadRouter.FileName);
+                    routerTopK = -1;
+                }
+                else if (router is not null && routerTopK > router.Groups)
+                {
+                    _logger.LogWarning("Coral: RouterTopK {RouterTopK} exceeds the router's {Groups} groups; using {Groups} (the full LM head, routed)",
+                        routerTopK, router.Groups, router.Groups);
+                    routerTopK = router.Groups;
+                }
+
                 if (_options.TreeTotalTokens is int total)
                 {
                     _engine.Tree = new TreeShape(_options.TreeDepth, _options.TreeTopK, total, routerTopK);

@@ -67,7 +67,10 @@ internal sealed class DraftModel : IDisposable
         try
         {
             using var noGrad = torch.no_grad();
-            ScalarType dtype = target.WeightType;
+            // On CPU the drafter's own weights (one layer and the FC, a few MB) are f32 whatever the target's dtype: its
+            // steps are 1–8 rows, where an f32 GEMM costs 20–40 µs and a bf16 one 85–110 µs (Coral.Bench --profile). It
+            // needs no batch invariance: verification decides what is kept.
+            ScalarType dtype = target.Device.type == DeviceType.CPU ? ScalarType.Float32 : target.WeightType;
             long d = c.HiddenSize;
             layer = DecoderLayer.Load(reader, "layers.0.", c, dtype, target.Device, inputNorm: false);
             Tensor fc = reader.Take("fc.weight", [d, 2 * d], dtype).to(target.Device);

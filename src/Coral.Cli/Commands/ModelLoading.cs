@@ -58,9 +58,11 @@ internal static class ModelLoading
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
         string tree = engine.Drafter is null ? string.Empty
             : $", drafter {Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.DraftModelPath!)))}, tree {engine.Tree.TotalTokens} nodes depth {engine.Tree.Depth} top-k {engine.Tree.TopK}"
-              + (engine.Drafter.Model.Router is not { } r ? string.Empty
+              + (engine.Drafter.Model.Router is not { } r
+                  ? (options.RouterTopK > 0 ? $", --router-topk {options.RouterTopK} ignored: the drafter has no router" : string.Empty)
                   : engine.Tree.RouterTopK == 0 ? ", router off (full LM head)"
-                  : $", router {(engine.Tree.RouterTopK < 0 ? r.TopK : engine.Tree.RouterTopK)}/{r.Groups} groups");
+                  : $", router {(engine.Tree.RouterTopK < 0 ? r.TopK : engine.Tree.RouterTopK)}/{r.Groups} groups"
+                    + (options.RouterTopK > r.Groups ? $" (--router-topk {options.RouterTopK} is more than the router has)" : string.Empty));
         stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}{(engine.Model.HeadType != engine.Model.WeightType ? $", LM head {engine.Model.HeadType}" : "")}) in {clock.ElapsedMilliseconds} ms{tree}]");
         return host;
     }

@@ -120,6 +120,20 @@ public class CliTests
     }
 
     [Fact]
+    public async Task RouterTopK_BeyondTheRouter_OrWithoutOne_IsSaidAtLoad()
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string routed = DrafterZoo.Random(target, "cli-router-4", new DraftInitOptions { RouterGroups = 4 });
+        string plain = DrafterZoo.Random(target, "cli-no-router");
+        var (code, _, err) = await Run("generate", "--model", target, "--draft", routed, "--prompt", "x", "--max-new-tokens", "2", "--tree-tokens", "4", "--router-topk", "99");
+        Assert.Equal(0, code);
+        Assert.Contains("router 4/4 groups (--router-topk 99 is more than the router has)", err);
+        (code, _, err) = await Run("generate", "--model", target, "--draft", plain, "--prompt", "x", "--max-new-tokens", "2", "--tree-tokens", "4", "--router-topk", "3");
+        Assert.Equal(0, code);
+        Assert.Contains("--router-topk 3 ignored: the drafter has no router", err);
+    }
+
+    [Fact]
     public async Task ExportGguf_WritesAFile()
     {
         string output = Path.Combine(ModelZoo.TempFolder("cli-gguf"), "m.gguf");

@@ -150,14 +150,13 @@ public class SpeculativeDecodingTests
         }
     }
 
-    [Theory]
-    [InlineData("float32")]
-    [InlineData("bfloat16")]
-    public void RoutedTopK_OverEveryGroup_EqualsTheFullHead_AndNeverDraftsPadding(string dtype)
+    [Fact]
+    public void RoutedTopK_OverEveryGroup_EqualsTheFullHead_AndNeverDraftsPadding()
     {
+        // An f32 head, so that the full head and the router's f32 group copy compute the same logits up to f32 rounding.
         string target = TransformerModelTests.ModelFor("llama-tied-scaled");
         string drafter = DrafterZoo.Copy(target, "router-topk", new DraftInitOptions { RouterGroups = 10, RouterTopK = 2, ShuffleGroups = true, Seed = 3 });
-        using var engine = DrafterZoo.Engine(target, drafter, dtype: dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16);
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512, draftFolder: drafter);
         TreeDrafter d = engine.Drafter!;
         LmHeadRouter router = d.Model.Router!;
         int vocab = engine.Model.Config.VocabSize;
@@ -197,6 +196,37 @@ public class SpeculativeDecodingTests
             Assert.InRange(one[r].Length, router.GroupSize - 2, router.GroupSize);
             Assert.True(Math.Abs(oneLp[r].Sum(MathF.Exp) - 1f) < 1e-3f, $"row {r}: normalised over the group");
             Assert.All(one[r].Zip(oneLp[r]), p => Assert.True(p.Second >= everyToken[p.First] - 1e-4f));
+        }
+    }
+
+    [Theory]
+    [InlineData("float32", 1e-4f)]
+    [InlineData("bfloat16", 0.1f)]   // the slices multiply bf16-rounded inputs
+    public void Router_F32GroupCopy_EqualsTheHeadSlices(string headType, float tolerance)
+    {
+        // The CPU form (an f32 [G, d, S] copy, −∞ bias at padding) against the head-slice form used for heads too large to
+        // copy (F.linear over the permuted rows, masked_fill at padding): same columns, same token ids, same logits.
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string drafter = DrafterZoo.Copy(target, "router-forms", new DraftInitOptions { RouterGroups = 10, RouterTopK = 3, ShuffleGroups = true, Seed = 4 });
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 256, draftFolder: drafter,
+            headType: headType == "bfloat16" ? ScalarType.BFloat16 : ScalarType.Float32);
+        var config = ModelConfig.ReadJsonObject(Path.Combine(drafter, "config.json"));
+        using LmHeadRouter copy = LmHeadRouter.TryLoad(drafter, config, engine.Model)!;
+        using LmHeadRouter slices = LmHeadRouter.TryLoad(drafter, config, engine.Model, f32Limit: 0)!;
+        using var inference = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(5);
+        Tensor h = torch.randn(6, engine.Model.Config.HiddenSize);
+        foreach (int k in new[] { 1, 3, 10 })
+        {
+            var (a, idsA) = copy.Logits(h, k);
+            var (b, idsB) = slices.Logits(h, k);
+            Assert.Equal(idsA, idsB);
+            Assert.True(a.isneginf().eq(b.isneginf()).all().item<bool>(), $"top-{k}: padding columns");
+            float[] firstRow = TorchTestHelpers.ToArray(a.narrow(0, 0, 1));
+            Assert.Equal(idsA.Select(i => i < 0), firstRow.Select(float.IsNegativeInfinity));
+            Tensor finite = a.isfinite();
+            Assert.True((a.masked_select(finite) - b.masked_select(finite)).abs().max().item<float>() < tolerance, $"top-{k}: logits");
         }
     }
 
