@@ -4,7 +4,8 @@ using static TorchSharp.torch;
 namespace Coral.AI;
 
 /// <summary>
-/// The key/value cache of one sequence, allocated once: per layer K and V of shape [kvHeads, capacity, headDim].
+/// The key/value cache of one sequence, allocated once: per layer K and V of shape [1, kvHeads, capacity, headDim] (the
+/// batch dimension attention takes, so that reading the first n slots is one narrow).
 /// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating. Engines with a
 /// drafter keep it in f64 on CPU (see <see cref="DecoderLayer.Attention"/>: tree verification then equals one-token steps
 /// bit for bit); plain engines keep it in f32.
@@ -18,8 +19,8 @@ internal sealed class KvCache : IDisposable
         Values = new Tensor[config.NumLayers];
         for (int l = 0; l < config.NumLayers; l++)
         {
-            Keys[l] = torch.zeros([config.NumKvHeads, capacity, config.HeadDim], dtype, device);
-            Values[l] = torch.zeros([config.NumKvHeads, capacity, config.HeadDim], dtype, device);
+            Keys[l] = torch.zeros([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
+            Values[l] = torch.zeros([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
         }
 
         Bytes = 2L * config.NumLayers * config.NumKvHeads * capacity * config.HeadDim * SafetensorsFile.ElementSize(dtype);
@@ -45,8 +46,8 @@ internal sealed class KvCache : IDisposable
         using Tensor index = torch.tensor(from, device: Keys[0].device);
         for (int l = 0; l < Keys.Length; l++)
         {
-            Keys[l].narrow(1, to, from.Length).copy_(Keys[l].index_select(1, index));
-            Values[l].narrow(1, to, from.Length).copy_(Values[l].index_select(1, index));
+            Keys[l].narrow(2, to, from.Length).copy_(Keys[l].index_select(2, index));
+            Values[l].narrow(2, to, from.Length).copy_(Values[l].index_select(2, index));
         }
     }
 

@@ -125,11 +125,11 @@ public class SpeculativeDecodingTests
 
         for (int l = 0; l < engine.Model.Config.NumLayers; l++)
         {
-            float[] a = TorchTestHelpers.ToArray(engine.Cache.Keys[l].narrow(1, 0, tokens.Length));
-            float[] b = TorchTestHelpers.ToArray(fresh.Keys[l].narrow(1, 0, tokens.Length));
+            float[] a = TorchTestHelpers.ToArray(engine.Cache.Keys[l].narrow(2, 0, tokens.Length));
+            float[] b = TorchTestHelpers.ToArray(fresh.Keys[l].narrow(2, 0, tokens.Length));
             Assert.True(TorchTestHelpers.MaxAbsDiff(a, b) < 1e-4f, $"layer {l} keys");
-            a = TorchTestHelpers.ToArray(engine.Cache.Values[l].narrow(1, 0, tokens.Length));
-            b = TorchTestHelpers.ToArray(fresh.Values[l].narrow(1, 0, tokens.Length));
+            a = TorchTestHelpers.ToArray(engine.Cache.Values[l].narrow(2, 0, tokens.Length));
+            b = TorchTestHelpers.ToArray(fresh.Values[l].narrow(2, 0, tokens.Length));
             Assert.True(TorchTestHelpers.MaxAbsDiff(a, b) < 1e-4f, $"layer {l} values");
         }
     }
