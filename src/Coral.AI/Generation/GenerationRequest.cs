@@ -40,6 +40,13 @@ internal enum GenerationFinish
 /// accepted exactly j (bonus token excluded).</param>
 internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int DraftTokens, TimeSpan DraftTime, TimeSpan VerifyTime, IReadOnlyList<int> AcceptedDrafted)
 {
+    /// <summary>Gets the plain one-token steps the adaptive depth chose instead of cycles (target forwards too; their
+    /// tokens are not in <see cref="AcceptedTokens"/>).</summary>
+    public int PlainSteps { get; init; }
+
+    /// <summary>Gets the time spent in those plain steps.</summary>
+    public TimeSpan PlainTime { get; init; }
+
     public double MeanAcceptedLength => Cycles == 0 ? 0 : (double)AcceptedTokens / Cycles;
 }
 

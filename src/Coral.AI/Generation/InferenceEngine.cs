@@ -147,7 +147,7 @@ internal sealed class InferenceEngine : IDisposable
             {
                 long[] next = [.. prompt.Skip(prompt.Count - (int)features!.shape[0] + 1).Select(x => (long)x), token];
                 (token, stats) = SpeculativeLoop(request.Tree ?? Tree, sampler, emitter, features, next, cancellationToken);
-                forwards += stats.Cycles;
+                forwards += stats.Cycles + stats.PlainSteps;
                 features = null;
             }
 
@@ -287,14 +287,15 @@ internal sealed class InferenceEngine : IDisposable
         {
             if (_depthController is null || _depthController.MaxDepth != shape.Depth)
             {
-                _depthController = new DepthController(shape.Depth);
+                _depthController = new DepthController(shape.Depth, plainFallback: true);
             }
 
             depthController = _depthController;
         }
 
         int vocab = Model.Config.VocabSize;
-        int cycles = 0, accepted = 0, drafted = 0;
+        int cycles = 0, accepted = 0, drafted = 0, plainSteps = 0;
+        var plainTime = TimeSpan.Zero;
         var acceptedDrafted = new int[shape.Depth + 1];
         var draftClock = new Stopwatch();
         var verifyClock = new Stopwatch();
@@ -304,18 +305,32 @@ internal sealed class InferenceEngine : IDisposable
             while (!emitter.Finished && Cache.Length + shape.TotalTokens < ContextLength)
             {
                 cancellationToken.ThrowIfCancellationRequested();
+                long cycleStart = Stopwatch.GetTimestamp();
+                int depth = depthController?.NextDepth() ?? shape.Depth;
+                if (depth == 0)
+                {
+                    // The controller measured plain steps to be faster than any tree at the observed acceptance: one
+                    // plain step, whose feature joins the pending pairs the drafter catches up on at the next cycle.
+                    bool more = PlainStepInLoop(ref root, ref features, ref nextTokens, sampler, emitter);
+                    plainSteps++;
+                    plainTime += Stopwatch.GetElapsedTime(cycleStart);
+                    depthController!.ObservePlain(Stopwatch.GetElapsedTime(cycleStart).TotalMilliseconds);
+                    if (!more)
+                    {
+                        break;
+                    }
+
+                    continue;
+                }
+
                 var emitted = new List<int>();
                 var path = new List<int> { 0 };
                 int start = Cache.Length;
+                double draftMs, verifyMs;
+                TreeShape cycleShape = depthController is null ? shape
+                    : shape with { Depth = depth, TotalTokens = Math.Min(shape.TotalTokens, 1 + shape.TopK + (depth - 1) * shape.TopK * shape.TopK) };
                 using (var scope = torch.NewDisposeScope())
                 {
-                    TreeShape cycleShape = shape;
-                    if (depthController is not null)
-                    {
-                        int d = depthController.NextDepth();
-                        cycleShape = shape with { Depth = d, TotalTokens = Math.Min(shape.TotalTokens, 1 + shape.TopK + (d - 1) * shape.TopK * shape.TopK) };
-                    }
-
                     long draftStart = Stopwatch.GetTimestamp();
                     draftClock.Start();
                     DraftTree tree;
@@ -364,8 +379,8 @@ internal sealed class InferenceEngine : IDisposable
                     features = hidden.index_select(0, rows).DetachFromDisposeScope();
                     drafted += tree.Count - 1;
                     acceptedDrafted[path.Count - 1]++;
-                    depthController?.Observe(cycleShape.Depth, path.Count - 1,
-                        Stopwatch.GetElapsedTime(draftStart, verifyStart).TotalMilliseconds, Stopwatch.GetElapsedTime(verifyStart, verifyEnd).TotalMilliseconds);
+                    draftMs = Stopwatch.GetElapsedTime(draftStart, verifyStart).TotalMilliseconds;
+                    verifyMs = Stopwatch.GetElapsedTime(verifyStart, verifyEnd).TotalMilliseconds;
                 }
 
                 cycles++;
@@ -385,6 +400,16 @@ internal sealed class InferenceEngine : IDisposable
 
                 nextTokens = emitted.Select(t => (long)t).ToArray();
                 root = emitted[^1];
+                depthController?.Observe(cycleShape.Depth, path.Count - 1, draftMs, verifyMs,
+                    Stopwatch.GetElapsedTime(cycleStart).TotalMilliseconds - draftMs - verifyMs);
+            }
+
+            using (var scope = torch.NewDisposeScope())
+            {
+                // The drafter takes the pending pairs (after plain steps, possibly many), so that a follow-up request
+                // reuses this whole sequence (reuse is bounded by the drafter's cache); pairs past what the next prompt
+                // shares are cut then.
+                drafter.Feed(features, nextTokens);
             }
 
         }
@@ -393,8 +418,46 @@ internal sealed class InferenceEngine : IDisposable
             features.Dispose();
         }
 
-        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted));
+        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted) { PlainSteps = plainSteps, PlainTime = plainTime });
     }
+
+    /// <summary>
+    /// One plain step inside the speculative loop: runs <paramref name="root"/> through the target, samples and emits the
+    /// next token, and appends (root's feature, next token) to the pairs the drafter has not seen yet. Returns false when
+    /// the emitter finished.
+    /// </summary>
+    private bool PlainStepInLoop(ref int root, ref Tensor features, ref long[] nextTokens, LogitsSampler sampler, TokenEmitter emitter)
+    {
+        int next;
+        using (var scope = torch.NewDisposeScope())
+        {
+            Tensor hidden = Model.Forward([root], Cache);
+            CopyRow(Model.Logits(hidden), _row);
+            next = sampler.Sample(_row);
+            sampler.Accept(next);
+            Tensor old = features;
+            features = torch.cat([old, hidden]).DetachFromDisposeScope();
+            old.Dispose();
+            nextTokens = [.. nextTokens, next];
+            if (nextTokens.Length > PendingPairsLimit)
+            {
+                // A long run of plain steps: the drafter takes all pairs but the last now, in one chunk.
+                int m = nextTokens.Length - 1;
+                Drafter!.Feed(features.narrow(0, 0, m), nextTokens[..m]);
+                old = features;
+                features = features.narrow(0, m, 1).clone().DetachFromDisposeScope();
+                old.Dispose();
+                nextTokens = nextTokens[m..];
+            }
+        }
+
+        _cachedTokens.Add(root);
+        root = next;
+        return emitter.Emit(next);
+    }
+
+    /// <summary>Plain steps within a speculative run hand their pairs to the drafter in chunks of at most this many.</summary>
+    private const int PendingPairsLimit = 64;
 
     /// <summary>
     /// Brings the cache to hold the prompt, reusing the longest prefix shared with the cached sequence, and leaves the

@@ -7,7 +7,9 @@ namespace Coral.AI;
 /// (v); the next depth maximises the expected tokens per millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
 /// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
 /// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
-/// The tree shape changes only; acceptance stays exact (lossless), whatever the depth.
+/// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p) yields more
+/// tokens per millisecond (1/p) than the best depth, and every <see cref="ExploreEvery"/> steps one speculative cycle is
+/// tried again. The tree shape changes only; acceptance stays exact (lossless), whatever the depth.
 /// </summary>
 internal sealed class DepthController
 {
@@ -17,13 +19,16 @@ internal sealed class DepthController
     private const double Rate = 0.1;
     private readonly double[] _reach;
     private readonly int[] _seen;
-    private double _stepMs = -1, _verifyMs = -1;
+    private double _stepMs = -1, _verifyMs = -1, _otherMs, _plainMs = -1;
     private int _cycles;
 
     /// <param name="maxDepth">The deepest tree (the configured shape's depth).</param>
-    public DepthController(int maxDepth)
+    /// <param name="plainFallback">Whether depth 0 (a plain step) may be chosen; its cost is measured by one plain step
+    /// early on (the second cycle) and by every plain step after that.</param>
+    public DepthController(int maxDepth, bool plainFallback = false)
     {
         MaxDepth = maxDepth;
+        PlainFallback = plainFallback;
         _reach = new double[maxDepth + 1];
         _seen = new int[maxDepth + 1];
         for (int j = 1; j <= maxDepth; j++)
@@ -36,18 +41,39 @@ internal sealed class DepthController
 
     public int MaxDepth { get; }
 
-    /// <summary>The depth chosen for the next cycle (before exploration).</summary>
+    /// <summary>Gets whether depth 0 (a plain step instead of a cycle) may be chosen.</summary>
+    public bool PlainFallback { get; }
+
+    /// <summary>The depth chosen for the next cycle (before exploration); 0 = plain steps.</summary>
     public int Depth { get; private set; }
 
-    /// <summary>The depth to draft in the next cycle: <see cref="Depth"/>, or one more on an exploration cycle.</summary>
-    public int NextDepth() => _cycles % ExploreEvery == ExploreEvery - 1 ? Math.Min(MaxDepth, Depth + 1) : Depth;
+    /// <summary>The depth to draft in the next cycle: <see cref="Depth"/>, or one more on an exploration cycle; 0 means
+    /// a plain step (the one that measures the plain cost, or the fallback's choice).</summary>
+    public int NextDepth()
+    {
+        if (PlainFallback && _plainMs < 0 && _cycles == 1)
+        {
+            return 0;
+        }
+
+        return _cycles % ExploreEvery == ExploreEvery - 1 ? Math.Min(MaxDepth, Depth + 1) : Depth;
+    }
+
+    /// <summary>Records a plain step of <paramref name="ms"/> milliseconds (sampling and emission included).</summary>
+    public void ObservePlain(double ms)
+    {
+        _cycles++;
+        _plainMs = _plainMs < 0 ? ms : _plainMs + Rate * (ms - _plainMs);
+        Decide();
+    }
 
     /// <summary>The estimated P(at least j drafted tokens accepted), j = 1..MaxDepth (index 0 unused).</summary>
     public IReadOnlyList<double> Reach => _reach;
 
     /// <summary>Records a cycle: the depth drafted, how many drafted tokens were accepted (bonus excluded), and the
-    /// measured draft (whole cycle) and verification times.</summary>
-    public void Observe(int depth, int acceptedDrafted, double draftMs, double verifyMs)
+    /// measured draft (whole cycle) and verification times, and the rest of the cycle (acceptance, KV compaction,
+    /// emission).</summary>
+    public void Observe(int depth, int acceptedDrafted, double draftMs, double verifyMs, double otherMs = 0)
     {
         _cycles++;
         for (int j = 1; j <= depth; j++)
@@ -66,16 +92,31 @@ internal sealed class DepthController
         double step = draftMs / Math.Max(1, depth);
         _stepMs = _stepMs < 0 ? step : _stepMs + Rate * (step - _stepMs);
         _verifyMs = _verifyMs < 0 ? verifyMs : _verifyMs + Rate * (verifyMs - _verifyMs);
+        _otherMs = _cycles == 1 ? otherMs : _otherMs + Rate * (otherMs - _otherMs);
+        Decide();
+    }
+
+    /// <summary>Picks the depth with the most expected tokens per millisecond; 0 when plain steps yield more.</summary>
+    private void Decide()
+    {
+        if (_stepMs < 0)
+        {
+            return;   // no cycle measured yet
+        }
+
         double best = double.NegativeInfinity, expected = 1;
+        int depth = 1;
         for (int d = 1; d <= MaxDepth; d++)
         {
             expected += _reach[d];
-            double rate = expected / (d * _stepMs + _verifyMs);
+            double rate = expected / (d * _stepMs + _verifyMs + _otherMs);
             if (rate > best * (1 + 1e-9))
             {
                 best = rate;
-                Depth = d;
+                depth = d;
             }
         }
+
+        Depth = PlainFallback && _plainMs > 0 && 1 / _plainMs > best ? 0 : depth;
     }
 }

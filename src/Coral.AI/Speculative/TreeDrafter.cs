@@ -28,6 +28,9 @@ internal sealed class TreeDrafter : IDisposable
     /// <summary>Forgets stable pairs beyond <paramref name="pairs"/>.</summary>
     public void Truncate(int pairs) => Cache.Length = Math.Min(Cache.Length, Math.Max(pairs, 0));
 
+    /// <summary>Appends (feature, next token) pairs to the stable cache without drafting (plain steps' pairs).</summary>
+    public void Feed(Tensor features, long[] nextTokens) => _model.Forward(nextTokens, features, Cache);
+
     /// <summary>
     /// Feeds <paramref name="features"/> [m, d] with <paramref name="nextTokens"/> (the last one is the root token) and
     /// drafts a tree under the root. Runs inside the caller's dispose scope.

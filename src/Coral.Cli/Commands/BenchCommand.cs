@@ -187,18 +187,21 @@ internal static class BenchCommand
     }
 
     /// <summary>Where a speculative cycle's time goes, in ms per cycle: drafting, the verify forward with its logits read
-    /// back, and the rest (acceptance, KV compaction, emission, the plain steps that finish a sequence near the context end).</summary>
+    /// back, and the rest (acceptance, KV compaction, emission, the plain steps that finish a sequence near the context
+    /// end); and how many plain steps the adaptive depth chose instead of cycles.</summary>
     private static JsonObject CycleParts(IEnumerable<Measured> runs)
     {
         var list = runs.Where(r => r.Stats is not null).ToList();
-        int cycles = Math.Max(1, list.Sum(r => r.Stats!.Cycles));
+        int cycles = Math.Max(1, list.Sum(r => r.Stats!.Cycles)), plainSteps = list.Sum(r => r.Stats!.PlainSteps);
         double draft = list.Sum(r => r.Stats!.DraftTime.TotalMilliseconds), verify = list.Sum(r => r.Stats!.VerifyTime.TotalMilliseconds);
-        double total = list.Sum(r => r.DecodeSeconds) * 1000;
+        double plain = list.Sum(r => r.Stats!.PlainTime.TotalMilliseconds), total = list.Sum(r => r.DecodeSeconds) * 1000;
         return new JsonObject
         {
             ["draft"] = Round(draft / cycles),
             ["verify"] = Round(verify / cycles),
-            ["rest"] = Round((total - draft - verify) / cycles),
+            ["rest"] = Round((total - draft - verify - plain) / cycles),
+            ["plain_steps"] = plainSteps,
+            ["plain_step_share"] = Round((double)plainSteps / (plainSteps + cycles)),
         };
     }
 

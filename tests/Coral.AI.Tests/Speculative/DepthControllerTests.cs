@@ -72,4 +72,50 @@ public class DepthControllerTests
         Assert.Equal(4, c.Depth);
         Assert.Contains(2, depths);   // it got there through exploration cycles, one level at a time
     }
+
+    [Fact]
+    public void PlainFallback_TakesPlainSteps_WhenNoTreePays_AndKeepsProbing()
+    {
+        // Never right, verification (5 ms) dearer than a plain step (3 ms): plain steps win; one cycle in 16 re-tries depth 1.
+        var c = new DepthController(5, plainFallback: true);
+        var depths = new List<int>();
+        for (int i = 0; i < 200; i++)
+        {
+            int d = c.NextDepth();
+            depths.Add(d);
+            if (d == 0)
+            {
+                c.ObservePlain(3);
+            }
+            else
+            {
+                c.Observe(d, 0, 1.0 * d, 5, 0.5);
+            }
+        }
+
+        Assert.Equal(0, c.Depth);
+        Assert.Equal(0, depths[1]);                                   // the second call measures a plain step
+        Assert.InRange(depths.Skip(100).Count(d => d == 1), 100 / DepthController.ExploreEvery - 1, 100 / DepthController.ExploreEvery + 1);
+
+        // Always right: five tokens and a bonus per 10.5 ms beat one token per 3 ms; the plain probe does not stick.
+        var good = new DepthController(5, plainFallback: true);
+        for (int i = 0; i < 200; i++)
+        {
+            int d = good.NextDepth();
+            if (d == 0)
+            {
+                good.ObservePlain(3);
+            }
+            else
+            {
+                good.Observe(d, d, 1.0 * d, 5, 0.5);
+            }
+        }
+
+        Assert.Equal(5, good.Depth);
+
+        // Without the fallback, depth 0 is never proposed.
+        var plain = new DepthController(5);
+        Assert.DoesNotContain(0, Enumerable.Range(0, 50).Select(_ => { int d = plain.NextDepth(); plain.Observe(d, 0, d, 5); return d; }));
+    }
 }

@@ -230,6 +230,27 @@ public class SpeculativeDecodingTests
         }
     }
 
+    [Theory]
+    [InlineData("float32")]
+    [InlineData("bfloat16")]
+    public void AdaptiveDepth_WithPlainSteps_StaysLossless(string dtype)
+    {
+        // A random drafter under the adaptive depth: the controller takes plain steps (always one, to measure them) mixed
+        // with cycles, and the drafter catches up on the plain steps' features; greedy output is still the plain one.
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        using var engine = DrafterZoo.Engine(target, Drafter("llama-tied-scaled", "random"), dtype: dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16);
+        engine.AdaptiveDepth = true;
+        foreach (string prompt in new[] { "Once upon a time", "The quick brown fox" })
+        {
+            GenerationResult plain = Run(engine, prompt, speculative: false, max: 60);
+            GenerationResult spec = Run(engine, prompt, speculative: true, TreeShape.Default with { RouterTopK = 0, TotalTokens = 16 }, max: 60);
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            Assert.True(spec.Speculative!.PlainSteps >= 1);
+            Assert.Equal(spec.TokenIds.Count, 1 + spec.Speculative.AcceptedTokens + spec.Speculative.PlainSteps);
+            Assert.Equal(1 + spec.Speculative.Cycles + spec.Speculative.PlainSteps, spec.TargetForwardPasses);
+        }
+    }
+
     [Fact]
     public void PrefixReuse_WithADrafter_StaysLossless()
     {
