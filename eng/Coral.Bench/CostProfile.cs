@@ -19,9 +19,9 @@ internal static class CostProfile
         var forms = new (string Name, ScalarType DType, bool Invariant, ScalarType? Head)[]
         {
             ("f32, f32 SDPA (plain engine)", ScalarType.Float32, false, null),
-            ("f32 + bf16 head, f64 attention (speculative, CPU default)", ScalarType.Float32, true, ScalarType.BFloat16),
+            ("f32 + bf16 head, f64 attention (speculative, --dtype float32)", ScalarType.Float32, true, ScalarType.BFloat16),
             ("bf16, f32 SDPA (plain engine)", ScalarType.BFloat16, false, null),
-            ("bf16, f64 attention (speculative)", ScalarType.BFloat16, true, null),
+            ("bf16, f64 attention (speculative, CPU default)", ScalarType.BFloat16, true, null),
         };
         int context = 128;
         var engines = forms.Select(f => InferenceEngine.Load(model, torch.CPU, f.DType, 512, headType: f.Head)).ToArray();
