@@ -19,7 +19,7 @@ internal sealed class DepthController
     private const double Rate = 0.1;
     private readonly double[] _reach;
     private readonly int[] _seen;
-    private double _stepMs = -1, _verifyMs = -1, _otherMs, _plainMs = -1;
+    private double _stepMs = -1, _verifyMs = -1, _otherMs = -1, _plainMs = -1;
     private int _cycles;
 
     /// <param name="maxDepth">The deepest tree (the configured shape's depth).</param>
@@ -92,7 +92,7 @@ internal sealed class DepthController
         double step = draftMs / Math.Max(1, depth);
         _stepMs = _stepMs < 0 ? step : _stepMs + Rate * (step - _stepMs);
         _verifyMs = _verifyMs < 0 ? verifyMs : _verifyMs + Rate * (verifyMs - _verifyMs);
-        _otherMs = _cycles == 1 ? otherMs : _otherMs + Rate * (otherMs - _otherMs);
+        _otherMs = _otherMs < 0 ? otherMs : _otherMs + Rate * (otherMs - _otherMs);
         Decide();
     }
 
@@ -109,7 +109,7 @@ internal sealed class DepthController
         for (int d = 1; d <= MaxDepth; d++)
         {
             expected += _reach[d];
-            double rate = expected / (d * _stepMs + _verifyMs + _otherMs);
+            double rate = expected / (d * _stepMs + _verifyMs + Math.Max(0, _otherMs));
             if (rate > best * (1 + 1e-9))
             {
                 best = rate;

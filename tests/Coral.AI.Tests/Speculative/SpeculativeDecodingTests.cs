@@ -240,15 +240,19 @@ public class SpeculativeDecodingTests
         string target = TransformerModelTests.ModelFor("llama-tied-scaled");
         using var engine = DrafterZoo.Engine(target, Drafter("llama-tied-scaled", "random"), dtype: dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16);
         engine.AdaptiveDepth = true;
+        int plainSteps = 0;
         foreach (string prompt in new[] { "Once upon a time", "The quick brown fox" })
         {
             GenerationResult plain = Run(engine, prompt, speculative: false, max: 60);
             GenerationResult spec = Run(engine, prompt, speculative: true, TreeShape.Default with { RouterTopK = 0, TotalTokens = 16 }, max: 60);
             Assert.Equal(plain.TokenIds, spec.TokenIds);
-            Assert.True(spec.Speculative!.PlainSteps >= 1);
-            Assert.Equal(spec.TokenIds.Count, 1 + spec.Speculative.AcceptedTokens + spec.Speculative.PlainSteps);
+            Assert.Equal(spec.TokenIds.Count, 1 + spec.Speculative!.AcceptedTokens + spec.Speculative.PlainSteps);
             Assert.Equal(1 + spec.Speculative.Cycles + spec.Speculative.PlainSteps, spec.TargetForwardPasses);
+            plainSteps += spec.Speculative.PlainSteps;
         }
+
+        // The controller lives in the engine: its second step ever is a plain one (later ones depend on the timings).
+        Assert.True(plainSteps >= 1);
     }
 
     [Fact]
