@@ -9,7 +9,8 @@ internal static class TorchDevices
     public const string CudaBackendHint =
         "CUDA was requested but this process has no CUDA-enabled libtorch. Reference the TorchSharp-cuda-linux (or " +
         "TorchSharp-cuda-windows) package instead of libtorch-cpu-linux-x64 — in this repository build with " +
-        "-p:CoralTorchBackend=cuda — and check that an NVIDIA driver is present.";
+        "-p:CoralTorchBackend=cuda, or with -p:CoralTorchBackend=external and a CUDA libtorch (e.g. PyTorch's torch/lib) " +
+        "on LD_LIBRARY_PATH — and check that an NVIDIA driver is present.";
 
     public static bool IsValidDevice(string? device) =>
         device is not null && (device == "cpu" || device == "cuda" || (device.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(device.AsSpan(5), out int n) && n >= 0));
