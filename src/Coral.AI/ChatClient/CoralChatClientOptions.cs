@@ -46,10 +46,9 @@ public sealed class CoralChatClientOptions
 
     /// <summary>
     /// Gets or sets the compute dtype of the weights: <c>float32</c>, <c>bfloat16</c> or <c>float16</c>; <see langword="null"/>
-    /// picks the best for the device: on CPU float32 for plain decoding (faster for one-token steps) and bfloat16 with a
-    /// drafter (multi-row verification is where bf16 pays); bfloat16 on CUDA. <c>float32</c> with a drafter on CPU keeps the
-    /// LM head in bfloat16 so that tree verification stays bit-exact. float16 is refused on CPU, where its matmul is a slow
-    /// reference kernel.
+    /// picks the best for the device: float32 on CPU (faster for one-token steps; with a drafter the LM head is kept in
+    /// bfloat16, which keeps tree verification bit-exact and makes a 16-row head cost what one row costs), bfloat16 on
+    /// CUDA. float16 is refused on CPU, where its matmul is a slow reference kernel.
     /// </summary>
     public string? DType { get; set; }
 

@@ -143,7 +143,7 @@ public sealed class CoralModelHost : IDisposable
 
             var device = TorchDevices.Resolve(_options.Device);
             bool speculative = _options.DraftModelPath is not null;
-            var dtype = TorchDevices.ResolveDType(_options.DType, device, speculative);
+            var dtype = TorchDevices.ResolveDType(_options.DType, device);
             var headType = TorchDevices.ResolveHeadType(dtype, device, speculative);
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (LM head {HeadType}, libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, headType ?? dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");

@@ -55,19 +55,19 @@ internal static class TorchDevices
     }
 
     /// <summary>
-    /// Picks the compute dtype of the layers: the requested one; else bfloat16 on CUDA; on CPU float32 for plain decoding
-    /// (one-token steps run faster in f32: oneDNN's bf16 GEMV is slower at batch 1) and bfloat16 with a drafter (multi-row
-    /// verification and tree drafting cost about what one row costs in bf16; measured end to end, f32 layers with a bf16
-    /// head are no faster on the demo pair). float16 is refused on CPU.
+    /// Picks the compute dtype of the layers: the requested one; else bfloat16 on CUDA and float32 on CPU, with or without
+    /// a drafter: one-token steps run faster in f32 (oneDNN's bf16 GEMV is slow at batch 1), and 16-row verification costs
+    /// about the same in both (measured, docs/benchmarks.md); with a drafter the LM head is bf16 (<see cref="ResolveHeadType"/>).
+    /// float16 is refused on CPU.
     /// </summary>
-    public static ScalarType ResolveDType(string? name, Device device, bool speculative = false)
+    public static ScalarType ResolveDType(string? name, Device device)
     {
         if (!TryParseDType(name, out ScalarType? requested))
         {
             throw new ArgumentException($"DType '{name}' is not valid; use float32, bfloat16 or float16.", nameof(name));
         }
 
-        ScalarType dtype = requested ?? (device.type == DeviceType.CPU && !speculative ? ScalarType.Float32 : ScalarType.BFloat16);
+        ScalarType dtype = requested ?? (device.type == DeviceType.CPU ? ScalarType.Float32 : ScalarType.BFloat16);
         if (dtype == ScalarType.Float16 && device.type == DeviceType.CPU)
         {
             throw new ArgumentException("float16 compute is not supported on CPU (its matmul is a slow reference kernel); use bfloat16 or float32.", nameof(name));

@@ -8,8 +8,10 @@ namespace Coral.AI;
 /// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
 /// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
 /// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p) yields more
-/// tokens per millisecond (1/p) than the best depth, and every <see cref="ExploreEvery"/> steps one speculative cycle is
-/// tried again. The tree shape changes only; acceptance stays exact (lossless), whatever the depth.
+/// tokens per millisecond (1/p) than the best depth; every <see cref="ExploreEvery"/> steps one speculative cycle is
+/// tried again, and while speculating every other exploration is a plain step, so that neither estimate goes stale (one
+/// slow measurement must not decide a whole run). The tree shape changes only; acceptance stays exact (lossless),
+/// whatever the depth.
 /// </summary>
 internal sealed class DepthController
 {
@@ -20,7 +22,7 @@ internal sealed class DepthController
     private readonly double[] _reach;
     private readonly int[] _seen;
     private double _stepMs = -1, _verifyMs = -1, _otherMs = -1, _plainMs = -1;
-    private int _cycles;
+    private int _cycles, _plainSeen;
 
     /// <param name="maxDepth">The deepest tree (the configured shape's depth).</param>
     /// <param name="plainFallback">Whether depth 0 (a plain step) may be chosen; its cost is measured by one plain step
@@ -56,14 +58,22 @@ internal sealed class DepthController
             return 0;
         }
 
-        return _cycles % ExploreEvery == ExploreEvery - 1 ? Math.Min(MaxDepth, Depth + 1) : Depth;
+        if (_cycles % ExploreEvery != ExploreEvery - 1)
+        {
+            return Depth;
+        }
+
+        // Exploration: one level deeper, or (every other time, while speculating) a plain step.
+        bool plainTurn = PlainFallback && Depth > 0 && _cycles / ExploreEvery % 2 == 1;
+        return plainTurn ? 0 : Math.Min(MaxDepth, Depth + 1);
     }
 
     /// <summary>Records a plain step of <paramref name="ms"/> milliseconds (sampling and emission included).</summary>
     public void ObservePlain(double ms)
     {
         _cycles++;
-        _plainMs = _plainMs < 0 ? ms : _plainMs + Rate * (ms - _plainMs);
+        // A running mean over the first measurements, then a moving average (as for the acceptance estimates).
+        _plainMs = _plainMs < 0 ? ms : _plainMs + (Math.Max(Rate, 1.0 / (++_plainSeen + 1)) * (ms - _plainMs));
         Decide();
     }
 

@@ -114,6 +114,28 @@ public class DepthControllerTests
 
         Assert.Equal(5, good.Depth);
 
+        // A first plain measurement that came out slow (50 ms, a hiccup) does not decide the run: while speculating, every
+        // other exploration is a plain step, and their 3 ms bring the estimate down until plain steps win.
+        var hiccup = new DepthController(5, plainFallback: true);
+        var seen = new List<int>();
+        for (int i = 0; i < 600; i++)
+        {
+            int d = hiccup.NextDepth();
+            seen.Add(d);
+            if (d == 0)
+            {
+                hiccup.ObservePlain(i < 5 ? 50 : 3);
+            }
+            else
+            {
+                hiccup.Observe(d, 0, 1.0 * d, 5, 0.5);
+            }
+        }
+
+        Assert.Equal(0, hiccup.Depth);
+        Assert.True(seen.Take(100).Count(d => d > 0) > 50, "speculates at first");
+        Assert.True(seen.Skip(500).Count(d => d == 0) > 80, "plain steps at the end");
+
         // Without the fallback, depth 0 is never proposed.
         var plain = new DepthController(5);
         Assert.DoesNotContain(0, Enumerable.Range(0, 50).Select(_ => { int d = plain.NextDepth(); plain.Observe(d, 0, d, 5); return d; }));
