@@ -73,65 +73,48 @@ public class DepthControllerTests
         Assert.Contains(2, depths);   // it got there through exploration cycles, one level at a time
     }
 
-    [Fact]
-    public void PlainFallback_TakesPlainSteps_WhenNoTreePays_AndKeepsProbing()
+    /// <summary>Runs <paramref name="steps"/> steps with a fallback controller: plain steps take <paramref name="plainMs"/>(i),
+    /// a cycle of depth d accepts <paramref name="accepted"/>(d) drafted tokens, drafts 1 ms a level, verifies in 5 ms and
+    /// spends 0.5 ms on the rest. Returns the depth of every step (0 = plain).</summary>
+    private static List<int> Drive(DepthController c, int steps, Func<int, double> plainMs, Func<int, int> accepted)
     {
-        // Never right, verification (5 ms) dearer than a plain step (3 ms): plain steps win; one cycle in 16 re-tries depth 1.
-        var c = new DepthController(5, plainFallback: true);
         var depths = new List<int>();
-        for (int i = 0; i < 200; i++)
+        for (int i = 0; i < steps; i++)
         {
             int d = c.NextDepth();
             depths.Add(d);
             if (d == 0)
             {
-                c.ObservePlain(3);
+                c.ObservePlain(plainMs(i));
             }
             else
             {
-                c.Observe(d, 0, 1.0 * d, 5, 0.5);
+                c.Observe(d, accepted(d), 1.0 * d, 5, 0.5);
             }
         }
 
+        return depths;
+    }
+
+    [Fact]
+    public void PlainFallback_TakesPlainSteps_WhenNoTreePays_AndKeepsProbing()
+    {
+        // Never right, verification (5 ms) dearer than a plain step (3 ms): plain steps win; one cycle in 16 re-tries depth 1.
+        var c = new DepthController(5, plainFallback: true);
+        List<int> depths = Drive(c, 200, _ => 3, _ => 0);
         Assert.Equal(0, c.Depth);
         Assert.Equal(0, depths[1]);                                   // the second call measures a plain step
         Assert.InRange(depths.Skip(100).Count(d => d == 1), 100 / DepthController.ExploreEvery - 1, 100 / DepthController.ExploreEvery + 1);
 
-        // Always right: five tokens and a bonus per 10.5 ms beat one token per 3 ms; the plain probe does not stick.
+        // Always right: five tokens and a bonus per 10.5 ms beat one token per 3 ms; the plain probes do not stick.
         var good = new DepthController(5, plainFallback: true);
-        for (int i = 0; i < 200; i++)
-        {
-            int d = good.NextDepth();
-            if (d == 0)
-            {
-                good.ObservePlain(3);
-            }
-            else
-            {
-                good.Observe(d, d, 1.0 * d, 5, 0.5);
-            }
-        }
-
+        Drive(good, 200, _ => 3, d => d);
         Assert.Equal(5, good.Depth);
 
         // A first plain measurement that came out slow (50 ms, a hiccup) does not decide the run: while speculating, every
         // other exploration is a plain step, and their 3 ms bring the estimate down until plain steps win.
         var hiccup = new DepthController(5, plainFallback: true);
-        var seen = new List<int>();
-        for (int i = 0; i < 600; i++)
-        {
-            int d = hiccup.NextDepth();
-            seen.Add(d);
-            if (d == 0)
-            {
-                hiccup.ObservePlain(i < 5 ? 50 : 3);
-            }
-            else
-            {
-                hiccup.Observe(d, 0, 1.0 * d, 5, 0.5);
-            }
-        }
-
+        List<int> seen = Drive(hiccup, 600, i => i < 5 ? 50 : 3, _ => 0);
         Assert.Equal(0, hiccup.Depth);
         Assert.True(seen.Take(100).Count(d => d > 0) > 50, "speculates at first");
         Assert.True(seen.Skip(500).Count(d => d == 0) > 80, "plain steps at the end");
