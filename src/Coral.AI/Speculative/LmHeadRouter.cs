@@ -153,7 +153,6 @@ internal sealed class LmHeadRouter : IDisposable
         float[] s = MemoryMarshal.Cast<byte, float>(scores.contiguous().bytes).ToArray();
         int[] chosen = Enumerable.Range(0, Groups).OrderByDescending(g => s[g]).ThenBy(g => g).Take(topK).OrderBy(g => g).ToArray();
         var parts = new List<Tensor>();
-        var padding = new List<Tensor>();
         var ids = new List<long>(topK * GroupSize);
         if (_groupWeights is not null)
         {
@@ -167,6 +166,7 @@ internal sealed class LmHeadRouter : IDisposable
             return (parts.Count == 1 ? parts[0] : torch.cat(parts, 1), ids.ToArray());
         }
 
+        var padding = new List<Tensor>();
         Tensor x = h.to(_head!.dtype);
         for (int i = 0; i < chosen.Length;)
         {

@@ -135,6 +135,36 @@ public class SpeculativeDecodingTests
     }
 
     [Fact]
+    public void DrafterCache_AfterPlainSteps_EqualsRecomputation()
+    {
+        // A fresh engine's adaptive depth always takes one plain step (the probe); its pair must land in the drafter's
+        // cache in order, and the pending pairs are fed at the end: slot t holds (target feature t, token t + 1) for the
+        // whole sequence, as if the drafter had been fed the finished sequence at once. (The tiny random targets repeat
+        // one token, so this checks the features' order and the final feed, not which token a feature is paired with.)
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        using var engine = DrafterZoo.Engine(target, Drafter("llama-tied-scaled", "random"));
+        List<int> prompt = engine.Tokenizer.Encode("Once upon a time");
+        GenerationResult spec = Run(engine, "Once upon a time", true, TreeShape.Default with { RouterTopK = 0 }, max: 40);
+        Assert.True(spec.Speculative!.PlainSteps >= 1);
+        long[] sequence = [.. prompt.Select(t => (long)t), .. spec.TokenIds.Select(t => (long)t)];
+        int pairs = Math.Min(engine.Drafter!.Cache.Length, sequence.Length - 1);
+        Assert.True(pairs >= sequence.Length - 2, $"the drafter holds {engine.Drafter.Cache.Length} pairs of a {sequence.Length}-token sequence");
+        using var targetCache = engine.Model.CreateCache(sequence.Length + 1, batchInvariant: true);
+        using var draftCache = engine.Drafter.Model.CreateCache(sequence.Length + 1);
+        using (TorchSharp.torch.inference_mode())
+        using (TorchSharp.torch.NewDisposeScope())
+        {
+            Tensor features = engine.Model.Forward(sequence[..pairs], targetCache);
+            engine.Drafter.Model.Forward(sequence[1..(pairs + 1)], features, draftCache);
+            foreach ((Tensor mine, Tensor fresh) in new[] { (engine.Drafter.Cache.Keys[0], draftCache.Keys[0]), (engine.Drafter.Cache.Values[0], draftCache.Values[0]) })
+            {
+                float[] a = TorchTestHelpers.ToArray(mine.narrow(2, 0, pairs)), b = TorchTestHelpers.ToArray(fresh.narrow(2, 0, pairs));
+                Assert.True(TorchTestHelpers.MaxAbsDiff(a, b) < 1e-3f, "drafter K/V");
+            }
+        }
+    }
+
+    [Fact]
     public void Router_NeverChangesVerifiedOutput()
     {
         string target = TransformerModelTests.ModelFor("llama-tied-scaled");
