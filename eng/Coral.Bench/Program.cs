@@ -59,11 +59,19 @@ foreach (string dtype in new[] { "float32", "bfloat16" })
 
     var engine = InferenceEngine.Load(model, torch.CPU, dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16, 512);
     variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
-    if (draftArg is not null && dtype == "bfloat16")
+    if (dtype == "float32")
     {
-        var spec = InferenceEngine.Load(model, torch.CPU, ScalarType.BFloat16, 512, null, draftArg);
+        // The same f32 engine on the libtorch path (CpuKernels off): what the C# kernels gain, interleaved.
+        var libtorch = InferenceEngine.Load(model, torch.CPU, ScalarType.Float32, 512, cpuKernels: false);
+        variants.Add(("coral float32 libtorch path", (prompt, n) => CoralDecode(libtorch, prompt, n)));
+    }
+
+    if (draftArg is not null && dtype == "float32")
+    {
+        // The CPU default with a drafter: f32 layers, bf16 LM head.
+        var spec = InferenceEngine.Load(model, torch.CPU, ScalarType.Float32, 512, null, draftArg, ScalarType.BFloat16);
         spec.Tree = spec.TuneTree(5, 8, -1).Shape;
-        variants.Add(("coral speculative bfloat16", (prompt, n) => CoralDecode(spec, prompt, n, speculative: true)));
+        variants.Add(("coral speculative", (prompt, n) => CoralDecode(spec, prompt, n, speculative: true)));
     }
     foreach (int threads in new[] { 1, 2 })
     {
@@ -114,10 +122,12 @@ foreach (string dtype in new[] { "float32", "bfloat16" })
     report.AppendLine(CultureInfo.InvariantCulture, $"| {dtype} | {c:F1} | {l1:F1} | {l2:F1} | {c / Math.Max(l1, l2):F2} |");
 }
 
-if (results.TryGetValue("coral speculative bfloat16", out var specRates))
+double bestLlama = new[] { "float32", "bfloat16" }.SelectMany(d => new[] { $"llama.cpp {d} 1t", $"llama.cpp {d} 2t" }).Max(k => Median(results[k]));
+double libtorchPath = Median(results["coral float32 libtorch path"]);
+report.AppendLine(CultureInfo.InvariantCulture, $"| float32, libtorch path (CORAL_CPU_KERNELS=0) | {libtorchPath:F1} | | | {libtorchPath / bestLlama:F2} (vs the best llama.cpp row) |");
+if (results.TryGetValue("coral speculative", out var specRates))
 {
-    double best = new[] { "float32", "bfloat16" }.SelectMany(d => new[] { $"llama.cpp {d} 1t", $"llama.cpp {d} 2t" }).Max(k => Median(results[k]));
-    report.AppendLine(CultureInfo.InvariantCulture, $"| speculative bf16 | {Median(specRates):F1} | | | {Median(specRates) / best:F2} (vs the best llama.cpp row) |");
+    report.AppendLine(CultureInfo.InvariantCulture, $"| speculative (f32 + bf16 head) | {Median(specRates):F1} | | | {Median(specRates) / bestLlama:F2} (vs the best llama.cpp row) |");
 }
 
 Console.WriteLine(report);

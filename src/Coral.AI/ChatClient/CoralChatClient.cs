@@ -223,6 +223,9 @@ public sealed class CoralChatClient : IChatClient
         {
             await foreach (ChatResponseUpdate update in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
             {
+                // ReadAllAsync hands out what is already buffered without looking at the token; a cancelled caller gets
+                // nothing more, however far ahead generation ran.
+                cancellationToken.ThrowIfCancellationRequested();
                 yield return update;
             }
         }

@@ -84,10 +84,10 @@ internal sealed class InferenceEngine : IDisposable
     public SemaphoreSlim Gate { get; } = new(1, 1);
 
     public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
-        ScalarType? headType = null)
+        ScalarType? headType = null, bool cpuKernels = true)
     {
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
-        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType);
+        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels);
         DraftModel? draft = null;
         try
         {

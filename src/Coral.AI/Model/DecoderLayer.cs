@@ -12,11 +12,43 @@ namespace Coral.AI;
 /// <param name="Count">The number of new tokens T.</param>
 internal readonly record struct LayerInputs(Tensor Cos, Tensor SinSigned, Tensor? Mask, int Start, int Count);
 
+/// <summary>What every layer of one CPU-kernel forward shares (<see cref="DecoderLayer.ForwardCpu"/>).</summary>
+internal readonly unsafe struct CpuStep
+{
+    /// <summary>Creates the step.</summary>
+    /// <param name="rows">Rows in the buffers (the new tokens, or two identical rows for a padded one-token step).</param>
+    /// <param name="count">New tokens T: rows whose K/V go into the cache.</param>
+    /// <param name="start">The first cache slot of the new tokens.</param>
+    /// <param name="positions">Each row's rotary position.</param>
+    /// <param name="mask">[T, start + T] visibility (true = attend), or null when every slot is visible.</param>
+    /// <param name="rope">The rotary tables.</param>
+    public CpuStep(int rows, int count, int start, int[] positions, bool[]? mask, RotaryTables rope)
+    {
+        (Rows, Count, Start, Positions, Mask) = (rows, count, start, positions, mask);
+        Cos = rope.CosPointer;
+        SinSigned = rope.SinSignedPointer;
+    }
+
+    public int Rows { get; }
+
+    public int Count { get; }
+
+    public int Start { get; }
+
+    public int[] Positions { get; }
+
+    public bool[]? Mask { get; }
+
+    public float* Cos { get; }
+
+    public float* SinSigned { get; }
+}
+
 /// <summary>
 /// One Llama-family decoder layer with fused QKV and gate/up weights; used by the target (all layers) and by EAGLE-style
 /// drafters (one layer without the input norm). Weights in the compute dtype, activations in f32.
 /// </summary>
-internal sealed class DecoderLayer : IDisposable
+internal sealed unsafe class DecoderLayer : IDisposable
 {
     private readonly Tensor? _attnNorm;   // [d] f32; null for an EAGLE drafter's layer 0
     private readonly Tensor _qkv;         // [(H + 2Hkv)·hd, d]; projections are [out, in] in bf16, [in, out] in f32 (Projection)
@@ -31,17 +63,35 @@ internal sealed class DecoderLayer : IDisposable
     private readonly long _headDim;
     private readonly double _eps;
     private readonly double _scale;
+    private readonly int _d, _ff;
+    private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP;   // CPU f32 layers (CpuKernels)
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor o, Tensor? oBias,
-        Tensor mlpNorm, Tensor gateUp, Tensor down)
+        Tensor mlpNorm, Tensor gateUp, Tensor down, bool cpuKernels)
     {
+        UsesCpuKernels = cpuKernels && CpuKernels.Enabled && qkv.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU;
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, mlpNorm, gateUp, down);
         (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
         _scale = 1.0 / Math.Sqrt(c.HeadDim);
+        (_d, _ff) = (c.HiddenSize, c.IntermediateSize);
+        if (UsesCpuKernels)
+        {
+            float* P(Tensor? t) => t is null ? null : CpuKernels.Pointer(t);
+            _attnNormP = P(attnNorm);
+            _mlpNormP = P(mlpNorm);
+            _qkNormP = P(qkNorm);
+            _qkvBiasP = P(qkvBias);
+            _oBiasP = P(oBias);
+        }
     }
 
-    /// <summary>Loads the tensors under <paramref name="prefix"/> (e.g. <c>model.layers.3.</c> or <c>layers.0.</c>).</summary>
-    public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm)
+    /// <summary>Gets whether <see cref="ForwardCpu"/> runs this layer: f32 weights on CPU, kernels enabled.</summary>
+    public bool UsesCpuKernels { get; }
+
+    /// <summary>Loads the tensors under <paramref name="prefix"/> (e.g. <c>model.layers.3.</c> or <c>layers.0.</c>);
+    /// <paramref name="cpuKernels"/> false keeps f32 CPU layers on the libtorch path.</summary>
+    public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm,
+        bool cpuKernels = true)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype).to(device);
@@ -83,7 +133,8 @@ internal sealed class DecoderLayer : IDisposable
             c.OutputBias ? W("self_attn.o_proj.bias", d) : null,
             Norm("post_attention_layernorm.weight", d),
             Projection(gateUp),
-            Projection(down));
+            Projection(down),
+            cpuKernels);
     }
 
     /// <summary>
@@ -142,6 +193,47 @@ internal sealed class DecoderLayer : IDisposable
         Tensor gateUp = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp, null);
         Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU in f32
         return x + Project(F.silu(gu[0]) * gu[1], _down, null);
+    }
+
+    /// <summary>
+    /// Runs the layer on the workspace's residual stream <see cref="CpuWorkspace.X"/> [rows, d] in place: the four GEMMs
+    /// in libtorch (<c>addmm_</c> into the workspace), everything else in <see cref="CpuKernels"/>. K/V of the first
+    /// <see cref="CpuStep.Count"/> rows go to slots from <see cref="CpuStep.Start"/> of the cache's layer (f32, keys transposed:
+    /// <see cref="KvCache.KeyStride"/>).
+    /// </summary>
+    public void ForwardCpu(in CpuStep s, CpuWorkspace work, in CpuWorkspace.Views v, KvCache cache, int layer)
+    {
+        int rows = s.Rows, hd = (int)_headDim, qkvWidth = (_heads + 2 * _kvHeads) * hd;
+        float eps = (float)_eps;
+        Tensor input = v.X;
+        if (_attnNorm is not null)
+        {
+            CpuKernels.RmsNorm(work.X, _attnNormP, work.H, rows, _d, eps);
+            input = v.H;
+        }
+
+        v.Qkv.addmm_(input, _qkv, 0, 1);
+        if (_qkvBiasP != null)
+        {
+            CpuKernels.AddRows(work.Qkv, _qkvBiasP, rows, qkvWidth);
+        }
+
+        CpuKernels.RopeAndCache(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions, _qkNormP, eps,
+            cache, layer, s.Start);
+        CpuKernels.Attention(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, cache, layer, s.Start + s.Count, s.Mask,
+            (float)_scale, work.O);
+        v.Proj.addmm_(v.O, _o, 0, 1);
+        if (_oBiasP != null)
+        {
+            CpuKernels.AddRows(work.Proj, _oBiasP, rows, _d);
+        }
+
+        CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
+        CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
+        v.GateUp.addmm_(v.H, _gateUp, 0, 1);
+        CpuKernels.SiluMul(work.GateUp, work.Act, rows, _ff);
+        v.Proj.addmm_(v.Act, _down, 0, 1);
+        CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
     }
 
     /// <summary>

@@ -4,30 +4,66 @@ using static TorchSharp.torch;
 namespace Coral.AI;
 
 /// <summary>
-/// The key/value cache of one sequence, allocated once: per layer K and V of shape [1, kvHeads, capacity, headDim] (the
-/// batch dimension attention takes, so that reading the first n slots is one narrow).
-/// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating. Engines with a
-/// drafter keep it in f64 on CPU (see <see cref="DecoderLayer.Attention"/>: tree verification then equals one-token steps
-/// bit for bit); plain engines keep it in f32.
+/// The key/value cache of one sequence, allocated once: per layer V of shape [1, kvHeads, capacity, headDim] (the batch
+/// dimension attention takes, so that reading the first n slots is one narrow) and K of the same shape, or transposed
+/// [1, kvHeads, headDim, <see cref="KeyStride"/>] for <see cref="CpuKernels"/> (scores then come 16 keys to a vector).
+/// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating. On CPU the libtorch
+/// path of an engine with a drafter keeps it in f64 (see <see cref="DecoderLayer.Attention"/>: tree verification then
+/// equals one-token steps bit for bit); otherwise it is f32.
 /// </summary>
-internal sealed class KvCache : IDisposable
+internal sealed unsafe class KvCache : IDisposable
 {
-    public KvCache(ModelConfig config, int capacity, ScalarType dtype, Device device)
+    /// <summary>Allocates the cache.</summary>
+    /// <param name="config">The model's shape.</param>
+    /// <param name="capacity">Slots.</param>
+    /// <param name="dtype">f32, or f64 for the libtorch path's batch-invariant attention on CPU.</param>
+    /// <param name="device">Where it lives.</param>
+    /// <param name="batchInvariant">Whether the engine verifies draft trees, so a token must compute the same bits alone
+    /// as in a tree (one-token f32 steps are then padded to two rows; see <see cref="TransformerModel.Forward"/>).</param>
+    /// <param name="keysTransposed">Whether keys are stored [1, kvHeads, headDim, KeyStride] (the CPU kernels' layout).</param>
+    public KvCache(ModelConfig config, int capacity, ScalarType dtype, Device device, bool batchInvariant = false, bool keysTransposed = false)
     {
         Capacity = capacity;
+        BatchInvariant = batchInvariant;
+        KeysTransposed = keysTransposed;
+        KeyStride = keysTransposed ? (capacity + 15) / 16 * 16 : config.HeadDim;   // whole 16-key blocks can be read
         Keys = new Tensor[config.NumLayers];
         Values = new Tensor[config.NumLayers];
         for (int l = 0; l < config.NumLayers; l++)
         {
-            Keys[l] = torch.zeros([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
+            Keys[l] = keysTransposed
+                ? torch.zeros([1, config.NumKvHeads, config.HeadDim, KeyStride], dtype, device)
+                : torch.zeros([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
             Values[l] = torch.zeros([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
         }
 
-        Bytes = 2L * config.NumLayers * config.NumKvHeads * capacity * config.HeadDim * SafetensorsFile.ElementSize(dtype);
+        if (dtype == ScalarType.Float32 && device.type == DeviceType.CPU)
+        {
+            KeyPointers = Keys.Select(k => (IntPtr)CpuKernels.Pointer(k)).ToArray();
+            ValuePointers = Values.Select(v => (IntPtr)CpuKernels.Pointer(v)).ToArray();
+        }
+
+        Bytes = (long)config.NumLayers * config.NumKvHeads * (capacity + (keysTransposed ? KeyStride : capacity)) * config.HeadDim
+            * SafetensorsFile.ElementSize(dtype);
     }
 
     /// <summary>Gets the number of slots.</summary>
     public int Capacity { get; }
+
+    /// <summary>Gets whether the cache belongs to an engine that verifies draft trees.</summary>
+    public bool BatchInvariant { get; }
+
+    /// <summary>Gets whether keys are stored transposed, [1, kvHeads, headDim, <see cref="KeyStride"/>].</summary>
+    public bool KeysTransposed { get; }
+
+    /// <summary>Gets the distance between consecutive head dimensions of transposed keys (capacity rounded up to 16).</summary>
+    public int KeyStride { get; }
+
+    /// <summary>Gets the addresses of each layer's keys (f32 CPU caches; empty otherwise), for <see cref="CpuKernels"/>.</summary>
+    public IntPtr[] KeyPointers { get; } = [];
+
+    /// <summary>Gets the addresses of each layer's values (f32 CPU caches; empty otherwise).</summary>
+    public IntPtr[] ValuePointers { get; } = [];
 
     /// <summary>Gets or sets the number of valid slots (slot i holds position i for a plain sequence).</summary>
     public int Length { get; set; }
@@ -39,14 +75,19 @@ internal sealed class KvCache : IDisposable
 
     public Tensor[] Values { get; }
 
+    /// <summary>Gets layer <paramref name="layer"/>'s keys of the first <paramref name="n"/> slots as [1, kvHeads, n, headDim]
+    /// (a view in either layout).</summary>
+    public Tensor KeysOf(int layer, int n) => KeysTransposed ? Keys[layer].narrow(3, 0, n).transpose(2, 3) : Keys[layer].narrow(2, 0, n);
+
     /// <summary>Copies slots <paramref name="from"/>[i] to slot <paramref name="to"/>+i in every layer (KV compaction).</summary>
     public void CopySlots(long[] from, int to)
     {
         using var scope = torch.NewDisposeScope();
         using Tensor index = torch.tensor(from, device: Keys[0].device);
+        int keyDim = KeysTransposed ? 3 : 2;
         for (int l = 0; l < Keys.Length; l++)
         {
-            Keys[l].narrow(2, to, from.Length).copy_(Keys[l].index_select(2, index));
+            Keys[l].narrow(keyDim, to, from.Length).copy_(Keys[l].index_select(keyDim, index));
             Values[l].narrow(2, to, from.Length).copy_(Values[l].index_select(2, index));
         }
     }

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -7,17 +9,19 @@ namespace Coral.AI;
 /// Precomputed RoPE tables [maxPositions, hd] in the rotate_half convention, with rotate_half's sign folded into the sine
 /// table so that RoPE is <c>x·cos + roll(x, hd/2)·sinSigned</c>; and the attention masks every forward builds.
 /// </summary>
-internal sealed class RotaryTables : IDisposable
+internal sealed unsafe class RotaryTables : IDisposable
 {
     private readonly Tensor _cos;
     private readonly Tensor _sinSigned;
+    private readonly float[] _cosRows;         // the same tables on the pinned heap, for CpuKernels
+    private readonly float[] _sinSignedRows;
 
     public RotaryTables(ModelConfig c, int maxPositions, Device device, bool applyScaling = true)
     {
         int hd = c.HeadDim, half = hd / 2;
         double[] inv = InverseFrequencies(c, applyScaling);
-        var cos = new float[maxPositions * hd];
-        var sin = new float[maxPositions * hd];
+        float[] cos = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: true);
+        float[] sin = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: true);
         for (int p = 0; p < maxPositions; p++)
         {
             for (int i = 0; i < half; i++)
@@ -33,10 +37,36 @@ internal sealed class RotaryTables : IDisposable
 
         _cos = torch.tensor(cos, [maxPositions, hd]).to(device);
         _sinSigned = torch.tensor(sin, [maxPositions, hd]).to(device);
+        (_cosRows, _sinSignedRows) = (cos, sin);
         MaxPositions = maxPositions;
     }
 
     public int MaxPositions { get; }
+
+    /// <summary>Gets the address of the pinned [maxPositions, hd] cosine table.</summary>
+    public float* CosPointer => (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_cosRows));
+
+    /// <summary>Gets the address of the pinned [maxPositions, hd] signed sine table.</summary>
+    public float* SinSignedPointer => (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_sinSignedRows));
+
+    /// <summary>
+    /// Each of <paramref name="rows"/> rows' position for T new tokens after <paramref name="start"/> slots (their slot
+    /// indices, or the explicit positions); rows past T repeat the first token's (a padded one-token step).
+    /// </summary>
+    public int[] RowPositions(int start, int t, int rows, long[]? positions)
+    {
+        var p = new int[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            int i = r < t ? r : 0;
+            p[r] = positions is null ? start + i : (int)positions[i];
+        }
+
+        int max = rows == 0 ? -1 : p.Max();
+        return max >= MaxPositions || (positions is not null && positions.Any(x => x < 0))
+            ? throw new InvalidOperationException($"Position {(positions is null ? start + t : max)} exceeds the rotary table ({MaxPositions}).")
+            : p;
+    }
 
     /// <summary>The hd/2 rotary inverse frequencies, with Llama-3.1 scaling applied when asked and configured.</summary>
     public static double[] InverseFrequencies(ModelConfig c, bool applyScaling)

@@ -11,7 +11,7 @@ namespace Coral.AI;
 /// Precision is "mixed": weights in <see cref="WeightType"/> (bf16 or f32) for the GEMMs; residual stream, norms, RoPE,
 /// attention and the KV cache in f32. Every public call expects to run inside one dispose scope per step.
 /// </remarks>
-internal sealed class TransformerModel : IDisposable
+internal sealed unsafe class TransformerModel : IDisposable
 {
     private readonly DecoderLayer[] _layers;
     private readonly Tensor _embed;       // [V, d], WeightType
@@ -19,6 +19,7 @@ internal sealed class TransformerModel : IDisposable
     private readonly Tensor _head;        // [V, d], WeightType (the embedding itself when tied)
     private readonly RotaryTables _rope;
     private readonly CheckpointReader _reader;
+    private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, CheckpointReader reader, DecoderLayer[] layers,
         Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
@@ -33,6 +34,10 @@ internal sealed class TransformerModel : IDisposable
         _finalNorm = finalNorm;
         _head = head;
         _rope = rope;
+        if (layers.All(l => l.UsesCpuKernels) && embed.dtype == ScalarType.Float32)
+        {
+            _work = new CpuWorkspace(config);
+        }
     }
 
     public ModelConfig Config { get; }
@@ -61,7 +66,10 @@ internal sealed class TransformerModel : IDisposable
     /// <param name="headType">The LM head's dtype, when it differs: f32 layers with a bf16 head is the CPU form for
     /// speculative decoding (a one-token f32 step is 2–5× cheaper than a bf16 one, a 16-row bf16 head 3× cheaper than an
     /// f32 one, and bf16 GEMMs are batch-invariant). A tied head is then a bf16 copy of the embedding.</param>
-    public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions, ScalarType? headType = null)
+    /// <param name="cpuKernels">Whether f32 layers on CPU run on <see cref="CpuKernels"/> (the default; false keeps the
+    /// libtorch path, for comparisons).</param>
+    public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions, ScalarType? headType = null,
+        bool cpuKernels = true)
     {
         if (weightType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
         {
@@ -76,7 +84,7 @@ internal sealed class TransformerModel : IDisposable
             using var noGrad = torch.no_grad();
             for (int i = 0; i < c.NumLayers; i++)
             {
-                layers.Add(DecoderLayer.Load(reader, $"model.layers.{i}.", c, weightType, device, inputNorm: true));
+                layers.Add(DecoderLayer.Load(reader, $"model.layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels));
             }
 
             long d = c.HiddenSize;
@@ -104,7 +112,12 @@ internal sealed class TransformerModel : IDisposable
     /// one-token step computes; otherwise it is f32 and attention is fused SDPA (faster for plain decoding).
     /// </summary>
     public KvCache CreateCache(int capacity, bool batchInvariant = false) =>
-        new(Config, Math.Min(capacity, MaxPositions), batchInvariant && Device.type == DeviceType.CPU ? ScalarType.Float64 : ScalarType.Float32, Device);
+        new(Config, Math.Min(capacity, MaxPositions),
+            batchInvariant && Device.type == DeviceType.CPU && _work is null ? ScalarType.Float64 : ScalarType.Float32, Device, batchInvariant,
+            keysTransposed: _work is not null);
+
+    /// <summary>Gets whether forwards run on <see cref="CpuKernels"/> (f32 layers on CPU).</summary>
+    public bool UsesCpuKernels => _work is not null;
 
     /// <summary>
     /// Runs <paramref name="ids"/> through the decoder, writing their K/V to cache slots
@@ -126,11 +139,20 @@ internal sealed class TransformerModel : IDisposable
 
         // f32 GEMMs give a row the same bits for any row count >= 2 but take another kernel (GEMV) for one row, so a
         // batch-invariant (speculative) f32 step runs one token as two identical rows; bf16 GEMMs need no padding.
-        bool pad = t == 1 && WeightType == ScalarType.Float32 && cache.Keys[0].dtype == ScalarType.Float64;
+        bool pad = t == 1 && WeightType == ScalarType.Float32 && cache.BatchInvariant;
+        if (_work is not null)
+        {
+            return ForwardCpu(ids, cache, positions, treeMask, pad ? 2 : t);
+        }
+
         using Tensor idx = torch.tensor(pad ? [ids[0], ids[0]] : ids, device: Device);
         Tensor x = _embed.index_select(0, idx).to(ScalarType.Float32);            // [T, d] ([2, d] padded)
         var (cos, sin) = _rope.At(start, t, positions);
         Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions, Config.SlidingWindow, Device);
+        if (pad && mask is not null)
+        {
+            mask = mask.repeat_interleave(2, 0);   // a sliding window's mask, for both copies of the token in each head group
+        }
         var inputs = new LayerInputs(cos, sin, mask, start, t);
         for (int l = 0; l < _layers.Length; l++)
         {
@@ -139,6 +161,39 @@ internal sealed class TransformerModel : IDisposable
 
         cache.Length = start + t;
         return DecoderLayer.RmsNorm(pad ? x.narrow(0, 0, 1) : x, _finalNorm, Config.RmsNormEps);
+    }
+
+    private Tensor ForwardCpu(long[] ids, KvCache cache, long[]? positions, Tensor? treeMask, int rows)
+    {
+        int t = ids.Length, start = cache.Length, d = Config.HiddenSize;
+        CpuWorkspace.Views views = _work!.Rows(rows);
+        var step = new CpuStep(rows, t, start, _rope.RowPositions(start, t, rows, positions),
+            ReadMask(RotaryTables.Mask(t, start, 1, treeMask, positions, Config.SlidingWindow, Device)), _rope);
+        CpuKernels.Gather(CpuKernels.Pointer(_embed), Config.VocabSize, ids, rows, _work.X, d);
+        for (int l = 0; l < _layers.Length; l++)
+        {
+            _layers[l].ForwardCpu(step, _work, views, cache, l);
+        }
+
+        cache.Length = start + t;
+        Tensor y = torch.empty([t, d], ScalarType.Float32);
+        CpuKernels.RmsNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
+        return y;
+    }
+
+    /// <summary>A [T, S] bool mask tensor as a row-major array (disposing the tensor), or null.</summary>
+    internal static bool[]? ReadMask(Tensor? mask)
+    {
+        if (mask is null)
+        {
+            return null;
+        }
+
+        using (mask)
+        {
+            using var values = mask.data<bool>();
+            return values.ToArray();
+        }
     }
 
     /// <summary>Projects hidden rows [R, d] to f32 logits [R, V].</summary>
@@ -155,6 +210,7 @@ internal sealed class TransformerModel : IDisposable
         _finalNorm.Dispose();
         _head.Dispose();
         _rope.Dispose();
+        _work?.Dispose();
         _reader.Dispose();
     }
 }

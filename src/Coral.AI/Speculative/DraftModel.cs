@@ -15,7 +15,7 @@ namespace Coral.AI;
 /// <c>layers.0.self_attn.{q,k,v,o}_proj.*</c>, <c>layers.0.mlp.*</c>, <c>layers.0.post_attention_layernorm.weight</c>;
 /// an <c>embed_tokens.weight</c> copy may be present and is ignored. CORAL adds <c>router.safetensors</c>.
 /// </remarks>
-internal sealed class DraftModel : IDisposable
+internal sealed unsafe class DraftModel : IDisposable
 {
     private readonly TransformerModel _target;
     private readonly DecoderLayer _layer;
@@ -23,6 +23,7 @@ internal sealed class DraftModel : IDisposable
     private readonly Tensor? _fcBias;     // [d]
     private readonly RotaryTables _rope;
     private readonly CheckpointReader _reader;
+    private readonly CpuWorkspace? _work;  // CPU: the layer runs on CpuKernels
 
     private DraftModel(TransformerModel target, ModelConfig config, CheckpointReader reader, DecoderLayer layer, Tensor fc, Tensor? fcBias,
         RotaryTables rope, LmHeadRouter? router)
@@ -35,6 +36,7 @@ internal sealed class DraftModel : IDisposable
         _fcBias = fcBias;
         _rope = rope;
         Router = router;
+        _work = layer.UsesCpuKernels ? new CpuWorkspace(config) : null;
     }
 
     public ModelConfig Config { get; }
@@ -87,7 +89,8 @@ internal sealed class DraftModel : IDisposable
         }
     }
 
-    public KvCache CreateCache(int capacity) => new(Config, Math.Min(capacity, _rope.MaxPositions), ScalarType.Float32, _target.Device);
+    public KvCache CreateCache(int capacity) =>
+        new(Config, Math.Min(capacity, _rope.MaxPositions), ScalarType.Float32, _target.Device, keysTransposed: _work is not null);
 
     /// <summary>
     /// Runs T (feature, next-token) pairs: <paramref name="features"/> [T, d] f32 and <paramref name="tokens"/> [T], writing
@@ -104,6 +107,20 @@ internal sealed class DraftModel : IDisposable
         using Tensor idx = torch.tensor(tokens, device: _target.Device);
         Tensor e = _target.Embedding.index_select(0, idx).to(ScalarType.Float32);
         Tensor u = DecoderLayer.Linear(torch.cat([e, features], 1), _fc, _fcBias);
+        if (_work is not null)
+        {
+            int d = Config.HiddenSize;
+            CpuWorkspace.Views views = _work.Rows(t);
+            CpuKernels.Copy(CpuKernels.Pointer(u), _work.X, (long)t * d);
+            var step = new CpuStep(t, t, start, _rope.RowPositions(start, t, t, positions),
+                TransformerModel.ReadMask(RotaryTables.Mask(t, start, 1, treeMask, positions, null, _target.Device)), _rope);
+            _layer.ForwardCpu(step, _work, views, cache, 0);
+            cache.Length = start + t;
+            Tensor y = torch.empty([t, d], ScalarType.Float32);
+            CpuKernels.Copy(_work.X, CpuKernels.Pointer(y), (long)t * d);
+            return y;
+        }
+
         var (cos, sin) = _rope.At(start, t, positions);
         Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions, null, _target.Device);
         Tensor h = _layer.Forward(u, new LayerInputs(cos, sin, mask, start, t), cache.Keys[0], cache.Values[0]);
@@ -118,6 +135,7 @@ internal sealed class DraftModel : IDisposable
         _fcBias?.Dispose();
         _rope.Dispose();
         Router?.Dispose();
+        _work?.Dispose();
         _reader.Dispose();
     }
 }

@@ -1,0 +1,373 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using TorchSharp;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
+
+namespace Coral.AI;
+
+/// <summary>
+/// The non-GEMM parts of a decoder layer on CPU, in C# over the tensors' own memory: RMSNorm, RoPE with the KV-cache
+/// write, attention, SwiGLU and the residual adds. At the demo width each of these is a few hundred floats per row, where
+/// a libtorch call costs 2–4 µs whatever it computes; a layer took ≈ 46 such calls, so a one-token step was mostly call
+/// overhead. Here a layer is its four GEMMs (libtorch, into preallocated buffers) and these loops.
+/// </summary>
+/// <remarks>
+/// Every routine handles each row on its own, in the same order of operations whatever the other rows are: a token
+/// computes the same bits alone or as a node of a verified tree (attention sums over the keys a query sees, in slot
+/// order, skipping the others), which is what lossless greedy speculation needs; the f64 cache of the libtorch path is
+/// not needed here. Set <c>CORAL_CPU_KERNELS=0</c> to run the libtorch path instead (for A/B measurements).
+/// </remarks>
+internal static unsafe class CpuKernels
+{
+    /// <summary>Gets whether CPU f32 models use these kernels (<c>CORAL_CPU_KERNELS</c>, default on).</summary>
+    public static bool Enabled { get; } = Environment.GetEnvironmentVariable("CORAL_CPU_KERNELS") is not ("0" or "false");
+
+    /// <summary>The address of a contiguous f32 CPU tensor's first element (storage offset included).</summary>
+    public static float* Pointer(Tensor t)
+    {
+        if (t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU || !t.is_contiguous())
+        {
+            throw new ArgumentException($"Expected a contiguous f32 CPU tensor, got {t.dtype} on {t.device} (contiguous: {t.is_contiguous()}).", nameof(t));
+        }
+
+        using TensorAccessor<float> accessor = t.data<float>();
+        IntPtr p = DataPointer(accessor);
+        return p == IntPtr.Zero && t.numel() > 0 ? throw new InvalidOperationException("TorchSharp returned no data pointer.") : (float*)p;
+    }
+
+    // TorchSharp keeps the native data pointer in its accessor without exposing it; TorchSharp's version is pinned
+    // centrally and CpuKernelsTests checks the address against the tensor's values.
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_tensor_data_ptr")]
+    private static extern ref IntPtr DataPointer(TensorAccessor<float> accessor);
+
+    /// <summary>y[r] = x[r] · rsqrt(mean(x[r]²) + eps) · w for each of <paramref name="rows"/> rows of width d.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RmsNorm(float* x, float* w, float* y, int rows, int d, float eps)
+    {
+        var weight = new ReadOnlySpan<float>(w, d);
+        for (int r = 0; r < rows; r++)
+        {
+            var xs = new ReadOnlySpan<float>(x + (long)r * d, d);
+            var ys = new Span<float>(y + (long)r * d, d);
+            float s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xs) / d + eps);
+            TensorPrimitives.Multiply(xs, s, ys);
+            TensorPrimitives.Multiply(ys, weight, ys);
+        }
+    }
+
+    /// <summary>x[i] += y[i] for n elements.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Add(float* x, float* y, long n)
+    {
+        for (long i = 0; i < n; i += int.MaxValue)
+        {
+            int m = (int)Math.Min(n - i, int.MaxValue);
+            var xs = new Span<float>(x + i, m);
+            TensorPrimitives.Add(xs, new ReadOnlySpan<float>(y + i, m), xs);
+        }
+    }
+
+    /// <summary>Adds <paramref name="bias"/> [n] to each of <paramref name="rows"/> rows [n] of x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void AddRows(float* x, float* bias, int rows, int n)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            Add(x + (long)r * n, bias, n);
+        }
+    }
+
+    /// <summary>act[r] = silu(g) · u where gu[r] = [g | u] (two halves of width ff).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void SiluMul(float* gu, float* act, int rows, int ff)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var g = new ReadOnlySpan<float>(gu + 2L * r * ff, ff);
+            var u = new ReadOnlySpan<float>(gu + 2L * r * ff + ff, ff);
+            var a = new Span<float>(act + (long)r * ff, ff);
+            TensorPrimitives.Sigmoid(g, a);
+            TensorPrimitives.Multiply(a, g, a);
+            TensorPrimitives.Multiply(a, u, a);
+        }
+    }
+
+    /// <summary>
+    /// Per row of qkv [rows, stride] = [q heads | k heads | v heads]: RMS-normalises each q/k head when
+    /// <paramref name="qkNorm"/> [heads + kvHeads, hd] is given (Qwen3), rotates the q and k heads by RoPE at the row's
+    /// position (rotate_half convention: x·cos + roll(x, hd/2)·sinSigned) and writes the first <paramref name="count"/>
+    /// rows' k and v heads into cache slot start + r of <paramref name="cache"/>'s layer <paramref name="layer"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RopeAndCache(float* qkv, int rows, int count, int stride, int heads, int kvHeads, int hd,
+        float* cos, float* sinSigned, int[] positions, float* qkNorm, float eps, KvCache cache, int layer, int start)
+    {
+        int half = hd / 2, qkHeads = heads + kvHeads, keyStride = cache.KeyStride;
+        float* keys = (float*)cache.KeyPointers[layer], values = (float*)cache.ValuePointers[layer];
+        float* tmp = stackalloc float[hd];
+        var t = new Span<float>(tmp, hd);
+        for (int r = 0; r < rows; r++)
+        {
+            float* c = cos + (long)positions[r] * hd, s = sinSigned + (long)positions[r] * hd;
+            for (int h = 0; h < qkHeads; h++)
+            {
+                float* v = qkv + (long)r * stride + (long)h * hd;
+                if (qkNorm != null)
+                {
+                    RmsNorm(v, qkNorm + (long)h * hd, v, 1, hd, eps);
+                }
+
+                var lo = new Span<float>(v, half);
+                var hi = new Span<float>(v + half, half);
+                new ReadOnlySpan<float>(v, hd).CopyTo(t);
+                TensorPrimitives.Multiply(t[..half], new ReadOnlySpan<float>(c, half), lo);
+                TensorPrimitives.MultiplyAdd(t[half..], new ReadOnlySpan<float>(s, half), lo, lo);
+                TensorPrimitives.Multiply(t[half..], new ReadOnlySpan<float>(c + half, half), hi);
+                TensorPrimitives.MultiplyAdd(t[..half], new ReadOnlySpan<float>(s + half, half), hi, hi);
+            }
+
+            if (r >= count)
+            {
+                continue;
+            }
+
+            for (int g = 0; g < kvHeads; g++)
+            {
+                // Keys are stored transposed, [kvHeads, hd, keyStride], so that scores come 16 keys to a vector.
+                float* k = qkv + (long)r * stride + (long)(heads + g) * hd, kt = keys + (long)g * hd * keyStride + start + r;
+                for (int d = 0; d < hd; d++)
+                {
+                    kt[(long)d * keyStride] = k[d];
+                }
+
+                new ReadOnlySpan<float>(qkv + (long)r * stride + (long)(qkHeads + g) * hd, hd)
+                    .CopyTo(new Span<float>(values + ((long)g * cache.Capacity + start + r) * hd, hd));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Softmax attention of the q heads in qkv [rows, stride] over slots [0, total) of <paramref name="cache"/>'s layer,
+    /// writing o [rows, heads·hd]. <paramref name="mask"/> [count, total] (true = attend) or null (every slot visible).
+    /// Rows at or past <paramref name="count"/> repeat row 0 (a one-token step run as two identical rows) and copy its
+    /// result.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Attention(float* qkv, int rows, int count, int stride, int heads, int kvHeads, int hd, KvCache cache, int layer,
+        int total, bool[]? mask, float scale, float* o)
+    {
+        int group = heads / kvHeads, blocks = (total + 15) / 16, keyStride = cache.KeyStride, capacity = cache.Capacity;
+        float* keys = (float*)cache.KeyPointers[layer], values = (float*)cache.ValuePointers[layer];
+        long width = (long)heads * hd;
+        // One thread: splitting a 16-row tree's rows across the two cores measured no faster (8.6 vs 8.1 ms per forward,
+        // median of 15 interleaved pairs), libtorch's idle GEMM threads competing for the second core.
+        int[] visible = ArrayPool<int>.Shared.Rent(total);
+        float[] scores = ArrayPool<float>.Shared.Rent(blocks * 16);
+        float[] weights = ArrayPool<float>.Shared.Rent(total);
+        try
+        {
+            fixed (float* sc = scores)
+            fixed (float* pw = weights)
+            fixed (int* vis = visible)
+            {
+                for (int r = 0; r < count; r++)
+                {
+                    int n = 0;
+                    if (mask is null)
+                    {
+                        n = total;
+                    }
+                    else
+                    {
+                        for (int j = 0; j < total; j++)
+                        {
+                            if (mask[(long)r * total + j])
+                            {
+                                vis[n++] = j;
+                            }
+                        }
+                    }
+
+                    // Slots 0..n-1 visible (one-token steps, causal blocks): the same numbers without the index list.
+                    bool prefix = mask is null || n == 0 || vis[n - 1] == n - 1;
+                    var p = new Span<float>(pw, n);
+                    for (int h = 0; h < heads; h++)
+                    {
+                        int g = h / group;
+                        Scores(qkv + (long)r * stride + (long)h * hd, keys + (long)g * hd * keyStride, keyStride, hd, blocks, sc);
+                        if (prefix)
+                        {
+                            TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc, n), scale, p);
+                        }
+                        else
+                        {
+                            for (int i = 0; i < n; i++)
+                            {
+                                pw[i] = sc[vis[i]] * scale;
+                            }
+                        }
+
+                        float max = TensorPrimitives.Max(p);
+                        TensorPrimitives.Subtract(p, max, p);
+                        TensorPrimitives.Exp(p, p);
+                        WeightedSum(pw, prefix ? null : vis, n, 1f / TensorPrimitives.Sum(p), values + (long)g * capacity * hd, hd,
+                            o + r * width + (long)h * hd);
+                    }
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(visible);
+            ArrayPool<float>.Shared.Return(scores);
+            ArrayPool<float>.Shared.Return(weights);
+        }
+
+        for (int r = count; r < rows; r++)
+        {
+            new ReadOnlySpan<float>(o, (int)width).CopyTo(new Span<float>(o + r * width, (int)width));
+        }
+    }
+
+    /// <summary>
+    /// s[j] = Σ_d q[d]·kT[d, j] for j &lt; 16·blocks, from keys stored transposed [hd, keyStride]. Each score is one chain of
+    /// fused multiply-adds over d in order, whichever block or lane computes it, so it does not depend on total.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Scores(float* q, float* kT, int keyStride, int hd, int blocks, float* s)
+    {
+        if (!Vector512.IsHardwareAccelerated)
+        {
+            for (int j = 0; j < blocks * 16; j++)
+            {
+                float a = 0;
+                for (int d = 0; d < hd; d++)
+                {
+                    a = MathF.FusedMultiplyAdd(q[d], kT[(long)d * keyStride + j], a);
+                }
+
+                s[j] = a;
+            }
+
+            return;
+        }
+
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8)
+        {
+            float* k = kT + b * 16;
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            for (int d = 0; d < hd; d++, k += keyStride)
+            {
+                var qd = Vector512.Create(q[d]);
+                a0 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k), a0);
+                a1 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 16), a1);
+                a2 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 32), a2);
+                a3 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 48), a3);
+                a4 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 64), a4);
+                a5 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 80), a5);
+                a6 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 96), a6);
+                a7 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 112), a7);
+            }
+
+            float* o = s + b * 16;
+            a0.Store(o);
+            a1.Store(o + 16);
+            a2.Store(o + 32);
+            a3.Store(o + 48);
+            a4.Store(o + 64);
+            a5.Store(o + 80);
+            a6.Store(o + 96);
+            a7.Store(o + 112);
+        }
+
+        for (; b < blocks; b++)
+        {
+            float* k = kT + b * 16;
+            Vector512<float> a = default;
+            for (int d = 0; d < hd; d++, k += keyStride)
+            {
+                a = Vector512.FusedMultiplyAdd(Vector512.Create(q[d]), Vector512.Load(k), a);
+            }
+
+            a.Store(s + b * 16);
+        }
+    }
+
+    /// <summary>
+    /// y = scale · Σ_i p[i]·v[slot i] over values [slots, hd], slot i = visible[i] (or i when <paramref name="visible"/> is
+    /// null): per element one chain of fused multiply-adds in i order, whichever form addresses the slots.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedSum(float* p, int* visible, int n, float scale, float* v, int hd, float* y)
+    {
+        int c = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var sv = Vector512.Create(scale);
+            for (; c + 64 <= hd; c += 64)
+            {
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int i = 0; i < n; i++)
+                {
+                    var pi = Vector512.Create(p[i]);
+                    float* vj = v + (long)(visible == null ? i : visible[i]) * hd + c;
+                    a0 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj), a0);
+                    a1 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj + 16), a1);
+                    a2 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj + 32), a2);
+                    a3 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj + 48), a3);
+                }
+
+                (a0 * sv).Store(y + c);
+                (a1 * sv).Store(y + c + 16);
+                (a2 * sv).Store(y + c + 32);
+                (a3 * sv).Store(y + c + 48);
+            }
+
+            for (; c + 16 <= hd; c += 16)
+            {
+                Vector512<float> a = default;
+                for (int i = 0; i < n; i++)
+                {
+                    a = Vector512.FusedMultiplyAdd(Vector512.Create(p[i]), Vector512.Load(v + (long)(visible == null ? i : visible[i]) * hd + c), a);
+                }
+
+                (a * sv).Store(y + c);
+            }
+        }
+
+        for (; c < hd; c++)
+        {
+            float a = 0;
+            for (int i = 0; i < n; i++)
+            {
+                a = MathF.FusedMultiplyAdd(p[i], v[(long)(visible == null ? i : visible[i]) * hd + c], a);
+            }
+
+            y[c] = a * scale;
+        }
+    }
+
+    /// <summary>Copies <paramref name="rows"/> rows [d] of the f32 table selected by <paramref name="ids"/> into y.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Gather(float* table, long tableRows, long[] ids, int rows, float* y, int d)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            long id = ids[Math.Min(r, ids.Length - 1)];
+            if ((ulong)id >= (ulong)tableRows)
+            {
+                throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is outside the vocabulary (0..{tableRows - 1}).");
+            }
+
+            new ReadOnlySpan<float>(table + id * d, d).CopyTo(new Span<float>(y + (long)r * d, d));
+        }
+    }
+
+    /// <summary>Copies n floats.</summary>
+    public static void Copy(float* from, float* to, long n) => Buffer.MemoryCopy(from, to, n * sizeof(float), n * sizeof(float));
+}

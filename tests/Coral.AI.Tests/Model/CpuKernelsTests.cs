@@ -1,0 +1,75 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.Tests;
+
+public class CpuKernelsTests
+{
+    [Fact]
+    public unsafe void Pointer_AddressesTheTensorsValues_AfterItsStorageOffset()
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor t = torch.arange(24, dtype: ScalarType.Float32).reshape(4, 6).narrow(0, 1, 2);
+        float* p = CpuKernels.Pointer(t);
+        Assert.Equal(Enumerable.Range(6, 12).Select(i => (float)i), Enumerable.Range(0, 12).Select(i => p[i]));
+        Assert.Throws<ArgumentException>(() => CpuKernels.Pointer(torch.zeros(3, dtype: ScalarType.Float64)));
+        Assert.Throws<ArgumentException>(() => CpuKernels.Pointer(torch.zeros(3, 4).t()));
+    }
+
+    [Theory]
+    [InlineData("llama", false)]
+    [InlineData("llama-tied-scaled", true)]
+    [InlineData("qwen2", false)]
+    [InlineData("qwen3", true)]
+    [InlineData("mistral", false)]
+    [InlineData("mistral", true)]
+    public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
+    {
+        // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to
+        // two rows in a batch-invariant cache), past the sliding window for mistral (window 8).
+        using var kernels = TransformerModel.Load(TransformerModelTests.ModelFor(arch), torch.CPU, ScalarType.Float32, 256);
+        using var libtorch = TransformerModel.Load(TransformerModelTests.ModelFor(arch), torch.CPU, ScalarType.Float32, 256, cpuKernels: false);
+        Assert.True(kernels.UsesCpuKernels);
+        Assert.False(libtorch.UsesCpuKernels);
+        int v = kernels.Config.VocabSize;
+        var random = new Random(11);
+        long[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => (long)random.Next(v)).ToArray();
+        long[] prefix = Tokens(9), tree = Tokens(4), steps = Tokens(6);
+        bool[] mask = [true, false, false, false, true, true, false, false, true, false, true, false, true, true, false, true];
+        long[] positions = [9, 10, 10, 11];
+
+        using var inference = torch.inference_mode();
+        using KvCache a = kernels.CreateCache(64, batchInvariant), b = libtorch.CreateCache(64, batchInvariant);
+        void Same(Func<TransformerModel, KvCache, Tensor> step, string what)
+        {
+            using var scope = torch.NewDisposeScope();
+            float[] x = TorchTestHelpers.ToArray(kernels.Logits(step(kernels, a)));
+            float[] y = TorchTestHelpers.ToArray(libtorch.Logits(step(libtorch, b)));
+            Assert.Equal(y.Length, x.Length);
+            Assert.True(TorchTestHelpers.MaxAbsDiff(x, y) < 1e-4f, $"{arch}: {what} differs by {TorchTestHelpers.MaxAbsDiff(x, y)}");
+        }
+
+        Same((m, c) => m.Forward(prefix, c), "prefill");
+        Same((m, c) => m.Forward(tree, c, positions, torch.tensor(mask, [4, 4])), "tree");
+        int[] keep = [0, 1, 3];
+        a.CopySlots(keep.Select(i => (long)(prefix.Length + i)).ToArray(), prefix.Length);
+        b.CopySlots(keep.Select(i => (long)(prefix.Length + i)).ToArray(), prefix.Length);
+        a.Length = b.Length = prefix.Length + keep.Length;
+        foreach (long t in steps)
+        {
+            Same((m, c) => m.Forward([t], c), $"step at {a.Length}");
+        }
+    }
+
+    [Fact]
+    public void TokenOutsideTheVocabulary_IsATypedError()
+    {
+        using var model = TransformerModel.Load(TransformerModelTests.ModelFor("llama"), torch.CPU, ScalarType.Float32, 64);
+        using var inference = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        using KvCache cache = model.CreateCache(16);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => model.Forward([model.Config.VocabSize], cache));
+        Assert.Contains("outside the vocabulary", e.Message);
+        Assert.Equal(0, cache.Length);
+    }
+}
