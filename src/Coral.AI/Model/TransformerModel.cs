@@ -5,11 +5,14 @@ namespace Coral.AI;
 
 /// <summary>
 /// A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) written for per-op overhead: fused QKV and gate/up weights,
-/// RoPE in three ops on q and k together, grouped-query attention without copying K/V, the KV cache written in place.
+/// the KV cache written in place. f32 layers on CPU run on <see cref="CpuKernels"/> (four libtorch GEMMs per layer, the
+/// rest in C#); otherwise each layer is libtorch ops (RoPE in three ops on q and k together, grouped-query attention
+/// without copying K/V).
 /// </summary>
 /// <remarks>
 /// Precision is "mixed": weights in <see cref="WeightType"/> (bf16 or f32) for the GEMMs; residual stream, norms, RoPE,
-/// attention and the KV cache in f32. Every public call expects to run inside one dispose scope per step.
+/// attention and the KV cache in f32. Every public call expects to run inside one dispose scope per step, and one
+/// forward at a time per model (the kernel path's buffers are the model's).
 /// </remarks>
 internal sealed unsafe class TransformerModel : IDisposable
 {
