@@ -323,6 +323,13 @@ internal sealed class InferenceEngine : IDisposable
                     continue;
                 }
 
+                if (nextTokens.Length > depth + 1)
+                {
+                    // Pairs left by plain steps (or the prompt): the drafter takes them before the cycle's clock starts,
+                    // so that the controller compares cycles by what a cycle costs when speculation continues.
+                    CatchUp(ref features, ref nextTokens);
+                }
+
                 var emitted = new List<int>();
                 var path = new List<int> { 0 };
                 int start = Cache.Length;
@@ -439,21 +446,32 @@ internal sealed class InferenceEngine : IDisposable
             features = torch.cat([old, hidden]).DetachFromDisposeScope();
             old.Dispose();
             nextTokens = [.. nextTokens, next];
-            if (nextTokens.Length > PendingPairsLimit)
-            {
-                // A long run of plain steps: the drafter takes all pairs but the last now, in one chunk.
-                int m = nextTokens.Length - 1;
-                Drafter!.Feed(features.narrow(0, 0, m), nextTokens[..m]);
-                old = features;
-                features = features.narrow(0, m, 1).clone().DetachFromDisposeScope();
-                old.Dispose();
-                nextTokens = nextTokens[m..];
-            }
+        }
+
+        if (nextTokens.Length > PendingPairsLimit)
+        {
+            CatchUp(ref features, ref nextTokens);   // a long run of plain steps: the drafter takes the pairs in one chunk
         }
 
         _cachedTokens.Add(root);
         root = next;
         return emitter.Emit(next);
+    }
+
+    /// <summary>Feeds the drafter every pending (feature, next token) pair but the last, which stays pending (a draft
+    /// starts from its output).</summary>
+    private void CatchUp(ref Tensor features, ref long[] nextTokens)
+    {
+        int m = nextTokens.Length - 1;
+        using (var scope = torch.NewDisposeScope())
+        {
+            Drafter!.Feed(features.narrow(0, 0, m), nextTokens[..m]);
+            Tensor old = features;
+            features = features.narrow(0, m, 1).clone().DetachFromDisposeScope();
+            old.Dispose();
+        }
+
+        nextTokens = nextTokens[m..];
     }
 
     /// <summary>Plain steps within a speculative run hand their pairs to the drafter in chunks of at most this many.</summary>

@@ -8,9 +8,10 @@ namespace Coral.AI;
 /// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
 /// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
 /// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p) yields more
-/// tokens per millisecond (1/p) than the best depth; every <see cref="ExploreEvery"/> steps one speculative cycle is
-/// tried again, and while speculating every other exploration is a plain step, so that neither estimate goes stale (one
-/// slow measurement must not decide a whole run). The tree shape changes only; acceptance stays exact (lossless),
+/// tokens per millisecond (1/p) than the best depth; after <see cref="ExploreEvery"/> plain steps one speculative cycle is
+/// tried again — and the wait doubles (up to <see cref="MaxPlainRun"/>) each time that cycle accepts nothing, since a
+/// cycle that loses costs several plain steps — and while speculating every other exploration is a plain step, so that
+/// neither estimate goes stale (one slow measurement must not decide a whole run). The tree shape changes only; acceptance stays exact (lossless),
 /// whatever the depth.
 /// </summary>
 internal sealed class DepthController
@@ -18,15 +19,28 @@ internal sealed class DepthController
     /// <summary>One cycle in this many drafts one level deeper than the current choice.</summary>
     public const int ExploreEvery = 16;
 
+    /// <summary>The plain-step cost is the median of this many latest plain steps (one slow step — a JIT compilation, a
+    /// machine hiccup — must not decide a run).</summary>
+    public const int PlainWindow = 9;
+
+    /// <summary>Plain steps measured at the start (steps 2..), before the first decision uses their median.</summary>
+    public const int PlainProbes = 3;
+
+    /// <summary>The longest run of plain steps between two exploration cycles.</summary>
+    public const int MaxPlainRun = 128;
+
     private const double Rate = 0.1;
     private readonly double[] _reach;
     private readonly int[] _seen;
     private double _stepMs = -1, _verifyMs = -1, _otherMs = -1, _plainMs = -1;
+    private readonly double[] _plainRecent = new double[PlainWindow];   // the last plain-step times (a ring)
     private int _cycles, _plainSeen;
+    private int _plainRun, _plainRunLimit = ExploreEvery;   // plain steps since the last cycle, and how many to wait
+    private int _exploreDepth = 1;                          // the depth of the next cycle tried out of plain steps
 
     /// <param name="maxDepth">The deepest tree (the configured shape's depth).</param>
-    /// <param name="plainFallback">Whether depth 0 (a plain step) may be chosen; its cost is measured by one plain step
-    /// early on (the second cycle) and by every plain step after that.</param>
+    /// <param name="plainFallback">Whether depth 0 (a plain step) may be chosen; its cost is measured by
+    /// <see cref="PlainProbes"/> plain steps early on (after the first cycle) and by every plain step after that.</param>
     public DepthController(int maxDepth, bool plainFallback = false)
     {
         MaxDepth = maxDepth;
@@ -53,9 +67,14 @@ internal sealed class DepthController
     /// a plain step (the one that measures the plain cost, or the fallback's choice).</summary>
     public int NextDepth()
     {
-        if (PlainFallback && _plainMs < 0 && _cycles == 1)
+        if (PlainFallback && _cycles >= 1 && _plainSeen < PlainProbes && _cycles <= PlainProbes)
         {
-            return 0;
+            return 0;   // the first probes of the plain cost, right after the first cycle
+        }
+
+        if (Depth == 0)
+        {
+            return _plainRun + 1 < _plainRunLimit ? 0 : _exploreDepth;
         }
 
         if (_cycles % ExploreEvery != ExploreEvery - 1)
@@ -72,8 +91,9 @@ internal sealed class DepthController
     public void ObservePlain(double ms)
     {
         _cycles++;
-        // A running mean over the first measurements, then a moving average (as for the acceptance estimates).
-        _plainMs = _plainMs < 0 ? ms : _plainMs + (Math.Max(Rate, 1.0 / (++_plainSeen + 1)) * (ms - _plainMs));
+        _plainRun++;
+        _plainRecent[_plainSeen++ % PlainWindow] = ms;
+        _plainMs = _plainRecent.Take(Math.Min(_plainSeen, PlainWindow)).Order().ElementAt((Math.Min(_plainSeen, PlainWindow) - 1) / 2);
         Decide();
     }
 
@@ -103,7 +123,28 @@ internal sealed class DepthController
         _stepMs = _stepMs < 0 ? step : _stepMs + Rate * (step - _stepMs);
         _verifyMs = _verifyMs < 0 ? verifyMs : _verifyMs + Rate * (verifyMs - _verifyMs);
         _otherMs = _otherMs < 0 ? otherMs : _otherMs + Rate * (otherMs - _otherMs);
+        bool wasPlain = Depth == 0;
         Decide();
+        if (Depth > 0)
+        {
+            _plainRunLimit = ExploreEvery;
+        }
+        else if (wasPlain)
+        {
+            // An exploration cycle out of plain steps that plain steps still beat on average: if it also yielded fewer
+            // tokens per millisecond than a plain step, wait twice as long for the next one; if it yielded more, the
+            // drafter may be getting better (text it can copy): try again soon, so that the estimates can catch up.
+            bool beatPlain = (acceptedDrafted + 1) * _plainMs > draftMs + verifyMs + Math.Max(0, otherMs);
+            _plainRunLimit = beatPlain ? ExploreEvery : Math.Min(2 * _plainRunLimit, MaxPlainRun);
+        }
+
+        if (wasPlain)
+        {
+            // The next try drafts one level past what this one had accepted, so deeper levels get measured too.
+            _exploreDepth = Math.Min(MaxDepth, acceptedDrafted + 1);
+        }
+
+        _plainRun = 0;
     }
 
     /// <summary>Picks the depth with the most expected tokens per millisecond; 0 when plain steps yield more.</summary>

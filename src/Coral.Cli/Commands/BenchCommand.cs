@@ -188,7 +188,7 @@ internal static class BenchCommand
 
     /// <summary>Where a speculative cycle's time goes, in ms per cycle: drafting, the verify forward with its logits read
     /// back, and the rest (acceptance, KV compaction, emission, the plain steps that finish a sequence near the context
-    /// end); and how many plain steps the adaptive depth chose instead of cycles.</summary>
+    /// end); how many plain steps the adaptive depth chose instead of cycles, and their mean ms.</summary>
     private static JsonObject CycleParts(IEnumerable<Measured> runs)
     {
         var list = runs.Where(r => r.Stats is not null).ToList();
@@ -202,6 +202,7 @@ internal static class BenchCommand
             ["rest"] = Round((total - draft - verify - plain) / cycles),
             ["plain_steps"] = plainSteps,
             ["plain_step_share"] = Round((double)plainSteps / (plainSteps + cycles)),
+            ["plain_step_in_loop"] = Round(plainSteps == 0 ? 0 : plain / plainSteps),
         };
     }
 

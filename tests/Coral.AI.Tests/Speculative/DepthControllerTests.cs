@@ -99,25 +99,58 @@ public class DepthControllerTests
     [Fact]
     public void PlainFallback_TakesPlainSteps_WhenNoTreePays_AndKeepsProbing()
     {
-        // Never right, verification (5 ms) dearer than a plain step (3 ms): plain steps win; one cycle in 16 re-tries depth 1.
+        // Never right, verification (5 ms) dearer than a plain step (3 ms): plain steps win; a depth-1 cycle is re-tried
+        // after 16 plain steps, then after 32, 64, up to 128 while each try confirms plain steps.
         var c = new DepthController(5, plainFallback: true);
-        List<int> depths = Drive(c, 200, _ => 3, _ => 0);
+        List<int> depths = Drive(c, 700, _ => 3, _ => 0);
         Assert.Equal(0, c.Depth);
-        Assert.Equal(0, depths[1]);                                   // the second call measures a plain step
-        Assert.InRange(depths.Skip(100).Count(d => d == 1), 100 / DepthController.ExploreEvery - 1, 100 / DepthController.ExploreEvery + 1);
+        Assert.All(depths.Skip(1).Take(DepthController.PlainProbes), d => Assert.Equal(0, d));   // the plain-cost probes
+        int[] tries = Enumerable.Range(0, depths.Count).Where(i => depths[i] == 1).ToArray();
+        int[] gaps = tries.Zip(tries.Skip(1), (a, b) => b - a).ToArray();
+        Assert.Equal(gaps.Order(), gaps);                             // the waits only grow
+        Assert.True(gaps[0] <= 2 * DepthController.ExploreEvery, string.Join(",", gaps));   // after the first try (16 steps in)
+        Assert.Equal(DepthController.MaxPlainRun, gaps[^1]);
+        Assert.True(gaps.All(g => g <= DepthController.MaxPlainRun), string.Join(",", gaps));
+
+        // The text turns copyable after 300 steps (every drafted token accepted): the next try accepts, tries come every
+        // 16 steps again and speculation takes over.
+        var turning = new DepthController(5, plainFallback: true);
+        var late = new List<int>();
+        for (int i = 0; i < 1200; i++)
+        {
+            int d = turning.NextDepth();
+            late.Add(d);
+            if (d == 0)
+            {
+                turning.ObservePlain(3);
+            }
+            else
+            {
+                turning.Observe(d, i < 300 ? 0 : d, 1.0 * d, 5, 0.5);
+            }
+        }
+
+        Assert.True(turning.Depth > 1, $"depth {turning.Depth}; reach {string.Join(",", turning.Reach.Select(r => r.ToString("F2")))}; tries {string.Join(",", Enumerable.Range(0, late.Count).Where(i => late[i] > 0).Select(i => $"{i}:{late[i]}"))}");
+        Assert.True(late.Skip(1100).Count(d => d > 0) > 80, "speculates at the end");
 
         // Always right: five tokens and a bonus per 10.5 ms beat one token per 3 ms; the plain probes do not stick.
         var good = new DepthController(5, plainFallback: true);
         Drive(good, 200, _ => 3, d => d);
         Assert.Equal(5, good.Depth);
 
-        // A first plain measurement that came out slow (50 ms, a hiccup) does not decide the run: while speculating, every
-        // other exploration is a plain step, and their 3 ms bring the estimate down until plain steps win.
+        // First plain measurements that came out slow (five at 50 ms: JIT, a hiccup) do not decide the run: while
+        // speculating, every other exploration is a plain step, and their 3 ms bring the median down until plain steps win.
         var hiccup = new DepthController(5, plainFallback: true);
         List<int> seen = Drive(hiccup, 600, i => i < 5 ? 50 : 3, _ => 0);
         Assert.Equal(0, hiccup.Depth);
         Assert.True(seen.Take(100).Count(d => d > 0) > 50, "speculates at first");
         Assert.True(seen.Skip(500).Count(d => d == 0) > 80, "plain steps at the end");
+
+        // One slow probe among three is outvoted at once: the median is 3 ms, and plain steps win from the start.
+        var once = new DepthController(5, plainFallback: true);
+        List<int> early = Drive(once, 40, i => i == 1 ? 50 : 3, _ => 0);
+        Assert.Equal(0, once.Depth);
+        Assert.True(early.Skip(4).Take(10).All(d => d == 0), string.Join(",", early));
 
         // Without the fallback, depth 0 is never proposed.
         var plain = new DepthController(5);
