@@ -42,6 +42,11 @@ public sealed record TinyModelSpec
     public int VocabPadding { get; init; } = 3;
 
     public float WeightScale { get; init; } = 1f;
+
+    /// <summary>Gets whether the (untied) LM head row t + 1 is embedding row t and the layers' output projections are
+    /// small: greedy decoding then counts up through the vocabulary (t, t + 1, t + 2, ...), a target whose every next
+    /// token differs, for tests that must tell tokens apart.</summary>
+    public bool SuccessorHead { get; init; }
     public int Seed { get; init; } = 1234;
 
     /// <summary>Gets a chat template to put in tokenizer_config.json, or null for none.</summary>
@@ -174,10 +179,9 @@ public static class TinyCheckpoint
         Tensor Linear(long rows, long cols) => (torch.randn([rows, cols], generator: gen) * (s * 0.7 / Math.Sqrt(cols))).to(storage);
         Tensor Vec(long n, double center, double spread) => (torch.randn([n], generator: gen) * spread + center).to(storage);
 
-        var tensors = new List<KeyValuePair<string, Tensor>>
-        {
-            new("model.embed_tokens.weight", (torch.randn([vocabSize, d], generator: gen) * (0.5 * s)).to(storage)),
-        };
+        Tensor embed = (torch.randn([vocabSize, d], generator: gen) * (0.5 * s)).to(storage);
+        var tensors = new List<KeyValuePair<string, Tensor>> { new("model.embed_tokens.weight", embed) };
+        double outScale = spec.SuccessorHead ? 0.05 : 1;
         bool qkvBias = spec.Architecture == "Qwen2ForCausalLM" || spec.AttentionBias;
         bool oBias = spec.Architecture != "Qwen2ForCausalLM" && spec.AttentionBias;
         for (int i = 0; i < spec.Layers; i++)
@@ -200,7 +204,7 @@ public static class TinyCheckpoint
                 tensors.Add(new(p + "self_attn.k_norm.weight", Vec(headDim, 1, 0.1)));
             }
 
-            tensors.Add(new(p + "self_attn.o_proj.weight", Linear(d, spec.Heads * headDim)));
+            tensors.Add(new(p + "self_attn.o_proj.weight", (Linear(d, spec.Heads * headDim) * outScale).to(storage)));
             if (oBias)
             {
                 tensors.Add(new(p + "self_attn.o_proj.bias", Vec(d, 0, 0.1)));
@@ -209,13 +213,15 @@ public static class TinyCheckpoint
             tensors.Add(new(p + "post_attention_layernorm.weight", Vec(d, 1, 0.1)));
             tensors.Add(new(p + "mlp.gate_proj.weight", Linear(spec.IntermediateSize, d)));
             tensors.Add(new(p + "mlp.up_proj.weight", Linear(spec.IntermediateSize, d)));
-            tensors.Add(new(p + "mlp.down_proj.weight", Linear(d, spec.IntermediateSize)));
+            tensors.Add(new(p + "mlp.down_proj.weight", (Linear(d, spec.IntermediateSize) * outScale).to(storage)));
         }
 
         tensors.Add(new("model.norm.weight", Vec(d, 1, 0.1)));
         if (!spec.Tied)
         {
-            tensors.Add(new("lm_head.weight", (torch.randn([vocabSize, d], generator: gen) * (0.5 * s)).to(storage)));
+            tensors.Add(new("lm_head.weight", spec.SuccessorHead
+                ? (embed.roll(1, 0) * 4).to(storage)
+                : (torch.randn([vocabSize, d], generator: gen) * (0.5 * s)).to(storage)));
         }
 
         var metadata = new Dictionary<string, string> { ["format"] = "pt" };

@@ -44,6 +44,9 @@ internal static class ModelZoo
     /// wide enough that MKL's f32 GEMV (one row) and GEMM (several rows) round differently.</summary>
     public static TinyModelSpec LlamaDemoWidth => Llama with { HiddenSize = 256, IntermediateSize = 768, Tied = true, Seed = 29 };
 
+    /// <summary>A Llama whose greedy continuation counts up through the vocabulary (every next token differs).</summary>
+    public static TinyModelSpec LlamaSuccessor => Llama with { SuccessorHead = true, Seed = 31 };
+
     public static TinyModelSpec LlamaShardedBf16 => Llama with { Shards = 3, StorageDType = "BF16", Seed = 19 };
 
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };

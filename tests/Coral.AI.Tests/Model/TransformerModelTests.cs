@@ -17,6 +17,7 @@ public class TransformerModelTests
         "mistral" => ModelZoo.Get(name, ModelZoo.Mistral),
         "llama-sharded-bf16" => ModelZoo.Get(name, ModelZoo.LlamaShardedBf16),
         "llama-demo-width" => ModelZoo.Get(name, ModelZoo.LlamaDemoWidth),
+        "llama-successor" => ModelZoo.Get(name, ModelZoo.LlamaSuccessor),
         "sentencepiece" => ModelZoo.Get(name, ModelZoo.SentencePieceLlama),
         _ => throw new ArgumentException(name),
     };

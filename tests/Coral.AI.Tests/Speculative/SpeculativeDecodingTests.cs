@@ -20,6 +20,8 @@ public class SpeculativeDecodingTests
         { "qwen2", "random", 4, 6, 20, "bfloat16" },
         { "llama-demo-width", "random", 4, 8, 16, "float32" },
         { "llama-demo-width", "random", 4, 8, 16, "bfloat16" },
+        { "llama-successor", "random", 4, 8, 16, "float32" },
+        { "llama-successor", "random", 3, 4, 8, "bfloat16" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -137,15 +139,18 @@ public class SpeculativeDecodingTests
     [Fact]
     public void DrafterCache_AfterPlainSteps_EqualsRecomputation()
     {
-        // A fresh engine's adaptive depth always takes one plain step (the probe); its pair must land in the drafter's
-        // cache in order, and the pending pairs are fed at the end: slot t holds (target feature t, token t + 1) for the
-        // whole sequence, as if the drafter had been fed the finished sequence at once. (The tiny random targets repeat
-        // one token, so this checks the features' order and the final feed, not which token a feature is paired with.)
-        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
-        using var engine = DrafterZoo.Engine(target, Drafter("llama-tied-scaled", "random"));
+        // A fresh engine's adaptive depth always takes plain steps (the probes), and with a random drafter mostly plain
+        // steps after that; their pairs must land in the drafter's cache in order, and the pending pairs are fed at the
+        // end: slot t holds (target feature t, token t + 1) for the whole sequence, as if the drafter had been fed the
+        // finished sequence at once. The target counts up through the vocabulary, so every next token differs and a
+        // feature paired with the wrong token shows.
+        string target = TransformerModelTests.ModelFor("llama-successor");
+        using var engine = DrafterZoo.Engine(target, Drafter("llama-successor", "random"));
         List<int> prompt = engine.Tokenizer.Encode("Once upon a time");
         GenerationResult spec = Run(engine, "Once upon a time", true, TreeShape.Default with { RouterTopK = 0 }, max: 40);
         Assert.True(spec.Speculative!.PlainSteps >= 1);
+        Assert.True(spec.Speculative.Cycles >= 1);
+        Assert.True(spec.TokenIds.Distinct().Count() > spec.TokenIds.Count / 2, $"the target repeats itself: {string.Join(",", spec.TokenIds)}");
         long[] sequence = [.. prompt.Select(t => (long)t), .. spec.TokenIds.Select(t => (long)t)];
         int pairs = Math.Min(engine.Drafter!.Cache.Length, sequence.Length - 1);
         Assert.True(pairs >= sequence.Length - 2, $"the drafter holds {engine.Drafter.Cache.Length} pairs of a {sequence.Length}-token sequence");
