@@ -17,15 +17,18 @@ bench() { "$coral" bench --model "$models/coral-demo-chat" --prompts "$prompts" 
 bench --draft "$models/coral-demo-chat-drafter" --rounds "${ROUNDS:-2}" > "$out/coral-t0.json"
 bench --draft "$models/coral-demo-chat-drafter" --rounds "${ROUNDS:-2}" --temperature 1 > "$out/coral-t1.json"
 bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --temperature 1 --router-topk 0 > "$out/coral-t1-router-off.json"
+# What speculation itself does at T=0: every step a cycle (the default falls back to plain steps when those measure faster).
+bench --draft "$models/coral-demo-chat-drafter" --rounds "${ROUNDS:-2}" --no-plain-fallback > "$out/coral-t0-cycles.json"
 # Tree-size sweep of the coral drafter: fixed node budgets instead of the auto-tuned one.
 sweep=()
 for n in ${SWEEP:-4 8 16 32}; do
-  bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --tree-tokens "$n" > "$out/sweep-$n.json"
+  bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --tree-tokens "$n" --no-plain-fallback > "$out/sweep-$n.json"
   sweep+=("$n nodes=$out/sweep-$n.json")
 done
 # The ablation at one fixed tree size (TREE nodes, 16 by default), so that rows differ only in the drafter: eagle, hass,
-# hass+csra with the full head, coral (the same drafter with its router), router off, fixed depth.
-tree=(--tree-tokens "${TREE:-16}")
+# hass+csra with the full head, coral (the same drafter with its router), router off, fixed depth. Cycles only: with the
+# plain fallback the rows would mostly be plain steps, and τ would come from a handful of exploration cycles.
+tree=(--tree-tokens "${TREE:-16}" --no-plain-fallback)
 for m in eagle hass hass-csra; do
   bench --draft "$models/coral-demo-chat-drafter-$m" --rounds 1 "${tree[@]}" > "$out/ablation-$m.json"
 done

@@ -34,14 +34,17 @@ def step_ms(b):
     return ms["router"] if routed else ms["full_head"]
 
 
-for name, title in [("coral-t0", "Greedy (T=0)"), ("coral-t1", "Sampling (T=1)")]:
+for name, title in [("coral-t0", "Greedy (T=0)"), ("coral-t1", "Sampling (T=1)"),
+                    ("coral-t0-cycles", "Greedy (T=0), cycles only (`--no-plain-fallback`)")]:
     b = load(name)
     if not b:
         continue
     t = b["tree"]
     print(f"### {title}: coral drafter with router, by prompt kind\n")
+    plain = b["overall"].get("cycle_ms", {}).get("plain_step_share")
     print(f"{b['rounds']} rounds × {len(b['prompts'])} prompts, ≤ {b['max_new_tokens']} new tokens, dtype {b['dtype']}, tree auto-tuned to "
           f"{t['total_tokens']} nodes (depth ≤ {t['depth']}, top-k {t['top_k']}), adaptive depth ended at {t.get('final_depth')}, "
+          f"plain-step share {plain if plain is not None else '–'}, "
           f"fraction of cycles accepting ≥ j drafted tokens (j = 1..{t['depth']}): {reach(b)}\n")
     print("| kind | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -62,7 +65,7 @@ ablation = [("ablation-eagle", "eagle"), ("ablation-hass", "hass"), ("ablation-h
             ("coral-fixed-depth", "coral, fixed depth 5"), ("coral-t1-router-off", "coral, router off, T=1 (auto tree)")]
 first = next((load(n) for n, _ in ablation if load(n)), None)
 if first:
-    print(f"### Drafter ablation (T=0 unless noted; {first['tree']['total_tokens']} nodes; same data, steps and seed)\n")
+    print(f"### Drafter ablation (T=0 unless noted; {first['tree']['total_tokens']} nodes; same data, steps and seed; cycles only)\n")
     print("| drafter | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | draft step ms | cycles accepting ≥ j, j = 1..5 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, label in ablation:
@@ -73,7 +76,7 @@ if first:
 
 sweep = [load(f[:-5]) for f in os.listdir(d) if f.startswith("sweep-") and f.endswith(".json")]
 if sweep:
-    print("### Tree-size sweep (coral drafter with router, T=0, adaptive depth)\n")
+    print("### Tree-size sweep (coral drafter with router, T=0, adaptive depth, cycles only)\n")
     print("| nodes | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | verify ms at this size |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for b in sorted(sweep, key=lambda b: b["tree"]["total_tokens"]):

@@ -30,7 +30,7 @@ internal static class CliApp
                          [--save-every N] [--init <hf-dir>] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR] [--sft-minutes M]] [--bf16]
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
-                         [--rounds R] [--fixed-depth] [--device D] [--dtype T] [--json]   (no --model: the demo pair)
+                         [--rounds R] [--fixed-depth] [--no-plain-fallback] [--device D] [--dtype T] [--json]   (no --model: the demo pair)
           coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]
           coral plot     --pretrain <metrics.jsonl> --out <file.png> [--title T]
           coral plot     --sweep label=bench.json[,label=bench.json...] --out <file.png> [--title T]

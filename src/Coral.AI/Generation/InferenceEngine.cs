@@ -65,6 +65,10 @@ internal sealed class InferenceEngine : IDisposable
     /// to the tree's depth (<see cref="DepthController"/>); the state persists across requests of this engine.</summary>
     public bool AdaptiveDepth { get; set; } = true;
 
+    /// <summary>When set (the default), the adaptive depth may take plain steps instead of cycles when those measure
+    /// faster (<see cref="DepthController"/>); off, every step is a cycle (for comparing drafters by τ and cost).</summary>
+    public bool PlainFallback { get; set; } = true;
+
     /// <summary>The adaptive depth state (null until the first speculative request, or when adaptation is off).</summary>
     internal DepthController? DepthState => _depthController;
 
@@ -285,9 +289,9 @@ internal sealed class InferenceEngine : IDisposable
         DepthController? depthController = null;
         if (AdaptiveDepth)
         {
-            if (_depthController is null || _depthController.MaxDepth != shape.Depth)
+            if (_depthController is null || _depthController.MaxDepth != shape.Depth || _depthController.PlainFallback != PlainFallback)
             {
-                _depthController = new DepthController(shape.Depth, plainFallback: true);
+                _depthController = new DepthController(shape.Depth, PlainFallback);
             }
 
             depthController = _depthController;

@@ -22,7 +22,7 @@ internal static class BenchCommand
     {
         var cl = new CommandLine(args,
             ModelLoading.With("--prompts", "--temperature", "--max-new-tokens", "--rounds", "--seed"),
-            new HashSet<string> { "--json", "--fixed-depth" });
+            new HashSet<string> { "--json", "--fixed-depth", "--no-plain-fallback" });
         if (cl.Value("--draft") is null && cl.Value("--model") is not null)
         {
             throw new UsageException("--draft is required with --model: bench compares plain and speculative decoding.");
@@ -39,6 +39,7 @@ internal static class BenchCommand
         using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
         engine.AdaptiveDepth = !cl.Flag("--fixed-depth");
+        engine.PlainFallback = !cl.Flag("--no-plain-fallback");
         TreeShape tree = engine.Tree;
         var requests = prompts.Select(p => ChatPromptFormatter.Render(engine.Tokenizer.Config, p.Messages, null)
             .ToRequest(engine.Tokenizer, new SamplingParameters { Temperature = temperature, TopP = temperature > 0 ? 1f : null }, maxNew, null) with { Tree = tree })
@@ -113,7 +114,8 @@ internal static class BenchCommand
             ["tree"] = new JsonObject
             {
                 ["depth"] = tree.Depth, ["top_k"] = tree.TopK, ["total_tokens"] = tree.TotalTokens, ["router_top_k"] = tree.RouterTopK,
-                ["adaptive_depth"] = engine.AdaptiveDepth, ["final_depth"] = engine.DepthState?.Depth,
+                ["adaptive_depth"] = engine.AdaptiveDepth, ["plain_fallback"] = engine.AdaptiveDepth && engine.PlainFallback,
+                ["final_depth"] = engine.DepthState?.Depth,
                 ["reach_by_depth"] = engine.DepthState is { } state ? new JsonArray(state.Reach.Skip(1).Select(x => (JsonNode?)Round(x)).ToArray()) : null,
             },
             ["prompts"] = perPrompt,

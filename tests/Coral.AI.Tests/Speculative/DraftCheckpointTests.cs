@@ -161,11 +161,13 @@ public class DraftCheckpointTests
         File.WriteAllText(auto, benchOut.ToString());
         benchOut = new StringWriter();
         rc = await CliApp.RunAsync(["bench", "--model", target, "--draft", draft, "--prompts", prompts, "--max-new-tokens", "12", "--rounds", "1", "--json",
-            "--tree-tokens", "4", "--router-topk", "0"], benchOut, benchErr, TextReader.Null);
+            "--tree-tokens", "4", "--router-topk", "0", "--no-plain-fallback"], benchOut, benchErr, TextReader.Null);
         Assert.True(rc == 0, benchErr.ToString());
         File.WriteAllText(small, benchOut.ToString());
         JsonElement tree = JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("tree");
         Assert.Equal((4, 0), (tree.GetProperty("total_tokens").GetInt32(), tree.GetProperty("router_top_k").GetInt32()));
+        Assert.False(tree.GetProperty("plain_fallback").GetBoolean());
+        Assert.Equal(0, JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("overall").GetProperty("cycle_ms").GetProperty("plain_steps").GetInt32());
         JsonElement steps = JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("draft_step_ms");
         Assert.True(steps.GetProperty("full_head").GetDouble() > 0 && steps.GetProperty("router").GetDouble() > 0, steps.ToString());   // both costs, router off or on
         Assert.Contains("router off (full LM head)", benchErr.ToString());
