@@ -25,6 +25,10 @@ for n in ${SWEEP:-4 8 16 32}; do
   bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --tree-tokens "$n" --no-plain-fallback > "$out/sweep-$n.json"
   sweep+=("$n nodes=$out/sweep-$n.json")
 done
+# Top-1 chains (one candidate per level, depth + 1 nodes), cycles only: the shapes the tuner weighs against trees.
+for dd in 2 3 4; do
+  bench --draft "$models/coral-demo-chat-drafter" --rounds 1 --tree-depth "$dd" --tree-topk 1 --no-plain-fallback > "$out/chain-$dd.json"
+done
 # The ablation at one fixed tree size (TREE nodes, 16 by default), so that rows differ only in the drafter: eagle, hass,
 # hass+csra with the full head, coral (the same drafter with its router), router off, fixed depth. Cycles only: with the
 # plain fallback the rows would mostly be plain steps, and τ would come from a handful of exploration cycles.

@@ -85,6 +85,17 @@ if sweep:
         print(row(str(n), b["overall"], f" {v:.1f} |" if v is not None else " – |"))
     print()
 
+chains = [load(f[:-5]) for f in os.listdir(d) if f.startswith("chain-") and f.endswith(".json")]
+if chains:
+    print("### Top-1 chains (coral drafter with router, T=0, adaptive depth, cycles only)\n")
+    print("| depth (nodes) | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | verify ms at this size |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for b in sorted(chains, key=lambda b: b["tree"]["depth"]):
+        n = b["tree"]["total_tokens"]
+        v = b["verify_ms_by_tree_size"].get(str(n))
+        print(row(f"{b['tree']['depth']} ({n})", b["overall"], f" {v:.1f} |" if v is not None else " – |"))
+    print()
+
 p = os.path.join(d, "llama-cpp.md")
 if os.path.exists(p):
     print("### Plain decoding against llama.cpp (same weights, GGUF exported by `coral export-gguf`)\n")

@@ -60,6 +60,35 @@ public class SpeculativeDecodingTests
         }
     }
 
+    [Theory]
+    [InlineData(1, 2)]
+    [InlineData(2, 3)]
+    [InlineData(3, 4)]
+    public void TopOneChains_AreTuned_AndLossless(int depth, int nodes)
+    {
+        // A top-1 chain is smaller than every size the tuner tries (the smallest is 4 nodes): it is its own only size
+        // (this threw "Sequence contains no elements" at load and in coral bench), and it verifies exactly.
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor("llama-successor"), Drafter("llama-successor", "copy"));
+        var (shape, verify, _) = engine.TuneTree(depth, 1, 0);
+        Assert.Equal(new TreeShape(depth, 1, nodes, 0), shape);
+        Assert.Contains(nodes, verify.Keys);
+        GenerationResult plain = Run(engine, "Once upon a time", false);
+        GenerationResult spec = Run(engine, "Once upon a time", true, shape);
+        Assert.Equal(plain.TokenIds, spec.TokenIds);
+    }
+
+    [Fact]
+    public void TheTuner_WeighsTopOneChains_AgainstTrees()
+    {
+        // Chains of depth 2–4 (3–5 nodes) are timed alongside the tree sizes, and the choice is one of the candidates.
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor("llama-successor"), Drafter("llama-successor", "copy"));
+        var (shape, verify, _) = engine.TuneTree(5, 8, 0);
+        Assert.Equal([3, 4, 5, 8, 12, 16, 24, 32, 48, 64], verify.Keys.Order());
+        Assert.True(shape.TopK == 1 ? shape.TotalTokens == shape.Depth + 1 && shape.Depth is >= 2 and <= 4 : shape == shape with { Depth = 5, TopK = 8 },
+            $"{shape}");
+        Assert.Equal(8, engine.TuneTree(1, 8, 0).VerifyMs.Keys.Max());   // depth 1: no chain to try, trees up to 1 + 8 nodes
+    }
+
     [Fact]
     public void CopyDrafter_OnATiedTarget_IsAcceptedOften()
     {
