@@ -74,27 +74,24 @@ if first:
             print(row(label, b["overall"], f" {step_ms(b):.2f} | {reach(b)} |"))
     print()
 
-sweep = [load(f[:-5]) for f in os.listdir(d) if f.startswith("sweep-") and f.endswith(".json")]
-if sweep:
-    print("### Tree-size sweep (coral drafter with router, T=0, adaptive depth, cycles only)\n")
-    print("| nodes | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | verify ms at this size |")
+def size_table(prefix, title, first, key, label):
+    """A table of the runs named prefix-*.json, one row per shape, with the verify cost measured at its size."""
+    runs = [load(f[:-5]) for f in os.listdir(d) if f.startswith(prefix) and f.endswith(".json")]
+    if not runs:
+        return
+    print(f"### {title}\n")
+    print(f"| {first} | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | verify ms at this size |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for b in sorted(sweep, key=lambda b: b["tree"]["total_tokens"]):
-        n = b["tree"]["total_tokens"]
-        v = b["verify_ms_by_tree_size"].get(str(n))
-        print(row(str(n), b["overall"], f" {v:.1f} |" if v is not None else " – |"))
+    for b in sorted(runs, key=key):
+        v = b["verify_ms_by_tree_size"].get(str(b["tree"]["total_tokens"]))
+        print(row(label(b), b["overall"], f" {v:.1f} |" if v is not None else " – |"))
     print()
 
-chains = [load(f[:-5]) for f in os.listdir(d) if f.startswith("chain-") and f.endswith(".json")]
-if chains:
-    print("### Top-1 chains (coral drafter with router, T=0, adaptive depth, cycles only)\n")
-    print("| depth (nodes) | τ | plain tok/s | speculative tok/s | speedup | draft share | greedy identical | verify ms at this size |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for b in sorted(chains, key=lambda b: b["tree"]["depth"]):
-        n = b["tree"]["total_tokens"]
-        v = b["verify_ms_by_tree_size"].get(str(n))
-        print(row(f"{b['tree']['depth']} ({n})", b["overall"], f" {v:.1f} |" if v is not None else " – |"))
-    print()
+
+size_table("sweep-", "Tree-size sweep (coral drafter with router, T=0, adaptive depth, cycles only)", "nodes",
+           lambda b: b["tree"]["total_tokens"], lambda b: str(b["tree"]["total_tokens"]))
+size_table("chain-", "Top-1 chains (coral drafter with router, T=0, adaptive depth, cycles only)", "depth (nodes)",
+           lambda b: b["tree"]["depth"], lambda b: f"{b['tree']['depth']} ({b['tree']['total_tokens']})")
 
 p = os.path.join(d, "llama-cpp.md")
 if os.path.exists(p):
