@@ -13,15 +13,16 @@ internal sealed unsafe class RotaryTables : IDisposable
 {
     private readonly Tensor _cos;
     private readonly Tensor _sinSigned;
-    private readonly float[] _cosRows;         // the same tables on the pinned heap, for CpuKernels
-    private readonly float[] _sinSignedRows;
+    private readonly float[]? _cosRows;        // on CPU the same tables on the pinned heap, for CpuKernels
+    private readonly float[]? _sinSignedRows;
 
     public RotaryTables(ModelConfig c, int maxPositions, Device device, bool applyScaling = true)
     {
         int hd = c.HeadDim, half = hd / 2;
         double[] inv = InverseFrequencies(c, applyScaling);
-        float[] cos = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: true);
-        float[] sin = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: true);
+        bool cpu = device.type == DeviceType.CPU;
+        float[] cos = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: cpu);
+        float[] sin = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: cpu);
         for (int p = 0; p < maxPositions; p++)
         {
             for (int i = 0; i < half; i++)
@@ -37,17 +38,24 @@ internal sealed unsafe class RotaryTables : IDisposable
 
         _cos = torch.tensor(cos, [maxPositions, hd]).to(device);
         _sinSigned = torch.tensor(sin, [maxPositions, hd]).to(device);
-        (_cosRows, _sinSignedRows) = (cos, sin);
+        if (cpu)
+        {
+            (_cosRows, _sinSignedRows) = (cos, sin);
+        }
         MaxPositions = maxPositions;
     }
 
     public int MaxPositions { get; }
 
     /// <summary>Gets the address of the pinned [maxPositions, hd] cosine table.</summary>
-    public float* CosPointer => (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_cosRows));
+    public float* CosPointer => Address(_cosRows);
 
     /// <summary>Gets the address of the pinned [maxPositions, hd] signed sine table.</summary>
-    public float* SinSignedPointer => (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_sinSignedRows));
+    public float* SinSignedPointer => Address(_sinSignedRows);
+
+    private static float* Address(float[]? pinned) => pinned is null
+        ? throw new InvalidOperationException("The rotary tables are kept in host memory only for CPU models.")
+        : (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned));
 
     /// <summary>
     /// Each of <paramref name="rows"/> rows' position for T new tokens after <paramref name="start"/> slots (their slot
