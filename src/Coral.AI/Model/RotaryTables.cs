@@ -58,22 +58,33 @@ internal sealed unsafe class RotaryTables : IDisposable
         : (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned));
 
     /// <summary>
-    /// Each of <paramref name="rows"/> rows' position for T new tokens after <paramref name="start"/> slots (their slot
-    /// indices, or the explicit positions); rows past T repeat the first token's (a padded one-token step).
+    /// What the layers of one CPU-kernel forward share (<see cref="DecoderLayer.ForwardCpu"/>) for T new tokens after
+    /// <paramref name="start"/> slots run as <paramref name="rows"/> rows (T, or two for a padded one-token step): each
+    /// row's position (its slot index, or the explicit one; rows past T repeat the first token's) and the [T, start + T]
+    /// mask of <see cref="Mask"/> as an array.
     /// </summary>
-    public int[] RowPositions(int start, int t, int rows, long[]? positions)
+    public CpuStep KernelStep(int start, int t, int rows, long[]? positions, Tensor? treeMask, int? slidingWindow)
     {
         var p = new int[rows];
         for (int r = 0; r < rows; r++)
         {
-            int i = r < t ? r : 0;
-            p[r] = positions is null ? start + i : (int)positions[i];
+            long position = positions is null ? start + (r < t ? r : 0) : positions[r < t ? r : 0];
+            p[r] = position < 0 || position >= MaxPositions
+                ? throw new InvalidOperationException($"Position {position} is outside the rotary table (0..{MaxPositions - 1}).")
+                : (int)position;
         }
 
-        int max = rows == 0 ? -1 : p.Max();
-        return max >= MaxPositions || (positions is not null && positions.Any(x => x < 0))
-            ? throw new InvalidOperationException($"Position {(positions is null ? start + t : max)} exceeds the rotary table ({MaxPositions}).")
-            : p;
+        bool[]? mask = null;
+        using (Tensor? m = Mask(t, start, 1, treeMask, positions, slidingWindow, torch.CPU))
+        {
+            if (m is not null)
+            {
+                using var values = m.data<bool>();
+                mask = values.ToArray();
+            }
+        }
+
+        return new CpuStep(rows, t, start, p, mask, this);
     }
 
     /// <summary>The hd/2 rotary inverse frequencies, with Llama-3.1 scaling applied when asked and configured.</summary>

@@ -170,8 +170,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     {
         int t = ids.Length, start = cache.Length, d = Config.HiddenSize;
         CpuWorkspace.Views views = _work!.Rows(rows);
-        var step = new CpuStep(rows, t, start, _rope.RowPositions(start, t, rows, positions),
-            ReadMask(RotaryTables.Mask(t, start, 1, treeMask, positions, Config.SlidingWindow, Device)), _rope);
+        CpuStep step = _rope.KernelStep(start, t, rows, positions, treeMask, Config.SlidingWindow);
         CpuKernels.Gather(CpuKernels.Pointer(_embed), Config.VocabSize, ids, rows, _work.X, d);
         for (int l = 0; l < _layers.Length; l++)
         {
@@ -182,21 +181,6 @@ internal sealed unsafe class TransformerModel : IDisposable
         Tensor y = torch.empty([t, d], ScalarType.Float32);
         CpuKernels.RmsNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
         return y;
-    }
-
-    /// <summary>A [T, S] bool mask tensor as a row-major array (disposing the tensor), or null.</summary>
-    internal static bool[]? ReadMask(Tensor? mask)
-    {
-        if (mask is null)
-        {
-            return null;
-        }
-
-        using (mask)
-        {
-            using var values = mask.data<bool>();
-            return values.ToArray();
-        }
     }
 
     /// <summary>Projects hidden rows [R, d] to f32 logits [R, V].</summary>

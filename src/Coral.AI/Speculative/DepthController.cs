@@ -7,12 +7,13 @@ namespace Coral.AI;
 /// (v); the next depth maximises the expected tokens per millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
 /// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
 /// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
-/// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p) yields more
-/// tokens per millisecond (1/p) than the best depth; after <see cref="ExploreEvery"/> plain steps one speculative cycle is
-/// tried again — and the wait doubles (up to <see cref="MaxPlainRun"/>) each time that cycle accepts nothing, since a
-/// cycle that loses costs several plain steps — and while speculating every other exploration is a plain step, so that
-/// neither estimate goes stale (one slow measurement must not decide a whole run). The tree shape changes only; acceptance stays exact (lossless),
-/// whatever the depth.
+/// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p, the median
+/// of the latest <see cref="PlainWindow"/>) yields more tokens per millisecond (1/p) than the best depth. After
+/// <see cref="ExploreEvery"/> plain steps one speculative cycle is tried again; the wait doubles (up to
+/// <see cref="MaxPlainRun"/>) each time that cycle yields fewer tokens per millisecond than plain steps, since a losing
+/// cycle costs several plain steps, and each try drafts one level past what the previous one accepted. While
+/// speculating, every other exploration is a plain step, so that neither estimate goes stale (one slow measurement must
+/// not decide a whole run). The tree shape changes only; acceptance stays exact (lossless), whatever the depth.
 /// </summary>
 internal sealed class DepthController
 {

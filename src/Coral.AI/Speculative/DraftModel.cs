@@ -112,8 +112,7 @@ internal sealed unsafe class DraftModel : IDisposable
             int d = Config.HiddenSize;
             CpuWorkspace.Views views = _work.Rows(t);
             CpuKernels.Copy(CpuKernels.Pointer(u), _work.X, (long)t * d);
-            var step = new CpuStep(t, t, start, _rope.RowPositions(start, t, t, positions),
-                TransformerModel.ReadMask(RotaryTables.Mask(t, start, 1, treeMask, positions, null, _target.Device)), _rope);
+            CpuStep step = _rope.KernelStep(start, t, t, positions, treeMask, null);
             _layer.ForwardCpu(step, _work, views, cache, 0);
             cache.Length = start + t;
             Tensor y = torch.empty([t, d], ScalarType.Float32);

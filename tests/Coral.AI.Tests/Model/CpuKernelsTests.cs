@@ -26,7 +26,7 @@ public class CpuKernelsTests
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to
-        // two rows in a batch-invariant cache), past the sliding window for mistral (window 8).
+        // two rows in a batch-invariant cache), past the sliding window for mistral (window 8), then a wider block.
         using var kernels = TransformerModel.Load(TransformerModelTests.ModelFor(arch), torch.CPU, ScalarType.Float32, 256);
         using var libtorch = TransformerModel.Load(TransformerModelTests.ModelFor(arch), torch.CPU, ScalarType.Float32, 256, cpuKernels: false);
         Assert.True(kernels.UsesCpuKernels);
@@ -34,7 +34,7 @@ public class CpuKernelsTests
         int v = kernels.Config.VocabSize;
         var random = new Random(11);
         long[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => (long)random.Next(v)).ToArray();
-        long[] prefix = Tokens(9), tree = Tokens(4), steps = Tokens(6);
+        long[] prefix = Tokens(9), tree = Tokens(4), steps = Tokens(6), block = Tokens(20);
         bool[] mask = [true, false, false, false, true, true, false, false, true, false, true, false, true, true, false, true];
         long[] positions = [9, 10, 10, 11];
 
@@ -59,6 +59,8 @@ public class CpuKernelsTests
         {
             Same((m, c) => m.Forward([t], c), $"step at {a.Length}");
         }
+
+        Same((m, c) => m.Forward(block, c), "a block wider than any before (the kernel buffers grow)");
     }
 
     [Fact]
