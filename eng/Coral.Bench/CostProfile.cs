@@ -14,19 +14,20 @@ internal static class CostProfile
     public static void Run(string model, int[] sizes)
     {
         // The engine forms, measured interleaved (one repetition of every form in turn) so that the machine's drift
-        // spreads evenly over them: f32 on the CPU kernels (plain, and speculative with a bf16 head), the same on the
-        // libtorch path (CORAL_CPU_KERNELS=0), and bf16 with either cache.
-        var forms = new (string Name, ScalarType DType, bool Invariant, ScalarType? Head, bool Kernels)[]
+        // spreads evenly over them: f32 on the CPU kernels with packed bf16-valued weights (plain, and speculative with a
+        // bf16 head), the kernels with libtorch's GEMMs (CORAL_PACKED_WEIGHTS=0), the libtorch path (CORAL_CPU_KERNELS=0),
+        // and bf16.
+        var forms = new (string Name, ScalarType DType, bool Invariant, ScalarType? Head, bool Kernels, bool Packed)[]
         {
-            ("f32, CPU kernels (plain engine, the CPU default)", ScalarType.Float32, false, null, true),
-            ("f32 + bf16 head, CPU kernels (speculative, the CPU default)", ScalarType.Float32, true, ScalarType.BFloat16, true),
-            ("f32, libtorch path, f32 SDPA (plain)", ScalarType.Float32, false, null, false),
-            ("f32 + bf16 head, libtorch path, f64 attention (speculative)", ScalarType.Float32, true, ScalarType.BFloat16, false),
-            ("bf16, f32 SDPA (plain engine)", ScalarType.BFloat16, false, null, true),
-            ("bf16, f64 attention (speculative)", ScalarType.BFloat16, true, null, true),
+            ("f32, CPU kernels, packed weights (plain engine, the CPU default)", ScalarType.Float32, false, null, true, true),
+            ("f32 + bf16 head, CPU kernels, packed weights (speculative, the CPU default)", ScalarType.Float32, true, ScalarType.BFloat16, true, true),
+            ("f32, CPU kernels, libtorch GEMMs (plain)", ScalarType.Float32, false, null, true, false),
+            ("f32 + bf16 head, CPU kernels, libtorch GEMMs (speculative)", ScalarType.Float32, true, ScalarType.BFloat16, true, false),
+            ("f32, libtorch path, f32 SDPA (plain)", ScalarType.Float32, false, null, false, false),
+            ("bf16, f64 attention (speculative)", ScalarType.BFloat16, true, null, true, false),
         };
         int context = 128;
-        var engines = forms.Select(f => InferenceEngine.Load(model, torch.CPU, f.DType, 512, headType: f.Head, cpuKernels: f.Kernels)).ToArray();
+        var engines = forms.Select(f => InferenceEngine.Load(model, torch.CPU, f.DType, 512, headType: f.Head, cpuKernels: f.Kernels, packedWeights: f.Packed)).ToArray();
         var caches = engines.Select((e, i) => e.Model.CreateCache(512, forms[i].Invariant)).ToArray();
         try
         {

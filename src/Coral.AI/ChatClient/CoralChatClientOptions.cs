@@ -67,6 +67,8 @@ public sealed class CoralChatClientOptions
     /// <summary>Gets or sets how many prompt tokens one prefill forward processes.</summary>
     public int PrefillChunkSize { get; set; } = 256;
 
-    /// <summary>Gets or sets the number of CPU threads torch uses; <see langword="null"/> keeps torch's default.</summary>
+    /// <summary>Gets or sets the number of CPU threads torch uses; <see langword="null"/> keeps torch's default, except for
+    /// a model on the packed CPU kernels (f32 on CPU with bf16-valued weights, the demo pair), which split their own work
+    /// with a helper thread and set torch to one thread.</summary>
     public int? Threads { get; set; }
 }

@@ -88,10 +88,10 @@ internal sealed class InferenceEngine : IDisposable
     public SemaphoreSlim Gate { get; } = new(1, 1);
 
     public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
-        ScalarType? headType = null, bool cpuKernels = true)
+        ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true)
     {
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
-        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels);
+        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels, packedWeights);
         DraftModel? draft = null;
         try
         {

@@ -352,10 +352,12 @@ internal static unsafe class CpuKernels
         }
     }
 
-    /// <summary>Copies <paramref name="rows"/> rows [d] of the f32 table selected by <paramref name="ids"/> into y.</summary>
+    /// <summary>Copies <paramref name="rows"/> rows [d] of the f32 table selected by <paramref name="ids"/> into y, rows
+    /// <paramref name="stride"/> floats apart (0: d).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Gather(float* table, long tableRows, long[] ids, int rows, float* y, int d)
+    public static void Gather(float* table, long tableRows, long[] ids, int rows, float* y, int d, int stride = 0)
     {
+        stride = stride == 0 ? d : stride;
         for (int r = 0; r < rows; r++)
         {
             long id = ids[Math.Min(r, ids.Length - 1)];
@@ -364,7 +366,7 @@ internal static unsafe class CpuKernels
                 throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is outside the vocabulary (0..{tableRows - 1}).");
             }
 
-            new ReadOnlySpan<float>(table + id * d, d).CopyTo(new Span<float>(y + (long)r * d, d));
+            new ReadOnlySpan<float>(table + id * d, d).CopyTo(new Span<float>(y + (long)r * stride, d));
         }
     }
 

@@ -65,9 +65,10 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly double _scale;
     private readonly int _d, _ff;
     private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP;   // CPU f32 layers (CpuKernels)
+    private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor o, Tensor? oBias,
-        Tensor mlpNorm, Tensor gateUp, Tensor down, bool cpuKernels)
+        Tensor mlpNorm, Tensor gateUp, Tensor down, bool cpuKernels, bool packed)
     {
         UsesCpuKernels = cpuKernels && CpuKernels.Enabled && qkv.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU;
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, mlpNorm, gateUp, down);
@@ -82,16 +83,33 @@ internal sealed unsafe class DecoderLayer : IDisposable
             _qkNormP = P(qkNorm);
             _qkvBiasP = P(qkvBias);
             _oBiasP = P(oBias);
+            if (packed)
+            {
+                PackedMatrix?[] p = [PackedMatrix.TryCreate(qkv), PackedMatrix.TryCreate(o), PackedMatrix.TryCreate(gateUp), PackedMatrix.TryCreate(down)];
+                if (p.All(m => m is not null))
+                {
+                    (_qkvP, _oP, _gateUpP, _downP) = (p[0], p[1], p[2], p[3]);
+                }
+                else
+                {
+                    Array.ForEach(p, m => m?.Dispose());
+                }
+            }
         }
     }
+
+    /// <summary>Gets whether <see cref="ForwardCpu"/> multiplies by <see cref="PackedMatrix"/> weights (batch-invariant
+    /// for any row count) rather than libtorch's f32 GEMMs (batch-invariant from two rows up).</summary>
+    public bool UsesPackedWeights => _qkvP is not null;
 
     /// <summary>Gets whether <see cref="ForwardCpu"/> runs this layer: f32 weights on CPU, kernels enabled.</summary>
     public bool UsesCpuKernels { get; }
 
     /// <summary>Loads the tensors under <paramref name="prefix"/> (e.g. <c>model.layers.3.</c> or <c>layers.0.</c>);
-    /// <paramref name="cpuKernels"/> false keeps f32 CPU layers on the libtorch path.</summary>
+    /// <paramref name="cpuKernels"/> false keeps f32 CPU layers on the libtorch path; <paramref name="packed"/> false keeps the
+    /// kernel path's GEMMs in libtorch even for bf16-valued weights.</summary>
     public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm,
-        bool cpuKernels = true)
+        bool cpuKernels = true, bool packed = true)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype).to(device);
@@ -134,7 +152,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
             Norm("post_attention_layernorm.weight", d),
             Projection(gateUp),
             Projection(down),
-            cpuKernels);
+            cpuKernels,
+            packed && PackedMatrix.Enabled);
     }
 
     /// <summary>
@@ -197,7 +216,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
     /// <summary>
     /// Runs the layer on the workspace's residual stream <see cref="CpuWorkspace.X"/> [rows, d] in place: the four GEMMs
-    /// in libtorch (<c>addmm_</c> into the workspace), everything else in <see cref="CpuKernels"/>. K/V of the first
+    /// by <see cref="PackedMatrix"/> (or, for weights that are not all bf16 values, in libtorch: <c>addmm_</c> into the
+    /// workspace), everything else in <see cref="CpuKernels"/>. K/V of the first
     /// <see cref="CpuStep.Count"/> rows go to slots from <see cref="CpuStep.Start"/> of the cache's layer (f32, keys transposed:
     /// <see cref="KvCache.KeyStride"/>).
     /// </summary>
@@ -206,13 +226,15 @@ internal sealed unsafe class DecoderLayer : IDisposable
         int rows = s.Rows, hd = (int)_headDim, qkvWidth = (_heads + 2 * _kvHeads) * hd;
         float eps = (float)_eps;
         Tensor input = v.X;
+        float* inputP = work.X;
         if (_attnNorm is not null)
         {
             CpuKernels.RmsNorm(work.X, _attnNormP, work.H, rows, _d, eps);
             input = v.H;
+            inputP = work.H;
         }
 
-        v.Qkv.addmm_(input, _qkv, 0, 1);
+        Gemm(_qkvP, _qkv, input, inputP, v.Qkv, work.Qkv, rows);
         if (_qkvBiasP != null)
         {
             CpuKernels.AddRows(work.Qkv, _qkvBiasP, rows, qkvWidth);
@@ -222,7 +244,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             cache, layer, s.Start);
         CpuKernels.Attention(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, cache, layer, s.Start + s.Count, s.Mask,
             (float)_scale, work.O);
-        v.Proj.addmm_(v.O, _o, 0, 1);
+        Gemm(_oP, _o, v.O, work.O, v.Proj, work.Proj, rows);
         if (_oBiasP != null)
         {
             CpuKernels.AddRows(work.Proj, _oBiasP, rows, _d);
@@ -230,10 +252,23 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
         CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
         CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
-        v.GateUp.addmm_(v.H, _gateUp, 0, 1);
+        Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);
         CpuKernels.SiluMul(work.GateUp, work.Act, rows, _ff);
-        v.Proj.addmm_(v.Act, _down, 0, 1);
+        Gemm(_downP, _down, v.Act, work.Act, v.Proj, work.Proj, rows);
         CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
+    }
+
+    /// <summary>y = x · w into the workspace: the packed weight when there is one, else libtorch's <c>addmm_</c> (β = 0).</summary>
+    private static void Gemm(PackedMatrix? packed, Tensor w, Tensor x, float* xP, Tensor y, float* yP, int rows)
+    {
+        if (packed is null)
+        {
+            y.addmm_(x, w, 0, 1);
+        }
+        else
+        {
+            packed.Multiply(xP, rows, yP);
+        }
     }
 
     /// <summary>
@@ -273,6 +308,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
         foreach (Tensor? t in new[] { _attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down })
         {
             t?.Dispose();
+        }
+
+        foreach (PackedMatrix? m in new[] { _qkvP, _oP, _gateUpP, _downP })
+        {
+            m?.Dispose();
         }
     }
 }

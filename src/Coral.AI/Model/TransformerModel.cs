@@ -23,6 +23,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly RotaryTables _rope;
     private readonly CheckpointReader _reader;
     private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
+    private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 ([d, V])
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, CheckpointReader reader, DecoderLayer[] layers,
         Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
@@ -40,6 +41,12 @@ internal sealed unsafe class TransformerModel : IDisposable
         if (layers.All(l => l.UsesCpuKernels) && embed.dtype == ScalarType.Float32)
         {
             _work = new CpuWorkspace(config);
+            if (layers.All(l => l.UsesPackedWeights))
+            {
+                using var noGrad = torch.no_grad();
+                using Tensor headT = head.t();
+                _packedHead = PackedMatrix.TryCreate(headT);
+            }
         }
     }
 
@@ -71,8 +78,10 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// f32 one, and bf16 GEMMs are batch-invariant). A tied head is then a bf16 copy of the embedding.</param>
     /// <param name="cpuKernels">Whether f32 layers on CPU run on <see cref="CpuKernels"/> (the default; false keeps the
     /// libtorch path, for comparisons).</param>
+    /// <param name="packedWeights">Whether the kernel path multiplies by <see cref="PackedMatrix"/> copies of weights
+    /// whose values are all bf16 (the default; false keeps libtorch's f32 GEMMs, for comparisons).</param>
     public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions, ScalarType? headType = null,
-        bool cpuKernels = true)
+        bool cpuKernels = true, bool packedWeights = true)
     {
         if (weightType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
         {
@@ -87,7 +96,7 @@ internal sealed unsafe class TransformerModel : IDisposable
             using var noGrad = torch.no_grad();
             for (int i = 0; i < c.NumLayers; i++)
             {
-                layers.Add(DecoderLayer.Load(reader, $"model.layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels));
+                layers.Add(DecoderLayer.Load(reader, $"model.layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels, packedWeights));
             }
 
             long d = c.HiddenSize;
@@ -122,6 +131,10 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>Gets whether forwards run on <see cref="CpuKernels"/> (f32 layers on CPU).</summary>
     public bool UsesCpuKernels => _work is not null;
 
+    /// <summary>Gets whether the kernel path multiplies by <see cref="PackedMatrix"/> weights, layers and LM head: every
+    /// row then has the same bits at any row count, so one-token steps need no padding.</summary>
+    public bool UsesPackedWeights => _packedHead is not null;
+
     /// <summary>
     /// Runs <paramref name="ids"/> through the decoder, writing their K/V to cache slots
     /// [<c>cache.Length</c>, <c>cache.Length + T</c>) and advancing <c>cache.Length</c> by T.
@@ -140,9 +153,10 @@ internal sealed unsafe class TransformerModel : IDisposable
             throw new InvalidOperationException($"KV cache overflow: {start} + {t} > {cache.Capacity}.");
         }
 
-        // f32 GEMMs give a row the same bits for any row count >= 2 but take another kernel (GEMV) for one row, so a
-        // batch-invariant (speculative) f32 step runs one token as two identical rows; bf16 GEMMs need no padding.
-        bool pad = t == 1 && WeightType == ScalarType.Float32 && cache.BatchInvariant;
+        // libtorch's f32 GEMMs give a row the same bits for any row count >= 2 but take another kernel (GEMV) for one row,
+        // so a batch-invariant (speculative) f32 step runs one token as two identical rows; bf16 GEMMs and packed weights
+        // need no padding.
+        bool pad = t == 1 && WeightType == ScalarType.Float32 && cache.BatchInvariant && _packedHead is null;
         if (_work is not null)
         {
             return ForwardCpu(ids, cache, positions, treeMask, pad ? 2 : t);
@@ -184,7 +198,18 @@ internal sealed unsafe class TransformerModel : IDisposable
     }
 
     /// <summary>Projects hidden rows [R, d] to f32 logits [R, V].</summary>
-    public Tensor Logits(Tensor hidden) => DecoderLayer.Linear(hidden, _head, null);
+    public Tensor Logits(Tensor hidden)
+    {
+        if (_packedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32 || hidden.dim() != 2)
+        {
+            return DecoderLayer.Linear(hidden, _head, null);
+        }
+
+        Tensor x = hidden.contiguous();
+        Tensor y = torch.empty([x.shape[0], Config.VocabSize], ScalarType.Float32);
+        _packedHead.Multiply(CpuKernels.Pointer(x), (int)x.shape[0], CpuKernels.Pointer(y));
+        return y;
+    }
 
     public void Dispose()
     {
@@ -198,6 +223,7 @@ internal sealed unsafe class TransformerModel : IDisposable
         _head.Dispose();
         _rope.Dispose();
         _work?.Dispose();
+        _packedHead?.Dispose();
         _reader.Dispose();
     }
 }

@@ -49,6 +49,18 @@ internal static class ModelZoo
 
     public static TinyModelSpec LlamaShardedBf16 => Llama with { Shards = 3, StorageDType = "BF16", Seed = 19 };
 
+    /// <summary>Architectures stored as bf16, as Hugging Face checkpoints are: loaded as f32 on CPU, their layers and head
+    /// run on the packed kernels (PackedMatrix).</summary>
+    public static TinyModelSpec Qwen2Bf16 => Qwen2 with { StorageDType = "BF16", Seed = 37 };
+
+    public static TinyModelSpec Qwen3Bf16 => Qwen3 with { StorageDType = "BF16", Seed = 41 };
+
+    public static TinyModelSpec MistralBf16 => Mistral with { StorageDType = "BF16", Seed = 43 };
+
+    public static TinyModelSpec LlamaTiedScaledBf16 => LlamaTiedScaled with { StorageDType = "BF16", Seed = 53 };
+
+    public static TinyModelSpec LlamaSuccessorBf16 => LlamaSuccessor with { StorageDType = "BF16", Seed = 47 };
+
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
 
     public static string Get(string name, TinyModelSpec spec) =>

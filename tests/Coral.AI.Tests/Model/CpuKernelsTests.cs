@@ -23,6 +23,10 @@ public class CpuKernelsTests
     [InlineData("qwen3", true)]
     [InlineData("mistral", false)]
     [InlineData("mistral", true)]
+    [InlineData("llama-sharded-bf16", true)]
+    [InlineData("qwen2-bf16", false)]
+    [InlineData("qwen3-bf16", true)]
+    [InlineData("mistral-bf16", true)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to
@@ -31,6 +35,7 @@ public class CpuKernelsTests
         using var libtorch = TransformerModel.Load(TransformerModelTests.ModelFor(arch), torch.CPU, ScalarType.Float32, 256, cpuKernels: false);
         Assert.True(kernels.UsesCpuKernels);
         Assert.False(libtorch.UsesCpuKernels);
+        Assert.Equal(arch.EndsWith("bf16", StringComparison.Ordinal) && PackedMatrix.Enabled, kernels.UsesPackedWeights);
         int v = kernels.Config.VocabSize;
         var random = new Random(11);
         long[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => (long)random.Next(v)).ToArray();

@@ -19,6 +19,11 @@ public class TransformerModelTests
         "llama-demo-width" => ModelZoo.Get(name, ModelZoo.LlamaDemoWidth),
         "llama-successor" => ModelZoo.Get(name, ModelZoo.LlamaSuccessor),
         "sentencepiece" => ModelZoo.Get(name, ModelZoo.SentencePieceLlama),
+        "qwen2-bf16" => ModelZoo.Get(name, ModelZoo.Qwen2Bf16),
+        "qwen3-bf16" => ModelZoo.Get(name, ModelZoo.Qwen3Bf16),
+        "mistral-bf16" => ModelZoo.Get(name, ModelZoo.MistralBf16),
+        "llama-successor-bf16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorBf16),
+        "llama-tied-scaled-bf16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledBf16),
         _ => throw new ArgumentException(name),
     };
 
@@ -115,12 +120,17 @@ public class TransformerModelTests
     [InlineData("qwen2", "float32")]
     [InlineData("llama-demo-width", "float32")]
     [InlineData("llama-demo-width", "bfloat16")]
+    [InlineData("llama-sharded-bf16", "float32")]
+    [InlineData("qwen2-bf16", "float32")]
+    [InlineData("mistral-bf16", "float32")]
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
     {
         // f32 layers verify with a bf16 LM head (the CPU speculative form): f32 GEMMs are batch-invariant from two rows
-        // up and one-token steps are padded to two rows, so every node equals its one-token step bit for bit too.
+        // up and one-token steps are padded to two rows, so every node equals its one-token step bit for bit too. A
+        // bf16-stored checkpoint runs on packed weights instead, batch-invariant at every row count, without padding.
         var type = dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16;
         using var model = TransformerModel.Load(ModelFor(arch), torch.CPU, type, 256, headType: ScalarType.BFloat16);
+        Assert.Equal(arch.EndsWith("bf16", StringComparison.Ordinal) && PackedMatrix.Enabled, model.UsesPackedWeights);
         int v = model.Config.VocabSize;
         long[] prefix = Sequence(37, v, 6);
         int[] parent = [-1, 0, 0, 1, 2, 1, 3, 5, 0];

@@ -22,6 +22,11 @@ public class SpeculativeDecodingTests
         { "llama-demo-width", "random", 4, 8, 16, "bfloat16" },
         { "llama-successor", "random", 4, 8, 16, "float32" },
         { "llama-successor", "random", 3, 4, 8, "bfloat16" },
+        { "llama-sharded-bf16", "random", 5, 8, 16, "float32" },
+        { "qwen2-bf16", "copy", 3, 4, 8, "float32" },
+        { "mistral-bf16", "random", 4, 4, 12, "float32" },
+        { "llama-successor-bf16", "random", 4, 8, 16, "float32" },
+        { "llama-successor-bf16", "random", 1, 1, 2, "float32" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -199,11 +204,13 @@ public class SpeculativeDecodingTests
         }
     }
 
-    [Fact]
-    public void Router_NeverChangesVerifiedOutput()
+    [Theory]
+    [InlineData("llama-tied-scaled")]
+    [InlineData("llama-tied-scaled-bf16")]   // bf16 values: the head, the router's groups and the drafter's FC run packed
+    public void Router_NeverChangesVerifiedOutput(string arch)
     {
-        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
-        string drafter = DrafterZoo.Copy(target, "router", new DraftInitOptions { RouterGroups = 8, RouterTopK = 2, ShuffleGroups = true, Seed = 5 });
+        string target = TransformerModelTests.ModelFor(arch);
+        string drafter = DrafterZoo.Copy(target, "router-" + arch, new DraftInitOptions { RouterGroups = 8, RouterTopK = 2, ShuffleGroups = true, Seed = 5 });
         using var engine = DrafterZoo.Engine(target, drafter);
         Assert.NotNull(engine.Drafter!.Model.Router);
         Assert.Equal(8, engine.Drafter.Model.Router!.Groups);
@@ -215,12 +222,15 @@ public class SpeculativeDecodingTests
         }
     }
 
-    [Fact]
-    public void RoutedTopK_OverEveryGroup_EqualsTheFullHead_AndNeverDraftsPadding()
+    [Theory]
+    [InlineData("llama-tied-scaled")]
+    [InlineData("llama-tied-scaled-bf16")]
+    public void RoutedTopK_OverEveryGroup_EqualsTheFullHead_AndNeverDraftsPadding(string arch)
     {
-        // An f32 head, so that the full head and the router's f32 group copy compute the same logits up to f32 rounding.
-        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
-        string drafter = DrafterZoo.Copy(target, "router-topk", new DraftInitOptions { RouterGroups = 10, RouterTopK = 2, ShuffleGroups = true, Seed = 3 });
+        // An f32 head, so that the full head and the router's f32 group copy compute the same logits up to f32 rounding
+        // (bf16 values: both packed, the same bits). Top-k runs in C# on CPU (TreeDrafter.TopKOnHost).
+        string target = TransformerModelTests.ModelFor(arch);
+        string drafter = DrafterZoo.Copy(target, "router-topk-" + arch, new DraftInitOptions { RouterGroups = 10, RouterTopK = 2, ShuffleGroups = true, Seed = 3 });
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512, draftFolder: drafter);
         TreeDrafter d = engine.Drafter!;
         LmHeadRouter router = d.Model.Router!;
@@ -265,19 +275,23 @@ public class SpeculativeDecodingTests
     }
 
     [Theory]
-    [InlineData("float32", 1e-4f)]
-    [InlineData("bfloat16", 0.1f)]   // the slices multiply bf16-rounded inputs
-    public void Router_F32GroupCopy_EqualsTheHeadSlices(string headType, float tolerance)
+    [InlineData("float32", 1e-4f, "llama-tied-scaled")]
+    [InlineData("bfloat16", 0.1f, "llama-tied-scaled")]   // the slices multiply bf16-rounded inputs
+    [InlineData("float32", 1e-4f, "llama-tied-scaled-bf16")]   // the copy is packed
+    public void Router_F32GroupCopy_EqualsTheHeadSlices(string headType, float tolerance, string arch)
     {
         // The CPU form (an f32 [G, d, S] copy, −∞ bias at padding) against the head-slice form used for heads too large to
         // copy (F.linear over the permuted rows, masked_fill at padding): same columns, same token ids, same logits.
-        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
-        string drafter = DrafterZoo.Copy(target, "router-forms", new DraftInitOptions { RouterGroups = 10, RouterTopK = 3, ShuffleGroups = true, Seed = 4 });
+        string target = TransformerModelTests.ModelFor(arch);
+        string drafter = DrafterZoo.Copy(target, "router-forms-" + arch, new DraftInitOptions { RouterGroups = 10, RouterTopK = 3, ShuffleGroups = true, Seed = 4 });
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 256, draftFolder: drafter,
             headType: headType == "bfloat16" ? ScalarType.BFloat16 : ScalarType.Float32);
         var config = ModelConfig.ReadJsonObject(Path.Combine(drafter, "config.json"));
         using LmHeadRouter copy = LmHeadRouter.TryLoad(drafter, config, engine.Model)!;
         using LmHeadRouter slices = LmHeadRouter.TryLoad(drafter, config, engine.Model, f32Limit: 0)!;
+        // A head whose values are all bf16 (a bf16 checkpoint, or a bf16 LM head) packs the group copy.
+        Assert.Equal((arch.EndsWith("bf16", StringComparison.Ordinal) || headType == "bfloat16") && PackedMatrix.Enabled, copy.UsesPackedGroups);
+        Assert.False(slices.UsesPackedGroups);
         using var inference = torch.inference_mode();
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(5);

@@ -1,0 +1,274 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using TorchSharp;
+using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
+
+namespace Coral.AI;
+
+/// <summary>
+/// A weight for the CPU kernels' GEMMs, y[R, N] = x[R, K] · W[K, N]: stored as bf16 in blocks of 32 output columns
+/// (<c>[N/32][K][32]</c>, contiguous per block), multiplied in f32. Only weights whose every value is a bf16 are packed,
+/// so the product uses exactly the checkpoint's values (a bf16 checkpoint loaded as f32, as the demo pair is).
+/// </summary>
+/// <remarks>
+/// <para>Why: a decode step on CPU streams every weight once, and two cores get ≈ 25 GB/s from this VM's memory
+/// (<c>Coral.Bench --profile</c>); bf16 halves those bytes against f32, and the packed blocks are read front to back.
+/// MKL's f32 GEMM, the alternative, takes a GEMV for one row and another kernel from two rows up, so a speculative
+/// engine had to pad one-token steps to two rows to stay exact; and its cost grows with the rows of a verified tree.</para>
+/// <para>Exactness: every output element is one f32 accumulator that adds w[k]·x[k] by fused multiply-add for k = 0, 1,
+/// …, K − 1, whatever the number of rows, the block, the split between threads or the micro-kernel that computes it, so
+/// a token's logits have the same bits alone and as a node of a verified tree (lossless greedy speculation).</para>
+/// </remarks>
+internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
+{
+    /// <summary>Output columns per block (two 16-float vectors).</summary>
+    public const int Block = 32;
+
+    private readonly int _blocks;
+    private ushort* _w;
+    private float* _x, _y;   // the current call's operands (one call at a time per matrix)
+    private int _rows, _parts, _ldy;
+
+    private PackedMatrix(int inputs, int outputs)
+    {
+        (Inputs, Outputs) = (inputs, outputs);
+        _blocks = (outputs + Block - 1) / Block;
+        nuint bytes = (nuint)((long)_blocks * Block * inputs * sizeof(ushort));
+        _w = (ushort*)NativeMemory.AlignedAlloc(bytes, 64);
+        NativeMemory.Clear(_w, bytes);
+    }
+
+    /// <summary>Gets whether this CPU runs the kernels (AVX-512).</summary>
+    public static bool Supported => Avx512F.IsSupported;
+
+    /// <summary>Gets whether models pack their bf16-valued weights (<see cref="Supported"/>, and <c>CORAL_PACKED_WEIGHTS</c>
+    /// is not 0; set it to 0 for A/B measurements against libtorch's GEMMs).</summary>
+    public static bool Enabled { get; } = Supported && Environment.GetEnvironmentVariable("CORAL_PACKED_WEIGHTS") is not ("0" or "false");
+
+    /// <summary>Gets K, the length of an input row.</summary>
+    public int Inputs { get; }
+
+    /// <summary>Gets N, the length of an output row.</summary>
+    public int Outputs { get; }
+
+    /// <summary>Gets the bytes the packed weight holds.</summary>
+    public long Bytes => (long)_blocks * Block * Inputs * sizeof(ushort);
+
+    /// <summary>
+    /// Packs <paramref name="inOut"/> [K, N] (f32 or bf16, CPU), or returns null when it holds a value that bf16 cannot
+    /// represent exactly, or when this CPU lacks AVX-512.
+    /// </summary>
+    public static PackedMatrix? TryCreate(Tensor inOut)
+    {
+        if (!Supported || inOut.dim() != 2 || inOut.device_type != DeviceType.CPU)
+        {
+            return null;
+        }
+
+        using var noGrad = torch.no_grad();
+        using Tensor f = inOut.to(ScalarType.Float32).contiguous();
+        int k = (int)f.shape[0], n = (int)f.shape[1];
+        uint* src = (uint*)CpuKernels.Pointer(f);
+        long count = (long)k * n;
+        for (long i = 0; i < count; i++)
+        {
+            if ((src[i] & 0xFFFF) != 0)
+            {
+                return null;
+            }
+        }
+
+        var m = new PackedMatrix(k, n);
+        for (int c = 0; c < k; c++)
+        {
+            uint* row = src + (long)c * n;
+            for (int j = 0; j < n; j++)
+            {
+                m._w[((long)(j / Block) * k + c) * Block + j % Block] = (ushort)(row[j] >> 16);
+            }
+        }
+
+        return m;
+    }
+
+    /// <summary>y[rows, N] = x[rows, K] · W, on this thread and <see cref="CpuParallel"/>'s helper; output rows are
+    /// <paramref name="outputStride"/> floats apart (0: N).</summary>
+    public void Multiply(float* x, int rows, float* y, int outputStride = 0)
+    {
+        ObjectDisposedException.ThrowIf(_w == null, this);
+        _x = x;
+        _y = y;
+        _rows = rows;
+        _ldy = outputStride == 0 ? Outputs : outputStride;
+        // Parts are claimed first come, first served; more parts than threads even out a late start of the helper.
+        _parts = Math.Min(_blocks, (long)_blocks * Inputs * rows >= 1 << 20 ? 8 : 2);
+        CpuParallel.Run(this, _parts);
+    }
+
+    void ICpuWork.Run(int part) => Range(part * _blocks / _parts, (part + 1) * _blocks / _parts);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
+    private void Range(int b0, int b1)
+    {
+        int k = Inputs, n = Outputs, rows = _rows, ld = _ldy;
+        float* tail = stackalloc float[4 * 2 * Block];   // outputs of a pair that ends past the range or the matrix
+        for (int b = b0; b < b1; b += 2)
+        {
+            // Two blocks (64 outputs) at a time: four vector sums per row, sixteen for four rows.
+            bool full = b + 2 <= b1 && (b + 2) * Block <= n;
+            ushort* p0 = Packed(b), p1 = b + 1 < b1 ? Packed(b + 1) : p0;
+            int ldy = full ? ld : 2 * Block;
+            for (int r = 0; r < rows;)
+            {
+                float* x = _x + (long)r * k;
+                float* y = full ? _y + (long)r * ld + b * Block : tail;
+                int m = rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
+                if (m == 4)
+                {
+                    Pair4(p0, p1, x, k, y, ldy);
+                }
+                else if (m == 2)
+                {
+                    Pair2(p0, p1, x, k, y, ldy);
+                }
+                else
+                {
+                    Pair1(p0, p1, x, k, y);
+                }
+
+                if (!full)
+                {
+                    int start = b * Block, count = Math.Min(Math.Min(b1, b + 2) * Block, n) - start;
+                    for (int i = 0; i < m; i++)
+                    {
+                        new ReadOnlySpan<float>(tail + i * 2 * Block, count).CopyTo(new Span<float>(_y + (long)(r + i) * ld + start, count));
+                    }
+                }
+
+                r += m;
+            }
+        }
+    }
+
+    private ushort* Packed(int block) => _w + (long)block * Inputs * Block;
+
+    /// <summary>16 bf16 values to f32 (exact: the bf16 bits become the high half of the f32).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Bf16(ushort* p) =>
+        Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)), 16).AsSingle();
+
+    // The micro-kernels: rows × 64 outputs of two blocks, each output one accumulator over k in order. They stay small
+    // methods: in one large method the JIT spilled the accumulators to the stack.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Pair1(ushort* p0, ushort* p1, float* x, int k, float* y)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int c = 0; c < k; c++)
+        {
+            var s = Vector512.Create(x[c]);
+            a0 = Vector512.FusedMultiplyAdd(Bf16(p0), s, a0);
+            a1 = Vector512.FusedMultiplyAdd(Bf16(p0 + 16), s, a1);
+            a2 = Vector512.FusedMultiplyAdd(Bf16(p1), s, a2);
+            a3 = Vector512.FusedMultiplyAdd(Bf16(p1 + 16), s, a3);
+            p0 += Block;
+            p1 += Block;
+        }
+
+        a0.Store(y);
+        a1.Store(y + 16);
+        a2.Store(y + 32);
+        a3.Store(y + 48);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Pair2(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy)
+    {
+        float* x1 = x0 + k;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        for (int c = 0; c < k; c++)
+        {
+            var w0 = Bf16(p0);
+            var w1 = Bf16(p0 + 16);
+            var w2 = Bf16(p1);
+            var w3 = Bf16(p1 + 16);
+            p0 += Block;
+            p1 += Block;
+            var s = Vector512.Create(x0[c]);
+            a0 = Vector512.FusedMultiplyAdd(w0, s, a0);
+            a1 = Vector512.FusedMultiplyAdd(w1, s, a1);
+            a2 = Vector512.FusedMultiplyAdd(w2, s, a2);
+            a3 = Vector512.FusedMultiplyAdd(w3, s, a3);
+            s = Vector512.Create(x1[c]);
+            b0 = Vector512.FusedMultiplyAdd(w0, s, b0);
+            b1 = Vector512.FusedMultiplyAdd(w1, s, b1);
+            b2 = Vector512.FusedMultiplyAdd(w2, s, b2);
+            b3 = Vector512.FusedMultiplyAdd(w3, s, b3);
+        }
+
+        Store4(y, a0, a1, a2, a3);
+        Store4(y + ldy, b0, b1, b2, b3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Pair4(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy)
+    {
+        float* x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        for (int c = 0; c < k; c++)
+        {
+            var w0 = Bf16(p0);
+            var w1 = Bf16(p0 + 16);
+            var w2 = Bf16(p1);
+            var w3 = Bf16(p1 + 16);
+            p0 += Block;
+            p1 += Block;
+            var s = Vector512.Create(x0[c]);
+            a0 = Vector512.FusedMultiplyAdd(w0, s, a0);
+            a1 = Vector512.FusedMultiplyAdd(w1, s, a1);
+            a2 = Vector512.FusedMultiplyAdd(w2, s, a2);
+            a3 = Vector512.FusedMultiplyAdd(w3, s, a3);
+            s = Vector512.Create(x1[c]);
+            b0 = Vector512.FusedMultiplyAdd(w0, s, b0);
+            b1 = Vector512.FusedMultiplyAdd(w1, s, b1);
+            b2 = Vector512.FusedMultiplyAdd(w2, s, b2);
+            b3 = Vector512.FusedMultiplyAdd(w3, s, b3);
+            s = Vector512.Create(x2[c]);
+            c0 = Vector512.FusedMultiplyAdd(w0, s, c0);
+            c1 = Vector512.FusedMultiplyAdd(w1, s, c1);
+            c2 = Vector512.FusedMultiplyAdd(w2, s, c2);
+            c3 = Vector512.FusedMultiplyAdd(w3, s, c3);
+            s = Vector512.Create(x3[c]);
+            d0 = Vector512.FusedMultiplyAdd(w0, s, d0);
+            d1 = Vector512.FusedMultiplyAdd(w1, s, d1);
+            d2 = Vector512.FusedMultiplyAdd(w2, s, d2);
+            d3 = Vector512.FusedMultiplyAdd(w3, s, d3);
+        }
+
+        Store4(y, a0, a1, a2, a3);
+        Store4(y + ldy, b0, b1, b2, b3);
+        Store4(y + 2 * ldy, c0, c1, c2, c3);
+        Store4(y + 3 * ldy, d0, d1, d2, d3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store4(float* y, Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3)
+    {
+        a0.Store(y);
+        a1.Store(y + 16);
+        a2.Store(y + 32);
+        a3.Store(y + 48);
+    }
+
+    public void Dispose()
+    {
+        NativeMemory.AlignedFree(_w);
+        _w = null;
+    }
+}

@@ -1,0 +1,151 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.Tests;
+
+public class PackedMatrixTests
+{
+    private const int K = 70, N = 101;   // N is not a multiple of the 32-column block, and the blocks split unevenly
+
+    /// <summary>Without AVX-512 nothing is packed (the models keep libtorch's GEMMs): checks that, and says so.</summary>
+    private static bool NeedsAvx512()
+    {
+        if (!PackedMatrix.Supported)
+        {
+            using var scope = torch.NewDisposeScope();
+            Assert.Null(PackedMatrix.TryCreate(torch.ones(4, 40)));
+        }
+
+        return PackedMatrix.Supported;
+    }
+
+    private static (PackedMatrix Matrix, float[] W) Random(int seed)
+    {
+        using var scope = torch.NewDisposeScope();
+        var gen = new torch.Generator((ulong)seed);
+        Tensor w = torch.randn([K, N], generator: gen).to(ScalarType.BFloat16).to(ScalarType.Float32);
+        return (PackedMatrix.TryCreate(w)!, TorchTestHelpers.ToArray(w));
+    }
+
+    private static unsafe float[] Multiply(PackedMatrix m, float[] x, int rows, int stride = 0)
+    {
+        int ld = stride == 0 ? N : stride;
+        var y = new float[rows * ld];
+        Array.Fill(y, float.NaN);
+        fixed (float* xp = x, yp = y)
+        {
+            m.Multiply(xp, rows, yp, stride);
+        }
+
+        return y;
+    }
+
+    private static float[] Inputs(int rows, int seed)
+    {
+        var r = new Random(seed);
+        return Enumerable.Range(0, rows * K).Select(_ => (float)(r.NextDouble() * 2 - 1)).ToArray();
+    }
+
+    [Fact]
+    public void Multiply_MatchesADoubleReference()
+    {
+        if (!NeedsAvx512())
+        {
+            return;
+        }
+
+        var (m, w) = Random(1);
+        using (m)
+        {
+            foreach (int rows in new[] { 1, 2, 3, 4, 5, 7, 9, 13 })
+            {
+                float[] x = Inputs(rows, rows), y = Multiply(m, x, rows);
+                for (int r = 0; r < rows; r++)
+                {
+                    for (int n = 0; n < N; n++)
+                    {
+                        double expected = 0;
+                        for (int k = 0; k < K; k++)
+                        {
+                            expected += (double)x[r * K + k] * w[k * N + n];
+                        }
+
+                        Assert.True(Math.Abs(y[r * N + n] - expected) < 1e-4, $"{rows} rows: y[{r}, {n}] = {y[r * N + n]}, expected {expected}");
+                    }
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void EveryRow_HasTheSameBits_AtEveryRowCount_AndOutputStride()
+    {
+        // What lossless tree verification rests on: a row computes the same bits alone and among any number of rows.
+        if (!NeedsAvx512())
+        {
+            return;
+        }
+
+        var (m, _) = Random(2);
+        using (m)
+        {
+            float[] x = Inputs(17, 3);
+            float[][] alone = Enumerable.Range(0, 17).Select(r => Multiply(m, x[(r * K)..((r + 1) * K)], 1)).ToArray();
+            foreach (int rows in new[] { 2, 3, 4, 5, 6, 8, 11, 16, 17 })
+            {
+                float[] y = Multiply(m, x[..(rows * K)], rows);
+                float[] strided = Multiply(m, x[..(rows * K)], rows, N + 7);
+                for (int r = 0; r < rows; r++)
+                {
+                    Assert.Equal(alone[r], y[(r * N)..((r + 1) * N)]);
+                    Assert.Equal(alone[r], strided[(r * (N + 7))..((r * (N + 7)) + N)]);
+                    Assert.All(strided[((r * (N + 7)) + N)..((r + 1) * (N + 7))], v => Assert.True(float.IsNaN(v), "wrote past a row"));
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void AWeightWithAValueBf16CannotHold_IsNotPacked()
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor w = torch.ones(4, 40);
+        Assert.Equal(PackedMatrix.Supported, PackedMatrix.TryCreate(w) is { } packed && DisposeAndTrue(packed));
+        w[2, 33] = torch.tensor(1f + MathF.Pow(2, -20));
+        Assert.Null(PackedMatrix.TryCreate(w));
+
+        static bool DisposeAndTrue(PackedMatrix p)
+        {
+            p.Dispose();
+            return true;
+        }
+    }
+
+    [Fact]
+    public void CpuParallel_RunsEveryPartOnce_ForConcurrentCallers()
+    {
+        // Two callers at once: one gets the helper thread, the other runs its parts itself; neither's parts mix.
+        var works = Enumerable.Range(0, 2).Select(_ => new CountingWork(8)).ToArray();
+        Parallel.For(0, 2, i =>
+        {
+            for (int round = 0; round < 2000; round++)
+            {
+                CpuParallel.Run(works[i], 8);
+                works[i].CheckAndReset(round);
+            }
+        });
+    }
+
+    private sealed class CountingWork(int parts) : ICpuWork
+    {
+        private readonly int[] _runs = new int[parts];
+
+        public void Run(int part) => Interlocked.Increment(ref _runs[part]);
+
+        public void CheckAndReset(int round)
+        {
+            Assert.True(_runs.All(r => r == 1), $"round {round}: parts ran {string.Join(",", _runs)} times");
+            Array.Clear(_runs);
+        }
+    }
+}
