@@ -34,7 +34,7 @@ string? output = args.SkipWhile(a => a != "--out").Skip(1).FirstOrDefault();
 string? modelArg = args.SkipWhile(a => a != "--model").Skip(1).FirstOrDefault();
 string? draftArg = args.SkipWhile(a => a != "--draft").Skip(1).FirstOrDefault();
 
-string root = modelArg is null ? Path.Combine(Path.GetTempPath(), $"coral-bench-{hidden}-{layers}-{ranks}")
+string root = modelArg is null ? Path.Combine(Path.GetTempPath(), $"coral-bench-{hidden}-{layers}-{ranks}-bf16")
     : Path.Combine(Path.GetTempPath(), "coral-bench-" + Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelArg))));
 string model = modelArg ?? Path.Combine(root, "model");
 Directory.CreateDirectory(root);
@@ -44,7 +44,7 @@ if (modelArg is null && !File.Exists(Path.Combine(model, "model.safetensors")))
     TinyCheckpoint.Create(model, new TinyModelSpec
     {
         HiddenSize = hidden, Layers = layers, Heads = hidden / 64, KvHeads = hidden / 128, IntermediateSize = hidden * 11 / 4,
-        TokenizerRanks = ranks, MaxPositions = 1024, VocabPadding = 0, Seed = 5,
+        TokenizerRanks = ranks, MaxPositions = 1024, VocabPadding = 0, Seed = 5, StorageDType = "BF16",   // as HF checkpoints are
     });
 }
 
@@ -58,6 +58,7 @@ foreach (string dtype in new[] { "float32", "bfloat16" })
     }
 
     var engine = InferenceEngine.Load(model, torch.CPU, dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16, 512);
+    TorchDevices.YieldTorchThreads(engine.Model);   // as the host does: the packed kernels bring their own second thread
     variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
     if (dtype == "float32")
     {

@@ -148,12 +148,10 @@ public sealed class CoralModelHost : IDisposable
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (LM head {HeadType}, libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, headType ?? dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
             _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType);
-            if (_options.Threads is null && _engine.Model.UsesPackedWeights && CpuParallel.Enabled)
+            if (_options.Threads is null && TorchDevices.YieldTorchThreads(_engine.Model))
             {
-                // The packed kernels split their GEMMs with a helper thread of their own; libtorch's OpenMP workers spin
-                // for milliseconds after each parallel op and would hold that core (measured: a draft-and-verify cycle
-                // 2.9× slower), while what stays in libtorch (drafter FC, router, sampling) is small.
-                torch.set_num_threads(1);
+                // Measured: with libtorch's OpenMP workers spinning beside the kernels' helper, a draft-and-verify cycle
+                // ran 2.9× slower.
                 _logger.LogInformation("Coral: packed CPU kernels with their own helper thread; libtorch set to one thread (CoralChatClientOptions.Threads overrides)");
             }
 

@@ -84,4 +84,21 @@ internal static class TorchDevices
     /// </summary>
     public static ScalarType? ResolveHeadType(ScalarType layers, Device device, bool speculative) =>
         speculative && device.type == DeviceType.CPU && layers == ScalarType.Float32 ? ScalarType.BFloat16 : null;
+
+    /// <summary>
+    /// Sets libtorch to one thread when <paramref name="model"/> runs on the packed CPU kernels, which split their GEMMs
+    /// with a helper thread of their own (<see cref="CpuParallel"/>): libtorch's OpenMP workers spin for milliseconds
+    /// after each parallel op and would hold the helper's core, while what stays in libtorch beside such a model
+    /// (sampling, small drafter ops) is small. Returns whether it changed the setting.
+    /// </summary>
+    public static bool YieldTorchThreads(TransformerModel model)
+    {
+        if (!model.UsesPackedWeights || !CpuParallel.Enabled || torch.get_num_threads() == 1)
+        {
+            return false;
+        }
+
+        torch.set_num_threads(1);
+        return true;
+    }
 }

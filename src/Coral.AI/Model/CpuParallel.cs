@@ -28,8 +28,9 @@ internal static class CpuParallel
 
     private static readonly Lazy<Helper> s_helper = new(() => new Helper());
 
-    /// <summary>Gets whether a helper thread is used (more than one processor, and <c>CORAL_CPU_THREADS</c> is not 1).</summary>
-    public static bool Enabled { get; } =
+    /// <summary>Gets or sets whether a helper thread is used (by default when there is more than one processor and
+    /// <c>CORAL_CPU_THREADS</c> is not 1; benchmarks switch it to compare).</summary>
+    public static bool Enabled { get; set; } =
         Environment.ProcessorCount > 1 && Environment.GetEnvironmentVariable("CORAL_CPU_THREADS") is not "1";
 
     /// <summary>Runs parts 0 … <paramref name="parts"/> − 1 of <paramref name="work"/>, returning when all are done.</summary>
