@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -25,6 +24,9 @@ internal static unsafe class CpuKernels
 {
     /// <summary>Gets whether CPU f32 models use these kernels (<c>CORAL_CPU_KERNELS</c>, default on).</summary>
     public static bool Enabled { get; } = Environment.GetEnvironmentVariable("CORAL_CPU_KERNELS") is not ("0" or "false");
+
+    /// <summary>Gets or sets whether attention's (row, head) parts are split with <see cref="CpuParallel"/>'s helper.</summary>
+    public static bool ParallelAttention { get; set; } = true;
 
     /// <summary>The address of a contiguous f32 CPU tensor's first element (storage offset included).</summary>
     public static float* Pointer(Tensor t)
@@ -160,77 +162,91 @@ internal static unsafe class CpuKernels
     public static void Attention(float* qkv, int rows, int count, int stride, int heads, int kvHeads, int hd, KvCache cache, int layer,
         int total, bool[]? mask, float scale, float* o)
     {
-        int group = heads / kvHeads, blocks = (total + 15) / 16, keyStride = cache.KeyStride, capacity = cache.Capacity;
-        float* keys = (float*)cache.KeyPointers[layer], values = (float*)cache.ValuePointers[layer];
-        long width = (long)heads * hd;
-        // One thread: splitting a 16-row tree's rows across the two cores measured no faster (8.6 vs 8.1 ms per forward,
-        // median of 15 interleaved pairs), libtorch's idle GEMM threads competing for the second core.
-        int[] visible = ArrayPool<int>.Shared.Rent(total);
-        float[] scores = ArrayPool<float>.Shared.Rent(blocks * 16);
-        float[] weights = ArrayPool<float>.Shared.Rent(total);
-        try
+        // One part per (row, head), split with the GEMMs' helper thread: each part computes exactly what it computes
+        // alone, so the split changes no bits.
+        var work = new AttentionWork(qkv, stride, heads, kvHeads, hd, cache, layer, total, mask, scale, o);
+        if (ParallelAttention)
         {
-            fixed (float* sc = scores)
-            fixed (float* pw = weights)
-            fixed (int* vis = visible)
+            CpuParallel.Run(work, count * heads);
+        }
+        else
+        {
+            for (int part = 0; part < count * heads; part++)
             {
-                for (int r = 0; r < count; r++)
-                {
-                    int n = 0;
-                    if (mask is null)
-                    {
-                        n = total;
-                    }
-                    else
-                    {
-                        for (int j = 0; j < total; j++)
-                        {
-                            if (mask[(long)r * total + j])
-                            {
-                                vis[n++] = j;
-                            }
-                        }
-                    }
-
-                    // Slots 0..n-1 visible (one-token steps, causal blocks): the same numbers without the index list.
-                    bool prefix = mask is null || n == 0 || vis[n - 1] == n - 1;
-                    var p = new Span<float>(pw, n);
-                    for (int h = 0; h < heads; h++)
-                    {
-                        int g = h / group;
-                        Scores(qkv + (long)r * stride + (long)h * hd, keys + (long)g * hd * keyStride, keyStride, hd, blocks, sc);
-                        if (prefix)
-                        {
-                            TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc, n), scale, p);
-                        }
-                        else
-                        {
-                            for (int i = 0; i < n; i++)
-                            {
-                                pw[i] = sc[vis[i]] * scale;
-                            }
-                        }
-
-                        float max = TensorPrimitives.Max(p);
-                        TensorPrimitives.Subtract(p, max, p);
-                        TensorPrimitives.Exp(p, p);
-                        WeightedSum(pw, prefix ? null : vis, n, 1f / TensorPrimitives.Sum(p), values + (long)g * capacity * hd, hd,
-                            o + r * width + (long)h * hd);
-                    }
-                }
+                work.Run(part);
             }
         }
-        finally
-        {
-            ArrayPool<int>.Shared.Return(visible);
-            ArrayPool<float>.Shared.Return(scores);
-            ArrayPool<float>.Shared.Return(weights);
-        }
-
+        long width = (long)heads * hd;
         for (int r = count; r < rows; r++)
         {
             new ReadOnlySpan<float>(o, (int)width).CopyTo(new Span<float>(o + r * width, (int)width));
         }
+    }
+
+    /// <summary>One (row, head) of <see cref="Attention"/> per part.</summary>
+    private sealed class AttentionWork(float* qkv, int stride, int heads, int kvHeads, int hd, KvCache cache, int layer,
+        int total, bool[]? mask, float scale, float* o) : ICpuWork
+    {
+        [ThreadStatic]
+        private static int[]? t_visible;
+        [ThreadStatic]
+        private static float[]? t_scores, t_weights;
+
+        private readonly float* _keys = (float*)cache.KeyPointers[layer], _values = (float*)cache.ValuePointers[layer];
+        private readonly int _keyStride = cache.KeyStride, _capacity = cache.Capacity;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public void Run(int part)
+        {
+            int r = part / heads, h = part % heads, g = h / (heads / kvHeads), blocks = (total + 15) / 16;
+            int[] visible = Buffer(ref t_visible, total);
+            float[] scores = Buffer(ref t_scores, blocks * 16), weights = Buffer(ref t_weights, total);
+            fixed (float* sc = scores)
+            fixed (float* pw = weights)
+            fixed (int* vis = visible)
+            {
+                int n = 0;
+                if (mask is null)
+                {
+                    n = total;
+                }
+                else
+                {
+                    for (int j = 0; j < total; j++)
+                    {
+                        if (mask[(long)r * total + j])
+                        {
+                            vis[n++] = j;
+                        }
+                    }
+                }
+
+                // Slots 0..n-1 visible (one-token steps, causal blocks): the same numbers without the index list.
+                bool prefix = mask is null || n == 0 || vis[n - 1] == n - 1;
+                var p = new Span<float>(pw, n);
+                Scores(qkv + (long)r * stride + (long)h * hd, _keys + (long)g * hd * _keyStride, _keyStride, hd, blocks, sc);
+                if (prefix)
+                {
+                    TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc, n), scale, p);
+                }
+                else
+                {
+                    for (int i = 0; i < n; i++)
+                    {
+                        pw[i] = sc[vis[i]] * scale;
+                    }
+                }
+
+                float max = TensorPrimitives.Max(p);
+                TensorPrimitives.Subtract(p, max, p);
+                TensorPrimitives.Exp(p, p);
+                WeightedSum(pw, prefix ? null : vis, n, 1f / TensorPrimitives.Sum(p), _values + (long)g * _capacity * hd, hd,
+                    o + r * (long)heads * hd + (long)h * hd);
+            }
+        }
+
+        private static T[] Buffer<T>(ref T[]? buffer, int length) =>
+            buffer is { } b && b.Length >= length ? b : buffer = new T[Math.Max(length, 2 * (buffer?.Length ?? 0))];
     }
 
     /// <summary>

@@ -24,7 +24,7 @@ public class PretrainTests
         string output = Path.Combine(folder, "model");
         var stderr = new StringWriter();
         int code = await Coral.Cli.CliApp.RunAsync(["pretrain", "--tokenizer", tokenizer, "--data", text, "--config", config, "--out", output,
-            "--steps", "120", "--lr", "0.01", "--max-length", "64", "--sft", chat, "--sft-steps", "60", "--sft-lr", "0.001", "--batch", "2"], new StringWriter(), stderr, TextReader.Null);
+            "--steps", "160", "--lr", "0.01", "--max-length", "64", "--sft", chat, "--sft-steps", "60", "--sft-lr", "0.001", "--batch", "2"], new StringWriter(), stderr, TextReader.Null);
         Assert.True(code == 0, stderr.ToString());
 
         var metrics = File.ReadLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
