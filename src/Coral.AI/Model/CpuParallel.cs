@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 
 namespace Coral.AI;
 
@@ -33,14 +34,28 @@ internal static class CpuParallel
     public static bool Enabled { get; set; } =
         Environment.ProcessorCount > 1 && Environment.GetEnvironmentVariable("CORAL_CPU_THREADS") is not "1";
 
-    /// <summary>Runs parts 0 … <paramref name="parts"/> − 1 of <paramref name="work"/>, returning when all are done.</summary>
+    /// <summary>Runs parts 0 … <paramref name="parts"/> − 1 of <paramref name="work"/>, returning when all are done; an
+    /// exception thrown by a part (on either thread) is rethrown here once every part has finished.</summary>
     public static void Run(ICpuWork work, int parts)
     {
         if (parts <= 1 || !Enabled || !s_helper.Value.TryRun(work, parts))
         {
+            Exception? error = null;
             for (int p = 0; p < parts; p++)
             {
-                work.Run(p);
+                try
+                {
+                    work.Run(p);
+                }
+                catch (Exception e)
+                {
+                    error ??= e;
+                }
+            }
+
+            if (error is not null)
+            {
+                ExceptionDispatchInfo.Throw(error);
             }
         }
     }
@@ -49,6 +64,7 @@ internal static class CpuParallel
     {
         private readonly ManualResetEventSlim _wake = new(false);
         private ICpuWork? _work;
+        private Exception? _error;   // the first exception a part threw this round (rethrown to the caller)
         private int _parts, _next, _done, _owned, _sleeping, _epoch;
 
         public Helper()
@@ -83,7 +99,13 @@ internal static class CpuParallel
             }
 
             _work = null;
+            Exception? error = Interlocked.Exchange(ref _error, null);
             Volatile.Write(ref _owned, 0);
+            if (error is not null)
+            {
+                ExceptionDispatchInfo.Throw(error);
+            }
+
             return true;
         }
 
@@ -92,8 +114,15 @@ internal static class CpuParallel
             int p;
             while ((p = Interlocked.Increment(ref _next) - 1) < Volatile.Read(ref _parts))
             {
-                ICpuWork? work = Volatile.Read(ref _work);
-                work?.Run(p);
+                try
+                {
+                    Volatile.Read(ref _work)?.Run(p);
+                }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref _error, e, null);
+                }
+
                 Interlocked.Increment(ref _done);
             }
         }

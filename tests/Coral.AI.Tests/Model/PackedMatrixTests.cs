@@ -120,32 +120,4 @@ public class PackedMatrixTests
             return true;
         }
     }
-
-    [Fact]
-    public void CpuParallel_RunsEveryPartOnce_ForConcurrentCallers()
-    {
-        // Two callers at once: one gets the helper thread, the other runs its parts itself; neither's parts mix.
-        var works = Enumerable.Range(0, 2).Select(_ => new CountingWork(8)).ToArray();
-        Parallel.For(0, 2, i =>
-        {
-            for (int round = 0; round < 2000; round++)
-            {
-                CpuParallel.Run(works[i], 8);
-                works[i].CheckAndReset(round);
-            }
-        });
-    }
-
-    private sealed class CountingWork(int parts) : ICpuWork
-    {
-        private readonly int[] _runs = new int[parts];
-
-        public void Run(int part) => Interlocked.Increment(ref _runs[part]);
-
-        public void CheckAndReset(int round)
-        {
-            Assert.True(_runs.All(r => r == 1), $"round {round}: parts ran {string.Join(",", _runs)} times");
-            Array.Clear(_runs);
-        }
-    }
 }

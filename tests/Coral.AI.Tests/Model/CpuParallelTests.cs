@@ -1,0 +1,57 @@
+namespace Coral.AI.Tests;
+
+public class CpuParallelTests
+{
+    [Fact]
+    public void Run_RunsEveryPartOnce_ForConcurrentCallers()
+    {
+        // Two callers at once: one gets the helper thread, the other runs its parts itself; neither's parts mix.
+        var works = Enumerable.Range(0, 2).Select(_ => new CountingWork(8)).ToArray();
+        Parallel.For(0, 2, i =>
+        {
+            for (int round = 0; round < 2000; round++)
+            {
+                CpuParallel.Run(works[i], 8);
+                works[i].CheckAndReset(round);
+            }
+        });
+    }
+
+    [Fact]
+    public void APartsException_ReachesTheCaller_AfterEveryOtherPartRan_AndTheHelperStaysUsable()
+    {
+        var work = new CountingWork(16) { Throwing = 5 };
+        for (int round = 0; round < 50; round++)
+        {
+            var e = Assert.Throws<InvalidOperationException>(() => CpuParallel.Run(work, 16));
+            Assert.Equal("part 5", e.Message);
+            work.CheckAndReset(round);
+        }
+
+        work.Throwing = -1;
+        CpuParallel.Run(work, 16);
+        work.CheckAndReset(50);
+    }
+
+    private sealed class CountingWork(int parts) : ICpuWork
+    {
+        private readonly int[] _runs = new int[parts];
+
+        public int Throwing { get; set; } = -1;
+
+        public void Run(int part)
+        {
+            Interlocked.Increment(ref _runs[part]);
+            if (part == Throwing)
+            {
+                throw new InvalidOperationException($"part {part}");
+            }
+        }
+
+        public void CheckAndReset(int round)
+        {
+            Assert.True(_runs.All(r => r == 1), $"round {round}: parts ran {string.Join(",", _runs)} times");
+            Array.Clear(_runs);
+        }
+    }
+}
