@@ -51,14 +51,15 @@ internal readonly unsafe struct CpuStep
 internal sealed unsafe class DecoderLayer : IDisposable
 {
     private readonly Tensor? _attnNorm;   // [d] f32; null for an EAGLE drafter's layer 0
-    private readonly Tensor _qkv;         // [(H + 2Hkv)·hd, d]; projections are [out, in] in bf16, [in, out] in f32 (Projection)
+    // Projections are [out, in] in bf16, [in, out] in f32 (Projection); null once packed (PackedMatrix holds them then).
+    private readonly Tensor? _qkv;        // [(H + 2Hkv)·hd, d]
     private readonly Tensor? _qkvBias;
     private readonly Tensor? _qkNorm;     // [H + Hkv, hd] f32 (Qwen3)
-    private readonly Tensor _o;           // [d, H·hd] (or transposed, see _qkv)
+    private readonly Tensor? _o;          // [d, H·hd]
     private readonly Tensor? _oBias;
     private readonly Tensor _mlpNorm;     // [d] f32
-    private readonly Tensor _gateUp;      // [2·ff, d] (or transposed)
-    private readonly Tensor _down;        // [d, ff] (or transposed)
+    private readonly Tensor? _gateUp;     // [2·ff, d]
+    private readonly Tensor? _down;       // [d, ff]
     private readonly int _heads, _kvHeads;
     private readonly long _headDim;
     private readonly double _eps;
@@ -88,7 +89,15 @@ internal sealed unsafe class DecoderLayer : IDisposable
                 PackedMatrix?[] p = [PackedMatrix.TryCreate(qkv), PackedMatrix.TryCreate(o), PackedMatrix.TryCreate(gateUp), PackedMatrix.TryCreate(down)];
                 if (p.All(m => m is not null))
                 {
+                    // The f32 copies are not read again (the kernel path is this layer's only path): a 7B model loaded as
+                    // f32 keeps 14 GB of packed weights instead of 28 GB of f32 plus those.
                     (_qkvP, _oP, _gateUpP, _downP) = (p[0], p[1], p[2], p[3]);
+                    foreach (Tensor t in new[] { qkv, o, gateUp, down })
+                    {
+                        t.Dispose();
+                    }
+
+                    (_qkv, _o, _gateUp, _down) = (null, null, null, null);
                 }
                 else
                 {
@@ -171,13 +180,18 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// </summary>
     public Tensor Forward(Tensor x, in LayerInputs s, Tensor keys, Tensor values)
     {
+        if (_qkv is null)
+        {
+            throw new InvalidOperationException("This layer's weights are packed: it runs on the CPU kernels (ForwardCpu) only.");
+        }
+
         int t = s.Count, rows = (int)x.shape[0], group = _heads / _kvHeads;
         long hd = _headDim;
         Tensor h = _attnNorm is null ? x : RmsNorm(x, _attnNorm, _eps);
         // Projections return the weight's dtype. The o and down results go into the f32 residual adds as they are (type
         // promotion converts bf16 exactly, at the cost of a separate cast); qkv is cast once, since RoPE's mixed-dtype
         // products would cost more than the cast (measured: 13.1 vs 11.5 µs for one row).
-        Tensor qkv = Project(h, _qkv, _qkvBias);                                   // [R, (H + 2Hkv)·hd]
+        Tensor qkv = Project(h, _qkv!, _qkvBias);                                   // [R, (H + 2Hkv)·hd]
         if (qkv.dtype != ScalarType.Float32)
         {
             qkv = qkv.to(ScalarType.Float32);
@@ -207,11 +221,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
             ? F.scaled_dot_product_attention(q, k4, v4, s.Mask)          // fused; accumulation order depends on the batch
             : Attention(q, k4, v4, s.Mask, _scale);                       // f64 cache: batch-invariant (speculative engines)
         Tensor o = att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd);
-        x = x + Project(o, _o, _oBias);
+        x = x + Project(o, _o!, _oBias);
 
-        Tensor gateUp = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp, null);
+        Tensor gateUp = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp!, null);
         Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU in f32
-        return x + Project(F.silu(gu[0]) * gu[1], _down, null);
+        return x + Project(F.silu(gu[0]) * gu[1], _down!, null);
     }
 
     /// <summary>
@@ -259,11 +273,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
     }
 
     /// <summary>y = x · w into the workspace: the packed weight when there is one, else libtorch's <c>addmm_</c> (β = 0).</summary>
-    private static void Gemm(PackedMatrix? packed, Tensor w, Tensor x, float* xP, Tensor y, float* yP, int rows)
+    private static void Gemm(PackedMatrix? packed, Tensor? w, Tensor x, float* xP, Tensor y, float* yP, int rows)
     {
         if (packed is null)
         {
-            y.addmm_(x, w, 0, 1);
+            y.addmm_(x, w!, 0, 1);
         }
         else
         {
