@@ -683,9 +683,23 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Runs one forward (allocators, kernels, page-in of the weights) so the first request is not the slow one.</summary>
     public void WarmUp()
     {
-        using var inference = torch.inference_mode();
-        Step([EosTokenIds.Count > 0 ? EosTokenIds[0] : 0]);
+        using (var inference = torch.inference_mode())
+        {
+            Step([EosTokenIds.Count > 0 ? EosTokenIds[0] : 0]);
+        }
+
         ResetCache();
+        if (Drafter is not null)
+        {
+            // A few speculative steps compile the drafting and verification code (the kernels are AggressiveOptimization:
+            // compiled fully at their first call, tens of milliseconds that the first cycle of a request would otherwise
+            // pay, and that the adaptive depth's cost estimates would start from).
+            var request = new GenerationRequest(Tokenizer.Encode("The quick brown fox jumps over the lazy dog. The quick brown"),
+                SamplingParameters.Greedy, 12, []);
+            Generate(request, null, CancellationToken.None);
+            ResetCache();
+            _depthController = null;
+        }
     }
 
     /// <summary>Forgets the cached sequence.</summary>

@@ -3,8 +3,8 @@ namespace Coral.AI;
 /// <summary>
 /// Chooses the draft depth of each speculation cycle from the acceptance observed so far, so that a drafter that is
 /// rarely right past depth 2 does not pay for five draft forwards. It keeps, per depth j, an exponential moving average
-/// of r_j = P(at least j drafted tokens accepted), and the measured cost of one draft step (s) and of one verification
-/// (v); the next depth maximises the expected tokens per millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
+/// of r_j = P(at least j drafted tokens accepted), and the cost of one draft step (s) and of one verification (v), each
+/// the median of its latest <see cref="PlainWindow"/> measurements; the next depth maximises the expected tokens per millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
 /// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
 /// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
 /// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p, the median
@@ -33,8 +33,10 @@ internal sealed class DepthController
     private const double Rate = 0.1;
     private readonly double[] _reach;
     private readonly int[] _seen;
+    // Costs: medians of the latest PlainWindow measurements each, so that one slow sample (a first call's compilation, a
+    // machine hiccup) neither starts nor sways an estimate.
+    private readonly RecentMedian _step = new(), _verify = new(), _other = new(), _plain = new();
     private double _stepMs = -1, _verifyMs = -1, _otherMs = -1, _plainMs = -1;
-    private readonly double[] _plainRecent = new double[PlainWindow];   // the last plain-step times (a ring)
     private int _cycles, _plainSeen;
     private int _plainRun, _plainRunLimit = ExploreEvery;   // plain steps since the last cycle, and how many to wait
     private int _exploreDepth = 1;                          // the depth of the next cycle tried out of plain steps
@@ -93,8 +95,8 @@ internal sealed class DepthController
     {
         _cycles++;
         _plainRun++;
-        _plainRecent[_plainSeen++ % PlainWindow] = ms;
-        _plainMs = _plainRecent.Take(Math.Min(_plainSeen, PlainWindow)).Order().ElementAt((Math.Min(_plainSeen, PlainWindow) - 1) / 2);
+        _plainSeen++;
+        _plainMs = _plain.Add(ms);
         Decide();
     }
 
@@ -120,10 +122,9 @@ internal sealed class DepthController
             _reach[j] = _reach[j - 1] * ratio;
         }
 
-        double step = draftMs / Math.Max(1, depth);
-        _stepMs = _stepMs < 0 ? step : _stepMs + Rate * (step - _stepMs);
-        _verifyMs = _verifyMs < 0 ? verifyMs : _verifyMs + Rate * (verifyMs - _verifyMs);
-        _otherMs = _otherMs < 0 ? otherMs : _otherMs + Rate * (otherMs - _otherMs);
+        _stepMs = _step.Add(draftMs / Math.Max(1, depth));
+        _verifyMs = _verify.Add(verifyMs);
+        _otherMs = _other.Add(otherMs);
         bool wasPlain = Depth == 0;
         Decide();
         if (Depth > 0)
@@ -170,5 +171,23 @@ internal sealed class DepthController
         }
 
         Depth = PlainFallback && _plainMs > 0 && 1 / _plainMs > best ? 0 : depth;
+    }
+
+    /// <summary>The median of the latest <see cref="PlainWindow"/> values added.</summary>
+    private sealed class RecentMedian
+    {
+        private readonly double[] _ring = new double[PlainWindow];
+        private readonly double[] _sorted = new double[PlainWindow];
+        private int _count;
+
+        /// <summary>Adds a value and returns the new median (the lower one of an even count).</summary>
+        public double Add(double value)
+        {
+            _ring[_count++ % PlainWindow] = value;
+            int n = Math.Min(_count, PlainWindow);
+            Array.Copy(_ring, _sorted, n);
+            Array.Sort(_sorted, 0, n);
+            return _sorted[(n - 1) / 2];
+        }
     }
 }
