@@ -72,26 +72,50 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         using Tensor f = inOut.to(ScalarType.Float32).contiguous();
         int k = (int)f.shape[0], n = (int)f.shape[1];
         uint* src = (uint*)CpuKernels.Pointer(f);
-        long count = (long)k * n;
-        for (long i = 0; i < count; i++)
+        if (!AllBf16(src, (long)k * n))
         {
-            if ((src[i] & 0xFFFF) != 0)
-            {
-                return null;
-            }
+            return null;
         }
 
         var m = new PackedMatrix(k, n);
-        for (int c = 0; c < k; c++)
+        ushort* dst = m._w;
+        // Block by block on all cores: a 7B model packs ≈ 7·10⁹ values at load.
+        Parallel.For(0, m._blocks, b =>
         {
-            uint* row = src + (long)c * n;
-            for (int j = 0; j < n; j++)
+            int columns = Math.Min(Block, n - (b * Block));
+            ushort* block = dst + ((long)b * k * Block);
+            for (int c = 0; c < k; c++)
             {
-                m._w[((long)(j / Block) * k + c) * Block + j % Block] = (ushort)(row[j] >> 16);
+                uint* row = src + ((long)c * n) + (b * Block);
+                for (int j = 0; j < columns; j++)
+                {
+                    block[(c * Block) + j] = (ushort)(row[j] >> 16);
+                }
             }
-        }
+        });
 
         return m;
+    }
+
+    /// <summary>Whether each of <paramref name="count"/> f32 values (as bits) is a bf16: its low 16 bits are zero.</summary>
+    private static bool AllBf16(uint* values, long count)
+    {
+        const long Chunk = 1 << 20;
+        int bad = 0;
+        Parallel.For(0, (count + Chunk - 1) / Chunk, (i, state) =>
+        {
+            long end = Math.Min(count, (i + 1) * Chunk);
+            for (long j = i * Chunk; j < end; j++)
+            {
+                if ((values[j] & 0xFFFF) != 0)
+                {
+                    Interlocked.Exchange(ref bad, 1);
+                    state.Stop();
+                    return;
+                }
+            }
+        });
+        return bad == 0;
     }
 
     /// <summary>y[rows, N] = x[rows, K] · W, on this thread and <see cref="CpuParallel"/>'s helper; output rows are
