@@ -12,7 +12,8 @@ namespace Coral.AI;
 /// The non-GEMM parts of a decoder layer on CPU, in C# over the tensors' own memory: RMSNorm, RoPE with the KV-cache
 /// write, attention, SwiGLU and the residual adds. At the demo width each of these is a few hundred floats per row, where
 /// a libtorch call costs 2–4 µs whatever it computes; a layer took ≈ 46 such calls, so a one-token step was mostly call
-/// overhead. Here a layer is its four GEMMs (libtorch, into preallocated buffers) and these loops.
+/// overhead. Here a layer is its four GEMMs (<see cref="PackedMatrix"/> for bf16-valued weights, else libtorch into
+/// preallocated buffers) and these loops; attention splits its (row, head) pairs with <see cref="CpuParallel"/>.
 /// </summary>
 /// <remarks>
 /// Every routine handles each row on its own, in the same order of operations whatever the other rows are: a token

@@ -165,6 +165,11 @@ internal sealed unsafe class DraftModel : IDisposable
             _fcInputRows = t;
         }
 
+        if (features.dim() != 2 || features.shape[0] != t || features.shape[1] != d)
+        {
+            throw new ArgumentException($"Expected features [{t}, {d}], got [{string.Join(", ", features.shape)}].", nameof(features));
+        }
+
         using Tensor f = features.to(ScalarType.Float32).contiguous();
         float* fp = CpuKernels.Pointer(f);
         CpuKernels.Gather(CpuKernels.Pointer(_target.Embedding), _target.Config.VocabSize, tokens, t, _fcInput, d, 2 * d);

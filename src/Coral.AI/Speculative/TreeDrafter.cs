@@ -160,9 +160,8 @@ internal sealed class TreeDrafter : IDisposable
 
     /// <summary>
     /// Top-k tokens and log-probabilities of each row of draft outputs [R, d], through the router (whose padding columns
-    /// are −∞) or the full head. Top-k and the log-normaliser run in libtorch and only R·k values come back: the same
-    /// loops in C# cost 1–2 ms per call on the demo shape until the tiered JIT promotes them, which in a decoding process
-    /// can take thousands of calls.
+    /// are −∞) or the full head. For CPU logits top-k and the log-normaliser run in C# (<see cref="TopKOnHost"/>); elsewhere
+    /// in libtorch, and only R·k values come back.
     /// </summary>
     internal (int[][] Tokens, float[][] LogProbs) TopKPerRow(Tensor hidden, int k, int routerTopK)
     {
