@@ -12,7 +12,8 @@ namespace Coral.AI.Tests;
 /// </summary>
 public class LlamaCppOracleTests
 {
-    public static TheoryData<string> Models => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "llama-sharded-bf16"];
+    // The bf16-stored models load as f32 on the packed kernels (PackedMatrix): the same oracle holds for that path.
+    public static TheoryData<string> Models => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "llama-sharded-bf16", "qwen2-bf16", "qwen3-bf16"];
 
     [Theory]
     [MemberData(nameof(Models))]
