@@ -67,8 +67,9 @@ public sealed class CoralChatClientOptions
     /// <summary>Gets or sets how many prompt tokens one prefill forward processes.</summary>
     public int PrefillChunkSize { get; set; } = 256;
 
-    /// <summary>Gets or sets the number of CPU threads torch uses; <see langword="null"/> keeps torch's default, except for
-    /// a model on the packed CPU kernels (f32 on CPU with bf16-valued weights, the demo pair), which split their own work
-    /// with a helper thread and set torch to one thread.</summary>
+    /// <summary>Gets or sets the CPU threads inference uses: libtorch's, and those of the packed CPU kernels (the calling
+    /// thread and its helpers; f32 on CPU with bf16-valued weights, as the demo pair). A model on the packed kernels sets
+    /// libtorch to one thread, whose OpenMP workers would contend with the helpers. <see langword="null"/> keeps libtorch's
+    /// default and gives the kernels the processors, at most 8 (or <c>CORAL_CPU_THREADS</c>).</summary>
     public int? Threads { get; set; }
 }

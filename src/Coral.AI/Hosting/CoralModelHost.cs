@@ -139,6 +139,7 @@ public sealed class CoralModelHost : IDisposable
             if (_options.Threads is int threads)
             {
                 torch.set_num_threads(threads);
+                CpuParallel.Threads = threads;
             }
 
             var device = TorchDevices.Resolve(_options.Device);
@@ -148,11 +149,11 @@ public sealed class CoralModelHost : IDisposable
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (LM head {HeadType}, libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, headType ?? dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
             _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType);
-            if (_options.Threads is null && TorchDevices.YieldTorchThreads(_engine.Model))
+            if (TorchDevices.YieldTorchThreads(_engine.Model))
             {
-                // Measured: with libtorch's OpenMP workers spinning beside the kernels' helper, a draft-and-verify cycle
+                // Measured: with libtorch's OpenMP workers spinning beside the kernels' helpers, a draft-and-verify cycle
                 // ran 2.9× slower.
-                _logger.LogInformation("Coral: packed CPU kernels with their own helper thread; libtorch set to one thread (CoralChatClientOptions.Threads overrides)");
+                _logger.LogInformation("Coral: packed CPU kernels on {Threads} threads; libtorch set to one thread", CpuParallel.Threads);
             }
 
             _engine.WarmUp();

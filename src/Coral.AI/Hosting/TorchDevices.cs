@@ -86,9 +86,9 @@ internal static class TorchDevices
         speculative && device.type == DeviceType.CPU && layers == ScalarType.Float32 ? ScalarType.BFloat16 : null;
 
     /// <summary>
-    /// Sets libtorch to one thread when <paramref name="model"/> runs on the packed CPU kernels, which split their GEMMs
-    /// with a helper thread of their own (<see cref="CpuParallel"/>): libtorch's OpenMP workers spin for milliseconds
-    /// after each parallel op and would hold the helper's core, while what stays in libtorch beside such a model
+    /// Sets libtorch to one thread when <paramref name="model"/> runs on the packed CPU kernels, which split their work
+    /// with helper threads of their own (<see cref="CpuParallel"/>): libtorch's OpenMP workers spin for milliseconds
+    /// after each parallel op and would hold the helpers' cores, while what stays in libtorch beside such a model
     /// (sampling, small drafter ops) is small. Returns whether it changed the setting.
     /// </summary>
     public static bool YieldTorchThreads(TransformerModel model)

@@ -26,7 +26,7 @@ internal static unsafe class CpuKernels
     /// <summary>Gets whether CPU f32 models use these kernels (<c>CORAL_CPU_KERNELS</c>, default on).</summary>
     public static bool Enabled { get; } = Environment.GetEnvironmentVariable("CORAL_CPU_KERNELS") is not ("0" or "false");
 
-    /// <summary>Gets or sets whether attention's (row, head) parts are split with <see cref="CpuParallel"/>'s helper.</summary>
+    /// <summary>Gets or sets whether attention's (row, head) parts are split with <see cref="CpuParallel"/>'s helpers.</summary>
     public static bool ParallelAttention { get; set; } = true;
 
     /// <summary>The address of a contiguous f32 CPU tensor's first element (storage offset included).</summary>
@@ -163,7 +163,7 @@ internal static unsafe class CpuKernels
     public static void Attention(float* qkv, int rows, int count, int stride, int heads, int kvHeads, int hd, KvCache cache, int layer,
         int total, bool[]? mask, float scale, float* o)
     {
-        // One part per (row, head), split with the GEMMs' helper thread: each part computes exactly what it computes
+        // One part per (row, head), split with the GEMMs' helper threads: each part computes exactly what it computes
         // alone, so the split changes no bits.
         var work = new AttentionWork(qkv, stride, heads, kvHeads, hd, cache, layer, total, mask, scale, o);
         if (ParallelAttention)

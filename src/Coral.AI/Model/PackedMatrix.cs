@@ -118,7 +118,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         return bad == 0;
     }
 
-    /// <summary>y[rows, N] = x[rows, K] · W, on this thread and <see cref="CpuParallel"/>'s helper; output rows are
+    /// <summary>y[rows, N] = x[rows, K] · W, on this thread and <see cref="CpuParallel"/>'s helpers; output rows are
     /// <paramref name="outputStride"/> floats apart (0: N).</summary>
     public void Multiply(float* x, int rows, float* y, int outputStride = 0)
     {
@@ -128,7 +128,8 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         _rows = rows;
         _ldy = outputStride == 0 ? Outputs : outputStride;
         // Parts are claimed first come, first served; more parts than threads even out a late start of the helper.
-        _parts = Math.Min(_blocks, (long)_blocks * Inputs * rows >= 1 << 20 ? 8 : 2);
+        int threads = CpuParallel.Threads;
+        _parts = Math.Min(_blocks, (long)_blocks * Inputs * rows >= 1 << 20 ? 4 * threads : threads);
         CpuParallel.Run(this, _parts);
     }
 

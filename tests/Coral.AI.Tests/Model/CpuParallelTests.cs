@@ -33,6 +33,35 @@ public class CpuParallelTests
         work.CheckAndReset(50);
     }
 
+    [Fact]
+    public void MoreHelpersThanCores_AndAChangeOfThreads_RunEveryPartOnce()
+    {
+        // Four threads on this two-core machine (the helpers are descheduled mid-round), then three: each change replaces
+        // the team; results must not depend on who ran what.
+        int before = CpuParallel.Threads;
+        try
+        {
+            foreach (int threads in new[] { 4, 3 })
+            {
+                CpuParallel.Threads = threads;
+                var work = new CountingWork(13);
+                for (int round = 0; round < 500; round++)
+                {
+                    CpuParallel.Run(work, 13);
+                    work.CheckAndReset(round);
+                }
+
+                work.Throwing = 12;
+                Assert.Throws<InvalidOperationException>(() => CpuParallel.Run(work, 13));
+                work.CheckAndReset(-1);
+            }
+        }
+        finally
+        {
+            CpuParallel.Threads = before;
+        }
+    }
+
     private sealed class CountingWork(int parts) : ICpuWork
     {
         private readonly int[] _runs = new int[parts];
