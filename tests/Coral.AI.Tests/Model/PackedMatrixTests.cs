@@ -46,64 +46,61 @@ public class PackedMatrixTests
         return Enumerable.Range(0, rows * K).Select(_ => (float)(r.NextDouble() * 2 - 1)).ToArray();
     }
 
-    [Fact]
-    public void Multiply_MatchesADoubleReference()
+    /// <summary>Runs <paramref name="test"/> on a random packed matrix and its values [K, N] (where AVX-512 packs).</summary>
+    private static void WithMatrix(int seed, Action<PackedMatrix, float[]> test)
     {
         if (!NeedsAvx512())
         {
             return;
         }
 
-        var (m, w) = Random(1);
+        var (m, w) = Random(seed);
         using (m)
         {
-            foreach (int rows in new[] { 1, 2, 3, 4, 5, 7, 9, 13 })
-            {
-                float[] x = Inputs(rows, rows), y = Multiply(m, x, rows);
-                for (int r = 0; r < rows; r++)
-                {
-                    for (int n = 0; n < N; n++)
-                    {
-                        double expected = 0;
-                        for (int k = 0; k < K; k++)
-                        {
-                            expected += (double)x[r * K + k] * w[k * N + n];
-                        }
-
-                        Assert.True(Math.Abs(y[r * N + n] - expected) < 1e-4, $"{rows} rows: y[{r}, {n}] = {y[r * N + n]}, expected {expected}");
-                    }
-                }
-            }
+            test(m, w);
         }
     }
 
     [Fact]
-    public void EveryRow_HasTheSameBits_AtEveryRowCount_AndOutputStride()
+    public void Multiply_MatchesADoubleReference() => WithMatrix(1, (m, w) =>
+    {
+        foreach (int rows in new[] { 1, 2, 3, 4, 5, 7, 9, 13 })
+        {
+            float[] x = Inputs(rows, rows), y = Multiply(m, x, rows);
+            for (int r = 0; r < rows; r++)
+            {
+                for (int n = 0; n < N; n++)
+                {
+                    double expected = 0;
+                    for (int k = 0; k < K; k++)
+                    {
+                        expected += (double)x[r * K + k] * w[k * N + n];
+                    }
+
+                    Assert.True(Math.Abs(y[r * N + n] - expected) < 1e-4, $"{rows} rows: y[{r}, {n}] = {y[r * N + n]}, expected {expected}");
+                }
+            }
+        }
+    });
+
+    [Fact]
+    public void EveryRow_HasTheSameBits_AtEveryRowCount_AndOutputStride() => WithMatrix(2, (m, _) =>
     {
         // What lossless tree verification rests on: a row computes the same bits alone and among any number of rows.
-        if (!NeedsAvx512())
+        float[] x = Inputs(17, 3);
+        float[][] alone = Enumerable.Range(0, 17).Select(r => Multiply(m, x[(r * K)..((r + 1) * K)], 1)).ToArray();
+        foreach (int rows in new[] { 2, 3, 4, 5, 6, 8, 11, 16, 17 })
         {
-            return;
-        }
-
-        var (m, _) = Random(2);
-        using (m)
-        {
-            float[] x = Inputs(17, 3);
-            float[][] alone = Enumerable.Range(0, 17).Select(r => Multiply(m, x[(r * K)..((r + 1) * K)], 1)).ToArray();
-            foreach (int rows in new[] { 2, 3, 4, 5, 6, 8, 11, 16, 17 })
+            float[] y = Multiply(m, x[..(rows * K)], rows);
+            float[] strided = Multiply(m, x[..(rows * K)], rows, N + 7);
+            for (int r = 0; r < rows; r++)
             {
-                float[] y = Multiply(m, x[..(rows * K)], rows);
-                float[] strided = Multiply(m, x[..(rows * K)], rows, N + 7);
-                for (int r = 0; r < rows; r++)
-                {
-                    Assert.Equal(alone[r], y[(r * N)..((r + 1) * N)]);
-                    Assert.Equal(alone[r], strided[(r * (N + 7))..((r * (N + 7)) + N)]);
-                    Assert.All(strided[((r * (N + 7)) + N)..((r + 1) * (N + 7))], v => Assert.True(float.IsNaN(v), "wrote past a row"));
-                }
+                Assert.Equal(alone[r], y[(r * N)..((r + 1) * N)]);
+                Assert.Equal(alone[r], strided[(r * (N + 7))..((r * (N + 7)) + N)]);
+                Assert.All(strided[((r * (N + 7)) + N)..((r + 1) * (N + 7))], v => Assert.True(float.IsNaN(v), "wrote past a row"));
             }
         }
-    }
+    });
 
     [Fact]
     public void AWeightWithAValueBf16CannotHold_IsNotPacked()
