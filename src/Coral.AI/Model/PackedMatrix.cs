@@ -153,15 +153,15 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
                 int m = rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
                 if (m == 4)
                 {
-                    Pair4(p0, p1, x, k, y, ldy);
+                    Tile<Four>(p0, p1, x, k, y, ldy);
                 }
                 else if (m == 2)
                 {
-                    Pair2(p0, p1, x, k, y, ldy);
+                    Tile<Two>(p0, p1, x, k, y, ldy);
                 }
                 else
                 {
-                    Pair1(p0, p1, x, k, y);
+                    Tile<One>(p0, p1, x, k, y, ldy);
                 }
 
                 if (!full)
@@ -185,63 +185,17 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     private static Vector512<float> Bf16(ushort* p) =>
         Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)), 16).AsSingle();
 
-    // The micro-kernels: rows × 64 outputs of two blocks, each output one accumulator over k in order. They stay small
-    // methods: in one large method the JIT spilled the accumulators to the stack.
+    /// <summary>
+    /// The micro-kernel: <typeparamref name="TRows"/> rows (1, 2 or 4) × 64 outputs of two blocks, each output one
+    /// accumulator over k in order (4, 8 or 16 independent sums). The JIT compiles one body per row count with the other
+    /// rows' code removed; it stays a small method of its own because in one large method the JIT spilled the
+    /// accumulators to the stack.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Pair1(ushort* p0, ushort* p1, float* x, int k, float* y)
+    private static void Tile<TRows>(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy)
+        where TRows : struct, IRows
     {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int c = 0; c < k; c++)
-        {
-            var s = Vector512.Create(x[c]);
-            a0 = Vector512.FusedMultiplyAdd(Bf16(p0), s, a0);
-            a1 = Vector512.FusedMultiplyAdd(Bf16(p0 + 16), s, a1);
-            a2 = Vector512.FusedMultiplyAdd(Bf16(p1), s, a2);
-            a3 = Vector512.FusedMultiplyAdd(Bf16(p1 + 16), s, a3);
-            p0 += Block;
-            p1 += Block;
-        }
-
-        a0.Store(y);
-        a1.Store(y + 16);
-        a2.Store(y + 32);
-        a3.Store(y + 48);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Pair2(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy)
-    {
-        float* x1 = x0 + k;
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
-        for (int c = 0; c < k; c++)
-        {
-            var w0 = Bf16(p0);
-            var w1 = Bf16(p0 + 16);
-            var w2 = Bf16(p1);
-            var w3 = Bf16(p1 + 16);
-            p0 += Block;
-            p1 += Block;
-            var s = Vector512.Create(x0[c]);
-            a0 = Vector512.FusedMultiplyAdd(w0, s, a0);
-            a1 = Vector512.FusedMultiplyAdd(w1, s, a1);
-            a2 = Vector512.FusedMultiplyAdd(w2, s, a2);
-            a3 = Vector512.FusedMultiplyAdd(w3, s, a3);
-            s = Vector512.Create(x1[c]);
-            b0 = Vector512.FusedMultiplyAdd(w0, s, b0);
-            b1 = Vector512.FusedMultiplyAdd(w1, s, b1);
-            b2 = Vector512.FusedMultiplyAdd(w2, s, b2);
-            b3 = Vector512.FusedMultiplyAdd(w3, s, b3);
-        }
-
-        Store4(y, a0, a1, a2, a3);
-        Store4(y + ldy, b0, b1, b2, b3);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Pair4(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy)
-    {
-        float* x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;
+        float* x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;   // rows past TRows.Count are never read
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
@@ -259,27 +213,41 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
             a1 = Vector512.FusedMultiplyAdd(w1, s, a1);
             a2 = Vector512.FusedMultiplyAdd(w2, s, a2);
             a3 = Vector512.FusedMultiplyAdd(w3, s, a3);
-            s = Vector512.Create(x1[c]);
-            b0 = Vector512.FusedMultiplyAdd(w0, s, b0);
-            b1 = Vector512.FusedMultiplyAdd(w1, s, b1);
-            b2 = Vector512.FusedMultiplyAdd(w2, s, b2);
-            b3 = Vector512.FusedMultiplyAdd(w3, s, b3);
-            s = Vector512.Create(x2[c]);
-            c0 = Vector512.FusedMultiplyAdd(w0, s, c0);
-            c1 = Vector512.FusedMultiplyAdd(w1, s, c1);
-            c2 = Vector512.FusedMultiplyAdd(w2, s, c2);
-            c3 = Vector512.FusedMultiplyAdd(w3, s, c3);
-            s = Vector512.Create(x3[c]);
-            d0 = Vector512.FusedMultiplyAdd(w0, s, d0);
-            d1 = Vector512.FusedMultiplyAdd(w1, s, d1);
-            d2 = Vector512.FusedMultiplyAdd(w2, s, d2);
-            d3 = Vector512.FusedMultiplyAdd(w3, s, d3);
+            if (TRows.Count >= 2)
+            {
+                s = Vector512.Create(x1[c]);
+                b0 = Vector512.FusedMultiplyAdd(w0, s, b0);
+                b1 = Vector512.FusedMultiplyAdd(w1, s, b1);
+                b2 = Vector512.FusedMultiplyAdd(w2, s, b2);
+                b3 = Vector512.FusedMultiplyAdd(w3, s, b3);
+            }
+
+            if (TRows.Count >= 4)
+            {
+                s = Vector512.Create(x2[c]);
+                c0 = Vector512.FusedMultiplyAdd(w0, s, c0);
+                c1 = Vector512.FusedMultiplyAdd(w1, s, c1);
+                c2 = Vector512.FusedMultiplyAdd(w2, s, c2);
+                c3 = Vector512.FusedMultiplyAdd(w3, s, c3);
+                s = Vector512.Create(x3[c]);
+                d0 = Vector512.FusedMultiplyAdd(w0, s, d0);
+                d1 = Vector512.FusedMultiplyAdd(w1, s, d1);
+                d2 = Vector512.FusedMultiplyAdd(w2, s, d2);
+                d3 = Vector512.FusedMultiplyAdd(w3, s, d3);
+            }
         }
 
         Store4(y, a0, a1, a2, a3);
-        Store4(y + ldy, b0, b1, b2, b3);
-        Store4(y + 2 * ldy, c0, c1, c2, c3);
-        Store4(y + 3 * ldy, d0, d1, d2, d3);
+        if (TRows.Count >= 2)
+        {
+            Store4(y + ldy, b0, b1, b2, b3);
+        }
+
+        if (TRows.Count >= 4)
+        {
+            Store4(y + 2 * ldy, c0, c1, c2, c3);
+            Store4(y + 3 * ldy, d0, d1, d2, d3);
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -295,5 +263,26 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     {
         NativeMemory.AlignedFree(_w);
         _w = null;
+    }
+
+    /// <summary>A micro-kernel's row count, as a type so that the JIT specialises <see cref="Tile{TRows}"/> per count.</summary>
+    private interface IRows
+    {
+        static abstract int Count { get; }
+    }
+
+    private readonly struct One : IRows
+    {
+        public static int Count => 1;
+    }
+
+    private readonly struct Two : IRows
+    {
+        public static int Count => 2;
+    }
+
+    private readonly struct Four : IRows
+    {
+        public static int Count => 4;
     }
 }
