@@ -14,6 +14,7 @@ internal sealed class LogitsSampler
     private readonly List<int> _seen = [];
     private readonly HashSet<int> _context = [];
     private readonly float[] _work;
+    private long[] _keys = [];   // sorted candidates (SortedCandidates)
 
     public LogitsSampler(SamplingParameters parameters, int vocabSize, IEnumerable<int>? promptIds = null)
     {
@@ -168,26 +169,47 @@ internal sealed class LogitsSampler
     }
 
     /// <summary>Zeroes all but the k largest entries (ties at the boundary keep the lower index).</summary>
-    private static void KeepLargest(Span<float> x, int k)
+    private void KeepLargest(Span<float> x, int k)
     {
-        var candidates = new List<(float P, int I)>();
-        for (int i = 0; i < x.Length; i++)
+        if (k > 256)
         {
-            if (x[i] > 0f)
+            int n = SortedCandidates(x, 0f);
+            if (n > k)
             {
-                candidates.Add((x[i], i));
+                KeepFirst(x, k);
             }
-        }
 
-        if (candidates.Count <= k)
-        {
             return;
         }
 
-        candidates.Sort((a, b) => b.P != a.P ? b.P.CompareTo(a.P) : a.I.CompareTo(b.I));
-        for (int j = k; j < candidates.Count; j++)
+        // One pass with a sorted buffer of the best k so far (by value, then index): a value enters only when it beats the
+        // k-th, so after the first few hundred entries almost none do.
+        Span<float> best = stackalloc float[k];
+        Span<int> index = stackalloc int[k];
+        int count = 0;
+        for (int i = 0; i < x.Length; i++)
         {
-            x[candidates[j].I] = 0f;
+            float v = x[i];
+            if (!(v > 0f) || (count == k && !(v > best[k - 1])))
+            {
+                continue;
+            }
+
+            int j = count < k ? count++ : k - 1;
+            for (; j > 0 && best[j - 1] < v; j--)
+            {
+                best[j] = best[j - 1];
+                index[j] = index[j - 1];
+            }
+
+            best[j] = v;
+            index[j] = i;
+        }
+
+        x.Clear();
+        for (int j = 0; j < count; j++)
+        {
+            x[index[j]] = best[j];
         }
     }
 
@@ -196,20 +218,17 @@ internal sealed class LogitsSampler
     /// threshold are sorted: the threshold is lowered until the entries above it already hold topP of the mass, so the
     /// nucleus lies inside them.
     /// </summary>
-    private static void KeepNucleus(Span<float> x, float topP, float pmax)
+    private void KeepNucleus(Span<float> x, float topP, float pmax)
     {
         float threshold = pmax / 1024f;
-        var candidates = new List<(float P, int I)>();
         while (true)
         {
-            candidates.Clear();
             double mass = 0;
-            for (int i = 0; i < x.Length; i++)
+            foreach (float v in x)
             {
-                if (x[i] >= threshold && x[i] > 0f)
+                if (v >= threshold && v > 0f)
                 {
-                    candidates.Add((x[i], i));
-                    mass += x[i];
+                    mass += v;
                 }
             }
 
@@ -221,12 +240,12 @@ internal sealed class LogitsSampler
             threshold /= 64f;
         }
 
-        candidates.Sort((a, b) => b.P != a.P ? b.P.CompareTo(a.P) : a.I.CompareTo(b.I));
+        int n = SortedCandidates(x, threshold);
         double cum = 0;
-        int keep = candidates.Count;
-        for (int j = 0; j < candidates.Count; j++)
+        int keep = n;
+        for (int j = 0; j < n; j++)
         {
-            cum += candidates[j].P;
+            cum += BitConverter.Int32BitsToSingle(0x7FFFFFFF - (int)(_keys[j] >> 32));
             if (cum >= topP)
             {
                 keep = j + 1;
@@ -234,13 +253,43 @@ internal sealed class LogitsSampler
             }
         }
 
-        var kept = new HashSet<int>(candidates.Take(keep).Select(c => c.I));
+        KeepFirst(x, keep);
+    }
+
+    /// <summary>
+    /// Sorts the positive entries at or above <paramref name="threshold"/> into <see cref="_keys"/>, best first, ties by
+    /// lower index: each key is (0x7FFFFFFF − the value's bits) « 32 | index, so one primitive sort of longs orders them
+    /// (positive floats order as their bits). Returns how many there are.
+    /// </summary>
+    private int SortedCandidates(ReadOnlySpan<float> x, float threshold)
+    {
+        if (_keys.Length < x.Length)
+        {
+            _keys = new long[x.Length];
+        }
+
+        int n = 0;
         for (int i = 0; i < x.Length; i++)
         {
-            if (x[i] > 0f && !kept.Contains(i))
+            float v = x[i];
+            if (v >= threshold && v > 0f)
             {
-                x[i] = 0f;
+                _keys[n++] = ((long)(0x7FFFFFFF - BitConverter.SingleToInt32Bits(v)) << 32) | (uint)i;
             }
+        }
+
+        Array.Sort(_keys, 0, n);
+        return n;
+    }
+
+    /// <summary>Zeroes every entry but the first <paramref name="keep"/> of the sorted candidates.</summary>
+    private void KeepFirst(Span<float> x, int keep)
+    {
+        x.Clear();
+        for (int j = 0; j < keep; j++)
+        {
+            long key = _keys[j];
+            x[(int)(key & 0xFFFFFFFF)] = BitConverter.Int32BitsToSingle(0x7FFFFFFF - (int)(key >> 32));
         }
     }
 }

@@ -85,4 +85,36 @@ public class LogitsSamplerTests
         // token 1: 3.0 - 0.6 - 0.1 = 2.3; token 6: 2.9 - 0.4 = 2.5; token 3: 2.5 -> tie broken by index (3 first).
         Assert.Equal(3, s.Sample(Logits));
     }
+
+    [Theory]
+    [InlineData(40, 1f)]       // the one-pass selection (k ≤ 256)
+    [InlineData(1000, 1f)]     // the sorted path
+    [InlineData(null, 0.9f)]   // the nucleus
+    [InlineData(7, 0.5f)]
+    public void TopKAndTopP_KeepExactlyTheNaiveSupport_WithTiesToTheLowerIndex(int? topK, float topP)
+    {
+        // 50k normal logits rounded to 1/4: few tokens per level at the top, exact ties at every cut, which a token entering
+        // the best-k after its equals must lose. The support must be what sorting every token by (probability descending,
+        // index ascending) and cutting gives.
+        var random = new Random(5);
+        float[] logits = Enumerable.Range(0, 50_000)
+            .Select(_ => MathF.Round(2f * MathF.Sqrt(-2f * MathF.Log(1f - random.NextSingle())) * MathF.Cos(2f * MathF.PI * random.NextSingle()) * 4) / 4)
+            .ToArray();
+        var sampling = new SamplingParameters { Temperature = 0.7f, TopK = topK, TopP = topP };
+        var probs = new float[logits.Length];
+        new LogitsSampler(sampling, logits.Length).Distribution(logits, probs);
+
+        double[] p = logits.Select(l => Math.Exp((l - logits.Max()) / 0.7)).ToArray();
+        int[] order = Enumerable.Range(0, p.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).ToArray();
+        var support = order.Take(topK ?? order.Length).ToList();
+        if (topP < 1f)
+        {
+            double total = p.Sum(), cum = 0;
+            int keep = support.TakeWhile(i => (cum += p[i] / total) < topP).Count() + 1;
+            support = support.Take(keep).ToList();
+        }
+
+        Assert.Equal(support.Order(), Enumerable.Range(0, probs.Length).Where(i => probs[i] > 0));
+        Assert.Equal(1.0, probs.Sum(), 4);
+    }
 }
