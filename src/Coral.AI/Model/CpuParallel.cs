@@ -104,13 +104,41 @@ internal static class CpuParallel
         }
     }
 
-    /// <summary>The helper threads and the round they share.</summary>
+    /// <summary>One split: its work, its parts, and the counters the threads claim and finish parts with. Each split
+    /// gets its own, so a helper still leaving an earlier one can never claim or count a part of a later one.</summary>
+    private sealed class Round(ICpuWork work, int parts)
+    {
+        public readonly ICpuWork Work = work;
+        public readonly int Parts = parts;
+        public int Next;
+        public int Done;
+        public Exception? Error;   // the first exception a part threw (rethrown to the caller)
+
+        public void Drain()
+        {
+            int p;
+            while ((p = Interlocked.Increment(ref Next) - 1) < Parts)
+            {
+                try
+                {
+                    Work.Run(p);
+                }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref Error, e, null);
+                }
+
+                Interlocked.Increment(ref Done);
+            }
+        }
+    }
+
+    /// <summary>The helper threads and the round they are offered.</summary>
     private sealed class Team
     {
         private readonly ManualResetEventSlim _wake = new(false);
-        private ICpuWork? _work;
-        private Exception? _error;   // the first exception a part threw this round (rethrown to the caller)
-        private int _parts, _next, _done, _owned, _sleeping, _epoch;
+        private Round? _round;
+        private int _owned, _sleeping, _epoch;
         private volatile bool _retired;
 
         public Team(int helpers)
@@ -138,52 +166,29 @@ internal static class CpuParallel
                 return false;
             }
 
-            // Publish the work, then the counters, then the epoch the helpers watch. A helper still leaving the previous
-            // round may claim a part of this one through _next: it then runs this round's work, which is correct.
-            _work = work;
-            _parts = parts;
-            Volatile.Write(ref _done, 0);
-            Volatile.Write(ref _next, 0);
-            Interlocked.Increment(ref _epoch);
+            var round = new Round(work, parts);
+            Volatile.Write(ref _round, round);
+            Interlocked.Increment(ref _epoch);   // a full fence: the round is visible before the epoch, and before _sleeping is read
             if (Volatile.Read(ref _sleeping) > 0)
             {
                 _wake.Set();
             }
 
-            Drain();
+            round.Drain();
             var spin = new SpinWait();
-            while (Volatile.Read(ref _done) < parts)
+            while (Volatile.Read(ref round.Done) < parts)
             {
                 spin.SpinOnce(sleep1Threshold: -1);
             }
 
-            _work = null;
-            Exception? error = Interlocked.Exchange(ref _error, null);
+            Volatile.Write(ref _round, null);
             Volatile.Write(ref _owned, 0);
-            if (error is not null)
+            if (round.Error is { } error)
             {
                 ExceptionDispatchInfo.Throw(error);
             }
 
             return true;
-        }
-
-        private void Drain()
-        {
-            int p;
-            while ((p = Interlocked.Increment(ref _next) - 1) < Volatile.Read(ref _parts))
-            {
-                try
-                {
-                    Volatile.Read(ref _work)?.Run(p);
-                }
-                catch (Exception e)
-                {
-                    Interlocked.CompareExchange(ref _error, e, null);
-                }
-
-                Interlocked.Increment(ref _done);
-            }
         }
 
         private void Loop()
@@ -215,7 +220,7 @@ internal static class CpuParallel
                 }
 
                 seen = Volatile.Read(ref _epoch);
-                Drain();
+                Volatile.Read(ref _round)?.Drain();
             }
         }
     }

@@ -182,30 +182,9 @@ internal sealed class LogitsSampler
             return;
         }
 
-        // One pass with a sorted buffer of the best k so far (by value, then index): a value enters only when it beats the
-        // k-th, so after the first few hundred entries almost none do.
         Span<float> best = stackalloc float[k];
         Span<int> index = stackalloc int[k];
-        int count = 0;
-        for (int i = 0; i < x.Length; i++)
-        {
-            float v = x[i];
-            if (!(v > 0f) || (count == k && !(v > best[k - 1])))
-            {
-                continue;
-            }
-
-            int j = count < k ? count++ : k - 1;
-            for (; j > 0 && best[j - 1] < v; j--)
-            {
-                best[j] = best[j - 1];
-                index[j] = index[j - 1];
-            }
-
-            best[j] = v;
-            index[j] = i;
-        }
-
+        int count = BestK.Select(x, 0f, best, index);
         x.Clear();
         for (int j = 0; j < count; j++)
         {

@@ -230,25 +230,7 @@ internal sealed class TreeDrafter : IDisposable
         for (int row = 0; row < rows; row++)
         {
             var x = new ReadOnlySpan<float>(p + ((long)row * width), width);
-            int n = 0;
-            for (int c = 0; c < width; c++)
-            {
-                float v = x[c];
-                if (!(v > float.NegativeInfinity) || (n == k && !(v > best[k - 1])))
-                {
-                    continue;   // −∞ (padding) is never a candidate, nor NaN
-                }
-
-                int i = n < k ? n++ : k - 1;
-                for (; i > 0 && best[i - 1] < v; i--)
-                {
-                    best[i] = best[i - 1];
-                    columns[i] = columns[i - 1];
-                }
-
-                best[i] = v;
-                columns[i] = c;
-            }
+            int n = BestK.Select(x, float.NegativeInfinity, best, columns);   // −∞ (padding) is never a candidate
 
             float logNorm = float.NegativeInfinity;
             if (n > 0)

@@ -62,6 +62,43 @@ public class CpuParallelTests
         }
     }
 
+    [Fact]
+    public void ARoundReturns_OnlyWhenItsOwnPartsAreDone_UnderOversubscription()
+    {
+        // Rounds of alternating sizes back to back, eight threads on two cores: a helper descheduled while leaving one round
+        // must neither claim nor count a part of the next (when it could, a round returned with a part still running).
+        int before = CpuParallel.Threads;
+        try
+        {
+            CpuParallel.Threads = 8;
+            for (int round = 0; round < 100_000; round++)
+            {
+                var work = new FinishingWork(round % 2 == 0 ? 2 : 9);
+                CpuParallel.Run(work, work.Finished.Length);
+                Assert.True(work.Finished.All(f => f == 1), $"round {round}: a part was still running when Run returned");
+            }
+        }
+        finally
+        {
+            CpuParallel.Threads = before;
+        }
+    }
+
+    private sealed class FinishingWork(int parts) : ICpuWork
+    {
+        public int[] Finished { get; } = new int[parts];
+
+        public void Run(int part)
+        {
+            if (part % 3 == 2)
+            {
+                Thread.SpinWait(20);
+            }
+
+            Volatile.Write(ref Finished[part], 1);
+        }
+    }
+
     private sealed class CountingWork(int parts) : ICpuWork
     {
         private readonly int[] _runs = new int[parts];
