@@ -690,11 +690,11 @@ internal sealed class InferenceEngine : IDisposable
             // A block of rows too: a first prefill otherwise runs the per-row code (attention's softmax helpers and the
             // like) unoptimised until tiering promotes it — 3–6× slower for its first hundreds of milliseconds (measured:
             // 583 vs 90 ms for the first 256-token chunk of the demo model).
-            int width = Math.Min(64, Math.Max(1, ContextLength / 4));
+            long[] block = Enumerable.Range(0, Math.Min(16, Math.Max(1, ContextLength / 4))).Select(t => (long)(t % Model.Config.VocabSize)).ToArray();
             for (int i = 0; i < 3; i++)
             {
                 ResetCache();
-                Step(Enumerable.Range(0, width).Select(t => (long)(t % Model.Config.VocabSize)).ToArray());
+                Step(block);
             }
         }
 

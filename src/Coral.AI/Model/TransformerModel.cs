@@ -201,6 +201,11 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>Projects hidden rows [R, d] to f32 logits [R, V].</summary>
     public Tensor Logits(Tensor hidden)
     {
+        if (hidden.dim() < 1 || hidden.shape[^1] != Config.HiddenSize)
+        {
+            throw new ArgumentException($"Expected hidden rows of width {Config.HiddenSize}, got [{string.Join(", ", hidden.shape)}].", nameof(hidden));
+        }
+
         if (_packedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32 || hidden.dim() != 2)
         {
             return DecoderLayer.Linear(hidden, _head, null);

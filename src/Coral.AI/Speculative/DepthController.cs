@@ -4,7 +4,8 @@ namespace Coral.AI;
 /// Chooses the draft depth of each speculation cycle from the acceptance observed so far, so that a drafter that is
 /// rarely right past depth 2 does not pay for five draft forwards. It keeps, per depth j, an exponential moving average
 /// of r_j = P(at least j drafted tokens accepted), and the cost of one draft step (s) and of one verification (v), each
-/// the median of its latest <see cref="PlainWindow"/> measurements; the next depth maximises the expected tokens per millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
+/// the median of its latest <see cref="PlainWindow"/> measurements; the next depth maximises the expected tokens per
+/// millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
 /// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
 /// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
 /// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p, the median

@@ -30,7 +30,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     private readonly Tensor? _groupBias;         // [G, S] f32: 0, or −∞ at padding rows
     private readonly PackedMatrix[]? _packed;    // each group's [d, S] packed (CPU, bf16-valued head): used instead of the two above
     private readonly int[][]? _paddingColumns;   // with _packed: each group's padding columns
-    private readonly float[]? _mlp;              // with _packed: w1 [r, d], b1 [r], w2 [G, r], b2 [G] on the host (GroupScores)
+    private readonly HostMlp? _mlp;              // with _packed: the group scorer's weights on the host (GroupScores)
     private readonly long[] _perm;
 
     private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, long[] perm, int groups, int topK, long f32Limit)
@@ -60,7 +60,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
                     .Select(g => Enumerable.Range(0, GroupSize).Where(c => perm[(g * GroupSize) + c] < 0).ToArray()).ToArray();
                 _groupWeights.Dispose();
                 _groupWeights = null;
-                _mlp = new[] { w1, b1, w2, b2 }.SelectMany(HostValues).ToArray();
+                _mlp = new HostMlp(HostValues(w1), HostValues(b1), HostValues(w2), HostValues(b2));
             }
             else
             {
@@ -247,16 +247,20 @@ internal sealed unsafe class LmHeadRouter : IDisposable
             return MemoryMarshal.Cast<byte, float>(scores.contiguous().bytes).ToArray();
         }
 
+        if (h.dim() != 2 || h.shape[1] != _packed![0].Inputs)
+        {
+            throw new ArgumentException($"Expected draft outputs [K, {_packed![0].Inputs}], got [{string.Join(", ", h.shape)}].", nameof(h));
+        }
+
         using Tensor x = h.to(ScalarType.Float32).contiguous();
-        return GroupScores(CpuKernels.Pointer(x), (int)x.shape[0], (int)x.shape[1]);
+        return GroupScores(_mlp, CpuKernels.Pointer(x), (int)x.shape[0], (int)x.shape[1]);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private float[] GroupScores(float* x, int rows, int d)
+    private static float[] GroupScores(HostMlp mlp, float* x, int rows, int d)
     {
-        int hidden = (int)_b1.shape[0], groups = Groups;
-        ReadOnlySpan<float> w1 = _mlp.AsSpan(0, hidden * d), b1 = _mlp.AsSpan(hidden * d, hidden);
-        ReadOnlySpan<float> w2 = _mlp.AsSpan((hidden * d) + hidden, groups * hidden), b2 = _mlp.AsSpan((hidden * d) + hidden + (groups * hidden), groups);
+        int hidden = mlp.B1.Length, groups = mlp.B2.Length;
+        ReadOnlySpan<float> w1 = mlp.W1, b1 = mlp.B1, w2 = mlp.W2, b2 = mlp.B2;
         var sums = new float[groups];
         Span<float> z = stackalloc float[hidden], g = stackalloc float[groups];
         for (int r = 0; r < rows; r++)
@@ -329,4 +333,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
             Array.ForEach(_packed, m => m.Dispose());
         }
     }
+
+    /// <summary>The group scorer (Linear → SiLU → Linear) as host arrays: w1 [r·d], b1 [r], w2 [G·r], b2 [G].</summary>
+    private sealed record HostMlp(float[] W1, float[] B1, float[] W2, float[] B2);
 }

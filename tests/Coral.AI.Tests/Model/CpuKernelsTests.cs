@@ -69,6 +69,18 @@ public class CpuKernelsTests
     }
 
     [Fact]
+    public void PackedHead_RefusesRowsOfAnotherWidth()
+    {
+        // The packed head reads rows by address: a wrong width is an error naming the shapes, not a read past the rows
+        // (the same error on every path).
+        using var model = TransformerModel.Load(TransformerModelTests.ModelFor("llama-sharded-bf16"), torch.CPU, ScalarType.Float32, 64);
+        Assert.Equal(PackedMatrix.Enabled, model.UsesPackedWeights);
+        using var scope = torch.NewDisposeScope();
+        var e = Assert.Throws<ArgumentException>(() => model.Logits(torch.zeros(2, model.Config.HiddenSize + 1)));
+        Assert.Contains($"width {model.Config.HiddenSize}", e.Message);
+    }
+
+    [Fact]
     public void TokenOutsideTheVocabulary_IsATypedError()
     {
         using var model = TransformerModel.Load(TransformerModelTests.ModelFor("llama"), torch.CPU, ScalarType.Float32, 64);
