@@ -355,7 +355,7 @@ internal sealed class InferenceEngine : IDisposable
                     long verifyStart = Stopwatch.GetTimestamp();
                     verifyClock.Start();
                     Tensor hidden = Model.Forward(tree.Tokens.Select(t => (long)t).ToArray(), Cache, tree.Positions(start), tree.AncestorMask());
-                    ReadRows(Model.Logits(hidden), ref _treeLogits);
+                    Model.Logits(hidden, TreeLogits(tree.Count));
                     verifyClock.Stop();
                     long verifyEnd = Stopwatch.GetTimestamp();
 
@@ -444,7 +444,7 @@ internal sealed class InferenceEngine : IDisposable
         using (var scope = torch.NewDisposeScope())
         {
             Tensor hidden = Model.Forward([root], Cache);
-            CopyRow(Model.Logits(hidden), _row);
+            Model.Logits(hidden, _row);
             next = sampler.Sample(_row);
             sampler.Accept(next);
             Tensor old = features;
@@ -518,7 +518,7 @@ internal sealed class InferenceEngine : IDisposable
                     Tensor hidden = Model.Forward(chunk, Cache);
                     if (start + n == prompt.Count)
                     {
-                        CopyRow(Model.Logits(hidden.narrow(0, n - 1, 1)), _row);
+                        Model.Logits(hidden.narrow(0, n - 1, 1), _row);
                     }
 
                     if (collectFeatures)
@@ -556,7 +556,7 @@ internal sealed class InferenceEngine : IDisposable
     {
         using var scope = torch.NewDisposeScope();
         Tensor hidden = Model.Forward(tokens, Cache);
-        CopyRow(Model.Logits(hidden.narrow(0, tokens.Length - 1, 1)), _row);
+        Model.Logits(hidden.narrow(0, tokens.Length - 1, 1), _row);
         return _row;
     }
 
@@ -614,7 +614,7 @@ internal sealed class InferenceEngine : IDisposable
                     using (torch.NewDisposeScope())
                     {
                         Cache.Length = context;
-                        ReadRows(Model.Logits(Model.Forward(ids, Cache, positions, torch.ones(t, t, ScalarType.Bool).tril())), ref _treeLogits);
+                        Model.Logits(Model.Forward(ids, Cache, positions, torch.ones(t, t, ScalarType.Bool).tril()), TreeLogits(t));
                     }
 
                     if (round >= 0)
@@ -730,22 +730,15 @@ internal sealed class InferenceEngine : IDisposable
         Gate.Dispose();
     }
 
-    /// <summary>Copies a [1, V] f32 tensor into a managed buffer.</summary>
-    internal static void CopyRow(Tensor logits, float[] destination)
+    /// <summary>The buffer of a verified tree's logits, grown to <paramref name="rows"/> rows when needed.</summary>
+    private float[] TreeLogits(int rows)
     {
-        Tensor host = logits.device_type == DeviceType.CPU ? logits.contiguous() : logits.cpu().contiguous();
-        MemoryMarshal.Cast<byte, float>(host.bytes).CopyTo(destination);
-    }
-
-    private static void ReadRows(Tensor logits, ref float[] destination)
-    {
-        Tensor host = logits.device_type == DeviceType.CPU ? logits.contiguous() : logits.cpu().contiguous();
-        Span<float> values = MemoryMarshal.Cast<byte, float>(host.bytes);
-        if (destination.Length < values.Length)
+        int length = rows * Model.Config.VocabSize;
+        if (_treeLogits.Length < length)
         {
-            destination = new float[values.Length];
+            _treeLogits = new float[length];
         }
 
-        values.CopyTo(destination);
+        return _treeLogits;
     }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -215,6 +216,33 @@ internal sealed unsafe class TransformerModel : IDisposable
         Tensor y = torch.empty([x.shape[0], Config.VocabSize], ScalarType.Float32);
         _packedHead.Multiply(CpuKernels.Pointer(x), (int)x.shape[0], CpuKernels.Pointer(y));
         return y;
+    }
+
+    /// <summary>Projects hidden rows [R, d] to f32 logits written row after row into <paramref name="destination"/>
+    /// (at least R·V floats): the packed head writes them there directly (no [R, V] tensor, no copy; a verified tree's
+    /// rows are 200 KB each on the demo model), other heads go through <see cref="Logits(Tensor)"/> and a copy.</summary>
+    public unsafe void Logits(Tensor hidden, Span<float> destination)
+    {
+        long rows = hidden.dim() == 2 ? hidden.shape[0] : 1;
+        if (destination.Length < rows * Config.VocabSize)
+        {
+            throw new ArgumentException($"{rows} rows of logits need {rows * Config.VocabSize} floats; the destination holds {destination.Length}.", nameof(destination));
+        }
+
+        if (_packedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32 || hidden.dim() != 2
+            || hidden.shape[1] != Config.HiddenSize)
+        {
+            using Tensor logits = Logits(hidden);
+            using Tensor host = logits.device_type == DeviceType.CPU ? logits.contiguous() : logits.cpu().contiguous();
+            MemoryMarshal.Cast<byte, float>(host.bytes).CopyTo(destination);
+            return;
+        }
+
+        using Tensor x = hidden.contiguous();
+        fixed (float* y = destination)
+        {
+            _packedHead.Multiply(CpuKernels.Pointer(x), (int)rows, y);
+        }
     }
 
     public void Dispose()

@@ -80,6 +80,26 @@ public class CpuKernelsTests
         Assert.Contains($"width {model.Config.HiddenSize}", e.Message);
     }
 
+    [Theory]
+    [InlineData("llama-sharded-bf16")]   // packed head: written straight into the buffer
+    [InlineData("llama")]                // f32 values: libtorch's GEMM and a copy
+    public void LogitsIntoABuffer_EqualTheTensorForm(string name)
+    {
+        using var model = TransformerModel.Load(TransformerModelTests.ModelFor(name), torch.CPU, ScalarType.Float32, 64);
+        using var inference = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        int v = model.Config.VocabSize;
+        Tensor hidden = torch.randn(3, model.Config.HiddenSize, generator: new torch.Generator(7));
+        float[] buffer = new float[(3 * v) + 5];
+        Array.Fill(buffer, float.NaN);
+        model.Logits(hidden, buffer);
+        Assert.Equal(TorchTestHelpers.ToArray(model.Logits(hidden)), buffer[..(3 * v)]);
+        Assert.All(buffer[(3 * v)..], x => Assert.True(float.IsNaN(x), "wrote past the rows"));
+        var e = Assert.Throws<ArgumentException>(() => model.Logits(hidden, new float[(3 * v) - 1]));
+        Assert.Contains($"need {3 * v} floats", e.Message);
+        Assert.Throws<ArgumentException>(() => model.Logits(torch.zeros(2, model.Config.HiddenSize + 1), buffer));
+    }
+
     [Fact]
     public void TokenOutsideTheVocabulary_IsATypedError()
     {
