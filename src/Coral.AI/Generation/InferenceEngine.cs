@@ -58,6 +58,9 @@ internal sealed class InferenceEngine : IDisposable
 
     /// <summary>Gets or sets the default draft tree (set at load, possibly auto-tuned).</summary>
     private DepthController? _depthController;
+    private TreeShape? _depthShape;                          // the shape and the prior _depthController was made with
+    private IReadOnlyDictionary<int, double>? _depthCosts;
+    private IReadOnlyDictionary<int, double>? _verifyCosts;  // TuneTree's verify ms by tree size
 
     public TreeShape Tree { get; set; } = TreeShape.Default;
 
@@ -289,9 +292,16 @@ internal sealed class InferenceEngine : IDisposable
         DepthController? depthController = null;
         if (AdaptiveDepth)
         {
-            if (_depthController is null || _depthController.MaxDepth != shape.Depth || _depthController.PlainFallback != PlainFallback)
+            if (_depthController is null || _depthShape != shape || _depthController.PlainFallback != PlainFallback
+                || _depthCosts != _verifyCosts)
             {
-                _depthController = new DepthController(shape.Depth, PlainFallback);
+                // The load-time timing of each tree size (TuneTree) is the prior for depths whose verification the
+                // controller has not timed yet: a deeper cycle verifies more rows.
+                IReadOnlyDictionary<int, double>? costs = _verifyCosts;
+                _depthController = new DepthController(shape.Depth, PlainFallback,
+                    costs is null ? null : d => Interpolate(costs, shape.NodesAt(d)));
+                _depthShape = shape;
+                _depthCosts = costs;
             }
 
             depthController = _depthController;
@@ -339,8 +349,7 @@ internal sealed class InferenceEngine : IDisposable
                 var path = new List<int> { 0 };
                 int start = Cache.Length;
                 double draftMs, verifyMs;
-                TreeShape cycleShape = depthController is null ? shape
-                    : shape with { Depth = depth, TotalTokens = Math.Min(shape.TotalTokens, 1 + shape.TopK + (depth - 1) * shape.TopK * shape.TopK) };
+                TreeShape cycleShape = depthController is null ? shape : shape with { Depth = depth, TotalTokens = shape.NodesAt(depth) };
                 using (var scope = torch.NewDisposeScope())
                 {
                     long draftStart = Stopwatch.GetTimestamp();
@@ -643,7 +652,29 @@ internal sealed class InferenceEngine : IDisposable
             .Concat(chains.Where(d => verify.ContainsKey(d + 1))
                 .Select(d => (Shape: new TreeShape(d, 1, d + 1, routerTopK), Rate: chainPrior[d] / (d * chainStep + verify[d + 1]))));
         TreeShape best = candidates.OrderByDescending(c => c.Rate).ThenBy(c => c.Shape.TotalTokens).First().Shape;
+        _verifyCosts = verify;   // the prior of the next run's depth controller
         return (best, verify, draftStep);
+    }
+
+    /// <summary>The value at <paramref name="x"/> of the piecewise-linear curve through <paramref name="points"/>,
+    /// extended beyond its ends along its end segments (never below half its nearest point).</summary>
+    internal static double Interpolate(IReadOnlyDictionary<int, double> points, int x)
+    {
+        if (points.TryGetValue(x, out double exact))
+        {
+            return exact;
+        }
+
+        if (points.Count == 1)
+        {
+            return points.Values.First();
+        }
+
+        int[] keys = points.Keys.Order().ToArray();
+        int i = Math.Clamp(Array.FindIndex(keys, k => k > x), 1, keys.Length - 1);   // the segment [keys[i − 1], keys[i]]
+        int a = keys[i - 1], b = keys[i];
+        double y = points[a] + ((points[b] - points[a]) * (x - a) / (b - a));
+        return Math.Max(y, 0.5 * points[x < a ? a : b]);
     }
 
     /// <summary>Median time (ms) of one draft step over <paramref name="rows"/> tree nodes: drafter forward, head (routed

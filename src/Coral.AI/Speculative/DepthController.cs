@@ -3,9 +3,12 @@ namespace Coral.AI;
 /// <summary>
 /// Chooses the draft depth of each speculation cycle from the acceptance observed so far, so that a drafter that is
 /// rarely right past depth 2 does not pay for five draft forwards. It keeps, per depth j, an exponential moving average
-/// of r_j = P(at least j drafted tokens accepted), and the cost of one draft step (s) and of one verification (v), each
-/// the median of its latest <see cref="PlainWindow"/> measurements; the next depth maximises the expected tokens per
-/// millisecond (1 + Σ_{j≤D} r_j) / (D·s + v). Depths never
+/// of r_j = P(at least j drafted tokens accepted), and the cost of one draft step (s) and of a verification at each depth
+/// (v_D: a deeper tree verifies more rows, which on a CPU costs arithmetic), each the median of its latest
+/// <see cref="PlainWindow"/> measurements; the next depth maximises the expected tokens per millisecond
+/// (1 + Σ_{j≤D} r_j) / (D·s + v_D). A depth whose verification was never timed takes the nearest timed depth's cost,
+/// scaled by the ratio of the two in a prior (the engine's load-time timing of each tree size), or unscaled without
+/// one. Depths never
 /// drafted are estimated geometrically from the deepest drafted level's conditional acceptance r_D / r_{D−1}, and every
 /// <see cref="ExploreEvery"/> cycles one level deeper than the choice is tried, so a depth that was cut can come back.
 /// With a plain fallback, depth 0 means a plain one-token step: it is chosen when the measured plain step (p, the median
@@ -36,8 +39,11 @@ internal sealed class DepthController
     private readonly int[] _seen;
     // Costs: medians of the latest PlainWindow measurements each, so that one slow sample (a first call's compilation, a
     // machine hiccup) neither starts nor sways an estimate.
-    private readonly RecentMedian _step = new(), _verify = new(), _other = new(), _plain = new();
-    private double _stepMs = -1, _verifyMs = -1, _otherMs = -1, _plainMs = -1;
+    private readonly RecentMedian _step = new(), _other = new(), _plain = new();
+    private readonly RecentMedian[] _verify;   // per depth (index 0 unused)
+    private readonly double[] _verifyMs;       // per depth; −1 = not timed yet
+    private readonly Func<int, double>? _verifyPrior;
+    private double _stepMs = -1, _otherMs = -1, _plainMs = -1;
     private int _cycles, _plainSeen;
     private int _plainRun, _plainRunLimit = ExploreEvery;   // plain steps since the last cycle, and how many to wait
     private int _exploreDepth = 1;                          // the depth of the next cycle tried out of plain steps
@@ -45,12 +51,17 @@ internal sealed class DepthController
     /// <param name="maxDepth">The deepest tree (the configured shape's depth).</param>
     /// <param name="plainFallback">Whether depth 0 (a plain step) may be chosen; its cost is measured by
     /// <see cref="PlainProbes"/> plain steps early on (after the first cycle) and by every plain step after that.</param>
-    public DepthController(int maxDepth, bool plainFallback = false)
+    /// <param name="verifyPrior">Optional: the relative verification cost at each depth (any unit; only ratios are used),
+    /// for depths not timed yet; without it they take the nearest timed depth's cost.</param>
+    public DepthController(int maxDepth, bool plainFallback = false, Func<int, double>? verifyPrior = null)
     {
         MaxDepth = maxDepth;
         PlainFallback = plainFallback;
+        _verifyPrior = verifyPrior;
         _reach = new double[maxDepth + 1];
         _seen = new int[maxDepth + 1];
+        _verify = Enumerable.Range(0, maxDepth + 1).Select(_ => new RecentMedian()).ToArray();
+        _verifyMs = Enumerable.Repeat(-1.0, maxDepth + 1).ToArray();
         for (int j = 1; j <= maxDepth; j++)
         {
             _reach[j] = Math.Pow(0.7, j);   // prior until measured
@@ -124,7 +135,7 @@ internal sealed class DepthController
         }
 
         _stepMs = _step.Add(draftMs / Math.Max(1, depth));
-        _verifyMs = _verify.Add(verifyMs);
+        _verifyMs[depth] = _verify[depth].Add(verifyMs);
         _otherMs = _other.Add(otherMs);
         bool wasPlain = Depth == 0;
         Decide();
@@ -163,7 +174,7 @@ internal sealed class DepthController
         for (int d = 1; d <= MaxDepth; d++)
         {
             expected += _reach[d];
-            double rate = expected / (d * _stepMs + _verifyMs + Math.Max(0, _otherMs));
+            double rate = expected / (d * _stepMs + VerifyAt(d) + Math.Max(0, _otherMs));
             if (rate > best * (1 + 1e-9))
             {
                 best = rate;
@@ -172,6 +183,33 @@ internal sealed class DepthController
         }
 
         Depth = PlainFallback && _plainMs > 0 && 1 / _plainMs > best ? 0 : depth;
+    }
+
+    /// <summary>The verification cost at depth <paramref name="d"/>: its own median once timed, else the nearest timed
+    /// depth's (the shallower one on a tie), scaled by the prior's ratio between the two depths when there is a prior.
+    /// Called once a cycle was timed, so some depth has been.</summary>
+    private double VerifyAt(int d)
+    {
+        if (_verifyMs[d] >= 0)
+        {
+            return _verifyMs[d];
+        }
+
+        int timed = -1;
+        for (int offset = 1; timed < 0 && offset < MaxDepth; offset++)
+        {
+            timed = d - offset >= 1 && _verifyMs[d - offset] >= 0 ? d - offset
+                : d + offset <= MaxDepth && _verifyMs[d + offset] >= 0 ? d + offset
+                : -1;
+        }
+
+        if (timed < 0)
+        {
+            throw new InvalidOperationException("No verification has been timed yet.");
+        }
+
+        double from = _verifyPrior?.Invoke(timed) ?? 0, to = _verifyPrior?.Invoke(d) ?? 0;
+        return from > 0 && to > 0 ? _verifyMs[timed] * to / from : _verifyMs[timed];
     }
 
     /// <summary>The median of the latest <see cref="PlainWindow"/> values added.</summary>

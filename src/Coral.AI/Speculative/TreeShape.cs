@@ -10,6 +10,10 @@ internal sealed record TreeShape(int Depth, int TopK, int TotalTokens, int Route
 {
     public static TreeShape Default { get; } = new(5, 8, 16, -1);
 
+    /// <summary>The nodes verified when a cycle drafts only <paramref name="depth"/> levels of this shape (root included):
+    /// all it can hold at that depth, at most <see cref="TotalTokens"/>.</summary>
+    public int NodesAt(int depth) => Math.Min(TotalTokens, 1 + TopK + ((depth - 1) * TopK * TopK));
+
     public void Validate()
     {
         if (Depth < 1 || TopK < 1 || TotalTokens < 2 || TotalTokens > 1 + TopK + (Depth - 1) * TopK * TopK)

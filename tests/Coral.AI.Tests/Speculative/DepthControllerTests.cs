@@ -156,4 +156,42 @@ public class DepthControllerTests
         var plain = new DepthController(5);
         Assert.DoesNotContain(0, Enumerable.Range(0, 50).Select(_ => { int d = plain.NextDepth(); plain.Observe(d, 0, d, 5); return d; }));
     }
+
+    [Fact]
+    public void VerificationThatGrowsWithDepth_IsPricedPerDepth()
+    {
+        // Every drafted token accepted, draft steps cheap (0.1 ms), but each level verifies a row more and a row costs
+        // 1.5 ms (a CPU): v(d) = 1 + 1.5·d, so one level is the best trade — (1 + 1) / 2.6 against 3 / 4.2 for two.
+        // Starting at the full depth only v(5) is timed; with the load-time prior the other depths are priced from it.
+        static double Verify(int d) => 1 + (1.5 * d);
+        var priced = new DepthController(5, verifyPrior: d => 10 * Verify(d));   // any unit: only ratios count
+        var flat = new DepthController(5);
+        foreach (DepthController c in new[] { priced, flat })
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                int d = c.NextDepth();
+                c.Observe(d, acceptedDrafted: d, draftMs: 0.1 * d, verifyMs: Verify(d));
+            }
+        }
+
+        Assert.Equal(1, priced.Depth);
+        Assert.Equal(5, flat.Depth);   // one verification cost for every depth: the deepest looks best (the old model)
+    }
+
+    [Fact]
+    public void TheVerifyPrior_IsPiecewiseLinear_AndExtendedAlongItsEnds()
+    {
+        var points = new Dictionary<int, double> { [3] = 2.0, [4] = 2.5, [8] = 4.5 };
+        Assert.Equal(2.0, InferenceEngine.Interpolate(points, 3), 9);
+        Assert.Equal(3.5, InferenceEngine.Interpolate(points, 6), 9);
+        Assert.Equal(1.5, InferenceEngine.Interpolate(points, 2), 9);    // below the first size, along its first segment
+        Assert.Equal(1.0, InferenceEngine.Interpolate(points, 0), 9);    // ... but never under half the first point
+        Assert.Equal(8.5, InferenceEngine.Interpolate(points, 16), 9);   // past the last, along the last segment
+        Assert.Equal(7.0, InferenceEngine.Interpolate(new Dictionary<int, double> { [16] = 7.0 }, 4), 9);
+
+        // A cycle of depth d verifies what the shape holds at that depth.
+        Assert.Equal(new[] { 2, 3, 4 }, new[] { 1, 2, 3 }.Select(new TreeShape(3, 1, 4, -1).NodesAt));
+        Assert.Equal(new[] { 9, 16, 16 }, new[] { 1, 2, 5 }.Select(new TreeShape(5, 8, 16, -1).NodesAt));
+    }
 }
