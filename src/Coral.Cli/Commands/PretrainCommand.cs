@@ -1,11 +1,18 @@
+using System.Globalization;
 using Coral.AI;
 using Coral.AI.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
 
 namespace Coral.Cli;
 
 /// <summary>
 /// <c>coral pretrain</c>: a Llama from scratch on text (then optional SFT on chat JSONL), written as a standard HF folder
 /// (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with a ChatML template, generation_config.json).
+/// With <c>--export-blocks DIR</c> it trains nothing: it writes the packed training blocks (the same tokenization,
+/// chat rendering, loss masks, shuffling and packing as training) and the model folder without weights, for a trainer
+/// elsewhere (<c>eng/gpu/train-target.py</c>: PyTorch and transformers on a GPU machine).
 /// </summary>
 internal static class PretrainCommand
 {
@@ -15,7 +22,7 @@ internal static class PretrainCommand
             new HashSet<string>
             {
                 "--config", "--data", "--tokenizer", "--out", "--steps", "--lr", "--seed", "--max-length", "--batch", "--accumulate", "--minutes",
-                "--save-every", "--init", "--matmul", "--sft", "--sft-steps", "--sft-lr", "--sft-minutes",
+                "--save-every", "--init", "--matmul", "--sft", "--sft-steps", "--sft-lr", "--sft-minutes", "--export-blocks",
             },
             new HashSet<string> { "--bf16" });
         string tokenizerFolder = cl.Required("--tokenizer"), output = cl.Required("--out");
@@ -81,6 +88,13 @@ internal static class PretrainCommand
             stderr.WriteLine($"saved {output} at step {step}");
         }
 
+        if (cl.Value("--export-blocks") is string export)
+        {
+            ExportBlocks(export, model, tokenizerFolder, bos, eos, seed, maxLength,
+                [("pretrain", cl.Value("--data"), seed), ("sft", cl.Value("--sft"), seed + 1)], chatTokenizer, stderr);
+            return 0;
+        }
+
         var common = new PretrainOptions
         {
             BlockLength = maxLength, BatchSize = cl.Int("--batch") ?? 8, Accumulate = cl.Int("--accumulate") ?? 1,
@@ -113,6 +127,49 @@ internal static class PretrainCommand
 
         stderr.WriteLine($"wrote {output}");
         return 0;
+    }
+
+    /// <summary>
+    /// Writes <c>{phase}-blocks.safetensors</c> (<c>ids</c> I32 and <c>mask</c> U8, both [blocks, L + 1]; loss on token j
+    /// of a block where mask[j] = 1, predicted from tokens 0..j−1) for each phase with data, and <c>model/</c>: the model
+    /// folder (config, generation config, tokenizer files with the ChatML template) without its weights.
+    /// </summary>
+    private static void ExportBlocks(string folder, TrainableLlama model, string tokenizerFolder, int bos, int eos, int seed, int maxLength,
+        (string Phase, string? Data, int Seed)[] phases, HfTokenizer chatTokenizer, TextWriter stderr)
+    {
+        if (phases.All(p => p.Data is null))
+        {
+            throw new UsageException("--export-blocks needs --data and/or --sft.");
+        }
+
+        Directory.CreateDirectory(folder);
+        foreach (var (phase, data, phaseSeed) in phases)
+        {
+            if (data is null)
+            {
+                continue;
+            }
+
+            var examples = TrainingDataReader.Read(data, chatTokenizer, maxLength).ToList();
+            (Tensor ids, Tensor mask) = Pretrainer.Pack(examples, maxLength, phaseSeed);
+            using (ids)
+            using (mask)
+            using (Tensor ids32 = ids.to(ScalarType.Int32))
+            {
+                string path = Path.Combine(folder, $"{phase}-blocks.safetensors");
+                SafetensorsWriter.Write(path, [new("ids", ids32), new("mask", mask)], new Dictionary<string, string>
+                {
+                    ["source"] = Path.GetFileName(data), ["sequences"] = examples.Count.ToString(CultureInfo.InvariantCulture),
+                    ["seed"] = phaseSeed.ToString(CultureInfo.InvariantCulture),
+                });
+                stderr.WriteLine($"[{phase}] {examples.Count} sequences -> {ids.shape[0]} blocks of {ids.shape[1] - 1} tokens: {path}");
+            }
+        }
+
+        string modelFolder = Path.Combine(folder, "model");
+        model.Save(modelFolder, tokenizerFolder, bos, eos, ByteLevelTokenizer.ChatMlTemplate, bf16: true);
+        File.Delete(Path.Combine(modelFolder, "model.safetensors"));   // the trainer elsewhere starts from its own init
+        stderr.WriteLine($"wrote {modelFolder} (config and tokenizer, no weights)");
     }
 
     private static HfTokenizer WithConfig(string folder, TokenizerConfig config)

@@ -91,6 +91,62 @@ public class PretrainTests
         Assert.Empty(TempFolders().Except(temps));   // the ChatML re-render's temporary tokenizer folder is removed
     }
 
+    [Fact]
+    public async Task ExportBlocks_WritesThePackedBlocksAndMasks_AndTheModelFolderWithoutWeights()
+    {
+        // What eng/gpu/train-target.py trains on: the C# pipeline's tokens, ChatML rendering, loss masks and packing.
+        string tokenizer = TransformerModelTests.ModelFor("qwen2");
+        string folder = ModelZoo.TempFolder("pretrain-export");
+        string text = Path.Combine(folder, "corpus.txt"), chat = Path.Combine(folder, "chat.jsonl");
+        File.WriteAllText(text, string.Concat(Enumerable.Range(0, 30).Select(i => $"line {i}: the cat sat on the mat. ")));
+        File.WriteAllLines(chat, Enumerable.Range(0, 6).Select(i => new JsonObject
+        {
+            ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = $"where did cat {i} sit?" }, new JsonObject { ["role"] = "assistant", ["content"] = "on the mat." }),
+        }.ToJsonString()));
+        string export = Path.Combine(folder, "blocks"), output = Path.Combine(folder, "unused");
+        var stderr = new StringWriter();
+        int code = await Coral.Cli.CliApp.RunAsync(["pretrain", "--tokenizer", tokenizer, "--data", text, "--sft", chat, "--max-length", "32",
+            "--out", output, "--export-blocks", export], new StringWriter(), stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+
+        HfTokenizer tok = HfTokenizer.Load(tokenizer);
+        (int[][] Ids, byte[][] Mask) Read(string phase)
+        {
+            using var file = SafetensorsFile.Open(Path.Combine(export, $"{phase}-blocks.safetensors"));
+            Assert.Equal(ScalarType.Int32, file.Entries["ids"].DType);
+            Assert.Equal(ScalarType.Byte, file.Entries["mask"].DType);
+            using Tensor ids = file.Get("ids"), mask = file.Get("mask");
+            Assert.Equal(ids.shape, mask.shape);
+            Assert.Equal(33, ids.shape[1]);   // L + 1: consecutive blocks overlap by one token
+            int[] flat = ids.data<int>().ToArray();
+            byte[] flags = mask.data<byte>().ToArray();
+            return (flat.Chunk(33).ToArray(), flags.Chunk(33).ToArray());
+        }
+
+        // Text: every token is a target, and the blocks chain into the corpus (shuffled by line, none lost mid-block).
+        var (textIds, textMask) = Read("pretrain");
+        Assert.All(textMask, m => Assert.All(m, v => Assert.Equal(1, v)));
+        for (int b = 1; b < textIds.Length; b++)
+        {
+            Assert.Equal(textIds[b - 1][^1], textIds[b][0]);
+        }
+
+        Assert.Contains("the cat sat on the mat.", tok.Decode(textIds.SelectMany((b, i) => i == 0 ? b : b[1..]).ToArray()));
+
+        // Chats: loss only on the assistant's tokens (its answer and the closing <|im_end|>), never on the user's.
+        var (chatIds, chatMask) = Read("sft");
+        string targets = tok.Decode(chatIds.Zip(chatMask).SelectMany(p => p.First.Where((_, j) => p.Second[j] == 1)).ToArray());
+        Assert.Contains("on the mat.", targets);
+        Assert.DoesNotContain("where did", targets);
+        Assert.Contains("where did cat", tok.Decode(chatIds.SelectMany(b => b).ToArray()));
+
+        string model = Path.Combine(export, "model");
+        Assert.True(File.Exists(Path.Combine(model, "config.json")) && File.Exists(Path.Combine(model, "tokenizer.json")));
+        Assert.Contains("<|im_start|>", JsonNode.Parse(File.ReadAllText(Path.Combine(model, "tokenizer_config.json")))!["chat_template"]!.GetValue<string>());
+        Assert.False(File.Exists(Path.Combine(model, "model.safetensors")));   // no weights: the trainer elsewhere starts from its own init
+        Assert.False(File.Exists(Path.Combine(output, "metrics.jsonl")));      // and nothing was trained here
+    }
+
     private static HashSet<string> TempFolders() =>
         Directory.EnumerateDirectories(Path.GetTempPath(), "coral-pretrain-*").Concat(Directory.EnumerateDirectories(Path.GetTempPath(), "coral-gpt2-tokenizer-*")).ToHashSet();
 }
