@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -32,6 +33,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     private readonly int[][]? _paddingColumns;   // with _packed: each group's padding columns
     private readonly HostMlp? _mlp;              // with _packed: the group scorer's weights on the host (GroupScores)
     private readonly long[] _perm;
+    private readonly ConcurrentDictionary<ulong, long[]> _ids = new();   // TokenIds by set of groups (a bit per group)
 
     private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, long[] perm, int groups, int topK, long f32Limit)
     {
@@ -185,11 +187,11 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         topK = Math.Clamp(topK, 1, Groups);
         float[] s = GroupScores(h);
         int[] chosen = Enumerable.Range(0, Groups).OrderByDescending(g => s[g]).ThenBy(g => g).Take(topK).OrderBy(g => g).ToArray();
+        long[] ids = TokenIds(chosen);
         var parts = new List<Tensor>();
-        var ids = new List<long>(topK * GroupSize);
         if (_packed is not null)
         {
-            return (PackedLogits(h, chosen, ids), ids.ToArray());
+            return (PackedLogits(h, chosen), ids);
         }
 
         if (_groupWeights is not null)
@@ -198,10 +200,9 @@ internal sealed unsafe class LmHeadRouter : IDisposable
             foreach (int g in chosen)
             {
                 parts.Add(torch.addmm(_groupBias![g], x32, _groupWeights[g], beta: 1, alpha: 1));
-                ids.AddRange(_perm.AsSpan(g * GroupSize, GroupSize).ToArray());
             }
 
-            return (parts.Count == 1 ? parts[0] : torch.cat(parts, 1), ids.ToArray());
+            return (parts.Count == 1 ? parts[0] : torch.cat(parts, 1), ids);
         }
 
         var padding = new List<Tensor>();
@@ -221,7 +222,6 @@ internal sealed unsafe class LmHeadRouter : IDisposable
                 padding.Add(_padding.narrow(0, start, length));
             }
 
-            ids.AddRange(_perm.AsSpan((int)start, (int)length).ToArray());
             i += run;
         }
 
@@ -231,8 +231,44 @@ internal sealed unsafe class LmHeadRouter : IDisposable
             logits = logits.masked_fill(padding.Count == 1 ? padding[0] : torch.cat(padding), float.NegativeInfinity);
         }
 
-        return (logits, ids.ToArray());
+        return (logits, ids);
     }
+
+    /// <summary>
+    /// The token id of each column of the chosen groups' logits (−1 at padding), in the order of <paramref name="chosen"/>
+    /// (ascending). Built once per set of groups and kept (a draft step asked for two 3,142-column groups of the demo
+    /// head: 50 KB of ids per step otherwise, whose garbage showed as GC and page-fault time in drafting's profile); at most
+    /// <see cref="MaxCachedGroupSets"/> sets are kept, past that each is built anew. Callers must not modify it.
+    /// </summary>
+    private long[] TokenIds(int[] chosen)
+    {
+        ulong key = 0;
+        foreach (int g in chosen)
+        {
+            key |= g < 64 ? 1UL << g : 0;
+        }
+
+        if (Groups <= 64 && _ids.TryGetValue(key, out long[]? cached))
+        {
+            return cached;
+        }
+
+        var ids = new long[chosen.Length * GroupSize];
+        for (int j = 0; j < chosen.Length; j++)
+        {
+            _perm.AsSpan(chosen[j] * GroupSize, GroupSize).CopyTo(ids.AsSpan(j * GroupSize));
+        }
+
+        if (Groups <= 64 && _ids.Count < MaxCachedGroupSets)
+        {
+            _ids.TryAdd(key, ids);
+        }
+
+        return ids;
+    }
+
+    /// <summary>The most sets of groups whose token ids <see cref="TokenIds"/> keeps (120 for top-2 of 16 groups).</summary>
+    private const int MaxCachedGroupSets = 256;
 
     /// <summary>
     /// Each group's log-probability summed over the rows of h [K, d]. With a packed head the MLP runs in C# (≈ 17k
@@ -293,8 +329,8 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         return sums;
     }
 
-    /// <summary>The chosen groups' logits [R, k·S] by the packed kernels, −∞ in padding columns; appends their token ids.</summary>
-    private Tensor PackedLogits(Tensor h, int[] chosen, List<long> ids)
+    /// <summary>The chosen groups' logits [R, k·S] by the packed kernels, −∞ in padding columns.</summary>
+    private Tensor PackedLogits(Tensor h, int[] chosen)
     {
         Tensor x = h.to(ScalarType.Float32).contiguous();
         int rows = (int)x.shape[0], width = chosen.Length * GroupSize;
@@ -312,7 +348,6 @@ internal sealed unsafe class LmHeadRouter : IDisposable
                 }
             }
 
-            ids.AddRange(_perm.AsSpan(g * GroupSize, GroupSize).ToArray());
         }
 
         return logits;

@@ -295,17 +295,24 @@ public class SpeculativeDecodingTests
         using var inference = torch.inference_mode();
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(5);
-        Tensor h = torch.randn(6, engine.Model.Config.HiddenSize);
-        foreach (int k in new[] { 1, 3, 10 })
+        // Several inputs, so that the routers' token-id lists (kept per set of groups) serve more than one set.
+        foreach (Tensor h in Enumerable.Range(0, 4).Select(_ => torch.randn(6, engine.Model.Config.HiddenSize)))
         {
-            var (a, idsA) = copy.Logits(h, k);
-            var (b, idsB) = slices.Logits(h, k);
-            Assert.Equal(idsA, idsB);
-            Assert.True(a.isneginf().eq(b.isneginf()).all().item<bool>(), $"top-{k}: padding columns");
-            float[] firstRow = TorchTestHelpers.ToArray(a.narrow(0, 0, 1));
-            Assert.Equal(idsA.Select(i => i < 0), firstRow.Select(float.IsNegativeInfinity));
-            Tensor finite = a.isfinite();
-            Assert.True((a.masked_select(finite) - b.masked_select(finite)).abs().max().item<float>() < tolerance, $"top-{k}: logits");
+            float[] full = TorchTestHelpers.ToArray(engine.Model.Logits(h.narrow(0, 0, 1)));
+            foreach (int k in new[] { 1, 3, 10 })
+            {
+                var (a, idsA) = copy.Logits(h, k);
+                var (b, idsB) = slices.Logits(h, k);
+                Assert.Equal(idsA, idsB);
+                Assert.True(a.isneginf().eq(b.isneginf()).all().item<bool>(), $"top-{k}: padding columns");
+                float[] firstRow = TorchTestHelpers.ToArray(a.narrow(0, 0, 1));
+                Assert.Equal(idsA.Select(i => i < 0), firstRow.Select(float.IsNegativeInfinity));
+                Tensor finite = a.isfinite();
+                Assert.True((a.masked_select(finite) - b.masked_select(finite)).abs().max().item<float>() < tolerance, $"top-{k}: logits");
+                // Each column is its token's logit under the full head: the ids name the columns.
+                Assert.All(idsA.Select((id, c) => (id, c)).Where(p => p.id >= 0),
+                    p => Assert.True(Math.Abs(firstRow[p.c] - full[p.id]) < tolerance, $"top-{k}: column {p.c} is not token {p.id}"));
+            }
         }
     }
 
