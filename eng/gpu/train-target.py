@@ -7,7 +7,9 @@ exactly as the C# trainer does, and writes DIR/pretrain-blocks.safetensors and D
 mask U8, [blocks, L + 1]) with DIR/model/ (config.json, tokenizer files; no weights). This script builds
 transformers' LlamaForCausalLM from that config, pretrains, then fine-tunes on the chats, each phase on a wall-clock
 budget that its learning-rate schedule follows (warm-up, then cosine to 10%), and saves with save_pretrained in
-safetensors shards under 16 MB (the device returns files of at most 16 MB), bf16, with the tokenizer files beside.
+safetensors shards of at most 15 MB where tensors allow (the embedding alone is 25.7 MB in bf16: eng/gpu/train-target.sh
+splits files over 15 MB for the way back, since the device returns files of at most 16 MB), bf16, with the tokenizer
+files beside.
 Coral then loads it as any Hugging Face checkpoint.
 
   python3 eng/gpu/train-target.py --blocks DIR --out OUT [--pretrain-minutes 5] [--sft-minutes 2]
@@ -132,7 +134,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     model_dir = os.path.join(args.blocks, "model")
     config = LlamaConfig.from_pretrained(model_dir)
-    model = LlamaForCausalLM(config).to(device)
+    model = LlamaForCausalLM(config).to(device=device, dtype=torch.float32)   # f32 master weights; bf16 autocast
     params = sum(p.numel() for p in model.parameters())
     log(f"torch {torch.__version__}, device {device} "
         f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}), {params / 1e6:.2f}M parameters, config {config.to_dict()}")
@@ -148,7 +150,10 @@ def main():
 
     model = model.to(torch.bfloat16)
     model.config.torch_dtype = "bfloat16"
-    model.save_pretrained(args.out, max_shard_size=args.shard, safe_serialization=True)
+    try:
+        model.save_pretrained(args.out, max_shard_size=args.shard, safe_serialization=True)
+    except TypeError:   # transformers versions that always write safetensors and dropped the argument
+        model.save_pretrained(args.out, max_shard_size=args.shard)
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         src = os.path.join(model_dir, name)
         if os.path.exists(src):

@@ -15,3 +15,9 @@ tar -C "$data" -xJf "$root/artifacts/gpu/target-data.tar.xz"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee "$out/gpu.txt" || true
 python3 "$root/eng/gpu/train-target.py" --blocks "$data/target-data" --out "$out/coral-demo-chat" \
   --pretrain-minutes "${PRETRAIN_MINUTES:-5}" --sft-minutes "${SFT_MINUTES:-2}"
+# The device returns files of at most 16 MB; a shard holding the 25.7 MB embedding goes back in parts. Here, join them:
+#   for f in coral-demo-chat/*.part-00; do cat "${f%.part-00}".part-* > "${f%.part-00}" && rm "${f%.part-00}".part-*; done
+find "$out/coral-demo-chat" -type f -size +15M | while read -r f; do
+  split -b 15000000 -d "$f" "$f.part-" && rm "$f"
+done
+ls -l "$out/coral-demo-chat"
