@@ -31,7 +31,7 @@ internal sealed record PretrainConfig
             KvHeads = ModelConfig.OptionalInt(o, path, "num_key_value_heads") ?? c.KvHeads,
             IntermediateSize = ModelConfig.OptionalInt(o, path, "intermediate_size") ?? c.IntermediateSize,
             MaxPositions = ModelConfig.OptionalInt(o, path, "max_position_embeddings") ?? c.MaxPositions,
-            RopeTheta = ModelConfig.OptionalDouble(o, path, "rope_theta") ?? c.RopeTheta,
+            RopeTheta = ModelConfig.OptionalRopeTheta(o, path) ?? c.RopeTheta,
             RmsNormEps = ModelConfig.OptionalDouble(o, path, "rms_norm_eps") ?? c.RmsNormEps,
         };
         foreach ((string field, int value) in new[] { ("hidden_size", c.HiddenSize), ("num_hidden_layers", c.Layers), ("num_attention_heads", c.Heads),

@@ -102,7 +102,7 @@ internal sealed record ModelConfig
             HeadDim = headDim,
             VocabSize = RequiredInt(root, path, "vocab_size"),
             RmsNormEps = OptionalDouble(root, path, "rms_norm_eps") ?? 1e-6,
-            RopeTheta = OptionalDouble(root, path, "rope_theta") ?? 10000.0,
+            RopeTheta = OptionalRopeTheta(root, path) ?? 10000.0,
             RopeScaling = ParseRopeScaling(root, path),
             MaxPositionEmbeddings = OptionalInt(root, path, "max_position_embeddings") ?? 2048,
             TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? false,
@@ -150,9 +150,14 @@ internal sealed record ModelConfig
         }
     }
 
+    /// <summary>The RoPE base: <c>rope_theta</c>, or (as transformers 5 writes it, with the scaling) <c>rope_parameters.rope_theta</c>.</summary>
+    internal static double? OptionalRopeTheta(JsonObject root, string path) =>
+        OptionalDouble(root, path, "rope_theta") ?? (root["rope_parameters"] is JsonObject p ? OptionalDouble(p, path, "rope_theta") : null);
+
     private static Llama3RopeScaling? ParseRopeScaling(JsonObject root, string path)
     {
-        if (root["rope_scaling"] is not JsonObject rs)
+        string field = root["rope_scaling"] is JsonObject ? "rope_scaling" : "rope_parameters";
+        if (root[field] is not JsonObject rs)
         {
             return null;
         }
@@ -165,11 +170,11 @@ internal sealed record ModelConfig
 
         if (type != "llama3")
         {
-            throw new CoralModelException(path, "rope_scaling.rope_type", $"'{type}' is not supported; supported: llama3, default.");
+            throw new CoralModelException(path, $"{field}.rope_type", $"'{type}' is not supported; supported: llama3, default.");
         }
 
         return new Llama3RopeScaling(
-            OptionalDouble(rs, path, "factor") ?? throw new CoralModelException(path, "rope_scaling.factor", "missing."),
+            OptionalDouble(rs, path, "factor") ?? throw new CoralModelException(path, $"{field}.factor", "missing."),
             OptionalDouble(rs, path, "low_freq_factor") ?? 1.0,
             OptionalDouble(rs, path, "high_freq_factor") ?? 4.0,
             OptionalInt(rs, path, "original_max_position_embeddings") ?? 8192);
