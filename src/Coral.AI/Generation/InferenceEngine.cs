@@ -56,12 +56,12 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets the drafter, or null when the engine has no draft model.</summary>
     public TreeDrafter? Drafter { get; }
 
-    /// <summary>Gets or sets the default draft tree (set at load, possibly auto-tuned).</summary>
     private DepthController? _depthController;
     private TreeShape? _depthShape;                          // the shape and the prior _depthController was made with
     private IReadOnlyDictionary<int, double>? _depthCosts;
     private IReadOnlyDictionary<int, double>? _verifyCosts;  // TuneTree's verify ms by tree size
 
+    /// <summary>Gets or sets the default draft tree (set at load, possibly auto-tuned).</summary>
     public TreeShape Tree { get; set; } = TreeShape.Default;
 
     /// <summary>When set (the default), each speculation cycle's draft depth follows the acceptance observed so far, up
