@@ -13,8 +13,6 @@ work="$root/artifacts/gpu/target-data"
 dotnet build "$root/src/Coral.Cli" -c Release -v q -nologo >/dev/null
 rm -rf "$work" && mkdir -p "$work"
 "$root/src/Coral.Cli/bin/Release/net10.0/coral" pretrain --tokenizer gpt2 --config "$root/eng/demo/target-config.json" \
-  --data "$corpus/out/pretrain.jsonl" --sft "$corpus/out/chat-train.jsonl" --max-length 256 --seed 1 --out "$work/unused" \
-  --export-blocks "$work"
-rm -rf "$work/unused"
+  --data "$corpus/out/pretrain.jsonl" --sft "$corpus/out/chat-train.jsonl" --max-length 256 --seed 1 --export-blocks "$work"
 tar -C "$root/artifacts/gpu" -cJf "$root/artifacts/gpu/target-data.tar.xz" target-data
 ls -l "$root/artifacts/gpu/target-data.tar.xz"

@@ -28,7 +28,8 @@ internal static class CliApp
           coral pretrain --tokenizer <dir-with-tokenizer.json|gpt2> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
                          [--lr LR] [--max-length N] [--batch B] [--accumulate A] [--minutes M] [--matmul f32|bf16]
                          [--save-every N] [--init <hf-dir>] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR] [--sft-minutes M]] [--bf16]
-                         [--export-blocks <dir>]   (no training: the packed blocks and masks for eng/gpu/train-target.py)
+                         or: --tokenizer … --data … [--sft …] --export-blocks <dir>   (no training, no --out: the packed
+                         blocks and masks for eng/gpu/train-target.py)
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--fixed-depth] [--no-plain-fallback] [--device D] [--dtype T] [--json]   (no --model: the demo pair)

@@ -589,7 +589,7 @@ internal sealed class InferenceEngine : IDisposable
         // on the demo pair (τ 1.78 / 1.92 / 1.90 at depth 2 / 3 / 4 against 2.55).
         var prior = new SortedDictionary<int, double> { [4] = 0.70, [8] = 0.85, [12] = 0.93, [16] = 1.0, [24] = 1.08, [32] = 1.14, [48] = 1.22, [64] = 1.28 };
         var chainPrior = new Dictionary<int, double> { [2] = 0.70, [3] = 0.75, [4] = 0.75 };
-        int maxNodes = 1 + topK + (depth - 1) * topK * topK;
+        int maxNodes = TreeShape.MaxNodes(depth, topK);
         if (maxNodes < prior.Keys.First())
         {
             prior[maxNodes] = 1;   // a shape smaller than every candidate (e.g. a top-1 chain): the only size there is

@@ -221,7 +221,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>Projects hidden rows [R, d] to f32 logits written row after row into <paramref name="destination"/>
     /// (at least R·V floats): the packed head writes them there directly (no [R, V] tensor, no copy; a verified tree's
     /// rows are 200 KB each on the demo model), other heads go through <see cref="Logits(Tensor)"/> and a copy.</summary>
-    public unsafe void Logits(Tensor hidden, Span<float> destination)
+    public void Logits(Tensor hidden, Span<float> destination)
     {
         long rows = hidden.dim() == 2 ? hidden.shape[0] : 1;
         if (destination.Length < rows * Config.VocabSize)

@@ -188,11 +188,12 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         float[] s = GroupScores(h);
         int[] chosen = Enumerable.Range(0, Groups).OrderByDescending(g => s[g]).ThenBy(g => g).Take(topK).OrderBy(g => g).ToArray();
         long[] ids = TokenIds(chosen);
-        var parts = new List<Tensor>();
         if (_packed is not null)
         {
             return (PackedLogits(h, chosen), ids);
         }
+
+        var parts = new List<Tensor>();
 
         if (_groupWeights is not null)
         {
@@ -242,13 +243,14 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     /// </summary>
     private long[] TokenIds(int[] chosen)
     {
+        bool keyed = Groups <= 64;   // a set of groups is one bit per group
         ulong key = 0;
         foreach (int g in chosen)
         {
-            key |= g < 64 ? 1UL << g : 0;
+            key |= keyed ? 1UL << g : 0;
         }
 
-        if (Groups <= 64 && _ids.TryGetValue(key, out long[]? cached))
+        if (keyed && _ids.TryGetValue(key, out long[]? cached))
         {
             return cached;
         }
@@ -259,7 +261,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
             _perm.AsSpan(chosen[j] * GroupSize, GroupSize).CopyTo(ids.AsSpan(j * GroupSize));
         }
 
-        if (Groups <= 64 && _ids.Count < MaxCachedGroupSets)
+        if (keyed && _ids.Count < MaxCachedGroupSets)
         {
             _ids.TryAdd(key, ids);
         }
@@ -347,7 +349,6 @@ internal sealed unsafe class LmHeadRouter : IDisposable
                     yp[((long)r * width) + (j * GroupSize) + c] = float.NegativeInfinity;
                 }
             }
-
         }
 
         return logits;

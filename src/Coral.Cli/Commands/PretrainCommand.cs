@@ -25,8 +25,9 @@ internal static class PretrainCommand
                 "--save-every", "--init", "--matmul", "--sft", "--sft-steps", "--sft-lr", "--sft-minutes", "--export-blocks",
             },
             new HashSet<string> { "--bf16" });
-        string tokenizerFolder = cl.Required("--tokenizer"), output = cl.Required("--out");
-        Directory.CreateDirectory(output);
+        // --export-blocks trains nothing and writes no model folder: --out is not needed then.
+        string tokenizerFolder = cl.Required("--tokenizer");
+        string? output = cl.Value("--export-blocks") is null ? cl.Required("--out") : null;
         if (tokenizerFolder == "gpt2")
         {
             // The demo tokenizer: GPT-2's byte-level BPE + ChatML tokens, generated from Microsoft.ML.Tokenizers' data
@@ -51,7 +52,7 @@ internal static class PretrainCommand
         return Train(cl, tokenizerFolder, output, stderr);
     }
 
-    private static int Train(CommandLine cl, string tokenizerFolder, string output, TextWriter stderr)
+    private static int Train(CommandLine cl, string tokenizerFolder, string? output, TextWriter stderr)
     {
         string matmul = cl.Value("--matmul") ?? "f32";
         if (matmul is not ("f32" or "bf16"))
@@ -76,6 +77,14 @@ internal static class PretrainCommand
             model.LoadWeights(init);
         }
 
+        if (output is null)
+        {
+            ExportBlocks(cl.Required("--export-blocks"), model, tokenizerFolder, bos, eos, seed, maxLength,
+                [("pretrain", cl.Value("--data"), seed), ("sft", cl.Value("--sft"), seed + 1)], chatTokenizer, stderr);
+            return 0;
+        }
+
+        Directory.CreateDirectory(output);
         string metrics = Path.Combine(output, "metrics.jsonl");
         if (cl.Value("--init") is null)
         {
@@ -86,13 +95,6 @@ internal static class PretrainCommand
         {
             model.Save(output, tokenizerFolder, bos, eos, ByteLevelTokenizer.ChatMlTemplate, cl.Flag("--bf16"));
             stderr.WriteLine($"saved {output} at step {step}");
-        }
-
-        if (cl.Value("--export-blocks") is string export)
-        {
-            ExportBlocks(export, model, tokenizerFolder, bos, eos, seed, maxLength,
-                [("pretrain", cl.Value("--data"), seed), ("sft", cl.Value("--sft"), seed + 1)], chatTokenizer, stderr);
-            return 0;
         }
 
         var common = new PretrainOptions
