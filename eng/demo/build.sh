@@ -9,7 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work="${WORK:-$HOME/.cache/coral/demo}"
 corpus="${CORPUS:-$HOME/.cache/coral/corpus}"
-stages="${STAGES:-corpus target features drafters router ship}"
+stages="${STAGES:-corpus target eval features drafters router ship}"
 mkdir -p "$work"
 dotnet build "$root/src/Coral.Cli" -c Release -v q -nologo >/dev/null
 coral="$root/src/Coral.Cli/bin/Release/net10.0/coral"
@@ -23,6 +23,11 @@ if has target; then
   "$coral" pretrain --tokenizer gpt2 --config "$work/target-config.json" --data "$corpus/out/pretrain.jsonl" --out "$work/target" \
     --steps 1600 --minutes "${PRETRAIN_MINUTES:-55}" --lr 2e-3 --batch 16 --max-length 256 --matmul bf16 --save-every 100 --seed 1 \
     --sft "$corpus/out/chat-train.jsonl" --sft-steps 300 --sft-minutes "${SFT_MINUTES:-10}" --sft-lr 5e-4
+fi
+
+if has eval; then
+  # Held-out loss, perplexity and top-1 per kind (60 conversations of each): the number that says a target got better.
+  "$coral" eval --model "$work/target" --data "$corpus/out/chat-heldout.jsonl" --per-kind 60 | tee "$work/eval.txt"
 fi
 
 if has features; then

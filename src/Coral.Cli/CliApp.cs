@@ -33,6 +33,8 @@ internal static class CliApp
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--fixed-depth] [--no-plain-fallback] [--device D] [--dtype T] [--json]   (no --model: the demo pair)
+          coral eval     --model <hf-dir> --data <file.jsonl|file.txt> [--max-length N] [--limit N] [--per-kind N] [--device D] [--dtype T] [--json]
+                         (held-out loss, perplexity and top-1 accuracy, per "kind"; no --model: the demo target)
           coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]
           coral plot     --pretrain <metrics.jsonl> --out <file.png> [--title T]
           coral plot     --sweep label=bench.json[,label=bench.json...] --out <file.png> [--title T]
@@ -47,6 +49,12 @@ internal static class CliApp
         {
             stdout.WriteLine(Usage);
             return args.Length == 0 ? 2 : 0;
+        }
+
+        if (args.Skip(1).Contains("--help"))
+        {
+            stdout.WriteLine(Usage);   // `coral <verb> --help`
+            return 0;
         }
 
         try
@@ -66,6 +74,7 @@ internal static class CliApp
                 "pretrain" => PretrainCommand.Run(rest, stdout, stderr),
                 "plot" => PlotCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
+                "eval" => EvalCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"Unknown command '{args[0]}'."),
             };
         }

@@ -35,11 +35,12 @@ internal static class TrainingDataReader
 
         foreach ((int lineNo, JsonObject o) in JsonLines.ReadObjects(path))
         {
+            string? kind = o["kind"] is JsonValue k && k.TryGetValue(out string? name) ? name : null;
             if (o["text"] is JsonNode text)
             {
                 foreach (TrainingExample chunk in Chunks(tokenizer.Encode(text.GetValue<string>()), maxLength))
                 {
-                    yield return chunk;
+                    yield return chunk with { Kind = kind };
                 }
 
                 continue;
@@ -58,7 +59,7 @@ internal static class TrainingDataReader
                 }
             }
 
-            yield return Conversation(messages, tokenizer, maxLength);
+            yield return Conversation(messages, tokenizer, maxLength) with { Kind = kind };
         }
     }
 

@@ -118,6 +118,12 @@ public class CliTests
             Assert.Contains(value, err);
             Assert.DoesNotContain("CoralChatClientOptions", err);
         }
+
+        // `coral <verb> --help` prints the usage and succeeds (it was an unknown argument).
+        (code, string @out, _) = await Run("pretrain", "--help");
+        Assert.Equal(0, code);
+        Assert.Contains("coral pretrain", @out);
+        Assert.Contains("coral eval", @out);
     }
 
     [Fact]
