@@ -72,6 +72,11 @@ internal sealed class InferenceEngine : IDisposable
     /// faster (<see cref="DepthController"/>); off, every step is a cycle (for comparing drafters by τ and cost).</summary>
     public bool PlainFallback { get; set; } = true;
 
+    /// <summary>When set (the default), greedy steps without penalties take their token from the model's screened LM
+    /// head (<see cref="ScreenedHead"/>: the same token, half the head's bytes) where it has one; off, from full logits
+    /// (for A/B measurements).</summary>
+    public bool ScreenedArgMax { get; set; } = true;
+
     /// <summary>The adaptive depth state (null until the first speculative request, or when adaptation is off).</summary>
     internal DepthController? DepthState => _depthController;
 
@@ -179,10 +184,10 @@ internal sealed class InferenceEngine : IDisposable
             }
 
             cancellationToken.ThrowIfCancellationRequested();
-            Step([last]);
+            int? greedy = Step(last, argMax: constraint is null && sampler.Parameters.IsArgMax);
             _cachedTokens.Add(last);
             forwards++;
-            last = Next(sampler, ref constraint, emitter);
+            last = greedy is int token ? Accept(sampler, token) : Next(sampler, ref constraint, emitter);
             if (emitter.Emit(last))
             {
                 EndIfComplete(constraint, emitter);
@@ -201,6 +206,12 @@ internal sealed class InferenceEngine : IDisposable
         }
 
         return false;
+    }
+
+    private static int Accept(LogitsSampler sampler, int token)
+    {
+        sampler.Accept(token);
+        return token;
     }
 
     /// <summary>Samples the next token from the row buffer: freely, or restricted to tokens that keep the constraint satisfiable.</summary>
@@ -364,19 +375,33 @@ internal sealed class InferenceEngine : IDisposable
                     long verifyStart = Stopwatch.GetTimestamp();
                     verifyClock.Start();
                     Tensor hidden = Model.Forward(tree.Tokens.Select(t => (long)t).ToArray(), Cache, tree.Positions(start), tree.AncestorMask());
-                    Model.Logits(hidden, TreeLogits(tree.Count));
+                    int[]? greedy = ScreenedTokens(hidden, tree.Count, sampler);
+                    if (greedy is null)
+                    {
+                        Model.Logits(hidden, TreeLogits(tree.Count));
+                    }
+
                     verifyClock.Stop();
                     long verifyEnd = Stopwatch.GetTimestamp();
 
                     // Walk down the tree: accept a child with the target's probability, else draw the bonus token.
                     for (int node = 0; ;)
                     {
-                        sampler.Distribution(_treeLogits.AsSpan(node * vocab, vocab), _probs);
                         int[] children = tree.Children[node];
-                        int c = TreeAcceptance.AcceptChild(_probs, children.Select(i => tree.Tokens[i]).ToArray(), sampler.NextUniform);
+                        int c;
+                        if (greedy is not null)
+                        {
+                            c = Array.FindIndex(children, i => tree.Tokens[i] == greedy[node]);   // P is one-hot at the argmax
+                        }
+                        else
+                        {
+                            sampler.Distribution(_treeLogits.AsSpan(node * vocab, vocab), _probs);
+                            c = TreeAcceptance.AcceptChild(_probs, children.Select(i => tree.Tokens[i]).ToArray(), sampler.NextUniform);
+                        }
+
                         if (c < 0)
                         {
-                            int bonus = sampler.Draw(_probs);
+                            int bonus = greedy is not null ? greedy[node] : sampler.Draw(_probs);
                             sampler.Accept(bonus);
                             emitted.Add(bonus);
                             break;
@@ -453,8 +478,7 @@ internal sealed class InferenceEngine : IDisposable
         using (var scope = torch.NewDisposeScope())
         {
             Tensor hidden = Model.Forward([root], Cache);
-            Model.Logits(hidden, _row);
-            next = sampler.Sample(_row);
+            next = ArgMaxOrLogits(hidden, sampler.Parameters.IsArgMax) ?? sampler.Sample(_row);
             sampler.Accept(next);
             Tensor old = features;
             features = torch.cat([old, hidden]).DetachFromDisposeScope();
@@ -558,6 +582,42 @@ internal sealed class InferenceEngine : IDisposable
         {
             parts.ForEach(p => p.Dispose());
         }
+    }
+
+    /// <summary>One plain decode step for <paramref name="token"/>: with <paramref name="argMax"/>, returns the greedy
+    /// token when the screened LM head finds it (no logits computed); otherwise leaves the logits in the row buffer and
+    /// returns null.</summary>
+    private int? Step(int token, bool argMax)
+    {
+        using var scope = torch.NewDisposeScope();
+        return ArgMaxOrLogits(Model.Forward([token], Cache), argMax);
+    }
+
+    /// <summary>The greedy token of each of a small verified tree's rows through the screened head (a greedy request
+    /// without penalties, at most <see cref="ScreenedHead.PassRows"/> rows: one pass over the int8 head; more rows measured
+    /// no faster than the packed full head), else null.</summary>
+    private int[]? ScreenedTokens(Tensor hidden, int rows, LogitsSampler sampler)
+    {
+        if (!ScreenedArgMax || !sampler.Parameters.IsArgMax || rows > ScreenedHead.PassRows)
+        {
+            return null;
+        }
+
+        var tokens = new int[rows];
+        return Model.TryArgMax(hidden, tokens) ? tokens : null;
+    }
+
+    /// <summary>The greedy token of one hidden row through the screened head (<paramref name="argMax"/> and a screen
+    /// that decides), else null with the row's logits in the row buffer.</summary>
+    private int? ArgMaxOrLogits(Tensor hidden, bool argMax)
+    {
+        if (argMax && ScreenedArgMax && Model.ArgMax(hidden) is int token)
+        {
+            return token;
+        }
+
+        Model.Logits(hidden, _row);
+        return null;
     }
 
     /// <summary>Runs one decode step for the given token(s) and leaves the last row's logits in the row buffer.</summary>

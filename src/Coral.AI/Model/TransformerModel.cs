@@ -26,6 +26,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly CheckpointReader _reader;
     private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
     private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 ([d, V])
+    private readonly ScreenedHead? _screenedHead; // its int8 screen for greedy tokens
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, CheckpointReader reader, DecoderLayer[] layers,
         Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
@@ -48,6 +49,7 @@ internal sealed unsafe class TransformerModel : IDisposable
                 using var noGrad = torch.no_grad();
                 using Tensor headT = head.t();
                 _packedHead = PackedMatrix.TryCreate(headT);
+                _screenedHead = _packedHead is not null && ScreenedHead.Enabled ? ScreenedHead.TryCreate(head) : null;
             }
         }
     }
@@ -218,6 +220,35 @@ internal sealed unsafe class TransformerModel : IDisposable
         return y;
     }
 
+    /// <summary>Gets the int8 screen of the packed LM head, when there is one (<see cref="ArgMax"/>).</summary>
+    internal ScreenedHead? Screen => _screenedHead;
+
+    /// <summary>
+    /// The greedy token of one hidden row [1, d]: the index of the largest logit that <see cref="Logits(Tensor)"/> would
+    /// give (the first on ties), found through the int8 screen of the packed head with half its bytes; null when there is
+    /// no screen (not the packed CPU path) or it was not decisive — then compute the logits.
+    /// </summary>
+    public int? ArgMax(Tensor hidden)
+    {
+        Span<int> token = stackalloc int[1];
+        return hidden.numel() == Config.HiddenSize && TryArgMax(hidden, token) ? token[0] : null;
+    }
+
+    /// <summary>The greedy token of each hidden row [R, d] into <paramref name="tokens"/> (R entries), as
+    /// <see cref="ArgMax"/>; false (nothing to use) when there is no screen or a row was not decided.</summary>
+    public bool TryArgMax(Tensor hidden, Span<int> tokens)
+    {
+        long rows = hidden.numel() / Config.HiddenSize;
+        if (_screenedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32
+            || hidden.shape[^1] != Config.HiddenSize || rows != tokens.Length)
+        {
+            return false;
+        }
+
+        using Tensor x = hidden.contiguous();
+        return _screenedHead.TryArgMax(CpuKernels.Pointer(x), (int)rows, tokens);
+    }
+
     /// <summary>Projects hidden rows [R, d] to f32 logits written row after row into <paramref name="destination"/>
     /// (at least R·V floats): the packed head writes them there directly (no [R, V] tensor, no copy; a verified tree's
     /// rows are 200 KB each on the demo model), other heads go through <see cref="Logits(Tensor)"/> and a copy.</summary>
@@ -247,6 +278,7 @@ internal sealed unsafe class TransformerModel : IDisposable
 
     public void Dispose()
     {
+        _screenedHead?.Dispose();
         foreach (DecoderLayer l in _layers)
         {
             l.Dispose();

@@ -21,5 +21,9 @@ internal sealed record SamplingParameters
 
     public bool IsGreedy => Temperature <= 0f;
 
+    /// <summary>Gets whether the token is the raw logits' argmax: greedy with no penalty (the LM head may then be screened,
+    /// <see cref="ScreenedHead"/>).</summary>
+    public bool IsArgMax => IsGreedy && FrequencyPenalty == 0f && PresencePenalty == 0f && RepetitionPenalty == 1f;
+
     public static SamplingParameters Greedy { get; } = new() { Temperature = 0f };
 }

@@ -66,6 +66,36 @@ public class SpeculativeDecodingTests
     }
 
     [Theory]
+    [InlineData("qwen2-bf16", 1, 1, 2)]             // two-row verifications: one pass of the screen
+    [InlineData("llama-successor-bf16", 1, 1, 2)]
+    [InlineData("llama-successor-bf16", 3, 4, 8)]   // larger trees take the full head; plain steps the screen
+    public void ScreenedHead_GivesTheFullHeadsTokens_PlainAndVerified(string target, int depth, int topK, int total)
+    {
+        using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor(target), Drafter(target, "copy"));
+        Assert.Equal(ScreenedHead.Enabled, engine.Model.Screen is not null);
+        (engine.AdaptiveDepth, engine.PlainFallback) = (false, false);   // every step a cycle of this shape
+        var shape = new TreeShape(depth, topK, total, 0);
+        foreach (string prompt in new[] { "Once upon a time", "1, 2, 3," })
+        {
+            engine.ScreenedArgMax = false;
+            GenerationResult plain = Run(engine, prompt, speculative: false);
+            GenerationResult spec = Run(engine, prompt, speculative: true, shape);
+            engine.ScreenedArgMax = true;
+            long before = engine.Model.Screen?.Decisions ?? 0;
+            GenerationResult screenedPlain = Run(engine, prompt, speculative: false);
+            long decided = (engine.Model.Screen?.Decisions ?? 1) - before;
+            GenerationResult screenedSpec = Run(engine, prompt, speculative: true, shape);
+            long verified = (engine.Model.Screen?.Decisions ?? 1) - before - decided;
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            Assert.Equal(plain.TokenIds, screenedPlain.TokenIds);
+            Assert.Equal(plain.TokenIds, screenedSpec.TokenIds);
+            Assert.True(decided > 0, "the screen decided no plain step");
+            Assert.True(screenedSpec.Speculative!.Cycles > 0);
+            Assert.Equal(total <= ScreenedHead.PassRows, verified > 0);   // two-row trees verified through the screen
+        }
+    }
+
+    [Theory]
     [InlineData(1, 2)]
     [InlineData(2, 3)]
     [InlineData(3, 4)]
