@@ -594,8 +594,8 @@ internal sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>The greedy token of each of a small verified tree's rows through the screened head (a greedy request
-    /// without penalties, at most <see cref="ScreenedHead.PassRows"/> rows: one pass over the int8 head; more rows measured
-    /// no faster than the packed full head), else null.</summary>
+    /// without penalties, at most <see cref="ScreenedHead.PassRows"/> rows: one pass over the int8 head; two passes
+    /// measured as slow as the packed full head), else null.</summary>
     private int[]? ScreenedTokens(Tensor hidden, int rows, LogitsSampler sampler)
     {
         if (!ScreenedArgMax || !sampler.Parameters.IsArgMax || rows > ScreenedHead.PassRows)

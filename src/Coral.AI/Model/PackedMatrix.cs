@@ -157,19 +157,19 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
                 int m = Math.Min(rows - r, 4);
                 if (m == 4)
                 {
-                    Tile<Four>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.Four>(p0, p1, x, k, y, ldy);
                 }
                 else if (m == 3)
                 {
-                    Tile<Three>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.Three>(p0, p1, x, k, y, ldy);
                 }
                 else if (m == 2)
                 {
-                    Tile<Two>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.Two>(p0, p1, x, k, y, ldy);
                 }
                 else
                 {
-                    Tile<One>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.One>(p0, p1, x, k, y, ldy);
                 }
 
                 if (!full)
@@ -209,7 +209,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile<TRows>(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy)
-        where TRows : struct, IRows
+        where TRows : struct, IRowCount
     {
         float* x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;   // rows past TRows.Count are never read
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
@@ -285,31 +285,5 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     {
         NativeMemory.AlignedFree(_w);
         _w = null;
-    }
-
-    /// <summary>A micro-kernel's row count, as a type so that the JIT specialises <see cref="Tile{TRows}"/> per count.</summary>
-    private interface IRows
-    {
-        static abstract int Count { get; }
-    }
-
-    private readonly struct One : IRows
-    {
-        public static int Count => 1;
-    }
-
-    private readonly struct Two : IRows
-    {
-        public static int Count => 2;
-    }
-
-    private readonly struct Three : IRows
-    {
-        public static int Count => 3;
-    }
-
-    private readonly struct Four : IRows
-    {
-        public static int Count => 4;
     }
 }

@@ -37,9 +37,8 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     /// <summary>The most candidates worth their exact logits; past it (a flat distribution) the caller runs the full head.</summary>
     public const int MaxCandidates = 2048;
 
-    /// <summary>The most rows one pass over the int8 copy screens (VEX-encoded VNNI has sixteen vector registers: two
-    /// rows × four vectors of accumulators, their four weight vectors and the broadcast inputs).</summary>
-    public const int PassRows = 2;
+    /// <summary>The most rows one pass over the int8 copy screens: four rows × four vectors of accumulators.</summary>
+    public const int PassRows = 4;
 
     private readonly int _vocab, _inputs, _groups, _blocks;
     private readonly bool _exactBf16;
@@ -282,13 +281,22 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     void ICpuWork.Run(int part)
     {
         int b0 = part * _blocks / _parts, b1 = (part + 1) * _blocks / _parts;
+        Span<float> max = _partMax.AsSpan(part * PassRows, PassRows);
         if (_passRows == 1)
         {
-            _partMax[part * PassRows] = ScreenOne(b0, b1);
+            max[0] = ScreenOne(b0, b1);
+        }
+        else if (_passRows == 2)
+        {
+            ScreenRows<RowCount.Two>(b0, b1, max);
+        }
+        else if (_passRows == 3)
+        {
+            ScreenRows<RowCount.Three>(b0, b1, max);
         }
         else
         {
-            (_partMax[part * PassRows], _partMax[(part * PassRows) + 1]) = ScreenTwo(b0, b1);
+            ScreenRows<RowCount.Four>(b0, b1, max);
         }
     }
 
@@ -331,41 +339,85 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
         return Horizontal(lower);
     }
 
-    /// <summary>Two rows over blocks [b0, b1), four vectors of tokens at a time (half a block; eight chains).</summary>
+    /// <summary>Two to four rows over blocks [b0, b1), four vectors of tokens at a time (half a block): up to sixteen
+    /// accumulators, four weight vectors and the broadcast input (EVEX-encoded VNNI: 32 vector registers).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private (float, float) ScreenTwo(int b0, int b1)
+    private void ScreenRows<TRows>(int b0, int b1, Span<float> max)
+        where TRows : struct, IRowCount
     {
         int groups = _groups;
-        uint* input0 = _input, input1 = _input + groups;
+        uint* input0 = _input, input1 = input0 + groups, input2 = input1 + groups, input3 = input2 + groups;
         var lower0 = Vector256.Create(float.NegativeInfinity);
-        var lower1 = lower0;
+        Vector256<float> lower1 = lower0, lower2 = lower0, lower3 = lower0;
         for (int half = b0 * 2; half < b1 * 2; half++)
         {
             sbyte* q = _q + ((long)(half / 2) * groups * Block * 4) + ((half % 2) * 128);
             Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
             Vector256<int> c0 = default, c1 = default, c2 = default, c3 = default;
+            Vector256<int> d0 = default, d1 = default, d2 = default, d3 = default;
+            Vector256<int> e0 = default, e1 = default, e2 = default, e3 = default;
             for (int g = 0; g < groups; g++, q += Block * 4)
             {
-                Vector256<sbyte> w0 = Vector256.Load(q), w1 = Vector256.Load(q + 32), w2 = Vector256.Load(q + 64), w3 = Vector256.Load(q + 96);
                 Vector256<byte> p = Vector256.Create(input0[g]).AsByte();
-                a0 = AvxVnni.MultiplyWideningAndAdd(a0, p, w0);
-                a1 = AvxVnni.MultiplyWideningAndAdd(a1, p, w1);
-                a2 = AvxVnni.MultiplyWideningAndAdd(a2, p, w2);
-                a3 = AvxVnni.MultiplyWideningAndAdd(a3, p, w3);
+                a0 = AvxVnni.MultiplyWideningAndAdd(a0, p, Vector256.Load(q));
+                a1 = AvxVnni.MultiplyWideningAndAdd(a1, p, Vector256.Load(q + 32));
+                a2 = AvxVnni.MultiplyWideningAndAdd(a2, p, Vector256.Load(q + 64));
+                a3 = AvxVnni.MultiplyWideningAndAdd(a3, p, Vector256.Load(q + 96));
                 p = Vector256.Create(input1[g]).AsByte();
-                c0 = AvxVnni.MultiplyWideningAndAdd(c0, p, w0);
-                c1 = AvxVnni.MultiplyWideningAndAdd(c1, p, w1);
-                c2 = AvxVnni.MultiplyWideningAndAdd(c2, p, w2);
-                c3 = AvxVnni.MultiplyWideningAndAdd(c3, p, w3);
+                c0 = AvxVnni.MultiplyWideningAndAdd(c0, p, Vector256.Load(q));
+                c1 = AvxVnni.MultiplyWideningAndAdd(c1, p, Vector256.Load(q + 32));
+                c2 = AvxVnni.MultiplyWideningAndAdd(c2, p, Vector256.Load(q + 64));
+                c3 = AvxVnni.MultiplyWideningAndAdd(c3, p, Vector256.Load(q + 96));
+                if (TRows.Count >= 3)
+                {
+                    p = Vector256.Create(input2[g]).AsByte();
+                    d0 = AvxVnni.MultiplyWideningAndAdd(d0, p, Vector256.Load(q));
+                    d1 = AvxVnni.MultiplyWideningAndAdd(d1, p, Vector256.Load(q + 32));
+                    d2 = AvxVnni.MultiplyWideningAndAdd(d2, p, Vector256.Load(q + 64));
+                    d3 = AvxVnni.MultiplyWideningAndAdd(d3, p, Vector256.Load(q + 96));
+                }
+
+                if (TRows.Count >= 4)
+                {
+                    p = Vector256.Create(input3[g]).AsByte();
+                    e0 = AvxVnni.MultiplyWideningAndAdd(e0, p, Vector256.Load(q));
+                    e1 = AvxVnni.MultiplyWideningAndAdd(e1, p, Vector256.Load(q + 32));
+                    e2 = AvxVnni.MultiplyWideningAndAdd(e2, p, Vector256.Load(q + 64));
+                    e3 = AvxVnni.MultiplyWideningAndAdd(e3, p, Vector256.Load(q + 96));
+                }
             }
 
             int v = half * 32;
-            lower0 = Vector256.Max(lower0, Vector256.Max(Vector256.Max(Finish(0, v, a0), Finish(0, v + 8, a1)), Vector256.Max(Finish(0, v + 16, a2), Finish(0, v + 24, a3))));
-            lower1 = Vector256.Max(lower1, Vector256.Max(Vector256.Max(Finish(1, v, c0), Finish(1, v + 8, c1)), Vector256.Max(Finish(1, v + 16, c2), Finish(1, v + 24, c3))));
+            lower0 = Vector256.Max(lower0, Finish4(0, v, a0, a1, a2, a3));
+            lower1 = Vector256.Max(lower1, Finish4(1, v, c0, c1, c2, c3));
+            if (TRows.Count >= 3)
+            {
+                lower2 = Vector256.Max(lower2, Finish4(2, v, d0, d1, d2, d3));
+            }
+
+            if (TRows.Count >= 4)
+            {
+                lower3 = Vector256.Max(lower3, Finish4(3, v, e0, e1, e2, e3));
+            }
         }
 
-        return (Horizontal(lower0), Horizontal(lower1));
+        max[0] = Horizontal(lower0);
+        max[1] = Horizontal(lower1);
+        if (TRows.Count >= 3)
+        {
+            max[2] = Horizontal(lower2);
+        }
+
+        if (TRows.Count >= 4)
+        {
+            max[3] = Horizontal(lower3);
+        }
     }
+
+    /// <summary>Row r's <see cref="Finish"/> for 32 tokens from <paramref name="v"/>: max of their a − β.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Vector256<float> Finish4(int r, int v, Vector256<int> s0, Vector256<int> s1, Vector256<int> s2, Vector256<int> s3) =>
+        Vector256.Max(Vector256.Max(Finish(r, v, s0), Finish(r, v + 8, s1)), Vector256.Max(Finish(r, v + 16, s2), Finish(r, v + 24, s3)));
 
     private static float Horizontal(Vector256<float> x)
     {
