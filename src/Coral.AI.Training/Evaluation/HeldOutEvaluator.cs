@@ -34,7 +34,7 @@ internal static class HeldOutEvaluator
             }
 
             EvaluationScore score = Score(target, example);
-            string[] keys = example.Kind is null ? [EvaluationReport.All] : [EvaluationReport.All, example.Kind];
+            string[] keys = example.Kind is null or EvaluationReport.All ? [EvaluationReport.All] : [EvaluationReport.All, example.Kind];
             foreach (string key in keys)
             {
                 totals[key] = totals.GetValueOrDefault(key) + score;

@@ -102,7 +102,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     }
 
     /// <summary>Whether each of <paramref name="count"/> f32 values (as bits) is a bf16: its low 16 bits are zero.</summary>
-    private static bool AllBf16(uint* values, long count)
+    internal static bool AllBf16(uint* values, long count)
     {
         const long Chunk = 1 << 20;
         int bad = 0;

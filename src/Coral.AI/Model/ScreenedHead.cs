@@ -126,7 +126,7 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     public static bool Enabled { get; } = Supported && Environment.GetEnvironmentVariable("CORAL_SCREENED_HEAD") is not ("0" or "false");
 
     /// <summary>Gets the bytes the int8 copy and its per-token numbers hold.</summary>
-    public long Bytes => ((long)_blocks * Block * _groups * 4) + (5L * _blocks * Block * sizeof(float));
+    public long Bytes => (long)_padded * ((_groups * 4) + ((4 + PassRows) * sizeof(float)));
 
     /// <summary>Gets how many rows the screen has decided so far (for tests and measurements).</summary>
     public long Decisions { get; private set; }
@@ -149,17 +149,9 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
             return null;
         }
 
-        if (head.dtype == ScalarType.Float32)
+        if (head.dtype == ScalarType.Float32 && !PackedMatrix.AllBf16((uint*)CpuKernels.Pointer(head), head.numel()))
         {
-            uint* bits = (uint*)CpuKernels.Pointer(head);
-            long count = head.numel();
-            for (long i = 0; i < count; i++)
-            {
-                if ((bits[i] & 0xFFFF) != 0)
-                {
-                    return null;
-                }
-            }
+            return null;
         }
 
         return new ScreenedHead(head, (int)head.shape[0], (int)head.shape[1]);

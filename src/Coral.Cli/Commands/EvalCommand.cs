@@ -32,20 +32,21 @@ internal static class EvalCommand
         {
             ModelPath = model, Device = cl.Value("--device") ?? "cpu", DType = cl.Value("--dtype"), ContextLength = maxLength,
         };
-        string? invalid = CoralChatClientOptionsValidator.Check(options);
-        if (invalid is not null)
-        {
-            throw new ArgumentException(invalid.Replace("CoralChatClientOptions.ModelPath", "--model").Replace("CoralChatClientOptions.Device", "--device")
-                .Replace("CoralChatClientOptions.DType", "--dtype"));
-        }
+        ModelLoading.Check(options);
 
         using CoralModelHost host = CoralModelHost.Load(options);
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
         EvaluationReport report = HeldOutEvaluator.Run(engine, data, maxLength, cl.Int("--limit"), cl.Int("--per-kind"), stderr);
+        if (report.Scores[EvaluationReport.All].Tokens == 0)
+        {
+            throw new ArgumentException($"--data '{data}' has no tokens to score ({report.Sequences} sequences read; a chat scores only its assistant turns).");
+        }
+
+        var rows = report.Scores.OrderBy(k => k.Key == EvaluationReport.All ? "" : k.Key, StringComparer.Ordinal).ToList();
         if (cl.Flag("--json"))
         {
             var scores = new JsonObject();
-            foreach ((string kind, EvaluationScore s) in report.Scores.OrderBy(k => k.Key == EvaluationReport.All ? "" : k.Key, StringComparer.Ordinal))
+            foreach ((string kind, EvaluationScore s) in rows)
             {
                 scores[kind] = new JsonObject { ["tokens"] = s.Tokens, ["loss"] = s.MeanLoss, ["perplexity"] = s.Perplexity, ["accuracy"] = s.Accuracy };
             }
@@ -57,7 +58,7 @@ internal static class EvalCommand
 
         stdout.WriteLine($"{host.ModelId} on {Path.GetFileName(data)}: {report.Sequences} sequences");
         stdout.WriteLine($"{"kind",-12} {"tokens",9} {"loss",7} {"ppl",9} {"top-1",6}");
-        foreach ((string kind, EvaluationScore s) in report.Scores.OrderBy(k => k.Key == EvaluationReport.All ? "" : k.Key, StringComparer.Ordinal))
+        foreach ((string kind, EvaluationScore s) in rows)
         {
             stdout.WriteLine($"{kind,-12} {s.Tokens,9} {s.MeanLoss,7:F3} {s.Perplexity,9:F1} {s.Accuracy,6:F3}");
         }

@@ -44,14 +44,21 @@ internal static class ModelLoading
         };
     }
 
-    public static CoralModelHost LoadHost(CommandLine cl, TextWriter stderr)
+    /// <summary>Validates options built from the command line; the error names the flag the user typed, not the
+    /// options property behind it.</summary>
+    public static void Check(CoralChatClientOptions options)
     {
-        CoralChatClientOptions options = Options(cl);
         string? invalid = CoralChatClientOptionsValidator.Check(options);
         if (invalid is not null)
         {
             throw new ArgumentException(Flags.Aggregate(invalid, (message, f) => message.Replace("CoralChatClientOptions." + f.Property, f.Flag)));
         }
+    }
+
+    public static CoralModelHost LoadHost(CommandLine cl, TextWriter stderr)
+    {
+        CoralChatClientOptions options = Options(cl);
+        Check(options);
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
         CoralModelHost host = CoralModelHost.Load(options);

@@ -107,5 +107,25 @@ public class HeldOutEvaluatorTests
         stderr = new StringWriter();
         Assert.Equal(1, await Coral.Cli.CliApp.RunAsync(["eval", "--model", folder + "-missing", "--data", data], new StringWriter(), stderr, TextReader.Null));
         Assert.Contains("--model", stderr.ToString());
+        stderr = new StringWriter();
+        Assert.Equal(1, await Coral.Cli.CliApp.RunAsync(["eval", "--model", folder, "--data", data, "--dtype", "float8"], new StringWriter(), stderr, TextReader.Null));
+        Assert.Contains("--dtype", stderr.ToString());
+        Assert.DoesNotContain("CoralChatClientOptions", stderr.ToString());
+
+        // Nothing to score (a chat without an assistant turn) is an error naming the file, not a NaN.
+        string userOnly = Path.Combine(Path.GetDirectoryName(folder)!, "user-only.jsonl");
+        File.WriteAllText(userOnly, new JsonObject { ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "hello" }) }.ToJsonString());
+        stderr = new StringWriter();
+        Assert.Equal(1, await Coral.Cli.CliApp.RunAsync(["eval", "--model", folder, "--data", userOnly, "--json"], new StringWriter(), stderr, TextReader.Null));
+        Assert.Contains("user-only.jsonl", stderr.ToString());
+        Assert.Contains("no tokens to score", stderr.ToString());
+
+        // A kind named "all" is counted once.
+        string named = Path.Combine(Path.GetDirectoryName(folder)!, "named-all.jsonl");
+        File.WriteAllText(named, Chat("all", "Define cat.", "A small domesticated feline.").ToJsonString());
+        stdout = new StringWriter();
+        Assert.Equal(0, await Coral.Cli.CliApp.RunAsync(["eval", "--model", folder, "--data", named, "--json"], stdout, new StringWriter(), TextReader.Null));
+        Assert.Equal(TrainingDataReader.Read(named, tokenizer, 512).Sum(e => e.LossMask.Skip(1).Count(m => m == 1)),
+            JsonNode.Parse(stdout.ToString())!["scores"]!["all"]!["tokens"]!.GetValue<long>());
     }
 }
