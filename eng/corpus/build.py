@@ -146,7 +146,10 @@ for i in range(0, min(len(definition_items) - 1, 12000), 2):
 
 # --- FAQ: Python and Perl ---------------------------------------------------------------------------------------------
 def rst_text(s):
-    s = re.sub(r":[a-z:]+:`([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", s)
+    # Sphinx roles: :meth:`~str.split` shows "split" (a leading ~ keeps the last component), :func:`!split` "split"
+    # (a leading ! only turns the link off), :ref:`text <target>` "text".
+    s = re.sub(r":[a-z:]+:`~[^`<]*?([^.`<]+)`", r"\1", s)
+    s = re.sub(r":[a-z:]+:`!?([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", s)
     s = re.sub(r"`([^`<]+?)\s*<[^>]*>`_+", r"\1", s)
     s = s.replace("``", "")
     s = re.sub(r"^\.\. .*$", "", s, flags=re.M)
@@ -166,8 +169,19 @@ for path in sorted(glob.glob(os.path.join(X, "python3.11-doc/usr/share/doc/pytho
             faq.append(("python", lines[i].strip(), body))
 
 
+def pod_link(target):
+    """The text perldoc shows for L<target>: L<name/"section"> reads '"section" in name', L</"section"> '"section"'."""
+    name, slash, section = target.partition("/")
+    return target if not slash or "://" in target else section if not name else f"{section} in {name}"
+
+
 def pod_text(s):
+    # Index entries (X<...>) and zero-width marks (Z<>) print nothing; L<text|target> prints the text.
+    s = re.sub(r"[XZ]<<+\s.*?\s>>+[ \t]*|[XZ]<[^<>]*>[ \t]*", "", s)
+    s = re.sub(r"^\n+", "", s)
     for _ in range(3):
+        s = re.sub(r"L<<+\s*([^|>]*?)\|.*?\s*>>+|L<([^<>|]*)\|[^<>]*>", lambda m: m.group(1) or m.group(2), s)
+        s = re.sub(r"L<([^<>|]+)>", lambda m: pod_link(m.group(1)), s)
         s = re.sub(r"[CLIBFES]<<+\s*(.*?)\s*>>+", r"\1", s)
         s = re.sub(r"[CLIBFES]<([^<>]*)>", r"\1", s)
     s = re.sub(r"^=(over|item|back|begin|end|for|pod|cut).*$", "", s, flags=re.M)
