@@ -10,10 +10,15 @@ namespace Coral.Cli;
 /// <summary>
 /// <c>coral bench</c>: plain and speculative decoding of the same prompts, interleaved in one process (order alternated
 /// every round, caches reset before every run), with τ, tokens/s, speedup, draft time share, verify cost by tree size and
-/// draft step time with and without the router.
+/// draft step time with and without the router. Before the rounds, a warm-up runs the first prompts once each way and
+/// discards them (<c>--warmup N</c>, default <see cref="DefaultWarmup"/>): without it the first prompts measured the JIT
+/// compiling the speculative path (the sixth report's first four prompts ran 0.53–0.99× against 0.8–1.3× later).
 /// </summary>
 internal static class BenchCommand
 {
+    /// <summary>Prompts run once each way before the measured rounds (fewer when the set is smaller).</summary>
+    public const int DefaultWarmup = 8;
+
     private sealed record Prompt(int Index, string Kind, List<ChatMessage> Messages);
 
     private sealed record Measured(int Tokens, double DecodeSeconds, SpeculativeStats? Stats, IReadOnlyList<int> Ids);
@@ -21,7 +26,7 @@ internal static class BenchCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var cl = new CommandLine(args,
-            ModelLoading.With("--prompts", "--temperature", "--max-new-tokens", "--rounds", "--seed"),
+            ModelLoading.With("--prompts", "--temperature", "--max-new-tokens", "--rounds", "--seed", "--warmup"),
             new HashSet<string> { "--json", "--fixed-depth", "--no-plain-fallback" });
         if (cl.Value("--draft") is null && cl.Value("--model") is not null)
         {
@@ -32,6 +37,13 @@ internal static class BenchCommand
         float temperature = cl.Float("--temperature") ?? 0f;
         int maxNew = cl.Int("--max-new-tokens") ?? 128;
         int rounds = cl.Int("--rounds") ?? 3;
+        int warmup = cl.Int("--warmup") ?? DefaultWarmup;
+        if (warmup < 0)
+        {
+            throw new UsageException("--warmup must be 0 or more (prompts run once each way before measuring).");
+        }
+
+        warmup = Math.Min(warmup, prompts.Count);
         long seed = cl.Long("--seed") ?? 0;
         bool json = cl.Flag("--json");
         TextWriter log = json ? stderr : stdout;
@@ -45,6 +57,28 @@ internal static class BenchCommand
             .ToRequest(engine.Tokenizer, new SamplingParameters { Temperature = temperature, TopP = temperature > 0 ? 1f : null }, maxNew, null) with { Tree = tree })
             .ToArray();
 
+        GenerationResult Run(int i, bool speculative, long runSeed)
+        {
+            engine.ResetCache();
+            GenerationRequest request = requests[i] with
+            {
+                Speculative = speculative,
+                Sampling = requests[i].Sampling with { Seed = temperature > 0 ? runSeed : null },
+            };
+            return engine.Generate(request, null, CancellationToken.None);
+        }
+
+        for (int i = 0; i < warmup; i++)
+        {
+            Run(i, speculative: false, seed - 1 - i);
+            Run(i, speculative: true, seed - 1 - i);
+        }
+
+        if (warmup > 0)
+        {
+            log.WriteLine($"warm-up: {warmup} prompt(s) run once each way, not measured");
+        }
+
         var plain = prompts.Select(_ => new List<Measured>()).ToArray();
         var spec = prompts.Select(_ => new List<Measured>()).ToArray();
         for (int r = 0; r < rounds; r++)
@@ -53,13 +87,7 @@ internal static class BenchCommand
             {
                 foreach (bool speculative in (r + i) % 2 == 0 ? new[] { false, true } : new[] { true, false })
                 {
-                    engine.ResetCache();
-                    GenerationRequest request = requests[i] with
-                    {
-                        Speculative = speculative,
-                        Sampling = requests[i].Sampling with { Seed = temperature > 0 ? seed + (r * 1000) + i : null },
-                    };
-                    GenerationResult g = engine.Generate(request, null, CancellationToken.None);
+                    GenerationResult g = Run(i, speculative, seed + (r * 1000) + i);
                     (speculative ? spec : plain)[i].Add(new Measured(g.TokenIds.Count, g.DecodeTime.TotalSeconds, g.Speculative, g.TokenIds));
                 }
             }
@@ -111,6 +139,7 @@ internal static class BenchCommand
             ["temperature"] = temperature,
             ["max_new_tokens"] = maxNew,
             ["rounds"] = rounds,
+            ["warmup_prompts"] = warmup,
             ["tree"] = new JsonObject
             {
                 ["depth"] = tree.Depth, ["top_k"] = tree.TopK, ["total_tokens"] = tree.TotalTokens, ["router_top_k"] = tree.RouterTopK,
@@ -244,7 +273,7 @@ internal static class BenchCommand
 
     private static void WriteTable(TextWriter w, JsonObject r)
     {
-        w.WriteLine($"model {r["model"]}, draft {r["draft"]}, {r["device"]} {r["dtype"]}, T={r["temperature"]}, {r["max_new_tokens"]} new tokens, {r["rounds"]} rounds, tree {r["tree"]!.ToJsonString()}");
+        w.WriteLine($"model {r["model"]}, draft {r["draft"]}, {r["device"]} {r["dtype"]}, T={r["temperature"]}, {r["max_new_tokens"]} new tokens, {r["rounds"]} rounds after {r["warmup_prompts"]} warm-up prompt(s), tree {r["tree"]!.ToJsonString()}");
         w.WriteLine("| prompt | kind | τ | plain tok/s | spec tok/s | speedup | draft share |");
         w.WriteLine("| --- | --- | --- | --- | --- | --- | --- |");
         foreach (JsonNode? p in (JsonArray)r["prompts"]!)

@@ -155,18 +155,23 @@ public class DraftCheckpointTests
         }
 
         Assert.True(overall.GetProperty("greedy_identical").GetBoolean());
+        Assert.Equal(2, JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("warmup_prompts").GetInt32());   // default 8, two prompts
+        Assert.Contains("warm-up: 2 prompt(s)", benchErr.ToString());
+        Assert.Equal(2, await CliApp.RunAsync(["bench", "--model", target, "--draft", draft, "--prompts", prompts, "--warmup", "-1"], new StringWriter(), benchErr, TextReader.Null));
+        Assert.Contains("--warmup must be 0 or more", benchErr.ToString());
 
         // A fixed 4-node tree with the router off (the tree-size sweep and router on/off rows of the report), then the plots.
         string folder = Path.GetDirectoryName(prompts)!, auto = Path.Combine(folder, "auto.json"), small = Path.Combine(folder, "small.json");
         File.WriteAllText(auto, benchOut.ToString());
         benchOut = new StringWriter();
         rc = await CliApp.RunAsync(["bench", "--model", target, "--draft", draft, "--prompts", prompts, "--max-new-tokens", "12", "--rounds", "1", "--json",
-            "--tree-tokens", "4", "--router-topk", "0", "--no-plain-fallback"], benchOut, benchErr, TextReader.Null);
+            "--tree-tokens", "4", "--router-topk", "0", "--no-plain-fallback", "--warmup", "0"], benchOut, benchErr, TextReader.Null);
         Assert.True(rc == 0, benchErr.ToString());
         File.WriteAllText(small, benchOut.ToString());
         JsonElement tree = JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("tree");
         Assert.Equal((4, 0), (tree.GetProperty("total_tokens").GetInt32(), tree.GetProperty("router_top_k").GetInt32()));
         Assert.False(tree.GetProperty("plain_fallback").GetBoolean());
+        Assert.Equal(0, JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("warmup_prompts").GetInt32());
         Assert.Equal(0, JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("overall").GetProperty("cycle_ms").GetProperty("plain_steps").GetInt32());
         JsonElement steps = JsonDocument.Parse(benchOut.ToString()).RootElement.GetProperty("draft_step_ms");
         Assert.True(steps.GetProperty("full_head").GetDouble() > 0 && steps.GetProperty("router").GetDouble() > 0, steps.ToString());   // both costs, router off or on
