@@ -64,7 +64,7 @@ internal sealed record PretrainConfig
 internal sealed class TrainableLlama : IDisposable
 {
     private readonly Dictionary<string, Parameter> _p = new(StringComparer.Ordinal);
-    private readonly Tensor _cos, _sinSigned;
+    private readonly Tensor _cos, _sinSigned, _cos16, _sinSigned16;
 
     public TrainableLlama(PretrainConfig config, int vocabSize, int seed)
     {
@@ -105,6 +105,8 @@ internal sealed class TrainableLlama : IDisposable
 
         _cos = torch.tensor(cos, [config.MaxPositions, hd]);
         _sinSigned = torch.tensor(sin, [config.MaxPositions, hd]);
+        _cos16 = _cos.to(ScalarType.BFloat16);
+        _sinSigned16 = _sinSigned.to(ScalarType.BFloat16);
     }
 
     public PretrainConfig Config { get; }
@@ -113,7 +115,9 @@ internal sealed class TrainableLlama : IDisposable
 
     public IEnumerable<Parameter> Parameters => _p.Values;
 
-    /// <summary>When set, the projections and the LM head multiply in bf16 (f32 master weights, norms and softmax).</summary>
+    /// <summary>When set, the projections and the LM head multiply in bf16, and the activations between the projections
+    /// of a layer (q, k, v, RoPE, attention; gate, up, SiLU) stay bf16, as under PyTorch's bf16 autocast; the master
+    /// weights, the residual stream, the norms and the softmax of the loss are f32.</summary>
     public bool Bf16Matmuls { get; set; }
 
     /// <summary>Copies the weights of a standard HF folder written by <see cref="Save"/> (to continue training).</summary>
@@ -142,28 +146,36 @@ internal sealed class TrainableLlama : IDisposable
         return F.linear(h, _p["model.embed_tokens.weight"]);
     }
 
-    private Tensor Linear(Tensor x, string name) =>
-        Bf16Matmuls ? F.linear(x.to(ScalarType.BFloat16), _p[name].to(ScalarType.BFloat16)).to(ScalarType.Float32) : F.linear(x, _p[name]);
+    /// <summary>x through the named projections, fused into one GEMM (their weights stacked by rows: q|k|v, gate|up),
+    /// in the activation dtype (bf16 with <see cref="Bf16Matmuls"/>, else f32).</summary>
+    private Tensor Project(Tensor x, params string[] names)
+    {
+        ScalarType act = Bf16Matmuls ? ScalarType.BFloat16 : ScalarType.Float32;
+        Tensor w = names.Length == 1 ? _p[names[0]] : torch.cat(names.Select(n => (Tensor)_p[n]).ToArray());
+        return F.linear(x.to(act), w.to(act));
+    }
 
     private Tensor Hidden(Tensor ids)
     {
-        long b = ids.shape[0], t = ids.shape[1], d = Config.HiddenSize, hd = d / Config.Heads;
+        long b = ids.shape[0], t = ids.shape[1], d = Config.HiddenSize, hd = d / Config.Heads, ff = Config.IntermediateSize;
         int heads = Config.Heads, kvHeads = Config.KvHeads;
         Tensor x = _p["model.embed_tokens.weight"].index_select(0, ids.reshape(-1)).view(b, t, d);
-        Tensor cos = _cos.narrow(0, 0, t), sin = _sinSigned.narrow(0, 0, t);
+        Tensor cos = (Bf16Matmuls ? _cos16 : _cos).narrow(0, 0, t), sin = (Bf16Matmuls ? _sinSigned16 : _sinSigned).narrow(0, 0, t);
         Tensor Rope(Tensor v) => v * cos + v.roll(hd / 2, -1) * sin;
-        Tensor Heads(Tensor v, int n) => v.view(b, t, n, hd).transpose(1, 2);
+        Tensor Heads(Tensor qkv, long start, int n) => qkv.narrow(-1, start * hd, n * hd).view(b, t, n, hd).transpose(1, 2);
         for (int i = 0; i < Config.Layers; i++)
         {
             string p = $"model.layers.{i}.";
             Tensor n1 = DecoderLayer.RmsNorm(x, _p[p + "input_layernorm.weight"], Config.RmsNormEps);
-            Tensor q = Rope(Heads(Linear(n1, p + "self_attn.q_proj.weight"), heads));
-            Tensor k = Rope(Heads(Linear(n1, p + "self_attn.k_proj.weight"), kvHeads)).repeat_interleave(heads / kvHeads, 1);
-            Tensor v = Heads(Linear(n1, p + "self_attn.v_proj.weight"), kvHeads).repeat_interleave(heads / kvHeads, 1);
+            Tensor qkv = Project(n1, p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight");
+            Tensor q = Rope(Heads(qkv, 0, heads));
+            Tensor k = Rope(Heads(qkv, heads, kvHeads)).repeat_interleave(heads / kvHeads, 1);
+            Tensor v = Heads(qkv, heads + kvHeads, kvHeads).repeat_interleave(heads / kvHeads, 1);
             Tensor att = F.scaled_dot_product_attention(q, k, v, is_casual: true);
-            x = x + Linear(att.transpose(1, 2).reshape(b, t, heads * hd), p + "self_attn.o_proj.weight");
+            x = x + Project(att.transpose(1, 2).reshape(b, t, heads * hd), p + "self_attn.o_proj.weight");
             Tensor n2 = DecoderLayer.RmsNorm(x, _p[p + "post_attention_layernorm.weight"], Config.RmsNormEps);
-            x = x + Linear(F.silu(Linear(n2, p + "mlp.gate_proj.weight")) * Linear(n2, p + "mlp.up_proj.weight"), p + "mlp.down_proj.weight");
+            Tensor gateUp = Project(n2, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight");
+            x = x + Project(F.silu(gateUp.narrow(-1, 0, ff)) * gateUp.narrow(-1, ff, ff), p + "mlp.down_proj.weight");
         }
 
         return DecoderLayer.RmsNorm(x, _p["model.norm.weight"], Config.RmsNormEps);
@@ -219,5 +231,7 @@ internal sealed class TrainableLlama : IDisposable
 
         _cos.Dispose();
         _sinSigned.Dispose();
+        _cos16.Dispose();
+        _sinSigned16.Dispose();
     }
 }

@@ -25,6 +25,7 @@ internal static class PretrainCommand
                 "--save-every", "--init", "--matmul", "--sft", "--sft-steps", "--sft-lr", "--sft-minutes", "--export-blocks",
             },
             new HashSet<string> { "--bf16" });
+        NativeHeap.KeepFreedMemory();   // large tensors freed every step stay mapped for the next one
         // --export-blocks trains nothing and writes no model folder: --out is not needed then.
         string tokenizerFolder = cl.Required("--tokenizer");
         string? output = cl.Value("--export-blocks") is null ? cl.Required("--out") : null;

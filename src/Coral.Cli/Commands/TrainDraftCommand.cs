@@ -18,6 +18,7 @@ internal static class TrainDraftCommand
         var cl = new CommandLine(args,
             new HashSet<string> { "--target", "--data", "--method", "--out", "--init", "--steps", "--lr", "--seed", "--max-length",
                 "--align-steps", "--topk-weight", "--csra-weight", "--csra-tau", "--csra-variant", "--checkpoint-every", "--held-out", "--matmul", "--format", "--pack" }, new HashSet<string> { "--bf16" });
+        NativeHeap.KeepFreedMemory();   // large tensors freed every step stay mapped for the next one
         string target = cl.Required("--target"), data = cl.Required("--data"), output = cl.Required("--out");
         if ((cl.Value("--format") ?? "eagle") != "eagle")
         {

@@ -29,9 +29,19 @@ public class PretrainLossTests
         Assert.True(gradW.allclose(wRef.grad!, rtol: 1e-4, atol: 1e-6), $"dW max |Δ| {(gradW - wRef.grad!).abs().max().item<float>()}");
 
         // bf16 products stay close (the block is bf16; the loss within 1%).
-        (double loss16, Tensor gradH16, _) = ChunkedCrossEntropy.Compute(h, head, labels, weight, bf16: true, rows: 8);
+        (double loss16, Tensor gradH16, Tensor gradW16) = ChunkedCrossEntropy.Compute(h, head, labels, weight, bf16: true, rows: 8);
         Assert.Equal(loss, loss16, 1);
         Assert.True((gradH16 - gradH).abs().max().item<float>() < 0.05 * gradH.abs().max().item<float>());
+        Assert.True((gradW16 - gradW).abs().max().item<float>() < 0.05 * gradW.abs().max().item<float>());
+
+        // The one-hot parts (a gather and an index-add, not a scatter into the block) with labels repeated across rows and chunks.
+        Tensor repeated = torch.tensor(Enumerable.Range(0, 37).Select(i => (long)(i % 3 == 0 ? 5 : i % 3 == 1 ? 99 : i)).ToArray());
+        Tensor hRep = h.clone().requires_grad_(true), wRep = head.clone().requires_grad_(true);
+        Tensor nllRep = F.cross_entropy(F.linear(hRep, wRep), repeated, reduction: nn.Reduction.None);
+        ((nllRep * weight).sum() / weight.sum()).backward();
+        (_, Tensor gradHRep, Tensor gradWRep) = ChunkedCrossEntropy.Compute(h, head, repeated, weight, bf16: false, rows: 8);
+        Assert.True(gradHRep.allclose(hRep.grad!, rtol: 1e-4, atol: 1e-6));
+        Assert.True(gradWRep.allclose(wRep.grad!, rtol: 1e-4, atol: 1e-6), $"dW max |Δ| {(gradWRep - wRep.grad!).abs().max().item<float>()}");
     }
 
     [Fact]
