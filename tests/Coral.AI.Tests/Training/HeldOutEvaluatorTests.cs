@@ -42,6 +42,12 @@ public class HeldOutEvaluatorTests
         Assert.Equal(loss, score.MeanLoss, 4);
         Assert.InRange(score.MeanLoss, Math.Log(engine.Model.Config.VocabSize) - 1, Math.Log(engine.Model.Config.VocabSize) + 1);   // random weights
 
+        // The bf16 training forward (fused projections, bf16 activations between them, f32 residual and loss) stays close.
+        trainer.Bf16Matmuls = true;
+        (double loss16, _) = trainer.Loss(torch.tensor(ids.Select(x => (long)x).ToArray()).unsqueeze(0), torch.tensor(mask).unsqueeze(0));
+        trainer.Bf16Matmuls = false;
+        Assert.Equal(loss, loss16, 2);
+
         Tensor predicted = trainer.Logits(ids.Select(x => (long)x).ToArray()).argmax(-1);
         long hits = Enumerable.Range(1, ids.Length - 1).Count(t => mask[t] == 1 && predicted[t - 1].item<long>() == ids[t]);
         Assert.Equal(hits, score.Hits);
