@@ -11,8 +11,9 @@ namespace Coral.Cli;
 /// <c>coral bench</c>: plain and speculative decoding of the same prompts, interleaved in one process (order alternated
 /// every round, caches reset before every run), with τ, tokens/s, speedup, draft time share, verify cost by tree size and
 /// draft step time with and without the router. Before the rounds, a warm-up runs the first prompts once each way and
-/// discards them (<c>--warmup N</c>, default <see cref="DefaultWarmup"/>): without it the first prompts measured the JIT
-/// compiling the speculative path (the sixth report's first four prompts ran 0.53–0.99× against 0.8–1.3× later).
+/// discards them (<c>--warmup N</c>, default <see cref="DefaultWarmup"/>), so that no measured run includes JIT compilation
+/// (on the demo pair the difference stayed within the machine's noise). The engine's adaptive depth keeps what it
+/// learned in the warm-up: the rounds measure its steady state.
 /// </summary>
 internal static class BenchCommand
 {
