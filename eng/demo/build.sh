@@ -21,7 +21,7 @@ if has target; then
   # d=256, 12 layers, 4 heads (2 KV), SwiGLU 768, GPT-2 vocabulary + ChatML, tied embeddings: 22.3M parameters.
   cp "$root/eng/demo/target-config.json" "$work/target-config.json"
   "$coral" pretrain --tokenizer gpt2 --config "$work/target-config.json" --data "$corpus/out/pretrain.jsonl" --out "$work/target" \
-    --steps 1600 --minutes "${PRETRAIN_MINUTES:-55}" --lr 2e-3 --batch 16 --max-length 256 --matmul bf16 --save-every 100 --seed 1 \
+    --steps 1600 --minutes "${PRETRAIN_MINUTES:-55}" --lr 2e-3 --batch 16 --max-length 256 --matmul auto --save-every 100 --seed 1 \
     --sft "$corpus/out/chat-train.jsonl" --sft-steps 300 --sft-minutes "${SFT_MINUTES:-10}" --sft-lr 5e-4
 fi
 
@@ -39,7 +39,7 @@ fi
 if has drafters; then
   # The ablation: the same data, steps and seed for every method.
   common=(--target "$work/target" --data "$work/features" --steps "${DRAFT_STEPS:-300}" --lr 1e-3 --seed 3 --pack 512
-          --matmul bf16 --checkpoint-every 100 --held-out 0.05 --bf16)
+          --matmul auto --checkpoint-every 100 --held-out 0.05 --bf16)
   "$coral" train-draft "${common[@]}" --method eagle --out "$work/drafter-eagle"
   "$coral" train-draft "${common[@]}" --method hass --out "$work/drafter-hass"
   "$coral" train-draft "${common[@]}" --method coral --out "$work/drafter-hass-csra"

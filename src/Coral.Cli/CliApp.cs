@@ -20,13 +20,13 @@ internal static class CliApp
           coral train-draft --target <hf-dir> --data <features-dir|file.jsonl|file.txt> --out <dir> [--method eagle|hass|coral]
                          [--init <draft-dir>] [--steps N] [--lr LR] [--seed S] [--max-length N] [--align-steps N]
                          [--topk-weight W] [--csra-weight W] [--csra-tau T] [--csra-variant supcon|consecutive|teacher]
-                         [--checkpoint-every N] [--held-out FRACTION] [--matmul f32|bf16] [--pack TOKENS] [--format eagle] [--bf16]
+                         [--checkpoint-every N] [--held-out FRACTION] [--matmul f32|bf16|auto] [--pack TOKENS] [--format eagle] [--bf16]
                          (resumes from <out>/checkpoint)
           coral train-router --target <hf-dir> --draft <draft-dir> --data <features-dir|file.jsonl> [--groups G] [--topk K]
                          [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N]
           coral draft-inspect <draft-dir>
           coral pretrain --tokenizer <dir-with-tokenizer.json|gpt2> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
-                         [--lr LR] [--max-length N] [--batch B] [--accumulate A] [--minutes M] [--matmul f32|bf16]
+                         [--lr LR] [--max-length N] [--batch B] [--accumulate A] [--minutes M] [--matmul f32|bf16|auto]
                          [--save-every N] [--init <hf-dir>] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR] [--sft-minutes M]] [--bf16]
                          or: --tokenizer … --data … [--sft …] --export-blocks <dir>   (no training, no --out: the packed
                          blocks and masks for eng/gpu/train-target.py)

@@ -55,11 +55,7 @@ internal static class PretrainCommand
 
     private static int Train(CommandLine cl, string tokenizerFolder, string? output, TextWriter stderr)
     {
-        string matmul = cl.Value("--matmul") ?? "f32";
-        if (matmul is not ("f32" or "bf16"))
-        {
-            throw new UsageException($"--matmul must be f32 or bf16, not '{matmul}'.");
-        }
+        bool bf16Matmuls = Bf16Matmuls(cl, stderr);
 
         // The shape: --config, else the --init model's own config.json (continue/convert), else the defaults.
         PretrainConfig config = cl.Value("--config") is string c ? PretrainConfig.Load(c)
@@ -72,7 +68,7 @@ internal static class PretrainCommand
         int seed = (int)(cl.Long("--seed") ?? 0);
         int eos = tokenizer.TryGetId("<|im_end|>", out int imEnd) ? imEnd : tokenizer.EosTokenId ?? 0;
         int bos = tokenizer.BosTokenId ?? eos;
-        using var model = new TrainableLlama(config, tokenizer.VocabSize, seed) { Bf16Matmuls = matmul == "bf16" };
+        using var model = new TrainableLlama(config, tokenizer.VocabSize, seed) { Bf16Matmuls = bf16Matmuls };
         if (cl.Value("--init") is string init)
         {
             model.LoadWeights(init);
@@ -173,6 +169,30 @@ internal static class PretrainCommand
         model.Save(modelFolder, tokenizerFolder, bos, eos, ByteLevelTokenizer.ChatMlTemplate, bf16: true);
         File.Delete(Path.Combine(modelFolder, "model.safetensors"));   // the trainer elsewhere starts from its own init
         stderr.WriteLine($"wrote {modelFolder} (config and tokenizer, no weights)");
+    }
+
+    /// <summary><c>--matmul f32|bf16|auto</c> (default f32: exact, and what the tests compare with the inference
+    /// forward); auto picks bf16 GEMMs only where the CPU has AMX (<see cref="MatmulPrecision"/>). Shared with
+    /// <c>train-draft</c>.</summary>
+    internal static bool Bf16Matmuls(CommandLine cl, TextWriter stderr)
+    {
+        string choice = cl.Value("--matmul") ?? "f32";
+        bool bf16;
+        try
+        {
+            bf16 = MatmulPrecision.UseBf16(choice);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+
+        if (choice == "auto")
+        {
+            stderr.WriteLine(bf16 ? "--matmul auto: bf16 GEMMs (the CPU has AMX)" : "--matmul auto: f32 GEMMs (no AMX: bf16 GEMMs would be slower here)");
+        }
+
+        return bf16;
     }
 
     private static HfTokenizer WithConfig(string folder, TokenizerConfig config)

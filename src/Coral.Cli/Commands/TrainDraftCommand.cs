@@ -81,12 +81,7 @@ internal static class TrainDraftCommand
             CsraWeight = cl.Float("--csra-weight") ?? 0.1,
             CsraTemperature = cl.Float("--csra-tau") ?? 0.1,
             CheckpointEvery = cl.Int("--checkpoint-every") ?? 100,
-            Bf16Matmuls = (cl.Value("--matmul") ?? "f32") switch
-            {
-                "f32" => false,
-                "bf16" => true,
-                string other => throw new UsageException($"--matmul '{other}' is not one of f32, bf16."),
-            },
+            Bf16Matmuls = PretrainCommand.Bf16Matmuls(cl, stderr),
         };
         new DraftTrainer(drafter, engine.Model.Embedding, engine.Model.Head, options)
             .Train(sequences, Path.Combine(output, "metrics.jsonl"), stderr, Path.Combine(output, "checkpoint"), heldOut);

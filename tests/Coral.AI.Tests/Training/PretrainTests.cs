@@ -1,3 +1,4 @@
+using Coral.AI.Training;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.AI;
 using TorchSharp;
@@ -53,19 +54,21 @@ public class PretrainTests
         var temps = TempFolders();
         string first = Path.Combine(folder, "first"), second = Path.Combine(folder, "second"), bf16 = Path.Combine(folder, "bf16");
 
-        async Task Pretrain(params string[] args)
+        async Task<string> Pretrain(params string[] args)
         {
             var stderr = new StringWriter();
             int code = await Coral.Cli.CliApp.RunAsync(["pretrain", "--tokenizer", tokenizer, "--data", text, "--max-length", "32", "--batch", "2", .. args],
                 new StringWriter(), stderr, TextReader.Null);
             Assert.True(code == 0, stderr.ToString());
+            return stderr.ToString();
         }
 
         static List<double> Losses(string model) => File.ReadLines(Path.Combine(model, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!["loss"]!.GetValue<double>()).ToList();
 
         await Pretrain("--config", config, "--out", first, "--steps", "60", "--lr", "0.01");
         // Continue: no --config (the shape comes from the --init model), a small LR; the curve goes on where it stopped.
-        await Pretrain("--init", first, "--out", second, "--steps", "5", "--lr", "0.0005");
+        string choice = await Pretrain("--init", first, "--out", second, "--steps", "5", "--lr", "0.0005", "--matmul", "auto");
+        Assert.Contains(MatmulPrecision.HasAmxBf16() ? "--matmul auto: bf16 GEMMs" : "--matmul auto: f32 GEMMs", choice);
         List<double> before = Losses(first), after = Losses(second);
         string lossPng = Path.Combine(folder, "loss.png");
         Assert.Equal(0, await Coral.Cli.CliApp.RunAsync(["plot", "--pretrain", Path.Combine(first, "metrics.jsonl"), "--out", lossPng], new StringWriter(), new StringWriter(), TextReader.Null));
