@@ -105,6 +105,9 @@ public sealed class CoralChatClient : IChatClient
         {
             Constraint = constraint,
             Speculative = ReadBool(options, "speculative") ?? true,
+            PromptLookupTokens = ReadInt(options, "prompt_lookup_tokens") is int lookup
+                ? lookup is >= 0 and <= 32 ? lookup : throw new ArgumentException($"ChatOptions.AdditionalProperties prompt_lookup_tokens must be in [0, 32] (got {lookup}).", nameof(options))
+                : null,
             Tree = engine.Tree with
             {
                 Depth = ReadInt(options, "tree_depth") ?? engine.Tree.Depth,
@@ -280,6 +283,8 @@ public sealed class CoralChatClient : IChatClient
             usage.AdditionalCounts["mean_accepted_length_x1000"] = (long)Math.Round(s.MeanAcceptedLength * 1000);
             usage.AdditionalCounts["draft_duration_ns"] = (long)(s.DraftTime.TotalMilliseconds * 1e6);
             usage.AdditionalCounts["verify_duration_ns"] = (long)(s.VerifyTime.TotalMilliseconds * 1e6);
+            usage.AdditionalCounts["lookup_cycles"] = s.LookupCycles;
+            usage.AdditionalCounts["lookup_tokens_accepted"] = s.LookupAcceptedTokens;
         }
 
         return usage;

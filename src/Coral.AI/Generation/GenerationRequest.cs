@@ -19,6 +19,10 @@ internal sealed record GenerationRequest(
     /// <summary>Gets the draft tree for this request, or null for the engine's default.</summary>
     public TreeShape? Tree { get; init; }
 
+    /// <summary>Gets how many tokens a prompt-lookup proposal has for this request (0 = off), or null for the engine's
+    /// default.</summary>
+    public int? PromptLookupTokens { get; init; }
+
     /// <summary>Gets what the output must be (JSON, a forced tool call), or null for free text. Constrained requests decode plainly.</summary>
     public OutputConstraint? Constraint { get; init; }
 }
@@ -46,6 +50,13 @@ internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int Draf
 
     /// <summary>Gets the time spent in those plain steps.</summary>
     public TimeSpan PlainTime { get; init; }
+
+    /// <summary>Gets the cycles that verified a prompt-lookup proposal instead of a draft (counted in
+    /// <see cref="Cycles"/>, not in <see cref="AcceptedDrafted"/>).</summary>
+    public int LookupCycles { get; init; }
+
+    /// <summary>Gets the proposal tokens those cycles accepted (bonus tokens excluded).</summary>
+    public int LookupAcceptedTokens { get; init; }
 
     public double MeanAcceptedLength => Cycles == 0 ? 0 : (double)AcceptedTokens / Cycles;
 }

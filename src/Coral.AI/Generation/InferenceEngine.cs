@@ -77,6 +77,13 @@ internal sealed class InferenceEngine : IDisposable
     /// (for A/B measurements).</summary>
     public bool ScreenedArgMax { get; set; } = true;
 
+    /// <summary>Gets or sets how many tokens a prompt-lookup proposal has (<see cref="PromptLookup"/>: the sequence's own
+    /// continuation of its last n-gram, verified as a chain without a draft forward, where a gate expects it to pay);
+    /// 0 = off. Speculative runs only; a request may set its own.</summary>
+    public int PromptLookupTokens { get; set; }
+
+    private LookupGate? _lookupGate;
+
     /// <summary>The adaptive depth state (null until the first speculative request, or when adaptation is off).</summary>
     internal DepthController? DepthState => _depthController;
 
@@ -158,7 +165,7 @@ internal sealed class InferenceEngine : IDisposable
             if (speculative)
             {
                 long[] next = [.. prompt.Skip(prompt.Count - (int)features!.shape[0] + 1).Select(x => (long)x), token];
-                (token, stats) = SpeculativeLoop(request.Tree ?? Tree, sampler, emitter, features, next, cancellationToken);
+                (token, stats) = SpeculativeLoop(request.Tree ?? Tree, request.PromptLookupTokens ?? PromptLookupTokens, sampler, emitter, features, next, cancellationToken);
                 forwards += stats.Cycles + stats.PlainSteps;
                 features = null;
             }
@@ -295,7 +302,7 @@ internal sealed class InferenceEngine : IDisposable
     /// Draft → verify → accept cycles until the emitter finishes or the cache cannot hold another tree. Returns the last
     /// emitted token (not yet in the target cache) for the plain loop to continue from, and the cycle statistics.
     /// </summary>
-    private (int Last, SpeculativeStats Stats) SpeculativeLoop(TreeShape shape, LogitsSampler sampler, TokenEmitter emitter,
+    private (int Last, SpeculativeStats Stats) SpeculativeLoop(TreeShape shape, int lookupTokens, LogitsSampler sampler, TokenEmitter emitter,
         Tensor features, long[] nextTokens, CancellationToken cancellationToken)
     {
         shape.Validate();
@@ -318,8 +325,9 @@ internal sealed class InferenceEngine : IDisposable
             depthController = _depthController;
         }
 
-        int vocab = Model.Config.VocabSize;
-        int cycles = 0, accepted = 0, drafted = 0, plainSteps = 0;
+        int cycles = 0, accepted = 0, drafted = 0, plainSteps = 0, lookupCycles = 0, lookupAccepted = 0;
+        int[] lookup = new int[Math.Max(0, lookupTokens)];
+        LookupGate lookupGate = _lookupGate ??= new LookupGate();
         var plainTime = TimeSpan.Zero;
         var acceptedDrafted = new int[shape.Depth + 1];
         var draftClock = new Stopwatch();
@@ -331,6 +339,45 @@ internal sealed class InferenceEngine : IDisposable
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 long cycleStart = Stopwatch.GetTimestamp();
+                int start = Cache.Length;
+                var emitted = new List<int>();
+                var path = new List<int> { 0 };
+                if (lookup.Length > 0 && Cache.Length + lookup.Length + 1 < ContextLength)
+                {
+                    // Prompt lookup: the sequence's own continuation of its last n-gram, verified as a chain without a
+                    // draft forward, when the gate expects it to beat the controller's choice. The accepted tokens'
+                    // pairs join the pending ones, which the drafter catches up on at its next cycle.
+                    var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(_cachedTokens), root, lookup);
+                    if (count > 0 && lookupGate.Use(ngram, depthController?.ExpectedRate ?? 0))
+                    {
+                        using (var scope = torch.NewDisposeScope())
+                        {
+                            int[] chain = [root, .. lookup[..count]];
+                            var tree = new DraftTree(chain, [.. Enumerable.Range(-1, chain.Length)], new float[chain.Length]);
+                            Tensor hidden = VerifyTree(tree, start, sampler, emitted, path, verifyClock, out _);
+                            using Tensor rows = torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device);
+                            Tensor old = features;
+                            features = torch.cat([old, hidden.index_select(0, rows)]).DetachFromDisposeScope();
+                            old.Dispose();
+                        }
+
+                        cycles++;
+                        lookupCycles++;
+                        lookupAccepted += path.Count - 1;
+                        drafted += count;
+                        accepted += Commit(root, emitted, start, emitter);
+                        nextTokens = [.. nextTokens, .. emitted.Select(t => (long)t)];
+                        root = emitted[^1];
+                        if (nextTokens.Length > PendingPairsLimit)
+                        {
+                            CatchUp(ref features, ref nextTokens);
+                        }
+
+                        lookupGate.Observe(ngram, path.Count - 1, Stopwatch.GetElapsedTime(cycleStart).TotalMilliseconds);
+                        continue;
+                    }
+                }
+
                 int depth = depthController?.NextDepth() ?? shape.Depth;
                 if (depth == 0)
                 {
@@ -356,9 +403,6 @@ internal sealed class InferenceEngine : IDisposable
                     cycleStart = Stopwatch.GetTimestamp();
                 }
 
-                var emitted = new List<int>();
-                var path = new List<int> { 0 };
-                int start = Cache.Length;
                 double draftMs, verifyMs;
                 TreeShape cycleShape = depthController is null ? shape : shape with { Depth = depth, TotalTokens = shape.NodesAt(depth) };
                 using (var scope = torch.NewDisposeScope())
@@ -372,78 +416,16 @@ internal sealed class InferenceEngine : IDisposable
                     }
 
                     draftClock.Stop();
-                    long verifyStart = Stopwatch.GetTimestamp();
-                    verifyClock.Start();
-                    Tensor hidden = Model.Forward(tree.Tokens.Select(t => (long)t).ToArray(), Cache, tree.Positions(start), tree.AncestorMask());
-                    int[]? greedy = ScreenedTokens(hidden, tree.Count, sampler);
-                    if (greedy is null)
-                    {
-                        Model.Logits(hidden, TreeLogits(tree.Count));
-                    }
-
-                    verifyClock.Stop();
-                    long verifyEnd = Stopwatch.GetTimestamp();
-
-                    // Walk down the tree: accept a child with the target's probability, else draw the bonus token.
-                    for (int node = 0; ;)
-                    {
-                        int[] children = tree.Children[node];
-                        int c;
-                        if (greedy is not null)
-                        {
-                            c = Array.FindIndex(children, i => tree.Tokens[i] == greedy[node]);   // P is one-hot at the argmax
-                        }
-                        else
-                        {
-                            sampler.Distribution(_treeLogits.AsSpan(node * vocab, vocab), _probs);
-                            c = TreeAcceptance.AcceptChild(_probs, children.Select(i => tree.Tokens[i]).ToArray(), sampler.NextUniform);
-                        }
-
-                        if (c < 0)
-                        {
-                            int bonus = greedy is not null ? greedy[node] : sampler.Draw(_probs);
-                            sampler.Accept(bonus);
-                            emitted.Add(bonus);
-                            break;
-                        }
-
-                        node = children[c];
-                        sampler.Accept(tree.Tokens[node]);
-                        emitted.Add(tree.Tokens[node]);
-                        path.Add(node);
-                    }
-
-                    // Keep the accepted path's K/V: slot start + path[j] moves to start + j.
-                    Cache.Length = start;
-                    if (path.Select((p, j) => p != j).Any(moved => moved))
-                    {
-                        Cache.CopySlots(path.Skip(1).Select(p => (long)(start + p)).ToArray(), start + 1);
-                    }
-
-                    Cache.Length = start + path.Count;
+                    draftMs = Stopwatch.GetElapsedTime(draftStart).TotalMilliseconds;
+                    Tensor hidden = VerifyTree(tree, start, sampler, emitted, path, verifyClock, out verifyMs);
                     using Tensor rows = torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device);
                     features = hidden.index_select(0, rows).DetachFromDisposeScope();
                     drafted += tree.Count - 1;
                     acceptedDrafted[path.Count - 1]++;
-                    draftMs = Stopwatch.GetElapsedTime(draftStart, verifyStart).TotalMilliseconds;
-                    verifyMs = Stopwatch.GetElapsedTime(verifyStart, verifyEnd).TotalMilliseconds;
                 }
 
                 cycles++;
-                _cachedTokens.Add(root);
-                _cachedTokens.AddRange(emitted.Take(emitted.Count - 1));
-                for (int j = 0; j < emitted.Count; j++)
-                {
-                    accepted++;
-                    if (!emitter.Emit(emitted[j]))
-                    {
-                        // Nothing after a stop: the cache keeps the root and the tokens before the last one emitted.
-                        Cache.Length = start + 1 + j;
-                        _cachedTokens.RemoveRange(start + 1 + j, _cachedTokens.Count - (start + 1 + j));
-                        break;
-                    }
-                }
-
+                accepted += Commit(root, emitted, start, emitter);
                 nextTokens = emitted.Select(t => (long)t).ToArray();
                 root = emitted[^1];
                 depthController?.Observe(cycleShape.Depth, path.Count - 1, draftMs, verifyMs,
@@ -464,7 +446,91 @@ internal sealed class InferenceEngine : IDisposable
             features.Dispose();
         }
 
-        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted) { PlainSteps = plainSteps, PlainTime = plainTime });
+        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted)
+        {
+            PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookupCycles, LookupAcceptedTokens = lookupAccepted,
+        });
+    }
+
+    /// <summary>
+    /// Verifies a draft tree in one target forward (its rows' K/V appended at <paramref name="start"/>) and walks it from
+    /// the root: a child is accepted with the target's probability (greedy: when it is the argmax), else the bonus token
+    /// is drawn and the walk ends. Fills <paramref name="emitted"/> (the accepted tokens and the bonus) and
+    /// <paramref name="path"/> (the accepted nodes, root first), moves the accepted path's K/V to follow the root and
+    /// returns the tree's hidden states (in the caller's dispose scope). <paramref name="verifyMs"/> is the forward with
+    /// its logits, also added to <paramref name="verifyClock"/>.
+    /// </summary>
+    private Tensor VerifyTree(DraftTree tree, int start, LogitsSampler sampler, List<int> emitted, List<int> path, Stopwatch verifyClock, out double verifyMs)
+    {
+        int vocab = Model.Config.VocabSize;
+        long verifyStart = Stopwatch.GetTimestamp();
+        verifyClock.Start();
+        Tensor hidden = Model.Forward(tree.Tokens.Select(t => (long)t).ToArray(), Cache, tree.Positions(start), tree.AncestorMask());
+        int[]? greedy = ScreenedTokens(hidden, tree.Count, sampler);
+        if (greedy is null)
+        {
+            Model.Logits(hidden, TreeLogits(tree.Count));
+        }
+
+        verifyClock.Stop();
+        verifyMs = Stopwatch.GetElapsedTime(verifyStart).TotalMilliseconds;
+        for (int node = 0; ;)
+        {
+            int[] children = tree.Children[node];
+            int c;
+            if (greedy is not null)
+            {
+                c = Array.FindIndex(children, i => tree.Tokens[i] == greedy[node]);   // P is one-hot at the argmax
+            }
+            else
+            {
+                sampler.Distribution(_treeLogits.AsSpan(node * vocab, vocab), _probs);
+                c = TreeAcceptance.AcceptChild(_probs, children.Select(i => tree.Tokens[i]).ToArray(), sampler.NextUniform);
+            }
+
+            if (c < 0)
+            {
+                int bonus = greedy is not null ? greedy[node] : sampler.Draw(_probs);
+                sampler.Accept(bonus);
+                emitted.Add(bonus);
+                break;
+            }
+
+            node = children[c];
+            sampler.Accept(tree.Tokens[node]);
+            emitted.Add(tree.Tokens[node]);
+            path.Add(node);
+        }
+
+        // Keep the accepted path's K/V: slot start + path[j] moves to start + j.
+        Cache.Length = start;
+        if (path.Select((p, j) => p != j).Any(moved => moved))
+        {
+            Cache.CopySlots(path.Skip(1).Select(p => (long)(start + p)).ToArray(), start + 1);
+        }
+
+        Cache.Length = start + path.Count;
+        return hidden;
+    }
+
+    /// <summary>Records a verified cycle's tokens as cached (the root and all accepted but the last) and emits them;
+    /// after a stop nothing more is emitted and the cache keeps the root and the tokens before the last one emitted.
+    /// Returns how many were emitted.</summary>
+    private int Commit(int root, List<int> emitted, int start, TokenEmitter emitter)
+    {
+        _cachedTokens.Add(root);
+        _cachedTokens.AddRange(emitted.Take(emitted.Count - 1));
+        for (int j = 0; j < emitted.Count; j++)
+        {
+            if (!emitter.Emit(emitted[j]))
+            {
+                Cache.Length = start + 1 + j;
+                _cachedTokens.RemoveRange(start + 1 + j, _cachedTokens.Count - (start + 1 + j));
+                return j + 1;
+            }
+        }
+
+        return emitted.Count;
     }
 
     /// <summary>

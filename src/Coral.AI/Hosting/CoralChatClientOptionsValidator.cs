@@ -85,6 +85,11 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return $"CoralChatClientOptions.TreeTotalTokens must be in [2, 256] or unset for auto-tuning (got {o.TreeTotalTokens}).";
         }
 
+        if (o.PromptLookupTokens is < 0 or > 32)
+        {
+            return $"CoralChatClientOptions.PromptLookupTokens must be in [0, 32] (0 = off; got {o.PromptLookupTokens}).";
+        }
+
         if (o.RouterTopK is < 0)
         {
             return $"CoralChatClientOptions.RouterTopK must be >= 0 (0 = the full LM head) or unset (got {o.RouterTopK}).";

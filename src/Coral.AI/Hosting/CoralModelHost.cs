@@ -188,6 +188,7 @@ public sealed class CoralModelHost : IDisposable
 
                 _engine.Tree.Validate();
                 _engine.AdaptiveDepth = _options.AdaptiveTreeDepth;
+                _engine.PromptLookupTokens = _options.PromptLookupTokens;
             }
 
             _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
@@ -220,5 +221,6 @@ public sealed class CoralModelHost : IDisposable
         TreeTotalTokens = o.TreeTotalTokens,
         RouterTopK = o.RouterTopK,
         AdaptiveTreeDepth = o.AdaptiveTreeDepth,
+        PromptLookupTokens = o.PromptLookupTokens,
     };
 }

@@ -39,7 +39,7 @@ internal sealed class DepthController
     private readonly int[] _seen;
     // Costs: medians of the latest PlainWindow measurements each, so that one slow sample (a first call's compilation, a
     // machine hiccup) neither starts nor sways an estimate.
-    private readonly RecentMedian _step = new(), _other = new(), _plain = new();
+    private readonly RecentMedian _step = new(PlainWindow), _other = new(PlainWindow), _plain = new(PlainWindow);
     private readonly RecentMedian[] _verify;   // per depth (index 0 unused)
     private readonly double[] _verifyMs;       // per depth; −1 = not timed yet
     private readonly Func<int, double>? _verifyPrior;
@@ -60,7 +60,7 @@ internal sealed class DepthController
         _verifyPrior = verifyPrior;
         _reach = new double[maxDepth + 1];
         _seen = new int[maxDepth + 1];
-        _verify = Enumerable.Range(0, maxDepth + 1).Select(_ => new RecentMedian()).ToArray();
+        _verify = Enumerable.Range(0, maxDepth + 1).Select(_ => new RecentMedian(PlainWindow)).ToArray();
         _verifyMs = Enumerable.Repeat(-1.0, maxDepth + 1).ToArray();
         for (int j = 1; j <= maxDepth; j++)
         {
@@ -111,6 +111,10 @@ internal sealed class DepthController
         _plainMs = _plain.Add(ms);
         Decide();
     }
+
+    /// <summary>The expected tokens per millisecond of the current choice (<see cref="Depth"/>), from the measured costs
+    /// and acceptance; 0 until a cycle was measured.</summary>
+    public double ExpectedRate { get; private set; }
 
     /// <summary>The estimated P(at least j drafted tokens accepted), j = 1..MaxDepth (index 0 unused).</summary>
     public IReadOnlyList<double> Reach => _reach;
@@ -183,6 +187,7 @@ internal sealed class DepthController
         }
 
         Depth = PlainFallback && _plainMs > 0 && 1 / _plainMs > best ? 0 : depth;
+        ExpectedRate = Depth == 0 ? 1 / _plainMs : best;
     }
 
     /// <summary>The verification cost at depth <paramref name="d"/>: its own median once timed, else the nearest timed
@@ -210,23 +215,5 @@ internal sealed class DepthController
 
         double from = _verifyPrior?.Invoke(timed) ?? 0, to = _verifyPrior?.Invoke(d) ?? 0;
         return from > 0 && to > 0 ? _verifyMs[timed] * to / from : _verifyMs[timed];
-    }
-
-    /// <summary>The median of the latest <see cref="PlainWindow"/> values added.</summary>
-    private sealed class RecentMedian
-    {
-        private readonly double[] _ring = new double[PlainWindow];
-        private readonly double[] _sorted = new double[PlainWindow];
-        private int _count;
-
-        /// <summary>Adds a value and returns the new median (the lower one of an even count).</summary>
-        public double Add(double value)
-        {
-            _ring[_count++ % PlainWindow] = value;
-            int n = Math.Min(_count, PlainWindow);
-            Array.Copy(_ring, _sorted, n);
-            Array.Sort(_sorted, 0, n);
-            return _sorted[(n - 1) / 2];
-        }
     }
 }

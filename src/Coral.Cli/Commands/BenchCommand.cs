@@ -235,6 +235,8 @@ internal static class BenchCommand
             ["plain_steps"] = plainSteps,
             ["plain_step_share"] = Round((double)plainSteps / (plainSteps + cycles)),
             ["plain_step_in_loop"] = Round(plainSteps == 0 ? 0 : plain / plainSteps),
+            ["lookup_cycles"] = list.Sum(r => r.Stats!.LookupCycles),
+            ["lookup_tokens_accepted"] = list.Sum(r => r.Stats!.LookupAcceptedTokens),
         };
     }
 

@@ -215,7 +215,13 @@ public class SpeculativeDecodingTests
         Assert.True(spec.Speculative!.PlainSteps >= 1);
         Assert.True(spec.Speculative.Cycles >= 1);
         Assert.True(spec.TokenIds.Distinct().Count() > spec.TokenIds.Count / 2, $"the target repeats itself: {string.Join(",", spec.TokenIds)}");
-        long[] sequence = [.. prompt.Select(t => (long)t), .. spec.TokenIds.Select(t => (long)t)];
+        AssertDrafterCacheEqualsRecomputation(engine, [.. prompt.Select(t => (long)t), .. spec.TokenIds.Select(t => (long)t)]);
+    }
+
+    /// <summary>Slot t of the drafter's cache holds (target feature t, token t + 1) for the whole sequence, as if the
+    /// drafter had been fed the finished sequence at once.</summary>
+    internal static void AssertDrafterCacheEqualsRecomputation(InferenceEngine engine, long[] sequence)
+    {
         int pairs = Math.Min(engine.Drafter!.Cache.Length, sequence.Length - 1);
         Assert.True(pairs >= sequence.Length - 2, $"the drafter holds {engine.Drafter.Cache.Length} pairs of a {sequence.Length}-token sequence");
         using var targetCache = engine.Model.CreateCache(sequence.Length + 1, batchInvariant: true);

@@ -1,0 +1,149 @@
+using Microsoft.Extensions.AI;
+
+namespace Coral.AI.Tests;
+
+/// <summary>Prompt lookup: the sequence's own continuation of its last n-gram, verified as a chain; output unchanged.</summary>
+public class PromptLookupTests
+{
+    /// <summary>The match's n and the proposed tokens, comma-separated.</summary>
+    private static (int Ngram, string Tokens) Find(int[] context, int last, int length)
+    {
+        var continuation = new int[length];
+        var (ngram, count) = PromptLookup.Find(context, last, continuation);
+        return (ngram, string.Join(",", continuation[..count]));
+    }
+
+    [Fact]
+    public void Find_PrefersTheLongestMatch_ThenTheLatest()
+    {
+        int[] context = [1, 2, 3, 7, 8, 5, 9, 3, 4, 4, 6, 2];
+        // ... 6 2 | 3: "6 2 3" never occurred; "2 3" did (index 1, followed by 7 8 5), "3" alone later (index 7): the
+        // 2-gram wins over the later 1-gram.
+        Assert.Equal((2, "7,8,5"), Find(context, 3, 3));
+        // ... 2 9 | 3: "9 3" (index 6, followed by 4 4 6) beats "3" at index 2.
+        Assert.Equal((2, "4,4,6"), Find([.. context, 9], 3, 3));
+        // ... 6 2 | 4: only 1-grams; the latest 4 (index 9) is followed by 6 2 and then the sequence's own last token.
+        Assert.Equal((1, "6,2,4"), Find(context, 4, 3));
+        // Never occurred, nothing asked for, nothing before.
+        Assert.Equal((0, ""), Find(context, 42, 3));
+        Assert.Equal((0, ""), Find(context, 3, 0));
+        Assert.Equal((0, ""), Find([], 3, 3));
+    }
+
+    [Fact]
+    public void Find_ContinuesARepeatingPattern_PastTheEndOfTheSequence()
+    {
+        // 5 1 2 1 2 1 | 2: "2 1 2" last occurred ending at index 4; what followed is 1 2 (then the sequence ends) and the
+        // copy goes on from what it copied: 1 2 1 2 1.
+        Assert.Equal((3, "1,2,1,2,1"), Find([5, 1, 2, 1, 2, 1], 2, 5));
+        // A run of one token: 7 7 7 | 7 → 7 7 7 7.
+        Assert.Equal((3, "7,7,7,7"), Find([7, 7, 7], 7, 4));
+    }
+
+    [Fact]
+    public void Gate_VerifiesTheFirstProposals_ThenOnlyWhatPays_AndExploresNowAndThen()
+    {
+        var gate = new LookupGate();
+        for (int i = 0; i < DepthController.PlainProbes; i++)
+        {
+            Assert.True(gate.Use(3, alternativeRate: 10));   // the first ones always, whatever they cost
+            gate.Observe(3, accepted: 0, ms: i == 0 ? 50 : 1);
+        }
+
+        // 3-gram proposals now accept ~0 tokens for 1 ms: 1 token/ms. Against 2 tokens/ms they are skipped, except one
+        // in ExploreEvery; against 0.5 tokens/ms (or an unknown alternative) they are used.
+        var used = Enumerable.Range(0, 4 * LookupGate.ExploreEvery).Select(_ => gate.Use(3, alternativeRate: 2)).ToList();
+        Assert.Equal(4, used.Count(u => u));
+        Assert.True(used[LookupGate.ExploreEvery - 1]);
+        Assert.True(gate.Use(3, alternativeRate: 0.5));
+        Assert.True(gate.Use(3, alternativeRate: 0));
+
+        // Acceptance is kept per match length: 2-gram matches that accept 3 tokens pay against 2 tokens/ms.
+        for (int i = 0; i < 20; i++)
+        {
+            gate.Observe(2, accepted: 3, ms: 1);
+        }
+
+        Assert.True(gate.Accepted[2] > 2.5 && gate.Accepted[3] < 0.5);
+        Assert.True(gate.Use(2, alternativeRate: 2));
+        Assert.False(gate.Use(3, alternativeRate: 2));
+    }
+
+    [Fact]
+    public void Greedy_WithLookup_EqualsPlain_AndAcceptsTheCopiedRun()
+    {
+        // The successor target counts up (t → t + 1): a prompt that holds a run 10..30 and ends 10 11 12 is continued
+        // 13 14 15 ..., which is exactly what the lookup copies from the run, so its proposals are accepted.
+        string target = TransformerModelTests.ModelFor("llama-successor");
+        List<int> prompt = [.. Enumerable.Range(10, 21), 10, 11, 12];
+        foreach (int lookup in new[] { 3, 5, 1 })
+        {
+            // A fresh engine each time: the lookup gate learns from timings, and the first proposals are always verified.
+            using var engine = DrafterZoo.Engine(target, SpeculativeDecodingTests.Drafter("llama-successor", "random"));
+            var request = new GenerationRequest(prompt, SamplingParameters.Greedy, 24, []) { PromptLookupTokens = lookup };
+            GenerationResult spec = engine.Generate(request, null, default);
+            // The accepted lookup tokens' pairs reached the drafter in order (its next draft starts from them).
+            SpeculativeDecodingTests.AssertDrafterCacheEqualsRecomputation(engine, [.. prompt.Select(t => (long)t), .. spec.TokenIds.Select(t => (long)t)]);
+            engine.ResetCache();
+            GenerationResult plain = engine.Generate(request with { Speculative = false }, null, default);
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            Assert.Equal(Enumerable.Range(13, 24), plain.TokenIds);   // the target does count up
+            SpeculativeStats stats = spec.Speculative!;
+            Assert.True(stats.LookupCycles >= 1);
+            Assert.True(stats.LookupAcceptedTokens >= lookup, $"{stats.LookupAcceptedTokens} lookup tokens accepted in {stats.LookupCycles} cycles");
+            Assert.Equal(spec.TokenIds.Count, 1 + stats.AcceptedTokens + stats.PlainSteps);
+            Assert.Equal(1 + stats.Cycles + stats.PlainSteps, spec.TargetForwardPasses);
+
+
+            // Off: no lookup cycles, the same tokens.
+            engine.ResetCache();
+            GenerationResult off = engine.Generate(request with { PromptLookupTokens = 0 }, null, default);
+            Assert.Equal(plain.TokenIds, off.TokenIds);
+            Assert.Equal(0, off.Speculative!.LookupCycles);
+        }
+    }
+
+    [Fact]
+    public void StopsInsideALookupChain_MatchPlain_AndTheDrafterCacheStaysInStep()
+    {
+        string target = TransformerModelTests.ModelFor("llama-successor");
+        List<int> prompt = [.. Enumerable.Range(10, 21), 10, 11, 12];
+        foreach (int stop in new[] { 14, 15, 16, 20 })
+        {
+            using var engine = DrafterZoo.Engine(target, SpeculativeDecodingTests.Drafter("llama-successor", "random"));
+            var request = new GenerationRequest(prompt, SamplingParameters.Greedy, 24, [], [stop]) { PromptLookupTokens = 4 };
+            GenerationResult spec = engine.Generate(request, null, default);
+            Assert.True(spec.Speculative!.LookupCycles >= 1, $"stop {stop}: {spec.Speculative.Cycles} cycles, {spec.Speculative.PlainSteps} plain steps");
+            Assert.Equal(Enumerable.Range(13, stop - 12), spec.TokenIds);   // up to the stop token
+            Assert.Equal(GenerationFinish.Stop, spec.Finish);
+            Assert.Equal(engine.Cache.Length, engine.CachedTokens.Count);
+
+            // A follow-up reuses the cached prefix (both caches) and still equals a cold plain run.
+            var followUp = request with { PromptIds = [.. prompt, .. spec.TokenIds, 40, 41], StopTokenIds = [] };
+            GenerationResult reused = engine.Generate(followUp, null, default);
+            engine.ResetCache();
+            Assert.Equal(engine.Generate(followUp with { Speculative = false }, null, default).TokenIds, reused.TokenIds);
+        }
+    }
+
+    [Fact]
+    public async Task ChatClient_TakesTheOptionAndTheRequestProperty_AndRejectsBadValues()
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string draft = DrafterZoo.Copy(target, "lookup-client");
+        Assert.Contains("PromptLookupTokens", CoralChatClientOptionsValidator.Check(new CoralChatClientOptions { ModelPath = target, PromptLookupTokens = 33 }));
+        using var host = CoralModelHost.Load(new CoralChatClientOptions { ModelPath = target, DraftModelPath = draft, ContextLength = 256, PromptLookupTokens = 3 });
+        using var client = new CoralChatClient(host);
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 32 };
+        ChatResponse on = await client.GetResponseAsync("one two three one two three one two", options);
+        Assert.True(on.Usage!.AdditionalCounts!.ContainsKey("lookup_cycles"));
+        var off = options.Clone();
+        off.AdditionalProperties = new() { ["prompt_lookup_tokens"] = 0 };
+        ChatResponse without = await client.GetResponseAsync("one two three one two three one two", off);
+        Assert.Equal(on.Text, without.Text);
+        Assert.Equal(0, without.Usage!.AdditionalCounts!["lookup_cycles"]);
+        off.AdditionalProperties["prompt_lookup_tokens"] = -1;
+        var ex = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("x", off));
+        Assert.Contains("prompt_lookup_tokens", ex.Message);
+    }
+}
