@@ -34,8 +34,9 @@ def step_ms(b):
     return ms["router"] if routed else ms["full_head"]
 
 
-for name, title in [("coral-t0", "Greedy (T=0)"), ("coral-t1", "Sampling (T=1)"),
-                    ("coral-t0-cycles", "Greedy (T=0), cycles only (`--no-plain-fallback`)")]:
+for name, title in [("coral-t0", "Greedy (T=0), default engine (prompt lookup 3)"), ("coral-t0-no-lookup", "Greedy (T=0), without prompt lookup"),
+                    ("coral-t1", "Sampling (T=1), default engine (prompt lookup 3)"), ("coral-t1-no-lookup", "Sampling (T=1), without prompt lookup"),
+                    ("coral-t0-cycles", "Greedy (T=0), cycles only (`--no-plain-fallback`, no lookup)")]:
     b = load(name)
     if not b:
         continue
@@ -58,6 +59,9 @@ for name, title in [("coral-t0", "Greedy (T=0)"), ("coral-t1", "Sampling (T=1)")
         c = o["cycle_ms"]
         line += (f"; one cycle: draft {c['draft']:.1f} + verify {c['verify']:.1f} + rest {c['rest']:.1f} ms for τ = "
                  f"{o['mean_accepted_length']:.2f} tokens, against {o['plain_step_ms']:.1f} ms per plain token")
+        if c.get("lookup_cycles"):
+            line += (f"; {c['lookup_cycles']} of the cycles verified a prompt-lookup proposal and accepted "
+                     f"{c['lookup_tokens_accepted'] / c['lookup_cycles']:.2f} of its tokens on average")
     print(line + "\n")
 
 ablation = [("ablation-eagle", "eagle"), ("ablation-hass", "hass"), ("ablation-hass-csra", "hass + csra (full head)"),

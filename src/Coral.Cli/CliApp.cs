@@ -41,7 +41,8 @@ internal static class CliApp
           coral plot     --sweep label=bench.json[,label=bench.json...] --out <file.png> [--title T]
 
         generate, chat and bench also take the tree: [--tree-tokens N] (fixed; default auto-tuned) [--tree-depth D] [--tree-topk K]
-        [--router-topk K] (groups per draft step; 0 = the full LM head).
+        [--router-topk K] (groups per draft step; 0 = the full LM head) and [--prompt-lookup N] (tokens of a prompt-lookup
+        proposal, the sequence's own continuation of its last 1-3 tokens, verified without a draft forward; 0 = off, default 3).
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
