@@ -33,7 +33,8 @@ internal static class CliApp
           coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--warmup N] [--fixed-depth] [--no-plain-fallback] [--device D] [--dtype T] [--json]
-                         (no --model: the demo pair; --warmup: prompts run once each way first, not measured, default 8)
+                         (no --model: the demo pair; --model without --draft: prompt lookup alone against plain decoding;
+                         --warmup: prompts run once each way first, not measured, default 8)
           coral eval     --model <hf-dir> --data <file.jsonl|file.txt> [--max-length N] [--limit N] [--per-kind N] [--device D] [--dtype T] [--json]
                          (held-out loss, perplexity and top-1 accuracy, per "kind"; no --model: the demo target)
           coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]

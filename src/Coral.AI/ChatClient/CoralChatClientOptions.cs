@@ -39,9 +39,10 @@ public sealed class CoralChatClientOptions
     public int? RouterTopK { get; set; }
 
     /// <summary>
-    /// Gets or sets how many tokens a prompt-lookup proposal has: with a drafter, where the sequence's last 1–3 tokens
-    /// occurred before, the tokens that followed them are verified as a chain without a draft forward (text that
-    /// copies its prompt or repeats itself), when the measured acceptance says it beats the drafter or a plain step.
+    /// Gets or sets how many tokens a prompt-lookup proposal has: where the sequence's last 1–3 tokens occurred before,
+    /// the tokens that followed them are verified as a chain without a draft forward (text that copies its prompt or
+    /// repeats itself), when the measured acceptance says it beats the drafter or a plain step. Without a drafter it
+    /// runs on packed (bf16-stored, CPU) weights, whose verified rows equal one-token steps bit for bit.
     /// 0 turns it off; output is unaffected either way. Per request: AdditionalProperties <c>prompt_lookup_tokens</c>.
     /// Defaults to 3 (a chain of 4 rows, which a greedy verification still decides through the screened LM head; on the
     /// demo pair at T = 0 it measured 1.06–1.28× plain decoding against 0.93–0.97× without it).

@@ -84,6 +84,10 @@ internal sealed class InferenceEngine : IDisposable
 
     private LookupGate? _lookupGate;
 
+    // Plain steps of an engine without a drafter, the alternative its lookup gate weighs proposals against.
+    private readonly RecentMedian _plainSteps = new(DepthController.PlainWindow);
+    private double _plainStepMs = -1;
+
     /// <summary>The adaptive depth state (null until the first speculative request, or when adaptation is off).</summary>
     internal DepthController? DepthState => _depthController;
 
@@ -170,7 +174,11 @@ internal sealed class InferenceEngine : IDisposable
                 features = null;
             }
 
-            forwards += PlainLoop(token, sampler, emitter, constraint, cancellationToken);
+            // Without a drafter, prompt lookup still speculates where the model computes the same bits for a verified
+            // chain as for one-token steps (packed weights): greedy output stays exactly the plain one.
+            int lookupTokens = Drafter is null && request.Speculative && constraint is null && Model.UsesPackedWeights
+                ? request.PromptLookupTokens ?? PromptLookupTokens : 0;
+            forwards += PlainLoop(token, sampler, emitter, constraint, lookupTokens, ref stats, cancellationToken);
         }
 
         features?.Dispose();
@@ -178,10 +186,19 @@ internal sealed class InferenceEngine : IDisposable
             emitter.TimeToFirstToken, forwards, stats);
     }
 
-    /// <summary>Plain decoding from <paramref name="last"/> (emitted, not yet in the cache); returns the forwards run.</summary>
-    private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, OutputConstraint.State? constraint, CancellationToken cancellationToken)
+    /// <summary>
+    /// Plain decoding from <paramref name="last"/> (emitted, not yet in the cache); returns the forwards run. With
+    /// <paramref name="lookupTokens"/> &gt; 0 (an engine without a drafter), prompt-lookup proposals are verified as
+    /// chains where the gate expects them to beat a plain step, and <paramref name="stats"/> gets their counts.
+    /// </summary>
+    private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, OutputConstraint.State? constraint, int lookupTokens,
+        ref SpeculativeStats? stats, CancellationToken cancellationToken)
     {
-        int forwards = 0;
+        int forwards = 0, cycles = 0, accepted = 0, proposed = 0, lookupAccepted = 0, plainSteps = 0;
+        int[] lookup = new int[lookupTokens];
+        LookupGate? gate = lookupTokens > 0 ? _lookupGate ??= new LookupGate() : null;
+        var verifyClock = new Stopwatch();
+        var plainTime = TimeSpan.Zero;
         while (!emitter.Finished)
         {
             if (Cache.Length + 1 >= ContextLength)
@@ -191,6 +208,31 @@ internal sealed class InferenceEngine : IDisposable
             }
 
             cancellationToken.ThrowIfCancellationRequested();
+            long stepStart = Stopwatch.GetTimestamp();
+            if (gate is not null && Cache.Length + lookup.Length + 1 < ContextLength)
+            {
+                var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(_cachedTokens), last, lookup);
+                if (count > 0 && gate.Use(ngram, _plainStepMs > 0 ? 1 / _plainStepMs : 0))
+                {
+                    int start = Cache.Length;
+                    var emitted = new List<int>();
+                    var path = new List<int> { 0 };
+                    using (var scope = torch.NewDisposeScope())
+                    {
+                        VerifyTree(DraftTree.Chain([last, .. lookup[..count]]), start, sampler, emitted, path, verifyClock, out _);
+                    }
+
+                    forwards++;
+                    cycles++;
+                    proposed += count;
+                    lookupAccepted += path.Count - 1;
+                    accepted += Commit(last, emitted, start, emitter);
+                    last = emitted[^1];
+                    gate.Observe(ngram, path.Count - 1, Stopwatch.GetElapsedTime(stepStart).TotalMilliseconds);
+                    continue;
+                }
+            }
+
             int? greedy = Step(last, argMax: constraint is null && sampler.Parameters.IsArgMax);
             _cachedTokens.Add(last);
             forwards++;
@@ -199,6 +241,22 @@ internal sealed class InferenceEngine : IDisposable
             {
                 EndIfComplete(constraint, emitter);
             }
+
+            if (gate is not null)
+            {
+                TimeSpan step = Stopwatch.GetElapsedTime(stepStart);
+                _plainStepMs = _plainSteps.Add(step.TotalMilliseconds);
+                plainTime += step;
+                plainSteps++;
+            }
+        }
+
+        if (gate is not null)
+        {
+            stats = new SpeculativeStats(cycles, accepted, proposed, TimeSpan.Zero, verifyClock.Elapsed, [])
+            {
+                PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = cycles, LookupAcceptedTokens = lookupAccepted,
+            };
         }
 
         return forwards;
@@ -352,9 +410,7 @@ internal sealed class InferenceEngine : IDisposable
                     {
                         using (var scope = torch.NewDisposeScope())
                         {
-                            int[] chain = [root, .. lookup[..count]];
-                            var tree = new DraftTree(chain, [.. Enumerable.Range(-1, chain.Length)], new float[chain.Length]);
-                            Tensor hidden = VerifyTree(tree, start, sampler, emitted, path, verifyClock, out _);
+                            Tensor hidden = VerifyTree(DraftTree.Chain([root, .. lookup[..count]]), start, sampler, emitted, path, verifyClock, out _);
                             using Tensor rows = torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device);
                             Tensor old = features;
                             features = torch.cat([old, hidden.index_select(0, rows)]).DetachFromDisposeScope();

@@ -188,9 +188,9 @@ public sealed class CoralModelHost : IDisposable
 
                 _engine.Tree.Validate();
                 _engine.AdaptiveDepth = _options.AdaptiveTreeDepth;
-                _engine.PromptLookupTokens = _options.PromptLookupTokens;
             }
 
+            _engine.PromptLookupTokens = _options.PromptLookupTokens;   // without a drafter: packed (bf16-stored) weights only
             _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
                 ModelId, clock.ElapsedMilliseconds, _engine.Model.Config.Architecture, _engine.Model.Config.NumLayers,
                 _engine.Model.Config.HiddenSize, _engine.Model.Config.VocabSize, _engine.ContextLength, _engine.Cache.Bytes / 1048576.0);

@@ -31,6 +31,9 @@ internal sealed class DraftTree
         Children = children.Select(c => c.OrderByDescending(i => scores[i]).ThenBy(i => i).ToArray()).ToArray();
     }
 
+    /// <summary>A chain: each token the only child of the one before (a prompt-lookup proposal after its root).</summary>
+    public static DraftTree Chain(int[] tokens) => new(tokens, [.. Enumerable.Range(-1, tokens.Length)], new float[tokens.Length]);
+
     public int Count => Tokens.Length;
 
     public int[] Tokens { get; }

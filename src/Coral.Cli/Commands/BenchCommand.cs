@@ -29,9 +29,9 @@ internal static class BenchCommand
         var cl = new CommandLine(args,
             ModelLoading.With("--prompts", "--temperature", "--max-new-tokens", "--rounds", "--seed", "--warmup"),
             new HashSet<string> { "--json", "--fixed-depth", "--no-plain-fallback" });
-        if (cl.Value("--draft") is null && cl.Value("--model") is not null)
+        if (cl.Value("--draft") is null && cl.Value("--model") is not null && cl.Int("--prompt-lookup") == 0)
         {
-            throw new UsageException("--draft is required with --model: bench compares plain and speculative decoding.");
+            throw new UsageException("--draft (or prompt lookup) is required with --model: bench compares plain and speculative decoding.");
         }
 
         List<Prompt> prompts = ReadPrompts(cl.Required("--prompts"));
@@ -96,11 +96,12 @@ internal static class BenchCommand
             log.WriteLine($"round {r + 1}/{rounds} done");
         }
 
-        var (_, verifyMs, _) = engine.TuneTree(tree.Depth, tree.TopK, tree.RouterTopK);
-        double draftFull = engine.MeasureDraftStep(tree.TopK, 0);
+        // Without a drafter (prompt lookup alone) there is no tree to time.
+        IReadOnlyDictionary<int, double> verifyMs = engine.Drafter is null ? new Dictionary<int, double>() : engine.TuneTree(tree.Depth, tree.TopK, tree.RouterTopK).VerifyMs;
+        double? draftFull = engine.Drafter is null ? null : engine.MeasureDraftStep(tree.TopK, 0);
         // The routed step is measured whenever the drafter has a router, at the run's top-k or, in a router-off run
         // (--router-topk 0), at the router's own: the JSON then holds both costs whatever the run used.
-        double? draftRouted = engine.Drafter!.Model.Router is null ? null : engine.MeasureDraftStep(tree.TopK, tree.RouterTopK > 0 ? tree.RouterTopK : -1);
+        double? draftRouted = engine.Drafter?.Model.Router is null ? null : engine.MeasureDraftStep(tree.TopK, tree.RouterTopK > 0 ? tree.RouterTopK : -1);
 
         var perPrompt = new JsonArray();
         for (int i = 0; i < prompts.Count; i++)
@@ -133,7 +134,8 @@ internal static class BenchCommand
         var result = new JsonObject
         {
             ["model"] = host.ModelId,
-            ["draft"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(host.Options.DraftModelPath!))),
+            ["draft"] = host.Options.DraftModelPath is string draft ? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(draft))) : null,
+            ["prompt_lookup_tokens"] = engine.PromptLookupTokens,
             ["device"] = host.Options.Device,
             ["dtype"] = engine.Model.WeightType.ToString(),
             ["head_dtype"] = engine.Model.HeadType.ToString(),
@@ -141,7 +143,7 @@ internal static class BenchCommand
             ["max_new_tokens"] = maxNew,
             ["rounds"] = rounds,
             ["warmup_prompts"] = warmup,
-            ["tree"] = new JsonObject
+            ["tree"] = engine.Drafter is null ? null : new JsonObject
             {
                 ["depth"] = tree.Depth, ["top_k"] = tree.TopK, ["total_tokens"] = tree.TotalTokens, ["router_top_k"] = tree.RouterTopK,
                 ["adaptive_depth"] = engine.AdaptiveDepth, ["plain_fallback"] = engine.AdaptiveDepth && engine.PlainFallback,
@@ -152,7 +154,7 @@ internal static class BenchCommand
             ["by_kind"] = byKind,
             ["overall"] = Summary(plain.SelectMany(x => x).ToList(), spec.SelectMany(x => x).ToList(), temperature),
             ["verify_ms_by_tree_size"] = new JsonObject(verifyMs.OrderBy(kv => kv.Key).Select(kv => KeyValuePair.Create(kv.Key.ToString(CultureInfo.InvariantCulture), (JsonNode?)Round(kv.Value)))),
-            ["draft_step_ms"] = new JsonObject { ["full_head"] = Round(draftFull), ["router"] = draftRouted is double dr ? Round(dr) : null },
+            ["draft_step_ms"] = draftFull is double full ? new JsonObject { ["full_head"] = Round(full), ["router"] = draftRouted is double dr ? Round(dr) : null } : null,
         };
 
         if (json)
@@ -204,7 +206,7 @@ internal static class BenchCommand
     private static JsonArray AcceptedAtLeast(IEnumerable<Measured> runs)
     {
         var stats = runs.Select(r => r.Stats).OfType<SpeculativeStats>().ToList();
-        int depth = stats.Select(s => s.AcceptedDrafted.Count).DefaultIfEmpty(1).Max() - 1;
+        int depth = Math.Max(0, stats.Select(s => s.AcceptedDrafted.Count).DefaultIfEmpty(1).Max() - 1);
         var counts = new long[depth + 1];
         foreach (SpeculativeStats s in stats)
         {
@@ -276,7 +278,7 @@ internal static class BenchCommand
 
     private static void WriteTable(TextWriter w, JsonObject r)
     {
-        w.WriteLine($"model {r["model"]}, draft {r["draft"]}, {r["device"]} {r["dtype"]}, T={r["temperature"]}, {r["max_new_tokens"]} new tokens, {r["rounds"]} rounds after {r["warmup_prompts"]} warm-up prompt(s), tree {r["tree"]!.ToJsonString()}");
+        w.WriteLine($"model {r["model"]}, draft {r["draft"]}, {r["device"]} {r["dtype"]}, T={r["temperature"]}, {r["max_new_tokens"]} new tokens, {r["rounds"]} rounds after {r["warmup_prompts"]} warm-up prompt(s), tree {r["tree"]?.ToJsonString() ?? "none (prompt lookup only)"}");
         w.WriteLine("| prompt | kind | τ | plain tok/s | spec tok/s | speedup | draft share |");
         w.WriteLine("| --- | --- | --- | --- | --- | --- | --- |");
         foreach (JsonNode? p in (JsonArray)r["prompts"]!)
@@ -292,6 +294,6 @@ internal static class BenchCommand
         }
 
         w.WriteLine($"verify ms by tree size: {r["verify_ms_by_tree_size"]!.ToJsonString()}");
-        w.WriteLine($"draft step ms: {r["draft_step_ms"]!.ToJsonString()}");
+        w.WriteLine($"draft step ms: {r["draft_step_ms"]?.ToJsonString() ?? "–"}");
     }
 }

@@ -91,6 +91,9 @@ internal static class GenerateCommand
                 w.WriteNumber("accepted_tokens", s.AcceptedTokens);
                 w.WriteNumber("mean_accepted_length", s.MeanAcceptedLength);
                 w.WriteNumber("draft_tokens", s.DraftTokens);
+                w.WriteNumber("lookup_cycles", s.LookupCycles);
+                w.WriteNumber("lookup_tokens_accepted", s.LookupAcceptedTokens);
+                w.WriteNumber("plain_steps", s.PlainSteps);
                 w.WriteEndObject();
             }
             else

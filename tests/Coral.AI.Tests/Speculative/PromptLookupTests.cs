@@ -127,6 +127,64 @@ public class PromptLookupTests
     }
 
     [Fact]
+    public void WithoutADrafter_PackedWeightsSpeculateByLookup_AndStayExact_OtherWeightsDecodePlainly()
+    {
+        List<int> prompt = [.. Enumerable.Range(10, 21), 10, 11, 12];
+        foreach (string arch in new[] { "llama-successor-bf16", "llama-successor" })
+        {
+            using var engine = InferenceEngine.Load(TransformerModelTests.ModelFor(arch), TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32, 512);
+            engine.PromptLookupTokens = 3;
+            var request = new GenerationRequest(prompt, SamplingParameters.Greedy, 24, []);
+            engine.ResetCache();
+            GenerationResult spec = engine.Generate(request, null, default);
+            engine.ResetCache();
+            GenerationResult plain = engine.Generate(request with { Speculative = false }, null, default);
+            Assert.Equal(Enumerable.Range(13, 24), plain.TokenIds);
+            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            Assert.Null(plain.Speculative);
+            if (!engine.Model.UsesPackedWeights)
+            {
+                // f32 weights on libtorch GEMMs: a verified row is not bit-identical to a one-token step (the reason an
+                // engine with a drafter pads and keeps a bf16 head), so no lookup without one.
+                Assert.Null(spec.Speculative);
+                continue;
+            }
+
+            SpeculativeStats stats = spec.Speculative!;
+            Assert.True(stats.LookupCycles >= 1 && stats.LookupAcceptedTokens >= 3, $"{stats.LookupAcceptedTokens} tokens in {stats.LookupCycles} lookups");
+            Assert.Equal(stats.LookupCycles, stats.Cycles);
+            Assert.Equal(spec.TokenIds.Count, 1 + stats.AcceptedTokens + stats.PlainSteps);
+            Assert.Equal(1 + stats.Cycles + stats.PlainSteps, spec.TargetForwardPasses);
+            Assert.True(spec.TargetForwardPasses < plain.TargetForwardPasses);
+            Assert.Equal(engine.Cache.Length, engine.CachedTokens.Count);
+        }
+    }
+
+    [Fact]
+    public async Task Bench_WithoutADrafter_ComparesPlainWithLookup()
+    {
+        string target = TransformerModelTests.ModelFor("llama-successor-bf16");
+        string prompts = Path.Combine(ModelZoo.TempFolder("bench-lookup"), "prompts.jsonl");
+        File.WriteAllLines(prompts, ["{\"prompt\": \"abcdefghijklmnop abc\", \"kind\": \"copy\"}", "{\"prompt\": \"klmnopqrstuvw klm\"}"]);
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int rc = await Coral.Cli.CliApp.RunAsync(["bench", "--model", target, "--prompts", prompts, "--max-new-tokens", "16", "--rounds", "1", "--warmup", "0", "--json"], stdout, stderr, TextReader.Null);
+        Assert.True(rc == 0, stderr.ToString());
+        var root = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
+        Assert.Equal(System.Text.Json.JsonValueKind.Null, root.GetProperty("draft").ValueKind);
+        Assert.Equal(System.Text.Json.JsonValueKind.Null, root.GetProperty("tree").ValueKind);
+        Assert.Equal(3, root.GetProperty("prompt_lookup_tokens").GetInt32());
+        Assert.True(root.GetProperty("overall").GetProperty("greedy_identical").GetBoolean());
+        // The lookup loop ran (its steps are counted; whether a proposal exists depends on the rendered prompt's tokens,
+        // which the engine test above controls).
+        var cycles = root.GetProperty("overall").GetProperty("cycle_ms");
+        int steps = cycles.GetProperty("plain_steps").GetInt32() + cycles.GetProperty("lookup_cycles").GetInt32() + cycles.GetProperty("lookup_tokens_accepted").GetInt32();
+        Assert.True(steps is > 0 and <= 2 * 15, stdout.ToString());   // every token after the first: a plain step, a lookup's bonus or an accepted proposal
+        Assert.Equal(2, await Coral.Cli.CliApp.RunAsync(["bench", "--model", target, "--prompts", prompts, "--prompt-lookup", "0"], new StringWriter(), stderr, TextReader.Null));
+        Assert.Contains("--draft (or prompt lookup) is required", stderr.ToString());
+    }
+
+    [Fact]
     public async Task ChatClient_TakesTheOptionAndTheRequestProperty_AndRejectsBadValues()
     {
         string target = TransformerModelTests.ModelFor("llama-tied-scaled");
