@@ -79,7 +79,8 @@ internal sealed class InferenceEngine : IDisposable
 
     /// <summary>Gets or sets how many tokens a prompt-lookup proposal has (<see cref="PromptLookup"/>: the sequence's own
     /// continuation of its last n-gram, verified as a chain without a draft forward, where a gate expects it to pay);
-    /// 0 = off. Speculative runs only; a request may set its own.</summary>
+    /// 0 = off. With a drafter in every speculative run; without one only on packed weights, whose verified rows equal
+    /// one-token steps bit for bit. A request may set its own.</summary>
     public int PromptLookupTokens { get; set; }
 
     private LookupGate? _lookupGate;
