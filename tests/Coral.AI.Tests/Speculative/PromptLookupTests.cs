@@ -160,6 +160,30 @@ public class PromptLookupTests
         }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void AtTheContextEnd_LookupStopsWhereAPlainRunStops(bool withDrafter)
+    {
+        // A 40-token context holds the 24-token prompt and 16 more: proposals must not run past it, and the finish
+        // (context) and tokens equal a plain run's.
+        string target = TransformerModelTests.ModelFor("llama-successor-bf16");
+        using var engine = withDrafter
+            ? DrafterZoo.Engine(target, SpeculativeDecodingTests.Drafter("llama-successor-bf16", "random"), context: 40)
+            : InferenceEngine.Load(target, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32, 40);
+        engine.PromptLookupTokens = 3;
+        // (A small tree, so that the speculative loop runs until near the end: it stops where the tree no longer fits.)
+        var request = new GenerationRequest([.. Enumerable.Range(10, 21), 10, 11, 12], SamplingParameters.Greedy, 100, []) { Tree = new TreeShape(2, 1, 3, 0) };
+        engine.ResetCache();
+        GenerationResult spec = engine.Generate(request, null, default);
+        engine.ResetCache();
+        GenerationResult plain = engine.Generate(request with { Speculative = false }, null, default);
+        Assert.Equal(plain.TokenIds, spec.TokenIds);
+        Assert.Equal(plain.Finish, spec.Finish);
+        Assert.True(spec.Speculative!.LookupCycles >= 1);
+        Assert.True(engine.Cache.Length < 40);
+    }
+
     [Fact]
     public async Task Bench_WithoutADrafter_ComparesPlainWithLookup()
     {
