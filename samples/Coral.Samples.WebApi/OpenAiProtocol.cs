@@ -224,7 +224,7 @@ public static class OpenAiProtocol
                 r["response_format"]!["json_schema"]!["name"]?.GetValue<string>()),
             _ => null,
         };
-        foreach (string key in new[] { "top_k", "min_p", "repetition_penalty", "speculative", "tree_total_tokens", "tree_depth", "tree_top_k", "router_top_k" })
+        foreach (string key in new[] { "top_k", "min_p", "repetition_penalty", "speculative", "tree_total_tokens", "tree_depth", "tree_top_k", "router_top_k", "prompt_lookup_tokens" })
         {
             if (r[key] is JsonNode v)
             {
