@@ -30,13 +30,14 @@ public class SpeculativeDecodingTests
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
-        IReadOnlyList<string>? stops = null, SamplingParameters? sampling = null, IReadOnlyList<int>? stopIds = null)
+        IReadOnlyList<string>? stops = null, SamplingParameters? sampling = null, IReadOnlyList<int>? stopIds = null, int? lookup = null)
     {
         engine.ResetCache();
         var request = new GenerationRequest(engine.Tokenizer.Encode(prompt), sampling ?? SamplingParameters.Greedy, max, stops ?? [], stopIds)
         {
             Speculative = speculative,
             Tree = shape,
+            PromptLookupTokens = lookup,
         };
         return engine.Generate(request, null, CancellationToken.None);
     }
@@ -62,6 +63,12 @@ public class SpeculativeDecodingTests
             Assert.NotNull(spec.Speculative);
             Assert.Null(plain.Speculative);
             Assert.Equal(spec.TokenIds.Count, 1 + spec.Speculative!.AcceptedTokens + (spec.TargetForwardPasses - 1 - spec.Speculative.Cycles));
+
+            // With prompt lookup (chains copied from the sequence, verified in the same forward): still the plain tokens.
+            // (12 of these 19 cases verify lookup chains; the successor targets never repeat a token, so they have none.)
+            GenerationResult lookup = Run(engine, prompt, speculative: true, shape, lookup: 3);
+            Assert.Equal(plain.TokenIds, lookup.TokenIds);
+            Assert.Equal(plain.Finish, lookup.Finish);
         }
     }
 
