@@ -58,6 +58,31 @@ internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int Draf
     /// <summary>Gets the proposal tokens those cycles accepted (bonus tokens excluded).</summary>
     public int LookupAcceptedTokens { get; init; }
 
+    /// <summary>Gets whether the drafter took part (false: prompt lookup and plain steps only — an engine without a
+    /// drafter, or one whose drafter last measured slower than plain steps for this kind of request).</summary>
+    public bool UsedDrafter { get; init; }
+
+    /// <summary>Gets the time spent in prompt-lookup cycles.</summary>
+    public TimeSpan LookupTime { get; init; }
+
+    /// <summary>Gets the speculative loop's whole time (drafter cycles, lookup cycles, plain steps, catch-ups).</summary>
+    public TimeSpan LoopTime { get; init; }
+
+    /// <summary>Gets whether the drafter's cycles, as run, yielded fewer tokens per second than the plain steps of the
+    /// same loop (false when either was not measured): their tokens over the loop's time that neither plain steps nor
+    /// lookup cycles took.</summary>
+    public bool DraftCyclesLosing
+    {
+        get
+        {
+            int draftCycles = Cycles - LookupCycles;
+            int draftTokens = AcceptedTokens - LookupCycles - LookupAcceptedTokens;
+            double draftSeconds = (LoopTime - PlainTime - LookupTime).TotalSeconds;
+            return draftCycles > 0 && PlainSteps > 0 && draftSeconds > 0
+                && draftTokens / draftSeconds < PlainSteps / PlainTime.TotalSeconds;
+        }
+    }
+
     public double MeanAcceptedLength => Cycles == 0 ? 0 : (double)AcceptedTokens / Cycles;
 }
 

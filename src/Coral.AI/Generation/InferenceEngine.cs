@@ -85,6 +85,16 @@ internal sealed class InferenceEngine : IDisposable
 
     private LookupGate? _lookupGate;
 
+    /// <summary>Gets or sets how often a drafter that measured slower than plain steps is tried again: after a request
+    /// whose speculative loop ended on plain steps (the depth controller found no depth that beats them), the next
+    /// requests of the same kind (greedy, or sampled) run without it — plain steps and prompt lookup, the drafter not
+    /// kept in step — and every this-many-th one speculates again to re-measure. 0 = always speculate. Only with the
+    /// adaptive depth and its plain fallback (a fixed engine measures the drafter as configured).</summary>
+    public int DrafterRecheckEvery { get; set; } = 8;
+
+    private readonly bool[] _drafterLoses = new bool[2];          // per kind of request: greedy, sampled
+    private readonly int[] _sinceDrafterCheck = new int[2];
+
     // Plain steps of an engine without a drafter, the alternative its lookup gate weighs proposals against.
     private readonly RecentMedian _plainSteps = new(DepthController.PlainWindow);
     private double _plainStepMs = -1;
@@ -157,7 +167,8 @@ internal sealed class InferenceEngine : IDisposable
         var sampler = new LogitsSampler(request.Sampling, Model.Config.VocabSize, prompt);
         var clock = Stopwatch.StartNew();
         var emitter = new TokenEmitter(request, Tokenizer, EosTokenIds, onText, clock);
-        bool speculative = Drafter is not null && request.Speculative && request.Constraint is null;
+        int kind = request.Sampling.IsGreedy ? 0 : 1;
+        bool speculative = Drafter is not null && request.Speculative && request.Constraint is null && !SkipDrafter(kind);
         OutputConstraint.State? constraint = request.Constraint?.Start();
         var (cached, features) = Prefill(prompt, cancellationToken, collectFeatures: speculative);
         TimeSpan prefill = clock.Elapsed;
@@ -173,13 +184,22 @@ internal sealed class InferenceEngine : IDisposable
                 (token, stats) = SpeculativeLoop(request.Tree ?? Tree, request.PromptLookupTokens ?? PromptLookupTokens, sampler, emitter, features, next, cancellationToken);
                 forwards += stats.Cycles + stats.PlainSteps;
                 features = null;
+                _drafterLoses[kind] = AdaptiveDepth && _depthController is { PlainFallback: true } controller
+                    && (controller.Depth == 0 || stats.DraftCyclesLosing);
             }
 
-            // Without a drafter, prompt lookup still speculates where the model computes the same bits for a verified
-            // chain as for one-token steps (packed weights): greedy output stays exactly the plain one.
-            int lookupTokens = Drafter is null && request.Speculative && constraint is null && Model.UsesPackedWeights
+            // Without the drafter (none, or one that measured slower than plain steps for this kind of request), prompt
+            // lookup still speculates where a verified chain computes the same bits as one-token steps: an engine set up
+            // for a drafter (batch-invariant cache, padding, bf16 head), or packed weights. Greedy output stays exactly
+            // the plain one.
+            int lookupTokens = !speculative && request.Speculative && constraint is null && (Drafter is not null || Model.UsesPackedWeights)
                 ? request.PromptLookupTokens ?? PromptLookupTokens : 0;
             forwards += PlainLoop(token, sampler, emitter, constraint, lookupTokens, ref stats, cancellationToken);
+            if (stats is null && Drafter is not null && request.Speculative && request.Constraint is null)
+            {
+                // The drafter sat this request out (and prompt lookup is off): say so, with its plain steps.
+                stats = new SpeculativeStats(0, 0, 0, TimeSpan.Zero, TimeSpan.Zero, []) { PlainSteps = forwards - 1 };
+            }
         }
 
         features?.Dispose();
@@ -187,9 +207,28 @@ internal sealed class InferenceEngine : IDisposable
             emitter.TimeToFirstToken, forwards, stats);
     }
 
+    /// <summary>Whether this request (of <paramref name="kind"/>: 0 greedy, 1 sampled) runs without the drafter because
+    /// it last measured slower than plain steps; every <see cref="DrafterRecheckEvery"/>-th such request uses it to
+    /// re-measure.</summary>
+    private bool SkipDrafter(int kind)
+    {
+        if (!_drafterLoses[kind] || !AdaptiveDepth || !PlainFallback || DrafterRecheckEvery <= 0)
+        {
+            return false;
+        }
+
+        if (++_sinceDrafterCheck[kind] < DrafterRecheckEvery)
+        {
+            return true;
+        }
+
+        _sinceDrafterCheck[kind] = 0;
+        return false;
+    }
+
     /// <summary>
     /// Plain decoding from <paramref name="last"/> (emitted, not yet in the cache); returns the forwards run. With
-    /// <paramref name="lookupTokens"/> &gt; 0 (an engine without a drafter), prompt-lookup proposals are verified as
+    /// <paramref name="lookupTokens"/> &gt; 0 (no drafter in use, and verified rows exact), prompt-lookup proposals are verified as
     /// chains where the gate expects them to beat a plain step, and <paramref name="stats"/> gets their counts.
     /// </summary>
     private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, OutputConstraint.State? constraint, int lookupTokens,
@@ -390,6 +429,8 @@ internal sealed class InferenceEngine : IDisposable
         var plainTime = TimeSpan.Zero;
         var acceptedDrafted = new int[shape.Depth + 1];
         var draftClock = new Stopwatch();
+        var loopClock = Stopwatch.StartNew();
+        var lookupTime = TimeSpan.Zero;
         var verifyClock = new Stopwatch();
         int root = (int)nextTokens[^1];
         try
@@ -430,7 +471,9 @@ internal sealed class InferenceEngine : IDisposable
                             CatchUp(ref features, ref nextTokens);
                         }
 
-                        lookupGate.Observe(ngram, path.Count - 1, Stopwatch.GetElapsedTime(cycleStart).TotalMilliseconds);
+                        TimeSpan lookupCycle = Stopwatch.GetElapsedTime(cycleStart);
+                        lookupTime += lookupCycle;
+                        lookupGate.Observe(ngram, path.Count - 1, lookupCycle.TotalMilliseconds);
                         continue;
                     }
                 }
@@ -505,7 +548,8 @@ internal sealed class InferenceEngine : IDisposable
 
         return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted)
         {
-            PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookupCycles, LookupAcceptedTokens = lookupAccepted,
+            PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookupCycles, LookupAcceptedTokens = lookupAccepted, UsedDrafter = true,
+            LookupTime = lookupTime, LoopTime = loopClock.Elapsed,
         });
     }
 

@@ -238,6 +238,8 @@ internal static class BenchCommand
             ["plain_step_share"] = Round((double)plainSteps / (plainSteps + cycles)),
             ["plain_step_in_loop"] = Round(plainSteps == 0 ? 0 : plain / plainSteps),
             ["lookup_cycles"] = list.Sum(r => r.Stats!.LookupCycles),
+            ["runs_with_drafter"] = list.Count(r => r.Stats!.UsedDrafter),
+            ["runs"] = list.Count,
             ["lookup_tokens_accepted"] = list.Sum(r => r.Stats!.LookupAcceptedTokens),
         };
     }

@@ -185,6 +185,67 @@ public class PromptLookupTests
     }
 
     [Fact]
+    public void ADrafterThatLoses_SitsOutTheNextRequestsOfItsKind_AndIsReMeasured()
+    {
+        // A random drafter is never right on a target that counts up (nothing to copy either): its cycles lose to plain
+        // steps. After a request that measured so, the next greedy requests run without it (plain steps and lookup,
+        // still the plain tokens) until every DrafterRecheckEvery-th, which speculates again; sampled requests keep
+        // their own account.
+        string target = TransformerModelTests.ModelFor("llama-successor");
+        using var engine = DrafterZoo.Engine(target, SpeculativeDecodingTests.Drafter("llama-successor", "random"));
+        engine.PromptLookupTokens = 3;
+        var request = new GenerationRequest(engine.Tokenizer.Encode("Once upon a time"), SamplingParameters.Greedy, 40, [])
+        {
+            Tree = TreeShape.Default with { RouterTopK = 0, TotalTokens = 8 },
+        };
+        engine.ResetCache();
+        List<int> plain = engine.Generate(request with { Speculative = false }, null, default).TokenIds.ToList();
+        GenerationResult Run(GenerationRequest r)
+        {
+            engine.ResetCache();
+            GenerationResult g = engine.Generate(r, null, default);
+            Assert.Equal(plain, g.TokenIds);
+            return g;
+        }
+
+        // The first request speculates and measures the drafter losing; then DrafterRecheckEvery − 1 requests sit it
+        // out and the next one speculates again (and loses again).
+        var used = Enumerable.Range(0, 3 * engine.DrafterRecheckEvery).Select(_ => Run(request).Speculative!.UsedDrafter).ToList();
+        string pattern = string.Concat(used.Select(u => u ? 'D' : '.'));
+        int firstSkip = used.IndexOf(false);
+        Assert.True(firstSkip is >= 1 and <= 3, pattern);
+        Assert.All(used.Skip(firstSkip).Take(engine.DrafterRecheckEvery - 1), u => Assert.False(u));
+        Assert.True(used[firstSkip + engine.DrafterRecheckEvery - 1], pattern);
+        Assert.True(used.Count(u => u) <= 3 + firstSkip, pattern);
+
+        // Sampled requests are their own kind: the first one speculates.
+        var sampled = request with { Sampling = new SamplingParameters { Temperature = 1f, Seed = 7 } };
+        engine.ResetCache();
+        Assert.True(engine.Generate(sampled, null, default).Speculative!.UsedDrafter);
+
+        // Off: always speculate.
+        engine.DrafterRecheckEvery = 0;
+        Assert.All(Enumerable.Range(0, 3), _ => Assert.True(Run(request).Speculative!.UsedDrafter));
+    }
+
+    [Fact]
+    public void DraftCyclesLosing_ComparesTheirTokensPerSecondWithThePlainSteps()
+    {
+        // 10 cycles, 4 of them lookups that gave 4 + 6 tokens; the 6 drafter cycles gave 14 − 10 = 4... tokens over the
+        // loop time left by plain steps and lookups.
+        static SpeculativeStats Stats(int cycles, int accepted, double loopMs) => new(cycles, accepted, 0, TimeSpan.Zero, TimeSpan.Zero, [])
+        {
+            LookupCycles = 4, LookupAcceptedTokens = 6, PlainSteps = 10,
+            PlainTime = TimeSpan.FromMilliseconds(10), LookupTime = TimeSpan.FromMilliseconds(8), LoopTime = TimeSpan.FromMilliseconds(loopMs),
+        };
+
+        Assert.True(Stats(10, 14, 30).DraftCyclesLosing);    // 4 tokens in 12 ms against 1 per ms
+        Assert.False(Stats(10, 26, 30).DraftCyclesLosing);   // 16 tokens in 12 ms
+        Assert.False(Stats(4, 10, 30).DraftCyclesLosing);    // no drafter cycles: no evidence
+        Assert.False((Stats(10, 14, 30) with { PlainSteps = 0 }).DraftCyclesLosing);
+    }
+
+    [Fact]
     public async Task Bench_WithoutADrafter_ComparesPlainWithLookup()
     {
         string target = TransformerModelTests.ModelFor("llama-successor-bf16");
