@@ -59,6 +59,8 @@ for name, title in [("coral-t0", "Greedy (T=0), default engine (prompt lookup 3)
         c = o["cycle_ms"]
         line += (f"; one cycle: draft {c['draft']:.1f} + verify {c['verify']:.1f} + rest {c['rest']:.1f} ms for τ = "
                  f"{o['mean_accepted_length']:.2f} tokens, against {o['plain_step_ms']:.1f} ms per plain token")
+        if "runs_with_drafter" in c and c["runs_with_drafter"] < c["runs"]:
+            line += f"; the drafter took part in {c['runs_with_drafter']} of the {c['runs']} measured requests (it sat out the rest)"
         if c.get("lookup_cycles"):
             line += (f"; {c['lookup_cycles']} of the cycles verified a prompt-lookup proposal and accepted "
                      f"{c['lookup_tokens_accepted'] / c['lookup_cycles']:.2f} of its tokens on average")
