@@ -198,7 +198,7 @@ internal sealed class InferenceEngine : IDisposable
             if (stats is null && Drafter is not null && request.Speculative && request.Constraint is null)
             {
                 // The drafter sat this request out (and prompt lookup is off): say so, with its plain steps.
-                stats = new SpeculativeStats(0, 0, 0, TimeSpan.Zero, TimeSpan.Zero, []) { PlainSteps = forwards - 1 };
+                stats = new SpeculativeStats(0, 0, 0, TimeSpan.Zero, TimeSpan.Zero, []) { PlainSteps = forwards - 1, PlainTime = clock.Elapsed - prefill };
             }
         }
 
@@ -238,7 +238,7 @@ internal sealed class InferenceEngine : IDisposable
         int[] lookup = new int[lookupTokens];
         LookupGate? gate = lookupTokens > 0 ? _lookupGate ??= new LookupGate() : null;
         var verifyClock = new Stopwatch();
-        var plainTime = TimeSpan.Zero;
+        TimeSpan plainTime = TimeSpan.Zero, lookupTime = TimeSpan.Zero;
         while (!emitter.Finished)
         {
             if (Cache.Length + 1 >= ContextLength)
@@ -268,7 +268,9 @@ internal sealed class InferenceEngine : IDisposable
                     lookupAccepted += path.Count - 1;
                     accepted += Commit(last, emitted, start, emitter);
                     last = emitted[^1];
-                    gate.Observe(ngram, path.Count - 1, Stopwatch.GetElapsedTime(stepStart).TotalMilliseconds);
+                    TimeSpan lookupCycle = Stopwatch.GetElapsedTime(stepStart);
+                    lookupTime += lookupCycle;
+                    gate.Observe(ngram, path.Count - 1, lookupCycle.TotalMilliseconds);
                     continue;
                 }
             }
@@ -296,6 +298,7 @@ internal sealed class InferenceEngine : IDisposable
             stats = new SpeculativeStats(cycles, accepted, proposed, TimeSpan.Zero, verifyClock.Elapsed, [])
             {
                 PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = cycles, LookupAcceptedTokens = lookupAccepted,
+                LookupTime = lookupTime,
             };
         }
 
