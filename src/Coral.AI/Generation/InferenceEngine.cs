@@ -234,11 +234,10 @@ internal sealed class InferenceEngine : IDisposable
     private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, OutputConstraint.State? constraint, int lookupTokens,
         ref SpeculativeStats? stats, CancellationToken cancellationToken)
     {
-        int forwards = 0, cycles = 0, accepted = 0, proposed = 0, lookupAccepted = 0, plainSteps = 0;
-        int[] lookup = new int[lookupTokens];
-        LookupGate? gate = lookupTokens > 0 ? _lookupGate ??= new LookupGate() : null;
+        int forwards = 0, plainSteps = 0;
+        LookupRun? lookup = lookupTokens > 0 ? new LookupRun(lookupTokens, _lookupGate ??= new LookupGate()) : null;
         var verifyClock = new Stopwatch();
-        TimeSpan plainTime = TimeSpan.Zero, lookupTime = TimeSpan.Zero;
+        TimeSpan plainTime = TimeSpan.Zero;
         while (!emitter.Finished)
         {
             if (Cache.Length + 1 >= ContextLength)
@@ -249,30 +248,12 @@ internal sealed class InferenceEngine : IDisposable
 
             cancellationToken.ThrowIfCancellationRequested();
             long stepStart = Stopwatch.GetTimestamp();
-            if (gate is not null && Cache.Length + lookup.Length + 1 < ContextLength)
+            var emitted = new List<int>();
+            if (lookup is not null && TryLookupCycle(lookup, last, _plainStepMs > 0 ? 1 / _plainStepMs : 0, sampler, emitter, verifyClock, emitted, null))
             {
-                var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(_cachedTokens), last, lookup);
-                if (count > 0 && gate.Use(ngram, _plainStepMs > 0 ? 1 / _plainStepMs : 0))
-                {
-                    int start = Cache.Length;
-                    var emitted = new List<int>();
-                    var path = new List<int> { 0 };
-                    using (var scope = torch.NewDisposeScope())
-                    {
-                        VerifyTree(DraftTree.Chain([last, .. lookup[..count]]), start, sampler, emitted, path, verifyClock, out _);
-                    }
-
-                    forwards++;
-                    cycles++;
-                    proposed += count;
-                    lookupAccepted += path.Count - 1;
-                    accepted += Commit(last, emitted, start, emitter);
-                    last = emitted[^1];
-                    TimeSpan lookupCycle = Stopwatch.GetElapsedTime(stepStart);
-                    lookupTime += lookupCycle;
-                    gate.Observe(ngram, path.Count - 1, lookupCycle.TotalMilliseconds);
-                    continue;
-                }
+                forwards++;
+                last = emitted[^1];
+                continue;
             }
 
             int? greedy = Step(last, argMax: constraint is null && sampler.Parameters.IsArgMax);
@@ -284,7 +265,7 @@ internal sealed class InferenceEngine : IDisposable
                 EndIfComplete(constraint, emitter);
             }
 
-            if (gate is not null)
+            if (lookup is not null)
             {
                 TimeSpan step = Stopwatch.GetElapsedTime(stepStart);
                 _plainStepMs = _plainSteps.Add(step.TotalMilliseconds);
@@ -293,12 +274,12 @@ internal sealed class InferenceEngine : IDisposable
             }
         }
 
-        if (gate is not null)
+        if (lookup is not null)
         {
-            stats = new SpeculativeStats(cycles, accepted, proposed, TimeSpan.Zero, verifyClock.Elapsed, [])
+            stats = new SpeculativeStats(lookup.Cycles, lookup.Emitted, lookup.Proposed, TimeSpan.Zero, verifyClock.Elapsed, [])
             {
-                PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = cycles, LookupAcceptedTokens = lookupAccepted,
-                LookupTime = lookupTime,
+                PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookup.Cycles, LookupAcceptedTokens = lookup.Accepted,
+                LookupTime = lookup.Time,
             };
         }
 
@@ -426,14 +407,12 @@ internal sealed class InferenceEngine : IDisposable
             depthController = _depthController;
         }
 
-        int cycles = 0, accepted = 0, drafted = 0, plainSteps = 0, lookupCycles = 0, lookupAccepted = 0;
-        int[] lookup = new int[Math.Max(0, lookupTokens)];
-        LookupGate lookupGate = _lookupGate ??= new LookupGate();
+        int cycles = 0, accepted = 0, drafted = 0, plainSteps = 0;
+        LookupRun? lookup = lookupTokens > 0 ? new LookupRun(lookupTokens, _lookupGate ??= new LookupGate()) : null;
         var plainTime = TimeSpan.Zero;
         var acceptedDrafted = new int[shape.Depth + 1];
         var draftClock = new Stopwatch();
         var loopClock = Stopwatch.StartNew();
-        var lookupTime = TimeSpan.Zero;
         var verifyClock = new Stopwatch();
         int root = (int)nextTokens[^1];
         try
@@ -445,40 +424,22 @@ internal sealed class InferenceEngine : IDisposable
                 int start = Cache.Length;
                 var emitted = new List<int>();
                 var path = new List<int> { 0 };
-                if (lookup.Length > 0 && Cache.Length + lookup.Length + 1 < ContextLength)
+                // Prompt lookup first, when the gate expects it to beat the controller's choice: the accepted tokens'
+                // features join the pending pairs, which the drafter catches up on at its next cycle.
+                Tensor pending = features;
+                if (lookup is not null && TryLookupCycle(lookup, root, depthController?.ExpectedRate ?? 0, sampler, emitter, verifyClock, emitted,
+                        (hidden, rows) => pending = torch.cat([pending, hidden.index_select(0, rows)]).DetachFromDisposeScope()))
                 {
-                    // Prompt lookup: the sequence's own continuation of its last n-gram, verified as a chain without a
-                    // draft forward, when the gate expects it to beat the controller's choice. The accepted tokens'
-                    // pairs join the pending ones, which the drafter catches up on at its next cycle.
-                    var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(_cachedTokens), root, lookup);
-                    if (count > 0 && lookupGate.Use(ngram, depthController?.ExpectedRate ?? 0))
+                    features.Dispose();
+                    features = pending;
+                    nextTokens = [.. nextTokens, .. emitted.Select(t => (long)t)];
+                    root = emitted[^1];
+                    if (nextTokens.Length > PendingPairsLimit)
                     {
-                        using (var scope = torch.NewDisposeScope())
-                        {
-                            Tensor hidden = VerifyTree(DraftTree.Chain([root, .. lookup[..count]]), start, sampler, emitted, path, verifyClock, out _);
-                            using Tensor rows = torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device);
-                            Tensor old = features;
-                            features = torch.cat([old, hidden.index_select(0, rows)]).DetachFromDisposeScope();
-                            old.Dispose();
-                        }
-
-                        cycles++;
-                        lookupCycles++;
-                        lookupAccepted += path.Count - 1;
-                        drafted += count;
-                        accepted += Commit(root, emitted, start, emitter);
-                        nextTokens = [.. nextTokens, .. emitted.Select(t => (long)t)];
-                        root = emitted[^1];
-                        if (nextTokens.Length > PendingPairsLimit)
-                        {
-                            CatchUp(ref features, ref nextTokens);
-                        }
-
-                        TimeSpan lookupCycle = Stopwatch.GetElapsedTime(cycleStart);
-                        lookupTime += lookupCycle;
-                        lookupGate.Observe(ngram, path.Count - 1, lookupCycle.TotalMilliseconds);
-                        continue;
+                        CatchUp(ref features, ref nextTokens);
                     }
+
+                    continue;
                 }
 
                 int depth = depthController?.NextDepth() ?? shape.Depth;
@@ -549,11 +510,65 @@ internal sealed class InferenceEngine : IDisposable
             features.Dispose();
         }
 
-        return (root, new SpeculativeStats(cycles, accepted, drafted, draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted)
+        return (root, new SpeculativeStats(cycles + (lookup?.Cycles ?? 0), accepted + (lookup?.Emitted ?? 0), drafted + (lookup?.Proposed ?? 0),
+            draftClock.Elapsed, verifyClock.Elapsed, acceptedDrafted)
         {
-            PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookupCycles, LookupAcceptedTokens = lookupAccepted, UsedDrafter = true,
-            LookupTime = lookupTime, LoopTime = loopClock.Elapsed,
+            PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookup?.Cycles ?? 0, LookupAcceptedTokens = lookup?.Accepted ?? 0,
+            UsedDrafter = true, LookupTime = lookup?.Time ?? TimeSpan.Zero, LoopTime = loopClock.Elapsed,
         });
+    }
+
+    /// <summary>
+    /// One prompt-lookup cycle from <paramref name="last"/> (emitted, not yet in the cache), when the sequence proposes a
+    /// continuation of its last n-gram that fits the cache and the gate expects it to beat
+    /// <paramref name="alternativeRate"/> tokens per ms: verifies it as a chain, then commits and emits the accepted
+    /// tokens and the bonus (into <paramref name="emitted"/>). <paramref name="keep"/>, if given, sees the chain's hidden
+    /// states and the accepted path's row indices inside the cycle's dispose scope. Returns false when no cycle ran.
+    /// </summary>
+    private bool TryLookupCycle(LookupRun run, int last, double alternativeRate, LogitsSampler sampler, TokenEmitter emitter,
+        Stopwatch verifyClock, List<int> emitted, Action<Tensor, Tensor>? keep)
+    {
+        long begin = Stopwatch.GetTimestamp();
+        if (Cache.Length + run.Proposal.Length + 1 >= ContextLength)
+        {
+            return false;
+        }
+
+        var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(_cachedTokens), last, run.Proposal);
+        if (count == 0 || !run.Gate.Use(ngram, alternativeRate))
+        {
+            return false;
+        }
+
+        int start = Cache.Length;
+        var path = new List<int> { 0 };
+        using (var scope = torch.NewDisposeScope())
+        {
+            Tensor hidden = VerifyTree(DraftTree.Chain([last, .. run.Proposal[..count]]), start, sampler, emitted, path, verifyClock, out _);
+            keep?.Invoke(hidden, torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device));
+        }
+
+        run.Cycles++;
+        run.Proposed += count;
+        run.Accepted += path.Count - 1;
+        run.Emitted += Commit(last, emitted, start, emitter);
+        TimeSpan took = Stopwatch.GetElapsedTime(begin);
+        run.Time += took;
+        run.Gate.Observe(ngram, path.Count - 1, took.TotalMilliseconds);
+        return true;
+    }
+
+    /// <summary>The prompt-lookup state of one decode loop: the proposal buffer, the engine's gate, and the counts.</summary>
+    private sealed class LookupRun(int tokens, LookupGate gate)
+    {
+        public int[] Proposal { get; } = new int[tokens];
+
+        public LookupGate Gate { get; } = gate;
+
+        /// <summary>Lookup cycles run; proposal tokens verified; of them accepted; tokens emitted (accepted + bonus).</summary>
+        public int Cycles, Proposed, Accepted, Emitted;
+
+        public TimeSpan Time;
     }
 
     /// <summary>
