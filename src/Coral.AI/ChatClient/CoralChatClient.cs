@@ -285,6 +285,7 @@ public sealed class CoralChatClient : IChatClient
             usage.AdditionalCounts["verify_duration_ns"] = (long)(s.VerifyTime.TotalMilliseconds * 1e6);
             usage.AdditionalCounts["lookup_cycles"] = s.LookupCycles;
             usage.AdditionalCounts["lookup_tokens_accepted"] = s.LookupAcceptedTokens;
+            usage.AdditionalCounts["drafter_used"] = s.UsedDrafter ? 1 : 0;
         }
 
         return usage;

@@ -69,7 +69,11 @@ internal static class ChatCommand
         long output = u?.OutputTokenCount ?? 0;
         long decodeNs = u?.AdditionalCounts?.GetValueOrDefault("eval_duration_ns") ?? 0;
         double tps = decodeNs > 0 ? output / (decodeNs / 1e9) : output / Math.Max(elapsed.TotalSeconds, 1e-9);
-        string tau = u?.AdditionalCounts?.TryGetValue("mean_accepted_length_x1000", out long t) == true ? $", τ {t / 1000.0:F2}" : string.Empty;
+        var counts = u?.AdditionalCounts;
+        string tau = counts?.TryGetValue("mean_accepted_length_x1000", out long t) != true ? string.Empty
+            : counts.GetValueOrDefault("speculative_cycles") > 0 ? $", τ {t / 1000.0:F2}"
+            : counts.GetValueOrDefault("drafter_used") == 0 ? ", plain steps (the drafter sat out: it measured slower than plain steps)"
+            : ", plain steps (no cycle paid)";
         return $"[{output} tokens, {tps:F1} tokens/s{tau}, finish {response.FinishReason}]";
     }
 }

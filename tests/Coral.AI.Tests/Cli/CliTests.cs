@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Microsoft.Extensions.AI;
 using Coral.Cli;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -46,6 +47,26 @@ public class CliTests
         Assert.Equal(expected.TokenIds, ids);
         Assert.Equal(expected.Text, o.GetProperty("text").GetString());
         Assert.Equal(expected.Finish == GenerationFinish.Length ? "length" : "stop", o.GetProperty("finish_reason").GetString());
+    }
+
+    [Fact]
+    public void ChatStats_ShowTauOnlyWhenCyclesRan_AndSayWhenTheDrafterSatOut()
+    {
+        static string Line(params (string Key, long Value)[] counts)
+        {
+            var usage = new UsageDetails { OutputTokenCount = 10, AdditionalCounts = [] };
+            foreach (var (key, value) in counts)
+            {
+                usage.AdditionalCounts[key] = value;
+            }
+
+            return Coral.Cli.ChatCommand.Stats(new ChatResponse { Usage = usage, FinishReason = ChatFinishReason.Stop }, TimeSpan.FromSeconds(1));
+        }
+
+        Assert.Contains("τ 2.50", Line(("mean_accepted_length_x1000", 2500), ("speculative_cycles", 4), ("drafter_used", 1)));
+        Assert.Contains("the drafter sat out", Line(("mean_accepted_length_x1000", 0), ("speculative_cycles", 0), ("drafter_used", 0)));
+        Assert.Contains("no cycle paid", Line(("mean_accepted_length_x1000", 0), ("speculative_cycles", 0), ("drafter_used", 1)));
+        Assert.DoesNotContain("τ", Line());   // no drafter, no lookup: plain decoding says nothing about speculation
     }
 
     [Fact]
