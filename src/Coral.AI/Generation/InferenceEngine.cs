@@ -83,7 +83,8 @@ internal sealed class InferenceEngine : IDisposable
     /// one-token steps bit for bit. A request may set its own.</summary>
     public int PromptLookupTokens { get; set; }
 
-    private LookupGate? _lookupGate;
+    /// <summary>The gate of prompt-lookup proposals, kept across requests like the depth controller (settable for tests).</summary>
+    internal LookupGate LookupGate { get; set; } = new();
 
     /// <summary>Gets or sets how often a drafter that measured slower than plain steps is tried again: after a request
     /// whose speculative loop ended on plain steps (the depth controller found no depth that beats them), the next
@@ -235,7 +236,7 @@ internal sealed class InferenceEngine : IDisposable
         ref SpeculativeStats? stats, CancellationToken cancellationToken)
     {
         int forwards = 0, plainSteps = 0;
-        LookupRun? lookup = lookupTokens > 0 ? new LookupRun(lookupTokens, _lookupGate ??= new LookupGate()) : null;
+        LookupRun? lookup = lookupTokens > 0 ? new LookupRun(lookupTokens, LookupGate) : null;
         var verifyClock = new Stopwatch();
         TimeSpan plainTime = TimeSpan.Zero;
         while (!emitter.Finished)
@@ -408,7 +409,7 @@ internal sealed class InferenceEngine : IDisposable
         }
 
         int cycles = 0, accepted = 0, drafted = 0, plainSteps = 0;
-        LookupRun? lookup = lookupTokens > 0 ? new LookupRun(lookupTokens, _lookupGate ??= new LookupGate()) : null;
+        LookupRun? lookup = lookupTokens > 0 ? new LookupRun(lookupTokens, LookupGate) : null;
         var plainTime = TimeSpan.Zero;
         var acceptedDrafted = new int[shape.Depth + 1];
         var draftClock = new Stopwatch();

@@ -23,8 +23,13 @@ internal sealed class LookupGate
     private double _costMs = -1;
     private int _observed;
 
-    public LookupGate()
+    private readonly int _probes;
+
+    /// <param name="probes">How many first proposals are verified whatever the estimates (int.MaxValue: every one, for
+    /// tests that must exercise the lookup path).</param>
+    public LookupGate(int probes = DepthController.PlainProbes)
     {
+        _probes = probes;
         Array.Fill(_accepted, 1.0);   // the prior, counted as one observation
     }
 
@@ -35,7 +40,7 @@ internal sealed class LookupGate
     /// expected to yield <paramref name="alternativeRate"/> tokens per millisecond (0 or less: unknown, use it).</summary>
     public bool Use(int ngram, double alternativeRate)
     {
-        if (_observed < DepthController.PlainProbes || alternativeRate <= 0 || (1 + _accepted[ngram]) / _costMs >= alternativeRate)
+        if (_observed < _probes || alternativeRate <= 0 || (1 + _accepted[ngram]) / _costMs >= alternativeRate)
         {
             _skipped[ngram] = 0;
             return true;

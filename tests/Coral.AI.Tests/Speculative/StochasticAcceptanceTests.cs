@@ -168,4 +168,62 @@ public class StochasticAcceptanceTests
         Assert.True(df >= 1, "the conditional must have several likely tokens");
         Assert.True(chi < ChiSquareCritical(df), $"chi² {chi:F1}, df {df}");
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EndToEnd_PromptLookupSampling_SecondTokenFollowsTheTargetConditional(bool withDrafter)
+    {
+        // The successor target with a copied run in its prompt: from the first token on, a lookup proposes the run's
+        // continuation, which at T = 20 (the successor head is sharp: only that hot does its next token leave room for others) is accepted with the target's probability and otherwise replaced by a draw
+        // from the residual. The second token must follow the exact conditional, whichever path produced it.
+        string target = TransformerModelTests.ModelFor("llama-successor-bf16");
+        using var engine = withDrafter
+            ? DrafterZoo.Engine(target, SpeculativeDecodingTests.Drafter("llama-successor-bf16", "random"))
+            : InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512);
+        engine.PromptLookupTokens = 3;
+        engine.DrafterRecheckEvery = 0;   // with the drafter: every request runs the speculative loop
+        engine.LookupGate = new LookupGate(probes: int.MaxValue);   // every proposal verified, whatever it yields
+        List<int> prompt = [.. Enumerable.Range(10, 21), 10, 11, 12];
+        const float temperature = 20f;
+        var pairs = new List<(int First, int Second, bool Lookup)>();
+        for (int seed = 0; seed < 1500; seed++)
+        {
+            engine.ResetCache();
+            var r = engine.Generate(new GenerationRequest(prompt, new SamplingParameters { Temperature = temperature, Seed = seed }, 2, []), null, default);
+            if (r.TokenIds.Count == 2)
+            {
+                pairs.Add((r.TokenIds[0], r.TokenIds[1], r.Speculative?.LookupCycles > 0));
+            }
+        }
+
+        int first = pairs.GroupBy(p => p.First).OrderByDescending(g => g.Count()).First().Key;
+        int[] seconds = pairs.Where(p => p.First == first).Select(p => p.Second).ToArray();
+        Assert.True(seconds.Length > 300, $"need enough samples with the same first token (got {seconds.Length})");
+        // After that first token the sequence has something to copy: its second token came from a verified proposal.
+        Assert.All(pairs.Where(p => p.First == first), p => Assert.True(p.Lookup));
+
+        float[] p;
+        using (torch.inference_mode())
+        using (torch.NewDisposeScope())
+        {
+            using var cache = engine.Model.CreateCache(64);
+            Tensor hidden = engine.Model.Forward([.. prompt.Select(x => (long)x), first], cache);
+            float[] logits = TorchTestHelpers.ToArray(engine.Model.Logits(hidden.narrow(0, hidden.shape[0] - 1, 1)));
+            p = new float[logits.Length];
+            var sampler = new LogitsSampler(new SamplingParameters { Temperature = temperature }, logits.Length);
+            sampler.Accept(first);
+            sampler.Distribution(logits, p);
+        }
+
+        var counts = new int[p.Length];
+        foreach (int s in seconds)
+        {
+            counts[s]++;
+        }
+
+        var (chi, df) = ChiSquare(counts, p.Select(x => (double)x).ToArray());
+        Assert.True(df >= 1, $"the conditional must have several likely tokens: first {first}, top {string.Join(",", p.Select((x, i) => (x, i)).OrderByDescending(t => t.x).Take(4).Select(t => $"{t.i}:{t.x:F3}"))}, n {seconds.Length}");
+        Assert.True(chi < ChiSquareCritical(df), $"chi² {chi:F1}, df {df}; first {first}, p(first + 1) = {p[(first + 1) % p.Length]:F3}");
+    }
 }
