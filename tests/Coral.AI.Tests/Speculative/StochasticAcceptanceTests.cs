@@ -139,11 +139,16 @@ public class StochasticAcceptanceTests
             }
         }
 
+        AssertSecondTokensFollowTheConditional(engine, prompt, 2.5f, pairs);
+    }
+
+    /// <summary>The second tokens of the runs that share the most common first token, against the exact conditional
+    /// p(second | prompt, first) from a plain forward (chi-square at p ≈ 0.001). Returns that first token.</summary>
+    private static int AssertSecondTokensFollowTheConditional(InferenceEngine engine, List<int> prompt, float temperature, IReadOnlyList<(int First, int Second)> pairs)
+    {
         int first = pairs.GroupBy(p => p.First).OrderByDescending(g => g.Count()).First().Key;
         int[] seconds = pairs.Where(p => p.First == first).Select(p => p.Second).ToArray();
         Assert.True(seconds.Length > 300, $"need enough samples with the same first token (got {seconds.Length})");
-
-        // Exact conditional p(second | prompt, first) from a plain forward.
         engine.ResetCache();
         float[] p;
         using (torch.inference_mode())
@@ -153,7 +158,7 @@ public class StochasticAcceptanceTests
             Tensor hidden = engine.Model.Forward([.. prompt.Select(x => (long)x), first], cache);
             float[] logits = TorchTestHelpers.ToArray(engine.Model.Logits(hidden.narrow(0, hidden.shape[0] - 1, 1)));
             p = new float[logits.Length];
-            var sampler = new LogitsSampler(new SamplingParameters { Temperature = 2.5f }, logits.Length);
+            var sampler = new LogitsSampler(new SamplingParameters { Temperature = temperature }, logits.Length);
             sampler.Accept(first);
             sampler.Distribution(logits, p);
         }
@@ -165,8 +170,10 @@ public class StochasticAcceptanceTests
         }
 
         var (chi, df) = ChiSquare(counts, p.Select(x => (double)x).ToArray());
-        Assert.True(df >= 1, "the conditional must have several likely tokens");
-        Assert.True(chi < ChiSquareCritical(df), $"chi² {chi:F1}, df {df}");
+        string top = string.Join(",", p.Select((x, i) => (x, i)).OrderByDescending(t => t.x).Take(4).Select(t => $"{t.i}:{t.x:F3}"));
+        Assert.True(df >= 1, $"the conditional must have several likely tokens: first {first}, top {top}, n {seconds.Length}");
+        Assert.True(chi < ChiSquareCritical(df), $"chi² {chi:F1}, df {df}; first {first}, top {top}");
+        return first;
     }
 
     [Theory]
@@ -197,33 +204,8 @@ public class StochasticAcceptanceTests
             }
         }
 
-        int first = pairs.GroupBy(p => p.First).OrderByDescending(g => g.Count()).First().Key;
-        int[] seconds = pairs.Where(p => p.First == first).Select(p => p.Second).ToArray();
-        Assert.True(seconds.Length > 300, $"need enough samples with the same first token (got {seconds.Length})");
+        int first = AssertSecondTokensFollowTheConditional(engine, prompt, temperature, pairs.Select(p => (p.First, p.Second)).ToList());
         // After that first token the sequence has something to copy: its second token came from a verified proposal.
         Assert.All(pairs.Where(p => p.First == first), p => Assert.True(p.Lookup));
-
-        float[] p;
-        using (torch.inference_mode())
-        using (torch.NewDisposeScope())
-        {
-            using var cache = engine.Model.CreateCache(64);
-            Tensor hidden = engine.Model.Forward([.. prompt.Select(x => (long)x), first], cache);
-            float[] logits = TorchTestHelpers.ToArray(engine.Model.Logits(hidden.narrow(0, hidden.shape[0] - 1, 1)));
-            p = new float[logits.Length];
-            var sampler = new LogitsSampler(new SamplingParameters { Temperature = temperature }, logits.Length);
-            sampler.Accept(first);
-            sampler.Distribution(logits, p);
-        }
-
-        var counts = new int[p.Length];
-        foreach (int s in seconds)
-        {
-            counts[s]++;
-        }
-
-        var (chi, df) = ChiSquare(counts, p.Select(x => (double)x).ToArray());
-        Assert.True(df >= 1, $"the conditional must have several likely tokens: first {first}, top {string.Join(",", p.Select((x, i) => (x, i)).OrderByDescending(t => t.x).Take(4).Select(t => $"{t.i}:{t.x:F3}"))}, n {seconds.Length}");
-        Assert.True(chi < ChiSquareCritical(df), $"chi² {chi:F1}, df {df}; first {first}, p(first + 1) = {p[(first + 1) % p.Length]:F3}");
     }
 }
