@@ -196,7 +196,7 @@ internal sealed class InferenceEngine : IDisposable
             int lookupTokens = !speculative && request.Speculative && constraint is null && (Drafter is not null || Model.UsesPackedWeights)
                 ? request.PromptLookupTokens ?? PromptLookupTokens : 0;
             forwards += PlainLoop(token, sampler, emitter, constraint, lookupTokens, ref stats, cancellationToken);
-            if (stats is null && Drafter is not null && request.Speculative && request.Constraint is null)
+            if (stats is null && !speculative && Drafter is not null && request.Speculative && request.Constraint is null)
             {
                 // The drafter sat this request out (and prompt lookup is off): say so, with its plain steps.
                 stats = new SpeculativeStats(0, 0, 0, TimeSpan.Zero, TimeSpan.Zero, []) { PlainSteps = forwards - 1, PlainTime = clock.Elapsed - prefill };
@@ -249,8 +249,8 @@ internal sealed class InferenceEngine : IDisposable
 
             cancellationToken.ThrowIfCancellationRequested();
             long stepStart = Stopwatch.GetTimestamp();
-            var emitted = new List<int>();
-            if (lookup is not null && TryLookupCycle(lookup, last, _plainStepMs > 0 ? 1 / _plainStepMs : 0, sampler, emitter, verifyClock, emitted, null))
+            if (lookup is not null && TryLookupCycle(lookup, last, _plainStepMs > 0 ? 1 / _plainStepMs : 0, sampler, emitter, verifyClock,
+                    keepFeatures: false, out List<int> emitted, out _))
             {
                 forwards++;
                 last = emitted[^1];
@@ -422,19 +422,17 @@ internal sealed class InferenceEngine : IDisposable
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 long cycleStart = Stopwatch.GetTimestamp();
-                int start = Cache.Length;
-                var emitted = new List<int>();
-                var path = new List<int> { 0 };
                 // Prompt lookup first, when the gate expects it to beat the controller's choice: the accepted tokens'
                 // features join the pending pairs, which the drafter catches up on at its next cycle.
-                Tensor pending = features;
-                if (lookup is not null && TryLookupCycle(lookup, root, depthController?.ExpectedRate ?? 0, sampler, emitter, verifyClock, emitted,
-                        (hidden, rows) => pending = torch.cat([pending, hidden.index_select(0, rows)]).DetachFromDisposeScope()))
+                if (lookup is not null && TryLookupCycle(lookup, root, depthController?.ExpectedRate ?? 0, sampler, emitter, verifyClock,
+                        keepFeatures: true, out List<int> copied, out Tensor? pathFeatures))
                 {
-                    features.Dispose();
-                    features = pending;
-                    nextTokens = [.. nextTokens, .. emitted.Select(t => (long)t)];
-                    root = emitted[^1];
+                    Tensor old = features;
+                    features = torch.cat([old, pathFeatures!]).DetachFromDisposeScope();
+                    old.Dispose();
+                    pathFeatures!.Dispose();
+                    nextTokens = [.. nextTokens, .. copied.Select(t => (long)t)];
+                    root = copied[^1];
                     if (nextTokens.Length > PendingPairsLimit)
                     {
                         CatchUp(ref features, ref nextTokens);
@@ -468,6 +466,9 @@ internal sealed class InferenceEngine : IDisposable
                     cycleStart = Stopwatch.GetTimestamp();
                 }
 
+                int start = Cache.Length;
+                var emitted = new List<int>();
+                var path = new List<int> { 0 };
                 double draftMs, verifyMs;
                 TreeShape cycleShape = depthController is null ? shape : shape with { Depth = depth, TotalTokens = shape.NodesAt(depth) };
                 using (var scope = torch.NewDisposeScope())
@@ -523,12 +524,14 @@ internal sealed class InferenceEngine : IDisposable
     /// One prompt-lookup cycle from <paramref name="last"/> (emitted, not yet in the cache), when the sequence proposes a
     /// continuation of its last n-gram that fits the cache and the gate expects it to beat
     /// <paramref name="alternativeRate"/> tokens per ms: verifies it as a chain, then commits and emits the accepted
-    /// tokens and the bonus (into <paramref name="emitted"/>). <paramref name="keep"/>, if given, sees the chain's hidden
-    /// states and the accepted path's row indices inside the cycle's dispose scope. Returns false when no cycle ran.
+    /// tokens and the bonus (<paramref name="emitted"/>). With <paramref name="keepFeatures"/>, <paramref name="features"/>
+    /// is the accepted path's target hidden states (root first; the caller disposes it). Returns false when no cycle ran.
     /// </summary>
     private bool TryLookupCycle(LookupRun run, int last, double alternativeRate, LogitsSampler sampler, TokenEmitter emitter,
-        Stopwatch verifyClock, List<int> emitted, Action<Tensor, Tensor>? keep)
+        Stopwatch verifyClock, bool keepFeatures, out List<int> emitted, out Tensor? features)
     {
+        emitted = [];
+        features = null;
         long begin = Stopwatch.GetTimestamp();
         if (Cache.Length + run.Proposal.Length + 1 >= ContextLength)
         {
@@ -546,7 +549,11 @@ internal sealed class InferenceEngine : IDisposable
         using (var scope = torch.NewDisposeScope())
         {
             Tensor hidden = VerifyTree(DraftTree.Chain([last, .. run.Proposal[..count]]), start, sampler, emitted, path, verifyClock, out _);
-            keep?.Invoke(hidden, torch.tensor(path.Select(p => (long)p).ToArray(), device: Model.Device));
+            if (keepFeatures)
+            {
+                // The path is a prefix of the chain: rows 0 .. path.Count − 1.
+                features = hidden.narrow(0, 0, path.Count).DetachFromDisposeScope();
+            }
         }
 
         run.Cycles++;

@@ -51,6 +51,13 @@ internal static class BenchCommand
 
         using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
+        if (engine.Drafter is null && !engine.Model.UsesPackedWeights)
+        {
+            // Lookup alone runs only where verified rows equal one-token steps bit for bit: the run would compare plain with plain.
+            throw new UsageException($"--model {cl.Value("--model")} without --draft: prompt lookup alone needs bf16-stored weights on CPU (packed); "
+                + "this model's are not, so there is nothing to compare. Pass --draft.");
+        }
+
         engine.AdaptiveDepth = !cl.Flag("--fixed-depth");
         engine.PlainFallback = !cl.Flag("--no-plain-fallback");
         TreeShape tree = engine.Tree;

@@ -267,6 +267,12 @@ public class PromptLookupTests
         Assert.True(steps is > 0 and <= 2 * 15, stdout.ToString());   // every token after the first: a plain step, a lookup's bonus or an accepted proposal
         Assert.Equal(2, await Coral.Cli.CliApp.RunAsync(["bench", "--model", target, "--prompts", prompts, "--prompt-lookup", "0"], new StringWriter(), stderr, TextReader.Null));
         Assert.Contains("--draft (or prompt lookup) is required", stderr.ToString());
+
+        // f32 weights: lookup alone cannot run exactly there, so the comparison is refused, naming the model and the cause.
+        string f32 = TransformerModelTests.ModelFor("llama-successor");
+        Assert.Equal(2, await Coral.Cli.CliApp.RunAsync(["bench", "--model", f32, "--prompts", prompts], new StringWriter(), stderr, TextReader.Null));
+        Assert.Contains(f32, stderr.ToString());
+        Assert.Contains("bf16-stored", stderr.ToString());
     }
 
     [Fact]
