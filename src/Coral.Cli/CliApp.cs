@@ -23,7 +23,7 @@ internal static class CliApp
                          [--checkpoint-every N] [--held-out FRACTION] [--matmul f32|bf16|auto] [--pack TOKENS] [--format eagle] [--bf16]
                          (resumes from <out>/checkpoint)
           coral train-router --target <hf-dir> --draft <draft-dir> --data <features-dir|file.jsonl> [--groups G] [--topk K]
-                         [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N]
+                         [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N] [--depths N] [--labels target|drafter]
           coral draft-inspect <draft-dir>
           coral pretrain --tokenizer <dir-with-tokenizer.json|gpt2> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
                          [--lr LR] [--max-length N] [--batch B] [--accumulate A] [--minutes M] [--matmul f32|bf16|auto]

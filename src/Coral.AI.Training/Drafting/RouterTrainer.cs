@@ -20,6 +20,17 @@ internal enum GroupingMethod
     KMeans,
 }
 
+/// <summary>Whose next-token distribution the router learns to cover.</summary>
+internal enum RouterLabels
+{
+    /// <summary>The target's probability mass per group (the tokens a draft should propose).</summary>
+    Target,
+
+    /// <summary>The frozen drafter's own full-head probability mass per group (what the routed drafter must keep to
+    /// propose what the full-head drafter would).</summary>
+    Drafter,
+}
+
 /// <summary>Settings of CORAL's stage 2.</summary>
 internal sealed record RouterTrainingOptions
 {
@@ -31,6 +42,13 @@ internal sealed record RouterTrainingOptions
     public double LearningRate { get; init; } = 3e-3;
     public int KMeansIterations { get; init; } = 8;
     public int Seed { get; init; }
+
+    /// <summary>Draft steps the examples come from: step j is unrolled on the drafter's own features of steps &lt; j, as
+    /// the tree drafts at run time (1 = the teacher-forced step only).</summary>
+    public int Depths { get; init; } = 1;
+
+    /// <summary>The distribution whose group mass the router learns.</summary>
+    public RouterLabels Labels { get; init; } = RouterLabels.Target;
 }
 
 /// <summary>
@@ -113,10 +131,12 @@ internal sealed class RouterTrainer
         return Enumerable.Range(0, vocab).OrderBy(v => assignment[v]).ThenBy(v => v).Select(v => (long)v).ToArray();
     }
 
-    /// <summary>Draft outputs h (step 1, frozen drafter) and the target's group mass / top-1 group at every masked position.</summary>
-    private List<(Tensor H, Tensor Mass, Tensor TopGroup)> Examples(IReadOnlyList<FeatureSequence> data, Tensor groupOf)
+    /// <summary>Draft outputs h of steps 1 … <see cref="RouterTrainingOptions.Depths"/> (frozen drafter; step j fed its
+    /// own features of steps &lt; j, as <see cref="DraftTrainer"/>'s held-out accuracy unrolls them), with the labels' group
+    /// mass, the target's top-1 group and the drafter's own top-1 group at every masked position step j really drafts.</summary>
+    private List<RouterExample> Examples(IReadOnlyList<FeatureSequence> data, Tensor groupOf)
     {
-        var list = new List<(Tensor, Tensor, Tensor)>();
+        var list = new List<RouterExample>();
         using var noGrad = torch.no_grad();
         foreach (FeatureSequence s in data)
         {
@@ -129,22 +149,35 @@ internal sealed class RouterTrainer
             // One scope per sequence: the [T−1, V] probabilities must not outlive it (84k tokens × 50k = 17 GB).
             using var scope = torch.NewDisposeScope();
             Tensor f = s.HiddenState.to(ScalarType.Float32);
-            Tensor h = _drafter.Forward(_embedding.index_select(0, s.InputIds.narrow(0, 1, t - 1)), f.narrow(0, 0, t - 1));
+            Tensor embeddings = _embedding.index_select(0, s.InputIds.narrow(0, 1, t - 1));
             Tensor p = F.softmax(F.linear(f.narrow(0, 1, t - 1), _head), -1);                          // [T−1, V]
-            Tensor mass = torch.zeros(t - 1, _o.Groups).index_add(1, groupOf, p, 1);
-            Tensor keep = s.LossMask.narrow(0, 1, t - 1).nonzero().squeeze(1);
-            if (keep.numel() > 0)
+            Tensor targetTop = groupOf.index_select(0, p.argmax(-1));
+            Tensor mask = s.LossMask.narrow(0, 1, t - 1).clone();
+            var sets = new List<Tensor> { f.narrow(0, 0, t - 1) };
+            for (int j = 1; j <= _o.Depths && j < t - 1; j++)
             {
-                list.Add((h.index_select(0, keep).MoveToOuterDisposeScope(), mass.index_select(0, keep).MoveToOuterDisposeScope(),
-                    groupOf.index_select(0, p.argmax(-1)).index_select(0, keep).MoveToOuterDisposeScope()));
+                Tensor h = _drafter.ForwardStep(embeddings, sets);
+                Tensor q = F.softmax(F.linear(h, _head), -1);
+                Tensor labels = _o.Labels == RouterLabels.Drafter ? q : p;
+                Tensor mass = torch.zeros(t - 1, _o.Groups).index_add(1, groupOf, labels, 1);
+                mask.narrow(0, 0, j - 1).zero_();                                                    // t < j − 1: no real step-j draft
+                Tensor keep = mask.nonzero().squeeze(1);
+                if (keep.numel() > 0)
+                {
+                    list.Add(new RouterExample(j, h.index_select(0, keep).MoveToOuterDisposeScope(), mass.index_select(0, keep).MoveToOuterDisposeScope(),
+                        targetTop.index_select(0, keep).MoveToOuterDisposeScope(),
+                        groupOf.index_select(0, q.argmax(-1)).index_select(0, keep).MoveToOuterDisposeScope()));
+                }
+
+                sets.Add(torch.cat([sets[^1].narrow(0, 0, 1), h.narrow(0, 0, t - 2)], 0));
             }
         }
 
         return list;
     }
 
-    /// <summary>Trains the router; returns (recall@k before, after, permutation, weights).</summary>
-    public (double RecallBefore, double RecallAfter, long[] Permutation, Dictionary<string, Tensor> Weights) Train(IReadOnlyList<FeatureSequence> data)
+    /// <summary>Trains the router; returns its recall (before and after training) and weights.</summary>
+    public RouterTrainingResult Train(IReadOnlyList<FeatureSequence> data)
     {
         long[] perm = Partition(data);
         int vocab = (int)_head.shape[0];
@@ -172,33 +205,42 @@ internal sealed class RouterTrainer
         var w2 = new Parameter(torch.randn(_o.Groups, _o.Hidden) / Math.Sqrt(_o.Hidden));
         var b2 = new Parameter(torch.zeros(_o.Groups));
         Tensor Scores(Tensor h) => F.linear(F.silu(F.linear(h, w1, b1)), w2, b2);
-        double Recall()
+        // Recall@k of the target's top-1 group (by draft step: index 0 = all steps) and of the drafter's own top-1 group.
+        (double[] ByDepth, double Drafter) Recall()
         {
             using var noGrad = torch.no_grad();
-            long hits = 0, total = 0;
-            foreach (var (h, _, top) in examples)
+            var hits = new long[_o.Depths + 1];
+            var totals = new long[_o.Depths + 1];
+            long drafterHits = 0;
+            foreach (RouterExample e in examples)
             {
-                Tensor chosen = Scores(h).topk(_o.TopK, -1).indexes;
-                hits += chosen.eq(top.unsqueeze(1)).any(1).sum().item<long>();
-                total += top.shape[0];
+                using var scope = torch.NewDisposeScope();
+                Tensor chosen = Scores(e.H).topk(_o.TopK, -1).indexes;
+                long hit = chosen.eq(e.TargetTop.unsqueeze(1)).any(1).sum().item<long>();
+                drafterHits += chosen.eq(e.DrafterTop.unsqueeze(1)).any(1).sum().item<long>();
+                long n = e.TargetTop.shape[0];
+                (hits[0], totals[0], hits[e.Depth], totals[e.Depth]) = (hits[0] + hit, totals[0] + n, hits[e.Depth] + hit, totals[e.Depth] + n);
             }
 
-            return (double)hits / total;
+            return (hits.Select((h, i) => totals[i] > 0 ? (double)h / totals[i] : 0).ToArray(), (double)drafterHits / totals[0]);
         }
 
-        double before = Recall();
+        double before = Recall().ByDepth[0];
         var optimizer = torch.optim.AdamW([w1, b1, w2, b2], _o.LearningRate, 0.9, 0.95);
+        // Examples in a seeded random order: a run of fewer steps than examples still sees every part of the data.
+        int[] order = Enumerable.Range(0, examples.Count).ToArray();
+        new Random(_o.Seed).Shuffle(order);
         for (int step = 0; step < _o.Steps; step++)
         {
             using var scope = torch.NewDisposeScope();
-            var (h, mass, _) = examples[step % examples.Count];
+            RouterExample e = examples[order[step % order.Length]];
             optimizer.zero_grad();
-            Tensor loss = -(mass * F.log_softmax(Scores(h), -1)).sum([-1L]).mean();
+            Tensor loss = -(e.Mass * F.log_softmax(Scores(e.H), -1)).sum([-1L]).mean();
             loss.backward();
             optimizer.step();
         }
 
-        double after = Recall();
+        var (after, drafter) = Recall();
         var weights = new Dictionary<string, Tensor>
         {
             ["router.0.weight"] = w1.detach().clone(),
@@ -206,7 +248,7 @@ internal sealed class RouterTrainer
             ["router.2.weight"] = w2.detach().clone(),
             ["router.2.bias"] = b2.detach().clone(),
         };
-        return (before, after, perm, weights);
+        return new RouterTrainingResult(before, after[0], drafter, after.Skip(1).ToArray(), perm, weights);
     }
 
     /// <summary>Writes router.safetensors into a drafter folder and adds the router keys to its config.json.</summary>
@@ -220,6 +262,18 @@ internal sealed class RouterTrainer
         config["router_topk"] = _o.TopK;
         config["router_hidden"] = _o.Hidden;
         config["router_grouping"] = _o.Grouping.ToString().ToLowerInvariant();
+        config["router_depths"] = _o.Depths;
+        config["router_labels"] = _o.Labels.ToString().ToLowerInvariant();
         File.WriteAllText(configPath, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 }
+
+/// <summary>One draft step's training positions of one sequence: the step, draft outputs h, the labels' group mass, and
+/// the target's and the drafter's top-1 groups.</summary>
+internal sealed record RouterExample(int Depth, Tensor H, Tensor Mass, Tensor TargetTop, Tensor DrafterTop);
+
+/// <summary>What <see cref="RouterTrainer.Train"/> measured and learned: recall@k of the target's top-1 token's group
+/// before and after training (all draft steps, then by step), of the drafter's own top-1 group, the group permutation
+/// and the router's weights.</summary>
+internal sealed record RouterTrainingResult(double RecallBefore, double RecallAfter, double DrafterRecall, IReadOnlyList<double> RecallByDepth,
+    long[] Permutation, Dictionary<string, Tensor> Weights);

@@ -146,11 +146,37 @@ public class DepthControllerTests
         Assert.True(seen.Take(100).Count(d => d > 0) > 50, "speculates at first");
         Assert.True(seen.Skip(500).Count(d => d == 0) > 80, "plain steps at the end");
 
-        // One slow probe among three is outvoted at once: the median is 3 ms, and plain steps win from the start.
+        // One slow probe among three is outvoted at once: the median is 3 ms, and plain steps win as soon as the cycles
+        // are timed (the first cycle, whose costs are not counted, the three probes, then three timed cycles).
         var once = new DepthController(5, plainFallback: true);
         List<int> early = Drive(once, 40, i => i == 1 ? 50 : 3, _ => 0);
         Assert.Equal(0, once.Depth);
-        Assert.True(early.Skip(4).Take(10).All(d => d == 0), string.Join(",", early));
+        Assert.Equal([5, 0, 0, 0], early.Take(4));
+        Assert.Equal(3, early.Skip(4).Take(3).Count(d => d > 0));
+        Assert.True(early.Skip(7).Take(10).All(d => d == 0), string.Join(",", early));
+
+        // A first cycle that pays for compilation (60 ms for a cycle of 10.5) does not send a drafter that is always
+        // right to plain steps: its costs are not counted, and the next cycles' are.
+        var compiled = new DepthController(5, plainFallback: true);
+        bool first = true;
+        var afterJit = new List<int>();
+        for (int i = 0; i < 60; i++)
+        {
+            int d = compiled.NextDepth();
+            afterJit.Add(d);
+            if (d == 0)
+            {
+                compiled.ObservePlain(3);
+            }
+            else
+            {
+                compiled.Observe(d, d, first ? 30.0 * d : 1.0 * d, first ? 30 : 5, 0.5);
+                first = false;
+            }
+        }
+
+        Assert.Equal(5, compiled.Depth);
+        Assert.True(afterJit.Skip(4).Take(20).Count(d => d == 0) <= 2, string.Join(",", afterJit));
 
         // Without the fallback, depth 0 is never proposed.
         var plain = new DepthController(5);

@@ -246,22 +246,13 @@ public class RouterTrainerTests
         var grouping = Enum.Parse<GroupingMethod>(groupingName);
         string target = TransformerModelTests.ModelFor("llama");
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512);
-        string data = Path.Combine(ModelZoo.TempFolder("router-data"), "text.jsonl");
-        File.WriteAllLines(data, new[] { "The river", "A small house", "Her garden was", "In winter", "The market" }.Select(p =>
-        {
-            engine.ResetCache();
-            var r = engine.Generate(new GenerationRequest(engine.Tokenizer.Encode(p), new SamplingParameters { Temperature = 1, Seed = 3 }, 48, []), null, default);
-            return new System.Text.Json.Nodes.JsonObject { ["text"] = p + r.Text }.ToJsonString();
-        }));
-        string features = ModelZoo.TempFolder("router-features");
-        FeatureExtractor.Run(engine, data, features, maxLength: 64);
-        var sequences = FeatureStore.Read(features).ToList();
+        var sequences = Sequences(engine);
         string drafterFolder = DrafterZoo.Random(target, "router-" + groupingName, new DraftInitOptions { Seed = 2, Scale = 0.5f });
         using var drafter = TrainableDrafter.Load(drafterFolder, engine.Model.Config);
         var router = new RouterTrainer(drafter, engine.Model.Embedding, engine.Model.Head,
             new RouterTrainingOptions { Groups = 8, TopK = 2, Hidden = 32, Grouping = grouping, Steps = 300, LearningRate = 1e-2 });
-        var (before, after, perm, weights) = router.Train(sequences);
-
+        RouterTrainingResult result = router.Train(sequences);
+        var (before, after, perm, weights) = (result.RecallBefore, result.RecallAfter, result.Permutation, result.Weights);
         int vocab = engine.Model.Config.VocabSize;
         Assert.Equal(Enumerable.Range(0, vocab).Select(i => (long)i), perm.Where(p => p >= 0).Order());
         Assert.True(after > before, $"recall@2 {before:F3} -> {after:F3}");
@@ -274,6 +265,41 @@ public class RouterTrainerTests
         var routed = spec.Generate(request, null, default);
         spec.ResetCache();
         Assert.Equal(spec.Generate(request with { Speculative = false }, null, default).TokenIds, routed.TokenIds);
+    }
+
+    [Fact]
+    public void RouterTraining_OnTheDraftersOwnLabels_OverUnrolledSteps_KeepsTheDraftersChoices()
+    {
+        // A random drafter's top-1 has nothing to do with the target's: a router that learns the target's mass keeps the
+        // drafter's choices at about chance, one that learns the drafter's own mass keeps most of them.
+        string target = TransformerModelTests.ModelFor("llama");
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512);
+        var sequences = Sequences(engine);
+        string drafterFolder = DrafterZoo.Random(target, "router-labels", new DraftInitOptions { Seed = 5, Scale = 0.5f });
+        using var drafter = TrainableDrafter.Load(drafterFolder, engine.Model.Config);
+        RouterTrainingResult Train(RouterLabels labels) => new RouterTrainer(drafter, engine.Model.Embedding, engine.Model.Head,
+            new RouterTrainingOptions { Groups = 8, TopK = 2, Hidden = 32, Steps = 300, LearningRate = 1e-2, Depths = 3, Labels = labels }).Train(sequences);
+
+        RouterTrainingResult onTarget = Train(RouterLabels.Target), onDrafter = Train(RouterLabels.Drafter);
+        Assert.Equal(3, onTarget.RecallByDepth.Count);
+        Assert.All(onTarget.RecallByDepth, r => Assert.InRange(r, 0, 1));
+        Assert.True(onDrafter.DrafterRecall > onTarget.DrafterRecall + 0.1,
+            $"the drafter's top-1 kept {onDrafter.DrafterRecall:F3} (drafter labels) vs {onTarget.DrafterRecall:F3} (target labels)");
+        Assert.True(onTarget.RecallAfter > onDrafter.RecallAfter, $"target top-1 {onTarget.RecallAfter:F3} vs {onDrafter.RecallAfter:F3}");
+    }
+
+    private static List<FeatureSequence> Sequences(InferenceEngine engine)
+    {
+        string data = Path.Combine(ModelZoo.TempFolder("router-data"), "text.jsonl");
+        File.WriteAllLines(data, new[] { "The river", "A small house", "Her garden was", "In winter", "The market" }.Select(p =>
+        {
+            engine.ResetCache();
+            var r = engine.Generate(new GenerationRequest(engine.Tokenizer.Encode(p), new SamplingParameters { Temperature = 1, Seed = 3 }, 48, []), null, default);
+            return new System.Text.Json.Nodes.JsonObject { ["text"] = p + r.Text }.ToJsonString();
+        }));
+        string features = ModelZoo.TempFolder("router-features");
+        FeatureExtractor.Run(engine, data, features, maxLength: 64);
+        return FeatureStore.Read(features).ToList();
     }
 }
 
