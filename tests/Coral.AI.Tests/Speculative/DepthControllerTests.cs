@@ -76,7 +76,12 @@ public class DepthControllerTests
     /// <summary>Runs <paramref name="steps"/> steps with a fallback controller: plain steps take <paramref name="plainMs"/>(i),
     /// a cycle of depth d accepts <paramref name="accepted"/>(d) drafted tokens, drafts 1 ms a level, verifies in 5 ms and
     /// spends 0.5 ms on the rest. Returns the depth of every step (0 = plain).</summary>
-    private static List<int> Drive(DepthController c, int steps, Func<int, double> plainMs, Func<int, int> accepted)
+    private static List<int> Drive(DepthController c, int steps, Func<int, double> plainMs, Func<int, int> accepted) =>
+        Drive(c, steps, plainMs, (_, d) => c.Observe(d, accepted(d), 1.0 * d, 5, 0.5));
+
+    /// <summary>Runs the controller for <paramref name="steps"/> decisions: plain steps observed at plainMs(step), cycles
+    /// by <paramref name="cycle"/>(step, depth); returns the depths chosen.</summary>
+    private static List<int> Drive(DepthController c, int steps, Func<int, double> plainMs, Action<int, int> cycle)
     {
         var depths = new List<int>();
         for (int i = 0; i < steps; i++)
@@ -89,7 +94,7 @@ public class DepthControllerTests
             }
             else
             {
-                c.Observe(d, accepted(d), 1.0 * d, 5, 0.5);
+                cycle(i, d);
             }
         }
 
@@ -115,20 +120,7 @@ public class DepthControllerTests
         // The text turns copyable after 300 steps (every drafted token accepted): the next try accepts, tries come every
         // 16 steps again and speculation takes over.
         var turning = new DepthController(5, plainFallback: true);
-        var late = new List<int>();
-        for (int i = 0; i < 1200; i++)
-        {
-            int d = turning.NextDepth();
-            late.Add(d);
-            if (d == 0)
-            {
-                turning.ObservePlain(3);
-            }
-            else
-            {
-                turning.Observe(d, i < 300 ? 0 : d, 1.0 * d, 5, 0.5);
-            }
-        }
+        List<int> late = Drive(turning, 1200, _ => 3, (i, d) => turning.Observe(d, i < 300 ? 0 : d, 1.0 * d, 5, 0.5));
 
         Assert.True(turning.Depth > 1, $"depth {turning.Depth}; reach {string.Join(",", turning.Reach.Select(r => r.ToString("F2")))}; tries {string.Join(",", Enumerable.Range(0, late.Count).Where(i => late[i] > 0).Select(i => $"{i}:{late[i]}"))}");
         Assert.True(late.Skip(1100).Count(d => d > 0) > 80, "speculates at the end");
@@ -159,21 +151,11 @@ public class DepthControllerTests
         // right to plain steps: its costs are not counted, and the next cycles' are.
         var compiled = new DepthController(5, plainFallback: true);
         bool first = true;
-        var afterJit = new List<int>();
-        for (int i = 0; i < 60; i++)
+        List<int> afterJit = Drive(compiled, 60, _ => 3, (_, d) =>
         {
-            int d = compiled.NextDepth();
-            afterJit.Add(d);
-            if (d == 0)
-            {
-                compiled.ObservePlain(3);
-            }
-            else
-            {
-                compiled.Observe(d, d, first ? 30.0 * d : 1.0 * d, first ? 30 : 5, 0.5);
-                first = false;
-            }
-        }
+            compiled.Observe(d, d, first ? 30.0 * d : 1.0 * d, first ? 30 : 5, 0.5);
+            first = false;
+        });
 
         Assert.Equal(5, compiled.Depth);
         Assert.True(afterJit.Skip(4).Take(20).Count(d => d == 0) <= 2, string.Join(",", afterJit));

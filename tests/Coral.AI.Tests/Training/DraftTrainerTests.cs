@@ -322,6 +322,20 @@ public class RouterCommandTests
         Assert.Contains("router: 4 groups", stdout.ToString());
         Assert.Contains("fc.weight", stdout.ToString());
     }
+
+    [Theory]
+    [InlineData("--labels", "teacher", "--labels 'teacher' is not one of target, drafter.")]
+    [InlineData("--depths", "0", "--depths 0 is not a number of draft steps in 1..8.")]
+    public async Task TrainRouter_RefusesUnknownLabelsAndDepths_NamingTheOption(string option, string value, string message)
+    {
+        string target = TransformerModelTests.ModelFor("llama");
+        string draft = DrafterZoo.Random(target, "cli-router-bad");
+        var stderr = new StringWriter();
+        int code = await Coral.Cli.CliApp.RunAsync(["train-router", "--target", target, "--draft", draft, "--data", "unused.jsonl", option, value],
+            new StringWriter(), stderr, TextReader.Null);
+        Assert.Equal(2, code);
+        Assert.Contains(message, stderr.ToString());
+    }
 }
 
 public class ChunkedCrossEntropyTests
