@@ -157,8 +157,8 @@ internal sealed class RouterTrainer
             for (int j = 1; j <= _o.Depths && j < t - 1; j++)
             {
                 Tensor h = _drafter.ForwardStep(embeddings, sets);
-                Tensor q = F.softmax(F.linear(h, _head), -1);
-                Tensor labels = _o.Labels == RouterLabels.Drafter ? q : p;
+                Tensor z = F.linear(h, _head);                                                       // the drafter's own logits
+                Tensor labels = _o.Labels == RouterLabels.Drafter ? F.softmax(z, -1) : p;
                 Tensor mass = torch.zeros(t - 1, _o.Groups).index_add(1, groupOf, labels, 1);
                 mask.narrow(0, 0, j - 1).zero_();                                                    // t < j − 1: no real step-j draft
                 Tensor keep = mask.nonzero().squeeze(1);
@@ -166,7 +166,7 @@ internal sealed class RouterTrainer
                 {
                     list.Add(new RouterExample(j, h.index_select(0, keep).MoveToOuterDisposeScope(), mass.index_select(0, keep).MoveToOuterDisposeScope(),
                         targetTop.index_select(0, keep).MoveToOuterDisposeScope(),
-                        groupOf.index_select(0, q.argmax(-1)).index_select(0, keep).MoveToOuterDisposeScope()));
+                        groupOf.index_select(0, z.argmax(-1)).index_select(0, keep).MoveToOuterDisposeScope()));
                 }
 
                 sets.Add(torch.cat([sets[^1].narrow(0, 0, 1), h.narrow(0, 0, t - 2)], 0));
