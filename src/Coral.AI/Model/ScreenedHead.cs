@@ -42,7 +42,7 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
 
     private readonly int _vocab, _inputs, _groups, _blocks;
     private readonly bool _exactBf16;
-    private readonly byte* _rows;     // the head [V, K] (f32 or bf16, bf16 values; the model's tensor, which outlives this)
+    private readonly byte* _rows;     // the head [V, K] (f32 or bf16, bf16 values; the model's tensor, which outlives this), or null: approximations only
     private readonly float _maxAlpha, _maxSigma;
     private sbyte* _q;                // [blocks][K/4 groups][8 vectors][8 tokens][4 k]
     private int* _sums;               // per token: Σ q (the unsigned input's offset of 128 is taken off with it)
@@ -54,7 +54,7 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     private readonly float[] _t = new float[PassRows], _xNorm = new float[PassRows], _pTerm = new float[PassRows];
     private int _parts, _passRows, _padded;
 
-    private ScreenedHead(Tensor exact, int vocab, int inputs)
+    private ScreenedHead(Tensor exact, int vocab, int inputs, bool approximateOnly)
     {
         (_vocab, _inputs) = (vocab, inputs);
         _exactBf16 = exact.dtype == ScalarType.BFloat16;
@@ -116,6 +116,10 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
             }
         });
         (_maxAlpha, _maxSigma) = (maxAlpha, maxSigma);
+        if (approximateOnly)
+        {
+            _rows = null;   // read to build the copy, not kept: no exact logits, so no argmax
+        }
     }
 
     /// <summary>Gets whether this CPU runs the screen (AVX-512 for the packed head, VNNI for the screen).</summary>
@@ -139,9 +143,11 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     internal (float Approx, float Bound) Screened(int v) => (_approx[v], Bound(0, v));
 
     /// <summary>Builds the screen of <paramref name="head"/> [V, K] (CPU, contiguous, f32 or bf16; read in place, not
-    /// copied: it must outlive the screen), or returns null when this CPU lacks AVX-512 or VNNI, or the values are not
-    /// all bf16 (the full head would not be the packed one whose bits this screen reproduces).</summary>
-    public static ScreenedHead? TryCreate(Tensor head)
+    /// copied: it must outlive the screen unless <paramref name="approximateOnly"/>), or returns null when this CPU lacks
+    /// AVX-512 or VNNI, or the values are not all bf16 (the full head would not be the packed one whose bits this screen
+    /// reproduces). With <paramref name="approximateOnly"/> the head is read only here, and the screen serves
+    /// <see cref="TryApproxLogits"/> alone (<see cref="TryArgMax(float*, int, Span{int})"/> decides nothing).</summary>
+    public static ScreenedHead? TryCreate(Tensor head, bool approximateOnly = false)
     {
         if (!Supported || head.dim() != 2 || head.device_type != DeviceType.CPU || !head.is_contiguous()
             || head.dtype is not (ScalarType.Float32 or ScalarType.BFloat16))
@@ -154,7 +160,7 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
             return null;
         }
 
-        return new ScreenedHead(head, (int)head.shape[0], (int)head.shape[1]);
+        return new ScreenedHead(head, (int)head.shape[0], (int)head.shape[1], approximateOnly);
     }
 
     /// <summary>
@@ -176,20 +182,19 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     public bool TryArgMax(float* x, int rows, Span<int> tokens)
     {
         ObjectDisposedException.ThrowIf(_q == null, this);
+        if (_rows == null)
+        {
+            return false;   // approximations only: no exact logits to decide with
+        }
+
         LastCandidates = 0;
         for (int first = 0; first < rows; first += PassRows)
         {
-            _passRows = Math.Min(PassRows, rows - first);
-            for (int r = 0; r < _passRows; r++)
+            if (!Pass(x, first, Math.Min(PassRows, rows - first)))
             {
-                if (!Quantize(x + ((long)(first + r) * _inputs), r))
-                {
-                    return false;
-                }
+                return false;
             }
 
-            _parts = Math.Min(Math.Min(_blocks, 64), CpuParallel.Threads * 2);
-            CpuParallel.Run(this, _parts);
             for (int r = 0; r < _passRows; r++)
             {
                 float m = float.NegativeInfinity;
@@ -212,6 +217,50 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
             }
         }
 
+        return true;
+    }
+
+    /// <summary>
+    /// The screen's values a (int8 approximations of the logits, within the bound β of each, see the remarks) of
+    /// <paramref name="rows"/> rows of <paramref name="x"/> ([rows, K]) into <paramref name="y"/> (rows
+    /// <paramref name="outputStride"/> floats apart; V values each): what a drafter needs, whose proposals are verified
+    /// anyway, from half the bytes of the bf16 head. False (nothing written past the rows done) when a row is zero or not
+    /// finite.
+    /// </summary>
+    public bool TryApproxLogits(float* x, int rows, float* y, int outputStride)
+    {
+        ObjectDisposedException.ThrowIf(_q == null, this);
+        for (int first = 0; first < rows; first += PassRows)
+        {
+            if (!Pass(x, first, Math.Min(PassRows, rows - first)))
+            {
+                return false;
+            }
+
+            for (int r = 0; r < _passRows; r++)
+            {
+                new ReadOnlySpan<float>(_approx + ((long)r * _padded), _vocab).CopyTo(new Span<float>(y + ((long)(first + r) * outputStride), _vocab));
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>One pass over the int8 copy for rows <paramref name="first"/> … + <paramref name="count"/> − 1 of x
+    /// (at most <see cref="PassRows"/>): a and each part's max(a − β); false when a row is zero or not finite.</summary>
+    private bool Pass(float* x, int first, int count)
+    {
+        _passRows = count;
+        for (int r = 0; r < count; r++)
+        {
+            if (!Quantize(x + ((long)(first + r) * _inputs), r))
+            {
+                return false;
+            }
+        }
+
+        _parts = Math.Min(Math.Min(_blocks, 64), CpuParallel.Threads * 2);
+        CpuParallel.Run(this, _parts);
         return true;
     }
 

@@ -55,6 +55,14 @@ internal sealed unsafe class DraftModel : IDisposable
 
     public LmHeadRouter? Router { get; }
 
+    /// <summary>
+    /// Gets or sets whether one-row drafting steps rank tokens by the int8 screens' approximate logits where they exist
+    /// (the target's <see cref="ScreenedHead"/> for the full head, <see cref="LmHeadRouter.HasInt8Groups"/> for routed
+    /// groups): half the bytes of the bf16 head per step, and only the proposals change — verification decides what is
+    /// emitted. On by default; <c>CORAL_DRAFT_INT8=0</c> turns it off (A/B measurements).
+    /// </summary>
+    public bool ApproximateLogits { get; set; } = Environment.GetEnvironmentVariable("CORAL_DRAFT_INT8") is not ("0" or "false");
+
     public TransformerModel Target => _target;
 
     public static DraftModel Load(string folder, TransformerModel target, int maxPositions)

@@ -30,6 +30,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     private readonly Tensor? _groupWeights;      // [G, d, S] f32: each group's head rows transposed (the CPU form)
     private readonly Tensor? _groupBias;         // [G, S] f32: 0, or −∞ at padding rows
     private readonly PackedMatrix[]? _packed;    // each group's [d, S] packed (CPU, bf16-valued head): used instead of the two above
+    private readonly ScreenedHead[]? _screens;   // with _packed and VNNI: each group's int8 copy, for approximate logits
     private readonly int[][]? _paddingColumns;   // with _packed: each group's padding columns
     private readonly HostMlp? _mlp;              // with _packed: the group scorer's weights on the host (GroupScores)
     private readonly long[] _perm;
@@ -63,6 +64,24 @@ internal sealed unsafe class LmHeadRouter : IDisposable
                 _groupWeights.Dispose();
                 _groupWeights = null;
                 _mlp = new HostMlp(HostValues(w1), HostValues(b1), HostValues(w2), HostValues(b2));
+                if (ScreenedHead.Enabled)
+                {
+                    // Approximate logits from an int8 copy of each group: half the bytes again (see Logits). The copies
+                    // are built from the group's rows and keep nothing else (no exact rows: the packed groups serve those).
+                    ScreenedHead?[] screens = Enumerable.Range(0, groups).Select(g =>
+                    {
+                        using Tensor group = rows[g].clone();
+                        return ScreenedHead.TryCreate(group, approximateOnly: true);
+                    }).ToArray();
+                    if (screens.All(x => x is not null))
+                    {
+                        _screens = screens!;
+                    }
+                    else
+                    {
+                        Array.ForEach(screens, x => x?.Dispose());
+                    }
+                }
             }
             else
             {
@@ -91,6 +110,10 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     /// <summary>Gets whether group logits run on <see cref="PackedMatrix"/> copies (a bf16-valued head on CPU) and the
     /// group scores in C#.</summary>
     public bool UsesPackedGroups => _packed is not null;
+
+    /// <summary>Gets whether <see cref="Logits"/> can compute approximate logits from int8 copies of the groups (packed
+    /// groups and a CPU with VNNI, see <see cref="ScreenedHead"/>).</summary>
+    public bool HasInt8Groups => _screens is not null;
 
     public int GroupSize { get; }
 
@@ -181,8 +204,11 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     /// <summary>
     /// Routes once for all K rows (the groups with the highest summed log-probability), then computes logits only over
     /// those groups. Returns logits [K, k·S] in f32 (−∞ in padding columns) and the token id of each column (−1 for padding).
+    /// With <paramref name="approximate"/> and <see cref="HasInt8Groups"/>, the logits are the int8 screen's values
+    /// (within its proven bound of the exact ones; a drafting step only ranks tokens, and verification decides): the
+    /// demo's two routed groups read 1.6 MB instead of 3.2 MB a step.
     /// </summary>
-    public (Tensor Logits, long[] TokenIds) Logits(Tensor h, int topK)
+    public (Tensor Logits, long[] TokenIds) Logits(Tensor h, int topK, bool approximate = false)
     {
         topK = Math.Clamp(topK, 1, Groups);
         float[] s = GroupScores(h);
@@ -190,7 +216,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         long[] ids = TokenIds(chosen);
         if (_packed is not null)
         {
-            return (PackedLogits(h, chosen), ids);
+            return (PackedLogits(h, chosen, approximate), ids);
         }
 
         var parts = new List<Tensor>();
@@ -331,8 +357,9 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         return sums;
     }
 
-    /// <summary>The chosen groups' logits [R, k·S] by the packed kernels, −∞ in padding columns.</summary>
-    private Tensor PackedLogits(Tensor h, int[] chosen)
+    /// <summary>The chosen groups' logits [R, k·S] by the packed kernels (or the int8 copies' approximations), −∞ in
+    /// padding columns.</summary>
+    private Tensor PackedLogits(Tensor h, int[] chosen, bool approximate)
     {
         Tensor x = h.to(ScalarType.Float32).contiguous();
         int rows = (int)x.shape[0], width = chosen.Length * GroupSize;
@@ -341,7 +368,11 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         for (int j = 0; j < chosen.Length; j++)
         {
             int g = chosen[j];
-            _packed![g].Multiply(xp, rows, yp + (j * GroupSize), width);
+            if (!approximate || _screens is null || !_screens[g].TryApproxLogits(xp, rows, yp + (j * GroupSize), width))
+            {
+                _packed![g].Multiply(xp, rows, yp + (j * GroupSize), width);   // exact, or a row the screen cannot scale (zero)
+            }
+
             foreach (int c in _paddingColumns![g])
             {
                 for (int r = 0; r < rows; r++)
@@ -367,6 +398,11 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         if (_packed is not null)
         {
             Array.ForEach(_packed, m => m.Dispose());
+        }
+
+        if (_screens is not null)
+        {
+            Array.ForEach(_screens, x => x.Dispose());
         }
     }
 

@@ -109,6 +109,48 @@ public class ScreenedHeadTests
             }
         }
 
+        // Approximate logits (a drafter's): every token's a, within its bound of the full head's logit; several rows give
+        // each row the values it gets alone.
+        for (int rows = 1; rows <= ScreenedHead.PassRows + 1; rows++)
+        {
+            float[] x = Enumerable.Range(0, rows * K).Select(i => (float)((10 * values[(((i / K) * 31 + 2) % V * K) + (i % K)]) + random.NextDouble() - 0.5)).ToArray();
+            var approx = new float[rows * V];
+            fixed (float* xp = x, yp = approx)
+            {
+                Assert.True(screen.TryApproxLogits(xp, rows, yp, V));
+                float[] alone = new float[V];
+                fixed (float* ap = alone)
+                {
+                    Assert.True(screen.TryApproxLogits(xp + ((rows - 1) * K), 1, ap, V));
+                }
+
+                Assert.Equal(alone, approx[((rows - 1) * V)..]);
+                float[] logits = Logits(packed, x[((rows - 1) * K)..]);
+                for (int v = 0; v < V; v++)
+                {
+                    (float a, float bound) = screen.Screened(v);
+                    Assert.Equal(a, alone[v]);
+                    Assert.True(Math.Abs(alone[v] - logits[v]) <= bound, $"token {v}: |{alone[v]} - {logits[v]}| > {bound}");
+                }
+            }
+        }
+
+        // A copy for approximations only (a router group's) keeps no exact rows: the same values, and no argmax.
+        using (Tensor temporary = stored.clone())
+        using (ScreenedHead approximateOnly = ScreenedHead.TryCreate(temporary, approximateOnly: true)!)
+        {
+            float[] x = Enumerable.Range(0, 3 * K).Select(_ => (float)(random.NextDouble() - 0.5)).ToArray();
+            float[] expected = new float[3 * V], actual = new float[3 * V];
+            fixed (float* xp = x, ep = expected, ap = actual)
+            {
+                Assert.True(screen.TryApproxLogits(xp, 3, ep, V));
+                Assert.True(approximateOnly.TryApproxLogits(xp, 3, ap, V));
+                Assert.False(approximateOnly.TryArgMax(xp, out _));
+            }
+
+            Assert.Equal(expected, actual);
+        }
+
         // Not finite: not decided (the caller computes the logits).
         float[] bad = new float[K];
         bad[3] = float.NaN;
@@ -117,10 +159,11 @@ public class ScreenedHeadTests
             Assert.False(screen.TryArgMax(xp, out _));
         }
 
-        // Zero input (no scale to quantize it with): not decided either.
-        fixed (float* xp = new float[K])
+        // Zero input (no scale to quantize it with): not decided either, and no approximation.
+        fixed (float* xp = new float[K], yp = new float[V])
         {
             Assert.False(screen.TryArgMax(xp, out _));
+            Assert.False(screen.TryApproxLogits(xp, 1, yp, V));
         }
     }
 

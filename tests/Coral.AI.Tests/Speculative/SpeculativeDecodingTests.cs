@@ -257,11 +257,54 @@ public class SpeculativeDecodingTests
         using var engine = DrafterZoo.Engine(target, drafter);
         Assert.NotNull(engine.Drafter!.Model.Router);
         Assert.Equal(8, engine.Drafter.Model.Router!.Groups);
-        foreach (int routerTopK in new[] { 1, 2, 8, 0 })
+        // Packed groups (a bf16-valued head: a bf16 checkpoint, or the bf16 head of speculative f32 engines) on a VNNI
+        // CPU: one-row drafting steps rank by the groups' int8 copies (and by the target's screen through the full head).
+        LmHeadRouter router = engine.Drafter.Model.Router;
+        Assert.Equal(router.UsesPackedGroups && ScreenedHead.Enabled, router.HasInt8Groups);
+        foreach (bool approximate in new[] { true, false })
         {
-            GenerationResult plain = Run(engine, "Once upon a time", false);
-            GenerationResult spec = Run(engine, "Once upon a time", true, TreeShape.Default with { RouterTopK = routerTopK });
-            Assert.Equal(plain.TokenIds, spec.TokenIds);
+            engine.Drafter.Model.ApproximateLogits = approximate;
+            foreach (int routerTopK in new[] { 1, 2, 8, 0 })
+            {
+                GenerationResult plain = Run(engine, "Once upon a time", false);
+                GenerationResult spec = Run(engine, "Once upon a time", true, TreeShape.Default with { RouterTopK = routerTopK });
+                GenerationResult chain = Run(engine, "Once upon a time", true, new TreeShape(4, 1, 5, routerTopK));   // one-row steps only
+                Assert.Equal(plain.TokenIds, spec.TokenIds);
+                Assert.Equal(plain.TokenIds, chain.TokenIds);
+            }
+        }
+    }
+
+    [Fact]
+    public void Router_Int8Groups_ApproximateTheExactLogits_WithTheSameColumns()
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled-bf16");
+        string drafter = DrafterZoo.Copy(target, "router-int8", new DraftInitOptions { RouterGroups = 10, RouterTopK = 3, ShuffleGroups = true, Seed = 6 });
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 256, draftFolder: drafter);
+        LmHeadRouter router = engine.Drafter!.Model.Router!;
+        Assert.Equal(PackedMatrix.Enabled && ScreenedHead.Enabled, router.HasInt8Groups);
+        if (!router.HasInt8Groups)
+        {
+            return;
+        }
+
+        using var inference = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(7);
+        foreach (Tensor h in Enumerable.Range(0, 3).Select(_ => torch.randn(5, engine.Model.Config.HiddenSize)))
+        {
+            foreach (int k in new[] { 1, 3, 10 })
+            {
+                var (exact, exactIds) = router.Logits(h, k);
+                var (approx, approxIds) = router.Logits(h, k, approximate: true);
+                Assert.Equal(exactIds, approxIds);
+                Assert.True(exact.isneginf().eq(approx.isneginf()).all().item<bool>(), $"top-{k}: padding columns");
+                Tensor finite = exact.isfinite();
+                float error = (exact.masked_select(finite) - approx.masked_select(finite)).abs().max().item<float>();
+                float scale = exact.masked_select(finite).abs().max().item<float>();
+                Assert.True(error > 0, $"top-{k}: the int8 copy was not used");
+                Assert.True(error < 0.05f * scale, $"top-{k}: error {error} against logits up to {scale}");
+            }
         }
     }
 
