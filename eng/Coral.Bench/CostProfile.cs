@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 /// </summary>
 internal static class CostProfile
 {
-    public static void Run(string model, int[] sizes)
+    public static void Run(string model, int[] sizes, int[]? only = null)
     {
         // The engine forms, measured interleaved (one repetition of every form in turn) so that the machine's drift
         // spreads evenly over them: f32 on the CPU kernels with packed bf16-valued weights (plain, and speculative with a
@@ -26,6 +26,13 @@ internal static class CostProfile
             ("f32, libtorch path, f32 SDPA (plain)", ScalarType.Float32, false, null, false, false),
             ("bf16, f64 attention (speculative)", ScalarType.BFloat16, true, null, true, false),
         };
+        if (only is not null)
+        {
+            // A subset alone: six engines' weights (≈ 190 MB) crowd this CPU's cache, which slows every form's memory-bound
+            // parts and hides what the compute-bound ones (extra rows) cost.
+            forms = only.Select(i => forms[i]).ToArray();
+        }
+
         int context = 128;
         var engines = forms.Select(f => InferenceEngine.Load(model, torch.CPU, f.DType, 512, headType: f.Head, cpuKernels: f.Kernels, packedWeights: f.Packed)).ToArray();
         var caches = engines.Select((e, i) => e.Model.CreateCache(512, forms[i].Invariant)).ToArray();
@@ -41,8 +48,8 @@ internal static class CostProfile
             }
 
             Console.WriteLine($"{c.NumLayers} layers, d={c.HiddenSize}, vocab {c.VocabSize}, context {context}, threads {torch.get_num_threads()}; medians of 31 interleaved repetitions");
-            Console.WriteLine("| form | rows | decoder ms | per layer ms | head ms | whole step ms |");
-            Console.WriteLine("| --- | --- | --- | --- | --- | --- |");
+            Console.WriteLine("| form | rows | decoder ms | per layer ms | head ms | screened head ms | whole step ms |");
+            Console.WriteLine("| --- | --- | --- | --- | --- | --- | --- |");
             var buffer = new float[sizes.Max() * c.VocabSize];
             foreach (int t in sizes)
             {
@@ -63,15 +70,18 @@ internal static class CostProfile
                     Tensor hidden = Decoder().DetachFromDisposeScope();
                     actions.Add(() => Decoder());
                     actions.Add(() => m.Logits(hidden));
+                    var tokens = new int[t];
+                    actions.Add(() => m.TryArgMax(hidden, tokens));   // the greedy tokens through the int8 screen (false without one)
                     actions.Add(() => Read(m.Logits(Decoder()), buffer));
                 }
 
                 double[] medians = Interleaved(actions);
                 for (int f = 0; f < forms.Length; f++)
                 {
-                    double decoder = medians[3 * f], head = medians[(3 * f) + 1], whole = medians[(3 * f) + 2];
+                    double decoder = medians[4 * f], head = medians[(4 * f) + 1], screened = medians[(4 * f) + 2], whole = medians[(4 * f) + 3];
+                    string screen = engines[f].Model.Screen is null ? "–" : screened.ToString("F2", CultureInfo.InvariantCulture);
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"| {forms[f].Name} | {t} | {decoder:F2} | {decoder / c.NumLayers:F3} | {head:F2} | {whole:F2} |"));
+                        $"| {forms[f].Name} | {t} | {decoder:F2} | {decoder / c.NumLayers:F3} | {head:F2} | {screen} | {whole:F2} |"));
                 }
             }
 
@@ -84,6 +94,54 @@ internal static class CostProfile
                 d.Dispose();
             }
         }
+    }
+
+    /// <summary>
+    /// <c>--profile &lt;hf-dir&gt; --draft &lt;drafter&gt;</c>: one draft step (drafter forward, head, top-k) over 1 and
+    /// <paramref name="rows"/>-node frontiers, routed and through the full head, with exact logits and with the int8
+    /// screens' approximations (<see cref="DraftModel.ApproximateLogits"/>), interleaved: medians of 9 rounds of the
+    /// engine's own measurement (each a median of 9 steps).
+    /// </summary>
+    public static void Draft(string model, string drafter, int rows)
+    {
+        using var engine = InferenceEngine.Load(model, torch.CPU, ScalarType.Float32, 512, draftFolder: drafter, headType: ScalarType.BFloat16);
+        TorchDevices.YieldTorchThreads(engine.Model);   // as the engine's hosts do: libtorch's workers would hold the helpers' cores
+        DraftModel draft = engine.Drafter!.Model;
+        var forms = new List<(string Name, int Rows, int RouterTopK, bool Int8)>();
+        foreach (int r in new[] { 1, rows }.Distinct())
+        {
+            foreach (int routerTopK in draft.Router is null ? new[] { 0 } : new[] { -1, 0 })
+            {
+                foreach (bool int8 in new[] { false, true })
+                {
+                    forms.Add(($"{r} row(s), {(routerTopK == 0 ? "full head" : "routed")}, {(int8 ? "int8 approximate" : "exact")}", r, routerTopK, int8));
+                }
+            }
+        }
+
+        var times = forms.Select(_ => new List<double>()).ToArray();
+        for (int round = -6; round < 9; round++)
+        {
+            for (int f = 0; f < forms.Count; f++)
+            {
+                draft.ApproximateLogits = forms[f].Int8;
+                double ms = engine.MeasureDraftStep(forms[f].Rows, forms[f].RouterTopK);
+                if (round >= 0)
+                {
+                    times[f].Add(ms);   // the first rounds let the tiered JIT finish with the code these forms run
+                }
+            }
+        }
+
+        Console.WriteLine($"draft step ms (medians of 9 interleaved rounds), router int8 groups: {draft.Router?.HasInt8Groups}, target screen: {engine.Model.Screen is not null}");
+        Console.WriteLine("| form | draft step ms |");
+        Console.WriteLine("| --- | --- |");
+        for (int f = 0; f < forms.Count; f++)
+        {
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {forms[f].Name} | {times[f].Order().ElementAt(4):F3} |"));
+        }
+
+        Console.WriteLine();
     }
 
     /// <summary>Medians of <paramref name="repeats"/> rounds in which every action runs once, in turn.</summary>

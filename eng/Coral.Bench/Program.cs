@@ -12,16 +12,29 @@ using static TorchSharp.torch;
 // Plain greedy decoding, tokens/s, Coral vs llama.cpp on the same random Llama weights, interleaved in one process.
 // usage: dotnet run -c Release --project eng/Coral.Bench -- [--hidden 512] [--layers 8] [--ranks 50000] [--tokens 128]
 //        [--rounds 7] [--out docs/benchmarks/plain-decode.md]
-//        or: --profile <hf-dir> [--rows 1,4,8,16,32] (the cost breakdown of a step, see CostProfile)
+//        or: --profile <hf-dir> [--rows 1,4,8,16,32] [--forms 0,1] (the cost breakdown of a step, see CostProfile; --forms:
+//        only those engine forms, by index, and not the invariance and parts tables; --draft <dir>: the draft step instead,
+//        exact and int8-approximate, routed and full head, at 1 and the largest --rows)
 NativeLibraryConfig.All.WithLogCallback((_, _) => { });
 if (args.SkipWhile(a => a != "--profile").Skip(1).FirstOrDefault() is string profiled)
 {
     // --profile <hf-dir> [--rows 1,4,8,16,32]: where a plain step and a tree verification spend their time.
     string rows = args.SkipWhile(a => a != "--rows").Skip(1).FirstOrDefault() ?? "1,4,8,16,32";
     int[] sizes = rows.Split(',').Select(int.Parse).ToArray();
-    CostProfile.Invariance(profiled, 64);
-    CostProfile.Parts(profiled, sizes);
-    CostProfile.Run(profiled, sizes);
+    int[]? forms = args.SkipWhile(a => a != "--forms").Skip(1).FirstOrDefault()?.Split(',').Select(int.Parse).ToArray();
+    if (args.SkipWhile(a => a != "--draft").Skip(1).FirstOrDefault() is string drafter)
+    {
+        CostProfile.Draft(profiled, drafter, sizes.Max());
+        return;
+    }
+
+    if (forms is null)
+    {
+        CostProfile.Invariance(profiled, 64);
+        CostProfile.Parts(profiled, sizes);
+    }
+
+    CostProfile.Run(profiled, sizes, forms);
     return;
 }
 
