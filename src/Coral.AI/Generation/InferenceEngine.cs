@@ -89,12 +89,23 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets or sets how often a drafter that measured slower than plain steps is tried again: after a request
     /// whose speculative loop ended on plain steps (the depth controller found no depth that beats them), the next
     /// requests of the same kind (greedy, or sampled) run without it — plain steps and prompt lookup, the drafter not
-    /// kept in step — and every this-many-th one speculates again to re-measure. 0 = always speculate. Only with the
-    /// adaptive depth and its plain fallback (a fixed engine measures the drafter as configured).</summary>
-    public int DrafterRecheckEvery { get; set; } = 8;
+    /// kept in step — and every this-many-th one speculates again to re-measure; each re-check that loses again doubles
+    /// the wait up to <see cref="DrafterRecheckLimit"/> (<see cref="DrafterSitOut"/>). 0 = always speculate. Only with
+    /// the adaptive depth and its plain fallback (a fixed engine measures the drafter as configured).</summary>
+    public int DrafterRecheckEvery
+    {
+        get => _sitOut.RecheckEvery;
+        set => _sitOut.RecheckEvery = value;
+    }
 
-    private readonly bool[] _drafterLoses = new bool[2];          // per kind of request: greedy, sampled
-    private readonly int[] _sinceDrafterCheck = new int[2];
+    /// <summary>Gets or sets the longest wait, in requests, between re-checks of a drafter that keeps losing (64).</summary>
+    public int DrafterRecheckLimit
+    {
+        get => _sitOut.RecheckLimit;
+        set => _sitOut.RecheckLimit = value;
+    }
+
+    private readonly DrafterSitOut _sitOut = new();
 
     // Plain steps of an engine without a drafter, the alternative its lookup gate weighs proposals against.
     private readonly RecentMedian _plainSteps = new(DepthController.PlainWindow);
@@ -185,8 +196,8 @@ internal sealed class InferenceEngine : IDisposable
                 (token, stats) = SpeculativeLoop(request.Tree ?? Tree, request.PromptLookupTokens ?? PromptLookupTokens, sampler, emitter, features, next, cancellationToken);
                 forwards += stats.Cycles + stats.PlainSteps;
                 features = null;
-                _drafterLoses[kind] = AdaptiveDepth && _depthController is { PlainFallback: true } controller
-                    && (controller.Depth == 0 || stats.DraftCyclesLosing);
+                _sitOut.Observe(kind, AdaptiveDepth && _depthController is { PlainFallback: true } controller
+                    && (controller.Depth == 0 || stats.DraftCyclesLosing));
             }
 
             // Without the drafter (none, or one that measured slower than plain steps for this kind of request), prompt
@@ -209,23 +220,8 @@ internal sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Whether this request (of <paramref name="kind"/>: 0 greedy, 1 sampled) runs without the drafter because
-    /// it last measured slower than plain steps; every <see cref="DrafterRecheckEvery"/>-th such request uses it to
-    /// re-measure.</summary>
-    private bool SkipDrafter(int kind)
-    {
-        if (!_drafterLoses[kind] || !AdaptiveDepth || !PlainFallback || DrafterRecheckEvery <= 0)
-        {
-            return false;
-        }
-
-        if (++_sinceDrafterCheck[kind] < DrafterRecheckEvery)
-        {
-            return true;
-        }
-
-        _sinceDrafterCheck[kind] = 0;
-        return false;
-    }
+    /// it last measured slower than plain steps (<see cref="DrafterSitOut"/>: re-checks after 8, 16, … requests).</summary>
+    private bool SkipDrafter(int kind) => AdaptiveDepth && PlainFallback && _sitOut.Skip(kind);
 
     /// <summary>
     /// Plain decoding from <paramref name="last"/> (emitted, not yet in the cache); returns the forwards run. With

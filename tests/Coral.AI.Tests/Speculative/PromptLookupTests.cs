@@ -209,14 +209,16 @@ public class PromptLookupTests
         }
 
         // The first request speculates and measures the drafter losing; then DrafterRecheckEvery − 1 requests sit it
-        // out and the next one speculates again (and loses again).
-        var used = Enumerable.Range(0, 3 * engine.DrafterRecheckEvery).Select(_ => Run(request).Speculative!.UsedDrafter).ToList();
+        // out and the next one speculates again, loses again, and the wait doubles.
+        int every = engine.DrafterRecheckEvery;
+        var used = Enumerable.Range(0, (3 * every) + 3).Select(_ => Run(request).Speculative!.UsedDrafter).ToList();
         string pattern = string.Concat(used.Select(u => u ? 'D' : '.'));
         int firstSkip = used.IndexOf(false);
         Assert.True(firstSkip is >= 1 and <= 3, pattern);
-        Assert.All(used.Skip(firstSkip).Take(engine.DrafterRecheckEvery - 1), u => Assert.False(u));
-        Assert.True(used[firstSkip + engine.DrafterRecheckEvery - 1], pattern);
-        Assert.True(used.Count(u => u) <= 3 + firstSkip, pattern);
+        Assert.All(used.Skip(firstSkip).Take(every - 1), u => Assert.False(u));
+        Assert.True(used[firstSkip + every - 1], pattern);
+        Assert.All(used.Skip(firstSkip + every).Take((2 * every) - 1), u => Assert.False(u));
+        Assert.True(used[firstSkip + (3 * every) - 1], pattern);
 
         // Sampled requests are their own kind: the first one speculates.
         var sampled = request with { Sampling = new SamplingParameters { Temperature = 1f, Seed = 7 } };
