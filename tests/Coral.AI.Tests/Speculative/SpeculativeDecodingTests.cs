@@ -277,6 +277,41 @@ public class SpeculativeDecodingTests
     }
 
     [Fact]
+    public void OneRowDraftSteps_RankByTheInt8Copies_WhenOn_AndWiderOnesStayExact()
+    {
+        // A bf16 target on the packed kernels has a screen; its drafter ranks one-row steps by the screen's values
+        // (full head) or the groups' int8 copies (routed): log-probabilities close to, and not equal to, the exact ones.
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled-bf16");
+        string drafter = DrafterZoo.Copy(target, "draft-int8", new DraftInitOptions { RouterGroups = 4, RouterTopK = 2, Seed = 8 });
+        using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 256, draftFolder: drafter);
+        TreeDrafter d = engine.Drafter!;
+        if (engine.Model.Screen is null || !d.Model.Router!.HasInt8Groups)
+        {
+            Assert.False(ScreenedHead.Enabled && PackedMatrix.Enabled, "a bf16 target on a VNNI CPU must have its screens");
+            return;
+        }
+
+        using var inference = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(9);
+        Tensor one = torch.randn(1, engine.Model.Config.HiddenSize) * 3, two = torch.randn(2, engine.Model.Config.HiddenSize) * 3;
+        foreach (int routerTopK in new[] { 0, 2 })
+        {
+            d.Model.ApproximateLogits = false;
+            var (exactTokens, exactLp) = d.TopKPerRow(one, 4, routerTopK);
+            var (_, exactWide) = d.TopKPerRow(two, 4, routerTopK);
+            d.Model.ApproximateLogits = true;
+            var (tokens, lp) = d.TopKPerRow(one, 4, routerTopK);
+            var (_, wide) = d.TopKPerRow(two, 4, routerTopK);
+            d.Model.ApproximateLogits = false;
+            Assert.Equal(exactTokens[0][0], tokens[0][0]);   // the same best token (a clear maximum at this scale)
+            float diff = TorchTestHelpers.MaxAbsDiff(exactLp[0], lp[0]);
+            Assert.True(diff > 0 && diff < 0.1f, $"router top-k {routerTopK}: log-probabilities differ by {diff}");
+            Assert.Equal(exactWide, wide);   // two rows: exact either way
+        }
+    }
+
+    [Fact]
     public void Router_Int8Groups_ApproximateTheExactLogits_WithTheSameColumns()
     {
         string target = TransformerModelTests.ModelFor("llama-tied-scaled-bf16");
