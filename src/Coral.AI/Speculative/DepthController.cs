@@ -44,7 +44,7 @@ internal sealed class DepthController
     private readonly double[] _verifyMs;       // per depth; −1 = not timed yet
     private readonly Func<int, double>? _verifyPrior;
     private double _stepMs = -1, _otherMs = -1, _plainMs = -1;
-    private int _cycles, _plainSeen, _drafterCycles;
+    private int _cycles, _plainSeen;
     private int _plainRun, _plainRunLimit = ExploreEvery;   // plain steps since the last cycle, and how many to wait
     private int _exploreDepth = 1;                          // the depth of the next cycle tried out of plain steps
 
@@ -116,6 +116,9 @@ internal sealed class DepthController
     /// and acceptance; 0 until a cycle was measured.</summary>
     public double ExpectedRate { get; private set; }
 
+    /// <summary>The drafter cycles observed so far (every cycle drafts level 1).</summary>
+    private int DrafterCycles => _seen[1];
+
     /// <summary>The estimated P(at least j drafted tokens accepted), j = 1..MaxDepth (index 0 unused).</summary>
     public IReadOnlyList<double> Reach => _reach;
 
@@ -138,7 +141,7 @@ internal sealed class DepthController
             _reach[j] = _reach[j - 1] * ratio;
         }
 
-        if (_drafterCycles++ > 0)
+        if (DrafterCycles > 1)
         {
             // The first cycle's costs are not a cycle's: it pays for the compilation of the drafter's and the verification's
             // code paths (measured 8.8 ms a draft step and 12 ms a verification against 0.14 / 1.5 ms after). Kept, that one
@@ -195,7 +198,7 @@ internal sealed class DepthController
 
         // Plain steps only once PlainProbes cycles are timed (the median then outvotes one slow cycle: the first at each
         // new tree size also pays for code paths run the first time, measured up to 30 ms).
-        Depth = PlainFallback && _drafterCycles > PlainProbes && _plainMs > 0 && 1 / _plainMs > best ? 0 : depth;
+        Depth = PlainFallback && DrafterCycles > PlainProbes && _plainMs > 0 && 1 / _plainMs > best ? 0 : depth;
         ExpectedRate = Depth == 0 ? 1 / _plainMs : best;
     }
 

@@ -48,7 +48,7 @@ internal sealed class DrafterSitOut
     /// plain steps.</summary>
     public void Observe(int kind, bool loses)
     {
-        bool recheck = _loses[kind];   // it had lost before and still ran: a re-check
+        bool recheck = _loses[kind] && RecheckEvery > 0;   // it had lost before and still ran: a re-check (not "never sit out")
         _wait[kind] = loses && recheck ? Math.Min(2 * Interval(kind), Math.Max(RecheckLimit, RecheckEvery)) : 0;
         _loses[kind] = loses;
         _since[kind] = 0;

@@ -159,6 +159,7 @@ public class DepthControllerTests
 
         Assert.Equal(5, compiled.Depth);
         Assert.True(afterJit.Skip(4).Take(20).Count(d => d == 0) <= 2, string.Join(",", afterJit));
+        Assert.True(afterJit.Skip(4).Take(8).All(d => d == 5), string.Join(",", afterJit));   // the first cycle's costs do not price depth 5 out
 
         // Without the fallback, depth 0 is never proposed.
         var plain = new DepthController(5);
