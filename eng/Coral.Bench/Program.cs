@@ -12,10 +12,19 @@ using static TorchSharp.torch;
 // Plain greedy decoding, tokens/s, Coral vs llama.cpp on the same random Llama weights, interleaved in one process.
 // usage: dotnet run -c Release --project eng/Coral.Bench -- [--hidden 512] [--layers 8] [--ranks 50000] [--tokens 128]
 //        [--rounds 7] [--out docs/benchmarks/plain-decode.md]
+//        or: --write-random <dir> --preset llama-3.2-1b|llama-3-8b [--layers N] (a random bf16 checkpoint at that shape)
 //        or: --profile <hf-dir> [--rows 1,4,8,16,32] [--forms 0,1] (the cost breakdown of a step, see CostProfile; --forms:
 //        only those engine forms, by index, and not the invariance and parts tables; --draft <dir>: the draft step instead,
 //        exact and int8-approximate, routed and full head, at 1 and the largest --rows)
 NativeLibraryConfig.All.WithLogCallback((_, _) => { });
+if (args.SkipWhile(a => a != "--write-random").Skip(1).FirstOrDefault() is string randomFolder)
+{
+    // --write-random <dir> --preset llama-3.2-1b|llama-3-8b [--layers N]: a random checkpoint at a released model's shape.
+    string preset = args.SkipWhile(a => a != "--preset").Skip(1).FirstOrDefault() ?? "llama-3.2-1b";
+    RealShapes.Write(randomFolder, preset, args.SkipWhile(a => a != "--layers").Skip(1).Select(int.Parse).FirstOrDefault() is int n and > 0 ? n : null);
+    return;
+}
+
 if (args.SkipWhile(a => a != "--profile").Skip(1).FirstOrDefault() is string profiled)
 {
     // --profile <hf-dir> [--rows 1,4,8,16,32]: where a plain step and a tree verification spend their time.

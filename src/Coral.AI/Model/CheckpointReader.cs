@@ -115,6 +115,23 @@ internal sealed class CheckpointReader : IDisposable
         }
     }
 
+    /// <summary>Returns the tensor converted to <paramref name="dtype"/> on <paramref name="device"/> as one handle: an
+    /// intermediate handle left undisposed (TorchSharp's <c>to(device)</c> returns a new one even on the same device) would
+    /// keep the converted storage alive until the garbage collector finalizes it.</summary>
+    public Tensor Take(string name, long[] expectedShape, ScalarType dtype, Device device)
+    {
+        Tensor t = Take(name, expectedShape, dtype);
+        if (t.device_type == device.type && (device.type == DeviceType.CPU || t.device_index == device.index))
+        {
+            return t;
+        }
+
+        using (t)
+        {
+            return t.to(device);
+        }
+    }
+
     public void Dispose()
     {
         foreach (SafetensorsFile f in _files)

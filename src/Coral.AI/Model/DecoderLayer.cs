@@ -121,8 +121,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
         bool cpuKernels = true, bool packed = true)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
-        Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype).to(device);
-        Tensor Norm(string name, long n) => reader.Take(prefix + name, [n], ScalarType.Float32).to(device);
+        Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype, device);
+        Tensor Norm(string name, long n) => reader.Take(prefix + name, [n], ScalarType.Float32, device);
 
         using Tensor q = W("self_attn.q_proj.weight", nq, d);
         using Tensor k = W("self_attn.k_proj.weight", nkv, d);
@@ -143,7 +143,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
         {
             using Tensor qn = Norm("self_attn.q_norm.weight", hd);
             using Tensor kn = Norm("self_attn.k_norm.weight", hd);
-            qkNorm = torch.cat([qn.unsqueeze(0).expand(c.NumHeads, hd), kn.unsqueeze(0).expand(c.NumKvHeads, hd)]);
+            using var scope = torch.NewDisposeScope();
+            qkNorm = torch.cat([qn.unsqueeze(0).expand(c.NumHeads, hd), kn.unsqueeze(0).expand(c.NumKvHeads, hd)]).MoveToOuterDisposeScope();
         }
 
         using Tensor o = W("self_attn.o_proj.weight", d, nq);
@@ -171,7 +172,16 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// 16 × 256 → 1536 in 97 µs vs 185 µs; one row 17 vs 28 µs, <c>Coral.Bench --profile</c>); bf16 keeps [out, in],
     /// where <c>F.linear</c> is the faster form.
     /// </summary>
-    private static Tensor Projection(Tensor w) => w.dtype == ScalarType.Float32 ? w.t().contiguous() : w.alias();
+    private static Tensor Projection(Tensor w)
+    {
+        if (w.dtype != ScalarType.Float32)
+        {
+            return w.alias();
+        }
+
+        using Tensor t = w.t();
+        return t.contiguous();
+    }
 
     /// <summary>
     /// Runs the layer on x [R, d] (f32), writing the K/V of its first <see cref="LayerInputs.Count"/> rows into

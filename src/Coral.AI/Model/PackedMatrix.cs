@@ -73,7 +73,8 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         }
 
         using var noGrad = torch.no_grad();
-        using Tensor f = inOut.to(ScalarType.Float32).contiguous();
+        using Tensor f32 = inOut.to(ScalarType.Float32);
+        using Tensor f = f32.contiguous();
         int k = (int)f.shape[0], n = (int)f.shape[1];
         uint* src = (uint*)CpuKernels.Pointer(f);
         if (!AllBf16(src, (long)k * n))

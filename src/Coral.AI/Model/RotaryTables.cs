@@ -36,8 +36,8 @@ internal sealed unsafe class RotaryTables : IDisposable
             }
         }
 
-        _cos = torch.tensor(cos, [maxPositions, hd]).to(device);
-        _sinSigned = torch.tensor(sin, [maxPositions, hd]).to(device);
+        _cos = OnDevice(torch.tensor(cos, [maxPositions, hd]), device);
+        _sinSigned = OnDevice(torch.tensor(sin, [maxPositions, hd]), device);
         if (cpu)
         {
             (_cosRows, _sinSignedRows) = (cos, sin);
@@ -52,6 +52,20 @@ internal sealed unsafe class RotaryTables : IDisposable
 
     /// <summary>Gets the address of the pinned [maxPositions, hd] signed sine table.</summary>
     public float* SinSignedPointer => Address(_sinSignedRows);
+
+    /// <summary>The table on the device as one handle (<c>to(device)</c> returns a second handle even on the CPU).</summary>
+    private static Tensor OnDevice(Tensor table, Device device)
+    {
+        if (device.type == DeviceType.CPU)
+        {
+            return table;
+        }
+
+        using (table)
+        {
+            return table.to(device);
+        }
+    }
 
     private static float* Address(float[]? pinned) => pinned is null
         ? throw new InvalidOperationException("The rotary tables are kept in host memory only for CPU models.")

@@ -113,12 +113,14 @@ internal sealed class SafetensorsFile : IDisposable
 
         if (!_maps.TryGetValue(e.DType, out Tensor? map))
         {
-            map = torch.from_file(Path, shared: false, size: FileLength / es, dtype: e.DType);
+            // The file owns its mappings (whatever dispose scope the first Get runs in).
+            map = torch.from_file(Path, shared: false, size: FileLength / es, dtype: e.DType).DetachFromDisposeScope();
             _maps[e.DType] = map;
         }
 
         long count = (e.End - e.Begin) / es;
-        return map.narrow(0, (DataStart + e.Begin) / es, count).view(e.Shape);
+        using Tensor slice = map.narrow(0, (DataStart + e.Begin) / es, count);
+        return slice.view(e.Shape);
     }
 
     public void Dispose()

@@ -23,19 +23,17 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly Tensor _finalNorm;   // [d], f32
     private readonly Tensor _head;        // [V, d], WeightType (the embedding itself when tied)
     private readonly RotaryTables _rope;
-    private readonly CheckpointReader _reader;
     private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
     private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 ([d, V])
     private readonly ScreenedHead? _screenedHead; // its int8 screen for greedy tokens
 
-    private TransformerModel(ModelConfig config, Device device, ScalarType weightType, CheckpointReader reader, DecoderLayer[] layers,
+    private TransformerModel(ModelConfig config, Device device, ScalarType weightType, DecoderLayer[] layers,
         Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
     {
         Config = config;
         Device = device;
         WeightType = weightType;
         HeadType = head.dtype;
-        _reader = reader;
         _layers = layers;
         _embed = embed;
         _finalNorm = finalNorm;
@@ -93,7 +91,9 @@ internal sealed unsafe class TransformerModel : IDisposable
         }
 
         ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
-        var reader = new CheckpointReader(folder);
+        // The reader's mappings close once loaded: weights kept as views of the file (f32-stored ones) hold their own
+        // reference to the mapping, and a checkpoint converted at load (bf16-stored, loaded as f32) no longer stays mapped.
+        using var reader = new CheckpointReader(folder);
         var layers = new List<DecoderLayer>();
         try
         {
@@ -104,20 +104,19 @@ internal sealed unsafe class TransformerModel : IDisposable
             }
 
             long d = c.HiddenSize;
-            Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], weightType).to(device);
-            Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32).to(device);
+            Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], weightType, device);
+            Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32, device);
             ScalarType ht = headType ?? weightType;
             Tensor head = c.TieWordEmbeddings
                 ? (ht == weightType ? embed.alias() : embed.to(ht))
-                : reader.Take("lm_head.weight", [c.VocabSize, d], ht).to(device);
+                : reader.Take("lm_head.weight", [c.VocabSize, d], ht, device);
 
             var rope = new RotaryTables(c, Math.Min(maxPositions, Math.Max(c.MaxPositionEmbeddings, 1)), device);
-            return new TransformerModel(c, device, weightType, reader, layers.ToArray(), embed, finalNorm, head, rope);
+            return new TransformerModel(c, device, weightType, layers.ToArray(), embed, finalNorm, head, rope);
         }
         catch
         {
             layers.ForEach(l => l.Dispose());
-            reader.Dispose();
             throw;
         }
     }
@@ -290,6 +289,5 @@ internal sealed unsafe class TransformerModel : IDisposable
         _rope.Dispose();
         _work?.Dispose();
         _packedHead?.Dispose();
-        _reader.Dispose();
     }
 }

@@ -23,19 +23,17 @@ internal sealed unsafe class DraftModel : IDisposable
     private readonly Tensor _fc;          // [d, 2d]
     private readonly Tensor? _fcBias;     // [d]
     private readonly RotaryTables _rope;
-    private readonly CheckpointReader _reader;
     private readonly CpuWorkspace? _work;  // CPU: the layer runs on CpuKernels
     private readonly PackedMatrix? _fcPacked;   // CPU, packed layer and an f32 target embedding: the FC too ([2d, d])
     private readonly float* _fcBiasP;
     private float* _fcInput;                    // [rows, 2d]: embedding ‖ feature, the FC's input
     private int _fcInputRows;
 
-    private DraftModel(TransformerModel target, ModelConfig config, CheckpointReader reader, DecoderLayer layer, Tensor fc, Tensor? fcBias,
+    private DraftModel(TransformerModel target, ModelConfig config, DecoderLayer layer, Tensor fc, Tensor? fcBias,
         RotaryTables rope, LmHeadRouter? router)
     {
         _target = target;
         Config = config;
-        _reader = reader;
         _layer = layer;
         _fc = fc;
         _fcBias = fcBias;
@@ -84,7 +82,7 @@ internal sealed unsafe class DraftModel : IDisposable
                 $"the drafter has {c.VocabSize} but the target has {target.Config.VocabSize}; this drafter was trained for another model.");
         }
 
-        var reader = new CheckpointReader(folder);
+        using var reader = new CheckpointReader(folder);   // closes once loaded (views of the file keep their mapping)
         DecoderLayer? layer = null;
         try
         {
@@ -95,16 +93,15 @@ internal sealed unsafe class DraftModel : IDisposable
             ScalarType dtype = target.Device.type == DeviceType.CPU ? ScalarType.Float32 : target.WeightType;
             long d = c.HiddenSize;
             layer = DecoderLayer.Load(reader, "layers.0.", c, dtype, target.Device, inputNorm: false);
-            Tensor fc = reader.Take("fc.weight", [d, 2 * d], dtype).to(target.Device);
-            Tensor? bias = fcBias ? reader.Take("fc.bias", [d], dtype).to(target.Device) : null;
+            Tensor fc = reader.Take("fc.weight", [d, 2 * d], dtype, target.Device);
+            Tensor? bias = fcBias ? reader.Take("fc.bias", [d], dtype, target.Device) : null;
             var rope = new RotaryTables(c, maxPositions, target.Device, applyScaling: false);
             LmHeadRouter? router = LmHeadRouter.TryLoad(folder, raw, target);
-            return new DraftModel(target, c, reader, layer, fc, bias, rope, router);
+            return new DraftModel(target, c, layer, fc, bias, rope, router);
         }
         catch
         {
             layer?.Dispose();
-            reader.Dispose();
             throw;
         }
     }
@@ -204,6 +201,5 @@ internal sealed unsafe class DraftModel : IDisposable
         _rope.Dispose();
         Router?.Dispose();
         _work?.Dispose();
-        _reader.Dispose();
     }
 }

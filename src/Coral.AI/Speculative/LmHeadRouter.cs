@@ -47,9 +47,18 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         {
             // On CPU a group's logits for 1–8 rows cost ≈ 0.5 ms as a bf16 F.linear over [S, d] rows and a fraction of
             // that as an f32 x·W over [d, S]; the bias puts −∞ in padding columns within the same call (addmm).
-            using Tensor rows = head.to(ScalarType.Float32).view(groups, GroupSize, d);
-            _groupWeights = rows.transpose(1, 2).contiguous();
-            _groupBias = torch.tensor(perm.Select(p => p < 0 ? float.NegativeInfinity : 0f).ToArray(), device: head.device).view(groups, GroupSize);
+            using Tensor head32 = head.to(ScalarType.Float32);
+            using Tensor rows = head32.view(groups, GroupSize, d);
+            using (Tensor columns = rows.transpose(1, 2))
+            {
+                _groupWeights = columns.contiguous();
+            }
+
+            using (Tensor bias = torch.tensor(perm.Select(p => p < 0 ? float.NegativeInfinity : 0f).ToArray(), device: head.device))
+            {
+                _groupBias = bias.view(groups, GroupSize);
+            }
+
             head.Dispose();
             // With packed kernels (a bf16-valued head, as the target's), a group's logits stream half the bytes on both
             // cores: 2 of 16 groups of the demo head in ≈ 0.1 ms instead of ≈ 0.5 ms.
@@ -70,7 +79,8 @@ internal sealed unsafe class LmHeadRouter : IDisposable
                     // are built from the group's rows and keep nothing else (no exact rows: the packed groups serve those).
                     ScreenedHead?[] screens = Enumerable.Range(0, groups).Select(g =>
                     {
-                        using Tensor group = rows[g].clone();
+                        using Tensor slice = rows[g];
+                        using Tensor group = slice.clone();
                         return ScreenedHead.TryCreate(group, approximateOnly: true);
                     }).ToArray();
                     if (screens.All(x => x is not null))
@@ -97,8 +107,8 @@ internal sealed unsafe class LmHeadRouter : IDisposable
 
     private static float[] HostValues(Tensor t)
     {
-        using Tensor f = t.to(ScalarType.Float32).contiguous();
-        return f.data<float>().ToArray();
+        using var scope = torch.NewDisposeScope();
+        return t.to(ScalarType.Float32).contiguous().data<float>().ToArray();
     }
 
     /// <summary>The largest f32 copy of the permuted head (G·S·d·4 bytes) kept for CPU drafting: 256 MiB, e.g. a
@@ -154,8 +164,8 @@ internal sealed unsafe class LmHeadRouter : IDisposable
                 throw new CoralModelException(path, name, $"shape [{string.Join(", ", e.Shape)}] does not match config.json, which implies [{string.Join(", ", shape)}].");
             }
 
-            using Tensor v = file.Get(name);
-            return v.to(name == "group_perm" ? ScalarType.Int64 : ScalarType.Float32).to(target.Device).clone();
+            using var scope = torch.NewDisposeScope();
+            return file.Get(name).to(name == "group_perm" ? ScalarType.Int64 : ScalarType.Float32).to(target.Device).clone().MoveToOuterDisposeScope();
         }
 
         if (!file.Entries.TryGetValue("group_perm", out SafetensorsEntry? permEntry) || permEntry.Shape.Length != 1 || permEntry.Shape[0] % groups != 0)
@@ -192,10 +202,10 @@ internal sealed unsafe class LmHeadRouter : IDisposable
             return target.Head.alias();
         }
 
-        using Tensor index = torch.tensor(perm.Select(p => Math.Max(p, 0)).ToArray(), device: target.Device);
-        using Tensor rows = target.Head.index_select(0, index);
-        using Tensor keep = torch.tensor(perm.Select(p => p >= 0 ? 1f : 0f).ToArray(), device: target.Device).to(target.Head.dtype);
-        return (rows * keep.unsqueeze(1)).contiguous();
+        using var scope = torch.NewDisposeScope();
+        Tensor rows = target.Head.index_select(0, torch.tensor(perm.Select(p => Math.Max(p, 0)).ToArray(), device: target.Device));
+        Tensor keep = torch.tensor(perm.Select(p => p >= 0 ? 1f : 0f).ToArray(), device: target.Device).to(target.Head.dtype);
+        return (rows * keep.unsqueeze(1)).contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>Gets the group scores (log-probabilities) [K, G] for draft outputs h [K, d].</summary>

@@ -1,0 +1,47 @@
+using Coral.AI.TestModels;
+
+/// <summary>
+/// <c>--write-random &lt;dir&gt; --preset &lt;name&gt; [--layers N]</c>: a random Hugging Face checkpoint (bf16, two shards)
+/// with the dimensions of a released model, for measuring the engine's costs at real shapes (<c>--profile</c>) where no
+/// trained weights of that size can be downloaded. The byte-level tokenizer has the GPT-2 ranks; the embedding is padded
+/// to the model's vocabulary size, as the head's cost is what matters.
+/// </summary>
+internal static class RealShapes
+{
+    private static readonly Dictionary<string, TinyModelSpec> Presets = new()
+    {
+        // meta-llama/Llama-3.2-1B-Instruct: 1.24 B parameters, tied embeddings.
+        ["llama-3.2-1b"] = new TinyModelSpec
+        {
+            HiddenSize = 2048, Layers = 16, Heads = 32, KvHeads = 8, HeadDim = 64, IntermediateSize = 8192, Tied = true,
+            RopeTheta = 500000, Llama3RopeScaling = true, MaxPositions = 4096,
+        },
+
+        // meta-llama/Meta-Llama-3-8B-Instruct: 8.0 B parameters (pass --layers to fit memory).
+        ["llama-3-8b"] = new TinyModelSpec
+        {
+            HiddenSize = 4096, Layers = 32, Heads = 32, KvHeads = 8, HeadDim = 128, IntermediateSize = 14336, RopeTheta = 500000,
+            MaxPositions = 4096,
+        },
+    };
+
+    private const int VocabSize = 128256;
+    private const int GptRanks = 50000;
+
+    public static void Write(string folder, string preset, int? layers)
+    {
+        if (!Presets.TryGetValue(preset, out TinyModelSpec? spec))
+        {
+            throw new ArgumentException($"--preset '{preset}' is not one of: {string.Join(", ", Presets.Keys)}.");
+        }
+
+        // Five Llama-3 special tokens follow the ranks; the rest of the vocabulary is embedding padding.
+        spec = spec with
+        {
+            Layers = layers ?? spec.Layers, TokenizerRanks = GptRanks, VocabPadding = VocabSize - GptRanks - 5,
+            StorageDType = "BF16", Shards = 2, Seed = 11,
+        };
+        Console.Error.WriteLine($"writing random {preset} ({spec.Layers} layers, d={spec.HiddenSize}, vocab {VocabSize}, bf16) to {folder}");
+        TinyCheckpoint.Create(folder, spec);
+    }
+}
