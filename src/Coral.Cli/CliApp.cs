@@ -30,7 +30,7 @@ internal static class CliApp
                          [--save-every N] [--init <hf-dir>] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR] [--sft-minutes M]] [--bf16]
                          or: --tokenizer … --data … [--sft …] --export-blocks <dir>   (no training, no --out: the packed
                          blocks and masks for eng/gpu/train-target.py)
-          coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--router-groups G --router-topk K [--shuffle-groups]]
+          coral draft-init --target <hf-dir> --out <dir> [--seed S] [--fc-bias] [--bf16] [--router-groups G --router-topk K [--shuffle-groups]]
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--warmup N] [--fixed-depth] [--no-plain-fallback] [--device D] [--dtype T] [--json]
                          (no --model: the demo pair; --model without --draft: prompt lookup alone against plain decoding;

@@ -28,6 +28,10 @@ internal sealed record DraftInitOptions
 
     /// <summary>Gets the scale of the random weights (0 gives a drafter whose layer adds nothing).</summary>
     public float Scale { get; init; } = 1f;
+
+    /// <summary>Gets whether the weights are stored as bf16 (as published drafters and <c>train-draft --bf16</c> store
+    /// them; on CPU such a drafter runs on the packed kernels) instead of f32.</summary>
+    public bool Bf16 { get; init; }
 }
 
 /// <summary>Writes drafters in the published EAGLE layout (plus CORAL's router file).</summary>
@@ -44,7 +48,8 @@ internal static class DraftCheckpoint
         var gen = new torch.Generator((ulong)options.Seed);
         long d = t.HiddenSize, hd = t.HeadDim, ff = t.IntermediateSize;
         float s = options.Scale;
-        Tensor Rand(long rows, long cols) => torch.randn([rows, cols], generator: gen) * (s * 0.7 / Math.Sqrt(cols));
+        ScalarType storage = options.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        Tensor Rand(long rows, long cols) => (torch.randn([rows, cols], generator: gen) * (s * 0.7 / Math.Sqrt(cols))).to(storage);
         var tensors = new List<KeyValuePair<string, Tensor>>
         {
             new("fc.weight", Rand(d, 2 * d)),
@@ -55,11 +60,11 @@ internal static class DraftCheckpoint
             new("layers.0.mlp.gate_proj.weight", Rand(ff, d)),
             new("layers.0.mlp.up_proj.weight", Rand(ff, d)),
             new("layers.0.mlp.down_proj.weight", Rand(d, ff)),
-            new("layers.0.post_attention_layernorm.weight", torch.ones(d)),
+            new("layers.0.post_attention_layernorm.weight", torch.ones(d, storage)),
         };
         if (options.FcBias ?? true)
         {
-            tensors.Add(new("fc.bias", torch.zeros(d)));
+            tensors.Add(new("fc.bias", torch.zeros(d, storage)));
         }
 
         if (options.IncludeEmbedding)
@@ -94,7 +99,7 @@ internal static class DraftCheckpoint
             ["vocab_size"] = t.VocabSize,
             ["hidden_act"] = "silu",
             ["qkv_bias"] = false,
-            ["torch_dtype"] = "float32",
+            ["torch_dtype"] = options.Bf16 ? "bfloat16" : "float32",
         };
         if (options.FcBias is bool bias)
         {
