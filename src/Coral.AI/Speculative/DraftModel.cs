@@ -63,6 +63,9 @@ internal sealed unsafe class DraftModel : IDisposable
 
     public TransformerModel Target => _target;
 
+    /// <summary>Gets whether the drafter's layer runs on <see cref="PackedMatrix"/> weights (stored values all bf16, CPU).</summary>
+    public bool UsesPackedWeights => _layer.UsesPackedWeights;
+
     public static DraftModel Load(string folder, TransformerModel target, int maxPositions)
     {
         string configPath = Path.Combine(folder, "config.json");

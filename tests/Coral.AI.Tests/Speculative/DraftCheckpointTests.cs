@@ -36,6 +36,27 @@ public class DraftCheckpointTests
         Assert.Equal(engine.Generate(request with { Speculative = false }, null, default).TokenIds, spec.TokenIds);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Bf16Drafters_AreStoredAsBf16_AndRunPacked(bool bf16)
+    {
+        string draft = DrafterZoo.Random(Target, $"storage-bf16-{bf16}", new DraftInitOptions { FcBias = true, Seed = 21, Bf16 = bf16 });
+        JsonNode config = JsonNode.Parse(File.ReadAllText(Path.Combine(draft, "config.json")))!;
+        Assert.Equal(bf16 ? "bfloat16" : "float32", config["torch_dtype"]!.GetValue<string>());
+        using (var file = SafetensorsFile.Open(Path.Combine(draft, "model.safetensors")))
+        {
+            Assert.All(file.Entries.Values, e => Assert.Equal(bf16 ? ScalarType.BFloat16 : ScalarType.Float32, e.DType));
+        }
+
+        using var engine = DrafterZoo.Engine(Target, draft);
+        Assert.Equal(bf16 && PackedMatrix.Enabled, engine.Drafter!.Model.UsesPackedWeights);   // random f32 values are not bf16 values
+        var request = new GenerationRequest(engine.Tokenizer.Encode("Hello there"), SamplingParameters.Greedy, 12, []);
+        var spec = engine.Generate(request, null, default);
+        engine.ResetCache();
+        Assert.Equal(engine.Generate(request with { Speculative = false }, null, default).TokenIds, spec.TokenIds);
+    }
+
     [Fact]
     public void MissingFcBias_WhenTheConfigImpliesIt_IsNamed()
     {
