@@ -80,6 +80,9 @@ internal sealed class CheckpointReader : IDisposable
 
     public bool Contains(string name) => _byTensor.ContainsKey(name);
 
+    /// <summary>Gets a tensor's stored dtype.</summary>
+    public ScalarType StoredType(string name) => _byTensor[name].Entries[name].DType;
+
     /// <summary>Gets a tensor's stored shape.</summary>
     public long[] ShapeOf(string name) => _byTensor[name].Entries[name].Shape;
 

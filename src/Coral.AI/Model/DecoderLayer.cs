@@ -68,10 +68,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP;   // CPU f32 layers (CpuKernels)
     private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
 
-    private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor o, Tensor? oBias,
-        Tensor mlpNorm, Tensor gateUp, Tensor down, bool cpuKernels, bool packed)
+    private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor? qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor? o, Tensor? oBias,
+        Tensor mlpNorm, Tensor? gateUp, Tensor? down, bool cpuKernels, bool packed, PackedMatrix[]? prepacked = null)
     {
-        UsesCpuKernels = cpuKernels && CpuKernels.Enabled && qkv.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU;
+        UsesCpuKernels = prepacked is not null
+            || (cpuKernels && CpuKernels.Enabled && qkv!.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU);
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, mlpNorm, gateUp, down);
         (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
         _scale = 1.0 / Math.Sqrt(c.HeadDim);
@@ -84,17 +85,22 @@ internal sealed unsafe class DecoderLayer : IDisposable
             _qkNormP = P(qkNorm);
             _qkvBiasP = P(qkvBias);
             _oBiasP = P(oBias);
-            if (packed)
+            if (prepacked is not null)
             {
-                PackedMatrix?[] p = [PackedMatrix.TryCreate(qkv), PackedMatrix.TryCreate(o), PackedMatrix.TryCreate(gateUp), PackedMatrix.TryCreate(down)];
+                (_qkvP, _oP, _gateUpP, _downP) = (prepacked[0], prepacked[1], prepacked[2], prepacked[3]);
+                PackedFromCheckpoint = true;
+            }
+            else if (packed)
+            {
+                PackedMatrix?[] p = [PackedMatrix.TryCreate(qkv!), PackedMatrix.TryCreate(o!), PackedMatrix.TryCreate(gateUp!), PackedMatrix.TryCreate(down!)];
                 if (p.All(m => m is not null))
                 {
                     // The f32 copies are not read again (the kernel path is this layer's only path): a 7B model loaded as
                     // f32 keeps 14 GB of packed weights instead of 28 GB of f32 plus those.
                     (_qkvP, _oP, _gateUpP, _downP) = (p[0], p[1], p[2], p[3]);
-                    foreach (Tensor t in new[] { qkv, o, gateUp, down })
+                    foreach (Tensor? t in new[] { qkv, o, gateUp, down })
                     {
-                        t.Dispose();
+                        t!.Dispose();
                     }
 
                     (_qkv, _o, _gateUp, _down) = (null, null, null, null);
@@ -111,6 +117,10 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// for any row count) rather than libtorch's f32 GEMMs (batch-invariant from two rows up).</summary>
     public bool UsesPackedWeights => _qkvP is not null;
 
+    /// <summary>Gets whether the packed weights were made straight from the checkpoint's rows (<see cref="TryPackDirect"/>)
+    /// rather than from f32 copies.</summary>
+    public bool PackedFromCheckpoint { get; }
+
     /// <summary>Gets whether <see cref="ForwardCpu"/> runs this layer: f32 weights on CPU, kernels enabled.</summary>
     public bool UsesCpuKernels { get; }
 
@@ -123,28 +133,34 @@ internal sealed unsafe class DecoderLayer : IDisposable
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype, device);
         Tensor Norm(string name, long n) => reader.Take(prefix + name, [n], ScalarType.Float32, device);
+        Tensor? QkvBias() => c.QkvBias
+            ? torch.cat([W("self_attn.q_proj.bias", nq), W("self_attn.k_proj.bias", nkv), W("self_attn.v_proj.bias", nkv)])
+            : null;
+        Tensor? QkNorm() => c.QkNorm
+            ? torch.cat([Norm("self_attn.q_norm.weight", hd).unsqueeze(0).expand(c.NumHeads, hd), Norm("self_attn.k_norm.weight", hd).unsqueeze(0).expand(c.NumKvHeads, hd)])
+            : null;
+
+        if (packed && PackedMatrix.Enabled && cpuKernels && CpuKernels.Enabled && dtype == ScalarType.Float32 && device.type == DeviceType.CPU
+            && TryPackDirect(reader, prefix, c) is PackedMatrix[] direct)
+        {
+            // The kernel path packed straight from the checkpoint's [out, in] rows (a bf16 checkpoint's mapped tensors):
+            // no f32 copy, no concatenation, no transpose. The norms and biases are small and f32 as always.
+            using var scope = torch.NewDisposeScope();
+            return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d).MoveToOuterDisposeScope() : null, null,
+                QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope(), null,
+                c.OutputBias ? W("self_attn.o_proj.bias", d).MoveToOuterDisposeScope() : null,
+                Norm("post_attention_layernorm.weight", d).MoveToOuterDisposeScope(), null, null, cpuKernels, packed, direct);
+        }
 
         using Tensor q = W("self_attn.q_proj.weight", nq, d);
         using Tensor k = W("self_attn.k_proj.weight", nkv, d);
         using Tensor v = W("self_attn.v_proj.weight", nkv, d);
         using Tensor gate = W("mlp.gate_proj.weight", ff, d);
         using Tensor up = W("mlp.up_proj.weight", ff, d);
-        Tensor? qkvBias = null;
-        if (c.QkvBias)
+        Tensor? qkvBias, qkNorm;
+        using (var scope = torch.NewDisposeScope())
         {
-            using Tensor bq = W("self_attn.q_proj.bias", nq);
-            using Tensor bk = W("self_attn.k_proj.bias", nkv);
-            using Tensor bv = W("self_attn.v_proj.bias", nkv);
-            qkvBias = torch.cat([bq, bk, bv]);
-        }
-
-        Tensor? qkNorm = null;
-        if (c.QkNorm)
-        {
-            using Tensor qn = Norm("self_attn.q_norm.weight", hd);
-            using Tensor kn = Norm("self_attn.k_norm.weight", hd);
-            using var scope = torch.NewDisposeScope();
-            qkNorm = torch.cat([qn.unsqueeze(0).expand(c.NumHeads, hd), kn.unsqueeze(0).expand(c.NumKvHeads, hd)]).MoveToOuterDisposeScope();
+            (qkvBias, qkNorm) = (QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope());
         }
 
         using Tensor o = W("self_attn.o_proj.weight", d, nq);
@@ -164,6 +180,32 @@ internal sealed unsafe class DecoderLayer : IDisposable
             Projection(down),
             cpuKernels,
             packed && PackedMatrix.Enabled);
+    }
+
+    /// <summary>The four packed projections (q|k|v, o, gate|up, down) made from the stored rows, or null when a weight is not
+    /// all bf16 values (then the f32 path below packs nothing either) or not stored as f32/bf16.</summary>
+    private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c)
+    {
+        long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
+        string[] names = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"];
+        long[][] shapes = [[nq, d], [nkv, d], [nkv, d], [d, nq], [ff, d], [ff, d], [d, ff]];
+        if (names.Any(n => !reader.Contains(prefix + n) || reader.StoredType(prefix + n) is not (ScalarType.BFloat16 or ScalarType.Float32)))
+        {
+            return null;   // missing (the f32 path names it) or f16
+        }
+
+        using var scope = torch.NewDisposeScope();
+        Tensor[] w = names.Select((n, i) => reader.Take(prefix + n, shapes[i], reader.StoredType(prefix + n), torch.CPU)).ToArray();
+        PackedMatrix?[] p = [PackedMatrix.TryCreateFromRows(w[0], w[1], w[2]), PackedMatrix.TryCreateFromRows(w[3]),
+            PackedMatrix.TryCreateFromRows(w[4], w[5]), PackedMatrix.TryCreateFromRows(w[6])];
+        if (p.All(m => m is not null))
+        {
+            return p!;
+        }
+
+        Array.ForEach(p, m => m?.Dispose());
+        return null;
     }
 
     /// <summary>

@@ -102,6 +102,79 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         return m;
     }
 
+    /// <summary>
+    /// Packs weights given as output rows — <paramref name="parts"/> [n_i, K] (f32 or bf16, CPU, contiguous), stacked along
+    /// the output dimension as <c>torch.cat(parts)</c> would, i.e. the checkpoint's own [out, in] layout — into the same
+    /// matrix <see cref="TryCreate"/> makes from the transposed [K, N] copy, without making it: bf16 rows (a bf16
+    /// checkpoint's mapped tensors) are copied as they are, f32 rows must hold bf16 values. Returns null where
+    /// <see cref="TryCreate"/> would (a value bf16 cannot represent, no AVX-512) or for a part that is not a contiguous
+    /// [n, K] f32/bf16 CPU tensor.
+    /// </summary>
+    public static PackedMatrix? TryCreateFromRows(params Tensor[] parts)
+    {
+        if (!Supported || parts.Length == 0)
+        {
+            return null;
+        }
+
+        long k = parts[0].dim() == 2 ? parts[0].shape[1] : -1;
+        foreach (Tensor t in parts)
+        {
+            if (t.dim() != 2 || t.shape[1] != k || t.device_type != DeviceType.CPU || !t.is_contiguous()
+                || t.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)
+                || (t.dtype == ScalarType.BFloat16 && t.numel() * 2 > int.MaxValue)   // read through a Span<byte>
+                || (t.dtype == ScalarType.Float32 && !AllBf16((uint*)CpuKernels.Pointer(t), t.numel())))
+            {
+                return null;
+            }
+        }
+
+        // Each output column's source row: the high half of an f32's bits, or the bf16 itself.
+        int n = (int)parts.Sum(t => t.shape[0]);
+        var rows = new nint[n];
+        var f32 = new bool[n];
+        int o = 0;
+        foreach (Tensor t in parts)
+        {
+            byte* start = t.dtype == ScalarType.Float32 ? (byte*)CpuKernels.Pointer(t) : (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+            long stride = k * t.element_size();
+            for (long r = 0; r < t.shape[0]; r++, o++)
+            {
+                (rows[o], f32[o]) = ((nint)(start + (r * stride)), t.dtype == ScalarType.Float32);
+            }
+        }
+
+        var m = new PackedMatrix((int)k, n);
+        ushort* dst = m._w;
+        Parallel.For(0, m._blocks, b =>
+        {
+            int columns = Math.Min(Block, n - (b * Block));
+            ushort* block = dst + ((long)b * k * Block);
+            for (int j = 0; j < columns; j++)
+            {
+                int column = (b * Block) + j, slot = Slot(j);
+                if (f32[column])
+                {
+                    uint* src = (uint*)rows[column];
+                    for (long c = 0; c < k; c++)
+                    {
+                        block[(c * Block) + slot] = (ushort)(src[c] >> 16);
+                    }
+                }
+                else
+                {
+                    ushort* src = (ushort*)rows[column];
+                    for (long c = 0; c < k; c++)
+                    {
+                        block[(c * Block) + slot] = src[c];
+                    }
+                }
+            }
+        });
+
+        return m;
+    }
+
     /// <summary>Whether each of <paramref name="count"/> f32 values (as bits) is a bf16: its low 16 bits are zero.</summary>
     internal static bool AllBf16(uint* values, long count)
     {

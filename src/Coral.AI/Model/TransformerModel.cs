@@ -45,8 +45,7 @@ internal sealed unsafe class TransformerModel : IDisposable
             if (layers.All(l => l.UsesPackedWeights))
             {
                 using var noGrad = torch.no_grad();
-                using Tensor headT = head.t();
-                _packedHead = PackedMatrix.TryCreate(headT);
+                _packedHead = PackedMatrix.TryCreateFromRows(head);   // from [V, d] as it is: no transposed f32 copy
                 _screenedHead = _packedHead is not null && ScreenedHead.Enabled ? ScreenedHead.TryCreate(head) : null;
             }
         }
@@ -137,6 +136,10 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>Gets whether the kernel path multiplies by <see cref="PackedMatrix"/> weights, layers and LM head: every
     /// row then has the same bits at any row count, so one-token steps need no padding.</summary>
     public bool UsesPackedWeights => _packedHead is not null;
+
+    /// <summary>Gets whether every layer was packed straight from the checkpoint's rows (a bf16 checkpoint: no f32 copies
+    /// at load).</summary>
+    public bool LayersPackedFromCheckpoint => _layers.All(l => l.PackedFromCheckpoint);
 
     /// <summary>
     /// Runs <paramref name="ids"/> through the decoder, writing their K/V to cache slots

@@ -43,8 +43,7 @@ internal sealed unsafe class DraftModel : IDisposable
         if (_work is not null && layer.UsesPackedWeights && target.Embedding.dtype == ScalarType.Float32)
         {
             using var noGrad = torch.no_grad();
-            using Tensor fcT = fc.t();
-            _fcPacked = PackedMatrix.TryCreate(fcT);
+            _fcPacked = PackedMatrix.TryCreateFromRows(fc);
             _fcBiasP = _fcPacked is not null && fcBias is not null ? CpuKernels.Pointer(fcBias) : null;
         }
     }

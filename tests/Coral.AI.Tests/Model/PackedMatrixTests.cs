@@ -117,4 +117,38 @@ public class PackedMatrixTests
             return true;
         }
     }
+
+    /// <summary>Packing from output rows ([out, in], as checkpoints store weights; bf16 rows copied, f32 rows holding bf16
+    /// values, several parts stacked as torch.cat would) gives the matrix TryCreate makes from the transposed [K, N] copy:
+    /// the same products bit for bit at every row count. Values bf16 cannot hold, and f16 rows, pack nothing.</summary>
+    [Fact]
+    public void FromRows_EqualsThePackedTranspose_AndRefusesWhatBf16CannotHold()
+    {
+        if (!NeedsAvx512())
+        {
+            return;
+        }
+
+        using var scope = torch.NewDisposeScope();
+        var gen = new torch.Generator(77);
+        Tensor rows = torch.randn([N, K], generator: gen).to(ScalarType.BFloat16);              // [out, in]
+        Tensor top = rows.narrow(0, 0, 40).contiguous(), bottom = rows.narrow(0, 40, N - 40).to(ScalarType.Float32).contiguous();
+        using PackedMatrix reference = PackedMatrix.TryCreate(rows.to(ScalarType.Float32).t().contiguous())!;
+        using PackedMatrix fromBf16 = PackedMatrix.TryCreateFromRows(rows)!;
+        using PackedMatrix mixed = PackedMatrix.TryCreateFromRows(top, bottom)!;
+        Assert.Equal((K, N), (mixed.Inputs, mixed.Outputs));
+        foreach (int r in new[] { 1, 2, 3, 4, 7 })
+        {
+            float[] x = Inputs(r, 100 + r), expected = Multiply(reference, x, r);
+            Assert.Equal(expected, Multiply(fromBf16, x, r));
+            Assert.Equal(expected, Multiply(mixed, x, r));
+        }
+
+        Tensor notBf16 = bottom.clone();
+        notBf16[3, 5] = torch.tensor(1.0f + 1e-6f);
+        Assert.Null(PackedMatrix.TryCreateFromRows(top, notBf16));
+        Assert.Null(PackedMatrix.TryCreateFromRows(rows.to(ScalarType.Float16)));
+        Assert.Null(PackedMatrix.TryCreateFromRows(rows.t()));                                   // not contiguous
+        Assert.Null(PackedMatrix.TryCreateFromRows(top, torch.zeros(3, K + 1, ScalarType.BFloat16)));   // inputs differ
+    }
 }

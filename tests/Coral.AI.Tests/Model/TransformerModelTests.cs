@@ -131,6 +131,7 @@ public class TransformerModelTests
         var type = dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16;
         using var model = TransformerModel.Load(ModelFor(arch), torch.CPU, type, 256, headType: ScalarType.BFloat16);
         Assert.Equal(arch.EndsWith("bf16", StringComparison.Ordinal) && PackedMatrix.Enabled, model.UsesPackedWeights);
+        Assert.Equal(model.UsesPackedWeights, model.LayersPackedFromCheckpoint);   // packed from the stored rows, no f32 copies
         int v = model.Config.VocabSize;
         long[] prefix = Sequence(37, v, 6);
         int[] parent = [-1, 0, 0, 1, 2, 1, 3, 5, 0];
