@@ -867,13 +867,15 @@ internal sealed class InferenceEngine : IDisposable
                 Model.Forward(prefix, Cache);
             }
 
-            // The sizes are timed interleaved (one forward of each size in turn, medians of 7 rounds): timed one size
-            // after another, a slow phase of the machine once made 32 nodes look as cheap as 16 and cost a run 0.9x.
+            // The sizes are timed interleaved (one forward of each size in turn, medians of up to 7 rounds): timed one
+            // size after another, a slow phase of the machine once made 32 nodes look as cheap as 16 and cost a run 0.9x.
             int[] sizes = prior.Keys.Where(t => t <= maxNodes).Concat(chains.Select(d => d + 1)).Distinct()
                 .Where(t => context + t < ContextLength).Order().ToArray();
             var times = sizes.ToDictionary(t => t, _ => new List<double>());
-            for (int round = -1; round < 7; round++)
+            int rounds = 7;
+            for (int round = -1; round < rounds; round++)
             {
+                long roundStart = Stopwatch.GetTimestamp();
                 foreach (int t in sizes)
                 {
                     long[] ids = prefix.Take(t).ToArray();
@@ -889,6 +891,11 @@ internal sealed class InferenceEngine : IDisposable
                     {
                         times[t].Add(Stopwatch.GetElapsedTime(begin).TotalMilliseconds);   // round −1 warms up
                     }
+                }
+
+                if (round == -1)
+                {
+                    rounds = TuneRounds(Stopwatch.GetElapsedTime(roundStart).TotalMilliseconds);
                 }
             }
 
@@ -914,6 +921,15 @@ internal sealed class InferenceEngine : IDisposable
         _verifyCosts = verify;   // the prior of the next run's depth controller
         return (best, verify, draftStep);
     }
+
+    /// <summary>How many timed rounds <see cref="TuneTree"/> runs after its warm-up round took <paramref name="warmUpMs"/>:
+    /// 7 while they fit <see cref="TuneBudgetMs"/> (the demo pair's round takes ≈ 15 ms), down to 3 for a large target
+    /// (Llama-3.2-1B's shape on two vCPUs: ≈ 3.3 s a round, 27 s of tuning at load with 7), whose forwards of 100 ms and
+    /// more vary far less than a 1 ms one.</summary>
+    internal static int TuneRounds(double warmUpMs) => (int)Math.Clamp(TuneBudgetMs / Math.Max(warmUpMs, 1e-3), 3, 7);
+
+    /// <summary>The time the tuner's timed rounds aim to fit (ms).</summary>
+    internal const double TuneBudgetMs = 2000;
 
     /// <summary>The value at <paramref name="x"/> of the piecewise-linear curve through <paramref name="points"/>,
     /// extended beyond its ends along its end segments (never below half its nearest point).</summary>

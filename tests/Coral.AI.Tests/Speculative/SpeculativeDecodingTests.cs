@@ -132,6 +132,14 @@ public class SpeculativeDecodingTests
         Assert.Equal(8, engine.TuneTree(1, 8, 0).VerifyMs.Keys.Max());   // depth 1: no chain to try, trees up to 1 + 8 nodes
     }
 
+    [Theory]
+    [InlineData(15, 7)]       // the demo pair: a round of every size in ≈ 15 ms — medians of 7, as always
+    [InlineData(285, 7)]
+    [InlineData(500, 4)]
+    [InlineData(3300, 3)]     // Llama-3.2-1B's shape on two vCPUs: 3 rounds, not 7 (≈ 13 s less at load)
+    [InlineData(60000, 3)]    // never fewer than 3: a median needs them
+    public void TheTunersRounds_FitItsBudget(double warmUpMs, int rounds) => Assert.Equal(rounds, InferenceEngine.TuneRounds(warmUpMs));
+
     [Fact]
     public void CopyDrafter_OnATiedTarget_IsAcceptedOften()
     {
