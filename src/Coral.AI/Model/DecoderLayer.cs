@@ -128,7 +128,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// <paramref name="cpuKernels"/> false keeps f32 CPU layers on the libtorch path; <paramref name="packed"/> false keeps the
     /// kernel path's GEMMs in libtorch even for bf16-valued weights.</summary>
     public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm,
-        bool cpuKernels = true, bool packed = true)
+        bool cpuKernels = true, bool packed = true, bool roundToBf16 = false)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype, device);
@@ -141,7 +141,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             : null;
 
         if (packed && PackedMatrix.Enabled && cpuKernels && CpuKernels.Enabled && dtype == ScalarType.Float32 && device.type == DeviceType.CPU
-            && TryPackDirect(reader, prefix, c) is PackedMatrix[] direct)
+            && TryPackDirect(reader, prefix, c, roundToBf16) is PackedMatrix[] direct)
         {
             // The kernel path packed straight from the checkpoint's [out, in] rows (a bf16 checkpoint's mapped tensors):
             // no f32 copy, no concatenation, no transpose. The norms and biases are small and f32 as always.
@@ -183,22 +183,26 @@ internal sealed unsafe class DecoderLayer : IDisposable
     }
 
     /// <summary>The four packed projections (q|k|v, o, gate|up, down) made from the stored rows, or null when a weight is not
-    /// all bf16 values (then the f32 path below packs nothing either) or not stored as f32/bf16.</summary>
-    private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c)
+    /// all bf16 values (then the f32 path below packs nothing either) or not stored as f32/bf16 — unless
+    /// <paramref name="round"/> (a drafter's layer), which rounds f32 and f16 values to bf16.</summary>
+    private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         string[] names = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
             "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"];
         long[][] shapes = [[nq, d], [nkv, d], [nkv, d], [d, nq], [ff, d], [ff, d], [d, ff]];
-        if (names.Any(n => !reader.Contains(prefix + n) || reader.StoredType(prefix + n) is not (ScalarType.BFloat16 or ScalarType.Float32)))
+        if (names.Any(n => !reader.Contains(prefix + n)
+            || reader.StoredType(prefix + n) is not (ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float16)
+            || (reader.StoredType(prefix + n) == ScalarType.Float16 && !round)))
         {
-            return null;   // missing (the f32 path names it) or f16
+            return null;   // missing (the f32 path names it), or f16 values bf16 cannot all hold
         }
 
         using var scope = torch.NewDisposeScope();
-        Tensor[] w = names.Select((n, i) => reader.Take(prefix + n, shapes[i], reader.StoredType(prefix + n), torch.CPU)).ToArray();
-        PackedMatrix?[] p = [PackedMatrix.TryCreateFromRows(w[0], w[1], w[2]), PackedMatrix.TryCreateFromRows(w[3]),
-            PackedMatrix.TryCreateFromRows(w[4], w[5]), PackedMatrix.TryCreateFromRows(w[6])];
+        Tensor[] w = names.Select((n, i) => reader.Take(prefix + n, shapes[i],
+            reader.StoredType(prefix + n) == ScalarType.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32, torch.CPU)).ToArray();
+        PackedMatrix?[] p = [PackedMatrix.TryCreateFromRows([w[0], w[1], w[2]], round), PackedMatrix.TryCreateFromRows([w[3]], round),
+            PackedMatrix.TryCreateFromRows([w[4], w[5]], round), PackedMatrix.TryCreateFromRows([w[6]], round)];
         if (p.All(m => m is not null))
         {
             return p!;

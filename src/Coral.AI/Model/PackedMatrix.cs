@@ -110,7 +110,12 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     /// <see cref="TryCreate"/> would (a value bf16 cannot represent, no AVX-512) or for a part that is not a contiguous
     /// [n, K] f32/bf16 CPU tensor.
     /// </summary>
-    public static PackedMatrix? TryCreateFromRows(params Tensor[] parts)
+    public static PackedMatrix? TryCreateFromRows(params Tensor[] parts) => TryCreateFromRows(parts, round: false);
+
+    /// <summary>As <see cref="TryCreateFromRows(Tensor[])"/>; with <paramref name="round"/> f32 values that bf16 cannot
+    /// hold are rounded to the nearest bf16 (ties to even) instead of refused — for weights whose precision decides
+    /// nothing that is emitted (a drafter's: verification decides).</summary>
+    public static PackedMatrix? TryCreateFromRows(Tensor[] parts, bool round)
     {
         if (!Supported || parts.Length == 0)
         {
@@ -123,7 +128,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
             if (t.dim() != 2 || t.shape[1] != k || t.device_type != DeviceType.CPU || !t.is_contiguous()
                 || t.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)
                 || (t.dtype == ScalarType.BFloat16 && t.numel() * 2 > int.MaxValue)   // read through a Span<byte>
-                || (t.dtype == ScalarType.Float32 && !AllBf16((uint*)CpuKernels.Pointer(t), t.numel())))
+                || (t.dtype == ScalarType.Float32 && !round && !AllBf16((uint*)CpuKernels.Pointer(t), t.numel())))
             {
                 return null;
             }
@@ -158,7 +163,8 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
                     uint* src = (uint*)rows[column];
                     for (long c = 0; c < k; c++)
                     {
-                        block[(c * Block) + slot] = (ushort)(src[c] >> 16);
+                        uint bits = src[c];
+                        block[(c * Block) + slot] = (ushort)((round ? bits + 0x7FFF + ((bits >> 16) & 1) : bits) >> 16);
                     }
                 }
                 else

@@ -30,7 +30,7 @@ internal sealed unsafe class DraftModel : IDisposable
     private int _fcInputRows;
 
     private DraftModel(TransformerModel target, ModelConfig config, DecoderLayer layer, Tensor fc, Tensor? fcBias,
-        RotaryTables rope, LmHeadRouter? router)
+        RotaryTables rope, LmHeadRouter? router, bool roundToBf16)
     {
         _target = target;
         Config = config;
@@ -43,7 +43,7 @@ internal sealed unsafe class DraftModel : IDisposable
         if (_work is not null && layer.UsesPackedWeights && target.Embedding.dtype == ScalarType.Float32)
         {
             using var noGrad = torch.no_grad();
-            _fcPacked = PackedMatrix.TryCreateFromRows(fc);
+            _fcPacked = PackedMatrix.TryCreateFromRows([fc], roundToBf16);
             _fcBiasP = _fcPacked is not null && fcBias is not null ? CpuKernels.Pointer(fcBias) : null;
         }
     }
@@ -65,7 +65,11 @@ internal sealed unsafe class DraftModel : IDisposable
     /// <summary>Gets whether the drafter's layer runs on <see cref="PackedMatrix"/> weights (stored values all bf16, CPU).</summary>
     public bool UsesPackedWeights => _layer.UsesPackedWeights;
 
-    public static DraftModel Load(string folder, TransformerModel target, int maxPositions)
+    /// <summary>Loads a drafter for <paramref name="target"/>. On CPU its layer and FC run on the packed kernels, their
+    /// values rounded to bf16 where stored as f32 or f16 (a drafter's precision decides only what is proposed; half the
+    /// bytes of f32 a step: at Llama-3.2-1B's shape 12.7 against 24.4 ms); <paramref name="exactWeights"/> keeps f32 values
+    /// that bf16 cannot hold unrounded (libtorch's f32 GEMMs), as the trainer computes them.</summary>
+    public static DraftModel Load(string folder, TransformerModel target, int maxPositions, bool exactWeights = false)
     {
         string configPath = Path.Combine(folder, "config.json");
         JsonObject raw = ModelConfig.ReadJsonObject(configPath);
@@ -89,17 +93,18 @@ internal sealed unsafe class DraftModel : IDisposable
         try
         {
             using var noGrad = torch.no_grad();
-            // On CPU the drafter's own weights (one layer and the FC, a few MB) are f32 whatever the target's dtype: its
-            // steps are 1–8 rows, where an f32 GEMM costs 20–40 µs and a bf16 one 85–110 µs (Coral.Bench --profile). It
-            // needs no batch invariance: verification decides what is kept.
+            // On CPU the drafter's own weights (one layer and the FC) are f32-computed whatever the target's dtype: its
+            // steps are 1–8 rows, where libtorch's bf16 GEMMs cost 85–110 µs against 20–40 µs in f32 (Coral.Bench
+            // --profile), and the packed kernels stream bf16 with f32 arithmetic. It needs no batch invariance:
+            // verification decides what is kept.
             ScalarType dtype = target.Device.type == DeviceType.CPU ? ScalarType.Float32 : target.WeightType;
             long d = c.HiddenSize;
-            layer = DecoderLayer.Load(reader, "layers.0.", c, dtype, target.Device, inputNorm: false);
+            layer = DecoderLayer.Load(reader, "layers.0.", c, dtype, target.Device, inputNorm: false, roundToBf16: !exactWeights);
             Tensor fc = reader.Take("fc.weight", [d, 2 * d], dtype, target.Device);
             Tensor? bias = fcBias ? reader.Take("fc.bias", [d], dtype, target.Device) : null;
             var rope = new RotaryTables(c, maxPositions, target.Device, applyScaling: false);
             LmHeadRouter? router = LmHeadRouter.TryLoad(folder, raw, target);
-            return new DraftModel(target, c, layer, fc, bias, rope, router);
+            return new DraftModel(target, c, layer, fc, bias, rope, router, roundToBf16: !exactWeights);
         }
         catch
         {

@@ -147,6 +147,16 @@ public class PackedMatrixTests
         Tensor notBf16 = bottom.clone();
         notBf16[3, 5] = torch.tensor(1.0f + 1e-6f);
         Assert.Null(PackedMatrix.TryCreateFromRows(top, notBf16));
+
+        // Rounding (a drafter's weights): f32 values pack as libtorch rounds them to bf16 (nearest, ties to even).
+        Tensor f32 = torch.randn([N, K], generator: gen);
+        f32[0, 0] = torch.tensor(BitConverter.Int32BitsToSingle(0x3F808000));   // a tie: 1.00390625 → 1.0 (even)
+        f32[0, 1] = torch.tensor(BitConverter.Int32BitsToSingle(0x3F818000));   // a tie: → 1.015625 (even, upwards)
+        using PackedMatrix rounded = PackedMatrix.TryCreateFromRows([f32], round: true)!;
+        using PackedMatrix expectedRounding = PackedMatrix.TryCreateFromRows(f32.to(ScalarType.BFloat16))!;
+        float[] xr = Inputs(3, 300);
+        Assert.Equal(Multiply(expectedRounding, xr, 3), Multiply(rounded, xr, 3));
+        Assert.Null(PackedMatrix.TryCreateFromRows([f32], round: false));
         Assert.Null(PackedMatrix.TryCreateFromRows(rows.to(ScalarType.Float16)));
         Assert.Null(PackedMatrix.TryCreateFromRows(rows.t()));                                   // not contiguous
         Assert.Null(PackedMatrix.TryCreateFromRows(top, torch.zeros(3, K + 1, ScalarType.BFloat16)));   // inputs differ

@@ -12,7 +12,7 @@ public class DraftTrainerTests
         string target = TransformerModelTests.ModelFor("llama");
         string draft = DrafterZoo.Random(target, "trainable", new DraftInitOptions { Seed = 8, FcBias = true });
         using var model = TransformerModel.Load(target, torch.CPU, ScalarType.Float32, 256);
-        using var inference = DraftModel.Load(draft, model, 256);
+        using var inference = DraftModel.Load(draft, model, 256, exactWeights: true);
         using var trainable = TrainableDrafter.Load(draft, model.Config);
         long[] next = [5, 17, 300, 42, 8, 999, 3];
         Tensor features = torch.randn(next.Length, model.Config.HiddenSize, generator: new Generator(3));
@@ -140,7 +140,7 @@ public class HassTrainingForwardTests
         string target = TransformerModelTests.ModelFor("llama");
         string draft = DrafterZoo.Random(target, "hass-" + j, new DraftInitOptions { Seed = 12 });
         using var model = TransformerModel.Load(target, torch.CPU, ScalarType.Float32, 256);
-        using var inference = DraftModel.Load(draft, model, 256);
+        using var inference = DraftModel.Load(draft, model, 256, exactWeights: true);
         using var trainable = TrainableDrafter.Load(draft, model.Config);
         using var noGrad = torch.no_grad();
         int n = 9;
