@@ -37,16 +37,18 @@ internal sealed class SafetensorsFile : IDisposable
             throw new CoralModelException(path, null, "weight file not found.");
         }
 
-        long fileLength = new FileInfo(path).Length;
-        if (fileLength < 8)
-        {
-            throw new CoralModelException(path, null, $"truncated: {fileLength} bytes, shorter than the 8-byte header length.");
-        }
-
         byte[] header;
-        long headerLength;
+        long headerLength, fileLength;
         using (var fs = File.OpenRead(path))
         {
+            // The opened file's length: FileInfo.Length is a symbolic link's own size, and a Hugging Face cache snapshot
+            // (snapshots/<revision>/model.safetensors → ../../blobs/<hash>) is made of links.
+            fileLength = fs.Length;
+            if (fileLength < 8)
+            {
+                throw new CoralModelException(path, null, $"truncated: {fileLength} bytes, shorter than the 8-byte header length.");
+            }
+
             Span<byte> lenBytes = stackalloc byte[8];
             fs.ReadExactly(lenBytes);
             headerLength = BinaryPrimitives.ReadInt64LittleEndian(lenBytes);

@@ -33,6 +33,32 @@ public class TransformerModelTests
         return Enumerable.Range(0, n).Select(_ => (long)r.Next(vocab)).ToArray();
     }
 
+    /// <summary>A Hugging Face cache snapshot (<c>snapshots/&lt;revision&gt;/</c>, every file a relative link into
+    /// <c>blobs/</c>) loads as the folder itself does: a link's own size (FileInfo.Length) once made every shard look
+    /// truncated ("corrupt header length").</summary>
+    [Fact]
+    public void HuggingFaceCacheSnapshot_OfSymbolicLinks_LoadsAndDecodesAsTheFolder()
+    {
+        string original = ModelFor("llama-sharded-bf16");
+        string repo = ModelZoo.TempFolder("hf-cache/models--coral--tiny");
+        string blobs = Path.Combine(repo, "blobs"), snapshot = Path.Combine(repo, "snapshots", "0123abcd");
+        Directory.CreateDirectory(blobs);
+        Directory.CreateDirectory(snapshot);
+        int n = 0;
+        foreach (string file in Directory.GetFiles(original))
+        {
+            string blob = $"blob{n++:D4}";
+            File.Copy(file, Path.Combine(blobs, blob), overwrite: true);
+            File.CreateSymbolicLink(Path.Combine(snapshot, Path.GetFileName(file)), Path.Combine("..", "..", "blobs", blob));
+        }
+
+        Assert.Contains(Directory.GetFiles(snapshot), f => f.EndsWith(".safetensors", StringComparison.Ordinal) && new FileInfo(f).LinkTarget is not null);
+        using var fromLinks = InferenceEngine.Load(snapshot, torch.CPU, ScalarType.Float32, 64);
+        using var fromFolder = InferenceEngine.Load(original, torch.CPU, ScalarType.Float32, 64);
+        var request = new GenerationRequest(fromFolder.Tokenizer.Encode("Hello world"), SamplingParameters.Greedy, 10, []);
+        Assert.Equal(fromFolder.Generate(request, null, default).TokenIds, fromLinks.Generate(request, null, default).TokenIds);
+    }
+
     [Theory]
     [MemberData(nameof(Architectures))]
     public void IncrementalDecoding_EqualsFullForward(string arch)
