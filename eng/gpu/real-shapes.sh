@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Issue #8, step 2a (on the lent GPU machine, after eng/gpu/run.sh in the same session, or alone; PyTorch and
 # transformers, no .NET): the engine's costs at a real model's shape on CUDA.
-#   run tool: command "bash eng/gpu/real-shapes.sh", carry ["artifacts/gpu/coral-linux-x64.tar.xz"], timeout ~420 s.
+#   run tool: command "bash eng/gpu/real-shapes.sh", carry ["artifacts/gpu/coral-linux-x64.tar.xz"], timeout ~540 s.
 # Writes a random checkpoint with Llama-3-8B's dimensions (d 4,096, FFN 14,336, 32/8 heads, vocabulary 128,256, untied;
-# LAYERS of its 32 layers, 16 by default: ~9 GB of bf16) with transformers' save_pretrained, a random bf16 drafter for it
-# with a 16-group router (coral draft-init), then `coral bench --device cuda`: plain step, verification cost by tree
-# size (3 … 64 nodes), draft step through the full head and routed, and an in-loop chain's cycle parts. Random weights
-# say nothing about acceptance: the costs are what this measures. Results in $OUT/real-shapes/.
-#   env: LAYERS (16)
+# LAYERS of its 32 layers: 16 GB of bf16 at 32) with transformers' save_pretrained, a random bf16 drafter for it with a
+# 16-group router (coral draft-init), then `coral bench --device cuda` with the tuner's candidates (depth 5, top-k 8):
+# plain step, verification cost by tree size (3 … 64 nodes), draft step through the full head and routed, and the
+# tuned tree's cycle parts in the loop. Random weights say nothing about acceptance: the costs are what this measures.
+# Results in $OUT/real-shapes/. Checked here on CPU (the coral half, on a 1B-shaped checkpoint of symbolic links).
+#   env: LAYERS (32; 16 if the session's device time is short)
 set -uo pipefail
 root="$(pwd)"
 out="${OUT:-$root/artifacts/gpu/out}/real-shapes"
@@ -19,9 +20,9 @@ if [ ! -x "$app/coral" ]; then
 fi
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):${LD_LIBRARY_PATH:-}"
 
-echo "== writing the random checkpoint (${LAYERS:-16} layers)" | tee "$out/steps.txt"
+echo "== writing the random checkpoint (${LAYERS:-32} layers)" | tee "$out/steps.txt"
 rm -rf "$model"
-python3 - "$model" "${LAYERS:-16}" <<'PY' 2>&1 | tee -a "$out/steps.txt"
+python3 - "$model" "${LAYERS:-32}" <<'PY' 2>&1 | tee -a "$out/steps.txt"
 import sys, time, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 path, layers = sys.argv[1], int(sys.argv[2])
@@ -43,11 +44,11 @@ ls -l "$model" | tee -a "$out/steps.txt"
 echo "== a random bf16 drafter with a 16-group router" | tee -a "$out/steps.txt"
 "$app/coral" draft-init --target "$model" --out "$model-draft" --bf16 --router-groups 16 --router-topk 2 2>&1 | tee -a "$out/steps.txt"
 
-echo "== coral bench on CUDA: two prompts, 16 tokens, a chain of depth 3 every step (costs, not τ)" | tee -a "$out/steps.txt"
+echo "== coral bench on CUDA: two prompts, 16 tokens, the tuned tree every step (costs, not τ)" | tee -a "$out/steps.txt"
 printf '%s\n' '{"kind":"writing","prompt":"Continue this text: The history of the city begins with a small settlement on the banks of the river."}' \
   '{"kind":"faq","prompt":"How do I open a file for reading in Perl?"}' > /tmp/coral-real-shape-prompts.jsonl
-timeout 330 "$app/coral" bench --device cuda --model "$model" --draft "$model-draft" --prompts /tmp/coral-real-shape-prompts.jsonl \
-  --tree-depth 3 --tree-topk 1 --fixed-depth --no-plain-fallback --prompt-lookup 0 --max-new-tokens 16 --rounds 1 --warmup 1 --json \
+timeout 420 "$app/coral" bench --device cuda --model "$model" --draft "$model-draft" --prompts /tmp/coral-real-shape-prompts.jsonl \
+  --fixed-depth --no-plain-fallback --prompt-lookup 0 --max-new-tokens 16 --rounds 1 --warmup 1 --json \
   > "$out/bench.json" 2> "$out/bench.err"
 echo "bench exit $?" | tee -a "$out/steps.txt"
 tail -5 "$out/bench.err"
