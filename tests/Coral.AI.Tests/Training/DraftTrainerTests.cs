@@ -6,13 +6,16 @@ namespace Coral.AI.Tests;
 
 public class DraftTrainerTests
 {
-    [Fact]
-    public void TrainingForward_EqualsTheInferenceDrafter()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]   // a bf16-stored drafter: its layer packed straight from the stored rows
+    public void TrainingForward_EqualsTheInferenceDrafter(bool bf16)
     {
         string target = TransformerModelTests.ModelFor("llama");
-        string draft = DrafterZoo.Random(target, "trainable", new DraftInitOptions { Seed = 8, FcBias = true });
+        string draft = DrafterZoo.Random(target, "trainable-" + bf16, new DraftInitOptions { Seed = 8, FcBias = true, Bf16 = bf16 });
         using var model = TransformerModel.Load(target, torch.CPU, ScalarType.Float32, 256);
         using var inference = DraftModel.Load(draft, model, 256, exactWeights: true);
+        Assert.Equal(bf16 && PackedMatrix.Enabled, inference.UsesPackedWeights);
         using var trainable = TrainableDrafter.Load(draft, model.Config);
         long[] next = [5, 17, 300, 42, 8, 999, 3];
         Tensor features = torch.randn(next.Length, model.Config.HiddenSize, generator: new Generator(3));
