@@ -867,16 +867,24 @@ internal sealed class InferenceEngine : IDisposable
                 Model.Forward(prefix, Cache);
             }
 
+            draftStep = MeasureDraftStep(topK, routerTopK);
+            if (chains.Length > 0)
+            {
+                chainStep = MeasureDraftStep(1, routerTopK);
+            }
+
             // The sizes are timed interleaved (one forward of each size in turn, medians of up to 7 rounds): timed one
             // size after another, a slow phase of the machine once made 32 nodes look as cheap as 16 and cost a run 0.9x.
             int[] sizes = prior.Keys.Where(t => t <= maxNodes).Concat(chains.Select(d => d + 1)).Distinct()
                 .Where(t => context + t < ContextLength).Order().ToArray();
             var times = sizes.ToDictionary(t => t, _ => new List<double>());
+            var warm = new Dictionary<int, double>();
+            int[] timed = sizes;
             int rounds = 7;
             for (int round = -1; round < rounds; round++)
             {
                 long roundStart = Stopwatch.GetTimestamp();
-                foreach (int t in sizes)
+                foreach (int t in timed)
                 {
                     long[] ids = prefix.Take(t).ToArray();
                     long[] positions = Enumerable.Range(context, t).Select(i => (long)i).ToArray();
@@ -887,27 +895,37 @@ internal sealed class InferenceEngine : IDisposable
                         Model.Logits(Model.Forward(ids, Cache, positions, torch.ones(t, t, ScalarType.Bool).tril()), TreeLogits(t));
                     }
 
+                    double ms = Stopwatch.GetElapsedTime(begin).TotalMilliseconds;
                     if (round >= 0)
                     {
-                        times[t].Add(Stopwatch.GetElapsedTime(begin).TotalMilliseconds);   // round −1 warms up
+                        times[t].Add(ms);
+                    }
+                    else
+                    {
+                        warm[t] = ms;   // round −1 warms up
                     }
                 }
 
                 if (round == -1)
                 {
-                    rounds = TuneRounds(Stopwatch.GetElapsedTime(roundStart).TotalMilliseconds);
+                    double warmUp = Stopwatch.GetElapsedTime(roundStart).TotalMilliseconds;
+                    if (warmUp > TuneBudgetMs)
+                    {
+                        // A large target: sizes that cannot win are not timed again; their warm-up time stands for them.
+                        var roles = prior.Keys.Where(warm.ContainsKey).Select(t => (t, prior[t], depth * draftStep))
+                            .Concat(chains.Where(d => warm.ContainsKey(d + 1)).Select(d => (d + 1, chainPrior[d], d * chainStep)));
+                        HashSet<int> contenders = Contenders(warm, roles);
+                        timed = sizes.Where(contenders.Contains).ToArray();
+                        warmUp = timed.Sum(t => warm[t]);
+                    }
+
+                    rounds = TuneRounds(warmUp);
                 }
             }
 
             foreach (int t in sizes)
             {
-                verify[t] = times[t].Order().ElementAt(times[t].Count / 2);
-            }
-
-            draftStep = MeasureDraftStep(topK, routerTopK);
-            if (chains.Length > 0)
-            {
-                chainStep = MeasureDraftStep(1, routerTopK);
+                verify[t] = times[t].Count > 0 ? times[t].Order().ElementAt(times[t].Count / 2) : warm[t];
             }
 
             ResetCache();
@@ -930,6 +948,20 @@ internal sealed class InferenceEngine : IDisposable
 
     /// <summary>The time the tuner's timed rounds aim to fit (ms).</summary>
     internal const double TuneBudgetMs = 2000;
+
+    /// <summary>
+    /// The tree sizes worth timing again after <see cref="TuneTree"/>'s warm-up round, from each candidate's role (its size,
+    /// prior relative τ and drafting cost in ms) and the warm-up's verify times: a size stays while its rate at 0.8× its
+    /// warm-up time reaches the best rate at 1.25× — a margin wider than the warm-up's error on a target whose forwards
+    /// take 100 ms and more (the only case in which the tuner prunes: a warm-up round over <see cref="TuneBudgetMs"/>).
+    /// At Llama-3.2-1B's shape on two vCPUs this keeps the chains of 3–5 nodes and drops every tree of 8–64 nodes.
+    /// </summary>
+    internal static HashSet<int> Contenders(IReadOnlyDictionary<int, double> warm, IEnumerable<(int Size, double Prior, double DraftMs)> roles)
+    {
+        var list = roles.ToList();
+        double best = list.Max(r => r.Prior / (r.DraftMs + (1.25 * warm[r.Size])));
+        return list.Where(r => r.Prior / (r.DraftMs + (0.8 * warm[r.Size])) >= best).Select(r => r.Size).ToHashSet();
+    }
 
     /// <summary>The value at <paramref name="x"/> of the piecewise-linear curve through <paramref name="points"/>,
     /// extended beyond its ends along its end segments (never below half its nearest point).</summary>

@@ -141,6 +141,26 @@ public class SpeculativeDecodingTests
     public void TheTunersRounds_FitItsBudget(double warmUpMs, int rounds) => Assert.Equal(rounds, InferenceEngine.TuneRounds(warmUpMs));
 
     [Fact]
+    public void TheTunersContenders_AtALargeTarget_AreTheSizesThatCanStillWin()
+    {
+        // Warm-up verify times measured at Llama-3.2-1B's shape on two vCPUs (ms), an 8-row draft step of 22.7 ms and a
+        // one-row step of 12.7 ms; trees at depth 5 and the tuner's priors, chains of depth 2–4 (3–5 nodes).
+        var warm = new Dictionary<int, double>
+        {
+            [3] = 119.9, [4] = 127.0, [5] = 150.2, [8] = 175.4, [12] = 212.6, [16] = 253.0, [24] = 333.9, [32] = 418.2, [48] = 640.3, [64] = 746.1,
+        };
+        var trees = new Dictionary<int, double> { [4] = 0.70, [8] = 0.85, [12] = 0.93, [16] = 1.0, [24] = 1.08, [32] = 1.14, [48] = 1.22, [64] = 1.28 };
+        var roles = trees.Select(kv => (kv.Key, kv.Value, 5 * 22.7))
+            .Concat(new[] { (3, 0.70, 2 * 12.7), (4, 0.75, 3 * 12.7), (5, 0.75, 4 * 12.7) }).ToList();
+        Assert.Equal([3, 4, 5], InferenceEngine.Contenders(warm, roles).Order());
+
+        // Where a tree's verification is as cheap as a chain's (the demo pair: a 16-node tree in 1.4 ms), trees stay.
+        var flat = warm.Keys.ToDictionary(t => t, t => 1.2 + (0.02 * t));
+        Assert.Superset(new HashSet<int> { 8, 12, 16 }, InferenceEngine.Contenders(flat, trees.Select(kv => (kv.Key, kv.Value, 5 * 0.12))
+            .Concat(new[] { (3, 0.70, 0.24), (4, 0.75, 0.36), (5, 0.75, 0.48) })));
+    }
+
+    [Fact]
     public void CopyDrafter_OnATiedTarget_IsAcceptedOften()
     {
         using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor("llama-tied-scaled"), Drafter("llama-tied-scaled", "copy"));
