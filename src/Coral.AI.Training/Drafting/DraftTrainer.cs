@@ -100,7 +100,7 @@ internal sealed class DraftTrainer
     {
         _drafter = drafter;
         _embedding = embedding;
-        _head = head;
+        _head = head.dtype == ScalarType.Float32 ? head : head.to(ScalarType.Float32);   // a packed target keeps an untied head in bf16
         _o = options;
     }
 

@@ -106,6 +106,15 @@ internal sealed unsafe class TransformerModel : IDisposable
             Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], weightType, device);
             Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32, device);
             ScalarType ht = headType ?? weightType;
+            if (headType is null && !c.TieWordEmbeddings && weightType == ScalarType.Float32 && device.type == DeviceType.CPU
+                && layers.Count > 0 && layers.All(l => l.UsesPackedWeights) && reader.Contains("lm_head.weight")
+                && reader.StoredType("lm_head.weight") == ScalarType.BFloat16)
+            {
+                // Packed layers take their logits from the packed head, whose int8 screen reads exact rows in bf16 too:
+                // the head stays the checkpoint's mapped bf16 rows instead of an f32 copy (2.1 GB at Llama-3-8B's shape).
+                ht = ScalarType.BFloat16;
+            }
+
             Tensor head = c.TieWordEmbeddings
                 ? (ht == weightType ? embed.alias() : embed.to(ht))
                 : reader.Take("lm_head.weight", [c.VocabSize, d], ht, device);
@@ -211,9 +220,16 @@ internal sealed unsafe class TransformerModel : IDisposable
             throw new ArgumentException($"Expected hidden rows of width {Config.HiddenSize}, got [{string.Join(", ", hidden.shape)}].", nameof(hidden));
         }
 
-        if (_packedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32 || hidden.dim() != 2)
+        if (_packedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32)
         {
             return DecoderLayer.Linear(hidden, _head, null);
+        }
+
+        if (hidden.dim() != 2)
+        {
+            using Tensor rows = hidden.reshape(-1, Config.HiddenSize);
+            using Tensor flat = Logits(rows);
+            return flat.reshape([.. hidden.shape[..^1], Config.VocabSize]);
         }
 
         Tensor x = hidden.contiguous();

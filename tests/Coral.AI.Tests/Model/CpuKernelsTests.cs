@@ -36,6 +36,17 @@ public class CpuKernelsTests
         Assert.True(kernels.UsesCpuKernels);
         Assert.False(libtorch.UsesCpuKernels);
         Assert.Equal(arch.EndsWith("bf16", StringComparison.Ordinal) && PackedMatrix.Enabled, kernels.UsesPackedWeights);
+        // An untied bf16 head stays the checkpoint's bf16 rows where the packed head computes the logits (no f32 copy).
+        Assert.Equal(kernels.UsesPackedWeights && !kernels.Config.TieWordEmbeddings ? ScalarType.BFloat16 : ScalarType.Float32, kernels.HeadType);
+        Assert.Equal(ScalarType.Float32, libtorch.HeadType);
+        using (var rows = torch.randn(3, kernels.Config.HiddenSize, generator: new Generator(4)))
+        using (var batched = rows.unsqueeze(0))
+        using (Tensor flat = kernels.Logits(rows), shaped = kernels.Logits(batched), reference = libtorch.Logits(rows))
+        {
+            Assert.Equal([1L, 3, kernels.Config.VocabSize], shaped.shape);   // [1, T, d] rows go through the same head
+            Assert.Equal(TorchTestHelpers.ToArray(flat), TorchTestHelpers.ToArray(shaped));
+            Assert.True(TorchTestHelpers.MaxAbsDiff(TorchTestHelpers.ToArray(flat), TorchTestHelpers.ToArray(reference)) < 1e-3f);
+        }
         int v = kernels.Config.VocabSize;
         var random = new Random(11);
         long[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => (long)random.Next(v)).ToArray();
