@@ -99,7 +99,7 @@ internal sealed class DraftTrainer
     public DraftTrainer(TrainableDrafter drafter, Tensor embedding, Tensor head, DraftTrainingOptions options)
     {
         _drafter = drafter;
-        _embedding = embedding;
+        _embedding = embedding.dtype == ScalarType.Float32 ? embedding : embedding.to(ScalarType.Float32);
         _head = head.dtype == ScalarType.Float32 ? head : head.to(ScalarType.Float32);   // a packed target keeps an untied head in bf16
         _o = options;
     }

@@ -387,6 +387,48 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>Gathers rows of a bf16 embedding table (<paramref name="tableRows"/> × d) into f32 rows of
+    /// <paramref name="y"/> (a bf16 widens exactly), as <see cref="Gather(float*, long, long[], int, float*, int, int)"/>.</summary>
+    public static void Gather(ushort* bf16, long tableRows, long[] ids, int rows, float* y, int d, int stride = 0)
+    {
+        stride = stride == 0 ? d : stride;
+        for (int r = 0; r < rows; r++)
+        {
+            long id = ids[Math.Min(r, ids.Length - 1)];
+            if ((ulong)id >= (ulong)tableRows)
+            {
+                throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is outside the vocabulary (0..{tableRows - 1}).");
+            }
+
+            ushort* src = bf16 + (id * d);
+            float* dst = y + ((long)r * stride);
+            int k = 0;
+            for (; k + 16 <= d; k += 16)
+            {
+                (Vector256<uint> lo, Vector256<uint> hi) = Vector256.Widen(Vector256.Load(src + k));
+                Vector256.ShiftLeft(lo, 16).AsSingle().Store(dst + k);
+                Vector256.ShiftLeft(hi, 16).AsSingle().Store(dst + k + 8);
+            }
+
+            for (; k < d; k++)
+            {
+                dst[k] = BitConverter.Int32BitsToSingle(src[k] << 16);
+            }
+        }
+    }
+
+    /// <summary>The address of a contiguous bf16 CPU tensor's first element (read through its byte span, so at most
+    /// 2 GiB).</summary>
+    public static ushort* Bf16Pointer(Tensor t)
+    {
+        if (t.dtype != ScalarType.BFloat16 || t.device_type != DeviceType.CPU || !t.is_contiguous() || t.numel() * 2 > int.MaxValue)
+        {
+            throw new ArgumentException($"Expected a contiguous bf16 CPU tensor of at most 2 GiB, got {t.dtype} on {t.device} (contiguous: {t.is_contiguous()}).", nameof(t));
+        }
+
+        return (ushort*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(t.bytes));
+    }
+
     /// <summary>Copies n floats.</summary>
     public static void Copy(float* from, float* to, long n) => Buffer.MemoryCopy(from, to, n * sizeof(float), n * sizeof(float));
 }

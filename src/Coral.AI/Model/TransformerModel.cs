@@ -26,6 +26,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
     private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 ([d, V])
     private readonly ScreenedHead? _screenedHead; // its int8 screen for greedy tokens
+    private readonly void* _embedRows;            // the kernel path's embedding table (f32, or bf16 rows widened as gathered)
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, DecoderLayer[] layers,
         Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
@@ -39,9 +40,10 @@ internal sealed unsafe class TransformerModel : IDisposable
         _finalNorm = finalNorm;
         _head = head;
         _rope = rope;
-        if (layers.All(l => l.UsesCpuKernels) && embed.dtype == ScalarType.Float32)
+        if (layers.All(l => l.UsesCpuKernels) && embed.dtype is ScalarType.Float32 or ScalarType.BFloat16)
         {
             _work = new CpuWorkspace(config);
+            _embedRows = embed.dtype == ScalarType.Float32 ? CpuKernels.Pointer(embed) : CpuKernels.Bf16Pointer(embed);
             if (layers.All(l => l.UsesPackedWeights))
             {
                 using var noGrad = torch.no_grad();
@@ -60,7 +62,8 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>Gets the LM head's dtype: <see cref="WeightType"/>, or bfloat16 for f32 layers that verify trees on CPU.</summary>
     public ScalarType HeadType { get; }
 
-    /// <summary>Gets the token embedding table [V, d] (shared with drafters, never copied).</summary>
+    /// <summary>Gets the token embedding table [V, d] (shared with drafters, never copied): in <see cref="WeightType"/>, or
+    /// the checkpoint's bf16 rows under packed f32 layers on CPU.</summary>
     public Tensor Embedding => _embed;
 
     /// <summary>Gets the LM head [V, d] in <see cref="HeadType"/> (shared with drafters, never copied).</summary>
@@ -103,20 +106,20 @@ internal sealed unsafe class TransformerModel : IDisposable
             }
 
             long d = c.HiddenSize;
-            Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], weightType, device);
+            // Packed layers (f32 compute on the CPU kernels) need no f32 copy of bf16 rows: the kernels' gather widens an
+            // embedding row as it copies it, the packed head computes the logits and its int8 screen reads exact rows in
+            // bf16 too. Such a table and head stay the checkpoint's mapped bf16 rows: 1.05 GB less at Llama-3.2-1B's shape
+            // (tied), 4.2 GB less at Llama-3-8B's (untied).
+            bool packed = weightType == ScalarType.Float32 && device.type == DeviceType.CPU && layers.Count > 0 && layers.All(l => l.UsesPackedWeights);
+            bool Bf16Rows(string name) => packed && reader.Contains(name) && reader.StoredType(name) == ScalarType.BFloat16
+                && (long)c.VocabSize * d * 2 <= int.MaxValue;   // the kernels read bf16 tables through a byte span
+            Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d],
+                Bf16Rows("model.embed_tokens.weight") ? ScalarType.BFloat16 : weightType, device);
             Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32, device);
-            ScalarType ht = headType ?? weightType;
-            if (headType is null && !c.TieWordEmbeddings && weightType == ScalarType.Float32 && device.type == DeviceType.CPU
-                && layers.Count > 0 && layers.All(l => l.UsesPackedWeights) && reader.Contains("lm_head.weight")
-                && reader.StoredType("lm_head.weight") == ScalarType.BFloat16)
-            {
-                // Packed layers take their logits from the packed head, whose int8 screen reads exact rows in bf16 too:
-                // the head stays the checkpoint's mapped bf16 rows instead of an f32 copy (2.1 GB at Llama-3-8B's shape).
-                ht = ScalarType.BFloat16;
-            }
-
+            string headName = c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+            ScalarType ht = headType ?? (Bf16Rows(headName) ? ScalarType.BFloat16 : weightType);
             Tensor head = c.TieWordEmbeddings
-                ? (ht == weightType ? embed.alias() : embed.to(ht))
+                ? (ht == embed.dtype ? embed.alias() : embed.to(ht))
                 : reader.Take("lm_head.weight", [c.VocabSize, d], ht, device);
 
             var rope = new RotaryTables(c, Math.Min(maxPositions, Math.Max(c.MaxPositionEmbeddings, 1)), device);
@@ -200,7 +203,7 @@ internal sealed unsafe class TransformerModel : IDisposable
         int t = ids.Length, start = cache.Length, d = Config.HiddenSize;
         CpuWorkspace.Views views = _work!.Rows(rows);
         CpuStep step = _rope.KernelStep(start, t, rows, positions, treeMask, Config.SlidingWindow);
-        CpuKernels.Gather(CpuKernels.Pointer(_embed), Config.VocabSize, ids, rows, _work.X, d);
+        GatherEmbeddings(ids, rows, _work.X);
         for (int l = 0; l < _layers.Length; l++)
         {
             _layers[l].ForwardCpu(step, _work, views, cache, l);
@@ -210,6 +213,26 @@ internal sealed unsafe class TransformerModel : IDisposable
         Tensor y = torch.empty([t, d], ScalarType.Float32);
         CpuKernels.RmsNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
         return y;
+    }
+
+    /// <summary>The embedding rows of <paramref name="ids"/> as f32 into <paramref name="y"/> (rows
+    /// <paramref name="stride"/> floats apart; 0: d), on the CPU kernel path (<see cref="UsesCpuKernels"/>); the last id
+    /// repeats for rows beyond it.</summary>
+    internal void GatherEmbeddings(long[] ids, int rows, float* y, int stride = 0)
+    {
+        if (_embedRows == null)
+        {
+            throw new InvalidOperationException("The embedding table is gathered on the CPU kernel path only.");
+        }
+
+        if (_embed.dtype == ScalarType.Float32)
+        {
+            CpuKernels.Gather((float*)_embedRows, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
+        }
+        else
+        {
+            CpuKernels.Gather((ushort*)_embedRows, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
+        }
     }
 
     /// <summary>Projects hidden rows [R, d] to f32 logits [R, V].</summary>

@@ -40,7 +40,7 @@ internal sealed unsafe class DraftModel : IDisposable
         _rope = rope;
         Router = router;
         _work = layer.UsesCpuKernels ? new CpuWorkspace(config) : null;
-        if (_work is not null && layer.UsesPackedWeights && target.Embedding.dtype == ScalarType.Float32)
+        if (_work is not null && layer.UsesPackedWeights && target.UsesCpuKernels)   // the target gathers the FC's embedding rows
         {
             using var noGrad = torch.no_grad();
             _fcPacked = PackedMatrix.TryCreateFromRows([fc], roundToBf16);
@@ -184,7 +184,7 @@ internal sealed unsafe class DraftModel : IDisposable
 
         using Tensor f = features.to(ScalarType.Float32).contiguous();
         float* fp = CpuKernels.Pointer(f);
-        CpuKernels.Gather(CpuKernels.Pointer(_target.Embedding), _target.Config.VocabSize, tokens, t, _fcInput, d, 2 * d);
+        _target.GatherEmbeddings(tokens, t, _fcInput, 2 * d);
         for (int r = 0; r < t; r++)
         {
             CpuKernels.Copy(fp + ((long)r * d), _fcInput + ((long)r * 2 * d) + d, d);

@@ -36,9 +36,11 @@ public class CpuKernelsTests
         Assert.True(kernels.UsesCpuKernels);
         Assert.False(libtorch.UsesCpuKernels);
         Assert.Equal(arch.EndsWith("bf16", StringComparison.Ordinal) && PackedMatrix.Enabled, kernels.UsesPackedWeights);
-        // An untied bf16 head stays the checkpoint's bf16 rows where the packed head computes the logits (no f32 copy).
-        Assert.Equal(kernels.UsesPackedWeights && !kernels.Config.TieWordEmbeddings ? ScalarType.BFloat16 : ScalarType.Float32, kernels.HeadType);
-        Assert.Equal(ScalarType.Float32, libtorch.HeadType);
+        // Under packed layers the embedding and the head stay the checkpoint's bf16 rows (no f32 copies): the kernels'
+        // gather widens a row, the packed head computes the logits.
+        ScalarType stored = kernels.UsesPackedWeights ? ScalarType.BFloat16 : ScalarType.Float32;
+        Assert.Equal((stored, stored), (kernels.Embedding.dtype, kernels.HeadType));
+        Assert.Equal((ScalarType.Float32, ScalarType.Float32), (libtorch.Embedding.dtype, libtorch.HeadType));
         using (var rows = torch.randn(3, kernels.Config.HiddenSize, generator: new Generator(4)))
         using (var batched = rows.unsqueeze(0))
         using (Tensor flat = kernels.Logits(rows), shaped = kernels.Logits(batched), reference = libtorch.Logits(rows))
@@ -121,5 +123,36 @@ public class CpuKernelsTests
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => model.Forward([model.Config.VocabSize], cache));
         Assert.Contains("outside the vocabulary", e.Message);
         Assert.Equal(0, cache.Length);
+    }
+
+    /// <summary>A bf16 embedding table gathers to the f32 rows its f32 copy gives (a bf16 widens exactly), with a width
+    /// that leaves a tail after the 16-wide vectors, strided output, a repeated last id for padded rows, and a named
+    /// error for an id outside the vocabulary.</summary>
+    [Fact]
+    public unsafe void Gather_FromBf16Rows_EqualsTheF32Copy()
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor f32 = torch.randn([50, 70], generator: new Generator(8)).to(ScalarType.BFloat16).to(ScalarType.Float32);
+        Tensor bf16 = f32.to(ScalarType.BFloat16);
+        long[] ids = [3, 49, 0];
+        var a = new float[4 * 80];
+        var b = new float[4 * 80];
+        fixed (float* pa = a, pb = b)
+        {
+            CpuKernels.Gather(CpuKernels.Pointer(f32), 50, ids, 4, pa, 70, 80);
+            CpuKernels.Gather(CpuKernels.Bf16Pointer(bf16), 50, ids, 4, pb, 70, 80);
+        }
+
+        Assert.Throws<ArgumentOutOfRangeException>(() =>
+        {
+            fixed (float* p = b)
+            {
+                CpuKernels.Gather(CpuKernels.Bf16Pointer(bf16), 50, [50], 1, p, 70);
+            }
+        });
+
+        Assert.Equal(a, b);
+        Assert.Equal(TorchTestHelpers.ToArray(f32[49]), b[80..150]);
+        Assert.Equal(b[160..230], b[240..310]);   // a padded row repeats the last id
     }
 }
