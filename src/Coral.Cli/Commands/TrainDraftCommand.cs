@@ -42,6 +42,7 @@ internal static class TrainDraftCommand
             string other => throw new UsageException($"--csra-variant '{other}' is not one of supcon, consecutive, teacher."),
         };
 
+        Directory.CreateDirectory(output);   // with a features folder and --init nothing else creates it
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 4096);
         string features = FeatureExtractor.Ensure(engine, data, Path.Combine(output, "features"), cl.Int("--max-length") ?? 1024, stderr);
 

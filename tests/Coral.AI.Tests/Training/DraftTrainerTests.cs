@@ -128,6 +128,14 @@ public class TrainDraftCommandTests
         code = await Coral.Cli.CliApp.RunAsync(["train-router", "--target", target, "--draft", coral, "--data", data, "--groups", "4", "--steps", "3"], new StringWriter(), stderr, TextReader.Null);
         Assert.True(code == 0, stderr.ToString());
         Assert.True(File.Exists(Path.Combine(coral, "router-features", FeatureExtractor.ManifestName)));
+
+        // The documented pipeline: features and an initial drafter made beforehand, --out a folder that does not exist
+        // yet (this failed writing metrics.jsonl: nothing created the folder when no features were extracted into it).
+        string fresh = Path.Combine(ModelZoo.TempFolder("cli-train-fresh"), "nested", "draft");
+        code = await Coral.Cli.CliApp.RunAsync(["train-draft", "--target", target, "--data", features, "--init", output, "--out", fresh, "--steps", "2"],
+            new StringWriter(), stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.True(File.Exists(Path.Combine(fresh, "model.safetensors")));
     }
 }
 
