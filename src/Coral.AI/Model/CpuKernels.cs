@@ -377,14 +377,17 @@ internal static unsafe class CpuKernels
         stride = stride == 0 ? d : stride;
         for (int r = 0; r < rows; r++)
         {
-            long id = ids[Math.Min(r, ids.Length - 1)];
-            if ((ulong)id >= (ulong)tableRows)
-            {
-                throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is outside the vocabulary (0..{tableRows - 1}).");
-            }
-
-            new ReadOnlySpan<float>(table + id * d, d).CopyTo(new Span<float>(y + (long)r * stride, d));
+            new ReadOnlySpan<float>(table + (RowId(ids, r, tableRows) * d), d).CopyTo(new Span<float>(y + (long)r * stride, d));
         }
+    }
+
+    /// <summary>The table row of output row <paramref name="r"/>: its id (the last one for rows beyond the ids), checked.</summary>
+    private static long RowId(long[] ids, int r, long tableRows)
+    {
+        long id = ids[Math.Min(r, ids.Length - 1)];
+        return (ulong)id < (ulong)tableRows
+            ? id
+            : throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is outside the vocabulary (0..{tableRows - 1}).");
     }
 
     /// <summary>Gathers rows of a bf16 embedding table (<paramref name="tableRows"/> × d) into f32 rows of
@@ -394,13 +397,7 @@ internal static unsafe class CpuKernels
         stride = stride == 0 ? d : stride;
         for (int r = 0; r < rows; r++)
         {
-            long id = ids[Math.Min(r, ids.Length - 1)];
-            if ((ulong)id >= (ulong)tableRows)
-            {
-                throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is outside the vocabulary (0..{tableRows - 1}).");
-            }
-
-            ushort* src = bf16 + (id * d);
+            ushort* src = bf16 + (RowId(ids, r, tableRows) * d);
             float* dst = y + ((long)r * stride);
             int k = 0;
             for (; k + 16 <= d; k += 16)
