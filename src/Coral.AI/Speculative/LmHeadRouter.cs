@@ -36,14 +36,44 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     private readonly long[] _perm;
     private readonly ConcurrentDictionary<ulong, long[]> _ids = new();   // TokenIds by set of groups (a bit per group)
 
-    private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, long[] perm, int groups, int topK, long f32Limit)
+    private LmHeadRouter(Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor head, long[] perm, int groups, int topK, long f32Limit, bool packGroups)
     {
         (_w1, _b1, _w2, _b2, _perm) = (w1, b1, w2, b2, perm);
         Groups = groups;
         GroupSize = perm.Length / groups;
         TopK = topK;
         long d = head.shape[1];
-        if (head.device_type == DeviceType.CPU && (long)perm.Length * d * 4 <= f32Limit)
+        if (head.device_type == DeviceType.CPU && packGroups && TryPackGroups(head, groups, GroupSize) is PackedMatrix[] packed)
+        {
+            // With packed kernels (a bf16-valued head, as the target's), a group's logits stream half the bytes on both
+            // cores: 2 of 16 groups of the demo head in ≈ 0.1 ms instead of ≈ 0.5 ms. Packed straight from the group's
+            // rows, at any vocabulary (no f32 copy of the permuted head).
+            _packed = packed;
+            _paddingColumns = Enumerable.Range(0, groups)
+                .Select(g => Enumerable.Range(0, GroupSize).Where(c => perm[(g * GroupSize) + c] < 0).ToArray()).ToArray();
+            _mlp = new HostMlp(HostValues(w1), HostValues(b1), HostValues(w2), HostValues(b2));
+            if (ScreenedHead.Enabled)
+            {
+                // Approximate logits from an int8 copy of each group: half the bytes again (see Logits). The copies are
+                // built from the group's rows and keep nothing else (no exact rows: the packed groups serve those).
+                ScreenedHead?[] screens = Enumerable.Range(0, groups).Select(g =>
+                {
+                    using Tensor rows = head.narrow(0, (long)g * GroupSize, GroupSize);
+                    return ScreenedHead.TryCreate(rows, approximateOnly: true);
+                }).ToArray();
+                if (screens.All(x => x is not null))
+                {
+                    _screens = screens!;
+                }
+                else
+                {
+                    Array.ForEach(screens, x => x?.Dispose());
+                }
+            }
+
+            head.Dispose();
+        }
+        else if (head.device_type == DeviceType.CPU && (long)perm.Length * d * 4 <= f32Limit)
         {
             // On CPU a group's logits for 1–8 rows cost ≈ 0.5 ms as a bf16 F.linear over [S, d] rows and a fraction of
             // that as an f32 x·W over [d, S]; the bias puts −∞ in padding columns within the same call (addmm).
@@ -60,43 +90,6 @@ internal sealed unsafe class LmHeadRouter : IDisposable
             }
 
             head.Dispose();
-            // With packed kernels (a bf16-valued head, as the target's), a group's logits stream half the bytes on both
-            // cores: 2 of 16 groups of the demo head in ≈ 0.1 ms instead of ≈ 0.5 ms.
-            PackedMatrix?[] packed = PackedMatrix.Enabled
-                ? Enumerable.Range(0, groups).Select(g => { using Tensor w = _groupWeights[g]; return PackedMatrix.TryCreate(w); }).ToArray()
-                : [];
-            if (packed.Length == groups && packed.All(m => m is not null))
-            {
-                _packed = packed!;
-                _paddingColumns = Enumerable.Range(0, groups)
-                    .Select(g => Enumerable.Range(0, GroupSize).Where(c => perm[(g * GroupSize) + c] < 0).ToArray()).ToArray();
-                _groupWeights.Dispose();
-                _groupWeights = null;
-                _mlp = new HostMlp(HostValues(w1), HostValues(b1), HostValues(w2), HostValues(b2));
-                if (ScreenedHead.Enabled)
-                {
-                    // Approximate logits from an int8 copy of each group: half the bytes again (see Logits). The copies
-                    // are built from the group's rows and keep nothing else (no exact rows: the packed groups serve those).
-                    ScreenedHead?[] screens = Enumerable.Range(0, groups).Select(g =>
-                    {
-                        using Tensor slice = rows[g];
-                        using Tensor group = slice.clone();
-                        return ScreenedHead.TryCreate(group, approximateOnly: true);
-                    }).ToArray();
-                    if (screens.All(x => x is not null))
-                    {
-                        _screens = screens!;
-                    }
-                    else
-                    {
-                        Array.ForEach(screens, x => x?.Dispose());
-                    }
-                }
-            }
-            else
-            {
-                Array.ForEach(packed, m => m?.Dispose());
-            }
         }
         else
         {
@@ -105,14 +98,38 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         }
     }
 
+    /// <summary>Each group's rows of the permuted head [G·S, d] packed ([d, S]), or null when the head's values are not all
+    /// bf16 or this CPU packs nothing.</summary>
+    private static PackedMatrix[]? TryPackGroups(Tensor head, int groups, int size)
+    {
+        if (!PackedMatrix.Enabled || !head.is_contiguous())
+        {
+            return null;
+        }
+
+        var packed = new PackedMatrix?[groups];
+        for (int g = 0; g < groups; g++)
+        {
+            using Tensor rows = head.narrow(0, (long)g * size, size);
+            if ((packed[g] = PackedMatrix.TryCreateFromRows(rows)) is null)
+            {
+                Array.ForEach(packed, m => m?.Dispose());
+                return null;
+            }
+        }
+
+        return packed!;
+    }
+
     private static float[] HostValues(Tensor t)
     {
         using var scope = torch.NewDisposeScope();
         return t.to(ScalarType.Float32).contiguous().data<float>().ToArray();
     }
 
-    /// <summary>The largest f32 copy of the permuted head (G·S·d·4 bytes) kept for CPU drafting: 256 MiB, e.g. a
-    /// 50k × 256 head (51 MB) but not a 128k × 4096 one, which keeps the head's own rows.</summary>
+    /// <summary>The largest f32 copy of the permuted head (G·S·d·4 bytes) kept for CPU drafting when its groups are not
+    /// packed (values that are not all bf16, or no AVX-512): 256 MiB, e.g. a 50k × 256 head (51 MB) but not a 128k × 4096
+    /// one, which keeps the head's own rows.</summary>
     public const long DefaultF32Limit = 256L << 20;
 
     public int Groups { get; }
@@ -137,8 +154,11 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     /// <param name="folder">The drafter folder.</param>
     /// <param name="config">Its config.json.</param>
     /// <param name="target">The target whose LM head the router indexes.</param>
-    /// <param name="f32Limit">The largest f32 copy of the permuted head kept on CPU (<see cref="DefaultF32Limit"/>).</param>
-    public static LmHeadRouter? TryLoad(string folder, JsonObject config, TransformerModel target, long f32Limit = DefaultF32Limit)
+    /// <param name="f32Limit">The largest f32 copy of the permuted head kept on CPU (<see cref="DefaultF32Limit"/>) when
+    /// its groups are not packed.</param>
+    /// <param name="packGroups">Whether a bf16-valued head's groups are packed (on CPU with AVX-512; false keeps the other
+    /// forms, for comparisons).</param>
+    public static LmHeadRouter? TryLoad(string folder, JsonObject config, TransformerModel target, long f32Limit = DefaultF32Limit, bool packGroups = true)
     {
         string path = Path.Combine(folder, FileName);
         if (!File.Exists(path))
@@ -185,7 +205,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         Tensor w1 = Take("router.0.weight", [hidden, d]), b1 = Take("router.0.bias", [hidden]);
         Tensor w2 = Take("router.2.weight", [groups, hidden]), b2 = Take("router.2.bias", [groups]);
         Tensor head = PermutedHead(target, perm);
-        return new LmHeadRouter(w1, b1, w2, b2, head, perm, groups, topK, f32Limit);
+        return new LmHeadRouter(w1, b1, w2, b2, head, perm, groups, topK, f32Limit, packGroups);
     }
 
     /// <summary>Builds the permuted head: a view of the target's head when the permutation is the identity prefix.</summary>

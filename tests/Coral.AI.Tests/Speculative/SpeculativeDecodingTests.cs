@@ -438,10 +438,16 @@ public class SpeculativeDecodingTests
             headType: headType == "bfloat16" ? ScalarType.BFloat16 : ScalarType.Float32);
         var config = ModelConfig.ReadJsonObject(Path.Combine(drafter, "config.json"));
         using LmHeadRouter copy = LmHeadRouter.TryLoad(drafter, config, engine.Model)!;
-        using LmHeadRouter slices = LmHeadRouter.TryLoad(drafter, config, engine.Model, f32Limit: 0)!;
+        using LmHeadRouter slices = LmHeadRouter.TryLoad(drafter, config, engine.Model, f32Limit: 0, packGroups: false)!;
         // A head whose values are all bf16 (a bf16 checkpoint, or a bf16 LM head) packs the group copy.
         Assert.Equal((arch.EndsWith("bf16", StringComparison.Ordinal) || headType == "bfloat16") && PackedMatrix.Enabled, copy.UsesPackedGroups);
         Assert.False(slices.UsesPackedGroups);
+        // Packing does not depend on the f32 copy's limit: a head beyond it (Llama-3's 128k × 2,048) packs its groups too.
+        using (LmHeadRouter beyondLimit = LmHeadRouter.TryLoad(drafter, config, engine.Model, f32Limit: 0)!)
+        {
+            Assert.Equal(copy.UsesPackedGroups, beyondLimit.UsesPackedGroups);
+            Assert.Equal(copy.HasInt8Groups, beyondLimit.HasInt8Groups);
+        }
         using var inference = torch.inference_mode();
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(5);
