@@ -69,7 +69,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor? qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor? o, Tensor? oBias,
-        Tensor mlpNorm, Tensor? gateUp, Tensor? down, bool cpuKernels, bool packed, PackedMatrix[]? prepacked = null)
+        Tensor mlpNorm, Tensor? gateUp, Tensor? down, bool cpuKernels, PackedMatrix[]? prepacked = null)
     {
         UsesCpuKernels = prepacked is not null
             || (cpuKernels && CpuKernels.Enabled && qkv!.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU);
@@ -87,39 +87,17 @@ internal sealed unsafe class DecoderLayer : IDisposable
             _oBiasP = P(oBias);
             if (prepacked is not null)
             {
+                // No f32 copies exist (the kernel path is this layer's only path): a 7B model loaded as f32 keeps 14 GB
+                // of packed weights instead of 28 GB of f32.
                 (_qkvP, _oP, _gateUpP, _downP) = (prepacked[0], prepacked[1], prepacked[2], prepacked[3]);
-                PackedFromCheckpoint = true;
-            }
-            else if (packed)
-            {
-                PackedMatrix?[] p = [PackedMatrix.TryCreate(qkv!), PackedMatrix.TryCreate(o!), PackedMatrix.TryCreate(gateUp!), PackedMatrix.TryCreate(down!)];
-                if (p.All(m => m is not null))
-                {
-                    // The f32 copies are not read again (the kernel path is this layer's only path): a 7B model loaded as
-                    // f32 keeps 14 GB of packed weights instead of 28 GB of f32 plus those.
-                    (_qkvP, _oP, _gateUpP, _downP) = (p[0], p[1], p[2], p[3]);
-                    foreach (Tensor? t in new[] { qkv, o, gateUp, down })
-                    {
-                        t!.Dispose();
-                    }
-
-                    (_qkv, _o, _gateUp, _down) = (null, null, null, null);
-                }
-                else
-                {
-                    Array.ForEach(p, m => m?.Dispose());
-                }
             }
         }
     }
 
     /// <summary>Gets whether <see cref="ForwardCpu"/> multiplies by <see cref="PackedMatrix"/> weights (batch-invariant
-    /// for any row count) rather than libtorch's f32 GEMMs (batch-invariant from two rows up).</summary>
+    /// for any row count) rather than libtorch's f32 GEMMs (batch-invariant from two rows up). Packing happens only straight
+    /// from the checkpoint's rows (<see cref="TryPackDirect"/>): no f32 copy of a packed layer is ever made.</summary>
     public bool UsesPackedWeights => _qkvP is not null;
-
-    /// <summary>Gets whether the packed weights were made straight from the checkpoint's rows (<see cref="TryPackDirect"/>)
-    /// rather than from f32 copies.</summary>
-    public bool PackedFromCheckpoint { get; }
 
     /// <summary>Gets whether <see cref="ForwardCpu"/> runs this layer: f32 weights on CPU, kernels enabled.</summary>
     public bool UsesCpuKernels { get; }
@@ -149,7 +127,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d).MoveToOuterDisposeScope() : null, null,
                 QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope(), null,
                 c.OutputBias ? W("self_attn.o_proj.bias", d).MoveToOuterDisposeScope() : null,
-                Norm("post_attention_layernorm.weight", d).MoveToOuterDisposeScope(), null, null, cpuKernels, packed, direct);
+                Norm("post_attention_layernorm.weight", d).MoveToOuterDisposeScope(), null, null, cpuKernels, direct);
         }
 
         using Tensor q = W("self_attn.q_proj.weight", nq, d);
@@ -178,12 +156,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
             Norm("post_attention_layernorm.weight", d),
             Projection(gateUp),
             Projection(down),
-            cpuKernels,
-            packed && PackedMatrix.Enabled);
+            cpuKernels);
     }
 
     /// <summary>The four packed projections (q|k|v, o, gate|up, down) made from the stored rows, or null when a weight is not
-    /// all bf16 values (then the f32 path below packs nothing either) or not stored as f32/bf16 — unless
+    /// all bf16 values (the layer then keeps libtorch's f32 GEMMs) or not stored as f32/bf16 — unless
     /// <paramref name="round"/> (a drafter's layer), which rounds f32 and f16 values to bf16.</summary>
     private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round)
     {

@@ -63,7 +63,8 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
 
     /// <summary>
     /// Packs <paramref name="inOut"/> [K, N] (f32 or bf16, CPU), or returns null when it holds a value that bf16 cannot
-    /// represent exactly, or when this CPU lacks AVX-512.
+    /// represent exactly, or when this CPU lacks AVX-512: <see cref="TryCreateFromRows(Tensor[])"/> of its transpose
+    /// (the models pack their [out, in] rows directly; this form serves weights laid out [in, out]).
     /// </summary>
     public static PackedMatrix? TryCreate(Tensor inOut)
     {
@@ -73,33 +74,9 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         }
 
         using var noGrad = torch.no_grad();
-        using Tensor f32 = inOut.to(ScalarType.Float32);
-        using Tensor f = f32.contiguous();
-        int k = (int)f.shape[0], n = (int)f.shape[1];
-        uint* src = (uint*)CpuKernels.Pointer(f);
-        if (!AllBf16(src, (long)k * n))
-        {
-            return null;
-        }
-
-        var m = new PackedMatrix(k, n);
-        ushort* dst = m._w;
-        // Block by block on all cores: a 7B model packs ≈ 7·10⁹ values at load.
-        Parallel.For(0, m._blocks, b =>
-        {
-            int columns = Math.Min(Block, n - (b * Block));
-            ushort* block = dst + ((long)b * k * Block);
-            for (int c = 0; c < k; c++)
-            {
-                uint* row = src + ((long)c * n) + (b * Block);
-                for (int j = 0; j < columns; j++)
-                {
-                    block[(c * Block) + Slot(j)] = (ushort)(row[j] >> 16);
-                }
-            }
-        });
-
-        return m;
+        using Tensor t = inOut.t();
+        using Tensor rows = t.contiguous();
+        return TryCreateFromRows(rows);
     }
 
     /// <summary>
@@ -127,7 +104,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         {
             if (t.dim() != 2 || t.shape[1] != k || t.device_type != DeviceType.CPU || !t.is_contiguous()
                 || t.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)
-                || (t.dtype == ScalarType.BFloat16 && t.numel() * 2 > int.MaxValue)   // read through a Span<byte>
+                || (t.dtype == ScalarType.BFloat16 && t.numel() * 2 > int.MaxValue)   // CpuKernels.Bf16Pointer's limit
                 || (t.dtype == ScalarType.Float32 && !round && !AllBf16((uint*)CpuKernels.Pointer(t), t.numel())))
             {
                 return null;
@@ -141,7 +118,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         int o = 0;
         foreach (Tensor t in parts)
         {
-            byte* start = t.dtype == ScalarType.Float32 ? (byte*)CpuKernels.Pointer(t) : (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+            byte* start = t.dtype == ScalarType.Float32 ? (byte*)CpuKernels.Pointer(t) : (byte*)CpuKernels.Bf16Pointer(t);
             long stride = k * t.element_size();
             for (long r = 0; r < t.shape[0]; r++, o++)
             {

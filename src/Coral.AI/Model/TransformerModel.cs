@@ -27,6 +27,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 ([d, V])
     private readonly ScreenedHead? _screenedHead; // its int8 screen for greedy tokens
     private readonly void* _embedRows;            // the kernel path's embedding table (f32, or bf16 rows widened as gathered)
+    private readonly bool _embedBf16;
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, DecoderLayer[] layers,
         Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
@@ -43,7 +44,8 @@ internal sealed unsafe class TransformerModel : IDisposable
         if (layers.All(l => l.UsesCpuKernels) && embed.dtype is ScalarType.Float32 or ScalarType.BFloat16)
         {
             _work = new CpuWorkspace(config);
-            _embedRows = embed.dtype == ScalarType.Float32 ? CpuKernels.Pointer(embed) : CpuKernels.Bf16Pointer(embed);
+            _embedBf16 = embed.dtype == ScalarType.BFloat16;
+            _embedRows = _embedBf16 ? CpuKernels.Bf16Pointer(embed) : CpuKernels.Pointer(embed);
             if (layers.All(l => l.UsesPackedWeights))
             {
                 using var noGrad = torch.no_grad();
@@ -149,9 +151,6 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// row then has the same bits at any row count, so one-token steps need no padding.</summary>
     public bool UsesPackedWeights => _packedHead is not null;
 
-    /// <summary>Gets whether every layer was packed straight from the checkpoint's rows (a bf16 checkpoint: no f32 copies
-    /// at load).</summary>
-    public bool LayersPackedFromCheckpoint => _layers.All(l => l.PackedFromCheckpoint);
 
     /// <summary>
     /// Runs <paramref name="ids"/> through the decoder, writing their K/V to cache slots
@@ -225,13 +224,13 @@ internal sealed unsafe class TransformerModel : IDisposable
             throw new InvalidOperationException("The embedding table is gathered on the CPU kernel path only.");
         }
 
-        if (_embed.dtype == ScalarType.Float32)
+        if (_embedBf16)
         {
-            CpuKernels.Gather((float*)_embedRows, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
+            CpuKernels.Gather((ushort*)_embedRows, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
         }
         else
         {
-            CpuKernels.Gather((ushort*)_embedRows, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
+            CpuKernels.Gather((float*)_embedRows, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
         }
     }
 
