@@ -12,16 +12,27 @@ using static TorchSharp.torch;
 // Plain greedy decoding, tokens/s, Coral vs llama.cpp on the same random Llama weights, interleaved in one process.
 // usage: dotnet run -c Release --project eng/Coral.Bench -- [--hidden 512] [--layers 8] [--ranks 50000] [--tokens 128]
 //        [--rounds 7] [--out docs/benchmarks/plain-decode.md]
-//        or: --write-random <dir> --preset llama-3.2-1b|llama-3-8b [--layers N] (a random bf16 checkpoint at that shape)
+//        or: --write-random <dir> --preset llama-3.2-1b|llama-3-8b [--layers N] [--dtype bf16|f16] (a random checkpoint at that shape)
+//        or: --kernel-formats [--rows 1,4] [--mb 512] (the packed GEMM over bf16 vs f16 blocks, see KernelFormats)
 //        or: --profile <hf-dir> [--rows 1,4,8,16,32] [--forms 0,1] (the cost breakdown of a step, see CostProfile; --forms:
 //        only those engine forms, by index, and not the invariance and parts tables; --draft <dir>: the draft step instead,
 //        exact and int8-approximate, routed and full head, at 1 and the largest --rows)
 NativeLibraryConfig.All.WithLogCallback((_, _) => { });
 if (args.SkipWhile(a => a != "--write-random").Skip(1).FirstOrDefault() is string randomFolder)
 {
-    // --write-random <dir> --preset llama-3.2-1b|llama-3-8b [--layers N]: a random checkpoint at a released model's shape.
+    // --write-random <dir> --preset llama-3.2-1b|llama-3-8b [--layers N] [--dtype bf16|f16]: a random checkpoint at a
+    // released model's shape.
     string preset = args.SkipWhile(a => a != "--preset").Skip(1).FirstOrDefault() ?? "llama-3.2-1b";
-    RealShapes.Write(randomFolder, preset, args.SkipWhile(a => a != "--layers").Skip(1).Select(int.Parse).FirstOrDefault() is int n and > 0 ? n : null);
+    RealShapes.Write(randomFolder, preset, args.SkipWhile(a => a != "--layers").Skip(1).Select(int.Parse).FirstOrDefault() is int n and > 0 ? n : null,
+        args.SkipWhile(a => a != "--dtype").Skip(1).FirstOrDefault() ?? "bf16");
+    return;
+}
+
+if (args.Contains("--kernel-formats"))
+{
+    // --kernel-formats [--rows 1,4] [--mb 512]: the packed GEMM over bf16 and f16 blocks of the same size.
+    int[] counts = (args.SkipWhile(a => a != "--rows").Skip(1).FirstOrDefault() ?? "1,4").Split(',').Select(int.Parse).ToArray();
+    KernelFormats.Run(counts, int.Parse(args.SkipWhile(a => a != "--mb").Skip(1).FirstOrDefault() ?? "512", CultureInfo.InvariantCulture));
     return;
 }
 

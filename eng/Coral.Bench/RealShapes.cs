@@ -1,7 +1,8 @@
 using Coral.AI.TestModels;
 
 /// <summary>
-/// <c>--write-random &lt;dir&gt; --preset &lt;name&gt; [--layers N]</c>: a random Hugging Face checkpoint (bf16, two shards)
+/// <c>--write-random &lt;dir&gt; --preset &lt;name&gt; [--layers N] [--dtype bf16|f16]</c>: a random Hugging Face checkpoint
+/// (bf16 or f16, two shards)
 /// with the dimensions of a released model, for measuring the engine's costs at real shapes (<c>--profile</c>) where no
 /// trained weights of that size can be downloaded. The byte-level tokenizer has the GPT-2 ranks; the embedding is padded
 /// to the model's vocabulary size, as the head's cost is what matters.
@@ -28,20 +29,27 @@ internal static class RealShapes
     private const int VocabSize = 128256;
     private const int GptRanks = 50000;
 
-    public static void Write(string folder, string preset, int? layers)
+    public static void Write(string folder, string preset, int? layers, string dtype = "bf16")
     {
         if (!Presets.TryGetValue(preset, out TinyModelSpec? spec))
         {
             throw new ArgumentException($"--preset '{preset}' is not one of: {string.Join(", ", Presets.Keys)}.");
         }
 
+        string storage = dtype switch
+        {
+            "bf16" => "BF16",
+            "f16" => "F16",
+            _ => throw new ArgumentException($"--dtype '{dtype}' is not one of: bf16, f16."),
+        };
+
         // Five Llama-3 special tokens follow the ranks; the rest of the vocabulary is embedding padding.
         spec = spec with
         {
             Layers = layers ?? spec.Layers, TokenizerRanks = GptRanks, VocabPadding = VocabSize - GptRanks - 5,
-            StorageDType = "BF16", Shards = 2, Seed = 11,
+            StorageDType = storage, Shards = 2, Seed = 11,
         };
-        Console.Error.WriteLine($"writing random {preset} ({spec.Layers} layers, d={spec.HiddenSize}, vocab {VocabSize}, bf16) to {folder}");
+        Console.Error.WriteLine($"writing random {preset} ({spec.Layers} layers, d={spec.HiddenSize}, vocab {VocabSize}, {dtype}) to {folder}");
         TinyCheckpoint.Create(folder, spec);
     }
 }

@@ -390,37 +390,76 @@ internal static unsafe class CpuKernels
             : throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is outside the vocabulary (0..{tableRows - 1}).");
     }
 
-    /// <summary>Gathers rows of a bf16 embedding table (<paramref name="tableRows"/> × d) into f32 rows of
-    /// <paramref name="y"/> (a bf16 widens exactly), as <see cref="Gather(float*, long, long[], int, float*, int, int)"/>.</summary>
-    public static void Gather(ushort* bf16, long tableRows, long[] ids, int rows, float* y, int d, int stride = 0)
+    /// <summary>Gathers rows of a 16-bit embedding table (<paramref name="tableRows"/> × d, <paramref name="format"/> bf16
+    /// or f16) into f32 rows of <paramref name="y"/> (both widen exactly), as
+    /// <see cref="Gather(float*, long, long[], int, float*, int, int)"/>.</summary>
+    public static void Gather(ushort* table, ScalarType format, long tableRows, long[] ids, int rows, float* y, int d, int stride = 0)
     {
+        if (format is not (ScalarType.BFloat16 or ScalarType.Float16))
+        {
+            throw new ArgumentException($"Expected a bf16 or f16 table, got {format}.", nameof(format));
+        }
+
         stride = stride == 0 ? d : stride;
         for (int r = 0; r < rows; r++)
         {
-            ushort* src = bf16 + (RowId(ids, r, tableRows) * d);
-            float* dst = y + ((long)r * stride);
-            int k = 0;
-            for (; k + 16 <= d; k += 16)
-            {
-                (Vector256<uint> lo, Vector256<uint> hi) = Vector256.Widen(Vector256.Load(src + k));
-                Vector256.ShiftLeft(lo, 16).AsSingle().Store(dst + k);
-                Vector256.ShiftLeft(hi, 16).AsSingle().Store(dst + k + 8);
-            }
-
-            for (; k < d; k++)
-            {
-                dst[k] = BitConverter.Int32BitsToSingle(src[k] << 16);
-            }
+            Widen(table + (RowId(ids, r, tableRows) * d), format, y + ((long)r * stride), d);
         }
     }
 
-    /// <summary>The address of a contiguous bf16 CPU tensor's first element (read through its byte span, so at most
-    /// 2 GiB).</summary>
-    public static ushort* Bf16Pointer(Tensor t)
+    /// <summary>n values of <paramref name="format"/> (bf16 or f16) as f32, exactly.</summary>
+    public static void Widen(ushort* src, ScalarType format, float* dst, int n)
     {
-        if (t.dtype != ScalarType.BFloat16 || t.device_type != DeviceType.CPU || !t.is_contiguous() || t.numel() * 2 > int.MaxValue)
+        bool f16 = format == ScalarType.Float16;
+        int k = 0;
+        for (; k + 32 <= n; k += 32)
         {
-            throw new ArgumentException($"Expected a contiguous bf16 CPU tensor of at most 2 GiB, got {t.dtype} on {t.device} (contiguous: {t.is_contiguous()}).", nameof(t));
+            // Laid out as a packed block's row (value j in word j's low half, 16 + j in its high half), the 32 values widen
+            // through the kernels' own code.
+            (Vector512<uint> low, Vector512<uint> high) = Vector512.Widen(Vector512.Load(src + k));
+            Vector512<uint> words = low | Vector512.ShiftLeft(high, 16);
+            var (first, second) = f16
+                ? HalfFormat.Float16.Widen(words, HalfFormat.Float16.Mask, HalfFormat.Float16.Scale)
+                : HalfFormat.BFloat16.Widen(words, HalfFormat.BFloat16.Mask, default);
+            first.Store(dst + k);
+            second.Store(dst + k + 16);
+        }
+
+        for (; k < n; k++)
+        {
+            dst[k] = f16 ? (float)BitConverter.UInt16BitsToHalf(src[k]) : BitConverter.Int32BitsToSingle(src[k] << 16);
+        }
+    }
+
+    /// <summary>Whether none of <paramref name="count"/> f16 values (as bits) is an infinity or a NaN (exponent bits all
+    /// ones): the packed kernels widen finite values only.</summary>
+    internal static bool AllFiniteF16(ushort* values, long count)
+    {
+        const long Chunk = 1 << 20;
+        int bad = 0;
+        Parallel.For(0, (count + Chunk - 1) / Chunk, (i, state) =>
+        {
+            long end = Math.Min(count, (i + 1) * Chunk);
+            for (long j = i * Chunk; j < end; j++)
+            {
+                if ((values[j] & 0x7C00) == 0x7C00)
+                {
+                    Interlocked.Exchange(ref bad, 1);
+                    state.Stop();
+                    return;
+                }
+            }
+        });
+        return bad == 0;
+    }
+
+    /// <summary>The address of a contiguous bf16 or f16 CPU tensor's first element (read through its byte span, so at
+    /// most 2 GiB).</summary>
+    public static ushort* Pointer16(Tensor t)
+    {
+        if (t.dtype is not (ScalarType.BFloat16 or ScalarType.Float16) || t.device_type != DeviceType.CPU || !t.is_contiguous() || t.numel() * 2 > int.MaxValue)
+        {
+            throw new ArgumentException($"Expected a contiguous bf16 or f16 CPU tensor of at most 2 GiB, got {t.dtype} on {t.device} (contiguous: {t.is_contiguous()}).", nameof(t));
         }
 
         return (ushort*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(t.bytes));

@@ -160,8 +160,9 @@ internal sealed unsafe class DecoderLayer : IDisposable
     }
 
     /// <summary>The four packed projections (q|k|v, o, gate|up, down) made from the stored rows, or null when a weight is not
-    /// all bf16 values (the layer then keeps libtorch's f32 GEMMs) or not stored as f32/bf16 — unless
-    /// <paramref name="round"/> (a drafter's layer), which rounds f32 and f16 values to bf16.</summary>
+    /// all bf16 values (the layer then keeps libtorch's f32 GEMMs) or not stored as f32/bf16/f16. A layer stored in f16
+    /// packs its f16 values as they are (exact); with <paramref name="round"/> (a drafter's layer) f32 values — and f16
+    /// ones in a layer that mixes dtypes — are rounded to bf16 instead of refused.</summary>
     private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
@@ -169,15 +170,26 @@ internal sealed unsafe class DecoderLayer : IDisposable
             "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"];
         long[][] shapes = [[nq, d], [nkv, d], [nkv, d], [d, nq], [ff, d], [ff, d], [d, ff]];
         if (names.Any(n => !reader.Contains(prefix + n)
-            || reader.StoredType(prefix + n) is not (ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float16)
-            || (reader.StoredType(prefix + n) == ScalarType.Float16 && !round)))
+            || reader.StoredType(prefix + n) is not (ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float16)))
         {
-            return null;   // missing (the f32 path names it), or f16 values bf16 cannot all hold
+            return null;   // missing (the f32 path names it)
         }
 
+        bool f16 = names.All(n => reader.StoredType(prefix + n) == ScalarType.Float16);
+        if (!f16 && !round && names.Any(n => reader.StoredType(prefix + n) == ScalarType.Float16))
+        {
+            return null;   // f16 mixed with other dtypes: values bf16 cannot all hold
+        }
+
+        ScalarType Read(string name) => reader.StoredType(name) switch
+        {
+            ScalarType.BFloat16 => ScalarType.BFloat16,
+            ScalarType.Float16 when f16 => ScalarType.Float16,
+            _ => ScalarType.Float32,
+        };
+
         using var scope = torch.NewDisposeScope();
-        Tensor[] w = names.Select((n, i) => reader.Take(prefix + n, shapes[i],
-            reader.StoredType(prefix + n) == ScalarType.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32, torch.CPU)).ToArray();
+        Tensor[] w = names.Select((n, i) => reader.Take(prefix + n, shapes[i], Read(prefix + n), torch.CPU)).ToArray();
         PackedMatrix?[] p = [PackedMatrix.TryCreateFromRows([w[0], w[1], w[2]], round), PackedMatrix.TryCreateFromRows([w[3]], round),
             PackedMatrix.TryCreateFromRows([w[4], w[5]], round), PackedMatrix.TryCreateFromRows([w[6]], round)];
         if (p.All(m => m is not null))

@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -9,9 +10,10 @@ using Tensor = TorchSharp.torch.Tensor;
 namespace Coral.AI;
 
 /// <summary>
-/// A weight for the CPU kernels' GEMMs, y[R, N] = x[R, K] · W[K, N]: stored as bf16 in blocks of 32 output columns
-/// (<c>[N/32][K][32]</c>, contiguous per block), multiplied in f32. Only weights whose every value is a bf16 are packed,
-/// so the product uses exactly the checkpoint's values (a bf16 checkpoint loaded as f32, as the demo pair is).
+/// A weight for the CPU kernels' GEMMs, y[R, N] = x[R, K] · W[K, N]: stored as bf16 — or as f16, for a checkpoint
+/// stored so — in blocks of 32 output columns (<c>[N/32][K][32]</c>, contiguous per block), multiplied in f32. Only
+/// weights whose every value the 16-bit format holds are packed, so the product uses exactly the checkpoint's values (a
+/// bf16 or f16 checkpoint loaded as f32, as the demo pair is).
 /// Within a block's row of 32, the 32-bit word j holds column j in its low half and column 16 + j in its high half, so
 /// that one 64-byte load becomes the block's two f32 vectors with one shift and one mask (the high half of an f32 is its
 /// bf16); a plain column order needed a widening move and a shift per 16 values, and the widening competed with the
@@ -32,13 +34,15 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     public const int Block = 32;
 
     private readonly int _blocks;
+    private readonly bool _f16;   // the blocks hold f16 values (else bf16)
+    private readonly int _bias;   // f16: the blocks' exponent bias (15, a half's own, or one that leaves no subnormal)
     private ushort* _w;
     private float* _x, _y;   // the current call's operands (one call at a time per matrix)
     private int _rows, _parts, _ldy;
 
-    private PackedMatrix(int inputs, int outputs)
+    private PackedMatrix(int inputs, int outputs, bool f16, int bias = 15)
     {
-        (Inputs, Outputs) = (inputs, outputs);
+        (Inputs, Outputs, _f16, _bias) = (inputs, outputs, f16, bias);
         _blocks = (outputs + Block - 1) / Block;
         nuint bytes = (nuint)((long)_blocks * Block * inputs * sizeof(ushort));
         _w = (ushort*)NativeMemory.AlignedAlloc(bytes, 64);
@@ -48,7 +52,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     /// <summary>Gets whether this CPU runs the kernels (AVX-512).</summary>
     public static bool Supported => Avx512F.IsSupported;
 
-    /// <summary>Gets whether models pack their bf16-valued weights (<see cref="Supported"/>, and <c>CORAL_PACKED_WEIGHTS</c>
+    /// <summary>Gets whether models pack their bf16-valued (and f16-stored) weights (<see cref="Supported"/>, and <c>CORAL_PACKED_WEIGHTS</c>
     /// is not 0; set it to 0 for A/B measurements against libtorch's GEMMs).</summary>
     public static bool Enabled { get; } = Supported && Environment.GetEnvironmentVariable("CORAL_PACKED_WEIGHTS") is not ("0" or "false");
 
@@ -57,6 +61,13 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
 
     /// <summary>Gets N, the length of an output row.</summary>
     public int Outputs { get; }
+
+    /// <summary>Gets the format of the packed values: <see cref="ScalarType.BFloat16"/> or <see cref="ScalarType.Float16"/>.</summary>
+    public ScalarType Format => _f16 ? ScalarType.Float16 : ScalarType.BFloat16;
+
+    /// <summary>Gets the exponent bias of an f16 matrix's blocks: 15 (a half's own) or the one chosen at packing so that no
+    /// value is subnormal (<see cref="F16Bias"/>).</summary>
+    internal int ExponentBias => _bias;
 
     /// <summary>Gets the bytes the packed weight holds.</summary>
     public long Bytes => (long)_blocks * Block * Inputs * sizeof(ushort);
@@ -83,16 +94,21 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     /// Packs weights given as output rows — <paramref name="parts"/> [n_i, K] (f32 or bf16, CPU, contiguous), stacked along
     /// the output dimension as <c>torch.cat(parts)</c> would, i.e. the checkpoint's own [out, in] layout — into the same
     /// matrix <see cref="TryCreate"/> makes from the transposed [K, N] copy, without making it: bf16 rows (a bf16
-    /// checkpoint's mapped tensors) are copied as they are, f32 rows must hold bf16 values. Returns null where
-    /// <see cref="TryCreate"/> would (a value bf16 cannot represent, no AVX-512) or for a part that is not a contiguous
-    /// [n, K] f32/bf16 CPU tensor.
+    /// checkpoint's mapped tensors) are copied as they are, f32 rows must hold bf16 values; f16 rows (every part f16) are
+    /// copied as they are into an f16 matrix, which the kernels widen exactly as they read it. Returns null where
+    /// <see cref="TryCreate"/> would (a value bf16 cannot represent, no AVX-512), for f16 parts mixed with others or
+    /// holding an infinity or NaN, or for a part that is not a contiguous [n, K] f32/bf16/f16 CPU tensor.
     /// </summary>
     public static PackedMatrix? TryCreateFromRows(params Tensor[] parts) => TryCreateFromRows(parts, round: false);
 
     /// <summary>As <see cref="TryCreateFromRows(Tensor[])"/>; with <paramref name="round"/> f32 values that bf16 cannot
     /// hold are rounded to the nearest bf16 (ties to even) instead of refused — for weights whose precision decides
     /// nothing that is emitted (a drafter's: verification decides).</summary>
-    public static PackedMatrix? TryCreateFromRows(Tensor[] parts, bool round)
+    public static PackedMatrix? TryCreateFromRows(Tensor[] parts, bool round) => TryCreateFromRows(parts, round, rebias: true);
+
+    /// <summary>As <see cref="TryCreateFromRows(Tensor[], bool)"/>; <paramref name="rebias"/> false keeps f16 values with
+    /// their own exponent bias, subnormals included (for measurements, <see cref="F16Bias"/>).</summary>
+    internal static PackedMatrix? TryCreateFromRows(Tensor[] parts, bool round, bool rebias)
     {
         if (!Supported || parts.Length == 0)
         {
@@ -100,25 +116,44 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         }
 
         long k = parts[0].dim() == 2 ? parts[0].shape[1] : -1;
+        bool f16 = parts[0].dtype == ScalarType.Float16;
         foreach (Tensor t in parts)
         {
             if (t.dim() != 2 || t.shape[1] != k || t.device_type != DeviceType.CPU || !t.is_contiguous()
-                || t.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)
-                || (t.dtype == ScalarType.BFloat16 && t.numel() * 2 > int.MaxValue)   // CpuKernels.Bf16Pointer's limit
+                || t.dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
+                || (t.dtype == ScalarType.Float16) != f16
+                || (t.dtype != ScalarType.Float32 && t.numel() * 2 > int.MaxValue)   // CpuKernels.Pointer16's limit
                 || (t.dtype == ScalarType.Float32 && !round && !AllBf16((uint*)CpuKernels.Pointer(t), t.numel())))
             {
                 return null;
             }
         }
 
-        // Each output column's source row: the high half of an f32's bits, or the bf16 itself.
+        int bias = 15;
+        if (f16)
+        {
+            var (min, max) = (int.MaxValue, int.MinValue);
+            foreach (Tensor t in parts)
+            {
+                if (F16Exponents(CpuKernels.Pointer16(t), t.numel()) is not var (lo, hi))
+                {
+                    return null;   // an infinity or NaN
+                }
+
+                (min, max) = (Math.Min(min, lo), Math.Max(max, hi));
+            }
+
+            bias = rebias ? F16Bias(min, max) : 15;
+        }
+
+        // Each output column's source row: the high half of an f32's bits, or the bf16 (f16) itself.
         int n = (int)parts.Sum(t => t.shape[0]);
         var rows = new nint[n];
         var f32 = new bool[n];
         int o = 0;
         foreach (Tensor t in parts)
         {
-            byte* start = t.dtype == ScalarType.Float32 ? (byte*)CpuKernels.Pointer(t) : (byte*)CpuKernels.Bf16Pointer(t);
+            byte* start = t.dtype == ScalarType.Float32 ? (byte*)CpuKernels.Pointer(t) : (byte*)CpuKernels.Pointer16(t);
             long stride = k * t.element_size();
             for (long r = 0; r < t.shape[0]; r++, o++)
             {
@@ -126,7 +161,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
             }
         }
 
-        var m = new PackedMatrix((int)k, n);
+        var m = new PackedMatrix((int)k, n, f16, bias);
         ushort* dst = m._w;
         Parallel.For(0, m._blocks, b =>
         {
@@ -144,6 +179,14 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
                         block[(c * Block) + slot] = (ushort)((round ? bits + 0x7FFF + ((bits >> 16) & 1) : bits) >> 16);
                     }
                 }
+                else if (bias != 15)
+                {
+                    ushort* src = (ushort*)rows[column];
+                    for (long c = 0; c < k; c++)
+                    {
+                        block[(c * Block) + slot] = Rebias(src[c], bias);
+                    }
+                }
                 else
                 {
                     ushort* src = (ushort*)rows[column];
@@ -156,6 +199,80 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         });
 
         return m;
+    }
+
+    /// <summary>
+    /// The exponent bias for an f16 matrix whose nonzero values' exponents (value = 1.f · 2^E) span
+    /// [<paramref name="min"/>, <paramref name="max"/>]: one that stores every such value as a normal number (stored
+    /// exponent 1–31, no infinities to reserve) with a finite scale 2^(127 − bias), so the kernels never multiply a
+    /// subnormal f32 (which costs a microcode assist of ≈ 150 cycles on Intel cores: with the 0.2% of subnormal halves of
+    /// a trained weight, one-row products ran 1.3–1.5× slower than bf16 ones instead of 1.05–1.16×); a half's own 15
+    /// where that already holds, or where no bias can (values spanning more than 31 binades, which keep their subnormals).
+    /// </summary>
+    internal static int F16Bias(int min, int max)
+    {
+        if (min > max || (min >= -14 && max <= 16))
+        {
+            return 15;   // all zero, or no subnormal to remove
+        }
+
+        int lo = Math.Max(0, 1 - min), hi = 31 - max;
+        return lo <= hi ? lo : 15;
+    }
+
+    /// <summary>The least and greatest exponent E (value = 1.f · 2^E; subnormal halves normalized) among the nonzero f16
+    /// values (as bits), (int.MaxValue, int.MinValue) when all are zero, or null when one is an infinity or a NaN.</summary>
+    internal static (int Min, int Max)? F16Exponents(ushort* values, long count)
+    {
+        const long Chunk = 1 << 20;
+        int min = int.MaxValue, max = int.MinValue, bad = 0;
+        object gate = new();
+        Parallel.For(0, (count + Chunk - 1) / Chunk, (i, state) =>
+        {
+            long end = Math.Min(count, (i + 1) * Chunk);
+            int lo = int.MaxValue, hi = int.MinValue;
+            for (long j = i * Chunk; j < end; j++)
+            {
+                int e = (values[j] >> 10) & 0x1F, f = values[j] & 0x3FF;
+                if (e == 0x1F)
+                {
+                    Interlocked.Exchange(ref bad, 1);
+                    state.Stop();
+                    return;
+                }
+
+                if (e != 0 || f != 0)
+                {
+                    int exponent = e != 0 ? e - 15 : BitOperations.Log2((uint)f) - 24;
+                    (lo, hi) = (Math.Min(lo, exponent), Math.Max(hi, exponent));
+                }
+            }
+
+            lock (gate)
+            {
+                (min, max) = (Math.Min(min, lo), Math.Max(max, hi));
+            }
+        });
+        return bad == 0 ? (min, max) : null;
+    }
+
+    /// <summary>An f16 value (bits, finite) stored with exponent bias <paramref name="bias"/> instead of 15, subnormals
+    /// normalized (exact: a half's fraction has at most 10 bits either way); zero stays zero.</summary>
+    internal static ushort Rebias(ushort h, int bias)
+    {
+        int sign = h & 0x8000, e = (h >> 10) & 0x1F, f = h & 0x3FF;
+        if (e == 0)
+        {
+            if (f == 0)
+            {
+                return (ushort)sign;
+            }
+
+            int p = BitOperations.Log2((uint)f);   // f = 2^p · 1.m, value 2^(p − 24) · 1.m
+            (e, f) = (p - 24 + 15, (f << (10 - p)) & 0x3FF);
+        }
+
+        return (ushort)(sign | ((e - 15 + bias) << 10) | f);
     }
 
     /// <summary>Whether each of <paramref name="count"/> f32 values (as bits) is a bf16: its low 16 bits are zero.</summary>
@@ -194,11 +311,24 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
         CpuParallel.Run(this, _parts);
     }
 
-    void ICpuWork.Run(int part) => Range(part * _blocks / _parts, (part + 1) * _blocks / _parts);
+    void ICpuWork.Run(int part)
+    {
+        int b0 = part * _blocks / _parts, b1 = (part + 1) * _blocks / _parts;
+        if (_f16)
+        {
+            Range<HalfFormat.Float16>(b0, b1);
+        }
+        else
+        {
+            Range<HalfFormat.BFloat16>(b0, b1);
+        }
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
-    private void Range(int b0, int b1)
+    private void Range<TFormat>(int b0, int b1)
+        where TFormat : struct, IHalfFormat
     {
+        Vector512<float> scale = Vector512.Create(BitConverter.Int32BitsToSingle((254 - _bias) << 23));   // f16: 2^(127 − bias)
         int k = Inputs, n = Outputs, rows = _rows, ld = _ldy;
         float* tail = stackalloc float[4 * 2 * Block];   // outputs of a pair that ends past the range or the matrix
         for (int b = b0; b < b1; b += 2)
@@ -214,19 +344,19 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
                 int m = Math.Min(rows - r, 4);
                 if (m == 4)
                 {
-                    Tile<RowCount.Four>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.Four, TFormat>(p0, p1, x, k, y, ldy, scale);
                 }
                 else if (m == 3)
                 {
-                    Tile<RowCount.Three>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.Three, TFormat>(p0, p1, x, k, y, ldy, scale);
                 }
                 else if (m == 2)
                 {
-                    Tile<RowCount.Two>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.Two, TFormat>(p0, p1, x, k, y, ldy, scale);
                 }
                 else
                 {
-                    Tile<RowCount.One>(p0, p1, x, k, y, ldy);
+                    Tile<RowCount.One, TFormat>(p0, p1, x, k, y, ldy, scale);
                 }
 
                 if (!full)
@@ -249,34 +379,27 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     /// 32-bit word j for j &lt; 16, the high half of word j − 16 otherwise.</summary>
     private static int Slot(int j) => j < 16 ? 2 * j : (2 * (j - 16)) + 1;
 
-    /// <summary>A block's row (32 bf16 values) as f32 columns 0–15 and 16–31 (exact: a bf16's bits are the high half of
-    /// its f32).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (Vector512<float> Low, Vector512<float> High) Bf16(ushort* p)
-    {
-        Vector512<uint> words = Vector512.Load((uint*)p);
-        return (Avx512F.ShiftLeftLogical(words, 16).AsSingle(), (words & Vector512.Create(0xFFFF0000u)).AsSingle());
-    }
-
     /// <summary>
-    /// The micro-kernel: <typeparamref name="TRows"/> rows (1 to 4) × 64 outputs of two blocks, each output one
-    /// accumulator over k in order (4 to 16 independent sums). The JIT compiles one body per row count with the other
-    /// rows' code removed; it stays a small method of its own because in one large method the JIT spilled the
-    /// accumulators to the stack.
+    /// The micro-kernel: <typeparamref name="TRows"/> rows (1 to 4) × 64 outputs of two blocks of
+    /// <typeparamref name="TFormat"/> values, each output one accumulator over k in order (4 to 16 independent sums). The
+    /// JIT compiles one body per row count and format with the other rows' code removed; it stays a small method of its
+    /// own because in one large method the JIT spilled the accumulators to the stack.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TRows>(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy)
+    private static void Tile<TRows, TFormat>(ushort* p0, ushort* p1, float* x0, int k, float* y, int ldy, Vector512<float> scale)
         where TRows : struct, IRowCount
+        where TFormat : struct, IHalfFormat
     {
         float* x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;   // rows past TRows.Count are never read
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
         Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        Vector512<uint> mask = TFormat.Mask;   // loaded once: the JIT re-broadcast such constants in every iteration
         for (int c = 0; c < k; c++)
         {
-            var (w0, w1) = Bf16(p0);
-            var (w2, w3) = Bf16(p1);
+            var (w0, w1) = TFormat.Widen(Vector512.Load((uint*)p0), mask, scale);
+            var (w2, w3) = TFormat.Widen(Vector512.Load((uint*)p1), mask, scale);
             p0 += Block;
             p1 += Block;
             var s = Vector512.Create(x0[c]);

@@ -41,8 +41,8 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     public const int PassRows = 4;
 
     private readonly int _vocab, _inputs, _groups, _blocks;
-    private readonly bool _exactBf16;
-    private readonly byte* _rows;     // the head [V, K] (f32 or bf16, bf16 values; the model's tensor, which outlives this), or null: approximations only
+    private readonly ScalarType _rowType;
+    private readonly byte* _rows;     // the head [V, K] (f32 with bf16 values, bf16 or f16; the model's tensor, which outlives this), or null: approximations only
     private readonly float _maxAlpha, _maxSigma;
     private sbyte* _q;                // [blocks][K/4 groups][8 vectors][8 tokens][4 k]
     private int* _sums;               // per token: Σ q (the unsigned input's offset of 128 is taken off with it)
@@ -57,7 +57,7 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     private ScreenedHead(Tensor exact, int vocab, int inputs, bool approximateOnly)
     {
         (_vocab, _inputs) = (vocab, inputs);
-        _exactBf16 = exact.dtype == ScalarType.BFloat16;
+        _rowType = exact.dtype;
         fixed (byte* rows = exact.bytes)
         {
             _rows = rows;
@@ -142,20 +142,22 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     /// (for tests: |a − logit| ≤ β for every token).</summary>
     internal (float Approx, float Bound) Screened(int v) => (_approx[v], Bound(0, v));
 
-    /// <summary>Builds the screen of <paramref name="head"/> [V, K] (CPU, contiguous, f32 or bf16; read in place, not
+    /// <summary>Builds the screen of <paramref name="head"/> [V, K] (CPU, contiguous, f32, bf16 or f16; read in place, not
     /// copied: it must outlive the screen unless <paramref name="approximateOnly"/>), or returns null when this CPU lacks
-    /// AVX-512 or VNNI, or the values are not all bf16 (the full head would not be the packed one whose bits this screen
-    /// reproduces). With <paramref name="approximateOnly"/> the head is read only here, and the screen serves
+    /// AVX-512 or VNNI, or f32 values are not all bf16 or f16 ones not all finite (the full head would not be the packed
+    /// one whose bits this screen reproduces). With <paramref name="approximateOnly"/> the head is read only here, and the screen serves
     /// <see cref="TryApproxLogits"/> alone (<see cref="TryArgMax(float*, int, Span{int})"/> decides nothing).</summary>
     public static ScreenedHead? TryCreate(Tensor head, bool approximateOnly = false)
     {
         if (!Supported || head.dim() != 2 || head.device_type != DeviceType.CPU || !head.is_contiguous()
-            || head.dtype is not (ScalarType.Float32 or ScalarType.BFloat16))
+            || head.dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
+            || (head.dtype != ScalarType.Float32 && head.numel() * 2 > int.MaxValue))
         {
             return null;
         }
 
-        if (head.dtype == ScalarType.Float32 && !PackedMatrix.AllBf16((uint*)CpuKernels.Pointer(head), head.numel()))
+        if ((head.dtype == ScalarType.Float32 && !PackedMatrix.AllBf16((uint*)CpuKernels.Pointer(head), head.numel()))
+            || (head.dtype == ScalarType.Float16 && !CpuKernels.AllFiniteF16(CpuKernels.Pointer16(head), head.numel())))
         {
             return null;
         }
@@ -539,15 +541,26 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     }
 
     /// <summary>Token v's f32 logit exactly as <see cref="PackedMatrix"/> computes it: one fused multiply-add chain from 0.</summary>
+    [SkipLocalsInit]
     private float Exact(int v, float* x)
     {
         float acc = 0f;
-        if (_exactBf16)
+        if (_rowType == ScalarType.BFloat16)
         {
             ushort* w = (ushort*)_rows + ((long)v * _inputs);
             for (int k = 0; k < _inputs; k++)
             {
                 acc = MathF.FusedMultiplyAdd(BitConverter.Int32BitsToSingle(w[k] << 16), x[k], acc);
+            }
+        }
+        else if (_rowType == ScalarType.Float16)
+        {
+            // Widened first by the kernels' vector code (the scalar Half conversion costs ≈ 10 ns a value).
+            float* w = stackalloc float[_inputs];
+            CpuKernels.Widen((ushort*)_rows + ((long)v * _inputs), ScalarType.Float16, w, _inputs);
+            for (int k = 0; k < _inputs; k++)
+            {
+                acc = MathF.FusedMultiplyAdd(w[k], x[k], acc);
             }
         }
         else
@@ -565,13 +578,9 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
     /// <summary>Row v of the exact head as f32.</summary>
     private void Row(int v, float* w)
     {
-        if (_exactBf16)
+        if (_rowType != ScalarType.Float32)
         {
-            ushort* src = (ushort*)_rows + ((long)v * _inputs);
-            for (int k = 0; k < _inputs; k++)
-            {
-                w[k] = BitConverter.Int32BitsToSingle(src[k] << 16);
-            }
+            CpuKernels.Widen((ushort*)_rows + ((long)v * _inputs), _rowType, w, _inputs);
         }
         else
         {

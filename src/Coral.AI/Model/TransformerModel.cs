@@ -24,10 +24,10 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly Tensor _head;        // [V, d], WeightType (the embedding itself when tied)
     private readonly RotaryTables _rope;
     private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
-    private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 ([d, V])
+    private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 or stored as f16 ([d, V])
     private readonly ScreenedHead? _screenedHead; // its int8 screen for greedy tokens
-    private readonly void* _embedRows;            // the kernel path's embedding table (f32, or bf16 rows widened as gathered)
-    private readonly bool _embedBf16;
+    private readonly void* _embedRows;            // the kernel path's embedding table (f32, or bf16/f16 rows widened as gathered)
+    private readonly ScalarType _embedType;
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, DecoderLayer[] layers,
         Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
@@ -41,11 +41,11 @@ internal sealed unsafe class TransformerModel : IDisposable
         _finalNorm = finalNorm;
         _head = head;
         _rope = rope;
-        if (layers.All(l => l.UsesCpuKernels) && embed.dtype is ScalarType.Float32 or ScalarType.BFloat16)
+        if (layers.All(l => l.UsesCpuKernels) && embed.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
         {
             _work = new CpuWorkspace(config);
-            _embedBf16 = embed.dtype == ScalarType.BFloat16;
-            _embedRows = _embedBf16 ? CpuKernels.Bf16Pointer(embed) : CpuKernels.Pointer(embed);
+            _embedType = embed.dtype;
+            _embedRows = _embedType == ScalarType.Float32 ? CpuKernels.Pointer(embed) : CpuKernels.Pointer16(embed);
             if (layers.All(l => l.UsesPackedWeights))
             {
                 using var noGrad = torch.no_grad();
@@ -61,11 +61,12 @@ internal sealed unsafe class TransformerModel : IDisposable
 
     public ScalarType WeightType { get; }
 
-    /// <summary>Gets the LM head's dtype: <see cref="WeightType"/>, or bfloat16 for f32 layers that verify trees on CPU.</summary>
+    /// <summary>Gets the LM head's dtype: <see cref="WeightType"/>, or bfloat16 for f32 layers that verify trees on CPU, or
+    /// the checkpoint's own bf16 or f16 under packed f32 layers on CPU.</summary>
     public ScalarType HeadType { get; }
 
     /// <summary>Gets the token embedding table [V, d] (shared with drafters, never copied): in <see cref="WeightType"/>, or
-    /// the checkpoint's bf16 rows under packed f32 layers on CPU.</summary>
+    /// the checkpoint's bf16 or f16 rows under packed f32 layers on CPU.</summary>
     public Tensor Embedding => _embed;
 
     /// <summary>Gets the LM head [V, d] in <see cref="HeadType"/> (shared with drafters, never copied).</summary>
@@ -85,7 +86,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <param name="cpuKernels">Whether f32 layers on CPU run on <see cref="CpuKernels"/> (the default; false keeps the
     /// libtorch path, for comparisons).</param>
     /// <param name="packedWeights">Whether the kernel path multiplies by <see cref="PackedMatrix"/> copies of weights
-    /// whose values are all bf16 (the default; false keeps libtorch's f32 GEMMs, for comparisons).</param>
+    /// whose values are all bf16, or that are stored as f16 (the default; false keeps libtorch's f32 GEMMs, for comparisons).</param>
     public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions, ScalarType? headType = null,
         bool cpuKernels = true, bool packedWeights = true)
     {
@@ -108,18 +109,20 @@ internal sealed unsafe class TransformerModel : IDisposable
             }
 
             long d = c.HiddenSize;
-            // Packed layers (f32 compute on the CPU kernels) need no f32 copy of bf16 rows: the kernels' gather widens an
+            // Packed layers (f32 compute on the CPU kernels) need no f32 copy of 16-bit rows: the kernels' gather widens an
             // embedding row as it copies it, the packed head computes the logits and its int8 screen reads exact rows in
-            // bf16 too. Such a table and head stay the checkpoint's mapped bf16 rows: 1.05 GB less at Llama-3.2-1B's shape
-            // (tied), 4.2 GB less at Llama-3-8B's (untied).
+            // bf16 (f16) too. Such a table and head stay the checkpoint's mapped rows: 1.05 GB less at Llama-3.2-1B's
+            // shape (tied), 4.2 GB less at Llama-3-8B's (untied). The packed head is batch-invariant at every row count,
+            // so it also serves where a bf16 head is asked for (headType, for tree verification).
             bool packed = weightType == ScalarType.Float32 && device.type == DeviceType.CPU && layers.Count > 0 && layers.All(l => l.UsesPackedWeights);
-            bool Bf16Rows(string name) => packed && reader.Contains(name) && reader.StoredType(name) == ScalarType.BFloat16
-                && (long)c.VocabSize * d * 2 <= int.MaxValue;   // the kernels read bf16 tables through a byte span
-            Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d],
-                Bf16Rows("model.embed_tokens.weight") ? ScalarType.BFloat16 : weightType, device);
+            ScalarType? Rows16(string name) => packed && reader.Contains(name)
+                && reader.StoredType(name) is ScalarType.BFloat16 or ScalarType.Float16
+                && (long)c.VocabSize * d * 2 <= int.MaxValue   // the kernels read 16-bit tables through a byte span
+                ? reader.StoredType(name) : null;
+            Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], Rows16("model.embed_tokens.weight") ?? weightType, device);
             Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32, device);
             string headName = c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-            ScalarType ht = headType ?? (Bf16Rows(headName) ? ScalarType.BFloat16 : weightType);
+            ScalarType ht = (headType is null or ScalarType.BFloat16 ? Rows16(headName) : null) ?? headType ?? weightType;
             Tensor head = c.TieWordEmbeddings
                 ? (ht == embed.dtype ? embed.alias() : embed.to(ht))
                 : reader.Take("lm_head.weight", [c.VocabSize, d], ht, device);
@@ -224,9 +227,9 @@ internal sealed unsafe class TransformerModel : IDisposable
             throw new InvalidOperationException("The embedding table is gathered on the CPU kernel path only.");
         }
 
-        if (_embedBf16)
+        if (_embedType != ScalarType.Float32)
         {
-            CpuKernels.Gather((ushort*)_embedRows, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
+            CpuKernels.Gather((ushort*)_embedRows, _embedType, Config.VocabSize, ids, rows, y, Config.HiddenSize, stride);
         }
         else
         {

@@ -45,7 +45,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
         long d = head.shape[1];
         if (head.device_type == DeviceType.CPU && packGroups && TryPackGroups(head, groups, GroupSize) is PackedMatrix[] packed)
         {
-            // With packed kernels (a bf16-valued head, as the target's), a group's logits stream half the bytes on both
+            // With packed kernels (a bf16-valued or f16 head, as the target's), a group's logits stream half the bytes on both
             // cores: 2 of 16 groups of the demo head in ≈ 0.1 ms instead of ≈ 0.5 ms. Packed straight from the group's
             // rows, at any vocabulary (no f32 copy of the permuted head).
             _packed = packed;
@@ -99,7 +99,7 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     }
 
     /// <summary>Each group's rows of the permuted head [G·S, d] packed ([d, S]), or null when the head's values are not all
-    /// bf16 or this CPU packs nothing.</summary>
+    /// bf16 (nor f16-stored) or this CPU packs nothing.</summary>
     private static PackedMatrix[]? TryPackGroups(Tensor head, int groups, int size)
     {
         if (!PackedMatrix.Enabled || !head.is_contiguous())
@@ -137,6 +137,9 @@ internal sealed unsafe class LmHeadRouter : IDisposable
     /// <summary>Gets whether group logits run on <see cref="PackedMatrix"/> copies (a bf16-valued head on CPU) and the
     /// group scores in C#.</summary>
     public bool UsesPackedGroups => _packed is not null;
+
+    /// <summary>Gets the packed groups' format (bf16, or f16 for an f16 head), or null when they are not packed.</summary>
+    internal ScalarType? PackedFormat => _packed?[0].Format;
 
     /// <summary>Gets whether <see cref="Logits"/> can compute approximate logits from int8 copies of the groups (packed
     /// groups and a CPU with VNNI, see <see cref="ScreenedHead"/>).</summary>

@@ -61,6 +61,16 @@ internal static class ModelZoo
 
     public static TinyModelSpec LlamaSuccessorBf16 => LlamaSuccessor with { StorageDType = "BF16", Seed = 47 };
 
+    /// <summary>Architectures stored as f16 (Llama-2, Vicuna and many EAGLE drafters ship so): loaded as f32 on CPU, their
+    /// layers and head run on the packed kernels in f16 (PackedMatrix), exactly.</summary>
+    public static TinyModelSpec Qwen2F16 => Qwen2 with { StorageDType = "F16", Seed = 61 };
+
+    public static TinyModelSpec MistralF16 => Mistral with { StorageDType = "F16", Seed = 67 };
+
+    public static TinyModelSpec LlamaSuccessorF16 => LlamaSuccessor with { StorageDType = "F16", Seed = 71 };
+
+    public static TinyModelSpec LlamaTiedScaledF16 => LlamaTiedScaled with { StorageDType = "F16", Seed = 73 };
+
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
 
     public static string Get(string name, TinyModelSpec spec) =>

@@ -27,6 +27,9 @@ public class CpuKernelsTests
     [InlineData("qwen2-bf16", false)]
     [InlineData("qwen3-bf16", true)]
     [InlineData("mistral-bf16", true)]
+    [InlineData("qwen2-f16", false)]
+    [InlineData("mistral-f16", true)]
+    [InlineData("llama-tied-scaled-f16", true)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to
@@ -35,10 +38,11 @@ public class CpuKernelsTests
         using var libtorch = TransformerModel.Load(TransformerModelTests.ModelFor(arch), torch.CPU, ScalarType.Float32, 256, cpuKernels: false);
         Assert.True(kernels.UsesCpuKernels);
         Assert.False(libtorch.UsesCpuKernels);
-        Assert.Equal(arch.EndsWith("bf16", StringComparison.Ordinal) && PackedMatrix.Enabled, kernels.UsesPackedWeights);
-        // Under packed layers the embedding and the head stay the checkpoint's bf16 rows (no f32 copies): the kernels'
-        // gather widens a row, the packed head computes the logits.
-        ScalarType stored = kernels.UsesPackedWeights ? ScalarType.BFloat16 : ScalarType.Float32;
+        Assert.Equal(arch.EndsWith("16", StringComparison.Ordinal) && PackedMatrix.Enabled, kernels.UsesPackedWeights);
+        // Under packed layers the embedding and the head stay the checkpoint's bf16 (f16) rows (no f32 copies): the
+        // kernels' gather widens a row, the packed head computes the logits.
+        ScalarType stored = !kernels.UsesPackedWeights ? ScalarType.Float32
+            : arch.EndsWith("-f16", StringComparison.Ordinal) ? ScalarType.Float16 : ScalarType.BFloat16;
         Assert.Equal((stored, stored), (kernels.Embedding.dtype, kernels.HeadType));
         Assert.Equal((ScalarType.Float32, ScalarType.Float32), (libtorch.Embedding.dtype, libtorch.HeadType));
         using (var rows = torch.randn(3, kernels.Config.HiddenSize, generator: new Generator(4)))
@@ -125,33 +129,43 @@ public class CpuKernelsTests
         Assert.Equal(0, cache.Length);
     }
 
-    /// <summary>A bf16 embedding table gathers to the f32 rows its f32 copy gives (a bf16 widens exactly), with a width
-    /// that leaves a tail after the 16-wide vectors, strided output, a repeated last id for padded rows, and a named
-    /// error for an id outside the vocabulary.</summary>
-    [Fact]
-    public unsafe void Gather_FromBf16Rows_EqualsTheF32Copy()
+    /// <summary>A bf16 or f16 embedding table gathers to the f32 rows its f32 copy gives (both widen exactly — for f16
+    /// also subnormals, signed zeros and the largest finite values), with a width that leaves a tail after the 32-wide
+    /// vectors, strided output, a repeated last id for padded rows, and a named error for an id outside the vocabulary.</summary>
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float16)]
+    public unsafe void Gather_From16BitRows_EqualsTheF32Copy(ScalarType format)
     {
         using var scope = torch.NewDisposeScope();
-        Tensor f32 = torch.randn([50, 70], generator: new Generator(8)).to(ScalarType.BFloat16).to(ScalarType.Float32);
-        Tensor bf16 = f32.to(ScalarType.BFloat16);
+        Tensor f32 = torch.randn([50, 70], generator: new Generator(8));
+        if (format == ScalarType.Float16)
+        {
+            float[] special = [6e-8f, -6e-8f, 3e-5f, -1e-6f, 6.1035e-5f, -0f, 0f, 65504f, -65504f, 1e-4f, 2.5e-7f];
+            f32[3, TensorIndex.Slice(0, special.Length)] = torch.tensor(special);     // early in a row: the vector path
+            f32[49, TensorIndex.Slice(64, 64 + 6)] = torch.tensor(special[..6]);     // the scalar tail
+        }
+
+        f32 = f32.to(format).to(ScalarType.Float32);
+        Tensor rows16 = f32.to(format);
         long[] ids = [3, 49, 0];
         var a = new float[4 * 80];
         var b = new float[4 * 80];
         fixed (float* pa = a, pb = b)
         {
             CpuKernels.Gather(CpuKernels.Pointer(f32), 50, ids, 4, pa, 70, 80);
-            CpuKernels.Gather(CpuKernels.Bf16Pointer(bf16), 50, ids, 4, pb, 70, 80);
+            CpuKernels.Gather(CpuKernels.Pointer16(rows16), format, 50, ids, 4, pb, 70, 80);
         }
 
         Assert.Throws<ArgumentOutOfRangeException>(() =>
         {
             fixed (float* p = b)
             {
-                CpuKernels.Gather(CpuKernels.Bf16Pointer(bf16), 50, [50], 1, p, 70);
+                CpuKernels.Gather(CpuKernels.Pointer16(rows16), format, 50, [50], 1, p, 70);
             }
         });
 
-        Assert.Equal(a, b);
+        Assert.Equal(a.Select(BitConverter.SingleToInt32Bits), b.Select(BitConverter.SingleToInt32Bits));   // -0 stays -0
         Assert.Equal(TorchTestHelpers.ToArray(f32[49]), b[80..150]);
         Assert.Equal(b[160..230], b[240..310]);   // a padded row repeats the last id
     }

@@ -25,6 +25,8 @@ public class LoadMemoryTests
     [InlineData("qwen3-bf16", false)]             // q/k norms
     [InlineData("llama", true)]                   // with a drafter and its router (f32 groups)
     [InlineData("llama-tied-scaled-bf16", true)]  // a drafter with packed router groups and their int8 copies
+    [InlineData("qwen2-f16", false)]              // f16 weights: packed in f16, an f16 head and table
+    [InlineData("llama-tied-scaled-f16", true)]   // f16 router groups
     public void LoadingAndDisposing_LeavesNoTensorBehind(string arch, bool withDrafter)
     {
         string target = TransformerModelTests.ModelFor(arch);

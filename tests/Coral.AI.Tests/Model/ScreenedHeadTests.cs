@@ -9,11 +9,12 @@ public class ScreenedHeadTests
 {
     private const int V = 1037, K = 96;   // V is not a multiple of the 64-token block nor of 16
 
-    /// <summary>A head [V, K] with bf16 values, whose rows 700 and 900 equal row 300 (exact ties) and row 10 is zero.</summary>
-    private static Tensor Head(int seed)
+    /// <summary>A head [V, K] with bf16 (or <paramref name="values"/>) values, whose rows 700 and 900 equal row 300 (exact
+    /// ties) and row 10 is zero.</summary>
+    private static Tensor Head(int seed, ScalarType values = ScalarType.BFloat16)
     {
         var gen = new torch.Generator((ulong)seed);
-        Tensor w = (torch.randn([V, K], generator: gen) * 0.05).to(ScalarType.BFloat16).to(ScalarType.Float32);
+        Tensor w = (torch.randn([V, K], generator: gen) * 0.05).to(values).to(ScalarType.Float32);
         w[700] = w[300];
         w[900] = w[300];
         w[10] = torch.zeros(K);
@@ -34,9 +35,10 @@ public class ScreenedHeadTests
     private static int FullArgMax(PackedMatrix packed, float[] x) => TensorPrimitives.IndexOfMax<float>(Logits(packed, x));
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public unsafe void TryArgMax_IsTheFullHeadsArgMax_WithFewExactLogits(bool bf16Storage)
+    [InlineData(ScalarType.Float32)]    // f32 storage of bf16 values
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float16)]    // an f16 head: f16 values, packed and read as f16
+    public unsafe void TryArgMax_IsTheFullHeadsArgMax_WithFewExactLogits(ScalarType storage)
     {
         if (!ScreenedHead.Supported)
         {
@@ -46,10 +48,11 @@ public class ScreenedHeadTests
         }
 
         using var scope = torch.NewDisposeScope();
-        Tensor w = Head(5);
+        Tensor w = Head(5, storage == ScalarType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16);
         float[] values = TorchTestHelpers.ToArray(w);
-        using PackedMatrix packed = PackedMatrix.TryCreate(w.t())!;
-        Tensor stored = bf16Storage ? w.to(ScalarType.BFloat16).contiguous() : w;
+        Tensor stored = storage == ScalarType.Float32 ? w : w.to(storage).contiguous();
+        using PackedMatrix packed = PackedMatrix.TryCreateFromRows(stored)!;
+        Assert.Equal(storage == ScalarType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16, packed.Format);
         using ScreenedHead screen = ScreenedHead.TryCreate(stored)!;
         Assert.Null(ScreenedHead.TryCreate(torch.randn(8, 16)));   // f32 values a bf16 head would not reproduce
 

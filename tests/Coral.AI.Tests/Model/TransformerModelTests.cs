@@ -24,6 +24,10 @@ public class TransformerModelTests
         "mistral-bf16" => ModelZoo.Get(name, ModelZoo.MistralBf16),
         "llama-successor-bf16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorBf16),
         "llama-tied-scaled-bf16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledBf16),
+        "qwen2-f16" => ModelZoo.Get(name, ModelZoo.Qwen2F16),
+        "mistral-f16" => ModelZoo.Get(name, ModelZoo.MistralF16),
+        "llama-successor-f16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorF16),
+        "llama-tied-scaled-f16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledF16),
         _ => throw new ArgumentException(name),
     };
 
@@ -149,15 +153,20 @@ public class TransformerModelTests
     [InlineData("llama-sharded-bf16", "float32")]
     [InlineData("qwen2-bf16", "float32")]
     [InlineData("mistral-bf16", "float32")]
+    [InlineData("qwen2-f16", "float32")]
+    [InlineData("llama-tied-scaled-f16", "float32")]
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
     {
         // f32 layers verify with a bf16 LM head (the CPU speculative form): f32 GEMMs are batch-invariant from two rows
         // up and one-token steps are padded to two rows, so every node equals its one-token step bit for bit too. A
-        // bf16-stored checkpoint runs on packed weights instead, batch-invariant at every row count, without padding.
+        // bf16- or f16-stored checkpoint runs on packed weights instead, batch-invariant at every row count, without
+        // padding, and keeps its own head rows (an f16 head is not rounded to the bf16 asked for).
         var type = dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16;
         using var model = TransformerModel.Load(ModelFor(arch), torch.CPU, type, 256, headType: ScalarType.BFloat16);
         // Packed only straight from the stored rows (no f32 copies): without that path no layer would be packed.
-        Assert.Equal(arch.EndsWith("bf16", StringComparison.Ordinal) && PackedMatrix.Enabled, model.UsesPackedWeights);
+        bool f16 = arch.EndsWith("-f16", StringComparison.Ordinal);
+        Assert.Equal(arch.EndsWith("16", StringComparison.Ordinal) && PackedMatrix.Enabled, model.UsesPackedWeights);
+        Assert.Equal(f16 && PackedMatrix.Enabled ? ScalarType.Float16 : ScalarType.BFloat16, model.HeadType);
         int v = model.Config.VocabSize;
         long[] prefix = Sequence(37, v, 6);
         int[] parent = [-1, 0, 0, 1, 2, 1, 3, 5, 0];

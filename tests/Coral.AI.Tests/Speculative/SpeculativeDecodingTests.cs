@@ -27,6 +27,9 @@ public class SpeculativeDecodingTests
         { "mistral-bf16", "random", 4, 4, 12, "float32" },
         { "llama-successor-bf16", "random", 4, 8, 16, "float32" },
         { "llama-successor-bf16", "random", 1, 1, 2, "float32" },
+        { "qwen2-f16", "copy", 3, 4, 8, "float32" },
+        { "mistral-f16", "random", 4, 4, 12, "float32" },
+        { "llama-successor-f16", "random", 4, 8, 16, "float32" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -65,7 +68,7 @@ public class SpeculativeDecodingTests
             Assert.Equal(spec.TokenIds.Count, 1 + spec.Speculative!.AcceptedTokens + (spec.TargetForwardPasses - 1 - spec.Speculative.Cycles));
 
             // With prompt lookup (chains copied from the sequence, verified in the same forward): still the plain tokens.
-            // (12 of these 19 cases verify lookup chains; the successor targets never repeat a token, so they have none.)
+            // (14 of these 22 cases verify lookup chains; the successor targets never repeat a token, so they have none.)
             GenerationResult lookup = Run(engine, prompt, speculative: true, shape, lookup: 3);
             Assert.Equal(plain.TokenIds, lookup.TokenIds);
             Assert.Equal(plain.Finish, lookup.Finish);
@@ -77,6 +80,7 @@ public class SpeculativeDecodingTests
     [InlineData("llama-successor-bf16", 3, 1, 4)]
     [InlineData("llama-successor-bf16", 3, 4, 8)]    // up to eight: two passes
     [InlineData("llama-successor-bf16", 3, 4, 12)]   // larger trees take the full head; plain steps the screen
+    [InlineData("llama-successor-f16", 3, 4, 8)]     // an f16 head: exact logits of f16 rows
     public void ScreenedHead_GivesTheFullHeadsTokens_PlainAndVerified(string target, int depth, int topK, int total)
     {
         using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor(target), Drafter(target, "copy"));
@@ -428,6 +432,7 @@ public class SpeculativeDecodingTests
     [InlineData("float32", 1e-4f, "llama-tied-scaled")]
     [InlineData("bfloat16", 0.1f, "llama-tied-scaled")]   // the slices multiply bf16-rounded inputs
     [InlineData("float32", 1e-4f, "llama-tied-scaled-bf16")]   // the copy is packed
+    [InlineData("bfloat16", 0.02f, "llama-tied-scaled-f16")]   // packed in f16: the target's own f16 head (no bf16 copy); the slices multiply f16-rounded inputs
     public void Router_F32GroupCopy_EqualsTheHeadSlices(string headType, float tolerance, string arch)
     {
         // The CPU form (an f32 [G, d, S] copy, −∞ bias at padding) against the head-slice form used for heads too large to
@@ -439,8 +444,9 @@ public class SpeculativeDecodingTests
         var config = ModelConfig.ReadJsonObject(Path.Combine(drafter, "config.json"));
         using LmHeadRouter copy = LmHeadRouter.TryLoad(drafter, config, engine.Model)!;
         using LmHeadRouter slices = LmHeadRouter.TryLoad(drafter, config, engine.Model, f32Limit: 0, packGroups: false)!;
-        // A head whose values are all bf16 (a bf16 checkpoint, or a bf16 LM head) packs the group copy.
-        Assert.Equal((arch.EndsWith("bf16", StringComparison.Ordinal) || headType == "bfloat16") && PackedMatrix.Enabled, copy.UsesPackedGroups);
+        // A head whose values are all bf16 (a bf16 checkpoint, or a bf16 LM head) or an f16 one packs the group copy.
+        Assert.Equal((arch.EndsWith("16", StringComparison.Ordinal) || headType == "bfloat16") && PackedMatrix.Enabled, copy.UsesPackedGroups);
+        Assert.Equal(!copy.UsesPackedGroups ? null : arch.EndsWith("-f16", StringComparison.Ordinal) ? ScalarType.Float16 : ScalarType.BFloat16, copy.PackedFormat);
         Assert.False(slices.UsesPackedGroups);
         // Packing does not depend on the f32 copy's limit: a head beyond it (Llama-3's 128k × 2,048) packs its groups too.
         using (LmHeadRouter beyondLimit = LmHeadRouter.TryLoad(drafter, config, engine.Model, f32Limit: 0)!)
