@@ -27,6 +27,9 @@ public sealed record TinyModelSpec
 
     public double RopeTheta { get; init; } = 10000;
     public bool Llama3RopeScaling { get; init; }
+
+    /// <summary>Gets a <c>rope_scaling</c> object (JSON) to write into config.json, or null for none (or llama3's, above).</summary>
+    public string? RopeScalingJson { get; init; }
     public int MaxPositions { get; init; } = 512;
     public int? SlidingWindow { get; init; }
 
@@ -131,6 +134,11 @@ public static class TinyCheckpoint
                 ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0,
                 ["original_max_position_embeddings"] = 64,
             };
+        }
+
+        if (spec.RopeScalingJson is string scaling)
+        {
+            config["rope_scaling"] = JsonNode.Parse(scaling);
         }
 
         if (spec.SlidingWindow is int w)

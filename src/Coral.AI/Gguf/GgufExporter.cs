@@ -55,6 +55,26 @@ public static class GgufExporter
         g.Add($"{arch}.rope.dimension_count", (uint)c.HeadDim);
         g.Add($"{arch}.rope.freq_base", (float)c.RopeTheta);
         g.Add($"{arch}.vocab_size", (uint)c.VocabSize);
+        if (c.RopeScaling is { Kind: RopeScalingKind.Linear } linear)
+        {
+            g.Add($"{arch}.rope.scaling.type", "linear");   // llama.cpp divides every frequency by the factor itself
+            g.Add($"{arch}.rope.scaling.factor", (float)linear.Factor);
+        }
+        else if (c.RopeScaling is { Kind: RopeScalingKind.Yarn } yarn)
+        {
+            // llama.cpp's own YaRN (its keys): the same ramp and an attention factor of 0.1·ln(factor) + 1, with β 32 / 1.
+            if (yarn.BetaFast != 32 || yarn.BetaSlow != 1 || !yarn.Truncate
+                || Math.Abs(yarn.AttentionFactor - ((0.1 * Math.Log(yarn.Factor)) + 1)) > 1e-9)
+            {
+                throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "rope_scaling",
+                    "YaRN with beta_fast/beta_slow/truncate/attention_factor other than the defaults cannot be exported to GGUF.");
+            }
+
+            g.Add($"{arch}.rope.scaling.type", "yarn");
+            g.Add($"{arch}.rope.scaling.factor", (float)yarn.Factor);
+            g.Add($"{arch}.rope.scaling.original_context_length", (uint)yarn.OriginalMaxPositions);
+        }
+
         AddTokenizer(g, modelFolder, c);
 
         using var reader = new CheckpointReader(modelFolder);
@@ -75,7 +95,7 @@ public static class GgufExporter
             Put("output.weight", "lm_head.weight", [c.VocabSize, d]);
         }
 
-        if (c.RopeScaling is not null)
+        if (c.RopeScaling is { Kind: RopeScalingKind.Llama3 })
         {
             float[] factors = RopeFrequencyFactors(c);
             using Tensor f = torch.tensor(factors);
@@ -129,7 +149,8 @@ public static class GgufExporter
         return w.reshape([heads, 2, hd / 2, .. rest]).transpose(1, 2).reshape([rows, .. rest]);
     }
 
-    /// <summary>llama.cpp's rope_freqs: per-frequency divisors turning the base frequencies into the scaled ones.</summary>
+    /// <summary>llama.cpp's rope_freqs for llama3 scaling: per-frequency divisors turning the base frequencies into the
+    /// scaled ones.</summary>
     private static float[] RopeFrequencyFactors(ModelConfig c)
     {
         double[] plain = RotaryTables.InverseFrequencies(c, applyScaling: false);

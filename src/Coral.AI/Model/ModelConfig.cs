@@ -11,8 +11,46 @@ internal enum ModelFamily
     Qwen3,
 }
 
-/// <summary>Llama-3.1 style RoPE frequency scaling (<c>rope_scaling.rope_type == "llama3"</c>).</summary>
-internal sealed record Llama3RopeScaling(double Factor, double LowFreqFactor, double HighFreqFactor, int OriginalMaxPositions);
+/// <summary>The RoPE frequency scalings the forward applies (<c>rope_scaling.rope_type</c>).</summary>
+internal enum RopeScalingKind
+{
+    /// <summary>Position interpolation: every frequency divided by the factor.</summary>
+    Linear,
+
+    /// <summary>Llama-3.1's: low frequencies divided by the factor, high ones kept, a smooth blend between.</summary>
+    Llama3,
+
+    /// <summary>YaRN: a ramp over the dimensions between extrapolated and interpolated frequencies, and cos/sin scaled by
+    /// an attention factor.</summary>
+    Yarn,
+}
+
+/// <summary>RoPE frequency scaling as <c>rope_scaling</c> (or transformers 5's <c>rope_parameters</c>) configures it, with
+/// transformers' defaults.</summary>
+internal sealed record RopeScaling(RopeScalingKind Kind, double Factor)
+{
+    /// <summary>Gets llama3's <c>low_freq_factor</c>.</summary>
+    public double LowFreqFactor { get; init; } = 1.0;
+
+    /// <summary>Gets llama3's <c>high_freq_factor</c>.</summary>
+    public double HighFreqFactor { get; init; } = 4.0;
+
+    /// <summary>Gets the pretraining context (<c>original_max_position_embeddings</c>; llama3's default 8,192, YaRN's
+    /// <c>max_position_embeddings</c>).</summary>
+    public int OriginalMaxPositions { get; init; }
+
+    /// <summary>Gets YaRN's factor on cos and sin (<c>attention_factor</c>, by default 0.1·ln(factor) + 1); 1 otherwise.</summary>
+    public double AttentionFactor { get; init; } = 1.0;
+
+    /// <summary>Gets YaRN's <c>beta_fast</c> (32): rotations below which dimensions are interpolated only.</summary>
+    public double BetaFast { get; init; } = 32;
+
+    /// <summary>Gets YaRN's <c>beta_slow</c> (1): rotations above which dimensions are extrapolated only.</summary>
+    public double BetaSlow { get; init; } = 1;
+
+    /// <summary>Gets YaRN's <c>truncate</c> (true): the correction range rounded outwards to whole dimensions.</summary>
+    public bool Truncate { get; init; } = true;
+}
 
 /// <summary>
 /// The parts of a Hugging Face <c>config.json</c> that the forward needs, with the defaults transformers applies.
@@ -30,7 +68,7 @@ internal sealed record ModelConfig
     public required int VocabSize { get; init; }
     public required double RmsNormEps { get; init; }
     public required double RopeTheta { get; init; }
-    public Llama3RopeScaling? RopeScaling { get; init; }
+    public RopeScaling? RopeScaling { get; init; }
     public required int MaxPositionEmbeddings { get; init; }
     public required bool TieWordEmbeddings { get; init; }
 
@@ -154,7 +192,7 @@ internal sealed record ModelConfig
     internal static double? OptionalRopeTheta(JsonObject root, string path) =>
         OptionalDouble(root, path, "rope_theta") ?? (root["rope_parameters"] is JsonObject p ? OptionalDouble(p, path, "rope_theta") : null);
 
-    private static Llama3RopeScaling? ParseRopeScaling(JsonObject root, string path)
+    private static RopeScaling? ParseRopeScaling(JsonObject root, string path)
     {
         string field = root["rope_scaling"] is JsonObject ? "rope_scaling" : "rope_parameters";
         if (root[field] is not JsonObject rs)
@@ -163,21 +201,43 @@ internal sealed record ModelConfig
         }
 
         string? type = rs["rope_type"]?.GetValue<string>() ?? rs["type"]?.GetValue<string>();
-        if (type is null or "default")
+        double? factor = OptionalDouble(rs, path, "factor");
+        int? original = OptionalInt(rs, path, "original_max_position_embeddings");
+        double Factor() => factor ?? throw new CoralModelException(path, $"{field}.factor", "missing.");
+        switch (type)
         {
-            return null;
+            case null or "default":
+                return null;
+            case "linear":
+                return new RopeScaling(RopeScalingKind.Linear, Factor());
+            case "llama3":
+                return new RopeScaling(RopeScalingKind.Llama3, Factor())
+                {
+                    LowFreqFactor = OptionalDouble(rs, path, "low_freq_factor") ?? 1.0,
+                    HighFreqFactor = OptionalDouble(rs, path, "high_freq_factor") ?? 4.0,
+                    OriginalMaxPositions = original ?? 8192,
+                };
+            case "yarn":
+                // The factor as configured (Qwen2.5/Qwen3 give it beside the pretraining context; transformers took the
+                // ratio of the two contexts for a while, which ignored it — its issue #38224, since fixed); the ratio only
+                // where no factor is given.
+                int maxPositions = OptionalInt(root, path, "max_position_embeddings") ?? 2048;
+                double f = factor ?? (original is int o ? (double)maxPositions / o
+                    : throw new CoralModelException(path, $"{field}.factor", "missing (and no original_max_position_embeddings to derive it)."));
+                double? mscale = OptionalDouble(rs, path, "mscale"), mscaleAllDim = OptionalDouble(rs, path, "mscale_all_dim");
+                static double Mscale(double scale, double m = 1) => scale <= 1 ? 1.0 : (0.1 * m * Math.Log(scale)) + 1.0;
+                return new RopeScaling(RopeScalingKind.Yarn, f)
+                {
+                    OriginalMaxPositions = original ?? maxPositions,
+                    AttentionFactor = OptionalDouble(rs, path, "attention_factor")
+                        ?? (mscale is double m && m != 0 && mscaleAllDim is double all && all != 0 ? Mscale(f, m) / Mscale(f, all) : Mscale(f)),
+                    BetaFast = OptionalDouble(rs, path, "beta_fast") is double fast && fast != 0 ? fast : 32,
+                    BetaSlow = OptionalDouble(rs, path, "beta_slow") is double slow && slow != 0 ? slow : 1,
+                    Truncate = OptionalBool(rs, path, "truncate") ?? true,
+                };
+            default:
+                throw new CoralModelException(path, $"{field}.rope_type", $"'{type}' is not supported; supported: linear, llama3, yarn, default.");
         }
-
-        if (type != "llama3")
-        {
-            throw new CoralModelException(path, $"{field}.rope_type", $"'{type}' is not supported; supported: llama3, default.");
-        }
-
-        return new Llama3RopeScaling(
-            OptionalDouble(rs, path, "factor") ?? throw new CoralModelException(path, $"{field}.factor", "missing."),
-            OptionalDouble(rs, path, "low_freq_factor") ?? 1.0,
-            OptionalDouble(rs, path, "high_freq_factor") ?? 4.0,
-            OptionalInt(rs, path, "original_max_position_embeddings") ?? 8192);
     }
 
     private static int RequiredInt(JsonObject o, string path, string field) =>

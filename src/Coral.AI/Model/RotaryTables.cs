@@ -20,6 +20,7 @@ internal sealed unsafe class RotaryTables : IDisposable
     {
         int hd = c.HeadDim, half = hd / 2;
         double[] inv = InverseFrequencies(c, applyScaling);
+        float scale = (float)AttentionFactor(c, applyScaling);
         bool cpu = device.type == DeviceType.CPU;
         float[] cos = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: cpu);
         float[] sin = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: cpu);
@@ -28,7 +29,7 @@ internal sealed unsafe class RotaryTables : IDisposable
             for (int i = 0; i < half; i++)
             {
                 float angle = (float)p * (float)inv[i];
-                float cv = MathF.Cos(angle), sv = MathF.Sin(angle);
+                float cv = MathF.Cos(angle) * scale, sv = MathF.Sin(angle) * scale;
                 cos[p * hd + i] = cv;
                 cos[p * hd + half + i] = cv;
                 sin[p * hd + i] = -sv;
@@ -101,7 +102,7 @@ internal sealed unsafe class RotaryTables : IDisposable
         return new CpuStep(rows, t, start, p, mask, this);
     }
 
-    /// <summary>The hd/2 rotary inverse frequencies, with Llama-3.1 scaling applied when asked and configured.</summary>
+    /// <summary>The hd/2 rotary inverse frequencies, with the configured scaling (linear, llama3, YaRN) applied when asked.</summary>
     public static double[] InverseFrequencies(ModelConfig c, bool applyScaling)
     {
         int hd = c.HeadDim, half = hd / 2;
@@ -111,27 +112,70 @@ internal sealed unsafe class RotaryTables : IDisposable
             inv[i] = (float)(1.0 / Math.Pow(c.RopeTheta, (2.0 * i) / hd));   // float32, as transformers computes it
         }
 
-        if (applyScaling && c.RopeScaling is { } s)
+        if (!applyScaling || c.RopeScaling is not { } s)
         {
-            double lowWavelen = s.OriginalMaxPositions / s.LowFreqFactor;
-            double highWavelen = s.OriginalMaxPositions / s.HighFreqFactor;
-            for (int i = 0; i < half; i++)
-            {
-                double wavelen = 2 * Math.PI / inv[i];
-                if (wavelen > lowWavelen)
+            return inv;
+        }
+
+        switch (s.Kind)
+        {
+            case RopeScalingKind.Linear:
+                for (int i = 0; i < half; i++)
                 {
                     inv[i] /= s.Factor;
                 }
-                else if (wavelen >= highWavelen)
+
+                break;
+            case RopeScalingKind.Llama3:
+                double lowWavelen = s.OriginalMaxPositions / s.LowFreqFactor;
+                double highWavelen = s.OriginalMaxPositions / s.HighFreqFactor;
+                for (int i = 0; i < half; i++)
                 {
-                    double smooth = (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
-                    inv[i] = (1 - smooth) * inv[i] / s.Factor + smooth * inv[i];
+                    double wavelen = 2 * Math.PI / inv[i];
+                    if (wavelen > lowWavelen)
+                    {
+                        inv[i] /= s.Factor;
+                    }
+                    else if (wavelen >= highWavelen)
+                    {
+                        double smooth = (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+                        inv[i] = (1 - smooth) * inv[i] / s.Factor + smooth * inv[i];
+                    }
                 }
-            }
+
+                break;
+            case RopeScalingKind.Yarn:
+                // Dimensions that turn fewer than beta_slow times over the pretraining context are interpolated (the
+                // frequency divided by the factor), more than beta_fast times extrapolated (kept), a linear ramp between.
+                double Dimension(double rotations) =>
+                    hd * Math.Log(s.OriginalMaxPositions / (rotations * 2 * Math.PI)) / (2 * Math.Log(c.RopeTheta));
+                double low = Dimension(s.BetaFast), high = Dimension(s.BetaSlow);
+                if (s.Truncate)
+                {
+                    (low, high) = (Math.Floor(low), Math.Ceiling(high));
+                }
+
+                (low, high) = (Math.Max(low, 0), Math.Min(high, hd - 1));
+                if (low == high)
+                {
+                    high += 0.001;   // no division by zero
+                }
+
+                for (int i = 0; i < half; i++)
+                {
+                    double extrapolate = 1 - Math.Clamp((i - low) / (high - low), 0, 1);
+                    inv[i] = (inv[i] / s.Factor * (1 - extrapolate)) + (inv[i] * extrapolate);
+                }
+
+                break;
         }
 
         return inv;
     }
+
+    /// <summary>The factor on cos and sin (YaRN's attention factor; 1 for the other scalings or when not asked).</summary>
+    public static double AttentionFactor(ModelConfig c, bool applyScaling) =>
+        applyScaling && c.RopeScaling is { } s ? s.AttentionFactor : 1.0;
 
     /// <summary>Gets [T, 1, hd] cos and signed sin for positions start..start+T-1, or for explicit positions.</summary>
     public (Tensor Cos, Tensor SinSigned) At(int start, int t, long[]? positions)

@@ -15,7 +15,7 @@ public class LlamaCppOracleTests
     // The bf16- and f16-stored models load as f32 on the packed kernels (PackedMatrix, f16 blocks for the latter): the same
     // oracle holds for that path.
     public static TheoryData<string> Models => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "llama-sharded-bf16", "qwen2-bf16", "qwen3-bf16",
-        "qwen2-f16", "llama-tied-scaled-f16"];
+        "qwen2-f16", "llama-tied-scaled-f16", "llama-linear-rope", "qwen2-yarn"];
 
     [Theory]
     [MemberData(nameof(Models))]

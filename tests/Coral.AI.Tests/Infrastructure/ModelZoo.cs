@@ -71,6 +71,17 @@ internal static class ModelZoo
 
     public static TinyModelSpec LlamaTiedScaledF16 => LlamaTiedScaled with { StorageDType = "F16", Seed = 73 };
 
+    /// <summary>Position interpolation (linear RoPE scaling, as Vicuna-16k ships it).</summary>
+    public static TinyModelSpec LlamaLinearRope => Llama with { RopeScalingJson = """{"type": "linear", "factor": 4.0}""", Seed = 79 };
+
+    /// <summary>YaRN as Qwen2.5/Qwen3 configure it (factor beside the pretraining context), with a pretraining context
+    /// short enough that the ramp between interpolated and extrapolated dimensions falls inside the tiny head (dimensions
+    /// 0–4 of 8).</summary>
+    public static TinyModelSpec Qwen2Yarn => Qwen2 with
+    {
+        RopeScalingJson = """{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}""", Seed = 83,
+    };
+
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
 
     public static string Get(string name, TinyModelSpec spec) =>

@@ -37,9 +37,49 @@ public class ModelConfigTests
         Assert.Equal(TorchTestHelpers.FullLogits(first, ids), TorchTestHelpers.FullLogits(second, ids));
 
         // An unsupported type is named by its field in the new layout too.
-        parameters["rope_type"] = "yarn";
+        parameters["rope_type"] = "dynamic";
         File.WriteAllText(Path.Combine(v5, "config.json"), config.ToJsonString());
         var e = Assert.Throws<CoralModelException>(() => ModelConfig.Load(Path.Combine(v5, "config.json")));
         Assert.Contains("rope_parameters.rope_type", e.Message);
+    }
+
+    private static ModelConfig WithRopeScaling(string name, string scaling, int? maxPositions = null)
+    {
+        string folder = ModelZoo.TempFolder("config-" + name);
+        JsonObject config = JsonNode.Parse(File.ReadAllText(Path.Combine(TransformerModelTests.ModelFor("qwen2"), "config.json")))!.AsObject();
+        config["rope_scaling"] = JsonNode.Parse(scaling);
+        if (maxPositions is int m)
+        {
+            config["max_position_embeddings"] = m;
+        }
+
+        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString());
+        return ModelConfig.Load(Path.Combine(folder, "config.json"));
+    }
+
+    /// <summary>YaRN as transformers reads it: the configured factor (not the ratio of the contexts, which transformers
+    /// took for a while — its issue #38224), the ratio where no factor is given, the attention factor 0.1·ln(s) + 1 or
+    /// DeepSeek's mscale ratio or the configured one, β 32 / 1, truncation on; linear's factor; a missing factor named.
+    /// (That the tables follow these numbers is checked against llama.cpp: LlamaCppOracleTests' qwen2-yarn.)</summary>
+    [Fact]
+    public void RopeScaling_Yarn_AndLinear_ReadWithTransformersDefaults()
+    {
+        RopeScaling qwen = WithRopeScaling("yarn-qwen", """{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}""", 40960).RopeScaling!;
+        Assert.Equal((RopeScalingKind.Yarn, 4.0, 32768, 32.0, 1.0, true), (qwen.Kind, qwen.Factor, qwen.OriginalMaxPositions, qwen.BetaFast, qwen.BetaSlow, qwen.Truncate));
+        Assert.Equal(0.1 * Math.Log(4) + 1, qwen.AttentionFactor, 12);
+
+        RopeScaling derived = WithRopeScaling("yarn-ratio", """{"type": "yarn", "original_max_position_embeddings": 4096}""", 16384).RopeScaling!;
+        Assert.Equal(4.0, derived.Factor);
+
+        RopeScaling deepseek = WithRopeScaling("yarn-mscale",
+            """{"type": "yarn", "factor": 40, "mscale": 1.0, "mscale_all_dim": 0.707, "beta_fast": 16, "beta_slow": 2, "truncate": false}""").RopeScaling!;
+        Assert.Equal((0.1 * Math.Log(40) + 1) / (0.1 * 0.707 * Math.Log(40) + 1), deepseek.AttentionFactor, 12);
+        Assert.Equal((16.0, 2.0, false), (deepseek.BetaFast, deepseek.BetaSlow, deepseek.Truncate));
+        Assert.Equal(1.25, WithRopeScaling("yarn-given", """{"type": "yarn", "factor": 8, "attention_factor": 1.25}""").RopeScaling!.AttentionFactor);
+
+        RopeScaling linear = WithRopeScaling("linear", """{"type": "linear", "factor": 2.0}""").RopeScaling!;
+        Assert.Equal((RopeScalingKind.Linear, 2.0, 1.0), (linear.Kind, linear.Factor, linear.AttentionFactor));
+        var e = Assert.Throws<CoralModelException>(() => WithRopeScaling("linear-no-factor", """{"type": "linear"}"""));
+        Assert.Contains("rope_scaling.factor", e.Message);
     }
 }

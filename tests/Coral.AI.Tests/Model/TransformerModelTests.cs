@@ -25,6 +25,8 @@ public class TransformerModelTests
         "llama-successor-bf16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorBf16),
         "llama-tied-scaled-bf16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledBf16),
         "qwen2-f16" => ModelZoo.Get(name, ModelZoo.Qwen2F16),
+        "llama-linear-rope" => ModelZoo.Get(name, ModelZoo.LlamaLinearRope),
+        "qwen2-yarn" => ModelZoo.Get(name, ModelZoo.Qwen2Yarn),
         "mistral-f16" => ModelZoo.Get(name, ModelZoo.MistralF16),
         "llama-successor-f16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorF16),
         "llama-tied-scaled-f16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledF16),
