@@ -38,6 +38,10 @@ public sealed record TinyModelSpec
 
     public ByteLevelStyle TokenizerStyle { get; init; } = ByteLevelStyle.Llama3;
 
+    /// <summary>Gets special tokens added after the style's own (e.g. Phi-3's <c>&lt;|end|&gt;</c>, which llama.cpp looks up
+    /// for that architecture).</summary>
+    public IReadOnlyList<string> ExtraSpecialTokens { get; init; } = [];
+
     /// <summary>Gets whether to use a SentencePiece-style tokenizer instead of byte-level BPE.</summary>
     public bool SentencePiece { get; init; }
 
@@ -85,6 +89,7 @@ public static class TinyCheckpoint
                 ByteLevelStyle.Qwen2 => ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                 _ => ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
             };
+            specials = [.. specials, .. spec.ExtraSpecialTokens];
             var (tj, ids) = ByteLevelTokenizer.Build(spec.TokenizerRanks, spec.TokenizerStyle, specials);
             File.WriteAllText(Path.Combine(folder, "tokenizer.json"), tj.ToJsonString());
             vocab = spec.TokenizerRanks + specials.Length;
@@ -222,6 +227,33 @@ public static class TinyCheckpoint
             tensors.Add(new(p + "mlp.gate_proj.weight", Linear(spec.IntermediateSize, d)));
             tensors.Add(new(p + "mlp.up_proj.weight", Linear(spec.IntermediateSize, d)));
             tensors.Add(new(p + "mlp.down_proj.weight", (Linear(d, spec.IntermediateSize) * outScale).to(storage)));
+        }
+
+        if (spec.Architecture == "Phi3ForCausalLM")
+        {
+            // Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj, in that order.
+            var byName = tensors.ToDictionary(kv => kv.Key, kv => kv.Value);
+            var fused = new List<KeyValuePair<string, Tensor>>();
+            foreach (var (name, t) in tensors)
+            {
+                string layer = name[..(name.IndexOf(".self_attn.", StringComparison.Ordinal) is int a and >= 0 ? a + 1
+                    : name.IndexOf(".mlp.", StringComparison.Ordinal) is int m and >= 0 ? m + 1 : 0)];
+                if (name.EndsWith("self_attn.q_proj.weight", StringComparison.Ordinal))
+                {
+                    fused.Add(new(layer + "self_attn.qkv_proj.weight", torch.cat([t, byName[layer + "self_attn.k_proj.weight"], byName[layer + "self_attn.v_proj.weight"]])));
+                }
+                else if (name.EndsWith("mlp.gate_proj.weight", StringComparison.Ordinal))
+                {
+                    fused.Add(new(layer + "mlp.gate_up_proj.weight", torch.cat([t, byName[layer + "mlp.up_proj.weight"]])));
+                }
+                else if (!name.EndsWith("self_attn.k_proj.weight", StringComparison.Ordinal) && !name.EndsWith("self_attn.v_proj.weight", StringComparison.Ordinal)
+                    && !name.EndsWith("mlp.up_proj.weight", StringComparison.Ordinal))
+                {
+                    fused.Add(new(name, t));
+                }
+            }
+
+            tensors = fused;
         }
 
         tensors.Add(new("model.norm.weight", Vec(d, 1, 0.1)));

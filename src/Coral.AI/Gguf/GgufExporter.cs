@@ -36,6 +36,7 @@ public static class GgufExporter
         {
             ModelFamily.Llama or ModelFamily.Mistral => "llama",
             ModelFamily.Qwen2 => "qwen2",
+            ModelFamily.Phi3 => "phi3",
             _ => "qwen3",
         };
         bool permuteQk = arch == "llama";
@@ -55,6 +56,10 @@ public static class GgufExporter
         g.Add($"{arch}.rope.dimension_count", (uint)c.HeadDim);
         g.Add($"{arch}.rope.freq_base", (float)c.RopeTheta);
         g.Add($"{arch}.vocab_size", (uint)c.VocabSize);
+        if (c.Family == ModelFamily.Phi3 && c.SlidingWindow is int window)
+        {
+            g.Add($"{arch}.attention.sliding_window", (uint)window);
+        }
         if (c.RopeScaling is { Kind: RopeScalingKind.Linear } linear)
         {
             g.Add($"{arch}.rope.scaling.type", "linear");   // llama.cpp divides every frequency by the factor itself
@@ -106,9 +111,17 @@ public static class GgufExporter
         {
             string h = $"model.layers.{i}.", b = $"blk.{i}.";
             Put(b + "attn_norm.weight", h + "input_layernorm.weight", [d], norm: true);
-            Put(b + "attn_q.weight", h + "self_attn.q_proj.weight", [nq, d], permuteHeads: permuteQk ? c.NumHeads : 0);
-            Put(b + "attn_k.weight", h + "self_attn.k_proj.weight", [nkv, d], permuteHeads: permuteQk ? c.NumKvHeads : 0);
-            Put(b + "attn_v.weight", h + "self_attn.v_proj.weight", [nkv, d]);
+            if (c.FusedProjections)
+            {
+                Put(b + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", [nq + 2 * nkv, d]);   // phi3: NEOX RoPE, no permutation
+            }
+            else
+            {
+                Put(b + "attn_q.weight", h + "self_attn.q_proj.weight", [nq, d], permuteHeads: permuteQk ? c.NumHeads : 0);
+                Put(b + "attn_k.weight", h + "self_attn.k_proj.weight", [nkv, d], permuteHeads: permuteQk ? c.NumKvHeads : 0);
+                Put(b + "attn_v.weight", h + "self_attn.v_proj.weight", [nkv, d]);
+            }
+
             Put(b + "attn_output.weight", h + "self_attn.o_proj.weight", [d, nq]);
             if (c.QkvBias)
             {
@@ -129,8 +142,16 @@ public static class GgufExporter
             }
 
             Put(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
-            Put(b + "ffn_gate.weight", h + "mlp.gate_proj.weight", [ff, d]);
-            Put(b + "ffn_up.weight", h + "mlp.up_proj.weight", [ff, d]);
+            if (c.FusedProjections)
+            {
+                Put(b + "ffn_up.weight", h + "mlp.gate_up_proj.weight", [2 * ff, d]);   // phi3: gate|up in one tensor, gate first
+            }
+            else
+            {
+                Put(b + "ffn_gate.weight", h + "mlp.gate_proj.weight", [ff, d]);
+                Put(b + "ffn_up.weight", h + "mlp.up_proj.weight", [ff, d]);
+            }
+
             Put(b + "ffn_down.weight", h + "mlp.down_proj.weight", [d, ff]);
         }
 

@@ -118,6 +118,25 @@ internal sealed unsafe class DecoderLayer : IDisposable
             ? torch.cat([Norm("self_attn.q_norm.weight", hd).unsqueeze(0).expand(c.NumHeads, hd), Norm("self_attn.k_norm.weight", hd).unsqueeze(0).expand(c.NumKvHeads, hd)])
             : null;
 
+        // q|k|v and gate|up as the forward fuses them: concatenated, or as a Phi-3 checkpoint already stores them.
+        Tensor Fused(string[] names, long[] rows, string fusedName)
+        {
+            if (c.FusedProjections)
+            {
+                return W(fusedName, rows.Sum(), d);
+            }
+
+            Tensor[] parts = names.Select((n, i) => W(n, rows[i], d)).ToArray();
+            try
+            {
+                return torch.cat(parts);
+            }
+            finally
+            {
+                Array.ForEach(parts, t => t.Dispose());
+            }
+        }
+
         if (packed && PackedMatrix.Enabled && cpuKernels && CpuKernels.Enabled && dtype == ScalarType.Float32 && device.type == DeviceType.CPU
             && TryPackDirect(reader, prefix, c, roundToBf16) is PackedMatrix[] direct)
         {
@@ -130,11 +149,6 @@ internal sealed unsafe class DecoderLayer : IDisposable
                 Norm("post_attention_layernorm.weight", d).MoveToOuterDisposeScope(), null, null, cpuKernels, direct);
         }
 
-        using Tensor q = W("self_attn.q_proj.weight", nq, d);
-        using Tensor k = W("self_attn.k_proj.weight", nkv, d);
-        using Tensor v = W("self_attn.v_proj.weight", nkv, d);
-        using Tensor gate = W("mlp.gate_proj.weight", ff, d);
-        using Tensor up = W("mlp.up_proj.weight", ff, d);
         Tensor? qkvBias, qkNorm;
         using (var scope = torch.NewDisposeScope())
         {
@@ -143,8 +157,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
         using Tensor o = W("self_attn.o_proj.weight", d, nq);
         using Tensor down = W("mlp.down_proj.weight", d, ff);
-        using Tensor qkv = torch.cat([q, k, v]);
-        using Tensor gateUp = torch.cat([gate, up]);
+        using Tensor qkv = Fused(["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], [nq, nkv, nkv], "self_attn.qkv_proj.weight");
+        using Tensor gateUp = Fused(["mlp.gate_proj.weight", "mlp.up_proj.weight"], [ff, ff], "mlp.gate_up_proj.weight");
         return new DecoderLayer(
             c,
             inputNorm ? Norm("input_layernorm.weight", d) : null,
@@ -166,17 +180,23 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
-        string[] names = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"];
-        long[][] shapes = [[nq, d], [nkv, d], [nkv, d], [d, nq], [ff, d], [ff, d], [d, ff]];
-        if (names.Any(n => !reader.Contains(prefix + n)
+        // Each packed projection's parts: q|k|v, o, gate|up, down (Phi-3 stores q|k|v and gate|up fused already).
+        string[][] names = c.FusedProjections
+            ? [["self_attn.qkv_proj.weight"], ["self_attn.o_proj.weight"], ["mlp.gate_up_proj.weight"], ["mlp.down_proj.weight"]]
+            : [["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], ["self_attn.o_proj.weight"],
+                ["mlp.gate_proj.weight", "mlp.up_proj.weight"], ["mlp.down_proj.weight"]];
+        long[][][] shapes = c.FusedProjections
+            ? [[[nq + 2 * nkv, d]], [[d, nq]], [[2 * ff, d]], [[d, ff]]]
+            : [[[nq, d], [nkv, d], [nkv, d]], [[d, nq]], [[ff, d], [ff, d]], [[d, ff]]];
+        string[] all = names.SelectMany(n => n).ToArray();
+        if (all.Any(n => !reader.Contains(prefix + n)
             || reader.StoredType(prefix + n) is not (ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float16)))
         {
             return null;   // missing (the f32 path names it)
         }
 
-        bool f16 = names.All(n => reader.StoredType(prefix + n) == ScalarType.Float16);
-        if (!f16 && !round && names.Any(n => reader.StoredType(prefix + n) == ScalarType.Float16))
+        bool f16 = all.All(n => reader.StoredType(prefix + n) == ScalarType.Float16);
+        if (!f16 && !round && all.Any(n => reader.StoredType(prefix + n) == ScalarType.Float16))
         {
             return null;   // f16 mixed with other dtypes: values bf16 cannot all hold
         }
@@ -189,9 +209,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
         };
 
         using var scope = torch.NewDisposeScope();
-        Tensor[] w = names.Select((n, i) => reader.Take(prefix + n, shapes[i], Read(prefix + n), torch.CPU)).ToArray();
-        PackedMatrix?[] p = [PackedMatrix.TryCreateFromRows([w[0], w[1], w[2]], round), PackedMatrix.TryCreateFromRows([w[3]], round),
-            PackedMatrix.TryCreateFromRows([w[4], w[5]], round), PackedMatrix.TryCreateFromRows([w[6]], round)];
+        PackedMatrix?[] p = names.Select((parts, j) => PackedMatrix.TryCreateFromRows(
+            parts.Select((n, i) => reader.Take(prefix + n, shapes[j][i], Read(prefix + n), torch.CPU)).ToArray(), round)).ToArray();
         if (p.All(m => m is not null))
         {
             return p!;

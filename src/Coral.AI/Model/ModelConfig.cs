@@ -9,6 +9,9 @@ internal enum ModelFamily
     Mistral,
     Qwen2,
     Qwen3,
+
+    /// <summary>Phi-3 (<c>Phi3ForCausalLM</c>): a Llama with fused <c>qkv_proj</c> and <c>gate_up_proj</c> weights.</summary>
+    Phi3,
 }
 
 /// <summary>The RoPE frequency scalings the forward applies (<c>rope_scaling.rope_type</c>).</summary>
@@ -81,6 +84,10 @@ internal sealed record ModelConfig
     /// <summary>Gets whether q and k are RMS-normalised per head before RoPE (Qwen3).</summary>
     public required bool QkNorm { get; init; }
 
+    /// <summary>Gets whether the checkpoint stores q|k|v as one <c>self_attn.qkv_proj.weight</c> and gate|up as one
+    /// <c>mlp.gate_up_proj.weight</c> (Phi-3), in the order the forward fuses them itself.</summary>
+    public bool FusedProjections => Family == ModelFamily.Phi3;
+
     /// <summary>Gets the sliding attention window, or null for full attention.</summary>
     public int? SlidingWindow { get; init; }
 
@@ -99,9 +106,15 @@ internal sealed record ModelConfig
             "MistralForCausalLM" => ModelFamily.Mistral,
             "Qwen2ForCausalLM" => ModelFamily.Qwen2,
             "Qwen3ForCausalLM" => ModelFamily.Qwen3,
+            "Phi3ForCausalLM" => ModelFamily.Phi3,
             _ => throw new CoralModelException(path, "architectures",
-                $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM."),
+                $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM."),
         };
+
+        if (OptionalDouble(root, path, "partial_rotary_factor") is double partial && partial != 1.0)
+        {
+            throw new CoralModelException(path, "partial_rotary_factor", $"{partial} is not supported (rotary embeddings over the whole head only).");
+        }
 
         int hidden = RequiredInt(root, path, "hidden_size");
         int heads = RequiredInt(root, path, "num_attention_heads");
@@ -123,7 +136,7 @@ internal sealed record ModelConfig
         int? window = OptionalInt(root, path, "sliding_window");
         bool useWindow = family switch
         {
-            ModelFamily.Mistral => window is not null,
+            ModelFamily.Mistral or ModelFamily.Phi3 => window is not null,
             ModelFamily.Qwen2 or ModelFamily.Qwen3 => (OptionalBool(root, path, "use_sliding_window") ?? false) && window is not null,
             _ => false,
         };

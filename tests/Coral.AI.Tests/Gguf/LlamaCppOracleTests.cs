@@ -16,6 +16,8 @@ public class LlamaCppOracleTests
     // oracle holds for that path.
     public static TheoryData<string> Models => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "llama-sharded-bf16", "qwen2-bf16", "qwen3-bf16",
         "qwen2-f16", "llama-tied-scaled-f16", "llama-linear-rope", "qwen2-yarn"];
+    // Phi-3 is not here: LLamaSharp 0.30's llama.cpp fails to load the vocabulary of a phi3 GGUF with the tests' byte-level
+    // tokenizer ("_Map_base::at"); Phi3Tests checks it against the same weights stored as a Llama instead.
 
     [Theory]
     [MemberData(nameof(Models))]
@@ -81,7 +83,7 @@ internal sealed class LlamaCppOracle : IDisposable
 
     static LlamaCppOracle()
     {
-        NativeLibraryConfig.All.WithLogCallback((_, _) => { });
+        NativeLibraryConfig.All.WithLogCallback((_, m) => { if (Environment.GetEnvironmentVariable("CORAL_LLAMA_LOG") is not null) Console.Error.Write(m); });
     }
 
     public LlamaCppOracle(string gguf, int contextSize = 256, int threads = 2)

@@ -82,6 +82,17 @@ internal static class ModelZoo
         RopeScalingJson = """{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}""", Seed = 83,
     };
 
+    /// <summary>Phi-3 (fused qkv_proj and gate_up_proj), with Phi-3-mini's sliding window beyond any test's length.</summary>
+    public static TinyModelSpec Phi3 => Llama with
+    {
+        Architecture = "Phi3ForCausalLM", SlidingWindow = 2047, ExtraSpecialTokens = ["<|end|>", "<|user|>", "<|assistant|>"], Seed = 89,
+    };
+
+    public static TinyModelSpec Phi3Bf16 => Phi3 with { StorageDType = "BF16", Seed = 97 };
+
+    /// <summary>Phi-3 with a window of 8: masking as Mistral's, over the fused weights.</summary>
+    public static TinyModelSpec Phi3Window => Phi3 with { SlidingWindow = 8, Seed = 101 };
+
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
 
     public static string Get(string name, TinyModelSpec spec) =>

@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -27,6 +27,9 @@ public class TransformerModelTests
         "qwen2-f16" => ModelZoo.Get(name, ModelZoo.Qwen2F16),
         "llama-linear-rope" => ModelZoo.Get(name, ModelZoo.LlamaLinearRope),
         "qwen2-yarn" => ModelZoo.Get(name, ModelZoo.Qwen2Yarn),
+        "phi3" => ModelZoo.Get(name, ModelZoo.Phi3),
+        "phi3-bf16" => ModelZoo.Get(name, ModelZoo.Phi3Bf16),
+        "phi3-window" => ModelZoo.Get(name, ModelZoo.Phi3Window),
         "mistral-f16" => ModelZoo.Get(name, ModelZoo.MistralF16),
         "llama-successor-f16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorF16),
         "llama-tied-scaled-f16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledF16),
