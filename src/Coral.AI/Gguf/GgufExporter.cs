@@ -65,6 +65,11 @@ public static class GgufExporter
             g.Add($"{arch}.rope.scaling.type", "linear");   // llama.cpp divides every frequency by the factor itself
             g.Add($"{arch}.rope.scaling.factor", (float)linear.Factor);
         }
+        else if (c.RopeScaling is { Kind: RopeScalingKind.LongRope })
+        {
+            throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "rope_scaling",
+                "LongRoPE cannot be exported to GGUF yet (llama.cpp keeps its factors as per-layer tensors of the phi3 architecture).");
+        }
         else if (c.RopeScaling is { Kind: RopeScalingKind.Yarn } yarn)
         {
             // llama.cpp's own YaRN (its keys): the same ramp and an attention factor of 0.1·ln(factor) + 1, with β 32 / 1.

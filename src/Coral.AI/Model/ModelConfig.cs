@@ -26,6 +26,10 @@ internal enum RopeScalingKind
     /// <summary>YaRN: a ramp over the dimensions between extrapolated and interpolated frequencies, and cos/sin scaled by
     /// an attention factor.</summary>
     Yarn,
+
+    /// <summary>LongRoPE (Phi-3.5, Phi-3 128k): each frequency divided by its own factor — the short factors within the
+    /// pretraining context, the long ones past it — and cos/sin scaled by an attention factor.</summary>
+    LongRope,
 }
 
 /// <summary>RoPE frequency scaling as <c>rope_scaling</c> (or transformers 5's <c>rope_parameters</c>) configures it, with
@@ -53,6 +57,12 @@ internal sealed record RopeScaling(RopeScalingKind Kind, double Factor)
 
     /// <summary>Gets YaRN's <c>truncate</c> (true): the correction range rounded outwards to whole dimensions.</summary>
     public bool Truncate { get; init; } = true;
+
+    /// <summary>Gets LongRoPE's per-frequency divisors within the pretraining context (<c>short_factor</c>, hd/2 values).</summary>
+    public IReadOnlyList<double> ShortFactors { get; init; } = [];
+
+    /// <summary>Gets LongRoPE's per-frequency divisors from <see cref="OriginalMaxPositions"/> on (<c>long_factor</c>).</summary>
+    public IReadOnlyList<double> LongFactors { get; init; } = [];
 }
 
 /// <summary>
@@ -132,6 +142,14 @@ internal sealed record ModelConfig
             throw new CoralModelException(path, "head_dim", $"{headDim} must be even for rotary embeddings.");
         }
 
+        RopeScaling? scaling = ParseRopeScaling(root, path);
+        if (scaling is { Kind: RopeScalingKind.LongRope } && (scaling.ShortFactors.Count != headDim / 2 || scaling.LongFactors.Count != headDim / 2))
+        {
+            string field = root["rope_scaling"] is JsonObject ? "rope_scaling" : "rope_parameters";
+            throw new CoralModelException(path, $"{field}.short_factor",
+                $"LongRoPE needs head_dim / 2 = {headDim / 2} factors each; short_factor has {scaling.ShortFactors.Count}, long_factor {scaling.LongFactors.Count}.");
+        }
+
         bool attentionBias = OptionalBool(root, path, "attention_bias") ?? false;
         int? window = OptionalInt(root, path, "sliding_window");
         bool useWindow = family switch
@@ -154,7 +172,7 @@ internal sealed record ModelConfig
             VocabSize = RequiredInt(root, path, "vocab_size"),
             RmsNormEps = OptionalDouble(root, path, "rms_norm_eps") ?? 1e-6,
             RopeTheta = OptionalRopeTheta(root, path) ?? 10000.0,
-            RopeScaling = ParseRopeScaling(root, path),
+            RopeScaling = scaling,
             MaxPositionEmbeddings = OptionalInt(root, path, "max_position_embeddings") ?? 2048,
             TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? false,
             QkvBias = family == ModelFamily.Qwen2 || attentionBias,
@@ -248,9 +266,46 @@ internal sealed record ModelConfig
                     BetaSlow = OptionalDouble(rs, path, "beta_slow") is double slow && slow != 0 ? slow : 1,
                     Truncate = OptionalBool(rs, path, "truncate") ?? true,
                 };
+            case "longrope":
+                return LongRope(root, path, field, rs, factor, original);
             default:
-                throw new CoralModelException(path, $"{field}.rope_type", $"'{type}' is not supported; supported: linear, llama3, yarn, default.");
+                throw new CoralModelException(path, $"{field}.rope_type", $"'{type}' is not supported; supported: linear, llama3, yarn, longrope, default.");
         }
+    }
+
+    /// <summary>LongRoPE as transformers reads it: the pretraining context from the scaling object or (Phi-3's layout) the
+    /// config's root; the factor as configured, else the ratio of the contexts; the attention factor
+    /// √(1 + ln s / ln original) unless configured; hd/2 short and long factors.</summary>
+    private static RopeScaling LongRope(JsonObject root, string path, string field, JsonObject rs, double? factor, int? original)
+    {
+        int maxPositions = OptionalInt(root, path, "max_position_embeddings") ?? 2048;
+        int o = original ?? OptionalInt(root, path, "original_max_position_embeddings")
+            ?? throw new CoralModelException(path, $"{field}.original_max_position_embeddings", "missing (LongRoPE needs the pretraining context).");
+        double f = factor ?? (double)maxPositions / o;
+        double[] Factors(string name)
+        {
+            if (rs[name] is not JsonArray a)
+            {
+                throw new CoralModelException(path, $"{field}.{name}", "missing (LongRoPE needs a factor per frequency).");
+            }
+
+            try
+            {
+                return a.Select(n => n!.GetValue<double>()).ToArray();
+            }
+            catch (Exception ex) when (ex is InvalidOperationException or FormatException or NullReferenceException)
+            {
+                throw new CoralModelException(path, $"{field}.{name}", "must be an array of numbers.", ex);
+            }
+        }
+
+        return new RopeScaling(RopeScalingKind.LongRope, f)
+        {
+            OriginalMaxPositions = o,
+            AttentionFactor = OptionalDouble(rs, path, "attention_factor") ?? (f <= 1 ? 1.0 : Math.Sqrt(1 + (Math.Log(f) / Math.Log(o)))),
+            ShortFactors = Factors("short_factor"),
+            LongFactors = Factors("long_factor"),
+        };
     }
 
     private static int RequiredInt(JsonObject o, string path, string field) =>

@@ -20,6 +20,10 @@ internal sealed unsafe class RotaryTables : IDisposable
     {
         int hd = c.HeadDim, half = hd / 2;
         double[] inv = InverseFrequencies(c, applyScaling);
+        // LongRoPE: positions from the pretraining context on take the long factors (as vLLM builds its tables;
+        // transformers switches every position to them once a sequence grows past that context).
+        int longFrom = applyScaling && c.RopeScaling is { Kind: RopeScalingKind.LongRope } lr ? lr.OriginalMaxPositions : int.MaxValue;
+        double[] beyond = longFrom < maxPositions ? InverseFrequencies(c, applyScaling, beyondOriginal: true) : inv;
         float scale = (float)AttentionFactor(c, applyScaling);
         bool cpu = device.type == DeviceType.CPU;
         float[] cos = GC.AllocateUninitializedArray<float>(maxPositions * hd, pinned: cpu);
@@ -28,7 +32,7 @@ internal sealed unsafe class RotaryTables : IDisposable
         {
             for (int i = 0; i < half; i++)
             {
-                float angle = (float)p * (float)inv[i];
+                float angle = (float)p * (float)(p < longFrom ? inv : beyond)[i];
                 float cv = MathF.Cos(angle) * scale, sv = MathF.Sin(angle) * scale;
                 cos[p * hd + i] = cv;
                 cos[p * hd + half + i] = cv;
@@ -102,8 +106,10 @@ internal sealed unsafe class RotaryTables : IDisposable
         return new CpuStep(rows, t, start, p, mask, this);
     }
 
-    /// <summary>The hd/2 rotary inverse frequencies, with the configured scaling (linear, llama3, YaRN) applied when asked.</summary>
-    public static double[] InverseFrequencies(ModelConfig c, bool applyScaling)
+    /// <summary>The hd/2 rotary inverse frequencies, with the configured scaling (linear, llama3, YaRN, LongRoPE) applied
+    /// when asked; for LongRoPE those of positions within the pretraining context, or with <paramref name="beyondOriginal"/>
+    /// those past it.</summary>
+    public static double[] InverseFrequencies(ModelConfig c, bool applyScaling, bool beyondOriginal = false)
     {
         int hd = c.HeadDim, half = hd / 2;
         var inv = new double[half];
@@ -141,6 +147,15 @@ internal sealed unsafe class RotaryTables : IDisposable
                         double smooth = (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
                         inv[i] = (1 - smooth) * inv[i] / s.Factor + smooth * inv[i];
                     }
+                }
+
+                break;
+            case RopeScalingKind.LongRope:
+                IReadOnlyList<double> factors = beyondOriginal ? s.LongFactors : s.ShortFactors;
+                for (int i = 0; i < half; i++)
+                {
+                    // 1 / (factor · base^(2i/hd)) in float32, as transformers computes it.
+                    inv[i] = (float)(1.0 / ((float)factors[i] * (float)Math.Pow(c.RopeTheta, (2.0 * i) / hd)));
                 }
 
                 break;

@@ -93,6 +93,17 @@ internal static class ModelZoo
     /// <summary>Phi-3 with a window of 8: masking as Mistral's, over the fused weights.</summary>
     public static TinyModelSpec Phi3Window => Phi3 with { SlidingWindow = 8, Seed = 101 };
 
+    /// <summary>Phi-3 with LongRoPE (as Phi-3.5-mini ships it, with a pretraining context of 16 so that a test's sequence
+    /// crosses from the short factors to the long ones).</summary>
+    public static TinyModelSpec Phi3LongRope => Phi3 with
+    {
+        RopeScalingJson = """
+            {"type": "longrope", "original_max_position_embeddings": 16,
+             "short_factor": [1.0, 1.02, 1.1, 1.3, 1.7, 2.4, 3.1, 3.9], "long_factor": [1.0, 1.2, 1.9, 3.5, 6.0, 9.5, 14.0, 21.0]}
+            """,
+        Seed = 103,
+    };
+
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
 
     public static string Get(string name, TinyModelSpec spec) =>

@@ -99,4 +99,58 @@ public class Phi3Tests
         var e = Assert.Throws<CoralModelException>(() => ModelConfig.Load(Path.Combine(folder, "config.json")));
         Assert.Contains("partial_rotary_factor", e.Message);
     }
+
+    /// <summary>LongRoPE as Phi-3.5 configures it: the pretraining context at the config's root, the factor from the
+    /// contexts' ratio (131072 / 4096 = 32) and the attention factor √(1 + ln 32 / ln 4096); factor lists of the wrong
+    /// length or a missing context are errors naming the field.</summary>
+    [Fact]
+    public void LongRope_ReadsAsTransformers_AndNamesBadFields()
+    {
+        string folder = ModelZoo.TempFolder("phi35-config");
+        JsonObject config = JsonNode.Parse(File.ReadAllText(Path.Combine(TransformerModelTests.ModelFor("phi3"), "config.json")))!.AsObject();
+        config["max_position_embeddings"] = 131072;
+        config["original_max_position_embeddings"] = 4096;
+        JsonArray Ones(int n) => new(Enumerable.Repeat(1.0, n).Select(v => (JsonNode?)JsonValue.Create(v)).ToArray());
+        config["rope_scaling"] = new JsonObject { ["type"] = "longrope", ["short_factor"] = Ones(8), ["long_factor"] = Ones(8) };
+        string path = Path.Combine(folder, "config.json");
+        File.WriteAllText(path, config.ToJsonString());
+        RopeScaling s = ModelConfig.Load(path).RopeScaling!;
+        Assert.Equal((RopeScalingKind.LongRope, 32.0, 4096), (s.Kind, s.Factor, s.OriginalMaxPositions));
+        Assert.Equal(Math.Sqrt(1 + (Math.Log(32) / Math.Log(4096))), s.AttentionFactor, 12);
+
+        config["rope_scaling"]!["long_factor"] = Ones(7);
+        File.WriteAllText(path, config.ToJsonString());
+        Assert.Contains("rope_scaling.short_factor", Assert.Throws<CoralModelException>(() => ModelConfig.Load(path)).Message);
+        config["rope_scaling"]!["long_factor"] = Ones(8);
+        config.Remove("original_max_position_embeddings");
+        File.WriteAllText(path, config.ToJsonString());
+        Assert.Contains("original_max_position_embeddings", Assert.Throws<CoralModelException>(() => ModelConfig.Load(path)).Message);
+    }
+
+    /// <summary>The rotary tables of a LongRoPE model: position p within the pretraining context (16 here) rotates
+    /// dimension pair i by p / (short_i · θ^(2i/hd)), from 16 on by p / (long_i · θ^(2i/hd)), and cos and sin carry the
+    /// attention factor; computed here from the config's numbers in double precision.</summary>
+    [Fact]
+    public void LongRope_Tables_TakeShortFactorsWithinTheContext_LongOnesPastIt()
+    {
+        ModelConfig c = ModelConfig.Load(Path.Combine(TransformerModelTests.ModelFor("phi3-longrope"), "config.json"));
+        RopeScaling s = c.RopeScaling!;
+        using var rope = new RotaryTables(c, 64, torch.CPU);
+        int hd = c.HeadDim, half = hd / 2;
+        using var scope = torch.NewDisposeScope();
+        foreach (int p in new[] { 0, 5, 15, 16, 17, 40, 63 })
+        {
+            var (cos, sin) = rope.At(p, 1, null);
+            float[] cv = TorchTestHelpers.ToArray(cos.reshape(hd)), sv = TorchTestHelpers.ToArray(sin.reshape(hd));
+            IReadOnlyList<double> factors = p < 16 ? s.ShortFactors : s.LongFactors;
+            for (int i = 0; i < half; i++)
+            {
+                double angle = p / (factors[i] * Math.Pow(c.RopeTheta, 2.0 * i / hd));
+                Assert.Equal(Math.Cos(angle) * s.AttentionFactor, cv[i], 3e-5);
+                Assert.Equal(Math.Cos(angle) * s.AttentionFactor, cv[half + i], 3e-5);
+                Assert.Equal(-Math.Sin(angle) * s.AttentionFactor, sv[i], 3e-5);   // rotate_half's sign folded in
+                Assert.Equal(Math.Sin(angle) * s.AttentionFactor, sv[half + i], 3e-5);
+            }
+        }
+    }
 }
