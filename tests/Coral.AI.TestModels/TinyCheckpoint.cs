@@ -26,6 +26,9 @@ public sealed record TinyModelSpec
     public int Shards { get; init; } = 1;
 
     public double RopeTheta { get; init; } = 10000;
+
+    /// <summary>Gets <c>partial_rotary_factor</c> to write into config.json, or null for none (whole heads).</summary>
+    public double? PartialRotaryFactor { get; init; }
     public bool Llama3RopeScaling { get; init; }
 
     /// <summary>Gets a <c>rope_scaling</c> object (JSON) to write into config.json, or null for none (or llama3's, above).</summary>
@@ -139,6 +142,11 @@ public static class TinyCheckpoint
                 ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0,
                 ["original_max_position_embeddings"] = 64,
             };
+        }
+
+        if (spec.PartialRotaryFactor is double partial)
+        {
+            config["partial_rotary_factor"] = partial;
         }
 
         if (spec.RopeScalingJson is string scaling)

@@ -17,6 +17,12 @@ internal sealed class TrainableDrafter : IDisposable
 
     private TrainableDrafter(ModelConfig target, bool fcBias, int maxPositions)
     {
+        if (target.RotaryDim != target.HeadDim)
+        {
+            throw new NotSupportedException(
+                $"Training a drafter for a target with partial rotary embeddings (partial_rotary_factor: {target.RotaryDim} of {target.HeadDim} dimensions) is not supported yet.");
+        }
+
         Target = target;
         FcBias = fcBias;
         double[] inv = RotaryTables.InverseFrequencies(target, applyScaling: false);

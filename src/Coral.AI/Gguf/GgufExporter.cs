@@ -53,7 +53,13 @@ public static class GgufExporter
         g.Add($"{arch}.attention.key_length", (uint)c.HeadDim);
         g.Add($"{arch}.attention.value_length", (uint)c.HeadDim);
         g.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
-        g.Add($"{arch}.rope.dimension_count", (uint)c.HeadDim);
+        if (permuteQk && c.RotaryDim != c.HeadDim)
+        {
+            throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "partial_rotary_factor",
+                "llama.cpp's llama architecture rotates whole heads: a partial rotation cannot be exported for it.");
+        }
+
+        g.Add($"{arch}.rope.dimension_count", (uint)c.RotaryDim);   // NEOX rotation of the first n_rot dimensions, as partial_rotary_factor
         g.Add($"{arch}.rope.freq_base", (float)c.RopeTheta);
         g.Add($"{arch}.vocab_size", (uint)c.VocabSize);
         if (c.Family == ModelFamily.Phi3 && c.SlidingWindow is int window)

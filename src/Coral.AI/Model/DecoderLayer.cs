@@ -112,10 +112,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype, device);
         Tensor Norm(string name, long n) => reader.Take(prefix + name, [n], ScalarType.Float32, device);
         Tensor? QkvBias() => c.QkvBias
-            ? torch.cat([W("self_attn.q_proj.bias", nq), W("self_attn.k_proj.bias", nkv), W("self_attn.v_proj.bias", nkv)])
+            ? Reorder(torch.cat([W("self_attn.q_proj.bias", nq), W("self_attn.k_proj.bias", nkv), W("self_attn.v_proj.bias", nkv)]), RotaryRows(c), 0)
             : null;
         Tensor? QkNorm() => c.QkNorm
-            ? torch.cat([Norm("self_attn.q_norm.weight", hd).unsqueeze(0).expand(c.NumHeads, hd), Norm("self_attn.k_norm.weight", hd).unsqueeze(0).expand(c.NumKvHeads, hd)])
+            ? Reorder(torch.cat([Norm("self_attn.q_norm.weight", hd).unsqueeze(0).expand(c.NumHeads, hd), Norm("self_attn.k_norm.weight", hd).unsqueeze(0).expand(c.NumKvHeads, hd)]),
+                c.RotaryOrder()?.Select(i => (long)i).ToArray(), 1)
             : null;
 
         // q|k|v and gate|up as the forward fuses them: concatenated, or as a Phi-3 checkpoint already stores them.
@@ -157,7 +158,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
         using Tensor o = W("self_attn.o_proj.weight", d, nq);
         using Tensor down = W("mlp.down_proj.weight", d, ff);
-        using Tensor qkv = Fused(["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], [nq, nkv, nkv], "self_attn.qkv_proj.weight");
+        using Tensor qkv = Reorder(Fused(["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], [nq, nkv, nkv], "self_attn.qkv_proj.weight"),
+            RotaryRows(c), 0);
         using Tensor gateUp = Fused(["mlp.gate_proj.weight", "mlp.up_proj.weight"], [ff, ff], "mlp.gate_up_proj.weight");
         return new DecoderLayer(
             c,
@@ -209,8 +211,13 @@ internal sealed unsafe class DecoderLayer : IDisposable
         };
 
         using var scope = torch.NewDisposeScope();
-        PackedMatrix?[] p = names.Select((parts, j) => PackedMatrix.TryCreateFromRows(
-            parts.Select((n, i) => reader.Take(prefix + n, shapes[j][i], Read(prefix + n), torch.CPU)).ToArray(), round)).ToArray();
+        Tensor[] Parts(int j)
+        {
+            Tensor[] parts = names[j].Select((n, i) => reader.Take(prefix + n, shapes[j][i], Read(prefix + n), torch.CPU)).ToArray();
+            return j == 0 && RotaryRows(c) is long[] order ? [Reorder(torch.cat(parts), order, 0)] : parts;   // partial rotation
+        }
+
+        PackedMatrix?[] p = Enumerable.Range(0, names.Length).Select(j => PackedMatrix.TryCreateFromRows(Parts(j), round)).ToArray();
         if (p.All(m => m is not null))
         {
             return p!;
@@ -218,6 +225,36 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
         Array.ForEach(p, m => m?.Dispose());
         return null;
+    }
+
+    /// <summary>The rows of q|k|v (or of its bias) in the forward's rotary order (<see cref="ModelConfig.RotaryOrder"/>):
+    /// each q and k head's dimensions reordered, v's rows kept; null when every dimension rotates.</summary>
+    internal static long[]? RotaryRows(ModelConfig c)
+    {
+        if (c.RotaryOrder() is not int[] order)
+        {
+            return null;
+        }
+
+        int hd = c.HeadDim, qk = c.NumHeads + c.NumKvHeads;
+        return Enumerable.Range(0, (qk + c.NumKvHeads) * hd)
+            .Select(row => (long)(row < qk * hd ? (row / hd * hd) + order[row % hd] : row)).ToArray();
+    }
+
+    /// <summary><paramref name="t"/> with its entries along <paramref name="dim"/> taken in <paramref name="order"/> (the
+    /// input disposed), or <paramref name="t"/> itself when the order is null.</summary>
+    private static Tensor Reorder(Tensor t, long[]? order, int dim)
+    {
+        if (order is null)
+        {
+            return t;
+        }
+
+        using (t)
+        using (Tensor index = torch.tensor(order, device: t.device))
+        {
+            return t.index_select(dim, index);
+        }
     }
 
     /// <summary>

@@ -94,6 +94,36 @@ internal sealed record ModelConfig
     /// <summary>Gets whether q and k are RMS-normalised per head before RoPE (Qwen3).</summary>
     public required bool QkNorm { get; init; }
 
+    /// <summary>Gets the rotated dimensions of each head (<c>partial_rotary_factor</c> · <see cref="HeadDim"/>; all by
+    /// default). With fewer, the loader reorders each q/k head's dimensions (<see cref="RotaryOrder"/>) so that the rotated
+    /// pairs sit where a whole-head rotation puts them and the rest pass through.</summary>
+    public required int RotaryDim { get; init; }
+
+    /// <summary>
+    /// Where each dimension of a q/k head goes when <see cref="RotaryDim"/> r &lt; <see cref="HeadDim"/> h: the forward
+    /// rotates pairs (j, j + h/2), a partial rotation pairs (i, i + r/2) for i &lt; r/2 and leaves dimensions r … h − 1
+    /// alone, so stored dimension <c>order[j]</c> is put at j — the rotated halves at 0 … r/2 − 1 and h/2 … h/2 + r/2 − 1,
+    /// the passed-through ones split over the rest (whose tables hold cos 1, sin 0). q·k is a sum over the same products
+    /// in another order; values are not reordered. Null when every dimension rotates.
+    /// </summary>
+    public int[]? RotaryOrder()
+    {
+        int h = HeadDim, r = RotaryDim;
+        if (r == h)
+        {
+            return null;
+        }
+
+        int pass = (h - r) / 2;
+        return Enumerable.Range(0, h).Select(j => j switch
+        {
+            _ when j < r / 2 => j,
+            _ when j < h / 2 => r + (j - (r / 2)),
+            _ when j < (h / 2) + (r / 2) => (r / 2) + (j - (h / 2)),
+            _ => r + pass + (j - (h / 2) - (r / 2)),
+        }).ToArray();
+    }
+
     /// <summary>Gets whether the checkpoint stores q|k|v as one <c>self_attn.qkv_proj.weight</c> and gate|up as one
     /// <c>mlp.gate_up_proj.weight</c> (Phi-3), in the order the forward fuses them itself.</summary>
     public bool FusedProjections => Family == ModelFamily.Phi3;
@@ -121,10 +151,6 @@ internal sealed record ModelConfig
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM."),
         };
 
-        if (OptionalDouble(root, path, "partial_rotary_factor") is double partial && partial != 1.0)
-        {
-            throw new CoralModelException(path, "partial_rotary_factor", $"{partial} is not supported (rotary embeddings over the whole head only).");
-        }
 
         int hidden = RequiredInt(root, path, "hidden_size");
         int heads = RequiredInt(root, path, "num_attention_heads");
@@ -142,12 +168,22 @@ internal sealed record ModelConfig
             throw new CoralModelException(path, "head_dim", $"{headDim} must be even for rotary embeddings.");
         }
 
+        // Rotary embeddings over the first partial_rotary_factor · head_dim dimensions of each head (Phi-4-mini: 0.75), as
+        // transformers takes int(head_dim · factor).
+        double partial = OptionalDouble(root, path, "partial_rotary_factor") ?? 1.0;
+        int rotaryDim = (int)(headDim * partial);
+        if (partial is <= 0 or > 1 || rotaryDim % 2 != 0 || rotaryDim == 0)
+        {
+            throw new CoralModelException(path, "partial_rotary_factor",
+                $"{partial} gives {rotaryDim} rotary dimensions of head_dim {headDim}; they must be even and between 2 and head_dim.");
+        }
+
         RopeScaling? scaling = ParseRopeScaling(root, path);
-        if (scaling is { Kind: RopeScalingKind.LongRope } && (scaling.ShortFactors.Count != headDim / 2 || scaling.LongFactors.Count != headDim / 2))
+        if (scaling is { Kind: RopeScalingKind.LongRope } && (scaling.ShortFactors.Count != rotaryDim / 2 || scaling.LongFactors.Count != rotaryDim / 2))
         {
             string field = root["rope_scaling"] is JsonObject ? "rope_scaling" : "rope_parameters";
             throw new CoralModelException(path, $"{field}.short_factor",
-                $"LongRoPE needs head_dim / 2 = {headDim / 2} factors each; short_factor has {scaling.ShortFactors.Count}, long_factor {scaling.LongFactors.Count}.");
+                $"LongRoPE needs {rotaryDim / 2} factors each (half the rotary dimensions); short_factor has {scaling.ShortFactors.Count}, long_factor {scaling.LongFactors.Count}.");
         }
 
         bool attentionBias = OptionalBool(root, path, "attention_bias") ?? false;
@@ -169,6 +205,7 @@ internal sealed record ModelConfig
             NumHeads = heads,
             NumKvHeads = kvHeads,
             HeadDim = headDim,
+            RotaryDim = rotaryDim,
             VocabSize = RequiredInt(root, path, "vocab_size"),
             RmsNormEps = OptionalDouble(root, path, "rms_norm_eps") ?? 1e-6,
             RopeTheta = OptionalRopeTheta(root, path) ?? 10000.0,

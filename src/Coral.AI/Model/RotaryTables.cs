@@ -32,8 +32,10 @@ internal sealed unsafe class RotaryTables : IDisposable
         {
             for (int i = 0; i < half; i++)
             {
-                float angle = (float)p * (float)(p < longFrom ? inv : beyond)[i];
-                float cv = MathF.Cos(angle) * scale, sv = MathF.Sin(angle) * scale;
+                // Pairs past the rotary dimensions (partial rotation: the loader put the passed-through dimensions
+                // there, ModelConfig.RotaryOrder) keep their values: cos 1, sin 0.
+                float angle = i < inv.Length ? (float)p * (float)(p < longFrom ? inv : beyond)[i] : 0f;
+                float cv = i < inv.Length ? MathF.Cos(angle) * scale : 1f, sv = i < inv.Length ? MathF.Sin(angle) * scale : 0f;
                 cos[p * hd + i] = cv;
                 cos[p * hd + half + i] = cv;
                 sin[p * hd + i] = -sv;
@@ -106,12 +108,12 @@ internal sealed unsafe class RotaryTables : IDisposable
         return new CpuStep(rows, t, start, p, mask, this);
     }
 
-    /// <summary>The hd/2 rotary inverse frequencies, with the configured scaling (linear, llama3, YaRN, LongRoPE) applied
+    /// <summary>The RotaryDim/2 rotary inverse frequencies, with the configured scaling (linear, llama3, YaRN, LongRoPE) applied
     /// when asked; for LongRoPE those of positions within the pretraining context, or with <paramref name="beyondOriginal"/>
     /// those past it.</summary>
     public static double[] InverseFrequencies(ModelConfig c, bool applyScaling, bool beyondOriginal = false)
     {
-        int hd = c.HeadDim, half = hd / 2;
+        int hd = c.RotaryDim, half = hd / 2;   // over the rotated dimensions (all of the head unless partial)
         var inv = new double[half];
         for (int i = 0; i < half; i++)
         {

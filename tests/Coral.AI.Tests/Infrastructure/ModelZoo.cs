@@ -104,6 +104,12 @@ internal static class ModelZoo
         Seed = 103,
     };
 
+    /// <summary>Rotary embeddings over half of each head (partial_rotary_factor 0.5: 8 of 16 dimensions), with biases.</summary>
+    public static TinyModelSpec Qwen2Partial => Qwen2 with { PartialRotaryFactor = 0.5, Seed = 107 };
+
+    /// <summary>Phi-4-mini's partial rotation (0.75: 12 of 16 dimensions) over fused bf16 weights.</summary>
+    public static TinyModelSpec Phi3Partial => Phi3 with { PartialRotaryFactor = 0.75, StorageDType = "BF16", Seed = 109 };
+
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
 
     public static string Get(string name, TinyModelSpec spec) =>

@@ -63,6 +63,8 @@ public class Phi3Tests
     [InlineData("phi3", true, true)]        // the kernels (f32)
     [InlineData("phi3", false, false)]      // libtorch's f32 path
     [InlineData("phi3-bf16", true, true)]   // packed straight from the fused rows
+    [InlineData("phi3-partial", true, true)]    // Phi-4-mini's partial rotation: q/k rows reordered from the fused rows
+    [InlineData("phi3-partial", false, false)]
     public void FusedCheckpoint_EqualsTheSameWeightsUnfused(string arch, bool cpuKernels, bool packed)
     {
         string phi3 = TransformerModelTests.ModelFor(arch);
@@ -70,7 +72,7 @@ public class Phi3Tests
         using var a = TransformerModel.Load(phi3, torch.CPU, ScalarType.Float32, 64, cpuKernels: cpuKernels);
         using var b = TransformerModel.Load(llama, torch.CPU, ScalarType.Float32, 64, cpuKernels: cpuKernels);
         Assert.Equal(ModelFamily.Phi3, a.Config.Family);
-        Assert.Equal(packed && PackedMatrix.Enabled && arch.EndsWith("bf16", StringComparison.Ordinal), a.UsesPackedWeights);
+        Assert.Equal(packed && PackedMatrix.Enabled && arch != "phi3", a.UsesPackedWeights);
         Assert.Equal(a.UsesPackedWeights, b.UsesPackedWeights);
         long[] ids = [1, 5, 9, 2, 7, 3, 11, 4, 8];
         Assert.Equal(TorchTestHelpers.FullLogits(b, ids), TorchTestHelpers.FullLogits(a, ids));
@@ -89,15 +91,22 @@ public class Phi3Tests
         Assert.Equal(expected, a.Generate(request with { Speculative = true, Tree = new TreeShape(3, 2, 6, 0) }, null, default).TokenIds);
     }
 
+    /// <summary>A partial rotation that leaves an odd number of rotated dimensions is refused naming the field.</summary>
     [Fact]
-    public void PartialRotaryFactor_IsRefusedNamingTheField()
+    public void PartialRotaryFactor_OfAnOddDimensionCount_IsRefusedNamingTheField()
     {
-        string folder = ModelZoo.TempFolder("phi4-partial-rotary");
+        string folder = ModelZoo.TempFolder("phi3-odd-partial");
         JsonObject config = JsonNode.Parse(File.ReadAllText(Path.Combine(TransformerModelTests.ModelFor("phi3"), "config.json")))!.AsObject();
-        config["partial_rotary_factor"] = 0.75;   // Phi-4-mini's
+        config["partial_rotary_factor"] = 0.1875;   // 3 of 16
         File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString());
         var e = Assert.Throws<CoralModelException>(() => ModelConfig.Load(Path.Combine(folder, "config.json")));
         Assert.Contains("partial_rotary_factor", e.Message);
+        config["partial_rotary_factor"] = 0.75;     // 12 of 16, as Phi-4-mini
+        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString());
+        ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
+        Assert.Equal(12, c.RotaryDim);
+        // Rotated halves (0-5, 6-11) at 0-5 and 8-13, passed-through 12-15 split over 6-7 and 14-15.
+        Assert.Equal([0, 1, 2, 3, 4, 5, 12, 13, 6, 7, 8, 9, 10, 11, 14, 15], c.RotaryOrder()!);
     }
 
     /// <summary>LongRoPE as Phi-3.5 configures it: the pretraining context at the config's root, the factor from the

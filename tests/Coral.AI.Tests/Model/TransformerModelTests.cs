@@ -31,6 +31,8 @@ public class TransformerModelTests
         "phi3-bf16" => ModelZoo.Get(name, ModelZoo.Phi3Bf16),
         "phi3-window" => ModelZoo.Get(name, ModelZoo.Phi3Window),
         "phi3-longrope" => ModelZoo.Get(name, ModelZoo.Phi3LongRope),
+        "qwen2-partial" => ModelZoo.Get(name, ModelZoo.Qwen2Partial),
+        "phi3-partial" => ModelZoo.Get(name, ModelZoo.Phi3Partial),
         "mistral-f16" => ModelZoo.Get(name, ModelZoo.MistralF16),
         "llama-successor-f16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorF16),
         "llama-tied-scaled-f16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledF16),

@@ -30,6 +30,7 @@ public class SpeculativeDecodingTests
         { "qwen2-f16", "copy", 3, 4, 8, "float32" },
         { "mistral-f16", "random", 4, 4, 12, "float32" },
         { "llama-successor-f16", "random", 4, 8, 16, "float32" },
+        { "qwen2-partial", "copy", 3, 4, 8, "float32" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -68,7 +69,7 @@ public class SpeculativeDecodingTests
             Assert.Equal(spec.TokenIds.Count, 1 + spec.Speculative!.AcceptedTokens + (spec.TargetForwardPasses - 1 - spec.Speculative.Cycles));
 
             // With prompt lookup (chains copied from the sequence, verified in the same forward): still the plain tokens.
-            // (14 of these 22 cases verify lookup chains; the successor targets never repeat a token, so they have none.)
+            // (15 of these 23 cases verify lookup chains; the successor targets never repeat a token, so they have none.)
             GenerationResult lookup = Run(engine, prompt, speculative: true, shape, lookup: 3);
             Assert.Equal(plain.TokenIds, lookup.TokenIds);
             Assert.Equal(plain.Finish, lookup.Finish);
