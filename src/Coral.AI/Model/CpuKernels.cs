@@ -431,28 +431,6 @@ internal static unsafe class CpuKernels
         }
     }
 
-    /// <summary>Whether none of <paramref name="count"/> f16 values (as bits) is an infinity or a NaN (exponent bits all
-    /// ones): the packed kernels widen finite values only.</summary>
-    internal static bool AllFiniteF16(ushort* values, long count)
-    {
-        const long Chunk = 1 << 20;
-        int bad = 0;
-        Parallel.For(0, (count + Chunk - 1) / Chunk, (i, state) =>
-        {
-            long end = Math.Min(count, (i + 1) * Chunk);
-            for (long j = i * Chunk; j < end; j++)
-            {
-                if ((values[j] & 0x7C00) == 0x7C00)
-                {
-                    Interlocked.Exchange(ref bad, 1);
-                    state.Stop();
-                    return;
-                }
-            }
-        });
-        return bad == 0;
-    }
-
     /// <summary>The address of a contiguous bf16 or f16 CPU tensor's first element (read through its byte span, so at
     /// most 2 GiB).</summary>
     public static ushort* Pointer16(Tensor t)

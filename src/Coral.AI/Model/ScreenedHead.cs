@@ -157,7 +157,7 @@ internal sealed unsafe class ScreenedHead : ICpuWork, IDisposable
         }
 
         if ((head.dtype == ScalarType.Float32 && !PackedMatrix.AllBf16((uint*)CpuKernels.Pointer(head), head.numel()))
-            || (head.dtype == ScalarType.Float16 && !CpuKernels.AllFiniteF16(CpuKernels.Pointer16(head), head.numel())))
+            || (head.dtype == ScalarType.Float16 && PackedMatrix.F16Exponents(CpuKernels.Pointer16(head), head.numel()) is null))
         {
             return null;
         }
