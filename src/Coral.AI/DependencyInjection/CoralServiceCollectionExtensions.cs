@@ -8,7 +8,7 @@ using Microsoft.Extensions.Options;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
-/// <summary>Registers Coral as the application's <see cref="IChatClient"/>.</summary>
+/// <summary>Registers Coral as the application's <see cref="IChatClient"/> (and <see cref="IEmbeddingGenerator{TInput, TEmbedding}"/>).</summary>
 public static class CoralServiceCollectionExtensions
 {
     /// <summary>
@@ -61,6 +61,23 @@ public static class CoralServiceCollectionExtensions
         services.AddKeyedSingleton(serviceKey, (sp, _) => CreateHost(sp));
         services.AddSingleton<IHostedService>(sp => new CoralModelWarmupService(sp.GetRequiredKeyedService<CoralModelHost>(serviceKey)));
         return services.AddKeyedChatClient(serviceKey, sp => new CoralChatClient(sp.GetRequiredKeyedService<CoralModelHost>(serviceKey)));
+    }
+
+    /// <summary>
+    /// Registers a <see cref="CoralEmbeddingGenerator"/> as <see cref="IEmbeddingGenerator{TInput, TEmbedding}"/> over the
+    /// model host that <see cref="AddCoralChatClient(IServiceCollection, Action{CoralChatClientOptions})"/> (or its keyed form,
+    /// under the same <paramref name="serviceKey"/>) registered: one model serves both, through one queue.
+    /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="serviceKey">The key the chat client was registered under, or <see langword="null"/> for the default.</param>
+    /// <returns>The <see cref="EmbeddingGeneratorBuilder{TInput, TEmbedding}"/>, to add middleware such as caching.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="services"/> is <see langword="null"/>.</exception>
+    public static EmbeddingGeneratorBuilder<string, Embedding<float>> AddCoralEmbeddingGenerator(this IServiceCollection services, object? serviceKey = null)
+    {
+        _ = Throw.IfNull(services);
+        return serviceKey is null
+            ? services.AddEmbeddingGenerator(sp => new CoralEmbeddingGenerator(sp.GetRequiredService<CoralModelHost>()))
+            : services.AddKeyedEmbeddingGenerator(serviceKey, sp => new CoralEmbeddingGenerator(sp.GetRequiredKeyedService<CoralModelHost>(serviceKey)));
     }
 
     /// <summary>Adds a health check that reports the (default or keyed) Coral model host: loading, ready or failed.</summary>

@@ -101,6 +101,9 @@ public sealed class CoralModelHost : IDisposable
         await StartLoading().WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>Gets the engine when it has loaded, or null (nothing is started or awaited).</summary>
+    internal InferenceEngine? LoadedEngine => !_disposed && _loading is { IsCompletedSuccessfully: true } t ? t.Result : null;
+
     internal async Task<InferenceEngine> GetEngineAsync(CancellationToken cancellationToken)
     {
         InferenceEngine engine = await ((Task<InferenceEngine>)StartLoading()).WaitAsync(cancellationToken).ConfigureAwait(false);
