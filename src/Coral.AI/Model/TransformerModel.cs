@@ -99,13 +99,15 @@ internal sealed unsafe class TransformerModel : IDisposable
         // The reader's mappings close once loaded: weights kept as views of the file (f32-stored ones) hold their own
         // reference to the mapping, and a checkpoint converted at load (bf16-stored, loaded as f32) no longer stays mapped.
         using var reader = new CheckpointReader(folder);
+        // A base model saved without its LM head (as sentence-transformers saves Qwen3-Embedding) has no "model." prefix.
+        string root = !reader.Contains("model.embed_tokens.weight") && reader.Contains("embed_tokens.weight") ? "" : "model.";
         var layers = new List<DecoderLayer>();
         try
         {
             using var noGrad = torch.no_grad();
             for (int i = 0; i < c.NumLayers; i++)
             {
-                layers.Add(DecoderLayer.Load(reader, $"model.layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels, packedWeights));
+                layers.Add(DecoderLayer.Load(reader, $"{root}layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels, packedWeights));
             }
 
             long d = c.HiddenSize;
@@ -119,9 +121,9 @@ internal sealed unsafe class TransformerModel : IDisposable
                 && reader.StoredType(name) is ScalarType.BFloat16 or ScalarType.Float16
                 && (long)c.VocabSize * d * 2 <= int.MaxValue   // the kernels read 16-bit tables through a byte span
                 ? reader.StoredType(name) : null;
-            Tensor embed = reader.Take("model.embed_tokens.weight", [c.VocabSize, d], Rows16("model.embed_tokens.weight") ?? weightType, device);
-            Tensor finalNorm = reader.Take("model.norm.weight", [d], ScalarType.Float32, device);
-            string headName = c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+            Tensor embed = reader.Take(root + "embed_tokens.weight", [c.VocabSize, d], Rows16(root + "embed_tokens.weight") ?? weightType, device);
+            Tensor finalNorm = reader.Take(root + "norm.weight", [d], ScalarType.Float32, device);
+            string headName = c.TieWordEmbeddings ? root + "embed_tokens.weight" : "lm_head.weight";
             ScalarType ht = (headType is null or ScalarType.BFloat16 ? Rows16(headName) : null) ?? headType ?? weightType;
             Tensor head = c.TieWordEmbeddings
                 ? (ht == embed.dtype ? embed.alias() : embed.to(ht))

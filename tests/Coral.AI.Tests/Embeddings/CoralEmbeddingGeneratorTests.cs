@@ -2,6 +2,7 @@ using Microsoft.Extensions.AI;
 using Microsoft.Extensions.DependencyInjection;
 using TorchSharp;
 using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
 
 namespace Coral.AI.Tests;
 
@@ -161,5 +162,33 @@ public sealed class CoralEmbeddingGeneratorTests : IDisposable
         Embedding<float> e = await generator.GenerateAsync("Hello");
         Assert.Equal(64, e.Vector.Length);
         Assert.Throws<ArgumentNullException>(() => ((IServiceCollection)null!).AddCoralEmbeddingGenerator());
+    }
+
+    /// <summary>A base-model checkpoint without the <c>model.</c> prefix (as sentence-transformers saves Qwen3-Embedding:
+    /// <c>embed_tokens.weight</c>, <c>layers.N.…</c>, <c>norm.weight</c>, tied, no LM head) loads and embeds as the
+    /// prefixed one.</summary>
+    [Fact]
+    public async Task UnprefixedBaseModel_LoadsAndEmbedsAsThePrefixedOne()
+    {
+        string prefixed = TransformerModelTests.ModelFor("qwen3");   // tied
+        string bare = ModelZoo.TempFolder("qwen3-unprefixed");
+        foreach (string f in Directory.GetFiles(prefixed).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal)))
+        {
+            File.Copy(f, Path.Combine(bare, Path.GetFileName(f)), overwrite: true);
+        }
+
+        using (var scope = torch.NewDisposeScope())
+        using (var file = SafetensorsFile.Open(Path.Combine(prefixed, "model.safetensors")))
+        {
+            Assert.DoesNotContain("lm_head.weight", file.Entries.Keys);
+            SafetensorsWriter.Write(Path.Combine(bare, "model.safetensors"),
+                file.Entries.Keys.Select(k => new KeyValuePair<string, Tensor>(k.StartsWith("model.", StringComparison.Ordinal) ? k["model.".Length..] : k, file.Get(k).clone())).ToList(),
+                new Dictionary<string, string> { ["format"] = "pt" });
+        }
+
+        using var a = new CoralEmbeddingGenerator(new CoralChatClientOptions { ModelPath = prefixed, DType = "float32", ContextLength = 64 });
+        using var b = new CoralEmbeddingGenerator(new CoralChatClientOptions { ModelPath = bare, DType = "float32", ContextLength = 64 });
+        Embedding<float> x = await a.GenerateAsync("Whales are mammals."), y = await b.GenerateAsync("Whales are mammals.");
+        Assert.Equal(x.Vector.ToArray(), y.Vector.ToArray());
     }
 }
