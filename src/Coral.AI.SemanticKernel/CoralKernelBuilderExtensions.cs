@@ -38,4 +38,21 @@ public static class CoralKernelBuilderExtensions
         chatClient.UseKernelFunctionInvocation(null);
         return services;
     }
+
+    /// <summary>
+    /// Registers a Coral <see cref="Microsoft.Extensions.AI.IEmbeddingGenerator{TInput, TEmbedding}"/> on the kernel over the
+    /// model host of the Coral chat client registered with the same <paramref name="serviceId"/> (call
+    /// <see cref="AddCoralChatClient(IKernelBuilder, Action{CoralChatClientOptions}, string?)"/> first): one model serves
+    /// both, for SK's vector stores and text search.
+    /// </summary>
+    /// <param name="builder">The kernel builder.</param>
+    /// <param name="serviceId">The chat client's service key, or <see langword="null"/> for the default.</param>
+    /// <returns>The builder.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="builder"/> is <see langword="null"/>.</exception>
+    public static IKernelBuilder AddCoralEmbeddingGenerator(this IKernelBuilder builder, string? serviceId = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.AddCoralEmbeddingGenerator(serviceId);
+        return builder;
+    }
 }

@@ -41,6 +41,20 @@ public class SemanticKernelTests
     }
 
     [Fact]
+    public async Task EmbeddingGenerator_OnTheKernel_SharesTheChatModel()
+    {
+        IKernelBuilder builder = Kernel.CreateBuilder();
+        builder.AddCoralChatClient(o => { o.ModelPath = TransformerModelTests.ModelFor("qwen2"); o.ContextLength = 256; o.DType = "float32"; }, "coral");
+        builder.AddCoralEmbeddingGenerator("coral");
+        Kernel kernel = builder.Build();
+        var generator = kernel.Services.GetRequiredKeyedService<IEmbeddingGenerator<string, Embedding<float>>>("coral");
+        Assert.Same(kernel.Services.GetRequiredKeyedService<CoralModelHost>("coral"), generator.GetService(typeof(CoralModelHost)));
+        GeneratedEmbeddings<Embedding<float>> e = await generator.GenerateAsync(["whale", "coral"]);
+        Assert.Equal(2, e.Count);
+        Assert.All(e, v => Assert.Equal(1.0, Math.Sqrt(v.Vector.ToArray().Sum(x => (double)x * x)), 5));
+    }
+
+    [Fact]
     public async Task RequiredFunctionChoice_InvokesThePlugin()
     {
         var plugin = new Dictionary();
