@@ -12,6 +12,7 @@ public static class CoralWebApp
     {
         var builder = WebApplication.CreateBuilder(args);
         builder.Services.AddCoralChatClient(builder.Configuration.GetSection("Coral"));
+        builder.Services.AddCoralEmbeddingGenerator();
         builder.Services.AddHealthChecks().AddCoral();
         builder.Services.AddSingleton(new RequestQueue(builder.Configuration.GetValue("Coral:MaxQueuedRequests", 8)));
 
@@ -21,6 +22,7 @@ public static class CoralWebApp
         app.MapHealthChecks("/health");
         app.MapGet("/v1/models", (IChatClient client) => Results.Json(OpenAiProtocol.Models(client)));
         app.MapPost("/v1/chat/completions", OpenAiProtocol.ChatCompletionsAsync);
+        app.MapPost("/v1/embeddings", OpenAiProtocol.EmbeddingsAsync);
         return app;
     }
 

@@ -94,6 +94,82 @@ public static class OpenAiProtocol
         }
     }
 
+    /// <summary>POST /v1/embeddings: <c>input</c> (a string or an array of strings), <c>model</c>, <c>dimensions</c>,
+    /// <c>encoding_format</c> (<c>float</c>, or <c>base64</c> of little-endian f32, which the OpenAI .NET client asks for).</summary>
+    /// <param name="context">The HTTP context.</param>
+    /// <param name="generator">The embedding generator.</param>
+    /// <param name="queue">The admission queue.</param>
+    /// <returns>A task.</returns>
+    public static async Task EmbeddingsAsync(HttpContext context, IEmbeddingGenerator<string, Embedding<float>> generator, RequestQueue queue)
+    {
+        using IDisposable? slot = queue.TryEnter();
+        if (slot is null)
+        {
+            context.Response.StatusCode = StatusCodes.Status429TooManyRequests;
+            context.Response.Headers.RetryAfter = "1";
+            await context.Response.WriteAsJsonAsync(Error("Too many requests are queued; retry shortly.", "rate_limit_exceeded"), context.RequestAborted);
+            return;
+        }
+
+        try
+        {
+            JsonObject request = await JsonNode.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted) as JsonObject
+                ?? throw new JsonException("the body must be a JSON object");
+            string[] inputs = request["input"] switch
+            {
+                JsonValue v when v.TryGetValue(out string? text) => [text],
+                JsonArray a when a.All(x => x is JsonValue xv && xv.TryGetValue(out string? _)) => a.Select(x => x!.GetValue<string>()).ToArray(),
+                null => throw new ArgumentException("'input' is required."),
+                _ => throw new ArgumentException("'input' must be a string or an array of strings (token arrays are not supported)."),
+            };
+            string format = request["encoding_format"]?.GetValue<string>() ?? "float";
+            if (format is not ("float" or "base64"))
+            {
+                throw new ArgumentException($"'encoding_format' must be 'float' or 'base64' (got '{format}').");
+            }
+
+            var options = new EmbeddingGenerationOptions
+            {
+                ModelId = request["model"]?.GetValue<string>(),
+                Dimensions = request["dimensions"]?.GetValue<int>(),
+            };
+            GeneratedEmbeddings<Embedding<float>> embeddings = await generator.GenerateAsync(inputs, options, context.RequestAborted);
+            var data = new JsonArray();
+            for (int i = 0; i < embeddings.Count; i++)
+            {
+                ReadOnlyMemory<float> v = embeddings[i].Vector;
+                data.Add(new JsonObject
+                {
+                    ["object"] = "embedding",
+                    ["index"] = i,
+                    ["embedding"] = format == "base64"
+                        ? Convert.ToBase64String(System.Runtime.InteropServices.MemoryMarshal.AsBytes(v.Span))
+                        : new JsonArray(v.ToArray().Select(x => (JsonNode?)JsonValue.Create(x)).ToArray()),
+                });
+            }
+
+            await context.Response.WriteAsJsonAsync(new JsonObject
+            {
+                ["object"] = "list",
+                ["data"] = data,
+                ["model"] = embeddings.FirstOrDefault()?.ModelId ?? options.ModelId ?? "coral",
+                ["usage"] = new JsonObject
+                {
+                    ["prompt_tokens"] = embeddings.Usage?.InputTokenCount ?? 0,
+                    ["total_tokens"] = embeddings.Usage?.TotalTokenCount ?? 0,
+                },
+            }, context.RequestAborted);
+        }
+        catch (Exception ex) when (ex is JsonException or PromptTooLongException or InvalidOperationException or FormatException or ArgumentException)
+        {
+            if (!context.Response.HasStarted)
+            {
+                context.Response.StatusCode = StatusCodes.Status400BadRequest;
+                await context.Response.WriteAsJsonAsync(Error(ex.Message, "invalid_request_error"), context.RequestAborted);
+            }
+        }
+    }
+
     private static async Task StreamAsync(HttpContext context, IChatClient client, List<ChatMessage> messages, ChatOptions options,
         string id, long created, string model, bool includeUsage)
     {

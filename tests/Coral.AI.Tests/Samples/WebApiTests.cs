@@ -44,6 +44,37 @@ public sealed class WebApiTests : IAsyncLifetime
         Assert.Equal(direct.Usage!.InputTokenCount, viaHttp.Usage.InputTokenCount);
     }
 
+    /// <summary>POST /v1/embeddings through the official OpenAI client (which asks for base64): the direct generator's
+    /// vectors, truncated by <c>dimensions</c>, usage counted; plain JSON floats too; an unknown model or token-array
+    /// input is a 400.</summary>
+    [Fact]
+    public async Task OpenAiClient_Embeddings_AreTheDirectGeneratorsVectors()
+    {
+        IEmbeddingGenerator<string, Embedding<float>> viaHttp =
+            new OpenAI.Embeddings.EmbeddingClient("qwen2", new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(_baseUrl + "/v1") })
+                .AsIEmbeddingGenerator();
+        var direct = _app.Services.GetRequiredService<IEmbeddingGenerator<string, Embedding<float>>>();
+        string modelId = _app.Services.GetRequiredService<CoralModelHost>().ModelId;
+        string[] texts = ["Whales are mammals.", "Coral reefs grow slowly."];
+        var options = new EmbeddingGenerationOptions { ModelId = modelId };
+        GeneratedEmbeddings<Embedding<float>> a = await viaHttp.GenerateAsync(texts, options), b = await direct.GenerateAsync(texts);
+        Assert.Equal(2, a.Count);
+        Assert.Equal(b[0].Vector.ToArray(), a[0].Vector.ToArray());
+        Assert.Equal(b[1].Vector.ToArray(), a[1].Vector.ToArray());
+        Assert.Equal(b.Usage!.InputTokenCount, a.Usage!.InputTokenCount);
+
+        Embedding<float> small = await viaHttp.GenerateAsync("Whales are mammals.", new EmbeddingGenerationOptions { ModelId = modelId, Dimensions = 16 });
+        Assert.Equal(16, small.Vector.Length);
+
+        using var http = new HttpClient();
+        async Task<HttpResponseMessage> Post(string json) =>
+            await http.PostAsync(_baseUrl + "/v1/embeddings", new StringContent(json, Encoding.UTF8, "application/json"));
+        JsonNode body = JsonNode.Parse(await (await Post("{\"input\": \"Whales are mammals.\"}")).Content.ReadAsStringAsync())!;
+        Assert.Equal(b[0].Vector.ToArray(), body["data"]![0]!["embedding"]!.AsArray().Select(x => x!.GetValue<float>()).ToArray());
+        Assert.Equal(HttpStatusCode.BadRequest, (await Post("{\"input\": \"x\", \"model\": \"gpt-4\"}")).StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, (await Post("{\"input\": [[1, 2, 3]]}")).StatusCode);
+    }
+
     [Fact]
     public async Task OpenAiClient_Streaming_ReceivesManyUpdatesAndUsage()
     {
