@@ -13,6 +13,8 @@ internal static class CliApp
                          [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
                          [--stop <text>]... [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16|float16] [--json]
           coral chat     --model <hf-dir> [--draft <draft-dir>] [--system <text>] [--temperature T] [--max-new-tokens N] [--device D] [--dtype T]
+          coral embed    --model <hf-dir> [--text <text>]... [--dimensions N] [--pooling last|mean] [--no-normalize]
+                         (no --text: one text per line of stdin; one JSON object per text)
           coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16]
           coral template --template <file.jinja> --context <context.json> [--now 2024-07-26T00:00:00]
           coral extract-features --target <hf-dir> --data <file.jsonl|file.txt> --out <dir> [--max-length N] [--shard-size N] [--limit N]
@@ -66,6 +68,7 @@ internal static class CliApp
             return args[0] switch
             {
                 "generate" => GenerateCommand.Run(rest, stdout, stderr),
+                "embed" => await EmbedCommand.RunAsync(rest, stdout, stderr, stdin).ConfigureAwait(false),
                 "chat" => await ChatCommand.RunAsync(rest, stdout, stderr, stdin).ConfigureAwait(false),
                 "export-gguf" => ExportGgufCommand.Run(rest, stdout, stderr),
                 "draft-init" => DraftInitCommand.Run(rest, stdout, stderr),

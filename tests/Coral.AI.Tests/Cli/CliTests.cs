@@ -16,6 +16,32 @@ public class CliTests
         return (code, stdout.ToString(), stderr.ToString());
     }
 
+    /// <summary><c>coral embed</c>: one JSON line per text (from --text or stdin), the generator's vectors.</summary>
+    [Fact]
+    public async Task Embed_PrintsOneJsonLinePerText_TheGeneratorsVectors()
+    {
+        string model = TransformerModelTests.ModelFor("qwen2");
+        var (code, stdout, stderr) = await Run("embed", "--model", model, "--dtype", "float32", "--text", "Whales are mammals.", "--text", "Coral", "--dimensions", "32");
+        Assert.True(code == 0, stderr);
+        string[] lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        using var generator = new CoralEmbeddingGenerator(new CoralChatClientOptions { ModelPath = model, DType = "float32" });
+        GeneratedEmbeddings<Embedding<float>> expected = await generator.GenerateAsync(["Whales are mammals.", "Coral"], new EmbeddingGenerationOptions { Dimensions = 32 });
+        for (int i = 0; i < 2; i++)
+        {
+            using var doc = JsonDocument.Parse(lines[i]);
+            float[] v = doc.RootElement.GetProperty("embedding").EnumerateArray().Select(e => e.GetSingle()).ToArray();
+            Assert.Equal(expected[i].Vector.ToArray(), v);
+            Assert.True(doc.RootElement.GetProperty("tokens").GetInt32() > 0);
+        }
+
+        var stdin = new StringReader("first line\nsecond line\n");
+        var outWriter = new StringWriter();
+        Assert.Equal(0, await CliApp.RunAsync(["embed", "--model", model, "--dtype", "float32"], outWriter, new StringWriter(), stdin));
+        Assert.Equal(2, outWriter.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        Assert.Equal(2, (await Run("embed", "--model", model)).Code);   // no text: usage error
+    }
+
     [Theory]
     [InlineData("llama")]
     [InlineData("qwen2")]
