@@ -147,7 +147,7 @@ public sealed class CoralModelHost : IDisposable
 
             var device = TorchDevices.Resolve(_options.Device);
             bool speculative = _options.DraftModelPath is not null;
-            var dtype = TorchDevices.ResolveDType(_options.DType, device);
+            var dtype = TorchDevices.ResolveDType(_options.DType, device, ModelConfig.StoredDType(Path.Combine(_options.ModelPath!, "config.json")));
             var headType = TorchDevices.ResolveHeadType(dtype, device, speculative);
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (LM head {HeadType}, libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, headType ?? dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");

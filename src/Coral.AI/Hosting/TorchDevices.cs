@@ -55,19 +55,22 @@ internal static class TorchDevices
     }
 
     /// <summary>
-    /// Picks the compute dtype of the layers: the requested one; else bfloat16 on CUDA and float32 on CPU, with or without
-    /// a drafter: one-token steps run faster in f32 (oneDNN's bf16 GEMV is slow at batch 1), and 16-row verification costs
-    /// about the same in both (measured, docs/benchmarks.md); with a drafter the LM head is bf16 (<see cref="ResolveHeadType"/>).
-    /// float16 is refused on CPU.
+    /// Picks the compute dtype of the layers: the requested one; else float32 on CPU (bf16 and f16 checkpoints run there on
+    /// the packed kernels with f32 arithmetic), with or without a drafter: one-token steps run faster in f32 (oneDNN's
+    /// bf16 GEMV is slow at batch 1), and 16-row verification costs about the same in both (measured,
+    /// docs/benchmarks.md); with a drafter the LM head is bf16 (<see cref="ResolveHeadType"/>). On CUDA the checkpoint's
+    /// own 16-bit dtype (<paramref name="stored"/>, config.json's <c>torch_dtype</c>: an f16 checkpoint such as Llama-2 or
+    /// Vicuna is not rounded to bf16), else bfloat16. float16 is refused on CPU.
     /// </summary>
-    public static ScalarType ResolveDType(string? name, Device device)
+    public static ScalarType ResolveDType(string? name, Device device, ScalarType? stored = null)
     {
         if (!TryParseDType(name, out ScalarType? requested))
         {
             throw new ArgumentException($"DType '{name}' is not valid; use float32, bfloat16 or float16.", nameof(name));
         }
 
-        ScalarType dtype = requested ?? (device.type == DeviceType.CPU ? ScalarType.Float32 : ScalarType.BFloat16);
+        ScalarType dtype = requested ?? (device.type == DeviceType.CPU ? ScalarType.Float32
+            : stored is ScalarType.Float16 or ScalarType.BFloat16 ? stored.Value : ScalarType.BFloat16);
         if (dtype == ScalarType.Float16 && device.type == DeviceType.CPU)
         {
             throw new ArgumentException("float16 compute is not supported on CPU (its matmul is a slow reference kernel); use bfloat16 or float32.", nameof(name));

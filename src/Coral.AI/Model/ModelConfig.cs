@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using static TorchSharp.torch;
 
 namespace Coral.AI;
 
@@ -343,6 +344,29 @@ internal sealed record ModelConfig
             ShortFactors = Factors("short_factor"),
             LongFactors = Factors("long_factor"),
         };
+    }
+
+    /// <summary>The checkpoint's dtype as config.json states it (<c>torch_dtype</c>, or transformers 5's <c>dtype</c>):
+    /// float32, bfloat16 or float16; null when absent, unknown or the file cannot be read (the loader reports those).</summary>
+    public static ScalarType? StoredDType(string path)
+    {
+        try
+        {
+            JsonObject root = ReadJsonObject(path);
+            return (root["torch_dtype"] ?? root["dtype"]) is JsonValue v && v.TryGetValue(out string? name)
+                ? name switch
+                {
+                    "float32" => ScalarType.Float32,
+                    "bfloat16" => ScalarType.BFloat16,
+                    "float16" => ScalarType.Float16,
+                    _ => null,
+                }
+                : null;
+        }
+        catch (CoralModelException)
+        {
+            return null;
+        }
     }
 
     private static int RequiredInt(JsonObject o, string path, string field) =>
