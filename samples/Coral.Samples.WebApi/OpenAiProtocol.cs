@@ -29,12 +29,9 @@ public static class OpenAiProtocol
     /// <returns>A task.</returns>
     public static async Task ChatCompletionsAsync(HttpContext context, IChatClient client, RequestQueue queue)
     {
-        using IDisposable? slot = queue.TryEnter();
+        using IDisposable? slot = await AdmitAsync(context, queue);
         if (slot is null)
         {
-            context.Response.StatusCode = StatusCodes.Status429TooManyRequests;
-            context.Response.Headers.RetryAfter = "1";
-            await context.Response.WriteAsJsonAsync(Error("Too many requests are queued; retry shortly.", "rate_limit_exceeded"), context.RequestAborted);
             return;
         }
 
@@ -102,12 +99,9 @@ public static class OpenAiProtocol
     /// <returns>A task.</returns>
     public static async Task EmbeddingsAsync(HttpContext context, IEmbeddingGenerator<string, Embedding<float>> generator, RequestQueue queue)
     {
-        using IDisposable? slot = queue.TryEnter();
+        using IDisposable? slot = await AdmitAsync(context, queue);
         if (slot is null)
         {
-            context.Response.StatusCode = StatusCodes.Status429TooManyRequests;
-            context.Response.Headers.RetryAfter = "1";
-            await context.Response.WriteAsJsonAsync(Error("Too many requests are queued; retry shortly.", "rate_limit_exceeded"), context.RequestAborted);
             return;
         }
 
@@ -367,6 +361,20 @@ public static class OpenAiProtocol
         }
 
         return stats;
+    }
+
+    /// <summary>A place in the admission queue, or null after answering 429 with Retry-After when it is full.</summary>
+    private static async Task<IDisposable?> AdmitAsync(HttpContext context, RequestQueue queue)
+    {
+        IDisposable? slot = queue.TryEnter();
+        if (slot is null)
+        {
+            context.Response.StatusCode = StatusCodes.Status429TooManyRequests;
+            context.Response.Headers.RetryAfter = "1";
+            await context.Response.WriteAsJsonAsync(Error("Too many requests are queued; retry shortly.", "rate_limit_exceeded"), context.RequestAborted);
+        }
+
+        return slot;
     }
 
     private static JsonObject Error(string message, string type) => new()
