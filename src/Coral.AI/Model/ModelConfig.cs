@@ -277,6 +277,12 @@ internal sealed record ModelConfig
         {
             case null or "default":
                 return null;
+            case "dynamic":
+                // Dynamic NTK grows the base only for sequences longer than max_position_embeddings
+                // (base · (s·L/max − (s − 1))^(d/(d−2)), which is 1 up to L = max), and the rotary tables never reach past
+                // max_position_embeddings: within them it is plain RoPE, exactly as transformers computes it.
+                _ = Factor();
+                return null;
             case "linear":
                 return new RopeScaling(RopeScalingKind.Linear, Factor());
             case "llama3":
@@ -307,7 +313,7 @@ internal sealed record ModelConfig
             case "longrope":
                 return LongRope(root, path, field, rs, factor, original);
             default:
-                throw new CoralModelException(path, $"{field}.rope_type", $"'{type}' is not supported; supported: linear, llama3, yarn, longrope, default.");
+                throw new CoralModelException(path, $"{field}.rope_type", $"'{type}' is not supported; supported: linear, dynamic, llama3, yarn, longrope, default.");
         }
     }
 

@@ -37,7 +37,7 @@ public class ModelConfigTests
         Assert.Equal(TorchTestHelpers.FullLogits(first, ids), TorchTestHelpers.FullLogits(second, ids));
 
         // An unsupported type is named by its field in the new layout too.
-        parameters["rope_type"] = "dynamic";
+        parameters["rope_type"] = "su";
         File.WriteAllText(Path.Combine(v5, "config.json"), config.ToJsonString());
         var e = Assert.Throws<CoralModelException>(() => ModelConfig.Load(Path.Combine(v5, "config.json")));
         Assert.Contains("rope_parameters.rope_type", e.Message);
@@ -81,5 +81,31 @@ public class ModelConfigTests
         Assert.Equal((RopeScalingKind.Linear, 2.0, 1.0), (linear.Kind, linear.Factor, linear.AttentionFactor));
         var e = Assert.Throws<CoralModelException>(() => WithRopeScaling("linear-no-factor", """{"type": "linear"}"""));
         Assert.Contains("rope_scaling.factor", e.Message);
+    }
+
+    /// <summary>Dynamic NTK scaling changes nothing up to max_position_embeddings, past which the tables never reach: such
+    /// a model computes the unscaled model's logits; its factor is still required.</summary>
+    [Fact]
+    public void DynamicNtk_WithinTheModelsContext_IsPlainRope()
+    {
+        string plain = TransformerModelTests.ModelFor("qwen2");
+        string dynamic = ModelZoo.TempFolder("qwen2-dynamic");
+        foreach (string file in Directory.GetFiles(plain))
+        {
+            File.Copy(file, Path.Combine(dynamic, Path.GetFileName(file)), overwrite: true);
+        }
+
+        JsonObject config = JsonNode.Parse(File.ReadAllText(Path.Combine(plain, "config.json")))!.AsObject();
+        config["rope_scaling"] = JsonNode.Parse("""{"type": "dynamic", "factor": 2.0}""");
+        File.WriteAllText(Path.Combine(dynamic, "config.json"), config.ToJsonString());
+        Assert.Null(ModelConfig.Load(Path.Combine(dynamic, "config.json")).RopeScaling);
+        using var a = TransformerModel.Load(plain, torch.CPU, ScalarType.Float32, 64);
+        using var b = TransformerModel.Load(dynamic, torch.CPU, ScalarType.Float32, 64);
+        long[] ids = [1, 5, 9, 2, 7, 3];
+        Assert.Equal(TorchTestHelpers.FullLogits(a, ids), TorchTestHelpers.FullLogits(b, ids));
+
+        config["rope_scaling"] = JsonNode.Parse("""{"type": "dynamic"}""");
+        File.WriteAllText(Path.Combine(dynamic, "config.json"), config.ToJsonString());
+        Assert.Contains("rope_scaling.factor", Assert.Throws<CoralModelException>(() => ModelConfig.Load(Path.Combine(dynamic, "config.json"))).Message);
     }
 }
