@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Extensions.AI;
 using TorchSharp;
@@ -17,7 +18,8 @@ namespace Coral.AI;
 /// named, the end-of-text token whose state is pooled) and run through the model one at a time, in chunks of the
 /// engine's prefill size, each with a KV cache of its own: the chat client's conversation cache is untouched, and texts
 /// embed to the same vectors alone or in a batch. Requests share the model host's queue with chat requests (one at a
-/// time); cancellation is checked between chunks.
+/// time); cancellation is checked between chunks. Telemetry: a <c>coral.embed</c> span on <see cref="CoralTelemetry"/>'s
+/// source, and the queue depth.
 /// </para>
 /// <para>
 /// <see cref="EmbeddingGenerationOptions"/>: <c>Dimensions</c> keeps the first N values and re-normalises (the
@@ -92,11 +94,27 @@ public sealed class CoralEmbeddingGenerator : IEmbeddingGenerator<string, Embedd
             }
         }
 
-        await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        CoralTelemetry.QueueDepth.Add(1);
+        try
+        {
+            await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            CoralTelemetry.QueueDepth.Add(-1);
+            throw;
+        }
+
         try
         {
             float[][] vectors = await Task.Factory.StartNew(
-                () => ids.Select(t => Embed(engine, t, mean, cancellationToken)).ToArray(),
+                () =>
+                {
+                    using Activity? activity = CoralTelemetry.Source.StartActivity("coral.embed");
+                    activity?.SetTag("gen_ai.request.model", _host.ModelId);
+                    activity?.SetTag("gen_ai.usage.input_tokens", ids.Sum(t => t.Count));
+                    return ids.Select(t => Embed(engine, t, mean, cancellationToken)).ToArray();
+                },
                 cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
             DateTimeOffset created = DateTimeOffset.UtcNow;
             var result = new GeneratedEmbeddings<Embedding<float>>(vectors.Select(v => new Embedding<float>(Finish(v, dimensions, normalize))
@@ -110,6 +128,7 @@ public sealed class CoralEmbeddingGenerator : IEmbeddingGenerator<string, Embedd
         }
         finally
         {
+            CoralTelemetry.QueueDepth.Add(-1);
             engine.Gate.Release();
         }
     }

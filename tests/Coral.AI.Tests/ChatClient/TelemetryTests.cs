@@ -36,14 +36,19 @@ public class TelemetryTests
         using var host = CoralModelHost.Load(new CoralChatClientOptions { ModelPath = TransformerModelTests.ModelFor("qwen2"), ContextLength = 128, DType = "float32" });
         using var client = new CoralChatClient(host);
         await client.GetResponseAsync("hello", new ChatOptions { MaxOutputTokens = 5, Temperature = 0 });
+        using var generator = new CoralEmbeddingGenerator(host);
+        GeneratedEmbeddings<Embedding<float>> embedded = await generator.GenerateAsync(["whales", "coral reefs"]);
         meters.RecordObservableInstruments();
 
         Assert.Contains("coral.prefill.duration", measurements.Keys);
         Assert.Contains("coral.decode.duration", measurements.Keys);
         Assert.Equal(5, measurements["coral.tokens.output"].Sum());
-        Assert.Equal(0, measurements["coral.queue.depth"].Sum());      // +1 on entry, −1 when done
+        Assert.Equal(0, measurements["coral.queue.depth"].Sum());      // +1 on entry, −1 when done (chat and embeddings)
+        Assert.Equal(4, measurements["coral.queue.depth"].Count);
         Assert.True(measurements["coral.kv_cache.bytes"].Max() > 0);
         Activity generate = Assert.Single(activities, a => a.OperationName == "coral.generate");
         Assert.Equal(5, generate.GetTagItem("gen_ai.usage.output_tokens"));
+        Activity embed = Assert.Single(activities, a => a.OperationName == "coral.embed");
+        Assert.Equal((int)embedded.Usage!.InputTokenCount!, embed.GetTagItem("gen_ai.usage.input_tokens"));
     }
 }
