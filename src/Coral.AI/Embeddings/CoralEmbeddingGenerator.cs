@@ -71,7 +71,12 @@ public sealed class CoralEmbeddingGenerator : IEmbeddingGenerator<string, Embedd
             "mean" => true,
             string other => throw new ArgumentException($"EmbeddingGenerationOptions.AdditionalProperties pooling must be 'last' or 'mean' (got '{other}').", nameof(options)),
         };
-        bool normalize = Read(options, "normalize") is not string n || bool.Parse(n);
+        bool normalize = Read(options, "normalize") switch
+        {
+            null or "true" => true,
+            "false" => false,
+            string other => throw new ArgumentException($"EmbeddingGenerationOptions.AdditionalProperties normalize must be true or false (got '{other}').", nameof(options)),
+        };
         InferenceEngine engine = await _host.GetEngineAsync(cancellationToken).ConfigureAwait(false);
         int width = engine.Model.Config.HiddenSize;
         int dimensions = options?.Dimensions ?? width;

@@ -91,6 +91,7 @@ public sealed class CoralEmbeddingGeneratorTests : IDisposable
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _generator.GenerateAsync(text, new EmbeddingGenerationOptions { Dimensions = d + 1 }));
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _generator.GenerateAsync(text, new EmbeddingGenerationOptions { Dimensions = 0 }));
         await Assert.ThrowsAsync<ArgumentException>(() => _generator.GenerateAsync(text, new EmbeddingGenerationOptions { AdditionalProperties = new() { ["pooling"] = "max" } }));
+        await Assert.ThrowsAsync<ArgumentException>(() => _generator.GenerateAsync(text, new EmbeddingGenerationOptions { AdditionalProperties = new() { ["normalize"] = "yes" } }));
     }
 
     /// <summary>A text longer than the engine's prefill chunk (256) runs in chunks over one cache: the same vector as a
