@@ -53,10 +53,11 @@ public static class GgufExporter
         g.Add($"{arch}.attention.key_length", (uint)c.HeadDim);
         g.Add($"{arch}.attention.value_length", (uint)c.HeadDim);
         g.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
-        if (permuteQk && c.RotaryDim != c.HeadDim)
+        if (arch != "phi3" && c.RotaryDim != c.HeadDim)
         {
+            // llama.cpp's llama, qwen2 and qwen3 graphs assert n_rot = head_dim (a GGUF with less aborts the loader).
             throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "partial_rotary_factor",
-                "llama.cpp's llama architecture rotates whole heads: a partial rotation cannot be exported for it.");
+                $"llama.cpp's {arch} architecture rotates whole heads: a partial rotation cannot be exported for it.");
         }
 
         g.Add($"{arch}.rope.dimension_count", (uint)c.RotaryDim);   // NEOX rotation of the first n_rot dimensions, as partial_rotary_factor

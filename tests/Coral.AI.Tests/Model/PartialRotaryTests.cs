@@ -89,4 +89,15 @@ public class PartialRotaryTests
         using var wholeModel = TransformerModel.Load(whole, torch.CPU, ScalarType.Float32, 64, cpuKernels: cpuKernels);
         Assert.True(TorchTestHelpers.MaxAbsDiff(TorchTestHelpers.FullLogits(wholeModel, ids), reference) > 1e-2f);
     }
+
+    /// <summary>Exporting a partial rotation for an architecture whose llama.cpp graph rotates whole heads is refused
+    /// naming the field (llama.cpp's qwen2 aborts on such a file).</summary>
+    [Fact]
+    public void GgufExport_OfAPartialRotation_IsRefusedForWholeHeadArchitectures()
+    {
+        string gguf = Path.Combine(ModelZoo.TempFolder("gguf-partial"), "model.gguf");
+        var e = Assert.Throws<CoralModelException>(() => GgufExporter.Export(TransformerModelTests.ModelFor("qwen2-partial"), gguf, "f32"));
+        Assert.Contains("partial_rotary_factor", e.Message);
+        Assert.False(File.Exists(gguf));
+    }
 }
