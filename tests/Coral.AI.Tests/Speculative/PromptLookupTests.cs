@@ -130,7 +130,7 @@ public class PromptLookupTests
     public void WithoutADrafter_PackedWeightsSpeculateByLookup_AndStayExact_OtherWeightsDecodePlainly()
     {
         List<int> prompt = [.. Enumerable.Range(10, 21), 10, 11, 12];
-        foreach (string arch in new[] { "llama-successor-bf16", "llama-successor" })
+        foreach (string arch in new[] { "llama-successor-bf16", "llama-successor-f16", "llama-successor" })
         {
             using var engine = InferenceEngine.Load(TransformerModelTests.ModelFor(arch), TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32, 512);
             engine.PromptLookupTokens = 3;
@@ -142,6 +142,7 @@ public class PromptLookupTests
             Assert.Equal(Enumerable.Range(13, 24), plain.TokenIds);
             Assert.Equal(plain.TokenIds, spec.TokenIds);
             Assert.Null(plain.Speculative);
+            Assert.Equal(arch.EndsWith("16", StringComparison.Ordinal) && PackedMatrix.Enabled, engine.Model.UsesPackedWeights);   // bf16 and f16 alike
             if (!engine.Model.UsesPackedWeights)
             {
                 // f32 weights on libtorch GEMMs: a verified row is not bit-identical to a one-token step (the reason an
