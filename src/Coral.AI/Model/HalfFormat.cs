@@ -27,7 +27,10 @@ internal static class HalfFormat
         public static Vector512<uint> Mask => Vector512.Create(0x8FFFE000u);
 
         /// <summary>Gets the scale of halves with their own bias: 2¹¹² = 2^(127 − 15) in every lane.</summary>
-        public static Vector512<float> Scale => Vector512.Create(BitConverter.Int32BitsToSingle((127 + 112) << 23));
+        public static Vector512<float> Scale => ScaleFor(15);
+
+        /// <summary>The scale of halves stored with exponent bias <paramref name="bias"/> (0–127): 2^(127 − bias) in every lane.</summary>
+        public static Vector512<float> ScaleFor(int bias) => Vector512.Create(BitConverter.Int32BitsToSingle((254 - bias) << 23));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static (Vector512<float> Low, Vector512<float> High) Widen(Vector512<uint> words, Vector512<uint> mask, Vector512<float> scale)

@@ -328,7 +328,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     private void Range<TFormat>(int b0, int b1)
         where TFormat : struct, IHalfFormat
     {
-        Vector512<float> scale = Vector512.Create(BitConverter.Int32BitsToSingle((254 - _bias) << 23));   // f16: 2^(127 − bias)
+        Vector512<float> scale = HalfFormat.Float16.ScaleFor(_bias);   // f16 only (bf16 ignores it)
         int k = Inputs, n = Outputs, rows = _rows, ld = _ldy;
         float* tail = stackalloc float[4 * 2 * Block];   // outputs of a pair that ends past the range or the matrix
         for (int b = b0; b < b1; b += 2)
