@@ -48,6 +48,10 @@ public sealed record TinyModelSpec
     /// <summary>Gets whether to use a SentencePiece-style tokenizer instead of byte-level BPE.</summary>
     public bool SentencePiece { get; init; }
 
+    /// <summary>Gets whether the SentencePiece tokenizer has Gemma's layout: no '▁' prepended (no Prepend normalizer, no
+    /// Strip decoder), <c>&lt;start_of_turn&gt;</c>/<c>&lt;end_of_turn&gt;</c> added.</summary>
+    public bool GemmaTokenizer { get; init; }
+
     /// <summary>Gets extra rows in the embedding beyond the tokenizer (config vocab_size padding, as real models have).</summary>
     public int VocabPadding { get; init; } = 3;
 
@@ -61,6 +65,18 @@ public sealed record TinyModelSpec
 
     /// <summary>Gets a chat template to put in tokenizer_config.json, or null for none.</summary>
     public string? ChatTemplate { get; init; }
+
+    /// <summary>Gets Gemma's attention-score soft cap (<c>attn_logit_softcapping</c>), or null to write none.</summary>
+    public double? AttentionSoftcap { get; init; }
+
+    /// <summary>Gets Gemma's final-logit soft cap (<c>final_logit_softcapping</c>), or null to write none.</summary>
+    public double? FinalLogitSoftcap { get; init; }
+
+    /// <summary>Gets Gemma-3's <c>rope_local_base_freq</c> (the sliding layers' RoPE base).</summary>
+    public double LocalRopeTheta { get; init; } = 10000;
+
+    /// <summary>Gets whether the architecture is Gemma-2 or Gemma-3 (sandwich norms stored as offsets from one, GeGLU).</summary>
+    public bool IsGemma => Architecture is "Gemma2ForCausalLM" or "Gemma3ForCausalLM";
 }
 
 /// <summary>Writes random Hugging Face model folders (config.json, safetensors, tokenizer.json, tokenizer_config.json,
@@ -80,6 +96,21 @@ public static class TinyCheckpoint
         if (spec.SentencePiece)
         {
             JsonObject tj = TokenizerFactory.SentencePiece(SentencePieceSample, 200);
+            if (spec.GemmaTokenizer)
+            {
+                // Gemma's tokenizer.json: the normalizer only replaces spaces, the decoder does not strip one.
+                var normalizers = (JsonArray)tj["normalizer"]!["normalizers"]!;
+                tj["normalizer"] = normalizers[1]!.DeepClone();
+                var decoders = (JsonArray)tj["decoder"]!["decoders"]!;
+                decoders.RemoveAt(decoders.Count - 1);
+                int id = ((JsonObject)tj["model"]!["vocab"]!).Count;
+                foreach (string turn in new[] { "<start_of_turn>", "<end_of_turn>" })
+                {
+                    ((JsonArray)tj["added_tokens"]!).Add(ByteLevelTokenizer.AddedToken(id, turn));
+                    tj["model"]!["vocab"]![turn] = id++;
+                }
+            }
+
             File.WriteAllText(Path.Combine(folder, "tokenizer.json"), tj.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
             vocab = ((JsonObject)tj["model"]!["vocab"]!).Count;
             (bos, eos, bosText, eosText, addBos) = (1, 2, "<s>", "</s>", true);
@@ -116,6 +147,8 @@ public static class TinyCheckpoint
                 "Qwen2ForCausalLM" => "qwen2",
                 "Qwen3ForCausalLM" => "qwen3",
                 "MistralForCausalLM" => "mistral",
+                "Gemma2ForCausalLM" => "gemma2",
+                "Gemma3ForCausalLM" => "gemma3_text",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -160,6 +193,21 @@ public static class TinyCheckpoint
             config["use_sliding_window"] = true;
         }
 
+        if (spec.IsGemma)
+        {
+            // As transformers writes Gemma-2/3 configs (Gemma-3: five sliding layers per global one).
+            config.Remove("hidden_act");
+            config["hidden_activation"] = "gelu_pytorch_tanh";
+            config["query_pre_attn_scalar"] = headDim;
+            config["attn_logit_softcapping"] = spec.AttentionSoftcap;
+            config["final_logit_softcapping"] = spec.FinalLogitSoftcap;
+            if (spec.Architecture == "Gemma3ForCausalLM")
+            {
+                config["sliding_window_pattern"] = 6;
+                config["rope_local_base_freq"] = spec.LocalRopeTheta;
+            }
+        }
+
         File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         var tokenizerConfig = new JsonObject
         {
@@ -200,15 +248,18 @@ public static class TinyCheckpoint
         Tensor Linear(long rows, long cols) => (torch.randn([rows, cols], generator: gen) * (s * 0.7 / Math.Sqrt(cols))).to(storage);
         Tensor Vec(long n, double center, double spread) => (torch.randn([n], generator: gen) * spread + center).to(storage);
 
-        Tensor embed = (torch.randn([vocabSize, d], generator: gen) * (0.5 * s)).to(storage);
+        // Gemma multiplies the embedding by √d: rows of RMS 2/√d come out at the scale of the layers' (post-normed) outputs,
+        // as in trained Gemma checkpoints; at 0.5 the embedding would drown every layer (greedy then repeats the last token).
+        Tensor embed = (torch.randn([vocabSize, d], generator: gen) * (0.5 * s * (spec.IsGemma ? 4 / Math.Sqrt(d) : 1))).to(storage);
         var tensors = new List<KeyValuePair<string, Tensor>> { new("model.embed_tokens.weight", embed) };
         double outScale = spec.SuccessorHead ? 0.05 : 1;
         bool qkvBias = spec.Architecture == "Qwen2ForCausalLM" || spec.AttentionBias;
         bool oBias = spec.Architecture != "Qwen2ForCausalLM" && spec.AttentionBias;
+        double norm = spec.IsGemma ? 0 : 1;   // Gemma stores norm weights as offsets from one
         for (int i = 0; i < spec.Layers; i++)
         {
             string p = $"model.layers.{i}.";
-            tensors.Add(new(p + "input_layernorm.weight", Vec(d, 1, 0.1)));
+            tensors.Add(new(p + "input_layernorm.weight", Vec(d, norm, 0.1)));
             tensors.Add(new(p + "self_attn.q_proj.weight", Linear(spec.Heads * headDim, d)));
             tensors.Add(new(p + "self_attn.k_proj.weight", Linear(spec.KvHeads * headDim, d)));
             tensors.Add(new(p + "self_attn.v_proj.weight", Linear(spec.KvHeads * headDim, d)));
@@ -219,10 +270,10 @@ public static class TinyCheckpoint
                 tensors.Add(new(p + "self_attn.v_proj.bias", Vec(spec.KvHeads * headDim, 0, 0.1)));
             }
 
-            if (spec.Architecture == "Qwen3ForCausalLM")
+            if (spec.Architecture is "Qwen3ForCausalLM" or "Gemma3ForCausalLM")
             {
-                tensors.Add(new(p + "self_attn.q_norm.weight", Vec(headDim, 1, 0.1)));
-                tensors.Add(new(p + "self_attn.k_norm.weight", Vec(headDim, 1, 0.1)));
+                tensors.Add(new(p + "self_attn.q_norm.weight", Vec(headDim, norm, 0.1)));
+                tensors.Add(new(p + "self_attn.k_norm.weight", Vec(headDim, norm, 0.1)));
             }
 
             tensors.Add(new(p + "self_attn.o_proj.weight", (Linear(d, spec.Heads * headDim) * outScale).to(storage)));
@@ -231,7 +282,13 @@ public static class TinyCheckpoint
                 tensors.Add(new(p + "self_attn.o_proj.bias", Vec(d, 0, 0.1)));
             }
 
-            tensors.Add(new(p + "post_attention_layernorm.weight", Vec(d, 1, 0.1)));
+            tensors.Add(new(p + "post_attention_layernorm.weight", Vec(d, norm, 0.1)));
+            if (spec.IsGemma)
+            {
+                tensors.Add(new(p + "pre_feedforward_layernorm.weight", Vec(d, norm, 0.1)));
+                tensors.Add(new(p + "post_feedforward_layernorm.weight", Vec(d, norm, 0.1)));
+            }
+
             tensors.Add(new(p + "mlp.gate_proj.weight", Linear(spec.IntermediateSize, d)));
             tensors.Add(new(p + "mlp.up_proj.weight", Linear(spec.IntermediateSize, d)));
             tensors.Add(new(p + "mlp.down_proj.weight", (Linear(d, spec.IntermediateSize) * outScale).to(storage)));
@@ -264,7 +321,7 @@ public static class TinyCheckpoint
             tensors = fused;
         }
 
-        tensors.Add(new("model.norm.weight", Vec(d, 1, 0.1)));
+        tensors.Add(new("model.norm.weight", Vec(d, norm, 0.1)));
         if (!spec.Tied)
         {
             tensors.Add(new("lm_head.weight", spec.SuccessorHead

@@ -37,8 +37,11 @@ public static class GgufExporter
             ModelFamily.Llama or ModelFamily.Mistral => "llama",
             ModelFamily.Qwen2 => "qwen2",
             ModelFamily.Phi3 => "phi3",
+            ModelFamily.Gemma2 => "gemma2",
+            ModelFamily.Gemma3 => "gemma3",
             _ => "qwen3",
         };
+        bool gemma = c.Family is ModelFamily.Gemma2 or ModelFamily.Gemma3;
         bool permuteQk = arch == "llama";
         var g = new GgufWriter();
         g.Add("general.architecture", arch);
@@ -66,6 +69,11 @@ public static class GgufExporter
         if (c.Family == ModelFamily.Phi3 && c.SlidingWindow is int window)
         {
             g.Add($"{arch}.attention.sliding_window", (uint)window);
+        }
+
+        if (gemma)
+        {
+            AddGemma(g, arch, c, Path.Combine(modelFolder, "config.json"));
         }
         if (c.RopeScaling is { Kind: RopeScalingKind.Linear } linear)
         {
@@ -98,7 +106,8 @@ public static class GgufExporter
         using var noGrad = torch.no_grad();
         void Put(string ggufName, string hfName, long[] shape, bool norm = false, int permuteHeads = 0)
         {
-            using Tensor t = reader.Take(hfName, shape, ScalarType.Float32);
+            // Gemma's norms as llama.cpp multiplies by them: 1 + the stored offset (as its converter writes them).
+            using Tensor t = norm ? DecoderLayer.LoadNorm(reader, hfName, shape[0], c, torch.CPU) : reader.Take(hfName, shape, ScalarType.Float32);
             using Tensor p = permuteHeads > 0 ? PermuteForInterleavedRope(t, permuteHeads) : t.alias();
             using Tensor outT = norm || shape.Length == 1 ? p.contiguous() : p.to(torchType).contiguous();
             g.AddTensor(ggufName, shape, norm || shape.Length == 1 ? GgufWriter.TypeF32 : ggmlType, outT.bytes.ToArray());
@@ -153,7 +162,16 @@ public static class GgufExporter
                 Put(b + "attn_k_norm.weight", h + "self_attn.k_norm.weight", [hd], norm: true);
             }
 
-            Put(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
+            if (c.SandwichNorms)
+            {
+                Put(b + "post_attention_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
+                Put(b + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", [d], norm: true);
+                Put(b + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", [d], norm: true);
+            }
+            else
+            {
+                Put(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
+            }
             if (c.FusedProjections)
             {
                 Put(b + "ffn_up.weight", h + "mlp.gate_up_proj.weight", [2 * ff, d]);   // phi3: gate|up in one tensor, gate first
@@ -168,6 +186,43 @@ public static class GgufExporter
         }
 
         g.Write(outputPath);
+    }
+
+    /// <summary>Gemma-2/3's keys, where llama.cpp's graph computes what the config says: its sliding layers come in a fixed
+    /// pattern (Gemma-2 every other layer from the first, Gemma-3 five of six, the local RoPE base 10,000) and its query
+    /// scale is 1/√head_dim (1/√(d/heads) for the 27B shapes), so a config that differs cannot be exported.</summary>
+    private static void AddGemma(GgufWriter g, string arch, ModelConfig c, string configPath)
+    {
+        int pattern = c.Family == ModelFamily.Gemma2 ? 2 : 6;
+        if (c.SlidingWindow is not int window || Enumerable.Range(0, c.NumLayers).Any(i => c.IsSliding(i) != ((i + 1) % pattern != 0)))
+        {
+            throw new CoralModelException(configPath, "layer_types",
+                $"llama.cpp's {arch} slides {(pattern == 2 ? "every other layer from the first" : "five layers of every six")}; this model's layers differ.");
+        }
+
+        if (c.LocalRopeTheta is double local && local != 10000)
+        {
+            throw new CoralModelException(configPath, "rope_local_base_freq", $"llama.cpp's {arch} uses 10000 for the sliding layers, not {local}.");
+        }
+
+        bool large = c.NumLayers == (c.Family == ModelFamily.Gemma2 ? 46 : 62);   // llama.cpp's 27B
+        double theirs = large ? 1.0 / Math.Sqrt(c.HiddenSize / c.NumHeads) : 1.0 / Math.Sqrt(c.HeadDim);
+        if (Math.Abs(theirs - c.AttentionScale) > 1e-12)
+        {
+            throw new CoralModelException(configPath, "query_pre_attn_scalar",
+                $"llama.cpp's {arch} scales queries by {theirs:G6} for this shape, the config by {c.AttentionScale:G6}.");
+        }
+
+        g.Add($"{arch}.attention.sliding_window", (uint)window);
+        if (c.AttentionSoftcap is double attention)
+        {
+            g.Add($"{arch}.attn_logit_softcapping", (float)attention);
+        }
+
+        if (c.FinalLogitSoftcap is double final)
+        {
+            g.Add($"{arch}.final_logit_softcapping", (float)final);
+        }
     }
 
     /// <summary>

@@ -99,6 +99,30 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>act[r] = gelu(g) · u where gu[r] = [g | u], gelu with the tanh approximation (<c>gelu_pytorch_tanh</c>):
+    /// 0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void GeluTanhMul(float* gu, float* act, int rows, int ff)
+    {
+        const float Beta = 0.7978845608028654f;   // √(2/π)
+        for (int r = 0; r < rows; r++)
+        {
+            var g = new ReadOnlySpan<float>(gu + 2L * r * ff, ff);
+            var u = new ReadOnlySpan<float>(gu + 2L * r * ff + ff, ff);
+            var a = new Span<float>(act + (long)r * ff, ff);
+            TensorPrimitives.Multiply(g, g, a);                       // g²
+            TensorPrimitives.Multiply(a, 0.044715f, a);
+            TensorPrimitives.Add(a, 1f, a);                           // 1 + 0.044715·g²
+            TensorPrimitives.Multiply(a, g, a);                       // g + 0.044715·g³
+            TensorPrimitives.Multiply(a, Beta, a);
+            TensorPrimitives.Tanh(a, a);
+            TensorPrimitives.Add(a, 1f, a);
+            TensorPrimitives.Multiply(a, 0.5f, a);                    // (1 + tanh(·)) / 2
+            TensorPrimitives.Multiply(a, g, a);
+            TensorPrimitives.Multiply(a, u, a);
+        }
+    }
+
     /// <summary>
     /// Per row of qkv [rows, stride] = [q heads | k heads | v heads]: RMS-normalises each q/k head when
     /// <paramref name="qkNorm"/> [heads + kvHeads, hd] is given (Qwen3), rotates the q and k heads by RoPE at the row's
@@ -161,11 +185,11 @@ internal static unsafe class CpuKernels
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Attention(float* qkv, int rows, int count, int stride, int heads, int kvHeads, int hd, KvCache cache, int layer,
-        int total, bool[]? mask, float scale, float* o)
+        int total, bool[]? mask, float scale, float* o, float softcap = 0)
     {
         // One part per (row, head), split with the GEMMs' helper threads: each part computes exactly what it computes
         // alone, so the split changes no bits.
-        var work = new AttentionWork(qkv, stride, heads, kvHeads, hd, cache, layer, total, mask, scale, o);
+        var work = new AttentionWork(qkv, stride, heads, kvHeads, hd, cache, layer, total, mask, scale, softcap, o);
         if (ParallelAttention)
         {
             CpuParallel.Run(work, count * heads);
@@ -186,7 +210,7 @@ internal static unsafe class CpuKernels
 
     /// <summary>One (row, head) of <see cref="Attention"/> per part.</summary>
     private sealed class AttentionWork(float* qkv, int stride, int heads, int kvHeads, int hd, KvCache cache, int layer,
-        int total, bool[]? mask, float scale, float* o) : ICpuWork
+        int total, bool[]? mask, float scale, float softcap, float* o) : ICpuWork
     {
         [ThreadStatic]
         private static int[]? t_visible;
@@ -236,6 +260,14 @@ internal static unsafe class CpuKernels
                     {
                         pw[i] = sc[vis[i]] * scale;
                     }
+                }
+
+                if (softcap > 0)
+                {
+                    // Gemma-2's soft cap on the scaled scores: c·tanh(s/c).
+                    TensorPrimitives.Multiply(p, 1f / softcap, p);
+                    TensorPrimitives.Tanh(p, p);
+                    TensorPrimitives.Multiply(p, softcap, p);
                 }
 
                 float max = TensorPrimitives.Max(p);

@@ -58,30 +58,36 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly Tensor? _o;          // [d, H·hd]
     private readonly Tensor? _oBias;
     private readonly Tensor _mlpNorm;     // [d] f32
+    private readonly Tensor? _postAttnNorm, _postMlpNorm;   // [d] f32 (Gemma's norms on the attention and MLP outputs)
     private readonly Tensor? _gateUp;     // [2·ff, d]
     private readonly Tensor? _down;       // [d, ff]
     private readonly int _heads, _kvHeads;
     private readonly long _headDim;
     private readonly double _eps;
     private readonly double _scale;
+    private readonly double? _softcap;
+    private readonly MlpActivation _activation;
     private readonly int _d, _ff;
-    private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP;   // CPU f32 layers (CpuKernels)
+    private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP, _postAttnNormP, _postMlpNormP;   // CPU f32 layers (CpuKernels)
     private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor? qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor? o, Tensor? oBias,
-        Tensor mlpNorm, Tensor? gateUp, Tensor? down, bool cpuKernels, PackedMatrix[]? prepacked = null)
+        (Tensor Mlp, Tensor? PostAttn, Tensor? PostMlp) norms, Tensor? gateUp, Tensor? down, bool cpuKernels, PackedMatrix[]? prepacked = null)
     {
         UsesCpuKernels = prepacked is not null
             || (cpuKernels && CpuKernels.Enabled && qkv!.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU);
-        (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, mlpNorm, gateUp, down);
+        (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, gateUp, down);
+        (_mlpNorm, _postAttnNorm, _postMlpNorm) = norms;
         (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
-        _scale = 1.0 / Math.Sqrt(c.HeadDim);
+        (_scale, _softcap, _activation) = (c.AttentionScale, c.AttentionSoftcap, c.Activation);
         (_d, _ff) = (c.HiddenSize, c.IntermediateSize);
         if (UsesCpuKernels)
         {
             float* P(Tensor? t) => t is null ? null : CpuKernels.Pointer(t);
             _attnNormP = P(attnNorm);
-            _mlpNormP = P(mlpNorm);
+            _mlpNormP = P(_mlpNorm);
+            _postAttnNormP = P(_postAttnNorm);
+            _postMlpNormP = P(_postMlpNorm);
             _qkNormP = P(qkNorm);
             _qkvBiasP = P(qkvBias);
             _oBiasP = P(oBias);
@@ -110,7 +116,12 @@ internal sealed unsafe class DecoderLayer : IDisposable
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype, device);
-        Tensor Norm(string name, long n) => reader.Take(prefix + name, [n], ScalarType.Float32, device);
+        Tensor Norm(string name, long n) => LoadNorm(reader, prefix + name, n, c, device);
+        // A Llama's pre-MLP norm is post_attention_layernorm; Gemma's normalises the attention output, and
+        // pre/post_feedforward_layernorm surround the MLP.
+        (Tensor, Tensor?, Tensor?) Norms() => c.SandwichNorms
+            ? (Norm("pre_feedforward_layernorm.weight", d), Norm("post_attention_layernorm.weight", d), Norm("post_feedforward_layernorm.weight", d))
+            : (Norm("post_attention_layernorm.weight", d), null, null);
         Tensor? QkvBias() => c.QkvBias
             ? Reorder(torch.cat([W("self_attn.q_proj.bias", nq), W("self_attn.k_proj.bias", nkv), W("self_attn.v_proj.bias", nkv)]), RotaryRows(c), 0)
             : null;
@@ -144,10 +155,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
             // The kernel path packed straight from the checkpoint's [out, in] rows (a bf16 checkpoint's mapped tensors):
             // no f32 copy, no concatenation, no transpose. The norms and biases are small and f32 as always.
             using var scope = torch.NewDisposeScope();
+            var (mlpNorm, postAttn, postMlp) = Norms();
             return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d).MoveToOuterDisposeScope() : null, null,
                 QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope(), null,
                 c.OutputBias ? W("self_attn.o_proj.bias", d).MoveToOuterDisposeScope() : null,
-                Norm("post_attention_layernorm.weight", d).MoveToOuterDisposeScope(), null, null, cpuKernels, direct);
+                (mlpNorm.MoveToOuterDisposeScope(), postAttn?.MoveToOuterDisposeScope(), postMlp?.MoveToOuterDisposeScope()), null, null, cpuKernels, direct);
         }
 
         Tensor? qkvBias, qkNorm;
@@ -169,7 +181,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             qkNorm,
             Projection(o),
             c.OutputBias ? W("self_attn.o_proj.bias", d) : null,
-            Norm("post_attention_layernorm.weight", d),
+            Norms(),
             Projection(gateUp),
             Projection(down),
             cpuKernels);
@@ -225,6 +237,22 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
         Array.ForEach(p, m => m?.Dispose());
         return null;
+    }
+
+    /// <summary>An RMSNorm weight [n] in f32 as the forward multiplies by it: Gemma's stored offsets from one get the one
+    /// added (<see cref="ModelConfig.NormWeightsOffsetByOne"/>; in f32, as transformers computes 1 + w).</summary>
+    internal static Tensor LoadNorm(CheckpointReader reader, string name, long n, ModelConfig c, Device device)
+    {
+        Tensor w = reader.Take(name, [n], ScalarType.Float32, device);
+        if (!c.NormWeightsOffsetByOne)
+        {
+            return w;
+        }
+
+        using (w)
+        {
+            return w + 1;   // not in place: an f32-stored weight may be a view of the mapped file
+        }
     }
 
     /// <summary>The rows of q|k|v (or of its bias) in the forward's rotary order (<see cref="ModelConfig.RotaryOrder"/>):
@@ -318,16 +346,20 @@ internal sealed unsafe class DecoderLayer : IDisposable
         // Query heads sharing a KV head become rows of one attention call: [1, Hkv, group·R, hd].
         Tensor q = qk.narrow(1, 0, _heads).reshape(rows, _kvHeads, group, hd).permute(1, 2, 0, 3).reshape(1, _kvHeads, group * rows, hd);
         Tensor k4 = keys.narrow(2, 0, total), v4 = values.narrow(2, 0, total);
-        Tensor att = keys.dtype == ScalarType.Float32
+        Tensor att = keys.dtype == ScalarType.Float32 && _softcap is null && _scale == 1.0 / Math.Sqrt(hd)
             ? F.scaled_dot_product_attention(q, k4, v4, s.Mask)          // fused; accumulation order depends on the batch
-            : Attention(q, k4, v4, s.Mask, _scale);                       // f64 cache: batch-invariant (speculative engines)
-        Tensor o = att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd);
-        x = x + Project(o, _o!, _oBias);
+            : Attention(q, k4, v4, s.Mask, _scale, _softcap);             // f64 cache: batch-invariant (speculative engines)
+        Tensor o = Project(att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd), _o!, _oBias);
+        x = x + (_postAttnNorm is null ? o : RmsNorm(o, _postAttnNorm, _eps));
 
         Tensor gateUp = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp!, null);
-        Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU in f32
-        return x + Project(F.silu(gu[0]) * gu[1], _down!, null);
+        Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU/GeGLU in f32
+        Tensor mlp = Project((_activation == MlpActivation.GeluTanh ? GeluTanh(gu[0]) : F.silu(gu[0])) * gu[1], _down!, null);
+        return x + (_postMlpNorm is null ? mlp : RmsNorm(mlp, _postMlpNorm, _eps));
     }
+
+    /// <summary>gelu with the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as <c>gelu_pytorch_tanh</c>.</summary>
+    private static Tensor GeluTanh(Tensor x) => x * 0.5 * ((x + x.pow(3) * 0.044715) * Math.Sqrt(2 / Math.PI)).tanh_().add_(1);
 
     /// <summary>
     /// Runs the layer on the workspace's residual stream <see cref="CpuWorkspace.X"/> [rows, d] in place: the four GEMMs
@@ -358,18 +390,36 @@ internal sealed unsafe class DecoderLayer : IDisposable
         CpuKernels.RopeAndCache(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions, _qkNormP, eps,
             cache, layer, s.Start);
         CpuKernels.Attention(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, cache, layer, s.Start + s.Count, s.Mask,
-            (float)_scale, work.O);
+            (float)_scale, work.O, (float)(_softcap ?? 0));
         Gemm(_oP, _o, v.O, work.O, v.Proj, work.Proj, rows);
         if (_oBiasP != null)
         {
             CpuKernels.AddRows(work.Proj, _oBiasP, rows, _d);
         }
 
+        if (_postAttnNormP != null)
+        {
+            CpuKernels.RmsNorm(work.Proj, _postAttnNormP, work.Proj, rows, _d, eps);
+        }
+
         CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
         CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
         Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);
-        CpuKernels.SiluMul(work.GateUp, work.Act, rows, _ff);
+        if (_activation == MlpActivation.GeluTanh)
+        {
+            CpuKernels.GeluTanhMul(work.GateUp, work.Act, rows, _ff);
+        }
+        else
+        {
+            CpuKernels.SiluMul(work.GateUp, work.Act, rows, _ff);
+        }
+
         Gemm(_downP, _down, v.Act, work.Act, v.Proj, work.Proj, rows);
+        if (_postMlpNormP != null)
+        {
+            CpuKernels.RmsNorm(work.Proj, _postMlpNormP, work.Proj, rows, _d, eps);
+        }
+
         CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
     }
 
@@ -393,9 +443,28 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// tie) whether a token runs alone or as a node of a verified tree. That keeps speculative greedy decoding token-
     /// identical to plain greedy decoding in bf16 too; fused f32 SDPA's accumulation order shifts with both.
     /// </summary>
-    public static Tensor Attention(Tensor q, Tensor keys, Tensor values, Tensor? mask, double scale)
+    /// <remarks>A scale other than 1/√hd (Gemma's <c>query_pre_attn_scalar</c>) or a soft cap c on the scores
+    /// (c·tanh(s/c), Gemma-2) is computed step by step: scores, cap, mask, softmax, weighted sum.</remarks>
+    public static Tensor Attention(Tensor q, Tensor keys, Tensor values, Tensor? mask, double scale, double? softcap = null)
     {
-        return F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, mask).to(ScalarType.Float32);
+        q = q.to(keys.dtype);
+        if (softcap is null && scale == 1.0 / Math.Sqrt(q.shape[^1]))
+        {
+            return F.scaled_dot_product_attention(q, keys, values, mask).to(ScalarType.Float32);
+        }
+
+        Tensor scores = q.matmul(keys.transpose(-2, -1)).mul_(scale);
+        if (softcap is double c)
+        {
+            scores = scores.div_(c).tanh_().mul_(c);
+        }
+
+        if (mask is not null)
+        {
+            scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
+        }
+
+        return scores.softmax(-1).matmul(values).to(ScalarType.Float32);
     }
 
     /// <summary>x [T, in] through a layer projection kept by <see cref="Projection"/> (f32 [in, out] or bf16 [out, in]); the
@@ -420,7 +489,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
     public void Dispose()
     {
-        foreach (Tensor? t in new[] { _attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _gateUp, _down })
+        foreach (Tensor? t in new[] { _attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _mlpNorm, _postAttnNorm, _postMlpNorm, _gateUp, _down })
         {
             t?.Dispose();
         }

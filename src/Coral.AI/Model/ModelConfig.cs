@@ -13,6 +13,24 @@ internal enum ModelFamily
 
     /// <summary>Phi-3 (<c>Phi3ForCausalLM</c>): a Llama with fused <c>qkv_proj</c> and <c>gate_up_proj</c> weights.</summary>
     Phi3,
+
+    /// <summary>Gemma-2 (<c>Gemma2ForCausalLM</c>): GeGLU, (1 + w) norms around attention and MLP, the embedding scaled by
+    /// √d, attention and final logits soft-capped, sliding and global layers alternating.</summary>
+    Gemma2,
+
+    /// <summary>Gemma-3 text (<c>Gemma3ForCausalLM</c>): Gemma-2 without soft-capping, with q/k norms, five sliding layers
+    /// per global one, and the sliding layers on their own RoPE base.</summary>
+    Gemma3,
+}
+
+/// <summary>The MLP's gate activation.</summary>
+internal enum MlpActivation
+{
+    /// <summary>SwiGLU: silu(gate) · up.</summary>
+    Silu,
+
+    /// <summary>GeGLU with the tanh approximation (<c>gelu_pytorch_tanh</c>): gelu(gate) · up.</summary>
+    GeluTanh,
 }
 
 /// <summary>The RoPE frequency scalings the forward applies (<c>rope_scaling.rope_type</c>).</summary>
@@ -132,6 +150,45 @@ internal sealed record ModelConfig
     /// <summary>Gets the sliding attention window, or null for full attention.</summary>
     public int? SlidingWindow { get; init; }
 
+    /// <summary>Gets which layers attend through <see cref="SlidingWindow"/> (Gemma's alternation: <c>layer_types</c>, or
+    /// every <c>sliding_window_pattern</c>-th layer global), or null when all do.</summary>
+    public IReadOnlyList<bool>? SlidingLayers { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/> attends through the sliding window.</summary>
+    public bool IsSliding(int layer) => SlidingWindow is not null && (SlidingLayers is null || SlidingLayers[layer]);
+
+    /// <summary>Gets the RoPE base of the sliding layers, without scaling (Gemma-3's <c>rope_local_base_freq</c>), or null
+    /// when every layer uses <see cref="RopeTheta"/> and <see cref="RopeScaling"/>.</summary>
+    public double? LocalRopeTheta { get; init; }
+
+    /// <summary>Gets whether RMSNorm weights are stored as offsets from one (Gemma: <c>x̂ · (1 + w)</c>); the loader adds the
+    /// one, so the forward's norms are the plain <c>x̂ · w</c>.</summary>
+    public bool NormWeightsOffsetByOne { get; init; }
+
+    /// <summary>Gets whether each layer normalises the attention output (<c>post_attention_layernorm</c>) and the MLP's
+    /// input and output (<c>pre_feedforward_layernorm</c>, <c>post_feedforward_layernorm</c>) before the residual adds
+    /// (Gemma-2/3), rather than a Llama's pre-MLP <c>post_attention_layernorm</c>.</summary>
+    public bool SandwichNorms { get; init; }
+
+    /// <summary>Gets the MLP's gate activation.</summary>
+    public MlpActivation Activation { get; init; }
+
+    /// <summary>Gets the factor on the token embeddings (Gemma: √d, rounded to the checkpoint's dtype as transformers
+    /// computes it); 1 otherwise.</summary>
+    public float EmbeddingScale { get; init; } = 1f;
+
+    /// <summary>Gets the factor on q·k (<c>query_pre_attn_scalar</c>^−½ for Gemma; 1/√<see cref="HeadDim"/> otherwise).</summary>
+    public double AttentionScale => 1.0 / Math.Sqrt(QueryPreAttentionScalar ?? HeadDim);
+
+    /// <summary>Gets Gemma's <c>query_pre_attn_scalar</c>, or null for the head dimension.</summary>
+    public double? QueryPreAttentionScalar { get; init; }
+
+    /// <summary>Gets the attention-score soft cap c (scores become c·tanh(s/c); Gemma-2: 50), or null.</summary>
+    public double? AttentionSoftcap { get; init; }
+
+    /// <summary>Gets the final-logit soft cap c (logits become c·tanh(l/c); Gemma-2: 30), or null.</summary>
+    public double? FinalLogitSoftcap { get; init; }
+
     public required IReadOnlyList<int> EosTokenIds { get; init; }
     public int? BosTokenId { get; init; }
 
@@ -148,8 +205,11 @@ internal sealed record ModelConfig
             "Qwen2ForCausalLM" => ModelFamily.Qwen2,
             "Qwen3ForCausalLM" => ModelFamily.Qwen3,
             "Phi3ForCausalLM" => ModelFamily.Phi3,
+            "Gemma2ForCausalLM" => ModelFamily.Gemma2,
+            "Gemma3ForCausalLM" => ModelFamily.Gemma3,
             _ => throw new CoralModelException(path, "architectures",
-                $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM."),
+                $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM (Gemma-3's multimodal checkpoints: use the text model)."),
         };
 
 
@@ -196,13 +256,15 @@ internal sealed record ModelConfig
             _ => false,
         };
 
-        return new ModelConfig
+        int layers = RequiredInt(root, path, "num_hidden_layers");
+        bool gemma = family is ModelFamily.Gemma2 or ModelFamily.Gemma3;
+        var config = new ModelConfig
         {
             Architecture = arch,
             Family = family,
             HiddenSize = hidden,
             IntermediateSize = RequiredInt(root, path, "intermediate_size"),
-            NumLayers = RequiredInt(root, path, "num_hidden_layers"),
+            NumLayers = layers,
             NumHeads = heads,
             NumKvHeads = kvHeads,
             HeadDim = headDim,
@@ -219,6 +281,77 @@ internal sealed record ModelConfig
             SlidingWindow = useWindow ? window : null,
             EosTokenIds = ReadIdList(root["eos_token_id"], path, "eos_token_id"),
             BosTokenId = OptionalInt(root, path, "bos_token_id"),
+        };
+        return gemma ? WithGemma(config, root, path, window) : config;
+    }
+
+    /// <summary>Gemma-2/3's parts, with transformers' defaults: GeGLU, (1 + w) norms around attention and MLP, the embedding
+    /// scaled by √d, <c>query_pre_attn_scalar</c>, soft caps (Gemma-2: 50 and 30 unless configured), sliding layers
+    /// (<c>layer_types</c>, else Gemma-2's even layers or Gemma-3's <c>sliding_window_pattern</c>, 6) and Gemma-3's local
+    /// RoPE base (10,000).</summary>
+    private static ModelConfig WithGemma(ModelConfig c, JsonObject root, string path, int? window)
+    {
+        bool two = c.Family == ModelFamily.Gemma2;
+        string activationField = root["hidden_activation"] is not null ? "hidden_activation" : "hidden_act";
+        string activation = root[activationField] is JsonValue av && av.TryGetValue(out string? a) ? a : "gelu_pytorch_tanh";
+        if (activation is not ("gelu_pytorch_tanh" or "gelu_new" or "gelu_fast"))
+        {
+            throw new CoralModelException(path, activationField, $"'{activation}' is not supported for Gemma; supported: gelu_pytorch_tanh.");
+        }
+
+        bool[] sliding;
+        if (root["layer_types"] is JsonArray types)
+        {
+            if (types.Count != c.NumLayers)
+            {
+                throw new CoralModelException(path, "layer_types", $"has {types.Count} entries for {c.NumLayers} layers.");
+            }
+
+            sliding = types.Select(t => t?.GetValue<string>() switch
+            {
+                "sliding_attention" => true,
+                "full_attention" => false,
+                var other => throw new CoralModelException(path, "layer_types", $"'{other}' is not a layer type; expected sliding_attention or full_attention."),
+            }).ToArray();
+        }
+        else
+        {
+            int pattern = two ? 2 : OptionalInt(root, path, "sliding_window_pattern") ?? 6;
+            if (pattern < 1)
+            {
+                throw new CoralModelException(path, "sliding_window_pattern", $"{pattern} must be at least 1.");
+            }
+
+            sliding = Enumerable.Range(0, c.NumLayers).Select(i => (i + 1) % pattern != 0).ToArray();
+        }
+
+        // A cap absent from the file takes the default; written as null (or 0), none.
+        double? Cap(string field, double? fallback) => !root.ContainsKey(field) ? fallback
+            : OptionalDouble(root, path, field) is double v && v > 0 ? v : null;
+        // transformers multiplies the embedding by √d in the embedding's dtype: a bf16 checkpoint's factor is √d rounded to bf16.
+        float scale = MathF.Sqrt(c.HiddenSize);
+        scale = StoredDType(path) switch
+        {
+            ScalarType.BFloat16 => BitConverter.UInt32BitsToSingle((BitConverter.SingleToUInt32Bits(scale) + 0x7FFF
+                + ((BitConverter.SingleToUInt32Bits(scale) >> 16) & 1)) & 0xFFFF0000),   // round to nearest even
+            ScalarType.Float16 => (float)(Half)scale,
+            _ => scale,
+        };
+        int? w = window ?? 4096;
+        return c with
+        {
+            Activation = MlpActivation.GeluTanh,
+            NormWeightsOffsetByOne = true,
+            SandwichNorms = true,
+            EmbeddingScale = scale,
+            QueryPreAttentionScalar = OptionalDouble(root, path, "query_pre_attn_scalar") ?? 256,
+            AttentionSoftcap = Cap("attn_logit_softcapping", two ? 50.0 : null),
+            FinalLogitSoftcap = Cap("final_logit_softcapping", two ? 30.0 : null),
+            QkNorm = !two,
+            SlidingWindow = sliding.Any(s => s) ? w : null,
+            SlidingLayers = sliding,
+            LocalRopeTheta = two ? null : OptionalDouble(root, path, "rope_local_base_freq") ?? 10000.0,
+            TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? true,
         };
     }
 

@@ -1,3 +1,4 @@
+using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
 using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -23,6 +24,8 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly Tensor _finalNorm;   // [d], f32
     private readonly Tensor _head;        // [V, d], WeightType (the embedding itself when tied)
     private readonly RotaryTables _rope;
+    private readonly RotaryTables? _localRope;   // the sliding layers' own tables (Gemma-3's local RoPE base)
+    private readonly bool[] _sliding;            // which layers attend through the sliding window
     private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
     private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 or stored as f16 ([d, V])
     private readonly ScreenedHead? _screenedHead; // its int8 screen for greedy tokens
@@ -30,8 +33,10 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly ScalarType _embedType;
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, DecoderLayer[] layers,
-        Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope)
+        Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope, RotaryTables? localRope)
     {
+        _localRope = localRope;
+        _sliding = Enumerable.Range(0, config.NumLayers).Select(config.IsSliding).ToArray();
         Config = config;
         Device = device;
         WeightType = weightType;
@@ -122,15 +127,20 @@ internal sealed unsafe class TransformerModel : IDisposable
                 && (long)c.VocabSize * d * 2 <= int.MaxValue   // the kernels read 16-bit tables through a byte span
                 ? reader.StoredType(name) : null;
             Tensor embed = reader.Take(root + "embed_tokens.weight", [c.VocabSize, d], Rows16(root + "embed_tokens.weight") ?? weightType, device);
-            Tensor finalNorm = reader.Take(root + "norm.weight", [d], ScalarType.Float32, device);
+            Tensor finalNorm = DecoderLayer.LoadNorm(reader, root + "norm.weight", d, c, device);
             string headName = c.TieWordEmbeddings ? root + "embed_tokens.weight" : "lm_head.weight";
             ScalarType ht = (headType is null or ScalarType.BFloat16 ? Rows16(headName) : null) ?? headType ?? weightType;
             Tensor head = c.TieWordEmbeddings
                 ? (ht == embed.dtype ? embed.alias() : embed.to(ht))
                 : reader.Take("lm_head.weight", [c.VocabSize, d], ht, device);
 
-            var rope = new RotaryTables(c, Math.Min(maxPositions, Math.Max(c.MaxPositionEmbeddings, 1)), device);
-            return new TransformerModel(c, device, weightType, layers.ToArray(), embed, finalNorm, head, rope);
+            int positions = Math.Min(maxPositions, Math.Max(c.MaxPositionEmbeddings, 1));
+            var rope = new RotaryTables(c, positions, device);
+            // Gemma-3's sliding layers rotate with their own base and no scaling.
+            RotaryTables? localRope = c.LocalRopeTheta is double theta
+                ? new RotaryTables(c with { RopeTheta = theta, RopeScaling = null }, positions, device)
+                : null;
+            return new TransformerModel(c, device, weightType, layers.ToArray(), embed, finalNorm, head, rope, localRope);
         }
         catch
         {
@@ -186,15 +196,30 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         using Tensor idx = torch.tensor(pad ? [ids[0], ids[0]] : ids, device: Device);
         Tensor x = _embed.index_select(0, idx).to(ScalarType.Float32);            // [T, d] ([2, d] padded)
-        var (cos, sin) = _rope.At(start, t, positions);
-        Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions, Config.SlidingWindow, Device);
-        if (pad && mask is not null)
+        if (Config.EmbeddingScale != 1f)
         {
-            mask = mask.repeat_interleave(2, 0);   // a sliding window's mask, for both copies of the token in each head group
+            x = x.mul_(Config.EmbeddingScale);
         }
-        var inputs = new LayerInputs(cos, sin, mask, start, t);
+
+        // Global and sliding layers differ in the mask (and, for Gemma-3, the rotary tables): each is built once, when a
+        // layer of its kind comes.
+        LayerInputs? global = null, local = null;
+        LayerInputs Inputs(bool sliding)
+        {
+            var (cos, sin) = (sliding ? _localRope ?? _rope : _rope).At(start, t, positions);
+            Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions,
+                sliding ? Config.SlidingWindow : null, Device);
+            if (pad && mask is not null)
+            {
+                mask = mask.repeat_interleave(2, 0);   // a sliding window's mask, for both copies of the token in each head group
+            }
+
+            return new LayerInputs(cos, sin, mask, start, t);
+        }
+
         for (int l = 0; l < _layers.Length; l++)
         {
+            LayerInputs inputs = _sliding[l] ? local ??= Inputs(true) : global ??= Inputs(false);
             x = _layers[l].Forward(x, inputs, cache.Keys[l], cache.Values[l]);
         }
 
@@ -206,10 +231,18 @@ internal sealed unsafe class TransformerModel : IDisposable
     {
         int t = ids.Length, start = cache.Length, d = Config.HiddenSize;
         CpuWorkspace.Views views = _work!.Rows(rows);
-        CpuStep step = _rope.KernelStep(start, t, rows, positions, treeMask, Config.SlidingWindow);
+        CpuStep? global = null, local = null;
         GatherEmbeddings(ids, rows, _work.X);
+        if (Config.EmbeddingScale != 1f)
+        {
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(_work.X, rows * d), Config.EmbeddingScale, new Span<float>(_work.X, rows * d));
+        }
+
         for (int l = 0; l < _layers.Length; l++)
         {
+            CpuStep step = _sliding[l]
+                ? local ??= (_localRope ?? _rope).KernelStep(start, t, rows, positions, treeMask, Config.SlidingWindow)
+                : global ??= _rope.KernelStep(start, t, rows, positions, treeMask, null);
             _layers[l].ForwardCpu(step, _work, views, cache, l);
         }
 
@@ -249,7 +282,7 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         if (_packedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32)
         {
-            return DecoderLayer.Linear(hidden, _head, null);
+            return Softcap(DecoderLayer.Linear(hidden, _head, null));
         }
 
         if (hidden.dim() != 2)
@@ -262,7 +295,37 @@ internal sealed unsafe class TransformerModel : IDisposable
         Tensor x = hidden.contiguous();
         Tensor y = torch.empty([x.shape[0], Config.VocabSize], ScalarType.Float32);
         _packedHead.Multiply(CpuKernels.Pointer(x), (int)x.shape[0], CpuKernels.Pointer(y));
-        return y;
+        return Softcap(y);
+    }
+
+    /// <summary>The logits <paramref name="y"/> (f32) soft-capped in place, c·tanh(l/c), when the model caps them (Gemma-2's
+    /// <c>final_logit_softcapping</c>); the same arithmetic on every CPU path (<see cref="Softcap(Span{float})"/>), so tree
+    /// rows and one-token rows keep equal bits.</summary>
+    private Tensor Softcap(Tensor y)
+    {
+        if (Config.FinalLogitSoftcap is not double c)
+        {
+            return y;
+        }
+
+        if (y.device_type == DeviceType.CPU && y.dtype == ScalarType.Float32 && y.is_contiguous())
+        {
+            Softcap(new Span<float>(CpuKernels.Pointer(y), checked((int)y.numel())));
+            return y;
+        }
+
+        return y.div_(c).tanh_().mul_(c);
+    }
+
+    /// <summary>Soft-caps f32 logits in place (see <see cref="Softcap(Tensor)"/>).</summary>
+    private void Softcap(Span<float> logits)
+    {
+        if (Config.FinalLogitSoftcap is double c)
+        {
+            TensorPrimitives.Multiply(logits, (float)(1 / c), logits);
+            TensorPrimitives.Tanh(logits, logits);
+            TensorPrimitives.Multiply(logits, (float)c, logits);
+        }
     }
 
     /// <summary>Gets the int8 screen of the packed LM head, when there is one (<see cref="ArgMax"/>).</summary>
@@ -319,6 +382,8 @@ internal sealed unsafe class TransformerModel : IDisposable
         {
             _packedHead.Multiply(CpuKernels.Pointer(x), (int)rows, y);
         }
+
+        Softcap(destination[..(int)(rows * Config.VocabSize)]);
     }
 
     public void Dispose()
@@ -333,6 +398,7 @@ internal sealed unsafe class TransformerModel : IDisposable
         _finalNorm.Dispose();
         _head.Dispose();
         _rope.Dispose();
+        _localRope?.Dispose();
         _work?.Dispose();
         _packedHead?.Dispose();
     }

@@ -15,7 +15,7 @@ public class LlamaCppOracleTests
     // The bf16- and f16-stored models load as f32 on the packed kernels (PackedMatrix, f16 blocks for the latter): the same
     // oracle holds for that path.
     public static TheoryData<string> Models => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "llama-sharded-bf16", "qwen2-bf16", "qwen3-bf16",
-        "qwen2-f16", "llama-tied-scaled-f16", "llama-linear-rope", "qwen2-yarn"];
+        "qwen2-f16", "llama-tied-scaled-f16", "llama-linear-rope", "qwen2-yarn", "gemma2", "gemma3", "gemma2-bf16", "gemma3-bf16"];
     // Phi-3 is not here: LLamaSharp 0.30's llama.cpp fails to load the vocabulary of a phi3 GGUF with the tests' byte-level
     // tokenizer ("_Map_base::at"); Phi3Tests checks it against the same weights stored as a Llama instead.
 
@@ -41,7 +41,10 @@ public class LlamaCppOracleTests
             worst = MathF.Max(worst, TorchTestHelpers.MaxAbsDiff(ours[(i * v)..((i + 1) * v)], theirs[i]));
         }
 
-        Assert.True(worst < 1e-4f, $"{name}: max |Δlogit| = {worst}");
+        // llama.cpp's CPU GELU is approximate (an f16 table): Gemma's logits agree to 1e-2 (measured 2–4·10⁻³), greedy
+        // tokens exactly; GemmaTests checks the forward to 1e-4 against a float64 reference.
+        float tolerance = name.StartsWith("gemma", StringComparison.Ordinal) ? 1e-2f : 1e-4f;
+        Assert.True(worst < tolerance, $"{name}: max |Δlogit| = {worst}");
     }
 
     [Theory]

@@ -110,6 +110,33 @@ internal static class ModelZoo
     /// <summary>Phi-4-mini's partial rotation (0.75: 12 of 16 dimensions) over fused bf16 weights.</summary>
     public static TinyModelSpec Phi3Partial => Phi3 with { PartialRotaryFactor = 0.75, StorageDType = "BF16", Seed = 109 };
 
+    /// <summary>A Gemma-2 layout: layer 0 slides (window 8), layer 1 is global; caps small enough that random weights reach
+    /// them (real Gemma-2: 50 and 30).</summary>
+    public static TinyModelSpec Gemma2 => new()
+    {
+        Architecture = "Gemma2ForCausalLM", TokenizerStyle = ByteLevelStyle.Gpt2, Tied = true, SlidingWindow = 8,
+        AttentionSoftcap = 2.0, FinalLogitSoftcap = 4.0, Seed = 113,
+    };
+
+    /// <summary>A Gemma-3 layout: seven layers, the sixth global and the rest sliding (window 8) on their own RoPE base, q/k
+    /// norms, no caps.</summary>
+    public static TinyModelSpec Gemma3 => new()
+    {
+        Architecture = "Gemma3ForCausalLM", TokenizerStyle = ByteLevelStyle.Gpt2, Tied = true, Layers = 7, KvHeads = 1, HeadDim = 32,
+        SlidingWindow = 8, RopeTheta = 1000000, Seed = 127,
+    };
+
+    /// <summary>Gemma-3 with a SentencePiece tokenizer in Gemma's layout (no dummy prefix) and its chat template.</summary>
+    public static TinyModelSpec Gemma3SentencePiece => Gemma3 with
+    {
+        SentencePiece = true, GemmaTokenizer = true, StorageDType = "BF16", Seed = 139,
+        ChatTemplate = "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + (message['role'] == 'assistant' and 'model' or message['role']) + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}",
+    };
+
+    public static TinyModelSpec Gemma3Bf16 => Gemma3 with { StorageDType = "BF16", Seed = 131 };
+
+    public static TinyModelSpec Gemma2Bf16 => Gemma2 with { StorageDType = "BF16", Seed = 137 };
+
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
 
     public static string Get(string name, TinyModelSpec spec) =>

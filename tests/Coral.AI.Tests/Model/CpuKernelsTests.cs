@@ -30,6 +30,10 @@ public class CpuKernelsTests
     [InlineData("qwen2-f16", false)]
     [InlineData("mistral-f16", true)]
     [InlineData("llama-tied-scaled-f16", true)]
+    [InlineData("gemma2", false)]
+    [InlineData("gemma2-bf16", true)]
+    [InlineData("gemma3", true)]
+    [InlineData("gemma3-bf16", false)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -36,6 +36,11 @@ public class TransformerModelTests
         "mistral-f16" => ModelZoo.Get(name, ModelZoo.MistralF16),
         "llama-successor-f16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorF16),
         "llama-tied-scaled-f16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledF16),
+        "gemma2" => ModelZoo.Get(name, ModelZoo.Gemma2),
+        "gemma3" => ModelZoo.Get(name, ModelZoo.Gemma3),
+        "gemma2-bf16" => ModelZoo.Get(name, ModelZoo.Gemma2Bf16),
+        "gemma3-bf16" => ModelZoo.Get(name, ModelZoo.Gemma3Bf16),
+        "gemma3-sentencepiece" => ModelZoo.Get(name, ModelZoo.Gemma3SentencePiece),
         _ => throw new ArgumentException(name),
     };
 
@@ -163,6 +168,9 @@ public class TransformerModelTests
     [InlineData("mistral-bf16", "float32")]
     [InlineData("qwen2-f16", "float32")]
     [InlineData("llama-tied-scaled-f16", "float32")]
+    [InlineData("gemma2", "bfloat16")]
+    [InlineData("gemma2-bf16", "float32")]
+    [InlineData("gemma3-bf16", "float32")]
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
     {
         // f32 layers verify with a bf16 LM head (the CPU speculative form): f32 GEMMs are batch-invariant from two rows

@@ -30,14 +30,16 @@ public class DraftTrainerTests
         Assert.True(TorchTestHelpers.MaxAbsDiff(expected, actual) < 1e-4f);
     }
 
-    [Fact]
-    public void EagleTraining_LowersTheLoss_AndTheTrainedDrafterBeatsTheRandomOne()
+    [Theory]
+    [InlineData("llama-tied-scaled")]
+    [InlineData("gemma3")]   // a Gemma target: scaled embedding, sandwich norms, sliding and global layers on two RoPE bases
+    public void EagleTraining_LowersTheLoss_AndTheTrainedDrafterBeatsTheRandomOne(string name)
     {
-        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string target = TransformerModelTests.ModelFor(name);
         using var engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 512);
 
         // Self-distillation: the target's own greedy continuations are the training text.
-        string data = Path.Combine(ModelZoo.TempFolder("self-distill"), "text.jsonl");
+        string data = Path.Combine(ModelZoo.TempFolder("self-distill-" + name), "text.jsonl");
         string[] words = ["river", "house", "light", "stone", "water", "night", "green", "music", "paper", "winter", "garden", "silver", "market", "bridge", "forest", "window"];
         string[] prompts = words.SelectMany(w => new[] { $"The {w}", $"A small {w}", $"Her {w} was" }).ToArray();
         File.WriteAllLines(data, prompts.Select(p =>
@@ -46,12 +48,12 @@ public class DraftTrainerTests
             var r = engine.Generate(new GenerationRequest(engine.Tokenizer.Encode(p), SamplingParameters.Greedy, 48, []), null, default);
             return new System.Text.Json.Nodes.JsonObject { ["text"] = p + r.Text }.ToJsonString();
         }));
-        string features = ModelZoo.TempFolder("self-distill-features");
+        string features = ModelZoo.TempFolder("self-distill-features-" + name);
         FeatureExtractor.Run(engine, data, features, maxLength: 128);
         var sequences = FeatureStore.Read(features).ToList();
 
-        string init = DrafterZoo.Random(target, "to-train", new DraftInitOptions { Seed = 4, Scale = 0.3f });
-        string trained = ModelZoo.TempFolder("trained-drafter");
+        string init = DrafterZoo.Random(target, "to-train-" + name, new DraftInitOptions { Seed = 4, Scale = 0.3f });
+        string trained = ModelZoo.TempFolder("trained-drafter-" + name);
         List<double> losses;
         using (var drafter = TrainableDrafter.Load(init, engine.Model.Config))
         {
