@@ -24,9 +24,17 @@ internal static class RealShapes
             HiddenSize = 4096, Layers = 32, Heads = 32, KvHeads = 8, HeadDim = 128, IntermediateSize = 14336, RopeTheta = 500000,
             MaxPositions = 4096,
         },
+
+        // google/gemma-3-1b-it: 1.0 B parameters, tied; 262,144 tokens, head_dim 256, one KV head, five sliding layers
+        // (window 512) per global one.
+        ["gemma-3-1b"] = new TinyModelSpec
+        {
+            Architecture = "Gemma3ForCausalLM", HiddenSize = 1152, Layers = 26, Heads = 4, KvHeads = 1, HeadDim = 256,
+            IntermediateSize = 6912, Tied = true, RopeTheta = 1000000, SlidingWindow = 512, MaxPositions = 4096,
+        },
     };
 
-    private const int VocabSize = 128256;
+    private static int VocabSizeOf(TinyModelSpec spec) => spec.IsGemma ? 262144 : 128256;
     private const int GptRanks = 50000;
 
     public static void Write(string folder, string preset, int? layers, string dtype = "bf16")
@@ -46,10 +54,10 @@ internal static class RealShapes
         // Five Llama-3 special tokens follow the ranks; the rest of the vocabulary is embedding padding.
         spec = spec with
         {
-            Layers = layers ?? spec.Layers, TokenizerRanks = GptRanks, VocabPadding = VocabSize - GptRanks - 5,
+            Layers = layers ?? spec.Layers, TokenizerRanks = GptRanks, VocabPadding = VocabSizeOf(spec) - GptRanks - 5,
             StorageDType = storage, Shards = 2, Seed = 11,
         };
-        Console.Error.WriteLine($"writing random {preset} ({spec.Layers} layers, d={spec.HiddenSize}, vocab {VocabSize}, {dtype}) to {folder}");
+        Console.Error.WriteLine($"writing random {preset} ({spec.Layers} layers, d={spec.HiddenSize}, vocab {VocabSizeOf(spec)}, {dtype}) to {folder}");
         TinyCheckpoint.Create(folder, spec);
     }
 }
