@@ -249,7 +249,11 @@ internal static unsafe class CpuKernels
                 // Slots 0..n-1 visible (one-token steps, causal blocks): the same numbers without the index list.
                 bool prefix = mask is null || n == 0 || vis[n - 1] == n - 1;
                 var p = new Span<float>(pw, n);
-                Scores(qkv + (long)r * stride + (long)h * hd, _keys + (long)g * hd * _keyStride, _keyStride, hd, blocks, sc);
+                // Blocks of keys before the first visible one (a sliding window's past) are not scored: each score is its
+                // own chain over d, whichever blocks are computed with it.
+                int skip = prefix ? 0 : vis[0] / 16;
+                Scores(qkv + (long)r * stride + (long)h * hd, _keys + (long)g * hd * _keyStride + (skip * 16), _keyStride, hd, blocks - skip,
+                    sc + (skip * 16));
                 if (prefix)
                 {
                     TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc, n), scale, p);
