@@ -114,11 +114,12 @@ public static class GgufExporter
         }
 
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
-        Put("token_embd.weight", "model.embed_tokens.weight", [c.VocabSize, d]);
-        Put("output_norm.weight", "model.norm.weight", [d], norm: true);
+        string root = reader.DecoderRoot;
+        Put("token_embd.weight", root + "embed_tokens.weight", [c.VocabSize, d]);
+        Put("output_norm.weight", root + "norm.weight", [d], norm: true);
         if (!c.TieWordEmbeddings)
         {
-            Put("output.weight", "lm_head.weight", [c.VocabSize, d]);
+            Put("output.weight", reader.HeadName, [c.VocabSize, d]);
         }
 
         if (c.RopeScaling is { Kind: RopeScalingKind.Llama3 })
@@ -130,7 +131,7 @@ public static class GgufExporter
 
         for (int i = 0; i < c.NumLayers; i++)
         {
-            string h = $"model.layers.{i}.", b = $"blk.{i}.";
+            string h = $"{root}layers.{i}.", b = $"blk.{i}.";
             Put(b + "attn_norm.weight", h + "input_layernorm.weight", [d], norm: true);
             if (c.FusedProjections)
             {

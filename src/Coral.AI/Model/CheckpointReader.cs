@@ -80,6 +80,18 @@ internal sealed class CheckpointReader : IDisposable
 
     public bool Contains(string name) => _byTensor.ContainsKey(name);
 
+    /// <summary>Gets the prefix of the decoder's tensors (<c>embed_tokens</c>, <c>layers.N.</c>, <c>norm</c>): <c>model.</c>
+    /// as a causal LM stores them; none for a base model saved without its head (as sentence-transformers saves
+    /// Qwen3-Embedding); <c>language_model.model.</c> or <c>model.language_model.</c> in a multimodal checkpoint (Gemma-3
+    /// 4B and up; the vision tower's tensors are not read). <c>model.</c> when none holds an embedding, so that errors
+    /// name the usual tensor.</summary>
+    public string DecoderRoot =>
+        new[] { "model.", "", "language_model.model.", "model.language_model." }.FirstOrDefault(r => Contains(r + "embed_tokens.weight")) ?? "model.";
+
+    /// <summary>Gets the name of an untied LM head: <c>lm_head.weight</c>, or <c>language_model.lm_head.weight</c> beside
+    /// a multimodal checkpoint's <c>language_model.model.</c> decoder.</summary>
+    public string HeadName => DecoderRoot == "language_model.model." ? "language_model.lm_head.weight" : "lm_head.weight";
+
     /// <summary>Gets a tensor's stored dtype.</summary>
     public ScalarType StoredType(string name) => _byTensor[name].Entries[name].DType;
 

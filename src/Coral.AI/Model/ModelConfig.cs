@@ -198,6 +198,10 @@ internal sealed record ModelConfig
         string arch = root["architectures"] is JsonArray { Count: > 0 } archs
             ? archs[0]!.GetValue<string>()
             : throw new CoralModelException(path, "architectures", "missing; expected e.g. [\"LlamaForCausalLM\"].");
+        if (arch is "Gemma3ForCausalLM" or "Gemma3ForConditionalGeneration")
+        {
+            (root, arch) = (Gemma3Text(root, path), "Gemma3ForCausalLM");
+        }
         ModelFamily family = arch switch
         {
             "LlamaForCausalLM" => ModelFamily.Llama,
@@ -209,7 +213,7 @@ internal sealed record ModelConfig
             "Gemma3ForCausalLM" => ModelFamily.Gemma3,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM (Gemma-3's multimodal checkpoints: use the text model)."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model)."),
         };
 
 
@@ -283,6 +287,49 @@ internal sealed record ModelConfig
             BosTokenId = OptionalInt(root, path, "bos_token_id"),
         };
         return gemma ? WithGemma(config, root, path, window) : config;
+    }
+
+    /// <summary>transformers' <c>Gemma3TextConfig</c> defaults: a multimodal checkpoint's <c>text_config</c> lists only
+    /// the fields that differ from them (gemma-3-4b-it: hidden_size, intermediate_size, num_hidden_layers, rope_scaling,
+    /// sliding_window).</summary>
+    private const string Gemma3TextDefaults = """
+        {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8,
+         "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131072,
+         "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+         "sliding_window_pattern": 6, "rope_local_base_freq": 10000.0, "final_logit_softcapping": null,
+         "attn_logit_softcapping": null, "tie_word_embeddings": true, "bos_token_id": 2, "eos_token_id": 1}
+        """;
+
+    /// <summary>A Gemma-3 text config over <see cref="Gemma3TextDefaults"/>: the file's own fields, or for a multimodal
+    /// checkpoint (<c>Gemma3ForConditionalGeneration</c>) its <c>text_config</c> with the top level's token ids and dtype.</summary>
+    private static JsonObject Gemma3Text(JsonObject root, string path)
+    {
+        var merged = JsonNode.Parse(Gemma3TextDefaults)!.AsObject();
+        void Over(JsonObject from, Func<string, bool> take)
+        {
+            foreach (var (key, value) in from)
+            {
+                if (take(key))
+                {
+                    merged[key] = value?.DeepClone();
+                }
+            }
+        }
+
+        if (root["architectures"]![0]!.GetValue<string>() == "Gemma3ForConditionalGeneration")
+        {
+            JsonObject text = root["text_config"] as JsonObject
+                ?? throw new CoralModelException(path, "text_config", "missing: a Gemma3ForConditionalGeneration config nests its language model's settings there.");
+            Over(text, _ => true);
+            Over(root, key => key is "bos_token_id" or "eos_token_id" or "torch_dtype" or "dtype");
+        }
+        else
+        {
+            Over(root, _ => true);
+        }
+
+        merged["architectures"] = new JsonArray("Gemma3ForCausalLM");
+        return merged;
     }
 
     /// <summary>Gemma-2/3's parts, with transformers' defaults: GeGLU, (1 + w) norms around attention and MLP, the embedding

@@ -104,8 +104,7 @@ internal sealed unsafe class TransformerModel : IDisposable
         // The reader's mappings close once loaded: weights kept as views of the file (f32-stored ones) hold their own
         // reference to the mapping, and a checkpoint converted at load (bf16-stored, loaded as f32) no longer stays mapped.
         using var reader = new CheckpointReader(folder);
-        // A base model saved without its LM head (as sentence-transformers saves Qwen3-Embedding) has no "model." prefix.
-        string root = !reader.Contains("model.embed_tokens.weight") && reader.Contains("embed_tokens.weight") ? "" : "model.";
+        string root = reader.DecoderRoot;
         var layers = new List<DecoderLayer>();
         try
         {
@@ -128,11 +127,11 @@ internal sealed unsafe class TransformerModel : IDisposable
                 ? reader.StoredType(name) : null;
             Tensor embed = reader.Take(root + "embed_tokens.weight", [c.VocabSize, d], Rows16(root + "embed_tokens.weight") ?? weightType, device);
             Tensor finalNorm = DecoderLayer.LoadNorm(reader, root + "norm.weight", d, c, device);
-            string headName = c.TieWordEmbeddings ? root + "embed_tokens.weight" : "lm_head.weight";
+            string headName = c.TieWordEmbeddings ? root + "embed_tokens.weight" : reader.HeadName;
             ScalarType ht = (headType is null or ScalarType.BFloat16 ? Rows16(headName) : null) ?? headType ?? weightType;
             Tensor head = c.TieWordEmbeddings
                 ? (ht == embed.dtype ? embed.alias() : embed.to(ht))
-                : reader.Take("lm_head.weight", [c.VocabSize, d], ht, device);
+                : reader.Take(headName, [c.VocabSize, d], ht, device);
 
             int positions = Math.Min(maxPositions, Math.Max(c.MaxPositionEmbeddings, 1));
             var rope = new RotaryTables(c, positions, device);

@@ -70,7 +70,7 @@ internal static class DraftCheckpoint
         if (options.IncludeEmbedding)
         {
             using var reader = new CheckpointReader(targetFolder);
-            tensors.Add(new("embed_tokens.weight", reader.Take("model.embed_tokens.weight", [t.VocabSize, d], ScalarType.Float32).clone()));
+            tensors.Add(new("embed_tokens.weight", reader.Take(reader.DecoderRoot + "embed_tokens.weight", [t.VocabSize, d], ScalarType.Float32).clone()));
         }
 
         SafetensorsWriter.Write(Path.Combine(outFolder, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });

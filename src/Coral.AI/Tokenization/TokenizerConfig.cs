@@ -39,6 +39,13 @@ internal sealed record TokenizerConfig
             config = config with { ChatTemplate = File.ReadAllText(templateFile) };
         }
 
+        // A multimodal checkpoint's processor keeps it in chat_template.json (Gemma-3 4B and up, Qwen2-VL).
+        string processorTemplate = Path.Combine(folder, "chat_template.json");
+        if (config.ChatTemplate is null && File.Exists(processorTemplate))
+        {
+            config = config with { ChatTemplate = ReadTemplate(ModelConfig.ReadJsonObject(processorTemplate)["chat_template"]) };
+        }
+
         string generation = Path.Combine(folder, "generation_config.json");
         if (File.Exists(generation))
         {

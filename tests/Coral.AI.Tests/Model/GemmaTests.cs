@@ -233,6 +233,74 @@ public class GemmaTests
         Assert.Equal(response.Text, streamed.ToString());
     }
 
+    /// <summary>Gemma-3 4B and up ship as <c>Gemma3ForConditionalGeneration</c>: a sparse <c>text_config</c> over
+    /// <c>Gemma3TextConfig</c>'s defaults, the decoder under <c>language_model.model.</c> beside a vision tower, the chat
+    /// template in <c>chat_template.json</c>. Its language model loads, exports and drafts as the text model does.</summary>
+    [Fact]
+    public void MultimodalCheckpoint_LoadsItsLanguageModel_AsTheTextModel()
+    {
+        string text = TransformerModelTests.ModelFor("gemma3");
+        string folder = ModelZoo.TempFolder("gemma3-multimodal");
+        foreach (string f in new[] { "tokenizer.json", "generation_config.json" })
+        {
+            File.Copy(Path.Combine(text, f), Path.Combine(folder, f));
+        }
+
+        var textConfig = JsonNode.Parse(File.ReadAllText(Path.Combine(text, "config.json")))!.AsObject();
+        var nested = new JsonObject { ["model_type"] = "gemma3_text" };
+        foreach (string key in new[] { "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "vocab_size", "query_pre_attn_scalar", "sliding_window", "rms_norm_eps", "max_position_embeddings" })
+        {
+            nested[key] = textConfig[key]!.DeepClone();   // rope_theta (1e6), rope_local_base_freq and the pattern: the defaults
+        }
+
+        File.WriteAllText(Path.Combine(folder, "config.json"), new JsonObject
+        {
+            ["architectures"] = new JsonArray("Gemma3ForConditionalGeneration"), ["model_type"] = "gemma3",
+            ["text_config"] = nested, ["vision_config"] = new JsonObject { ["model_type"] = "siglip_vision_model", ["hidden_size"] = 16 },
+            ["eos_token_id"] = textConfig["eos_token_id"]!.DeepClone(), ["bos_token_id"] = textConfig["bos_token_id"]!.DeepClone(),
+            ["torch_dtype"] = "float32",
+        }.ToJsonString());
+        var tokenizerConfig = JsonNode.Parse(File.ReadAllText(Path.Combine(text, "tokenizer_config.json")))!.AsObject();
+        tokenizerConfig.Remove("chat_template");
+        File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), tokenizerConfig.ToJsonString());
+        const string Template = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n";
+        File.WriteAllText(Path.Combine(folder, "chat_template.json"), new JsonObject { ["chat_template"] = Template }.ToJsonString());
+        using (var reader = new CheckpointReader(text))
+        {
+            var tensors = reader.Names.Select(n => new KeyValuePair<string, Tensor>("language_model." + n, reader.Take(n, reader.ShapeOf(n), ScalarType.Float32))).ToList();
+            tensors.Add(new("vision_tower.vision_model.embeddings.patch_embedding.weight", torch.ones(16, 3, 2, 2)));
+            SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"), tensors);
+        }
+
+        ModelConfig expected = ModelConfig.Load(Path.Combine(text, "config.json")), actual = ModelConfig.Load(Path.Combine(folder, "config.json"));
+        Assert.Equal(ModelFamily.Gemma3, actual.Family);
+        Assert.Equal((expected.HiddenSize, expected.RopeTheta, expected.LocalRopeTheta, expected.AttentionScale, expected.RmsNormEps),
+            (actual.HiddenSize, actual.RopeTheta, actual.LocalRopeTheta, actual.AttentionScale, actual.RmsNormEps));
+        Assert.Equal(Enumerable.Range(0, expected.NumLayers).Select(expected.IsSliding), Enumerable.Range(0, actual.NumLayers).Select(actual.IsSliding));
+        Assert.Equal(Template, TokenizerConfig.Load(folder).ChatTemplate);
+
+        using (var a = TransformerModel.Load(text, torch.CPU, ScalarType.Float32, 64))
+        using (var b = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 64))
+        {
+            Assert.Equal(TorchTestHelpers.FullLogits(a, Ids), TorchTestHelpers.FullLogits(b, Ids));
+        }
+
+        // GGUF export and a drafter's initialisation read the decoder under its prefix too.
+        string gguf = Path.Combine(ModelZoo.TempFolder("gguf-gemma3-multimodal"), "model.gguf");
+        GgufExporter.Export(folder, gguf, "f32");
+        using var engine = InferenceEngine.Load(folder, torch.CPU, ScalarType.Float32, 128);
+        List<int> prompt = engine.Tokenizer.Encode("Once upon a time");
+        var result = engine.Generate(new GenerationRequest(prompt, SamplingParameters.Greedy, 16, []), null, default);
+        using (var oracle = new LlamaCppOracle(gguf))
+        {
+            Assert.Equal(oracle.Greedy(prompt, result.TokenIds.Count, engine.EosTokenIds), result.TokenIds);
+        }
+
+        string drafter = DrafterZoo.Random(folder, "gemma3-multimodal-drafter", new DraftInitOptions { Seed = 3, IncludeEmbedding = true });
+        Assert.True(File.Exists(Path.Combine(drafter, "model.safetensors")));
+    }
+
     private static string WriteConfig(string name, string json)
     {
         string path = Path.Combine(ModelZoo.TempFolder("gemma-config-" + name), "config.json");
