@@ -29,12 +29,19 @@ internal sealed unsafe class KvCache : IDisposable
         KeyStride = keysTransposed ? (capacity + 15) / 16 * 16 : config.HeadDim;   // whole 16-key blocks can be read
         Keys = new Tensor[config.NumLayers];
         Values = new Tensor[config.NumLayers];
+        // Allocated once for the whole context but not written: on CPU the pages become resident as slots fill (an 8B
+        // model's 4,096-slot f32 cache is 1 GB, most of it never touched by a short chat). No slot is read before it is
+        // written — attention reads slots below the length, and the kernels' last 16-key block beyond it only into
+        // scores that are never used.
+        Func<long[], ScalarType, Device, Tensor> allocate = device.type == DeviceType.CPU
+            ? (shape, t, d) => torch.empty(shape, t, d)
+            : (shape, t, d) => torch.zeros(shape, t, d);
         for (int l = 0; l < config.NumLayers; l++)
         {
             Keys[l] = keysTransposed
-                ? torch.zeros([1, config.NumKvHeads, config.HeadDim, KeyStride], dtype, device)
-                : torch.zeros([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
-            Values[l] = torch.zeros([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
+                ? allocate([1, config.NumKvHeads, config.HeadDim, KeyStride], dtype, device)
+                : allocate([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
+            Values[l] = allocate([1, config.NumKvHeads, capacity, config.HeadDim], dtype, device);
         }
 
         if (dtype == ScalarType.Float32 && device.type == DeviceType.CPU)

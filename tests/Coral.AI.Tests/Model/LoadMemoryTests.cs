@@ -27,6 +27,8 @@ public class LoadMemoryTests
     [InlineData("llama-tied-scaled-bf16", true)]  // a drafter with packed router groups and their int8 copies
     [InlineData("qwen2-f16", false)]              // f16 weights: packed in f16, an f16 head and table
     [InlineData("llama-tied-scaled-f16", true)]   // f16 router groups
+    [InlineData("gemma3-bf16", false)]            // Gemma: sandwich norms, a second rotary table for the sliding layers
+    [InlineData("gemma2", true)]                  // (f32 weights) with a drafter
     public void LoadingAndDisposing_LeavesNoTensorBehind(string arch, bool withDrafter)
     {
         string target = TransformerModelTests.ModelFor(arch);
