@@ -149,6 +149,8 @@ public static class TinyCheckpoint
                 "MistralForCausalLM" => "mistral",
                 "Gemma2ForCausalLM" => "gemma2",
                 "Gemma3ForCausalLM" => "gemma3_text",
+                "GraniteForCausalLM" => "granite",
+                "SmolLM3ForCausalLM" => "smollm3",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -191,6 +193,22 @@ public static class TinyCheckpoint
         {
             config["sliding_window"] = w;
             config["use_sliding_window"] = true;
+        }
+
+        if (spec.Architecture == "GraniteForCausalLM")
+        {
+            // Granite's multipliers, far enough from 1 (and from 1/√head_dim) that each one shows.
+            config["embedding_multiplier"] = 3.0;
+            config["attention_multiplier"] = 0.1;
+            config["residual_multiplier"] = 0.6;
+            config["logits_scaling"] = 2.5;
+            config["mlp_bias"] = false;
+        }
+
+        if (spec.Architecture == "SmolLM3ForCausalLM")
+        {
+            config["no_rope_layers"] = new JsonArray(Enumerable.Range(0, spec.Layers).Select(i => (JsonNode)((i + 1) % 4 != 0 ? 1 : 0)).ToArray());
+            config["no_rope_layer_interval"] = 4;
         }
 
         if (spec.IsGemma)

@@ -39,10 +39,12 @@ public static class GgufExporter
             ModelFamily.Phi3 => "phi3",
             ModelFamily.Gemma2 => "gemma2",
             ModelFamily.Gemma3 => "gemma3",
+            ModelFamily.Granite => "granite",
+            ModelFamily.SmolLM3 => "smollm3",
             _ => "qwen3",
         };
         bool gemma = c.Family is ModelFamily.Gemma2 or ModelFamily.Gemma3;
-        bool permuteQk = arch == "llama";
+        bool permuteQk = arch is "llama" or "granite" or "smollm3";   // llama.cpp's "normal" (adjacent-pair) RoPE
         var g = new GgufWriter();
         g.Add("general.architecture", arch);
         g.Add("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder))));
@@ -74,6 +76,21 @@ public static class GgufExporter
         if (gemma)
         {
             AddGemma(g, arch, c, Path.Combine(modelFolder, "config.json"));
+        }
+
+        if (c.Family == ModelFamily.Granite)
+        {
+            g.Add($"{arch}.embedding_scale", c.EmbeddingScale);
+            g.Add($"{arch}.residual_scale", c.ResidualScale);
+            g.Add($"{arch}.attention.scale", (float)(c.AttentionMultiplier ?? 1.0));   // the config's own value
+            g.Add($"{arch}.logit_scale", c.LogitDivisor);
+        }
+
+        if (c.Family == ModelFamily.SmolLM3 && Enumerable.Range(0, c.NumLayers).Any(i => c.UsesRope(i) != ((i + 1) % 4 != 0)))
+        {
+            // llama.cpp's smollm3 leaves RoPE out of every fourth layer, whatever the config says.
+            throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "no_rope_layers",
+                "llama.cpp's smollm3 leaves RoPE out of every fourth layer; this model's layers differ.");
         }
         if (c.RopeScaling is { Kind: RopeScalingKind.Linear } linear)
         {

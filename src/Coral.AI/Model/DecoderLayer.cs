@@ -66,6 +66,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly double _eps;
     private readonly double _scale;
     private readonly double? _softcap;
+    private readonly float _residualScale;
     private readonly MlpActivation _activation;
     private readonly int _d, _ff;
     private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP, _postAttnNormP, _postMlpNormP;   // CPU f32 layers (CpuKernels)
@@ -79,7 +80,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, gateUp, down);
         (_mlpNorm, _postAttnNorm, _postMlpNorm) = norms;
         (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
-        (_scale, _softcap, _activation) = (c.AttentionScale, c.AttentionSoftcap, c.Activation);
+        (_scale, _softcap, _activation, _residualScale) = (c.AttentionScale, c.AttentionSoftcap, c.Activation, c.ResidualScale);
         (_d, _ff) = (c.HiddenSize, c.IntermediateSize);
         if (UsesCpuKernels)
         {
@@ -350,13 +351,16 @@ internal sealed unsafe class DecoderLayer : IDisposable
             ? F.scaled_dot_product_attention(q, k4, v4, s.Mask)          // fused; accumulation order depends on the batch
             : Attention(q, k4, v4, s.Mask, _scale, _softcap);             // f64 cache: batch-invariant (speculative engines)
         Tensor o = Project(att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd), _o!, _oBias);
-        x = x + (_postAttnNorm is null ? o : RmsNorm(o, _postAttnNorm, _eps));
+        x = x + Branch(_postAttnNorm is null ? o : RmsNorm(o, _postAttnNorm, _eps));
 
         Tensor gateUp = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp!, null);
         Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU/GeGLU in f32
         Tensor mlp = Project((_activation == MlpActivation.GeluTanh ? GeluTanh(gu[0]) : F.silu(gu[0])) * gu[1], _down!, null);
-        return x + (_postMlpNorm is null ? mlp : RmsNorm(mlp, _postMlpNorm, _eps));
+        return x + Branch(_postMlpNorm is null ? mlp : RmsNorm(mlp, _postMlpNorm, _eps));
     }
+
+    /// <summary>A residual branch's output as it is added: times Granite's <c>residual_multiplier</c> (1 elsewhere).</summary>
+    private Tensor Branch(Tensor y) => _residualScale == 1f ? y : y * _residualScale;
 
     /// <summary>gelu with the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as <c>gelu_pytorch_tanh</c>.</summary>
     private static Tensor GeluTanh(Tensor x) => x * 0.5 * ((x + x.pow(3) * 0.044715) * Math.Sqrt(2 / Math.PI)).tanh_().add_(1);
@@ -402,7 +406,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             CpuKernels.RmsNorm(work.Proj, _postAttnNormP, work.Proj, rows, _d, eps);
         }
 
-        CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
+        AddBranch(work, rows);
         CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
         Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);
         if (_activation == MlpActivation.GeluTanh)
@@ -420,7 +424,20 @@ internal sealed unsafe class DecoderLayer : IDisposable
             CpuKernels.RmsNorm(work.Proj, _postMlpNormP, work.Proj, rows, _d, eps);
         }
 
-        CpuKernels.Add(work.X, work.Proj, (long)rows * _d);
+        AddBranch(work, rows);
+    }
+
+    /// <summary>x += the branch output in <see cref="CpuWorkspace.Proj"/>, times the residual multiplier (Granite).</summary>
+    private void AddBranch(CpuWorkspace work, int rows)
+    {
+        long n = (long)rows * _d;
+        if (_residualScale != 1f)
+        {
+            var proj = new Span<float>(work.Proj, checked((int)n));
+            System.Numerics.Tensors.TensorPrimitives.Multiply(proj, _residualScale, proj);
+        }
+
+        CpuKernels.Add(work.X, work.Proj, n);
     }
 
     /// <summary>y = x · w into the workspace: the packed weight when there is one, else libtorch's <c>addmm_</c> (β = 0).</summary>

@@ -21,6 +21,13 @@ internal enum ModelFamily
     /// <summary>Gemma-3 text (<c>Gemma3ForCausalLM</c>): Gemma-2 without soft-capping, with q/k norms, five sliding layers
     /// per global one, and the sliding layers on their own RoPE base.</summary>
     Gemma3,
+
+    /// <summary>Granite (<c>GraniteForCausalLM</c>): a Llama with multipliers on the embedding, the attention scores, each
+    /// residual branch and (dividing) the logits.</summary>
+    Granite,
+
+    /// <summary>SmolLM3 (<c>SmolLM3ForCausalLM</c>): a Llama whose every fourth layer (<c>no_rope_layers</c>) has no RoPE.</summary>
+    SmolLM3,
 }
 
 /// <summary>The MLP's gate activation.</summary>
@@ -177,8 +184,25 @@ internal sealed record ModelConfig
     /// computes it); 1 otherwise.</summary>
     public float EmbeddingScale { get; init; } = 1f;
 
-    /// <summary>Gets the factor on q·k (<c>query_pre_attn_scalar</c>^−½ for Gemma; 1/√<see cref="HeadDim"/> otherwise).</summary>
-    public double AttentionScale => 1.0 / Math.Sqrt(QueryPreAttentionScalar ?? HeadDim);
+    /// <summary>Gets the factor on q·k (Granite's <c>attention_multiplier</c>; <c>query_pre_attn_scalar</c>^−½ for Gemma;
+    /// 1/√<see cref="HeadDim"/> otherwise).</summary>
+    public double AttentionScale => AttentionMultiplier ?? 1.0 / Math.Sqrt(QueryPreAttentionScalar ?? HeadDim);
+
+    /// <summary>Gets Granite's <c>attention_multiplier</c> (the factor on q·k itself), or null.</summary>
+    public double? AttentionMultiplier { get; init; }
+
+    /// <summary>Gets the factor on each layer's attention and MLP outputs before the residual adds (Granite's
+    /// <c>residual_multiplier</c>); 1 otherwise.</summary>
+    public float ResidualScale { get; init; } = 1f;
+
+    /// <summary>Gets the divisor of the logits (Granite's <c>logits_scaling</c>); 1 otherwise.</summary>
+    public float LogitDivisor { get; init; } = 1f;
+
+    /// <summary>Gets which layers have no RoPE (SmolLM3's <c>no_rope_layers</c> zeros), or null when every layer rotates.</summary>
+    public IReadOnlyList<bool>? NoRopeLayers { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/> rotates q and k.</summary>
+    public bool UsesRope(int layer) => NoRopeLayers is null || !NoRopeLayers[layer];
 
     /// <summary>Gets Gemma's <c>query_pre_attn_scalar</c>, or null for the head dimension.</summary>
     public double? QueryPreAttentionScalar { get; init; }
@@ -211,9 +235,11 @@ internal sealed record ModelConfig
             "Phi3ForCausalLM" => ModelFamily.Phi3,
             "Gemma2ForCausalLM" => ModelFamily.Gemma2,
             "Gemma3ForCausalLM" => ModelFamily.Gemma3,
+            "GraniteForCausalLM" => ModelFamily.Granite,
+            "SmolLM3ForCausalLM" => ModelFamily.SmolLM3,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model)."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM."),
         };
 
 
@@ -286,7 +312,49 @@ internal sealed record ModelConfig
             EosTokenIds = ReadIdList(root["eos_token_id"], path, "eos_token_id"),
             BosTokenId = OptionalInt(root, path, "bos_token_id"),
         };
-        return gemma ? WithGemma(config, root, path, window) : config;
+        if (OptionalBool(root, path, "mlp_bias") ?? false)
+        {
+            throw new CoralModelException(path, "mlp_bias", "MLP biases are not supported.");
+        }
+
+        return family switch
+        {
+            ModelFamily.Gemma2 or ModelFamily.Gemma3 => WithGemma(config, root, path, window),
+            ModelFamily.Granite => config with
+            {
+                EmbeddingScale = (float)(OptionalDouble(root, path, "embedding_multiplier") ?? 1.0),
+                AttentionMultiplier = OptionalDouble(root, path, "attention_multiplier") ?? 1.0,
+                ResidualScale = (float)(OptionalDouble(root, path, "residual_multiplier") ?? 1.0),
+                LogitDivisor = (float)(OptionalDouble(root, path, "logits_scaling") ?? 1.0),
+            },
+            ModelFamily.SmolLM3 => config with { NoRopeLayers = NoRope(root, path, layers) },
+            _ => config,
+        };
+    }
+
+    /// <summary>SmolLM3's layers without RoPE: <c>no_rope_layers</c> (1 = RoPE, 0 = none, one per layer), else every
+    /// <c>no_rope_layer_interval</c>-th layer (4), as transformers fills it.</summary>
+    private static bool[] NoRope(JsonObject root, string path, int layers)
+    {
+        if (root["no_rope_layers"] is JsonArray flags)
+        {
+            if (flags.Count != layers)
+            {
+                throw new CoralModelException(path, "no_rope_layers", $"has {flags.Count} entries for {layers} layers.");
+            }
+
+            try
+            {
+                return flags.Select(f => f!.GetValue<int>() == 0).ToArray();
+            }
+            catch (Exception ex) when (ex is InvalidOperationException or FormatException or NullReferenceException)
+            {
+                throw new CoralModelException(path, "no_rope_layers", "must be a list of 0 and 1.", ex);
+            }
+        }
+
+        int interval = OptionalInt(root, path, "no_rope_layer_interval") ?? 4;
+        return Enumerable.Range(0, layers).Select(i => interval > 0 && (i + 1) % interval == 0).ToArray();
     }
 
     /// <summary>transformers' <c>Gemma3TextConfig</c> defaults: a multimodal checkpoint's <c>text_config</c> lists only

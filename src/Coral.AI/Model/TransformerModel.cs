@@ -25,7 +25,9 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly Tensor _head;        // [V, d], WeightType (the embedding itself when tied)
     private readonly RotaryTables _rope;
     private readonly RotaryTables? _localRope;   // the sliding layers' own tables (Gemma-3's local RoPE base)
-    private readonly bool[] _sliding;            // which layers attend through the sliding window
+    private readonly RotaryTables? _noRope;      // cos 1, sin 0: layers without RoPE (SmolLM3)
+    private readonly (RotaryTables Rope, bool Sliding)[] _kinds;   // the distinct (tables, window) pairs of the layers
+    private readonly int[] _kindOf;              // each layer's entry in _kinds
     private readonly CpuWorkspace? _work;  // CPU f32 layers: the kernel path (CpuKernels)
     private readonly PackedMatrix? _packedHead;   // the kernel path's LM head, when its values are bf16 or stored as f16 ([d, V])
     private readonly ScreenedHead? _screenedHead; // its int8 screen for greedy tokens
@@ -33,10 +35,26 @@ internal sealed unsafe class TransformerModel : IDisposable
     private readonly ScalarType _embedType;
 
     private TransformerModel(ModelConfig config, Device device, ScalarType weightType, DecoderLayer[] layers,
-        Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope, RotaryTables? localRope)
+        Tensor embed, Tensor finalNorm, Tensor head, RotaryTables rope, RotaryTables? localRope, RotaryTables? noRope)
     {
-        _localRope = localRope;
-        _sliding = Enumerable.Range(0, config.NumLayers).Select(config.IsSliding).ToArray();
+        (_localRope, _noRope) = (localRope, noRope);
+        // Each layer attends with one kind of step: its rotary tables (global, Gemma-3's local ones, or none) and whether
+        // its window slides. A forward builds each kind's step once, when its first layer comes.
+        var kinds = new List<(RotaryTables, bool)>();
+        _kindOf = Enumerable.Range(0, config.NumLayers).Select(l =>
+        {
+            bool sliding = config.IsSliding(l);
+            RotaryTables tables = !config.UsesRope(l) ? noRope! : sliding ? localRope ?? rope : rope;
+            int k = kinds.IndexOf((tables, sliding));
+            if (k < 0)
+            {
+                kinds.Add((tables, sliding));
+                k = kinds.Count - 1;
+            }
+
+            return k;
+        }).ToArray();
+        _kinds = kinds.ToArray();
         Config = config;
         Device = device;
         WeightType = weightType;
@@ -139,7 +157,9 @@ internal sealed unsafe class TransformerModel : IDisposable
             RotaryTables? localRope = c.LocalRopeTheta is double theta
                 ? new RotaryTables(c with { RopeTheta = theta, RopeScaling = null }, positions, device)
                 : null;
-            return new TransformerModel(c, device, weightType, layers.ToArray(), embed, finalNorm, head, rope, localRope);
+            // SmolLM3's layers without RoPE rotate by nothing: tables of no rotary dimensions (cos 1, sin 0).
+            RotaryTables? noRope = c.NoRopeLayers is { } none && none.Any(n => n) ? new RotaryTables(c with { RotaryDim = 0 }, positions, device) : null;
+            return new TransformerModel(c, device, weightType, layers.ToArray(), embed, finalNorm, head, rope, localRope, noRope);
         }
         catch
         {
@@ -200,12 +220,13 @@ internal sealed unsafe class TransformerModel : IDisposable
             x = x.mul_(Config.EmbeddingScale);
         }
 
-        // Global and sliding layers differ in the mask (and, for Gemma-3, the rotary tables): each is built once, when a
-        // layer of its kind comes.
-        LayerInputs? global = null, local = null;
-        LayerInputs Inputs(bool sliding)
+        // Layers of different kinds differ in the mask and the rotary tables: each kind's inputs are built once, when a
+        // layer of that kind comes.
+        var inputs = new LayerInputs?[_kinds.Length];
+        LayerInputs Inputs(int kind)
         {
-            var (cos, sin) = (sliding ? _localRope ?? _rope : _rope).At(start, t, positions);
+            var (tables, sliding) = _kinds[kind];
+            var (cos, sin) = tables.At(start, t, positions);
             Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions,
                 sliding ? Config.SlidingWindow : null, Device);
             if (pad && mask is not null)
@@ -218,8 +239,8 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         for (int l = 0; l < _layers.Length; l++)
         {
-            LayerInputs inputs = _sliding[l] ? local ??= Inputs(true) : global ??= Inputs(false);
-            x = _layers[l].Forward(x, inputs, cache.Keys[l], cache.Values[l]);
+            int k = _kindOf[l];
+            x = _layers[l].Forward(x, inputs[k] ??= Inputs(k), cache.Keys[l], cache.Values[l]);
         }
 
         cache.Length = start + t;
@@ -230,7 +251,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     {
         int t = ids.Length, start = cache.Length, d = Config.HiddenSize;
         CpuWorkspace.Views views = _work!.Rows(rows);
-        CpuStep? global = null, local = null;
+        var steps = new CpuStep?[_kinds.Length];
         GatherEmbeddings(ids, rows, _work.X);
         if (Config.EmbeddingScale != 1f)
         {
@@ -239,9 +260,8 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         for (int l = 0; l < _layers.Length; l++)
         {
-            CpuStep step = _sliding[l]
-                ? local ??= (_localRope ?? _rope).KernelStep(start, t, rows, positions, treeMask, Config.SlidingWindow)
-                : global ??= _rope.KernelStep(start, t, rows, positions, treeMask, null);
+            int k = _kindOf[l];
+            CpuStep step = steps[k] ??= _kinds[k].Rope.KernelStep(start, t, rows, positions, treeMask, _kinds[k].Sliding ? Config.SlidingWindow : null);
             _layers[l].ForwardCpu(step, _work, views, cache, l);
         }
 
@@ -297,12 +317,12 @@ internal sealed unsafe class TransformerModel : IDisposable
         return Softcap(y);
     }
 
-    /// <summary>The logits <paramref name="y"/> (f32) soft-capped in place, c·tanh(l/c), when the model caps them (Gemma-2's
-    /// <c>final_logit_softcapping</c>); the same arithmetic on every CPU path (<see cref="Softcap(Span{float})"/>), so tree
-    /// rows and one-token rows keep equal bits.</summary>
+    /// <summary>The logits <paramref name="y"/> (f32) finished in place where the model asks: divided by Granite's
+    /// <c>logits_scaling</c>, soft-capped as c·tanh(l/c) by Gemma-2's <c>final_logit_softcapping</c>; the same arithmetic
+    /// on every CPU path (<see cref="Softcap(Span{float})"/>), so tree rows and one-token rows keep equal bits.</summary>
     private Tensor Softcap(Tensor y)
     {
-        if (Config.FinalLogitSoftcap is not double c)
+        if (Config.FinalLogitSoftcap is null && Config.LogitDivisor == 1f)
         {
             return y;
         }
@@ -313,12 +333,22 @@ internal sealed unsafe class TransformerModel : IDisposable
             return y;
         }
 
-        return y.div_(c).tanh_().mul_(c);
+        if (Config.LogitDivisor != 1f)
+        {
+            y = y.div_(Config.LogitDivisor);
+        }
+
+        return Config.FinalLogitSoftcap is double c ? y.div_(c).tanh_().mul_(c) : y;
     }
 
-    /// <summary>Soft-caps f32 logits in place (see <see cref="Softcap(Tensor)"/>).</summary>
+    /// <summary>Finishes f32 logits in place (see <see cref="Softcap(Tensor)"/>).</summary>
     private void Softcap(Span<float> logits)
     {
+        if (Config.LogitDivisor != 1f)
+        {
+            TensorPrimitives.Divide(logits, Config.LogitDivisor, logits);
+        }
+
         if (Config.FinalLogitSoftcap is double c)
         {
             TensorPrimitives.Multiply(logits, (float)(1 / c), logits);
@@ -398,6 +428,7 @@ internal sealed unsafe class TransformerModel : IDisposable
         _head.Dispose();
         _rope.Dispose();
         _localRope?.Dispose();
+        _noRope?.Dispose();
         _work?.Dispose();
         _packedHead?.Dispose();
     }

@@ -110,6 +110,17 @@ internal static class ModelZoo
     /// <summary>Phi-4-mini's partial rotation (0.75: 12 of 16 dimensions) over fused bf16 weights.</summary>
     public static TinyModelSpec Phi3Partial => Phi3 with { PartialRotaryFactor = 0.75, StorageDType = "BF16", Seed = 109 };
 
+    /// <summary>A Granite layout: a Llama with multipliers on the embedding (3), q·k (0.1), the residual branches (0.6) and
+    /// the logits (÷2.5).</summary>
+    public static TinyModelSpec Granite => Llama with { Architecture = "GraniteForCausalLM", Tied = true, Seed = 149 };
+
+    public static TinyModelSpec GraniteBf16 => Granite with { StorageDType = "BF16", Seed = 151 };
+
+    /// <summary>A SmolLM3 layout: eight layers, the fourth and eighth without RoPE.</summary>
+    public static TinyModelSpec SmolLM3 => Llama with { Architecture = "SmolLM3ForCausalLM", Layers = 8, Tied = true, RopeTheta = 5000000, Seed = 157 };
+
+    public static TinyModelSpec SmolLM3Bf16 => SmolLM3 with { StorageDType = "BF16", Seed = 163 };
+
     /// <summary>A Gemma-2 layout: layer 0 slides (window 8), layer 1 is global; caps small enough that random weights reach
     /// them (real Gemma-2: 50 and 30).</summary>
     public static TinyModelSpec Gemma2 => new()

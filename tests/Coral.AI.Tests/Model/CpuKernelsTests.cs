@@ -34,6 +34,10 @@ public class CpuKernelsTests
     [InlineData("gemma2-bf16", true)]
     [InlineData("gemma3", true)]
     [InlineData("gemma3-bf16", false)]
+    [InlineData("granite", true)]
+    [InlineData("granite-bf16", false)]
+    [InlineData("smollm3", false)]
+    [InlineData("smollm3-bf16", true)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

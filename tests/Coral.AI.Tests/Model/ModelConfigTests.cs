@@ -108,4 +108,46 @@ public class ModelConfigTests
         File.WriteAllText(Path.Combine(dynamic, "config.json"), config.ToJsonString());
         Assert.Contains("rope_scaling.factor", Assert.Throws<CoralModelException>(() => ModelConfig.Load(Path.Combine(dynamic, "config.json"))).Message);
     }
+
+    [Fact]
+    public void GraniteConfig_ReadsItsMultipliers()
+    {
+        // The fields Granite 3.x configs carry (values of granite-3.3-2b-instruct's kind).
+        string path = Path.Combine(ModelZoo.TempFolder("config-granite"), "config.json");
+        File.WriteAllText(path, """
+            {"architectures": ["GraniteForCausalLM"], "model_type": "granite", "hidden_size": 2048, "intermediate_size": 8192,
+             "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 49159,
+             "embedding_multiplier": 12.0, "attention_multiplier": 0.015625, "residual_multiplier": 0.22, "logits_scaling": 8.0,
+             "mlp_bias": false, "attention_bias": false, "tie_word_embeddings": true, "rope_theta": 10000000.0}
+            """);
+        ModelConfig c = ModelConfig.Load(path);
+        Assert.Equal(ModelFamily.Granite, c.Family);
+        Assert.Equal((12f, 0.015625, 0.22f, 8f), (c.EmbeddingScale, c.AttentionScale, c.ResidualScale, c.LogitDivisor));
+
+        File.WriteAllText(path, File.ReadAllText(path).Replace("\"mlp_bias\": false", "\"mlp_bias\": true", StringComparison.Ordinal));
+        Assert.Contains("mlp_bias", Assert.Throws<CoralModelException>(() => ModelConfig.Load(path)).Message);
+    }
+
+    [Fact]
+    public void SmolLM3Config_ReadsItsLayersWithoutRope()
+    {
+        string path = Path.Combine(ModelZoo.TempFolder("config-smollm3"), "config.json");
+        var config = new JsonObject
+        {
+            ["architectures"] = new JsonArray("SmolLM3ForCausalLM"), ["hidden_size"] = 2048, ["intermediate_size"] = 11008,
+            ["num_hidden_layers"] = 36, ["num_attention_heads"] = 16, ["num_key_value_heads"] = 4, ["vocab_size"] = 128256,
+            ["no_rope_layer_interval"] = 4,
+        };
+        File.WriteAllText(path, config.ToJsonString());
+        // Without no_rope_layers: every fourth layer, as transformers fills it.
+        Assert.Equal(Enumerable.Range(0, 36).Select(i => (i + 1) % 4 != 0), Enumerable.Range(0, 36).Select(ModelConfig.Load(path).UsesRope));
+
+        config["no_rope_layers"] = new JsonArray(Enumerable.Range(0, 36).Select(i => (JsonNode)(i < 30 ? 1 : 0)).ToArray());
+        File.WriteAllText(path, config.ToJsonString());
+        Assert.Equal(Enumerable.Range(0, 36).Select(i => i < 30), Enumerable.Range(0, 36).Select(ModelConfig.Load(path).UsesRope));
+
+        config["no_rope_layers"] = new JsonArray(1, 0);
+        File.WriteAllText(path, config.ToJsonString());
+        Assert.Contains("no_rope_layers", Assert.Throws<CoralModelException>(() => ModelConfig.Load(path)).Message);
+    }
 }

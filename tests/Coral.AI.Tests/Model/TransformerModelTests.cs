@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -41,6 +41,10 @@ public class TransformerModelTests
         "gemma2-bf16" => ModelZoo.Get(name, ModelZoo.Gemma2Bf16),
         "gemma3-bf16" => ModelZoo.Get(name, ModelZoo.Gemma3Bf16),
         "gemma3-sentencepiece" => ModelZoo.Get(name, ModelZoo.Gemma3SentencePiece),
+        "granite" => ModelZoo.Get(name, ModelZoo.Granite),
+        "granite-bf16" => ModelZoo.Get(name, ModelZoo.GraniteBf16),
+        "smollm3" => ModelZoo.Get(name, ModelZoo.SmolLM3),
+        "smollm3-bf16" => ModelZoo.Get(name, ModelZoo.SmolLM3Bf16),
         _ => throw new ArgumentException(name),
     };
 
@@ -171,6 +175,9 @@ public class TransformerModelTests
     [InlineData("gemma2", "bfloat16")]
     [InlineData("gemma2-bf16", "float32")]
     [InlineData("gemma3-bf16", "float32")]
+    [InlineData("granite-bf16", "float32")]
+    [InlineData("granite", "bfloat16")]
+    [InlineData("smollm3-bf16", "float32")]
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
     {
         // f32 layers verify with a bf16 LM head (the CPU speculative form): f32 GEMMs are batch-invariant from two rows

@@ -31,6 +31,10 @@ public class SpeculativeDecodingTests
         { "mistral-f16", "random", 4, 4, 12, "float32" },
         { "llama-successor-f16", "random", 4, 8, 16, "float32" },
         { "qwen2-partial", "copy", 3, 4, 8, "float32" },
+        { "granite-bf16", "random", 4, 4, 12, "float32" },
+        { "granite", "random", 3, 4, 8, "bfloat16" },
+        { "smollm3-bf16", "copy", 4, 4, 12, "float32" },
+        { "gemma2", "random", 4, 4, 12, "float32" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
