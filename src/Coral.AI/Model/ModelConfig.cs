@@ -317,6 +317,12 @@ internal sealed record ModelConfig
             throw new CoralModelException(path, "mlp_bias", "MLP biases are not supported.");
         }
 
+        // The Llama-family MLPs are SwiGLU: another activation would be computed silently wrong.
+        if (!gemma && root["hidden_act"] is JsonValue act && act.TryGetValue(out string? name) && name is not ("silu" or "swish"))
+        {
+            throw new CoralModelException(path, "hidden_act", $"'{name}' is not supported for {arch}; supported: silu.");
+        }
+
         return family switch
         {
             ModelFamily.Gemma2 or ModelFamily.Gemma3 => WithGemma(config, root, path, window),

@@ -129,6 +129,19 @@ public class ModelConfigTests
     }
 
     [Fact]
+    public void LlamaWithAnotherActivation_IsRefusedNamingTheField()
+    {
+        string path = Path.Combine(ModelZoo.TempFolder("config-gelu-llama"), "config.json");
+        File.WriteAllText(path, """
+            {"architectures": ["LlamaForCausalLM"], "hidden_act": "gelu", "hidden_size": 64, "intermediate_size": 128,
+             "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 100}
+            """);
+        Assert.Contains("hidden_act", Assert.Throws<CoralModelException>(() => ModelConfig.Load(path)).Message);
+        File.WriteAllText(path, File.ReadAllText(path).Replace("\"gelu\"", "\"silu\"", StringComparison.Ordinal));
+        Assert.Equal(ModelFamily.Llama, ModelConfig.Load(path).Family);
+    }
+
+    [Fact]
     public void SmolLM3Config_ReadsItsLayersWithoutRope()
     {
         string path = Path.Combine(ModelZoo.TempFolder("config-smollm3"), "config.json");
