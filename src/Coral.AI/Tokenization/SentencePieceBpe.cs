@@ -14,8 +14,8 @@ internal enum SentencePiecePrepend
 }
 
 /// <summary>
-/// SentencePiece-style BPE as tokenizer.json describes it for Llama-2 and Mistral v0.1: spaces become '▁', a '▁' is
-/// prepended, merges apply by rank over characters, and characters outside the vocabulary fall back to
+/// SentencePiece-style BPE as tokenizer.json describes it for Llama-2, Mistral v0.1 and Gemma: spaces become '▁', a '▁'
+/// is prepended (not for Gemma), merges apply by rank over characters, and characters outside the vocabulary fall back to
 /// <c>&lt;0xNN&gt;</c> byte tokens.
 /// </summary>
 internal sealed class SentencePieceBpe
@@ -29,6 +29,9 @@ internal sealed class SentencePieceBpe
     private readonly SentencePiecePrepend _prepend;
     private readonly bool _split;
     private readonly Dictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+
+    /// <summary>The longest word whose ids are cached.</summary>
+    private const int MaxCachedWord = 256;
 
     public SentencePieceBpe(Dictionary<string, int> vocab, List<(string, string)> merges, bool byteFallback, int? unk, SentencePiecePrepend prepend, bool split)
     {
@@ -102,39 +105,15 @@ internal sealed class SentencePieceBpe
             return;
         }
 
-        if (_cache.TryGetValue(word, out int[]? cached))
+        // Short words only: without a pre-tokenizer (Llama-2, Gemma) a "word" is a whole segment of the prompt.
+        bool cacheable = word.Length <= MaxCachedWord;
+        if (cacheable && _cache.TryGetValue(word, out int[]? cached))
         {
             ids.AddRange(cached);
             return;
         }
 
-        var symbols = new List<string>();
-        for (int i = 0; i < word.Length; i += char.IsSurrogatePair(word, i) ? 2 : 1)
-        {
-            symbols.Add(char.IsSurrogatePair(word, i) ? word.Substring(i, 2) : word[i].ToString());
-        }
-
-        while (symbols.Count > 1)
-        {
-            int best = -1, bestRank = int.MaxValue;
-            for (int i = 0; i + 1 < symbols.Count; i++)
-            {
-                if (_ranks.TryGetValue((symbols[i], symbols[i + 1]), out int r) && r < bestRank)
-                {
-                    bestRank = r;
-                    best = i;
-                }
-            }
-
-            if (best < 0)
-            {
-                break;
-            }
-
-            symbols[best] += symbols[best + 1];
-            symbols.RemoveAt(best + 1);
-        }
-
+        List<string> symbols = Merge(word);
         var result = new List<int>(symbols.Count);
         foreach (string sym in symbols)
         {
@@ -152,11 +131,74 @@ internal sealed class SentencePieceBpe
             }
         }
 
-        if (_cache.Count < 100_000)
+        if (cacheable && _cache.Count < 100_000)
         {
             _cache[word] = result.ToArray();
         }
 
         ids.AddRange(result);
+    }
+
+    /// <summary>
+    /// The word's characters merged as BPE does: always the pair of lowest merge rank next, the leftmost of equal ones,
+    /// until no adjacent pair has a merge. A heap of candidate pairs (rank, left position) over a linked list of symbols
+    /// makes it O(n log n) — the rescan of every pair after each merge was O(n²), minutes for a long prompt without a
+    /// pre-tokenizer. Entries whose pair has changed since they were pushed are skipped when popped (a rank names one pair).
+    /// </summary>
+    internal List<string> Merge(string word)
+    {
+        var symbols = new List<string?>();
+        for (int i = 0; i < word.Length; i += char.IsSurrogatePair(word, i) ? 2 : 1)
+        {
+            symbols.Add(char.IsSurrogatePair(word, i) ? word.Substring(i, 2) : word[i].ToString());
+        }
+
+        int n = symbols.Count;
+        var next = new int[n];
+        var prev = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            (prev[i], next[i]) = (i - 1, i + 1 < n ? i + 1 : -1);
+        }
+
+        var heap = new PriorityQueue<int, (int Rank, int Position)>();
+        void Push(int i)
+        {
+            if (next[i] >= 0 && _ranks.TryGetValue((symbols[i]!, symbols[next[i]]!), out int rank))
+            {
+                heap.Enqueue(i, (rank, i));
+            }
+        }
+
+        for (int i = 0; i + 1 < n; i++)
+        {
+            Push(i);
+        }
+
+        while (heap.TryDequeue(out int left, out var key))
+        {
+            int right = next[left];
+            if (symbols[left] is not string a || right < 0 || !_ranks.TryGetValue((a, symbols[right]!), out int rank) || rank != key.Rank)
+            {
+                continue;   // merged away, or its pair changed since
+            }
+
+            symbols[left] = a + symbols[right];
+            symbols[right] = null;
+            next[left] = next[right];
+            if (next[right] >= 0)
+            {
+                prev[next[right]] = left;
+            }
+
+            if (prev[left] >= 0)
+            {
+                Push(prev[left]);
+            }
+
+            Push(left);
+        }
+
+        return symbols.Where(x => x is not null).ToList()!;
     }
 }
