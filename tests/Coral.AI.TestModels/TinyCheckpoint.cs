@@ -151,6 +151,7 @@ public static class TinyCheckpoint
                 "Gemma3ForCausalLM" => "gemma3_text",
                 "GraniteForCausalLM" => "granite",
                 "SmolLM3ForCausalLM" => "smollm3",
+                "Olmo2ForCausalLM" => "olmo2",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -277,7 +278,11 @@ public static class TinyCheckpoint
         for (int i = 0; i < spec.Layers; i++)
         {
             string p = $"model.layers.{i}.";
-            tensors.Add(new(p + "input_layernorm.weight", Vec(d, norm, 0.1)));
+            if (spec.Architecture != "Olmo2ForCausalLM")
+            {
+                tensors.Add(new(p + "input_layernorm.weight", Vec(d, norm, 0.1)));   // OLMo-2 has norms after attention and MLP only
+            }
+
             tensors.Add(new(p + "self_attn.q_proj.weight", Linear(spec.Heads * headDim, d)));
             tensors.Add(new(p + "self_attn.k_proj.weight", Linear(spec.KvHeads * headDim, d)));
             tensors.Add(new(p + "self_attn.v_proj.weight", Linear(spec.KvHeads * headDim, d)));
@@ -286,6 +291,13 @@ public static class TinyCheckpoint
                 tensors.Add(new(p + "self_attn.q_proj.bias", Vec(spec.Heads * headDim, 0, 0.1)));
                 tensors.Add(new(p + "self_attn.k_proj.bias", Vec(spec.KvHeads * headDim, 0, 0.1)));
                 tensors.Add(new(p + "self_attn.v_proj.bias", Vec(spec.KvHeads * headDim, 0, 0.1)));
+            }
+
+            if (spec.Architecture == "Olmo2ForCausalLM")
+            {
+                // OLMo-2 normalises q and k over their whole projections.
+                tensors.Add(new(p + "self_attn.q_norm.weight", Vec(spec.Heads * headDim, 1, 0.1)));
+                tensors.Add(new(p + "self_attn.k_norm.weight", Vec(spec.KvHeads * headDim, 1, 0.1)));
             }
 
             if (spec.Architecture is "Qwen3ForCausalLM" or "Gemma3ForCausalLM")
@@ -304,6 +316,10 @@ public static class TinyCheckpoint
             if (spec.IsGemma)
             {
                 tensors.Add(new(p + "pre_feedforward_layernorm.weight", Vec(d, norm, 0.1)));
+            }
+
+            if (spec.IsGemma || spec.Architecture == "Olmo2ForCausalLM")
+            {
                 tensors.Add(new(p + "post_feedforward_layernorm.weight", Vec(d, norm, 0.1)));
             }
 

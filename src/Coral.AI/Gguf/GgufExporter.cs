@@ -41,6 +41,7 @@ public static class GgufExporter
             ModelFamily.Gemma3 => "gemma3",
             ModelFamily.Granite => "granite",
             ModelFamily.SmolLM3 => "smollm3",
+            ModelFamily.Olmo2 => "olmo2",
             _ => "qwen3",
         };
         bool gemma = c.Family is ModelFamily.Gemma2 or ModelFamily.Gemma3;
@@ -149,7 +150,11 @@ public static class GgufExporter
         for (int i = 0; i < c.NumLayers; i++)
         {
             string h = $"{root}layers.{i}.", b = $"blk.{i}.";
-            Put(b + "attn_norm.weight", h + "input_layernorm.weight", [d], norm: true);
+            if (c.NormPlacement != NormPlacement.Post)
+            {
+                Put(b + "attn_norm.weight", h + "input_layernorm.weight", [d], norm: true);
+            }
+
             if (c.FusedProjections)
             {
                 Put(b + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", [nq + 2 * nkv, d]);   // phi3: NEOX RoPE, no permutation
@@ -174,21 +179,30 @@ public static class GgufExporter
                 Put(b + "attn_output.bias", h + "self_attn.o_proj.bias", [d]);
             }
 
-            if (c.QkNorm)
+            if (c.QkNorm && c.QkNormWholeProjection)
+            {
+                Put(b + "attn_q_norm.weight", h + "self_attn.q_norm.weight", [nq], norm: true);
+                Put(b + "attn_k_norm.weight", h + "self_attn.k_norm.weight", [nkv], norm: true);
+            }
+            else if (c.QkNorm)
             {
                 Put(b + "attn_q_norm.weight", h + "self_attn.q_norm.weight", [hd], norm: true);
                 Put(b + "attn_k_norm.weight", h + "self_attn.k_norm.weight", [hd], norm: true);
             }
 
-            if (c.SandwichNorms)
+            if (c.NormPlacement == NormPlacement.Pre)
             {
-                Put(b + "post_attention_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
-                Put(b + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", [d], norm: true);
-                Put(b + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", [d], norm: true);
+                Put(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
             }
             else
             {
-                Put(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
+                Put(b + "post_attention_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
+                if (c.NormPlacement == NormPlacement.Sandwich)
+                {
+                    Put(b + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", [d], norm: true);
+                }
+
+                Put(b + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", [d], norm: true);
             }
             if (c.FusedProjections)
             {

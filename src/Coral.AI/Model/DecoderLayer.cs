@@ -54,10 +54,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
     // Projections are [out, in] in bf16, [in, out] in f32 (Projection); null once packed (PackedMatrix holds them then).
     private readonly Tensor? _qkv;        // [(H + 2Hkv)·hd, d]
     private readonly Tensor? _qkvBias;
-    private readonly Tensor? _qkNorm;     // [H + Hkv, hd] f32 (Qwen3)
+    private readonly Tensor? _qkNorm;     // [H + Hkv, hd] f32 (Qwen3, Gemma-3); [(H + Hkv)·hd] over whole projections (OLMo-2)
+    private readonly bool _qkNormWhole;
     private readonly Tensor? _o;          // [d, H·hd]
     private readonly Tensor? _oBias;
-    private readonly Tensor _mlpNorm;     // [d] f32
+    private readonly Tensor? _mlpNorm;    // [d] f32; null for OLMo-2 (no norm before the MLP)
     private readonly Tensor? _postAttnNorm, _postMlpNorm;   // [d] f32 (Gemma's norms on the attention and MLP outputs)
     private readonly Tensor? _gateUp;     // [2·ff, d]
     private readonly Tensor? _down;       // [d, ff]
@@ -73,12 +74,13 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor? qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor? o, Tensor? oBias,
-        (Tensor Mlp, Tensor? PostAttn, Tensor? PostMlp) norms, Tensor? gateUp, Tensor? down, bool cpuKernels, PackedMatrix[]? prepacked = null)
+        (Tensor? Mlp, Tensor? PostAttn, Tensor? PostMlp) norms, Tensor? gateUp, Tensor? down, bool cpuKernels, PackedMatrix[]? prepacked = null)
     {
         UsesCpuKernels = prepacked is not null
             || (cpuKernels && CpuKernels.Enabled && qkv!.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU);
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, gateUp, down);
         (_mlpNorm, _postAttnNorm, _postMlpNorm) = norms;
+        _qkNormWhole = c.QkNormWholeProjection;
         (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
         (_scale, _softcap, _activation, _residualScale) = (c.AttentionScale, c.AttentionSoftcap, c.Activation, c.ResidualScale);
         (_d, _ff) = (c.HiddenSize, c.IntermediateSize);
@@ -120,13 +122,19 @@ internal sealed unsafe class DecoderLayer : IDisposable
         Tensor Norm(string name, long n) => LoadNorm(reader, prefix + name, n, c, device);
         // A Llama's pre-MLP norm is post_attention_layernorm; Gemma's normalises the attention output, and
         // pre/post_feedforward_layernorm surround the MLP.
-        (Tensor, Tensor?, Tensor?) Norms() => c.SandwichNorms
-            ? (Norm("pre_feedforward_layernorm.weight", d), Norm("post_attention_layernorm.weight", d), Norm("post_feedforward_layernorm.weight", d))
-            : (Norm("post_attention_layernorm.weight", d), null, null);
+        (Tensor?, Tensor?, Tensor?) Norms() => c.NormPlacement switch
+        {
+            NormPlacement.Sandwich => (Norm("pre_feedforward_layernorm.weight", d), Norm("post_attention_layernorm.weight", d), Norm("post_feedforward_layernorm.weight", d)),
+            NormPlacement.Post => (null, Norm("post_attention_layernorm.weight", d), Norm("post_feedforward_layernorm.weight", d)),
+            _ => (Norm("post_attention_layernorm.weight", d), null, null),
+        };
+        inputNorm &= c.NormPlacement != NormPlacement.Post;
         Tensor? QkvBias() => c.QkvBias
             ? Reorder(torch.cat([W("self_attn.q_proj.bias", nq), W("self_attn.k_proj.bias", nkv), W("self_attn.v_proj.bias", nkv)]), RotaryRows(c), 0)
             : null;
-        Tensor? QkNorm() => c.QkNorm
+        Tensor? QkNorm() => c.QkNorm && c.QkNormWholeProjection
+            ? Reorder(torch.cat([Norm("self_attn.q_norm.weight", nq), Norm("self_attn.k_norm.weight", nkv)]), RotaryRows(c)?[..(int)(nq + nkv)], 0)
+            : c.QkNorm
             ? Reorder(torch.cat([Norm("self_attn.q_norm.weight", hd).unsqueeze(0).expand(c.NumHeads, hd), Norm("self_attn.k_norm.weight", hd).unsqueeze(0).expand(c.NumKvHeads, hd)]),
                 c.RotaryOrder()?.Select(i => (long)i).ToArray(), 1)
             : null;
@@ -160,7 +168,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d).MoveToOuterDisposeScope() : null, null,
                 QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope(), null,
                 c.OutputBias ? W("self_attn.o_proj.bias", d).MoveToOuterDisposeScope() : null,
-                (mlpNorm.MoveToOuterDisposeScope(), postAttn?.MoveToOuterDisposeScope(), postMlp?.MoveToOuterDisposeScope()), null, null, cpuKernels, direct);
+                (mlpNorm?.MoveToOuterDisposeScope(), postAttn?.MoveToOuterDisposeScope(), postMlp?.MoveToOuterDisposeScope()), null, null, cpuKernels, direct);
         }
 
         Tensor? qkvBias, qkNorm;
@@ -327,8 +335,16 @@ internal sealed unsafe class DecoderLayer : IDisposable
             qkv = qkv.to(ScalarType.Float32);
         }
 
-        Tensor qk = qkv.narrow(1, 0, (_heads + _kvHeads) * hd).view(rows, _heads + _kvHeads, hd);
-        if (_qkNorm is not null)
+        Tensor qk = qkv.narrow(1, 0, (_heads + _kvHeads) * hd);
+        if (_qkNorm is not null && _qkNormWhole)
+        {
+            // OLMo-2: q over all its heads, k over all its heads.
+            qk = torch.cat([RmsNorm(qk.narrow(1, 0, _heads * hd), _qkNorm.narrow(0, 0, _heads * hd), _eps),
+                RmsNorm(qk.narrow(1, _heads * hd, _kvHeads * hd), _qkNorm.narrow(0, _heads * hd, _kvHeads * hd), _eps)], 1);
+        }
+
+        qk = qk.view(rows, _heads + _kvHeads, hd);
+        if (_qkNorm is not null && !_qkNormWhole)
         {
             qk = RmsNorm(qk, _qkNorm, _eps);
         }
@@ -353,7 +369,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         Tensor o = Project(att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd), _o!, _oBias);
         x = x + Branch(_postAttnNorm is null ? o : RmsNorm(o, _postAttnNorm, _eps));
 
-        Tensor gateUp = Project(RmsNorm(x, _mlpNorm, _eps), _gateUp!, null);
+        Tensor gateUp = Project(_mlpNorm is null ? x : RmsNorm(x, _mlpNorm, _eps), _gateUp!, null);
         Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU/GeGLU in f32
         Tensor mlp = Project((_activation == MlpActivation.GeluTanh ? GeluTanh(gu[0]) : F.silu(gu[0])) * gu[1], _down!, null);
         return x + Branch(_postMlpNorm is null ? mlp : RmsNorm(mlp, _postMlpNorm, _eps));
@@ -391,7 +407,18 @@ internal sealed unsafe class DecoderLayer : IDisposable
             CpuKernels.AddRows(work.Qkv, _qkvBiasP, rows, qkvWidth);
         }
 
-        CpuKernels.RopeAndCache(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions, _qkNormP, eps,
+        if (_qkNormWhole)
+        {
+            // OLMo-2: q over all its heads, k over all its heads, before RoPE.
+            for (int r = 0; r < rows; r++)
+            {
+                float* q = work.Qkv + ((long)r * qkvWidth), k = q + (_heads * hd);
+                CpuKernels.RmsNorm(q, _qkNormP, q, 1, _heads * hd, eps);
+                CpuKernels.RmsNorm(k, _qkNormP + (_heads * hd), k, 1, _kvHeads * hd, eps);
+            }
+        }
+
+        CpuKernels.RopeAndCache(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions, _qkNormWhole ? null : _qkNormP, eps,
             cache, layer, s.Start);
         CpuKernels.Attention(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, cache, layer, s.Start + s.Count, s.Mask,
             (float)_scale, work.O, (float)(_softcap ?? 0));
@@ -407,8 +434,15 @@ internal sealed unsafe class DecoderLayer : IDisposable
         }
 
         AddBranch(work, rows);
-        CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
-        Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);
+        if (_mlpNormP != null)
+        {
+            CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
+            Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);
+        }
+        else
+        {
+            Gemm(_gateUpP, _gateUp, v.X, work.X, v.GateUp, work.GateUp, rows);   // OLMo-2: the residual stream itself
+        }
         if (_activation == MlpActivation.GeluTanh)
         {
             CpuKernels.GeluTanhMul(work.GateUp, work.Act, rows, _ff);

@@ -28,6 +28,25 @@ internal enum ModelFamily
 
     /// <summary>SmolLM3 (<c>SmolLM3ForCausalLM</c>): a Llama whose every fourth layer (<c>no_rope_layers</c>) has no RoPE.</summary>
     SmolLM3,
+
+    /// <summary>OLMo-2 (<c>Olmo2ForCausalLM</c>): norms after attention and MLP only, q and k normalised over their whole
+    /// projections.</summary>
+    Olmo2,
+}
+
+/// <summary>Where a layer's RMSNorms sit.</summary>
+internal enum NormPlacement
+{
+    /// <summary>Llama: before attention (<c>input_layernorm</c>) and before the MLP (<c>post_attention_layernorm</c>).</summary>
+    Pre,
+
+    /// <summary>Gemma-2/3: before and after each of attention and MLP (<c>input_layernorm</c>, <c>post_attention_layernorm</c>,
+    /// <c>pre_feedforward_layernorm</c>, <c>post_feedforward_layernorm</c>).</summary>
+    Sandwich,
+
+    /// <summary>OLMo-2: only after each (<c>post_attention_layernorm</c>, <c>post_feedforward_layernorm</c>), before the
+    /// residual adds.</summary>
+    Post,
 }
 
 /// <summary>The MLP's gate activation.</summary>
@@ -172,10 +191,12 @@ internal sealed record ModelConfig
     /// one, so the forward's norms are the plain <c>x̂ · w</c>.</summary>
     public bool NormWeightsOffsetByOne { get; init; }
 
-    /// <summary>Gets whether each layer normalises the attention output (<c>post_attention_layernorm</c>) and the MLP's
-    /// input and output (<c>pre_feedforward_layernorm</c>, <c>post_feedforward_layernorm</c>) before the residual adds
-    /// (Gemma-2/3), rather than a Llama's pre-MLP <c>post_attention_layernorm</c>.</summary>
-    public bool SandwichNorms { get; init; }
+    /// <summary>Gets where each layer's norms sit (Llama's pre-norms, Gemma's sandwich, OLMo-2's post-norms).</summary>
+    public NormPlacement NormPlacement { get; init; }
+
+    /// <summary>Gets whether the q and k norms (<see cref="QkNorm"/>) normalise each whole projection (OLMo-2:
+    /// <c>q_norm</c> over heads·head_dim) rather than each head.</summary>
+    public bool QkNormWholeProjection { get; init; }
 
     /// <summary>Gets the MLP's gate activation.</summary>
     public MlpActivation Activation { get; init; }
@@ -237,9 +258,10 @@ internal sealed record ModelConfig
             "Gemma3ForCausalLM" => ModelFamily.Gemma3,
             "GraniteForCausalLM" => ModelFamily.Granite,
             "SmolLM3ForCausalLM" => ModelFamily.SmolLM3,
+            "Olmo2ForCausalLM" => ModelFamily.Olmo2,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM."),
         };
 
 
@@ -334,6 +356,7 @@ internal sealed record ModelConfig
                 LogitDivisor = (float)(OptionalDouble(root, path, "logits_scaling") ?? 1.0),
             },
             ModelFamily.SmolLM3 => config with { NoRopeLayers = NoRope(root, path, layers) },
+            ModelFamily.Olmo2 => config with { NormPlacement = NormPlacement.Post, QkNorm = true, QkNormWholeProjection = true },
             _ => config,
         };
     }
@@ -463,7 +486,7 @@ internal sealed record ModelConfig
         {
             Activation = MlpActivation.GeluTanh,
             NormWeightsOffsetByOne = true,
-            SandwichNorms = true,
+            NormPlacement = NormPlacement.Sandwich,
             EmbeddingScale = scale,
             QueryPreAttentionScalar = OptionalDouble(root, path, "query_pre_attn_scalar") ?? 256,
             AttentionSoftcap = Cap("attn_logit_softcapping", two ? 50.0 : null),

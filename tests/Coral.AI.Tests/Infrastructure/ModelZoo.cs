@@ -119,6 +119,11 @@ internal static class ModelZoo
     /// <summary>A SmolLM3 layout: eight layers, the fourth and eighth without RoPE.</summary>
     public static TinyModelSpec SmolLM3 => Llama with { Architecture = "SmolLM3ForCausalLM", Layers = 8, Tied = true, RopeTheta = 5000000, Seed = 157 };
 
+    /// <summary>An OLMo-2 layout: norms after attention and MLP only, q/k norms over the whole projections.</summary>
+    public static TinyModelSpec Olmo2 => Llama with { Architecture = "Olmo2ForCausalLM", Layers = 3, RopeTheta = 500000, Seed = 167 };
+
+    public static TinyModelSpec Olmo2Bf16 => Olmo2 with { StorageDType = "BF16", Seed = 173 };
+
     public static TinyModelSpec SmolLM3Bf16 => SmolLM3 with { StorageDType = "BF16", Seed = 163 };
 
     /// <summary>A Gemma-2 layout: layer 0 slides (window 8), layer 1 is global; caps small enough that random weights reach

@@ -38,6 +38,8 @@ public class CpuKernelsTests
     [InlineData("granite-bf16", false)]
     [InlineData("smollm3", false)]
     [InlineData("smollm3-bf16", true)]
+    [InlineData("olmo2", true)]
+    [InlineData("olmo2-bf16", false)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

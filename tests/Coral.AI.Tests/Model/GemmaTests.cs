@@ -129,7 +129,7 @@ public class GemmaTests
         Assert.Equal((50.0, 30.0), (c.AttentionSoftcap, c.FinalLogitSoftcap));
         Assert.Equal(1.0 / 16, c.AttentionScale);
         Assert.Equal(48f, c.EmbeddingScale);
-        Assert.True(c.TieWordEmbeddings && c.NormWeightsOffsetByOne && c.SandwichNorms && !c.QkNorm);
+        Assert.True(c.TieWordEmbeddings && c.NormWeightsOffsetByOne && c.NormPlacement == NormPlacement.Sandwich && !c.QkNorm);
         Assert.Equal(MlpActivation.GeluTanh, c.Activation);
         Assert.Equal(4096, c.SlidingWindow);
         Assert.Equal(Enumerable.Range(0, 26).Select(i => i % 2 == 0), Enumerable.Range(0, 26).Select(c.IsSliding));

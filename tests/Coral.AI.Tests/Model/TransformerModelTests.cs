@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -45,6 +45,8 @@ public class TransformerModelTests
         "granite-bf16" => ModelZoo.Get(name, ModelZoo.GraniteBf16),
         "smollm3" => ModelZoo.Get(name, ModelZoo.SmolLM3),
         "smollm3-bf16" => ModelZoo.Get(name, ModelZoo.SmolLM3Bf16),
+        "olmo2" => ModelZoo.Get(name, ModelZoo.Olmo2),
+        "olmo2-bf16" => ModelZoo.Get(name, ModelZoo.Olmo2Bf16),
         _ => throw new ArgumentException(name),
     };
 
@@ -178,6 +180,8 @@ public class TransformerModelTests
     [InlineData("granite-bf16", "float32")]
     [InlineData("granite", "bfloat16")]
     [InlineData("smollm3-bf16", "float32")]
+    [InlineData("olmo2-bf16", "float32")]
+    [InlineData("olmo2", "bfloat16")]
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
     {
         // f32 layers verify with a bf16 LM head (the CPU speculative form): f32 GEMMs are batch-invariant from two rows

@@ -35,6 +35,7 @@ public class SpeculativeDecodingTests
         { "granite", "random", 3, 4, 8, "bfloat16" },
         { "smollm3-bf16", "copy", 4, 4, 12, "float32" },
         { "gemma2", "random", 4, 4, 12, "float32" },
+        { "olmo2-bf16", "random", 4, 4, 12, "float32" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
