@@ -166,9 +166,17 @@ internal static unsafe class CpuKernels
             {
                 // Keys are stored transposed, [kvHeads, hd, keyStride], so that scores come 16 keys to a vector.
                 float* k = qkv + (long)r * stride + (long)(heads + g) * hd, kt = keys + (long)g * hd * keyStride + start + r;
+                // A key that opens a 16-key block clears the block's other lanes: the score loop reads whole blocks, and
+                // the cache is allocated unwritten (KvCache), so they could hold anything — subnormals cost microcode
+                // assists even in lanes whose scores are never used.
+                bool opensBlock = (start + r) % 16 == 0;
                 for (int d = 0; d < hd; d++)
                 {
                     kt[(long)d * keyStride] = k[d];
+                    if (opensBlock)
+                    {
+                        new Span<float>(kt + ((long)d * keyStride) + 1, 15).Clear();
+                    }
                 }
 
                 new ReadOnlySpan<float>(qkv + (long)r * stride + (long)(qkHeads + g) * hd, hd)

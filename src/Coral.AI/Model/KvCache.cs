@@ -31,8 +31,8 @@ internal sealed unsafe class KvCache : IDisposable
         Values = new Tensor[config.NumLayers];
         // Allocated once for the whole context but not written: on CPU the pages become resident as slots fill (an 8B
         // model's 4,096-slot f32 cache is 1 GB, most of it never touched by a short chat). No slot is read before it is
-        // written — attention reads slots below the length, and the kernels' last 16-key block beyond it only into
-        // scores that are never used.
+        // written — attention reads slots below the length; the kernels' score loop reads the rest of the last 16-key
+        // block too (into scores never used), which the key opening each block clears (CpuKernels.RopeAndCache).
         Func<long[], ScalarType, Device, Tensor> allocate = device.type == DeviceType.CPU
             ? (shape, t, d) => torch.empty(shape, t, d)
             : (shape, t, d) => torch.zeros(shape, t, d);

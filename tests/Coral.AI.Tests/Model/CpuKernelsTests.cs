@@ -179,4 +179,35 @@ public class CpuKernelsTests
         Assert.Equal(TorchTestHelpers.ToArray(f32[49]), b[80..150]);
         Assert.Equal(b[160..230], b[240..310]);   // a padded row repeats the last id
     }
+
+    /// <summary>The KV cache is allocated unwritten; the score loop reads whole 16-key blocks, so the key opening a block
+    /// clears the block's other lanes: after 5 tokens over garbage, lanes 5–15 hold zeros (not the garbage, whose
+    /// subnormals would cost microcode assists), and the logits are those of a clean cache.</summary>
+    [Fact]
+    public void KeysOpeningABlock_ClearItsOtherLanes()
+    {
+        using var model = TransformerModel.Load(TransformerModelTests.ModelFor("llama-tied-scaled-bf16"), torch.CPU, ScalarType.Float32, 64);
+        long[] ids = [5, 9, 14, 200, 31];
+        using var inference = torch.inference_mode();
+        using KvCache dirty = model.CreateCache(64), clean = model.CreateCache(64);
+        foreach (Tensor k in dirty.Keys)
+        {
+            k.fill_(1e-40f);   // subnormal garbage
+        }
+
+        foreach (Tensor k in clean.Keys)
+        {
+            k.zero_();
+        }
+
+        using var scope = torch.NewDisposeScope();
+        float[] a = TorchTestHelpers.ToArray(model.Logits(model.Forward(ids, dirty)));
+        float[] b = TorchTestHelpers.ToArray(model.Logits(model.Forward(ids, clean)));
+        Assert.Equal(b, a);
+        foreach (Tensor k in dirty.Keys)   // [1, kvHeads, hd, keyStride]
+        {
+            Assert.Equal(0f, k.narrow(3, ids.Length, 16 - ids.Length).abs().max().item<float>());
+            Assert.Equal(1e-40f, k.narrow(3, 16, 16).abs().max().item<float>());   // the next block: not yet opened
+        }
+    }
 }
