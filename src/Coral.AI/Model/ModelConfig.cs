@@ -331,6 +331,11 @@ internal sealed record ModelConfig
             OutputBias = family != ModelFamily.Qwen2 && attentionBias,
             QkNorm = family == ModelFamily.Qwen3,
             SlidingWindow = useWindow ? window : null,
+            // Qwen2/Qwen3 slide from layer max_window_layers on (transformers' default 28); Mistral and Phi-3 everywhere.
+            SlidingLayers = !useWindow ? null : LayerTypes(root, path, layers)
+                ?? (family is ModelFamily.Qwen2 or ModelFamily.Qwen3
+                    ? Enumerable.Range(0, layers).Select(i => i >= (OptionalInt(root, path, "max_window_layers") ?? 28)).ToArray()
+                    : null),
             EosTokenIds = ReadIdList(root["eos_token_id"], path, "eos_token_id"),
             BosTokenId = OptionalInt(root, path, "bos_token_id"),
         };
@@ -429,6 +434,28 @@ internal sealed record ModelConfig
         return merged;
     }
 
+    /// <summary>Which layers slide, as <c>layer_types</c> lists them (<c>sliding_attention</c> / <c>full_attention</c>), or
+    /// null when the config has no such list.</summary>
+    private static bool[]? LayerTypes(JsonObject root, string path, int layers)
+    {
+        if (root["layer_types"] is not JsonArray types)
+        {
+            return null;
+        }
+
+        if (types.Count != layers)
+        {
+            throw new CoralModelException(path, "layer_types", $"has {types.Count} entries for {layers} layers.");
+        }
+
+        return types.Select(t => t?.GetValue<string>() switch
+        {
+            "sliding_attention" => true,
+            "full_attention" => false,
+            var other => throw new CoralModelException(path, "layer_types", $"'{other}' is not a layer type; expected sliding_attention or full_attention."),
+        }).ToArray();
+    }
+
     /// <summary>Gemma-2/3's parts, with transformers' defaults: GeGLU, (1 + w) norms around attention and MLP, the embedding
     /// scaled by √d, <c>query_pre_attn_scalar</c>, soft caps (Gemma-2: 50 and 30 unless configured), sliding layers
     /// (<c>layer_types</c>, else Gemma-2's even layers or Gemma-3's <c>sliding_window_pattern</c>, 6) and Gemma-3's local
@@ -444,19 +471,9 @@ internal sealed record ModelConfig
         }
 
         bool[] sliding;
-        if (root["layer_types"] is JsonArray types)
+        if (LayerTypes(root, path, c.NumLayers) is bool[] types)
         {
-            if (types.Count != c.NumLayers)
-            {
-                throw new CoralModelException(path, "layer_types", $"has {types.Count} entries for {c.NumLayers} layers.");
-            }
-
-            sliding = types.Select(t => t?.GetValue<string>() switch
-            {
-                "sliding_attention" => true,
-                "full_attention" => false,
-                var other => throw new CoralModelException(path, "layer_types", $"'{other}' is not a layer type; expected sliding_attention or full_attention."),
-            }).ToArray();
+            sliding = types;
         }
         else
         {

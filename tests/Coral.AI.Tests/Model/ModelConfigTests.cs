@@ -163,4 +163,31 @@ public class ModelConfigTests
         File.WriteAllText(path, config.ToJsonString());
         Assert.Contains("no_rope_layers", Assert.Throws<CoralModelException>(() => ModelConfig.Load(path)).Message);
     }
+
+    [Fact]
+    public void QwenSlidingWindow_StartsAtMaxWindowLayers()
+    {
+        // transformers: with use_sliding_window, layers from max_window_layers (default 28) on slide; layer_types wins.
+        string path = Path.Combine(ModelZoo.TempFolder("config-qwen-window"), "config.json");
+        var config = new JsonObject
+        {
+            ["architectures"] = new JsonArray("Qwen2ForCausalLM"), ["hidden_size"] = 64, ["intermediate_size"] = 128,
+            ["num_hidden_layers"] = 30, ["num_attention_heads"] = 4, ["vocab_size"] = 100, ["sliding_window"] = 4096,
+            ["use_sliding_window"] = false,
+        };
+        IEnumerable<bool> Sliding()
+        {
+            File.WriteAllText(path, config.ToJsonString());
+            ModelConfig c = ModelConfig.Load(path);
+            return Enumerable.Range(0, c.NumLayers).Select(c.IsSliding);
+        }
+
+        Assert.All(Sliding(), Assert.False);
+        config["use_sliding_window"] = true;
+        Assert.Equal(Enumerable.Range(0, 30).Select(i => i >= 28), Sliding());
+        config["max_window_layers"] = 10;
+        Assert.Equal(Enumerable.Range(0, 30).Select(i => i >= 10), Sliding());
+        config["layer_types"] = new JsonArray(Enumerable.Range(0, 30).Select(i => (JsonNode)(i % 2 == 0 ? "sliding_attention" : "full_attention")).ToArray());
+        Assert.Equal(Enumerable.Range(0, 30).Select(i => i % 2 == 0), Sliding());
+    }
 }
