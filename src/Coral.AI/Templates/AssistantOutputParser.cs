@@ -19,6 +19,9 @@ internal enum ToolCallSyntax
 
     /// <summary>Mistral: <c>[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]</c>.</summary>
     Mistral,
+
+    /// <summary>Granite 3.x: <c>&lt;|tool_call|&gt;[{"name": ..., "arguments": {...}}, ...]</c>.</summary>
+    Granite,
 }
 
 /// <summary>
@@ -30,6 +33,7 @@ internal sealed class AssistantOutputParser
     private const string ThinkOpen = "<think>", ThinkClose = "</think>";
     private const string HermesOpen = "<tool_call>", HermesClose = "</tool_call>";
     private const string MistralOpen = "[TOOL_CALLS]";
+    private const string GraniteOpen = "<|tool_call|>";
     private readonly ToolCallSyntax _syntax;
     private readonly StringBuilder _pending = new();
     private readonly StringBuilder _calls = new();
@@ -48,6 +52,7 @@ internal sealed class AssistantOutputParser
     public static ToolCallSyntax Detect(string? template) => template switch
     {
         null => ToolCallSyntax.None,
+        _ when template.Contains(GraniteOpen, StringComparison.Ordinal) => ToolCallSyntax.Granite,
         _ when template.Contains(HermesOpen, StringComparison.Ordinal) => ToolCallSyntax.Hermes,
         _ when template.Contains(MistralOpen, StringComparison.Ordinal) => ToolCallSyntax.Mistral,
         _ when template.Contains("\"parameters\": dictionary of argument name", StringComparison.Ordinal) || template.Contains("<|python_tag|>", StringComparison.Ordinal) => ToolCallSyntax.LlamaJson,
@@ -119,6 +124,7 @@ internal sealed class AssistantOutputParser
             {
                 ToolCallSyntax.Hermes => [ThinkOpen, HermesOpen],
                 ToolCallSyntax.Mistral => [ThinkOpen, MistralOpen],
+                ToolCallSyntax.Granite => [ThinkOpen, GraniteOpen],
                 _ => [ThinkOpen],
             };
             int at = -1;
@@ -216,8 +222,10 @@ internal sealed class AssistantOutputParser
                 return calls.Count > 0;
             }
 
-            case ToolCallSyntax.Mistral:
-                return JsonParse(raw[MistralOpen.Length..]) is JsonArray array && array.All(n => TryAddCall(n, calls)) && calls.Count > 0;
+            case ToolCallSyntax.Mistral or ToolCallSyntax.Granite:
+                // A marker, then a JSON list of calls.
+                int open = (_syntax == ToolCallSyntax.Mistral ? MistralOpen : GraniteOpen).Length;
+                return JsonParse(raw[open..]) is JsonArray array && array.All(n => TryAddCall(n, calls)) && calls.Count > 0;
             case ToolCallSyntax.LlamaJson:
             {
                 string body = raw.Trim();

@@ -55,7 +55,7 @@ internal sealed class HfTokenizer
             }
         }
 
-        foreach (string marker in new[] { "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<think>", "</think>", "<|python_tag|>" })
+        foreach (string marker in new[] { "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<|tool_call|>", "<think>", "</think>", "<|python_tag|>" })
         {
             if (_added.TryGetValue(marker, out int markerId))
             {

@@ -112,7 +112,10 @@ internal static class ModelZoo
 
     /// <summary>A Granite layout: a Llama with multipliers on the embedding (3), q·k (0.1), the residual branches (0.6) and
     /// the logits (÷2.5).</summary>
-    public static TinyModelSpec Granite => Llama with { Architecture = "GraniteForCausalLM", Tied = true, Seed = 149 };
+    public static TinyModelSpec Granite => Llama with
+    {
+        Architecture = "GraniteForCausalLM", Tied = true, ExtraSpecialTokens = ["<|start_of_role|>", "<|tool_call|>"], Seed = 149,
+    };
 
     public static TinyModelSpec GraniteBf16 => Granite with { StorageDType = "BF16", Seed = 151 };
 

@@ -76,6 +76,20 @@ public class AssistantOutputParserTests
     }
 
     [Fact]
+    public void Granite_ToolCalls_FollowTheirMarker_AndNeverStreamAsText()
+    {
+        var (text, _, calls) = Parse(ToolCallSyntax.Granite,
+            "<|tool_call|>[{\"arguments\": {\"location\": \"Paris\"}, \"name\": \"get_weather\"}, {\"name\": \"get_time\", \"arguments\": {}}]");
+        Assert.Equal(string.Empty, text);
+        Assert.Equal(["get_weather", "get_time"], calls.Select(c => c.Name));
+        Assert.Equal("Paris", Arg(calls[0], "location"));
+        Assert.Equal(ToolCallSyntax.Granite, AssistantOutputParser.Detect("{{ '<|start_of_role|>assistant<|end_of_role|><|tool_call|>' + message['tool_calls'] | tojson }}"));
+        (text, _, calls) = Parse(ToolCallSyntax.Granite, "No tools needed: 42.");
+        Assert.Empty(calls);
+        Assert.Equal("No tools needed: 42.", text);
+    }
+
+    [Fact]
     public void Think_BecomesReasoning_NotText()
     {
         var (text, reasoning, calls) = Parse(ToolCallSyntax.None, "<think>\nThe user wants a number.\n</think>\n\n42");

@@ -125,4 +125,16 @@ public class HfTokenizerTests
             Console.WriteLine($"{text.Length} characters -> {actual.Count} tokens in {watch.Elapsed.TotalMilliseconds:F1} ms");
         }
     }
+
+    /// <summary>Special tokens stream as nothing, except the markers a tool-call or reasoning parser needs to see
+    /// (Granite's <c>&lt;|tool_call|&gt;</c> among them).</summary>
+    [Fact]
+    public void StreamingDetokenizer_KeepsToolCallMarkers_DropsOtherSpecialTokens()
+    {
+        var tok = HfTokenizer.Load(TransformerModelTests.ModelFor("granite"));
+        int role = Assert.Single(tok.Encode("<|start_of_role|>", addSpecialTokens: false)), call = Assert.Single(tok.Encode("<|tool_call|>", addSpecialTokens: false));
+        Assert.True(tok.IsSpecial(role) && tok.IsSpecial(call));
+        var detok = new StreamingDetokenizer(tok);
+        Assert.Equal("<|tool_call|>", detok.Push(role) + detok.Push(call) + detok.Flush());
+    }
 }
