@@ -44,6 +44,7 @@ internal static class OutputConstraints
             return syntax switch
             {
                 ToolCallSyntax.Mistral => OutputConstraint.Wrapped("[TOOL_CALLS][", call, "]"),
+                ToolCallSyntax.Granite => OutputConstraint.Wrapped("<|tool_call|>[", call, "]"),
                 ToolCallSyntax.LlamaJson => OutputConstraint.Json(call),
                 _ => OutputConstraint.Wrapped("<tool_call>\n", call, "\n</tool_call>"),
             };

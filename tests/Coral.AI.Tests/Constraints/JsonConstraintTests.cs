@@ -100,4 +100,20 @@ public class JsonConstraintTests
         Assert.True(invoked >= 1);
         Assert.Contains(final.Messages.SelectMany(m => m.Contents), c => c is FunctionResultContent);
     }
+
+    /// <summary>A forced call on a Granite template is written in Granite's syntax (<c>&lt;|tool_call|&gt;[…]</c>, the
+    /// marker a special token) and comes back as a call, the syntax never in the text.</summary>
+    [Fact]
+    public async Task RequiredToolCall_OnAGraniteTemplate_UsesItsSyntax()
+    {
+        using var host = CoralModelHost.Load(new CoralChatClientOptions { ModelPath = TransformerModelTests.ModelFor("granite"), ContextLength = 1024, DType = "float32" });
+        using var coral = new CoralChatClient(host);
+        AIFunction weather = AIFunctionFactory.Create(GetWeather, "get_weather");
+        ChatResponse forced = await coral.GetResponseAsync("Weather in Paris?",
+            new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.RequireSpecific("get_weather"), Temperature = 0, MaxOutputTokens = 600 });
+        Assert.Equal(ChatFinishReason.ToolCalls, forced.FinishReason);
+        FunctionCallContent call = Assert.Single(forced.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Equal("get_weather", call.Name);
+        Assert.DoesNotContain("tool_call", forced.Text);
+    }
 }

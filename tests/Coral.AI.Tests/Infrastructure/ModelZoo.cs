@@ -115,6 +115,8 @@ internal static class ModelZoo
     public static TinyModelSpec Granite => Llama with
     {
         Architecture = "GraniteForCausalLM", Tied = true, ExtraSpecialTokens = ["<|start_of_role|>", "<|tool_call|>"], Seed = 149,
+        // Granite 3.x's turn layout; its assistant turns carry tool calls as <|tool_call|>[...].
+        ChatTemplate = "{% for m in messages %}<|start_of_role|>{{ m['role'] }}<|end_of_role|>{% if m['tool_calls'] is defined %}<|tool_call|>{{ m['tool_calls'] | tojson }}{% else %}{{ m['content'] }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}",
     };
 
     public static TinyModelSpec GraniteBf16 => Granite with { StorageDType = "BF16", Seed = 151 };
