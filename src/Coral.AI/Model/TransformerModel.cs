@@ -301,7 +301,7 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         if (_packedHead is null || hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32)
         {
-            return Softcap(DecoderLayer.Linear(hidden, _head, null));
+            return FinishLogits(DecoderLayer.Linear(hidden, _head, null));
         }
 
         if (hidden.dim() != 2)
@@ -314,13 +314,13 @@ internal sealed unsafe class TransformerModel : IDisposable
         Tensor x = hidden.contiguous();
         Tensor y = torch.empty([x.shape[0], Config.VocabSize], ScalarType.Float32);
         _packedHead.Multiply(CpuKernels.Pointer(x), (int)x.shape[0], CpuKernels.Pointer(y));
-        return Softcap(y);
+        return FinishLogits(y);
     }
 
     /// <summary>The logits <paramref name="y"/> (f32) finished in place where the model asks: divided by Granite's
     /// <c>logits_scaling</c>, soft-capped as c·tanh(l/c) by Gemma-2's <c>final_logit_softcapping</c>; the same arithmetic
-    /// on every CPU path (<see cref="Softcap(Span{float})"/>), so tree rows and one-token rows keep equal bits.</summary>
-    private Tensor Softcap(Tensor y)
+    /// on every CPU path (<see cref="FinishLogits(Span{float})"/>), so tree rows and one-token rows keep equal bits.</summary>
+    private Tensor FinishLogits(Tensor y)
     {
         if (Config.FinalLogitSoftcap is null && Config.LogitDivisor == 1f)
         {
@@ -329,7 +329,7 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         if (y.device_type == DeviceType.CPU && y.dtype == ScalarType.Float32 && y.is_contiguous())
         {
-            Softcap(new Span<float>(CpuKernels.Pointer(y), checked((int)y.numel())));
+            FinishLogits(new Span<float>(CpuKernels.Pointer(y), checked((int)y.numel())));
             return y;
         }
 
@@ -341,8 +341,8 @@ internal sealed unsafe class TransformerModel : IDisposable
         return Config.FinalLogitSoftcap is double c ? y.div_(c).tanh_().mul_(c) : y;
     }
 
-    /// <summary>Finishes f32 logits in place (see <see cref="Softcap(Tensor)"/>).</summary>
-    private void Softcap(Span<float> logits)
+    /// <summary>Finishes f32 logits in place (see <see cref="FinishLogits(Tensor)"/>).</summary>
+    private void FinishLogits(Span<float> logits)
     {
         if (Config.LogitDivisor != 1f)
         {
@@ -412,7 +412,7 @@ internal sealed unsafe class TransformerModel : IDisposable
             _packedHead.Multiply(CpuKernels.Pointer(x), (int)rows, y);
         }
 
-        Softcap(destination[..(int)(rows * Config.VocabSize)]);
+        FinishLogits(destination[..(int)(rows * Config.VocabSize)]);
     }
 
     public void Dispose()
