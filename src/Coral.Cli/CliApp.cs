@@ -27,6 +27,7 @@ internal static class CliApp
           coral train-router --target <hf-dir> --draft <draft-dir> --data <features-dir|file.jsonl> [--groups G] [--topk K]
                          [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N] [--depths N] [--labels target|drafter]
           coral draft-inspect <draft-dir>
+          coral info     --model <hf-dir>   (what the loader reads: architecture, layer kinds, weights, tokenizer, template)
           coral pretrain --tokenizer <dir-with-tokenizer.json|gpt2> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
                          [--lr LR] [--max-length N] [--batch B] [--accumulate A] [--minutes M] [--matmul f32|bf16|auto]
                          [--save-every N] [--init <hf-dir>] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR] [--sft-minutes M]] [--bf16]
@@ -77,6 +78,7 @@ internal static class CliApp
                 "train-draft" => TrainDraftCommand.Run(rest, stdout, stderr),
                 "train-router" => TrainRouterCommand.Run(rest, stdout, stderr),
                 "draft-inspect" => DraftInspectCommand.Run(rest, stdout, stderr),
+                "info" => InfoCommand.Run(rest, stdout, stderr),
                 "pretrain" => PretrainCommand.Run(rest, stdout, stderr),
                 "plot" => PlotCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),

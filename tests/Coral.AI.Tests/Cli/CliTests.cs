@@ -202,4 +202,34 @@ public class CliTests
         byte[] head = File.ReadAllBytes(output)[..4];
         Assert.Equal("GGUF"u8.ToArray(), head);
     }
+
+    /// <summary><c>coral info</c> reports what the loader reads: for a Gemma-3 its layer kinds as runs (five sliding, one
+    /// global), the local RoPE base, the sandwich norms; Granite's logit divisor and tool-call syntax; a config the engine
+    /// cannot run fails naming the field.</summary>
+    [Fact]
+    public async Task Info_ReportsWhatTheLoaderReads()
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = await Coral.Cli.CliApp.RunAsync(["info", "--model", TransformerModelTests.ModelFor("gemma3")], stdout, stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        string text = stdout.ToString();
+        Assert.Contains("Gemma3ForCausalLM", text);
+        Assert.Contains("5 sliding 8, 1 global, 1 sliding 8", text);
+        Assert.Contains("sliding layers θ 10000", text);
+        Assert.Contains("Sandwich norms, GeGLU", text);
+
+        stdout = new StringWriter();
+        code = await Coral.Cli.CliApp.RunAsync(["info", "--model", TransformerModelTests.ModelFor("granite")], stdout, stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Contains("logits ÷2.5", stdout.ToString());
+        Assert.Contains("tool calls: Granite", stdout.ToString());
+
+        string broken = ModelZoo.Copy(TransformerModelTests.ModelFor("llama"), "info-broken");
+        File.WriteAllText(Path.Combine(broken, "config.json"), File.ReadAllText(Path.Combine(broken, "config.json")).Replace("\"silu\"", "\"relu\"", StringComparison.Ordinal));
+        stderr = new StringWriter();
+        code = await Coral.Cli.CliApp.RunAsync(["info", "--model", broken], new StringWriter(), stderr, TextReader.Null);
+        Assert.Equal(1, code);
+        Assert.Contains("hidden_act", stderr.ToString());
+    }
 }
