@@ -75,6 +75,15 @@ public sealed record TinyModelSpec
     /// <summary>Gets Gemma-3's <c>rope_local_base_freq</c> (the sliding layers' RoPE base).</summary>
     public double LocalRopeTheta { get; init; } = 10000;
 
+    /// <summary>Gets the experts of each MLP (Qwen3-MoE, OLMoE), or 0 for dense MLPs.</summary>
+    public int Experts { get; init; }
+
+    /// <summary>Gets the experts each token is routed to.</summary>
+    public int ExpertsPerToken { get; init; } = 2;
+
+    /// <summary>Gets an expert's intermediate width.</summary>
+    public int ExpertIntermediateSize { get; init; } = 48;
+
     /// <summary>Gets whether the architecture is Gemma-2 or Gemma-3 (sandwich norms stored as offsets from one, GeGLU).</summary>
     public bool IsGemma => Architecture is "Gemma2ForCausalLM" or "Gemma3ForCausalLM";
 }
@@ -152,6 +161,8 @@ public static class TinyCheckpoint
                 "GraniteForCausalLM" => "granite",
                 "SmolLM3ForCausalLM" => "smollm3",
                 "Olmo2ForCausalLM" => "olmo2",
+                "Qwen3MoeForCausalLM" => "qwen3_moe",
+                "OlmoeForCausalLM" => "olmoe",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -204,6 +215,24 @@ public static class TinyCheckpoint
             config["residual_multiplier"] = 0.6;
             config["logits_scaling"] = 2.5;
             config["mlp_bias"] = false;
+        }
+
+        if (spec.Experts > 0)
+        {
+            config["num_experts"] = spec.Experts;
+            config["num_experts_per_tok"] = spec.ExpertsPerToken;
+            if (spec.Architecture == "OlmoeForCausalLM")
+            {
+                config["intermediate_size"] = spec.ExpertIntermediateSize;   // OLMoE: the experts' width
+                config["norm_topk_prob"] = false;
+            }
+            else
+            {
+                config["moe_intermediate_size"] = spec.ExpertIntermediateSize;
+                config["norm_topk_prob"] = true;
+                config["decoder_sparse_step"] = 1;
+                config["mlp_only_layers"] = new JsonArray();
+            }
         }
 
         if (spec.Architecture == "SmolLM3ForCausalLM")
@@ -293,14 +322,14 @@ public static class TinyCheckpoint
                 tensors.Add(new(p + "self_attn.v_proj.bias", Vec(spec.KvHeads * headDim, 0, 0.1)));
             }
 
-            if (spec.Architecture == "Olmo2ForCausalLM")
+            if (spec.Architecture is "Olmo2ForCausalLM" or "OlmoeForCausalLM")
             {
                 // OLMo-2 normalises q and k over their whole projections.
                 tensors.Add(new(p + "self_attn.q_norm.weight", Vec(spec.Heads * headDim, 1, 0.1)));
                 tensors.Add(new(p + "self_attn.k_norm.weight", Vec(spec.KvHeads * headDim, 1, 0.1)));
             }
 
-            if (spec.Architecture is "Qwen3ForCausalLM" or "Gemma3ForCausalLM")
+            if (spec.Architecture is "Qwen3ForCausalLM" or "Gemma3ForCausalLM" or "Qwen3MoeForCausalLM")
             {
                 tensors.Add(new(p + "self_attn.q_norm.weight", Vec(headDim, norm, 0.1)));
                 tensors.Add(new(p + "self_attn.k_norm.weight", Vec(headDim, norm, 0.1)));
@@ -321,6 +350,20 @@ public static class TinyCheckpoint
             if (spec.IsGemma || spec.Architecture == "Olmo2ForCausalLM")
             {
                 tensors.Add(new(p + "post_feedforward_layernorm.weight", Vec(d, norm, 0.1)));
+            }
+
+            if (spec.Experts > 0)
+            {
+                // A router that spreads tokens over the experts, and each expert's SwiGLU.
+                tensors.Add(new(p + "mlp.gate.weight", (torch.randn([spec.Experts, d], generator: gen) * (2.0 / Math.Sqrt(d))).to(storage)));
+                for (int e = 0; e < spec.Experts; e++)
+                {
+                    tensors.Add(new(p + $"mlp.experts.{e}.gate_proj.weight", Linear(spec.ExpertIntermediateSize, d)));
+                    tensors.Add(new(p + $"mlp.experts.{e}.up_proj.weight", Linear(spec.ExpertIntermediateSize, d)));
+                    tensors.Add(new(p + $"mlp.experts.{e}.down_proj.weight", Linear(d, spec.ExpertIntermediateSize)));
+                }
+
+                continue;
             }
 
             tensors.Add(new(p + "mlp.gate_proj.weight", Linear(spec.IntermediateSize, d)));

@@ -42,6 +42,8 @@ public static class GgufExporter
             ModelFamily.Granite => "granite",
             ModelFamily.SmolLM3 => "smollm3",
             ModelFamily.Olmo2 => "olmo2",
+            ModelFamily.Qwen3Moe => "qwen3moe",
+            ModelFamily.Olmoe => "olmoe",
             _ => "qwen3",
         };
         bool gemma = c.Family is ModelFamily.Gemma2 or ModelFamily.Gemma3;
@@ -77,6 +79,19 @@ public static class GgufExporter
         if (gemma)
         {
             AddGemma(g, arch, c, Path.Combine(modelFolder, "config.json"));
+        }
+
+        if (c.NumExperts > 0)
+        {
+            if (Enumerable.Range(0, c.NumLayers).Any(i => !c.IsMoe(i)))
+            {
+                throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "mlp_only_layers",
+                    $"llama.cpp's {arch} has experts in every layer; this model has dense ones.");
+            }
+
+            g.Add($"{arch}.expert_count", (uint)c.NumExperts);
+            g.Add($"{arch}.expert_used_count", (uint)c.ExpertsPerToken);
+            g.Add($"{arch}.expert_feed_forward_length", (uint)c.ExpertIntermediateSize);
         }
 
         if (c.Family == ModelFamily.Granite)
@@ -204,6 +219,24 @@ public static class GgufExporter
 
                 Put(b + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", [d], norm: true);
             }
+            if (c.IsMoe(i))
+            {
+                // The router, and each projection of the experts stacked as one [E, rows, cols] tensor.
+                Put(b + "ffn_gate_inp.weight", h + "mlp.gate.weight", [c.NumExperts, d]);
+                long fe = c.ExpertIntermediateSize;
+                foreach (var (gguf, hf, rows, cols) in new[] { ("ffn_gate_exps", "gate", fe, d), ("ffn_up_exps", "up", fe, d), ("ffn_down_exps", "down", d, fe) })
+                {
+                    Tensor[] parts = Enumerable.Range(0, c.NumExperts)
+                        .Select(e => reader.Take($"{h}mlp.experts.{e}.{hf}_proj.weight", [rows, cols], ScalarType.Float32)).ToArray();
+                    using Tensor stacked = torch.stack(parts);
+                    using Tensor stored = stacked.to(torchType).contiguous();
+                    Array.ForEach(parts, t => t.Dispose());
+                    g.AddTensor($"{b}{gguf}.weight", [c.NumExperts, rows, cols], ggmlType, stored.bytes.ToArray());
+                }
+
+                continue;
+            }
+
             if (c.FusedProjections)
             {
                 Put(b + "ffn_up.weight", h + "mlp.gate_up_proj.weight", [2 * ff, d]);   // phi3: gate|up in one tensor, gate first

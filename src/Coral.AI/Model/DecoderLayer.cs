@@ -72,12 +72,16 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly int _d, _ff;
     private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP, _postAttnNormP, _postMlpNormP;   // CPU f32 layers (CpuKernels)
     private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
+    private readonly ExpertMlp? _moe;                                                // a mixture of experts in place of the MLP
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor? qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor? o, Tensor? oBias,
-        (Tensor? Mlp, Tensor? PostAttn, Tensor? PostMlp) norms, Tensor? gateUp, Tensor? down, bool cpuKernels, PackedMatrix[]? prepacked = null)
+        (Tensor? Mlp, Tensor? PostAttn, Tensor? PostMlp) norms, Tensor? gateUp, Tensor? down, bool cpuKernels, PackedMatrix[]? prepacked = null,
+        ExpertMlp? moe = null)
     {
+        // Experts run on the kernel path only packed; unpacked ones keep the whole layer (and so the model) on libtorch.
         UsesCpuKernels = prepacked is not null
-            || (cpuKernels && CpuKernels.Enabled && qkv!.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU);
+            || (cpuKernels && CpuKernels.Enabled && qkv!.dtype == ScalarType.Float32 && qkv.device_type == DeviceType.CPU && moe is null);
+        _moe = moe;
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, gateUp, down);
         (_mlpNorm, _postAttnNorm, _postMlpNorm) = norms;
         _qkNormWhole = c.QkNormWholeProjection;
@@ -98,7 +102,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
             {
                 // No f32 copies exist (the kernel path is this layer's only path): a 7B model loaded as f32 keeps 14 GB
                 // of packed weights instead of 28 GB of f32.
-                (_qkvP, _oP, _gateUpP, _downP) = (prepacked[0], prepacked[1], prepacked[2], prepacked[3]);
+                (_qkvP, _oP) = (prepacked[0], prepacked[1]);
+                (_gateUpP, _downP) = prepacked.Length == 4 ? (prepacked[2], prepacked[3]) : (null, null);   // experts: _moe
             }
         }
     }
@@ -115,7 +120,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// <paramref name="cpuKernels"/> false keeps f32 CPU layers on the libtorch path; <paramref name="packed"/> false keeps the
     /// kernel path's GEMMs in libtorch even for bf16-valued weights.</summary>
     public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm,
-        bool cpuKernels = true, bool packed = true, bool roundToBf16 = false)
+        bool cpuKernels = true, bool packed = true, bool roundToBf16 = false, bool moe = false)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype, device);
@@ -159,16 +164,23 @@ internal sealed unsafe class DecoderLayer : IDisposable
         }
 
         if (packed && PackedMatrix.Enabled && cpuKernels && CpuKernels.Enabled && dtype == ScalarType.Float32 && device.type == DeviceType.CPU
-            && TryPackDirect(reader, prefix, c, roundToBf16) is PackedMatrix[] direct)
+            && TryPackDirect(reader, prefix, c, roundToBf16, moe) is PackedMatrix[] direct)
         {
             // The kernel path packed straight from the checkpoint's [out, in] rows (a bf16 checkpoint's mapped tensors):
             // no f32 copy, no concatenation, no transpose. The norms and biases are small and f32 as always.
-            using var scope = torch.NewDisposeScope();
-            var (mlpNorm, postAttn, postMlp) = Norms();
-            return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d).MoveToOuterDisposeScope() : null, null,
-                QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope(), null,
-                c.OutputBias ? W("self_attn.o_proj.bias", d).MoveToOuterDisposeScope() : null,
-                (mlpNorm?.MoveToOuterDisposeScope(), postAttn?.MoveToOuterDisposeScope(), postMlp?.MoveToOuterDisposeScope()), null, null, cpuKernels, direct);
+            ExpertMlp? experts = moe ? ExpertMlp.Load(reader, prefix, c, dtype, device, pack: true, roundToBf16, Projection) : null;
+            if (!moe || experts is not null)
+            {
+                using var scope = torch.NewDisposeScope();
+                var (mlpNorm, postAttn, postMlp) = Norms();
+                return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d).MoveToOuterDisposeScope() : null, null,
+                    QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope(), null,
+                    c.OutputBias ? W("self_attn.o_proj.bias", d).MoveToOuterDisposeScope() : null,
+                    (mlpNorm?.MoveToOuterDisposeScope(), postAttn?.MoveToOuterDisposeScope(), postMlp?.MoveToOuterDisposeScope()), null, null, cpuKernels, direct,
+                    experts);
+            }
+
+            Array.ForEach(direct, m => m.Dispose());   // experts that cannot pack: the whole layer on libtorch
         }
 
         Tensor? qkvBias, qkNorm;
@@ -178,9 +190,16 @@ internal sealed unsafe class DecoderLayer : IDisposable
         }
 
         using Tensor o = W("self_attn.o_proj.weight", d, nq);
-        using Tensor down = W("mlp.down_proj.weight", d, ff);
         using Tensor qkv = Reorder(Fused(["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], [nq, nkv, nkv], "self_attn.qkv_proj.weight"),
             RotaryRows(c), 0);
+        if (moe)
+        {
+            ExpertMlp experts = ExpertMlp.Load(reader, prefix, c, dtype, device, pack: false, roundToBf16, Projection)!;
+            return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d) : null, Projection(qkv), qkvBias, qkNorm, Projection(o),
+                c.OutputBias ? W("self_attn.o_proj.bias", d) : null, Norms(), null, null, cpuKernels, moe: experts);
+        }
+
+        using Tensor down = W("mlp.down_proj.weight", d, ff);
         using Tensor gateUp = Fused(["mlp.gate_proj.weight", "mlp.up_proj.weight"], [ff, ff], "mlp.gate_up_proj.weight");
         return new DecoderLayer(
             c,
@@ -200,7 +219,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// all bf16 values (the layer then keeps libtorch's f32 GEMMs) or not stored as f32/bf16/f16. A layer stored in f16
     /// packs its f16 values as they are (exact); with <paramref name="round"/> (a drafter's layer) f32 values — and f16
     /// ones in a layer that mixes dtypes — are rounded to bf16 instead of refused.</summary>
-    private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round)
+    private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round, bool moe)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         // Each packed projection's parts: q|k|v, o, gate|up, down (Phi-3 stores q|k|v and gate|up fused already).
@@ -211,6 +230,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
         long[][][] shapes = c.FusedProjections
             ? [[[nq + 2 * nkv, d]], [[d, nq]], [[2 * ff, d]], [[d, ff]]]
             : [[[nq, d], [nkv, d], [nkv, d]], [[d, nq]], [[ff, d], [ff, d]], [[d, ff]]];
+        if (moe)
+        {
+            (names, shapes) = (names[..2], shapes[..2]);   // q|k|v and o: the experts pack on their own (ExpertMlp)
+        }
+
         string[] all = names.SelectMany(n => n).ToArray();
         if (all.Any(n => !reader.Contains(prefix + n)
             || reader.StoredType(prefix + n) is not (ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float16)))
@@ -369,9 +393,19 @@ internal sealed unsafe class DecoderLayer : IDisposable
         Tensor o = Project(att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd), _o!, _oBias);
         x = x + Branch(_postAttnNorm is null ? o : RmsNorm(o, _postAttnNorm, _eps));
 
-        Tensor gateUp = Project(_mlpNorm is null ? x : RmsNorm(x, _mlpNorm, _eps), _gateUp!, null);
-        Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU/GeGLU in f32
-        Tensor mlp = Project((_activation == MlpActivation.GeluTanh ? GeluTanh(gu[0]) : F.silu(gu[0])) * gu[1], _down!, null);
+        Tensor mlpIn = _mlpNorm is null ? x : RmsNorm(x, _mlpNorm, _eps);
+        Tensor mlp;
+        if (_moe is not null)
+        {
+            mlp = _moe.Forward(mlpIn, (a, w) => Project(a, w, null));
+        }
+        else
+        {
+            Tensor gateUp = Project(mlpIn, _gateUp!, null);
+            Tensor[] gu = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);   // SwiGLU/GeGLU in f32
+            mlp = Project((_activation == MlpActivation.GeluTanh ? GeluTanh(gu[0]) : F.silu(gu[0])) * gu[1], _down!, null);
+        }
+
         return x + Branch(_postMlpNorm is null ? mlp : RmsNorm(mlp, _postMlpNorm, _eps));
     }
 
@@ -437,6 +471,22 @@ internal sealed unsafe class DecoderLayer : IDisposable
         if (_mlpNormP != null)
         {
             CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
+        }
+
+        if (_moe is not null)
+        {
+            _moe.ForwardCpu(_mlpNormP != null ? work.H : work.X, rows, work.Proj);
+            if (_postMlpNormP != null)
+            {
+                CpuKernels.RmsNorm(work.Proj, _postMlpNormP, work.Proj, rows, _d, eps);
+            }
+
+            AddBranch(work, rows);
+            return;
+        }
+
+        if (_mlpNormP != null)
+        {
             Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);
         }
         else
@@ -549,5 +599,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         {
             m?.Dispose();
         }
+
+        _moe?.Dispose();
     }
 }

@@ -32,6 +32,12 @@ internal enum ModelFamily
     /// <summary>OLMo-2 (<c>Olmo2ForCausalLM</c>): norms after attention and MLP only, q and k normalised over their whole
     /// projections.</summary>
     Olmo2,
+
+    /// <summary>Qwen3-MoE (<c>Qwen3MoeForCausalLM</c>): Qwen3 with a mixture of experts in place of each MLP.</summary>
+    Qwen3Moe,
+
+    /// <summary>OLMoE (<c>OlmoeForCausalLM</c>): a Llama with whole-projection q/k norms and a mixture of experts.</summary>
+    Olmoe,
 }
 
 /// <summary>Where a layer's RMSNorms sit.</summary>
@@ -222,6 +228,25 @@ internal sealed record ModelConfig
     /// <summary>Gets which layers have no RoPE (SmolLM3's <c>no_rope_layers</c> zeros), or null when every layer rotates.</summary>
     public IReadOnlyList<bool>? NoRopeLayers { get; init; }
 
+    /// <summary>Gets the experts of each mixture-of-experts MLP (0: every MLP is dense).</summary>
+    public int NumExperts { get; init; }
+
+    /// <summary>Gets the experts each token is routed to (<c>num_experts_per_tok</c>).</summary>
+    public int ExpertsPerToken { get; init; }
+
+    /// <summary>Gets an expert's intermediate width (Qwen3-MoE's <c>moe_intermediate_size</c>; OLMoE's <c>intermediate_size</c>).</summary>
+    public int ExpertIntermediateSize { get; init; }
+
+    /// <summary>Gets whether the chosen experts' softmax weights are renormalised to sum to one (<c>norm_topk_prob</c>).</summary>
+    public bool NormalizeTopK { get; init; }
+
+    /// <summary>Gets which layers' MLPs are mixtures of experts (Qwen3-MoE's <c>decoder_sparse_step</c> and
+    /// <c>mlp_only_layers</c>), or null when all are (given <see cref="NumExperts"/>).</summary>
+    public IReadOnlyList<bool>? MoeLayers { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/>'s MLP is a mixture of experts.</summary>
+    public bool IsMoe(int layer) => NumExperts > 0 && (MoeLayers is null || MoeLayers[layer]);
+
     /// <summary>Whether layer <paramref name="layer"/> rotates q and k.</summary>
     public bool UsesRope(int layer) => NoRopeLayers is null || !NoRopeLayers[layer];
 
@@ -259,9 +284,11 @@ internal sealed record ModelConfig
             "GraniteForCausalLM" => ModelFamily.Granite,
             "SmolLM3ForCausalLM" => ModelFamily.SmolLM3,
             "Olmo2ForCausalLM" => ModelFamily.Olmo2,
+            "Qwen3MoeForCausalLM" => ModelFamily.Qwen3Moe,
+            "OlmoeForCausalLM" => ModelFamily.Olmoe,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM."),
         };
 
 
@@ -329,7 +356,7 @@ internal sealed record ModelConfig
             TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? false,
             QkvBias = family == ModelFamily.Qwen2 || attentionBias,
             OutputBias = family != ModelFamily.Qwen2 && attentionBias,
-            QkNorm = family == ModelFamily.Qwen3,
+            QkNorm = family is ModelFamily.Qwen3 or ModelFamily.Qwen3Moe,
             SlidingWindow = useWindow ? window : null,
             // Qwen2/Qwen3 slide from layer max_window_layers on (transformers' default 28); Mistral and Phi-3 everywhere.
             SlidingLayers = !useWindow ? null : LayerTypes(root, path, layers)
@@ -362,7 +389,34 @@ internal sealed record ModelConfig
             },
             ModelFamily.SmolLM3 => config with { NoRopeLayers = NoRope(root, path, layers) },
             ModelFamily.Olmo2 => config with { NormPlacement = NormPlacement.Post, QkNorm = true, QkNormWholeProjection = true },
+            ModelFamily.Qwen3Moe => WithExperts(config, root, path, RequiredInt(root, path, "moe_intermediate_size")),
+            ModelFamily.Olmoe => root["clip_qkv"] is JsonValue
+                ? throw new CoralModelException(path, "clip_qkv", "clipping q/k/v is not supported.")
+                : WithExperts(config with { QkNorm = true, QkNormWholeProjection = true }, root, path, config.IntermediateSize),
             _ => config,
+        };
+    }
+
+    /// <summary>A mixture-of-experts config: <c>num_experts</c> of width <paramref name="expertWidth"/>, each token routed to
+    /// <c>num_experts_per_tok</c>, renormalised by <c>norm_topk_prob</c> (transformers' default false); Qwen3-MoE's dense
+    /// layers (<c>mlp_only_layers</c>, and those off <c>decoder_sparse_step</c>) keep <c>intermediate_size</c>.</summary>
+    private static ModelConfig WithExperts(ModelConfig c, JsonObject root, string path, int expertWidth)
+    {
+        int experts = RequiredInt(root, path, "num_experts"), perToken = RequiredInt(root, path, "num_experts_per_tok");
+        if (experts < 1 || perToken < 1 || perToken > experts)
+        {
+            throw new CoralModelException(path, "num_experts_per_tok", $"{perToken} must be between 1 and num_experts ({experts}).");
+        }
+
+        int step = OptionalInt(root, path, "decoder_sparse_step") ?? 1;
+        var denseOnly = root["mlp_only_layers"] is JsonArray only ? only.Select(n => n!.GetValue<int>()).ToHashSet() : [];
+        return c with
+        {
+            NumExperts = experts,
+            ExpertsPerToken = perToken,
+            ExpertIntermediateSize = expertWidth,
+            NormalizeTopK = OptionalBool(root, path, "norm_topk_prob") ?? false,
+            MoeLayers = Enumerable.Range(0, c.NumLayers).Select(i => !denseOnly.Contains(i) && step > 0 && (i + 1) % step == 0).ToArray(),
         };
     }
 

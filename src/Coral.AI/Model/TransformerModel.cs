@@ -129,7 +129,7 @@ internal sealed unsafe class TransformerModel : IDisposable
             using var noGrad = torch.no_grad();
             for (int i = 0; i < c.NumLayers; i++)
             {
-                layers.Add(DecoderLayer.Load(reader, $"{root}layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels, packedWeights));
+                layers.Add(DecoderLayer.Load(reader, $"{root}layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels, packedWeights, moe: c.IsMoe(i)));
             }
 
             long d = c.HiddenSize;

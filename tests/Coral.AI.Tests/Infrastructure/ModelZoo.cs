@@ -129,6 +129,20 @@ internal static class ModelZoo
 
     public static TinyModelSpec Olmo2Bf16 => Olmo2 with { StorageDType = "BF16", Seed = 173 };
 
+    /// <summary>A Qwen3-MoE layout: four experts, two per token (renormalised), per-head q/k norms.</summary>
+    public static TinyModelSpec Qwen3Moe => Qwen3 with { Architecture = "Qwen3MoeForCausalLM", Experts = 4, Tied = false, Seed = 179 };
+
+    /// <summary>Qwen3-MoE at the demo model's width (d = 256, 16 experts of 768 — a tree leaves some with one routed row): wide enough that MKL's f32 GEMV and GEMM round
+    /// differently, so an expert's single routed row must be padded to two.</summary>
+    public static TinyModelSpec Qwen3MoeWide => Qwen3Moe with { HiddenSize = 256, IntermediateSize = 768, ExpertIntermediateSize = 768, HeadDim = 64, Experts = 16, Seed = 197 };
+
+    public static TinyModelSpec Qwen3MoeBf16 => Qwen3Moe with { StorageDType = "BF16", Seed = 181 };
+
+    /// <summary>An OLMoE layout: four experts, two per token (not renormalised), whole-projection q/k norms.</summary>
+    public static TinyModelSpec Olmoe => Llama with { Architecture = "OlmoeForCausalLM", Experts = 4, KvHeads = 4, Seed = 191 };   // as OLMoE: no GQA
+
+    public static TinyModelSpec OlmoeBf16 => Olmoe with { StorageDType = "BF16", Seed = 193 };
+
     public static TinyModelSpec SmolLM3Bf16 => SmolLM3 with { StorageDType = "BF16", Seed = 163 };
 
     /// <summary>A Gemma-2 layout: layer 0 slides (window 8), layer 1 is global; caps small enough that random weights reach

@@ -40,6 +40,8 @@ public class CpuKernelsTests
     [InlineData("smollm3-bf16", true)]
     [InlineData("olmo2", true)]
     [InlineData("olmo2-bf16", false)]
+    [InlineData("qwen3moe-bf16", true)]
+    [InlineData("olmoe-bf16", false)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

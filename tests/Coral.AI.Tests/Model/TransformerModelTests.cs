@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -47,6 +47,11 @@ public class TransformerModelTests
         "smollm3-bf16" => ModelZoo.Get(name, ModelZoo.SmolLM3Bf16),
         "olmo2" => ModelZoo.Get(name, ModelZoo.Olmo2),
         "olmo2-bf16" => ModelZoo.Get(name, ModelZoo.Olmo2Bf16),
+        "qwen3moe" => ModelZoo.Get(name, ModelZoo.Qwen3Moe),
+        "qwen3moe-bf16" => ModelZoo.Get(name, ModelZoo.Qwen3MoeBf16),
+        "qwen3moe-wide" => ModelZoo.Get(name, ModelZoo.Qwen3MoeWide),
+        "olmoe" => ModelZoo.Get(name, ModelZoo.Olmoe),
+        "olmoe-bf16" => ModelZoo.Get(name, ModelZoo.OlmoeBf16),
         _ => throw new ArgumentException(name),
     };
 
@@ -182,6 +187,10 @@ public class TransformerModelTests
     [InlineData("smollm3-bf16", "float32")]
     [InlineData("olmo2-bf16", "float32")]
     [InlineData("olmo2", "bfloat16")]
+    [InlineData("qwen3moe-bf16", "float32")]
+    [InlineData("olmoe-bf16", "float32")]
+    [InlineData("qwen3moe", "bfloat16")]
+    [InlineData("qwen3moe-wide", "float32")]   // experts on libtorch's f32 GEMMs: an expert with one routed row pads it to two
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
     {
         // f32 layers verify with a bf16 LM head (the CPU speculative form): f32 GEMMs are batch-invariant from two rows

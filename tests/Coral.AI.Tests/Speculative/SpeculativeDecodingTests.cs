@@ -36,6 +36,9 @@ public class SpeculativeDecodingTests
         { "smollm3-bf16", "copy", 4, 4, 12, "float32" },
         { "gemma2", "random", 4, 4, 12, "float32" },
         { "olmo2-bf16", "random", 4, 4, 12, "float32" },
+        { "qwen3moe-bf16", "random", 4, 4, 12, "float32" },
+        { "olmoe-bf16", "random", 4, 6, 16, "float32" },
+        { "qwen3moe", "random", 3, 4, 8, "float32" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,

@@ -1,0 +1,250 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+using Tensor = TorchSharp.torch.Tensor;
+
+namespace Coral.AI;
+
+/// <summary>
+/// A mixture-of-experts MLP (Qwen3-MoE, OLMoE): a router scores the experts per token, the softmax's top k are chosen
+/// (their weights renormalised where configured), each chosen expert's SwiGLU runs on the token, and the weighted
+/// outputs are added in expert order, as transformers adds them.
+/// </summary>
+/// <remarks>
+/// Batch invariance (a verified tree's rows equal one-token steps bit for bit): routing is per row; the rows routed to
+/// one expert are multiplied together, which on <see cref="PackedMatrix"/> gives each row the same bits at any row count
+/// and on libtorch's f32 GEMMs from two rows up (a single routed row is padded to two); each row adds its experts' outputs
+/// in expert order whatever else the batch holds.
+/// </remarks>
+internal sealed unsafe class ExpertMlp : IDisposable
+{
+    private readonly Tensor _router;                     // [E, d] f32
+    private readonly float* _routerP;
+    private readonly PackedMatrix[]? _gateUpP, _downP;   // per expert, packed (the CPU kernel path)
+    private readonly Tensor[]? _gateUp, _down;           // per expert, as DecoderLayer keeps projections (the libtorch path)
+    private readonly int _experts, _k, _d, _ff;
+    private readonly bool _normalize;
+    private float[] _scratch = [];                      // the kernel path's buffers: logits, chosen weights, gathered rows, gate|up, product, output
+
+    private ExpertMlp(ModelConfig c, Tensor router, PackedMatrix[]? gateUpP, PackedMatrix[]? downP, Tensor[]? gateUp, Tensor[]? down)
+    {
+        (_router, _gateUpP, _downP, _gateUp, _down) = (router, gateUpP, downP, gateUp, down);
+        (_experts, _k, _d, _ff, _normalize) = (c.NumExperts, c.ExpertsPerToken, c.HiddenSize, c.ExpertIntermediateSize, c.NormalizeTopK);
+        _routerP = router.device_type == DeviceType.CPU ? CpuKernels.Pointer(router) : null;
+    }
+
+    /// <summary>Gets whether the experts are packed (the CPU kernel path can run this block).</summary>
+    public bool Packed => _gateUpP is not null;
+
+    /// <summary>Loads the router (<c>mlp.gate.weight</c>) and the experts (<c>mlp.experts.E.{gate,up,down}_proj.weight</c>)
+    /// under <paramref name="prefix"/>: packed straight from the stored rows when <paramref name="pack"/> and every expert's
+    /// values allow it (null otherwise: the caller then loads the layer for libtorch), else as <paramref name="project"/>
+    /// lays a projection out in <paramref name="dtype"/>.</summary>
+    public static ExpertMlp? Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool pack, bool round,
+        Func<Tensor, Tensor> project)
+    {
+        long d = c.HiddenSize, ff = c.ExpertIntermediateSize;
+        string E(int e, string name) => $"{prefix}mlp.experts.{e}.{name}_proj.weight";
+        Tensor router = reader.Take(prefix + "mlp.gate.weight", [c.NumExperts, d], ScalarType.Float32, device);
+        if (pack)
+        {
+            var gateUp = new PackedMatrix?[c.NumExperts];
+            var down = new PackedMatrix?[c.NumExperts];
+            bool ok = true;
+            for (int e = 0; e < c.NumExperts && ok; e++)
+            {
+                using var scope = torch.NewDisposeScope();
+                ScalarType Stored(string name) => reader.StoredType(name) is ScalarType.BFloat16 or ScalarType.Float16 ? reader.StoredType(name) : ScalarType.Float32;
+                Tensor Rows(string name, long rows, long cols) => reader.Take(E(e, name), [rows, cols], Stored(E(e, name)), torch.CPU);
+                gateUp[e] = PackedMatrix.TryCreateFromRows([Rows("gate", ff, d), Rows("up", ff, d)], round);
+                down[e] = PackedMatrix.TryCreateFromRows([Rows("down", d, ff)], round);
+                ok = gateUp[e] is not null && down[e] is not null;
+            }
+
+            if (ok)
+            {
+                return new ExpertMlp(c, router, gateUp!, down!, null, null);
+            }
+
+            Array.ForEach(gateUp, m => m?.Dispose());
+            Array.ForEach(down, m => m?.Dispose());
+            router.Dispose();
+            return null;
+        }
+
+        var gu = new Tensor[c.NumExperts];
+        var dn = new Tensor[c.NumExperts];
+        for (int e = 0; e < c.NumExperts; e++)
+        {
+            using Tensor gate = reader.Take(E(e, "gate"), [ff, d], dtype, device), up = reader.Take(E(e, "up"), [ff, d], dtype, device);
+            using Tensor both = torch.cat([gate, up]);
+            gu[e] = project(both);
+            using Tensor downRows = reader.Take(E(e, "down"), [d, ff], dtype, device);
+            dn[e] = project(downRows);
+        }
+
+        return new ExpertMlp(c, router, null, null, gu, dn);
+    }
+
+    /// <summary>The block on x [R, d] (f32) by libtorch: the routed rows of each expert in one GEMM (padded to two rows when
+    /// one), the weighted outputs added into the result in expert order.</summary>
+    public Tensor Forward(Tensor x, Func<Tensor, Tensor, Tensor> project)
+    {
+        int rows = (int)x.shape[0];
+        // Router logits through f64, rounded to f32: a row's bits then do not depend on how many rows share the GEMM (short
+        // of an exact rounding tie), so routing is batch-invariant here too.
+        using Tensor x64 = x.to(ScalarType.Float64), r64 = _router.to(ScalarType.Float64), logits = F.linear(x64, r64).to(ScalarType.Float32).cpu();
+        var (weights, chosen) = Route(logits);
+        Tensor y = torch.zeros_like(x);
+        for (int e = 0; e < _experts; e++)
+        {
+            var (routed, w) = Routed(chosen, weights, rows, e);
+            if (routed.Count == 0)
+            {
+                continue;
+            }
+
+            long[] index = routed.Count == 1 && _gateUp![e].dtype == ScalarType.Float32 ? [routed[0], routed[0]] : routed.Select(r => (long)r).ToArray();
+            using var scope = torch.NewDisposeScope();
+            Tensor xe = x.index_select(0, torch.tensor(index, device: x.device));
+            Tensor gateUp = project(xe, _gateUp![e]);
+            Tensor[] parts = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);
+            Tensor out_ = project(F.silu(parts[0]) * parts[1], _down![e]);
+            out_ = (out_.dtype == ScalarType.Float32 ? out_ : out_.to(ScalarType.Float32)).narrow(0, 0, routed.Count);
+            y.index_add_(0, torch.tensor(routed.Select(r => (long)r).ToArray(), device: x.device),
+                out_ * torch.tensor(w, device: x.device).unsqueeze(1), 1);
+        }
+
+        return y;
+    }
+
+    /// <summary>The block on <paramref name="rows"/> rows of x [rows, d] into y [rows, d] (overwritten), on the packed experts.</summary>
+    public void ForwardCpu(float* x, int rows, float* y)
+    {
+        int d = _d, ff = _ff;
+        long need = ((long)rows * _experts) + ((long)rows * _k) + ((long)rows * d * 2) + ((long)rows * ff * 3);
+        if (_scratch.Length < need)
+        {
+            _scratch = GC.AllocateUninitializedArray<float>((int)Math.Max(need, 2L * _scratch.Length), pinned: true);
+        }
+
+        float* logits = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_scratch));
+        float* gathered = logits + ((long)rows * _experts), gateUp = gathered + ((long)rows * d), act = gateUp + (2L * rows * ff), output = act + ((long)rows * ff);
+        for (int r = 0; r < rows; r++)
+        {
+            var row = new ReadOnlySpan<float>(x + ((long)r * d), d);
+            for (int e = 0; e < _experts; e++)
+            {
+                logits[((long)r * _experts) + e] = TensorPrimitives.Dot(row, new ReadOnlySpan<float>(_routerP + ((long)e * d), d));
+            }
+        }
+
+        var (weights, chosen) = Route(new ReadOnlySpan<float>(logits, rows * _experts), rows);
+        new Span<float>(y, rows * d).Clear();
+        for (int e = 0; e < _experts; e++)
+        {
+            var (routed, w) = Routed(chosen, weights, rows, e);
+            if (routed.Count == 0)
+            {
+                continue;
+            }
+
+            for (int i = 0; i < routed.Count; i++)
+            {
+                new ReadOnlySpan<float>(x + ((long)routed[i] * d), d).CopyTo(new Span<float>(gathered + ((long)i * d), d));
+            }
+
+            _gateUpP![e].Multiply(gathered, routed.Count, gateUp);
+            CpuKernels.SiluMul(gateUp, act, routed.Count, ff);
+            _downP![e].Multiply(act, routed.Count, output);
+            for (int i = 0; i < routed.Count; i++)
+            {
+                var target = new Span<float>(y + ((long)routed[i] * d), d);
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(output + ((long)i * d), d), w[i], target, target);
+            }
+        }
+    }
+
+    /// <summary>Each row's chosen experts and their weights from router logits [rows, E] (a CPU tensor).</summary>
+    private (float[] Weights, int[] Chosen) Route(Tensor logits)
+    {
+        using Tensor contiguous = logits.to(ScalarType.Float32).contiguous();
+        return Route(MemoryMarshal.Cast<byte, float>(contiguous.bytes), (int)logits.shape[0]);
+    }
+
+    /// <summary>Softmax over the experts in f32, the k largest (the lower index first on ties), renormalised to sum to one
+    /// where configured.</summary>
+    private (float[] Weights, int[] Chosen) Route(ReadOnlySpan<float> logits, int rows)
+    {
+        var weights = new float[rows * _k];
+        var chosen = new int[rows * _k];
+        var p = new float[_experts];
+        for (int r = 0; r < rows; r++)
+        {
+            ReadOnlySpan<float> l = logits.Slice(r * _experts, _experts);
+            float max = TensorPrimitives.Max(l);
+            TensorPrimitives.Subtract(l, max, p);
+            TensorPrimitives.Exp(p, p);
+            TensorPrimitives.Divide(p, TensorPrimitives.Sum(p), p);
+            for (int j = 0; j < _k; j++)
+            {
+                int best = -1;
+                for (int e = 0; e < _experts; e++)
+                {
+                    if (p[e] >= 0 && (best < 0 || p[e] > p[best]))
+                    {
+                        best = e;
+                    }
+                }
+
+                (chosen[(r * _k) + j], weights[(r * _k) + j]) = (best, p[best]);
+                p[best] = -1;   // taken
+            }
+
+            if (_normalize)
+            {
+                var w = weights.AsSpan(r * _k, _k);
+                TensorPrimitives.Divide(w, TensorPrimitives.Sum(w), w);
+            }
+        }
+
+        return (weights, chosen);
+    }
+
+    /// <summary>The rows routed to expert <paramref name="e"/>, in row order, with their weights.</summary>
+    private (List<int> Rows, float[] Weights) Routed(int[] chosen, float[] weights, int rows, int e)
+    {
+        var routed = new List<int>();
+        var w = new List<float>();
+        for (int r = 0; r < rows; r++)
+        {
+            for (int j = 0; j < _k; j++)
+            {
+                if (chosen[(r * _k) + j] == e)
+                {
+                    routed.Add(r);
+                    w.Add(weights[(r * _k) + j]);
+                }
+            }
+        }
+
+        return (routed, w.ToArray());
+    }
+
+    public void Dispose()
+    {
+        _router.Dispose();
+        foreach (PackedMatrix m in (_gateUpP ?? []).Concat(_downP ?? []))
+        {
+            m.Dispose();
+        }
+
+        foreach (Tensor t in (_gateUp ?? []).Concat(_down ?? []))
+        {
+            t.Dispose();
+        }
+    }
+}
