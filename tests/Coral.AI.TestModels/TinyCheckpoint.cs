@@ -163,6 +163,7 @@ public static class TinyCheckpoint
                 "Olmo2ForCausalLM" => "olmo2",
                 "Qwen3MoeForCausalLM" => "qwen3_moe",
                 "OlmoeForCausalLM" => "olmoe",
+                "MixtralForCausalLM" => "mixtral",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -219,9 +220,13 @@ public static class TinyCheckpoint
 
         if (spec.Experts > 0)
         {
-            config["num_experts"] = spec.Experts;
+            config[spec.Architecture == "MixtralForCausalLM" ? "num_local_experts" : "num_experts"] = spec.Experts;
             config["num_experts_per_tok"] = spec.ExpertsPerToken;
-            if (spec.Architecture == "OlmoeForCausalLM")
+            if (spec.Architecture == "MixtralForCausalLM")
+            {
+                config["intermediate_size"] = spec.ExpertIntermediateSize;   // Mixtral: the experts' width
+            }
+            else if (spec.Architecture == "OlmoeForCausalLM")
             {
                 config["intermediate_size"] = spec.ExpertIntermediateSize;   // OLMoE: the experts' width
                 config["norm_topk_prob"] = false;
@@ -355,12 +360,16 @@ public static class TinyCheckpoint
             if (spec.Experts > 0)
             {
                 // A router that spreads tokens over the experts, and each expert's SwiGLU.
-                tensors.Add(new(p + "mlp.gate.weight", (torch.randn([spec.Experts, d], generator: gen) * (2.0 / Math.Sqrt(d))).to(storage)));
+                // (Mixtral: block_sparse_moe.gate and experts.E.w1 / w3 / w2 for gate / up / down.)
+                bool mixtral = spec.Architecture == "MixtralForCausalLM";
+                string Expert(int e, string kind, string w) => mixtral ? $"{p}block_sparse_moe.experts.{e}.{w}.weight" : $"{p}mlp.experts.{e}.{kind}_proj.weight";
+                tensors.Add(new(mixtral ? p + "block_sparse_moe.gate.weight" : p + "mlp.gate.weight",
+                    (torch.randn([spec.Experts, d], generator: gen) * (2.0 / Math.Sqrt(d))).to(storage)));
                 for (int e = 0; e < spec.Experts; e++)
                 {
-                    tensors.Add(new(p + $"mlp.experts.{e}.gate_proj.weight", Linear(spec.ExpertIntermediateSize, d)));
-                    tensors.Add(new(p + $"mlp.experts.{e}.up_proj.weight", Linear(spec.ExpertIntermediateSize, d)));
-                    tensors.Add(new(p + $"mlp.experts.{e}.down_proj.weight", Linear(d, spec.ExpertIntermediateSize)));
+                    tensors.Add(new(Expert(e, "gate", "w1"), Linear(spec.ExpertIntermediateSize, d)));
+                    tensors.Add(new(Expert(e, "up", "w3"), Linear(spec.ExpertIntermediateSize, d)));
+                    tensors.Add(new(Expert(e, "down", "w2"), Linear(d, spec.ExpertIntermediateSize)));
                 }
 
                 continue;

@@ -34,7 +34,7 @@ public static class GgufExporter
         ModelConfig c = ModelConfig.Load(Path.Combine(modelFolder, "config.json"));
         string arch = c.Family switch
         {
-            ModelFamily.Llama or ModelFamily.Mistral => "llama",
+            ModelFamily.Llama or ModelFamily.Mistral or ModelFamily.Mixtral => "llama",   // llama.cpp runs Mixtral as a llama with experts
             ModelFamily.Qwen2 => "qwen2",
             ModelFamily.Phi3 => "phi3",
             ModelFamily.Gemma2 => "gemma2",
@@ -222,12 +222,12 @@ public static class GgufExporter
             if (c.IsMoe(i))
             {
                 // The router, and each projection of the experts stacked as one [E, rows, cols] tensor.
-                Put(b + "ffn_gate_inp.weight", h + "mlp.gate.weight", [c.NumExperts, d]);
+                Put(b + "ffn_gate_inp.weight", c.RouterName(h), [c.NumExperts, d]);
                 long fe = c.ExpertIntermediateSize;
                 foreach (var (gguf, hf, rows, cols) in new[] { ("ffn_gate_exps", "gate", fe, d), ("ffn_up_exps", "up", fe, d), ("ffn_down_exps", "down", d, fe) })
                 {
                     Tensor[] parts = Enumerable.Range(0, c.NumExperts)
-                        .Select(e => reader.Take($"{h}mlp.experts.{e}.{hf}_proj.weight", [rows, cols], ScalarType.Float32)).ToArray();
+                        .Select(e => reader.Take(c.ExpertWeightName(h, e, hf), [rows, cols], ScalarType.Float32)).ToArray();
                     using Tensor stacked = torch.stack(parts);
                     using Tensor stored = stacked.to(torchType).contiguous();
                     Array.ForEach(parts, t => t.Dispose());

@@ -39,16 +39,16 @@ internal sealed unsafe class ExpertMlp : IDisposable
     /// <summary>Gets whether the experts are packed (the CPU kernel path can run this block).</summary>
     public bool Packed => _gateUpP is not null;
 
-    /// <summary>Loads the router (<c>mlp.gate.weight</c>) and the experts (<c>mlp.experts.E.{gate,up,down}_proj.weight</c>)
-    /// under <paramref name="prefix"/>: packed straight from the stored rows when <paramref name="pack"/> and every expert's
+    /// <summary>Loads the router (<c>mlp.gate.weight</c>) and the experts (<c>mlp.experts.E.{gate,up,down}_proj.weight</c>;
+    /// Mixtral's names: <see cref="ModelConfig.ExpertWeightName"/>) under <paramref name="prefix"/>: packed straight from the stored rows when <paramref name="pack"/> and every expert's
     /// values allow it (null otherwise: the caller then loads the layer for libtorch), else as <paramref name="project"/>
     /// lays a projection out in <paramref name="dtype"/>.</summary>
     public static ExpertMlp? Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool pack, bool round,
         Func<Tensor, Tensor> project)
     {
         long d = c.HiddenSize, ff = c.ExpertIntermediateSize;
-        string E(int e, string name) => $"{prefix}mlp.experts.{e}.{name}_proj.weight";
-        Tensor router = reader.Take(prefix + "mlp.gate.weight", [c.NumExperts, d], ScalarType.Float32, device);
+        string E(int e, string name) => c.ExpertWeightName(prefix, e, name);
+        Tensor router = reader.Take(c.RouterName(prefix), [c.NumExperts, d], ScalarType.Float32, device);
         if (pack)
         {
             var gateUp = new PackedMatrix?[c.NumExperts];

@@ -38,6 +38,9 @@ internal enum ModelFamily
 
     /// <summary>OLMoE (<c>OlmoeForCausalLM</c>): a Llama with whole-projection q/k norms and a mixture of experts.</summary>
     Olmoe,
+
+    /// <summary>Mixtral (<c>MixtralForCausalLM</c>): a Mistral with a mixture of experts (<c>block_sparse_moe</c>).</summary>
+    Mixtral,
 }
 
 /// <summary>Where a layer's RMSNorms sit.</summary>
@@ -244,6 +247,17 @@ internal sealed record ModelConfig
     /// <c>mlp_only_layers</c>), or null when all are (given <see cref="NumExperts"/>).</summary>
     public IReadOnlyList<bool>? MoeLayers { get; init; }
 
+    /// <summary>The router's tensor name in the layer under <paramref name="prefix"/> (Mixtral: <c>block_sparse_moe.gate</c>;
+    /// Qwen3-MoE, OLMoE: <c>mlp.gate</c>).</summary>
+    public string RouterName(string prefix) =>
+        Family == ModelFamily.Mixtral ? $"{prefix}block_sparse_moe.gate.weight" : $"{prefix}mlp.gate.weight";
+
+    /// <summary>Expert <paramref name="e"/>'s <paramref name="kind"/> (gate, up or down) projection's tensor name (Mixtral's
+    /// w1, w3, w2).</summary>
+    public string ExpertWeightName(string prefix, int e, string kind) => Family == ModelFamily.Mixtral
+        ? $"{prefix}block_sparse_moe.experts.{e}.{kind switch { "gate" => "w1", "up" => "w3", _ => "w2" }}.weight"
+        : $"{prefix}mlp.experts.{e}.{kind}_proj.weight";
+
     /// <summary>Whether layer <paramref name="layer"/>'s MLP is a mixture of experts.</summary>
     public bool IsMoe(int layer) => NumExperts > 0 && (MoeLayers is null || MoeLayers[layer]);
 
@@ -286,9 +300,10 @@ internal sealed record ModelConfig
             "Olmo2ForCausalLM" => ModelFamily.Olmo2,
             "Qwen3MoeForCausalLM" => ModelFamily.Qwen3Moe,
             "OlmoeForCausalLM" => ModelFamily.Olmoe,
+            "MixtralForCausalLM" => ModelFamily.Mixtral,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM."),
         };
 
 
@@ -330,7 +345,7 @@ internal sealed record ModelConfig
         int? window = OptionalInt(root, path, "sliding_window");
         bool useWindow = family switch
         {
-            ModelFamily.Mistral or ModelFamily.Phi3 => window is not null,
+            ModelFamily.Mistral or ModelFamily.Phi3 or ModelFamily.Mixtral => window is not null,
             ModelFamily.Qwen2 or ModelFamily.Qwen3 => (OptionalBool(root, path, "use_sliding_window") ?? false) && window is not null,
             _ => false,
         };
@@ -390,6 +405,8 @@ internal sealed record ModelConfig
             ModelFamily.SmolLM3 => config with { NoRopeLayers = NoRope(root, path, layers) },
             ModelFamily.Olmo2 => config with { NormPlacement = NormPlacement.Post, QkNorm = true, QkNormWholeProjection = true },
             ModelFamily.Qwen3Moe => WithExperts(config, root, path, RequiredInt(root, path, "moe_intermediate_size")),
+            // Mixtral: num_local_experts of intermediate_size, the chosen ones' softmax weights always renormalised.
+            ModelFamily.Mixtral => WithExperts(config, root, path, config.IntermediateSize, "num_local_experts") with { NormalizeTopK = true },
             ModelFamily.Olmoe => root["clip_qkv"] is JsonValue
                 ? throw new CoralModelException(path, "clip_qkv", "clipping q/k/v is not supported.")
                 : WithExperts(config with { QkNorm = true, QkNormWholeProjection = true }, root, path, config.IntermediateSize),
@@ -400,9 +417,9 @@ internal sealed record ModelConfig
     /// <summary>A mixture-of-experts config: <c>num_experts</c> of width <paramref name="expertWidth"/>, each token routed to
     /// <c>num_experts_per_tok</c>, renormalised by <c>norm_topk_prob</c> (transformers' default false); Qwen3-MoE's dense
     /// layers (<c>mlp_only_layers</c>, and those off <c>decoder_sparse_step</c>) keep <c>intermediate_size</c>.</summary>
-    private static ModelConfig WithExperts(ModelConfig c, JsonObject root, string path, int expertWidth)
+    private static ModelConfig WithExperts(ModelConfig c, JsonObject root, string path, int expertWidth, string expertsField = "num_experts")
     {
-        int experts = RequiredInt(root, path, "num_experts"), perToken = RequiredInt(root, path, "num_experts_per_tok");
+        int experts = RequiredInt(root, path, expertsField), perToken = RequiredInt(root, path, "num_experts_per_tok");
         if (experts < 1 || perToken < 1 || perToken > experts)
         {
             throw new CoralModelException(path, "num_experts_per_tok", $"{perToken} must be between 1 and num_experts ({experts}).");

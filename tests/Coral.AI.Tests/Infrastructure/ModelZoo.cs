@@ -141,6 +141,11 @@ internal static class ModelZoo
     /// <summary>An OLMoE layout: four experts, two per token (not renormalised), whole-projection q/k norms.</summary>
     public static TinyModelSpec Olmoe => Llama with { Architecture = "OlmoeForCausalLM", Experts = 4, KvHeads = 4, Seed = 191 };   // as OLMoE: no GQA
 
+    /// <summary>A Mixtral layout: four experts (block_sparse_moe, w1/w3/w2), two per token, renormalised.</summary>
+    public static TinyModelSpec Mixtral => Llama with { Architecture = "MixtralForCausalLM", Experts = 4, Seed = 199 };
+
+    public static TinyModelSpec MixtralBf16 => Mixtral with { StorageDType = "BF16", Seed = 211 };
+
     public static TinyModelSpec OlmoeBf16 => Olmoe with { StorageDType = "BF16", Seed = 193 };
 
     public static TinyModelSpec SmolLM3Bf16 => SmolLM3 with { StorageDType = "BF16", Seed = 163 };

@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -51,6 +51,8 @@ public class TransformerModelTests
         "qwen3moe-bf16" => ModelZoo.Get(name, ModelZoo.Qwen3MoeBf16),
         "qwen3moe-wide" => ModelZoo.Get(name, ModelZoo.Qwen3MoeWide),
         "olmoe" => ModelZoo.Get(name, ModelZoo.Olmoe),
+        "mixtral" => ModelZoo.Get(name, ModelZoo.Mixtral),
+        "mixtral-bf16" => ModelZoo.Get(name, ModelZoo.MixtralBf16),
         "olmoe-bf16" => ModelZoo.Get(name, ModelZoo.OlmoeBf16),
         _ => throw new ArgumentException(name),
     };
@@ -189,6 +191,7 @@ public class TransformerModelTests
     [InlineData("olmo2", "bfloat16")]
     [InlineData("qwen3moe-bf16", "float32")]
     [InlineData("olmoe-bf16", "float32")]
+    [InlineData("mixtral-bf16", "float32")]
     [InlineData("qwen3moe", "bfloat16")]
     [InlineData("qwen3moe-wide", "float32")]   // experts on libtorch's f32 GEMMs: an expert with one routed row pads it to two
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)

@@ -38,6 +38,7 @@ public class SpeculativeDecodingTests
         { "olmo2-bf16", "random", 4, 4, 12, "float32" },
         { "qwen3moe-bf16", "random", 4, 4, 12, "float32" },
         { "olmoe-bf16", "random", 4, 6, 16, "float32" },
+        { "mixtral-bf16", "random", 4, 4, 12, "float32" },
         { "qwen3moe", "random", 3, 4, 8, "float32" },
     };
 
