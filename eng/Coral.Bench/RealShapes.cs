@@ -1,3 +1,4 @@
+using Coral.AI.Training;
 using Coral.AI.TestModels;
 
 /// <summary>
@@ -32,9 +33,17 @@ internal static class RealShapes
             Architecture = "Gemma3ForCausalLM", HiddenSize = 1152, Layers = 26, Heads = 4, KvHeads = 1, HeadDim = 256,
             IntermediateSize = 6912, Tied = true, RopeTheta = 1000000, SlidingWindow = 512, MaxPositions = 4096,
         },
+
+        // Qwen/Qwen3-30B-A3B: 48 layers (61 GB in bf16: pass --layers), 128 experts of 768, 8 per token.
+        ["qwen3-30b-a3b"] = new TinyModelSpec
+        {
+            Architecture = "Qwen3MoeForCausalLM", TokenizerStyle = ByteLevelStyle.Qwen2, HiddenSize = 2048, Layers = 48, Heads = 32, KvHeads = 4,
+            HeadDim = 128, IntermediateSize = 6144, Experts = 128, ExpertsPerToken = 8, ExpertIntermediateSize = 768, RopeTheta = 1000000,
+            MaxPositions = 4096,
+        },
     };
 
-    private static int VocabSizeOf(TinyModelSpec spec) => spec.IsGemma ? 262144 : 128256;
+    private static int VocabSizeOf(TinyModelSpec spec) => spec.IsGemma ? 262144 : spec.Experts > 0 ? 151936 : 128256;
     private const int GptRanks = 50000;
 
     public static void Write(string folder, string preset, int? layers, string dtype = "bf16")
@@ -54,7 +63,7 @@ internal static class RealShapes
         // Five Llama-3 special tokens follow the ranks; the rest of the vocabulary is embedding padding.
         spec = spec with
         {
-            Layers = layers ?? spec.Layers, TokenizerRanks = GptRanks, VocabPadding = VocabSizeOf(spec) - GptRanks - 5,
+            Layers = layers ?? spec.Layers, TokenizerRanks = GptRanks, VocabPadding = VocabSizeOf(spec) - GptRanks - (spec.TokenizerStyle == ByteLevelStyle.Llama3 ? 5 : 3),
             StorageDType = storage, Shards = 2, Seed = 11,
         };
         Console.Error.WriteLine($"writing random {preset} ({spec.Layers} layers, d={spec.HiddenSize}, vocab {VocabSizeOf(spec)}, {dtype}) to {folder}");
