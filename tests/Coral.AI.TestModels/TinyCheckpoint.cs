@@ -164,6 +164,7 @@ public static class TinyCheckpoint
                 "Qwen3MoeForCausalLM" => "qwen3_moe",
                 "OlmoeForCausalLM" => "olmoe",
                 "MixtralForCausalLM" => "mixtral",
+                "GraniteMoeForCausalLM" => "granitemoe",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -208,7 +209,7 @@ public static class TinyCheckpoint
             config["use_sliding_window"] = true;
         }
 
-        if (spec.Architecture == "GraniteForCausalLM")
+        if (spec.Architecture is "GraniteForCausalLM" or "GraniteMoeForCausalLM")
         {
             // Granite's multipliers, far enough from 1 (and from 1/√head_dim) that each one shows.
             config["embedding_multiplier"] = 3.0;
@@ -220,9 +221,9 @@ public static class TinyCheckpoint
 
         if (spec.Experts > 0)
         {
-            config[spec.Architecture == "MixtralForCausalLM" ? "num_local_experts" : "num_experts"] = spec.Experts;
+            config[spec.Architecture is "MixtralForCausalLM" or "GraniteMoeForCausalLM" ? "num_local_experts" : "num_experts"] = spec.Experts;
             config["num_experts_per_tok"] = spec.ExpertsPerToken;
-            if (spec.Architecture == "MixtralForCausalLM")
+            if (spec.Architecture is "MixtralForCausalLM" or "GraniteMoeForCausalLM")
             {
                 config["intermediate_size"] = spec.ExpertIntermediateSize;   // Mixtral: the experts' width
             }
@@ -360,6 +361,17 @@ public static class TinyCheckpoint
             if (spec.Experts > 0)
             {
                 // A router that spreads tokens over the experts, and each expert's SwiGLU.
+                if (spec.Architecture == "GraniteMoeForCausalLM")
+                {
+                    // Granite-MoE: a router layer and the experts stacked, gate rows then up rows in input_linear.
+                    tensors.Add(new(p + "block_sparse_moe.router.layer.weight", (torch.randn([spec.Experts, d], generator: gen) * (2.0 / Math.Sqrt(d))).to(storage)));
+                    tensors.Add(new(p + "block_sparse_moe.input_linear.weight",
+                        (torch.randn([spec.Experts, 2 * spec.ExpertIntermediateSize, d], generator: gen) * (s * 0.7 / Math.Sqrt(d))).to(storage)));
+                    tensors.Add(new(p + "block_sparse_moe.output_linear.weight",
+                        (torch.randn([spec.Experts, d, spec.ExpertIntermediateSize], generator: gen) * (s * 0.7 / Math.Sqrt(spec.ExpertIntermediateSize))).to(storage)));
+                    continue;
+                }
+
                 // (Mixtral: block_sparse_moe.gate and experts.E.w1 / w3 / w2 for gate / up / down.)
                 bool mixtral = spec.Architecture == "MixtralForCausalLM";
                 string Expert(int e, string kind, string w) => mixtral ? $"{p}block_sparse_moe.experts.{e}.{w}.weight" : $"{p}mlp.experts.{e}.{kind}_proj.weight";

@@ -40,6 +40,7 @@ public static class GgufExporter
             ModelFamily.Gemma2 => "gemma2",
             ModelFamily.Gemma3 => "gemma3",
             ModelFamily.Granite => "granite",
+            ModelFamily.GraniteMoe => "granitemoe",
             ModelFamily.SmolLM3 => "smollm3",
             ModelFamily.Olmo2 => "olmo2",
             ModelFamily.Qwen3Moe => "qwen3moe",
@@ -47,7 +48,7 @@ public static class GgufExporter
             _ => "qwen3",
         };
         bool gemma = c.Family is ModelFamily.Gemma2 or ModelFamily.Gemma3;
-        bool permuteQk = arch is "llama" or "granite" or "smollm3";   // llama.cpp's "normal" (adjacent-pair) RoPE
+        bool permuteQk = arch is "llama" or "granite" or "granitemoe" or "smollm3";   // llama.cpp's "normal" (adjacent-pair) RoPE
         var g = new GgufWriter();
         g.Add("general.architecture", arch);
         g.Add("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder))));
@@ -94,7 +95,7 @@ public static class GgufExporter
             g.Add($"{arch}.expert_feed_forward_length", (uint)c.ExpertIntermediateSize);
         }
 
-        if (c.Family == ModelFamily.Granite)
+        if (c.Family is ModelFamily.Granite or ModelFamily.GraniteMoe)
         {
             g.Add($"{arch}.embedding_scale", c.EmbeddingScale);
             g.Add($"{arch}.residual_scale", c.ResidualScale);
@@ -226,11 +227,13 @@ public static class GgufExporter
                 long fe = c.ExpertIntermediateSize;
                 foreach (var (gguf, hf, rows, cols) in new[] { ("ffn_gate_exps", "gate", fe, d), ("ffn_up_exps", "up", fe, d), ("ffn_down_exps", "down", d, fe) })
                 {
-                    Tensor[] parts = Enumerable.Range(0, c.NumExperts)
-                        .Select(e => reader.Take(c.ExpertWeightName(h, e, hf), [rows, cols], ScalarType.Float32)).ToArray();
-                    using Tensor stacked = torch.stack(parts);
-                    using Tensor stored = stacked.to(torchType).contiguous();
-                    Array.ForEach(parts, t => t.Dispose());
+                    using var scope = torch.NewDisposeScope();
+                    Tensor stacked = c.StackedExperts
+                        ? hf == "down"   // Granite-MoE stores them stacked already: gate rows, then up, in input_linear
+                            ? reader.Take(h + "block_sparse_moe.output_linear.weight", [c.NumExperts, d, fe], ScalarType.Float32)
+                            : reader.Take(h + "block_sparse_moe.input_linear.weight", [c.NumExperts, 2 * fe, d], ScalarType.Float32).narrow(1, hf == "gate" ? 0 : fe, fe)
+                        : torch.stack(Enumerable.Range(0, c.NumExperts).Select(e => reader.Take(c.ExpertWeightName(h, e, hf), [rows, cols], ScalarType.Float32)).ToArray());
+                    Tensor stored = stacked.to(torchType).contiguous();
                     g.AddTensor($"{b}{gguf}.weight", [c.NumExperts, rows, cols], ggmlType, stored.bytes.ToArray());
                 }
 

@@ -48,45 +48,62 @@ internal sealed unsafe class ExpertMlp : IDisposable
     {
         long d = c.HiddenSize, ff = c.ExpertIntermediateSize;
         string E(int e, string name) => c.ExpertWeightName(prefix, e, name);
+        string stackedGateUp = prefix + "block_sparse_moe.input_linear.weight", stackedDown = prefix + "block_sparse_moe.output_linear.weight";
+        // Packing reads the stored 16-bit rows as they are (f32 ones as f32); libtorch takes the compute dtype.
+        ScalarType Stored(string name) => reader.StoredType(name) is ScalarType.BFloat16 or ScalarType.Float16 ? reader.StoredType(name) : ScalarType.Float32;
         Tensor router = reader.Take(c.RouterName(prefix), [c.NumExperts, d], ScalarType.Float32, device);
-        if (pack)
+        // Granite-MoE's stacked experts, read once ([E, 2ff, d] and [E, d, ff]); an expert is then one slice of each.
+        Tensor? gateUp3 = c.StackedExperts ? reader.Take(stackedGateUp, [c.NumExperts, 2 * ff, d], pack ? Stored(stackedGateUp) : dtype, pack ? torch.CPU : device) : null;
+        Tensor? down3 = c.StackedExperts ? reader.Take(stackedDown, [c.NumExperts, d, ff], pack ? Stored(stackedDown) : dtype, pack ? torch.CPU : device) : null;
+        try
         {
-            var gateUp = new PackedMatrix?[c.NumExperts];
-            var down = new PackedMatrix?[c.NumExperts];
-            bool ok = true;
-            for (int e = 0; e < c.NumExperts && ok; e++)
+            // Expert e's gate|up parts and down rows (the caller's dispose scope owns them).
+            (Tensor[] GateUp, Tensor Down) Expert(int e, Func<string, ScalarType> type, Device where) => c.StackedExperts
+                ? ([gateUp3!.select(0, e)], down3!.select(0, e))
+                : ([reader.Take(E(e, "gate"), [ff, d], type(E(e, "gate")), where), reader.Take(E(e, "up"), [ff, d], type(E(e, "up")), where)],
+                    reader.Take(E(e, "down"), [d, ff], type(E(e, "down")), where));
+            if (pack)
+            {
+                var gateUp = new PackedMatrix?[c.NumExperts];
+                var down = new PackedMatrix?[c.NumExperts];
+                bool ok = true;
+                for (int e = 0; e < c.NumExperts && ok; e++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var (parts, downRows) = Expert(e, Stored, torch.CPU);
+                    gateUp[e] = PackedMatrix.TryCreateFromRows(parts, round);
+                    down[e] = PackedMatrix.TryCreateFromRows([downRows], round);
+                    ok = gateUp[e] is not null && down[e] is not null;
+                }
+
+                if (ok)
+                {
+                    return new ExpertMlp(c, router, gateUp!, down!, null, null);
+                }
+
+                Array.ForEach(gateUp, m => m?.Dispose());
+                Array.ForEach(down, m => m?.Dispose());
+                router.Dispose();
+                return null;
+            }
+
+            var gu = new Tensor[c.NumExperts];
+            var dn = new Tensor[c.NumExperts];
+            for (int e = 0; e < c.NumExperts; e++)
             {
                 using var scope = torch.NewDisposeScope();
-                ScalarType Stored(string name) => reader.StoredType(name) is ScalarType.BFloat16 or ScalarType.Float16 ? reader.StoredType(name) : ScalarType.Float32;
-                Tensor Rows(string name, long rows, long cols) => reader.Take(E(e, name), [rows, cols], Stored(E(e, name)), torch.CPU);
-                gateUp[e] = PackedMatrix.TryCreateFromRows([Rows("gate", ff, d), Rows("up", ff, d)], round);
-                down[e] = PackedMatrix.TryCreateFromRows([Rows("down", d, ff)], round);
-                ok = gateUp[e] is not null && down[e] is not null;
+                var (parts, downRows) = Expert(e, _ => dtype, device);
+                gu[e] = project(parts.Length == 1 ? parts[0] : torch.cat(parts)).MoveToOuterDisposeScope();
+                dn[e] = project(downRows).MoveToOuterDisposeScope();
             }
 
-            if (ok)
-            {
-                return new ExpertMlp(c, router, gateUp!, down!, null, null);
-            }
-
-            Array.ForEach(gateUp, m => m?.Dispose());
-            Array.ForEach(down, m => m?.Dispose());
-            router.Dispose();
-            return null;
+            return new ExpertMlp(c, router, null, null, gu, dn);
         }
-
-        var gu = new Tensor[c.NumExperts];
-        var dn = new Tensor[c.NumExperts];
-        for (int e = 0; e < c.NumExperts; e++)
+        finally
         {
-            using Tensor gate = reader.Take(E(e, "gate"), [ff, d], dtype, device), up = reader.Take(E(e, "up"), [ff, d], dtype, device);
-            using Tensor both = torch.cat([gate, up]);
-            gu[e] = project(both);
-            using Tensor downRows = reader.Take(E(e, "down"), [d, ff], dtype, device);
-            dn[e] = project(downRows);
+            gateUp3?.Dispose();
+            down3?.Dispose();
         }
-
-        return new ExpertMlp(c, router, null, null, gu, dn);
     }
 
     /// <summary>The block on x [R, d] (f32) by libtorch: the routed rows of each expert in one GEMM (padded to two rows when

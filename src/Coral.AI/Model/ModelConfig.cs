@@ -41,6 +41,10 @@ internal enum ModelFamily
 
     /// <summary>Mixtral (<c>MixtralForCausalLM</c>): a Mistral with a mixture of experts (<c>block_sparse_moe</c>).</summary>
     Mixtral,
+
+    /// <summary>Granite-MoE (<c>GraniteMoeForCausalLM</c>): Granite's multipliers with a mixture of experts stored stacked
+    /// (<c>input_linear</c>, <c>output_linear</c>).</summary>
+    GraniteMoe,
 }
 
 /// <summary>Where a layer's RMSNorms sit.</summary>
@@ -249,8 +253,16 @@ internal sealed record ModelConfig
 
     /// <summary>The router's tensor name in the layer under <paramref name="prefix"/> (Mixtral: <c>block_sparse_moe.gate</c>;
     /// Qwen3-MoE, OLMoE: <c>mlp.gate</c>).</summary>
-    public string RouterName(string prefix) =>
-        Family == ModelFamily.Mixtral ? $"{prefix}block_sparse_moe.gate.weight" : $"{prefix}mlp.gate.weight";
+    public string RouterName(string prefix) => Family switch
+    {
+        ModelFamily.Mixtral => $"{prefix}block_sparse_moe.gate.weight",
+        ModelFamily.GraniteMoe => $"{prefix}block_sparse_moe.router.layer.weight",
+        _ => $"{prefix}mlp.gate.weight",
+    };
+
+    /// <summary>Gets whether the experts are stored stacked: Granite-MoE's <c>block_sparse_moe.input_linear.weight</c>
+    /// [experts, 2·ff, d] (gate rows, then up) and <c>output_linear.weight</c> [experts, d, ff].</summary>
+    public bool StackedExperts => Family == ModelFamily.GraniteMoe;
 
     /// <summary>Expert <paramref name="e"/>'s <paramref name="kind"/> (gate, up or down) projection's tensor name (Mixtral's
     /// w1, w3, w2).</summary>
@@ -301,9 +313,10 @@ internal sealed record ModelConfig
             "Qwen3MoeForCausalLM" => ModelFamily.Qwen3Moe,
             "OlmoeForCausalLM" => ModelFamily.Olmoe,
             "MixtralForCausalLM" => ModelFamily.Mixtral,
+            "GraniteMoeForCausalLM" => ModelFamily.GraniteMoe,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM."),
         };
 
 
@@ -395,13 +408,10 @@ internal sealed record ModelConfig
         return family switch
         {
             ModelFamily.Gemma2 or ModelFamily.Gemma3 => WithGemma(config, root, path, window),
-            ModelFamily.Granite => config with
-            {
-                EmbeddingScale = (float)(OptionalDouble(root, path, "embedding_multiplier") ?? 1.0),
-                AttentionMultiplier = OptionalDouble(root, path, "attention_multiplier") ?? 1.0,
-                ResidualScale = (float)(OptionalDouble(root, path, "residual_multiplier") ?? 1.0),
-                LogitDivisor = (float)(OptionalDouble(root, path, "logits_scaling") ?? 1.0),
-            },
+            ModelFamily.Granite => WithGraniteMultipliers(config, root, path),
+            // Granite-MoE: softmax over the top-k logits, i.e. the chosen experts' weights renormalised.
+            ModelFamily.GraniteMoe => WithExperts(WithGraniteMultipliers(config, root, path), root, path, config.IntermediateSize, "num_local_experts")
+                with { NormalizeTopK = true },
             ModelFamily.SmolLM3 => config with { NoRopeLayers = NoRope(root, path, layers) },
             ModelFamily.Olmo2 => config with { NormPlacement = NormPlacement.Post, QkNorm = true, QkNormWholeProjection = true },
             ModelFamily.Qwen3Moe => WithExperts(config, root, path, RequiredInt(root, path, "moe_intermediate_size")),
@@ -413,6 +423,15 @@ internal sealed record ModelConfig
             _ => config,
         };
     }
+
+    /// <summary>Granite's multipliers on the embedding, q·k, the residual branches and (dividing) the logits.</summary>
+    private static ModelConfig WithGraniteMultipliers(ModelConfig c, JsonObject root, string path) => c with
+    {
+        EmbeddingScale = (float)(OptionalDouble(root, path, "embedding_multiplier") ?? 1.0),
+        AttentionMultiplier = OptionalDouble(root, path, "attention_multiplier") ?? 1.0,
+        ResidualScale = (float)(OptionalDouble(root, path, "residual_multiplier") ?? 1.0),
+        LogitDivisor = (float)(OptionalDouble(root, path, "logits_scaling") ?? 1.0),
+    };
 
     /// <summary>A mixture-of-experts config: <c>num_experts</c> of width <paramref name="expertWidth"/>, each token routed to
     /// <c>num_experts_per_tok</c>, renormalised by <c>norm_topk_prob</c> (transformers' default false); Qwen3-MoE's dense

@@ -144,6 +144,11 @@ internal static class ModelZoo
     /// <summary>A Mixtral layout: four experts (block_sparse_moe, w1/w3/w2), two per token, renormalised.</summary>
     public static TinyModelSpec Mixtral => Llama with { Architecture = "MixtralForCausalLM", Experts = 4, Seed = 199 };
 
+    /// <summary>A Granite-MoE layout: Granite's multipliers, four experts stacked (input_linear, output_linear), two per token.</summary>
+    public static TinyModelSpec GraniteMoe => Granite with { Architecture = "GraniteMoeForCausalLM", Experts = 4, Seed = 223 };
+
+    public static TinyModelSpec GraniteMoeBf16 => GraniteMoe with { StorageDType = "BF16", Seed = 227 };
+
     public static TinyModelSpec MixtralBf16 => Mixtral with { StorageDType = "BF16", Seed = 211 };
 
     public static TinyModelSpec OlmoeBf16 => Olmoe with { StorageDType = "BF16", Seed = 193 };

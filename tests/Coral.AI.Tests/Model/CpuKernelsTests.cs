@@ -43,6 +43,7 @@ public class CpuKernelsTests
     [InlineData("qwen3moe-bf16", true)]
     [InlineData("olmoe-bf16", false)]
     [InlineData("mixtral-bf16", true)]
+    [InlineData("granitemoe-bf16", false)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

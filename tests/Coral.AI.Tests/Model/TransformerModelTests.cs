@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral", "granitemoe"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -53,6 +53,8 @@ public class TransformerModelTests
         "olmoe" => ModelZoo.Get(name, ModelZoo.Olmoe),
         "mixtral" => ModelZoo.Get(name, ModelZoo.Mixtral),
         "mixtral-bf16" => ModelZoo.Get(name, ModelZoo.MixtralBf16),
+        "granitemoe" => ModelZoo.Get(name, ModelZoo.GraniteMoe),
+        "granitemoe-bf16" => ModelZoo.Get(name, ModelZoo.GraniteMoeBf16),
         "olmoe-bf16" => ModelZoo.Get(name, ModelZoo.OlmoeBf16),
         _ => throw new ArgumentException(name),
     };
@@ -192,6 +194,7 @@ public class TransformerModelTests
     [InlineData("qwen3moe-bf16", "float32")]
     [InlineData("olmoe-bf16", "float32")]
     [InlineData("mixtral-bf16", "float32")]
+    [InlineData("granitemoe-bf16", "float32")]
     [InlineData("qwen3moe", "bfloat16")]
     [InlineData("qwen3moe-wide", "float32")]   // experts on libtorch's f32 GEMMs: an expert with one routed row pads it to two
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
