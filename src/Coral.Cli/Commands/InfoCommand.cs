@@ -29,6 +29,13 @@ internal static class InfoCommand
             parts.Add(c.QkNormWholeProjection ? "q/k norms over whole projections" : "per-head q/k norms");
         }
 
+        if (c.NumExperts > 0)
+        {
+            int dense = Enumerable.Range(0, c.NumLayers).Count(l => !c.IsMoe(l));
+            parts.Add($"{c.NumExperts} experts of {c.ExpertIntermediateSize}, {c.ExpertsPerToken} per token{(c.NormalizeTopK ? " (renormalised)" : string.Empty)}"
+                + (dense > 0 ? $", {dense} dense layers" : string.Empty));
+        }
+
         if (c.NormWeightsOffsetByOne)
         {
             parts.Add("norm weights stored as 1 + w");

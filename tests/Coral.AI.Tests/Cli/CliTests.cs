@@ -225,6 +225,11 @@ public class CliTests
         Assert.Contains("logits ÷2.5", stdout.ToString());
         Assert.Contains("tool calls: Granite", stdout.ToString());
 
+        stdout = new StringWriter();
+        code = await Coral.Cli.CliApp.RunAsync(["info", "--model", TransformerModelTests.ModelFor("qwen3moe")], stdout, stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Contains("4 experts of 48, 2 per token (renormalised)", stdout.ToString());
+
         string broken = ModelZoo.Copy(TransformerModelTests.ModelFor("llama"), "info-broken");
         File.WriteAllText(Path.Combine(broken, "config.json"), File.ReadAllText(Path.Combine(broken, "config.json")).Replace("\"silu\"", "\"relu\"", StringComparison.Ordinal));
         stderr = new StringWriter();
