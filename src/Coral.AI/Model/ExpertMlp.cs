@@ -115,22 +115,24 @@ internal sealed unsafe class ExpertMlp : IDisposable
         // of an exact rounding tie), so routing is batch-invariant here too.
         using Tensor x64 = x.to(ScalarType.Float64), r64 = _router.to(ScalarType.Float64), logits = F.linear(x64, r64).to(ScalarType.Float32).cpu();
         var (weights, chosen) = Route(logits);
+        var (start, byExpert, byExpertWeights) = Bucket(chosen, weights);
         Tensor y = torch.zeros_like(x);
         for (int e = 0; e < _experts; e++)
         {
-            var (routed, w) = Routed(chosen, weights, rows, e);
-            if (routed.Count == 0)
+            int[] routed = byExpert[start[e]..start[e + 1]];
+            float[] w = byExpertWeights[start[e]..start[e + 1]];
+            if (routed.Length == 0)
             {
                 continue;
             }
 
-            long[] index = routed.Count == 1 && _gateUp![e].dtype == ScalarType.Float32 ? [routed[0], routed[0]] : routed.Select(r => (long)r).ToArray();
+            long[] index = routed.Length == 1 && _gateUp![e].dtype == ScalarType.Float32 ? [routed[0], routed[0]] : routed.Select(r => (long)r).ToArray();
             using var scope = torch.NewDisposeScope();
             Tensor xe = x.index_select(0, torch.tensor(index, device: x.device));
             Tensor gateUp = project(xe, _gateUp![e]);
             Tensor[] parts = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);
             Tensor out_ = project(F.silu(parts[0]) * parts[1], _down![e]);
-            out_ = (out_.dtype == ScalarType.Float32 ? out_ : out_.to(ScalarType.Float32)).narrow(0, 0, routed.Count);
+            out_ = (out_.dtype == ScalarType.Float32 ? out_ : out_.to(ScalarType.Float32)).narrow(0, 0, routed.Length);
             y.index_add_(0, torch.tensor(routed.Select(r => (long)r).ToArray(), device: x.device),
                 out_ * torch.tensor(w, device: x.device).unsqueeze(1), 1);
         }
@@ -160,27 +162,28 @@ internal sealed unsafe class ExpertMlp : IDisposable
         }
 
         var (weights, chosen) = Route(new ReadOnlySpan<float>(logits, rows * _experts), rows);
+        var (start, byExpert, byExpertWeights) = Bucket(chosen, weights);
         new Span<float>(y, rows * d).Clear();
         for (int e = 0; e < _experts; e++)
         {
-            var (routed, w) = Routed(chosen, weights, rows, e);
-            if (routed.Count == 0)
+            int first = start[e], n = start[e + 1] - first;
+            if (n == 0)
             {
                 continue;
             }
 
-            for (int i = 0; i < routed.Count; i++)
+            for (int i = 0; i < n; i++)
             {
-                new ReadOnlySpan<float>(x + ((long)routed[i] * d), d).CopyTo(new Span<float>(gathered + ((long)i * d), d));
+                new ReadOnlySpan<float>(x + ((long)byExpert[first + i] * d), d).CopyTo(new Span<float>(gathered + ((long)i * d), d));
             }
 
-            _gateUpP![e].Multiply(gathered, routed.Count, gateUp);
-            CpuKernels.SiluMul(gateUp, act, routed.Count, ff);
-            _downP![e].Multiply(act, routed.Count, output);
-            for (int i = 0; i < routed.Count; i++)
+            _gateUpP![e].Multiply(gathered, n, gateUp);
+            CpuKernels.SiluMul(gateUp, act, n, ff);
+            _downP![e].Multiply(act, n, output);
+            for (int i = 0; i < n; i++)
             {
-                var target = new Span<float>(y + ((long)routed[i] * d), d);
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(output + ((long)i * d), d), w[i], target, target);
+                var target = new Span<float>(y + ((long)byExpert[first + i] * d), d);
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(output + ((long)i * d), d), byExpertWeights[first + i], target, target);
             }
         }
     }
@@ -231,24 +234,31 @@ internal sealed unsafe class ExpertMlp : IDisposable
         return (weights, chosen);
     }
 
-    /// <summary>The rows routed to expert <paramref name="e"/>, in row order, with their weights.</summary>
-    private (List<int> Rows, float[] Weights) Routed(int[] chosen, float[] weights, int rows, int e)
+    /// <summary>The routed rows grouped by expert, each group in row order (a counting sort): expert e's rows are
+    /// <c>Rows[Start[e]..Start[e + 1]]</c>, their weights likewise.</summary>
+    private (int[] Start, int[] Rows, float[] Weights) Bucket(int[] chosen, float[] weights)
     {
-        var routed = new List<int>();
-        var w = new List<float>();
-        for (int r = 0; r < rows; r++)
+        var start = new int[_experts + 1];
+        foreach (int e in chosen)
         {
-            for (int j = 0; j < _k; j++)
-            {
-                if (chosen[(r * _k) + j] == e)
-                {
-                    routed.Add(r);
-                    w.Add(weights[(r * _k) + j]);
-                }
-            }
+            start[e + 1]++;
         }
 
-        return (routed, w.ToArray());
+        for (int e = 0; e < _experts; e++)
+        {
+            start[e + 1] += start[e];
+        }
+
+        int[] fill = (int[])start.Clone();
+        var rows = new int[chosen.Length];
+        var w = new float[chosen.Length];
+        for (int i = 0; i < chosen.Length; i++)
+        {
+            int at = fill[chosen[i]]++;
+            (rows[at], w[at]) = (i / _k, weights[i]);
+        }
+
+        return (start, rows, w);
     }
 
     public void Dispose()
