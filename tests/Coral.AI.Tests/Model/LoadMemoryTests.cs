@@ -29,6 +29,9 @@ public class LoadMemoryTests
     [InlineData("llama-tied-scaled-f16", true)]   // f16 router groups
     [InlineData("gemma3-bf16", false)]            // Gemma: sandwich norms, a second rotary table for the sliding layers
     [InlineData("gemma2", true)]                  // (f32 weights) with a drafter
+    [InlineData("qwen3moe-bf16", false)]          // packed experts, the router
+    [InlineData("granitemoe", false)]             // stacked experts sliced for libtorch (f32 weights)
+    [InlineData("mixtral-bf16", true)]            // experts with a drafter
     public void LoadingAndDisposing_LeavesNoTensorBehind(string arch, bool withDrafter)
     {
         string target = TransformerModelTests.ModelFor(arch);
@@ -49,6 +52,7 @@ public class LoadMemoryTests
     [InlineData("llama-tied-scaled-bf16", false)]
     [InlineData("llama", true)]
     [InlineData("llama-tied-scaled-bf16", true)]
+    [InlineData("qwen3moe", false)]               // experts on libtorch: per-expert GEMMs in each step's scope
     public void Requests_LeaveNoTensorBehind(string arch, bool withDrafter)
     {
         string target = TransformerModelTests.ModelFor(arch);
