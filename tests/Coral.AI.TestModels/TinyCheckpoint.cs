@@ -165,6 +165,7 @@ public static class TinyCheckpoint
                 "OlmoeForCausalLM" => "olmoe",
                 "MixtralForCausalLM" => "mixtral",
                 "GraniteMoeForCausalLM" => "granitemoe",
+                "Qwen2MoeForCausalLM" => "qwen2_moe",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -235,7 +236,12 @@ public static class TinyCheckpoint
             else
             {
                 config["moe_intermediate_size"] = spec.ExpertIntermediateSize;
-                config["norm_topk_prob"] = true;
+                config["norm_topk_prob"] = spec.Architecture != "Qwen2MoeForCausalLM";   // Qwen2-MoE ships false
+                if (spec.Architecture == "Qwen2MoeForCausalLM")
+                {
+                    config["shared_expert_intermediate_size"] = 2 * spec.ExpertIntermediateSize;
+                }
+
                 config["decoder_sparse_step"] = 1;
                 config["mlp_only_layers"] = new JsonArray();
             }
@@ -307,8 +313,9 @@ public static class TinyCheckpoint
         Tensor embed = (torch.randn([vocabSize, d], generator: gen) * (0.5 * s * (spec.IsGemma ? 4 / Math.Sqrt(d) : 1))).to(storage);
         var tensors = new List<KeyValuePair<string, Tensor>> { new("model.embed_tokens.weight", embed) };
         double outScale = spec.SuccessorHead ? 0.05 : 1;
-        bool qkvBias = spec.Architecture == "Qwen2ForCausalLM" || spec.AttentionBias;
-        bool oBias = spec.Architecture != "Qwen2ForCausalLM" && spec.AttentionBias;
+        bool qwen2 = spec.Architecture is "Qwen2ForCausalLM" or "Qwen2MoeForCausalLM";
+        bool qkvBias = qwen2 || spec.AttentionBias;
+        bool oBias = !qwen2 && spec.AttentionBias;
         double norm = spec.IsGemma ? 0 : 1;   // Gemma stores norm weights as offsets from one
         for (int i = 0; i < spec.Layers; i++)
         {
@@ -370,6 +377,16 @@ public static class TinyCheckpoint
                     tensors.Add(new(p + "block_sparse_moe.output_linear.weight",
                         (torch.randn([spec.Experts, d, spec.ExpertIntermediateSize], generator: gen) * (s * 0.7 / Math.Sqrt(spec.ExpertIntermediateSize))).to(storage)));
                     continue;
+                }
+
+                if (spec.Architecture == "Qwen2MoeForCausalLM")
+                {
+                    // Qwen2-MoE's shared expert and its sigmoid gate.
+                    int fs = 2 * spec.ExpertIntermediateSize;
+                    tensors.Add(new(p + "mlp.shared_expert_gate.weight", Linear(1, d)));
+                    tensors.Add(new(p + "mlp.shared_expert.gate_proj.weight", Linear(fs, d)));
+                    tensors.Add(new(p + "mlp.shared_expert.up_proj.weight", Linear(fs, d)));
+                    tensors.Add(new(p + "mlp.shared_expert.down_proj.weight", Linear(d, fs)));
                 }
 
                 // (Mixtral: block_sparse_moe.gate and experts.E.w1 / w3 / w2 for gate / up / down.)

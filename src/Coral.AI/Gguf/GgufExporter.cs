@@ -44,6 +44,7 @@ public static class GgufExporter
             ModelFamily.SmolLM3 => "smollm3",
             ModelFamily.Olmo2 => "olmo2",
             ModelFamily.Qwen3Moe => "qwen3moe",
+            ModelFamily.Qwen2Moe => "qwen2moe",
             ModelFamily.Olmoe => "olmoe",
             _ => "qwen3",
         };
@@ -93,6 +94,10 @@ public static class GgufExporter
             g.Add($"{arch}.expert_count", (uint)c.NumExperts);
             g.Add($"{arch}.expert_used_count", (uint)c.ExpertsPerToken);
             g.Add($"{arch}.expert_feed_forward_length", (uint)c.ExpertIntermediateSize);
+            if (c.SharedExpertIntermediateSize > 0)
+            {
+                g.Add($"{arch}.expert_shared_feed_forward_length", (uint)c.SharedExpertIntermediateSize);
+            }
         }
 
         if (c.Family is ModelFamily.Granite or ModelFamily.GraniteMoe)
@@ -235,6 +240,15 @@ public static class GgufExporter
                         : torch.stack(Enumerable.Range(0, c.NumExperts).Select(e => reader.Take(c.ExpertWeightName(h, e, hf), [rows, cols], ScalarType.Float32)).ToArray());
                     Tensor stored = stacked.to(torchType).contiguous();
                     g.AddTensor($"{b}{gguf}.weight", [c.NumExperts, rows, cols], ggmlType, stored.bytes.ToArray());
+                }
+
+                if (c.SharedExpertIntermediateSize > 0)
+                {
+                    long fs = c.SharedExpertIntermediateSize;
+                    Put(b + "ffn_gate_inp_shexp.weight", h + "mlp.shared_expert_gate.weight", [1, d]);
+                    Put(b + "ffn_gate_shexp.weight", h + "mlp.shared_expert.gate_proj.weight", [fs, d]);
+                    Put(b + "ffn_up_shexp.weight", h + "mlp.shared_expert.up_proj.weight", [fs, d]);
+                    Put(b + "ffn_down_shexp.weight", h + "mlp.shared_expert.down_proj.weight", [d, fs]);
                 }
 
                 continue;

@@ -25,15 +25,20 @@ internal sealed unsafe class ExpertMlp : IDisposable
     private readonly float* _routerP;
     private readonly PackedMatrix[]? _gateUpP, _downP;   // per expert, packed (the CPU kernel path)
     private readonly Tensor[]? _gateUp, _down;           // per expert, as DecoderLayer keeps projections (the libtorch path)
-    private readonly int _experts, _k, _d, _ff;
+    private readonly int _experts, _k, _d, _ff, _sharedFf;   // _sharedFf: the shared expert's width (Qwen2-MoE), 0 for none
+    private readonly Tensor? _sharedGate;                // [d] f32: the shared expert's sigmoid gate
+    private readonly float* _sharedGateP;
     private readonly bool _normalize;
     private float[] _scratch = [];                      // the kernel path's buffers: logits, chosen weights, gathered rows, gate|up, product, output
 
-    private ExpertMlp(ModelConfig c, Tensor router, PackedMatrix[]? gateUpP, PackedMatrix[]? downP, Tensor[]? gateUp, Tensor[]? down)
+    /// <remarks>With a shared expert, the weight arrays hold it last (index <see cref="ModelConfig.NumExperts"/>).</remarks>
+    private ExpertMlp(ModelConfig c, Tensor router, PackedMatrix[]? gateUpP, PackedMatrix[]? downP, Tensor[]? gateUp, Tensor[]? down, Tensor? sharedGate)
     {
-        (_router, _gateUpP, _downP, _gateUp, _down) = (router, gateUpP, downP, gateUp, down);
+        (_router, _gateUpP, _downP, _gateUp, _down, _sharedGate) = (router, gateUpP, downP, gateUp, down, sharedGate);
         (_experts, _k, _d, _ff, _normalize) = (c.NumExperts, c.ExpertsPerToken, c.HiddenSize, c.ExpertIntermediateSize, c.NormalizeTopK);
+        _sharedFf = sharedGate is null ? 0 : c.SharedExpertIntermediateSize;
         _routerP = router.device_type == DeviceType.CPU ? CpuKernels.Pointer(router) : null;
+        _sharedGateP = sharedGate is not null && sharedGate.device_type == DeviceType.CPU ? CpuKernels.Pointer(sharedGate) : null;
     }
 
     /// <summary>Gets whether the experts are packed (the CPU kernel path can run this block).</summary>
@@ -52,22 +57,36 @@ internal sealed unsafe class ExpertMlp : IDisposable
         // Packing reads the stored 16-bit rows as they are (f32 ones as f32); libtorch takes the compute dtype.
         ScalarType Stored(string name) => reader.StoredType(name) is ScalarType.BFloat16 or ScalarType.Float16 ? reader.StoredType(name) : ScalarType.Float32;
         Tensor router = reader.Take(c.RouterName(prefix), [c.NumExperts, d], ScalarType.Float32, device);
+        // Qwen2-MoE's shared expert, run on every token behind a sigmoid gate: loaded as one more expert, last.
+        int shared = c.SharedExpertIntermediateSize > 0 ? 1 : 0;
+        long fs = c.SharedExpertIntermediateSize;
+        Tensor? sharedGate = null;
+        if (shared == 1)
+        {
+            using Tensor row = reader.Take(prefix + "mlp.shared_expert_gate.weight", [1, d], ScalarType.Float32, device);
+            sharedGate = row.reshape(d);
+        }
+
+        string S(string name) => $"{prefix}mlp.shared_expert.{name}_proj.weight";
         // Granite-MoE's stacked experts, read once ([E, 2ff, d] and [E, d, ff]); an expert is then one slice of each.
         Tensor? gateUp3 = c.StackedExperts ? reader.Take(stackedGateUp, [c.NumExperts, 2 * ff, d], pack ? Stored(stackedGateUp) : dtype, pack ? torch.CPU : device) : null;
         Tensor? down3 = c.StackedExperts ? reader.Take(stackedDown, [c.NumExperts, d, ff], pack ? Stored(stackedDown) : dtype, pack ? torch.CPU : device) : null;
         try
         {
             // Expert e's gate|up parts and down rows (the caller's dispose scope owns them).
-            (Tensor[] GateUp, Tensor Down) Expert(int e, Func<string, ScalarType> type, Device where) => c.StackedExperts
+            (Tensor[] GateUp, Tensor Down) Expert(int e, Func<string, ScalarType> type, Device where) => e == c.NumExperts
+                ? ([reader.Take(S("gate"), [fs, d], type(S("gate")), where), reader.Take(S("up"), [fs, d], type(S("up")), where)],
+                    reader.Take(S("down"), [d, fs], type(S("down")), where))
+                : c.StackedExperts
                 ? ([gateUp3!.select(0, e)], down3!.select(0, e))
                 : ([reader.Take(E(e, "gate"), [ff, d], type(E(e, "gate")), where), reader.Take(E(e, "up"), [ff, d], type(E(e, "up")), where)],
                     reader.Take(E(e, "down"), [d, ff], type(E(e, "down")), where));
             if (pack)
             {
-                var gateUp = new PackedMatrix?[c.NumExperts];
-                var down = new PackedMatrix?[c.NumExperts];
+                var gateUp = new PackedMatrix?[c.NumExperts + shared];
+                var down = new PackedMatrix?[c.NumExperts + shared];
                 bool ok = true;
-                for (int e = 0; e < c.NumExperts && ok; e++)
+                for (int e = 0; e < c.NumExperts + shared && ok; e++)
                 {
                     using var scope = torch.NewDisposeScope();
                     var (parts, downRows) = Expert(e, Stored, torch.CPU);
@@ -78,18 +97,19 @@ internal sealed unsafe class ExpertMlp : IDisposable
 
                 if (ok)
                 {
-                    return new ExpertMlp(c, router, gateUp!, down!, null, null);
+                    return new ExpertMlp(c, router, gateUp!, down!, null, null, sharedGate);
                 }
 
                 Array.ForEach(gateUp, m => m?.Dispose());
                 Array.ForEach(down, m => m?.Dispose());
                 router.Dispose();
+                sharedGate?.Dispose();
                 return null;
             }
 
-            var gu = new Tensor[c.NumExperts];
-            var dn = new Tensor[c.NumExperts];
-            for (int e = 0; e < c.NumExperts; e++)
+            var gu = new Tensor[c.NumExperts + shared];
+            var dn = new Tensor[c.NumExperts + shared];
+            for (int e = 0; e < c.NumExperts + shared; e++)
             {
                 using var scope = torch.NewDisposeScope();
                 var (parts, downRows) = Expert(e, _ => dtype, device);
@@ -97,7 +117,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 dn[e] = project(downRows).MoveToOuterDisposeScope();
             }
 
-            return new ExpertMlp(c, router, null, null, gu, dn);
+            return new ExpertMlp(c, router, null, null, gu, dn, sharedGate);
         }
         finally
         {
@@ -137,13 +157,24 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 out_ * torch.tensor(w, device: x.device).unsqueeze(1), 1);
         }
 
+        if (_sharedGate is not null)
+        {
+            // Every row through the shared expert, weighted by sigmoid(x·g) (through f64 as the router), added last.
+            using var scope = torch.NewDisposeScope();
+            Tensor gate = x64.matmul(_sharedGate.to(ScalarType.Float64)).to(ScalarType.Float32).sigmoid().unsqueeze(1);
+            Tensor gateUp = project(x, _gateUp![_experts]);
+            Tensor[] parts = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);
+            Tensor out_ = project(F.silu(parts[0]) * parts[1], _down![_experts]);
+            y.add_((out_.dtype == ScalarType.Float32 ? out_ : out_.to(ScalarType.Float32)) * gate);
+        }
+
         return y;
     }
 
     /// <summary>The block on <paramref name="rows"/> rows of x [rows, d] into y [rows, d] (overwritten), on the packed experts.</summary>
     public void ForwardCpu(float* x, int rows, float* y)
     {
-        int d = _d, ff = _ff;
+        int d = _d, ff = Math.Max(_ff, _sharedFf);
         long need = ((long)rows * _experts) + ((long)rows * _k) + ((long)rows * d * 2) + ((long)rows * ff * 3);
         if (_scratch.Length < need)
         {
@@ -178,12 +209,26 @@ internal sealed unsafe class ExpertMlp : IDisposable
             }
 
             _gateUpP![e].Multiply(gathered, n, gateUp);
-            CpuKernels.SiluMul(gateUp, act, n, ff);
+            CpuKernels.SiluMul(gateUp, act, n, _ff);
             _downP![e].Multiply(act, n, output);
             for (int i = 0; i < n; i++)
             {
                 var target = new Span<float>(y + ((long)byExpert[first + i] * d), d);
                 TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(output + ((long)i * d), d), byExpertWeights[first + i], target, target);
+            }
+        }
+
+        if (_sharedGateP != null)
+        {
+            // Every row through the shared expert, weighted by sigmoid(x·g), added last.
+            _gateUpP![_experts].Multiply(x, rows, gateUp);
+            CpuKernels.SiluMul(gateUp, act, rows, _sharedFf);
+            _downP![_experts].Multiply(act, rows, output);
+            for (int r = 0; r < rows; r++)
+            {
+                float g = 1f / (1f + MathF.Exp(-TensorPrimitives.Dot(new ReadOnlySpan<float>(x + ((long)r * d), d), new ReadOnlySpan<float>(_sharedGateP, d))));
+                var target = new Span<float>(y + ((long)r * d), d);
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(output + ((long)r * d), d), g, target, target);
             }
         }
     }
@@ -264,6 +309,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
     public void Dispose()
     {
         _router.Dispose();
+        _sharedGate?.Dispose();
         foreach (PackedMatrix m in (_gateUpP ?? []).Concat(_downP ?? []))
         {
             m.Dispose();

@@ -42,6 +42,10 @@ internal enum ModelFamily
     /// <summary>Mixtral (<c>MixtralForCausalLM</c>): a Mistral with a mixture of experts (<c>block_sparse_moe</c>).</summary>
     Mixtral,
 
+    /// <summary>Qwen2-MoE (<c>Qwen2MoeForCausalLM</c>; Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2 with a mixture of experts and
+    /// a shared expert behind a sigmoid gate.</summary>
+    Qwen2Moe,
+
     /// <summary>Granite-MoE (<c>GraniteMoeForCausalLM</c>): Granite's multipliers with a mixture of experts stored stacked
     /// (<c>input_linear</c>, <c>output_linear</c>).</summary>
     GraniteMoe,
@@ -244,6 +248,10 @@ internal sealed record ModelConfig
     /// <summary>Gets an expert's intermediate width (Qwen3-MoE's <c>moe_intermediate_size</c>; OLMoE's <c>intermediate_size</c>).</summary>
     public int ExpertIntermediateSize { get; init; }
 
+    /// <summary>Gets the shared expert's intermediate width (Qwen2-MoE's <c>shared_expert_intermediate_size</c>: every token
+    /// also runs it, weighted by a sigmoid gate), or 0 for none.</summary>
+    public int SharedExpertIntermediateSize { get; init; }
+
     /// <summary>Gets whether the chosen experts' softmax weights are renormalised to sum to one (<c>norm_topk_prob</c>).</summary>
     public bool NormalizeTopK { get; init; }
 
@@ -314,9 +322,10 @@ internal sealed record ModelConfig
             "OlmoeForCausalLM" => ModelFamily.Olmoe,
             "MixtralForCausalLM" => ModelFamily.Mixtral,
             "GraniteMoeForCausalLM" => ModelFamily.GraniteMoe,
+            "Qwen2MoeForCausalLM" => ModelFamily.Qwen2Moe,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM, Qwen2MoeForCausalLM."),
         };
 
 
@@ -382,8 +391,8 @@ internal sealed record ModelConfig
             RopeScaling = scaling,
             MaxPositionEmbeddings = OptionalInt(root, path, "max_position_embeddings") ?? 2048,
             TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? false,
-            QkvBias = family == ModelFamily.Qwen2 || attentionBias,
-            OutputBias = family != ModelFamily.Qwen2 && attentionBias,
+            QkvBias = family is ModelFamily.Qwen2 or ModelFamily.Qwen2Moe || attentionBias,
+            OutputBias = family is not (ModelFamily.Qwen2 or ModelFamily.Qwen2Moe) && attentionBias,
             QkNorm = family is ModelFamily.Qwen3 or ModelFamily.Qwen3Moe,
             SlidingWindow = useWindow ? window : null,
             // Qwen2/Qwen3 slide from layer max_window_layers on (transformers' default 28); Mistral and Phi-3 everywhere.
@@ -415,6 +424,8 @@ internal sealed record ModelConfig
             ModelFamily.SmolLM3 => config with { NoRopeLayers = NoRope(root, path, layers) },
             ModelFamily.Olmo2 => config with { NormPlacement = NormPlacement.Post, QkNorm = true, QkNormWholeProjection = true },
             ModelFamily.Qwen3Moe => WithExperts(config, root, path, RequiredInt(root, path, "moe_intermediate_size")),
+            ModelFamily.Qwen2Moe => WithExperts(config, root, path, RequiredInt(root, path, "moe_intermediate_size"))
+                with { SharedExpertIntermediateSize = OptionalInt(root, path, "shared_expert_intermediate_size") ?? 0 },
             // Mixtral: num_local_experts of intermediate_size, the chosen ones' softmax weights always renormalised.
             ModelFamily.Mixtral => WithExperts(config, root, path, config.IntermediateSize, "num_local_experts") with { NormalizeTopK = true },
             ModelFamily.Olmoe => root["clip_qkv"] is JsonValue

@@ -136,6 +136,12 @@ internal static class ModelZoo
     /// differently, so an expert's single routed row must be padded to two.</summary>
     public static TinyModelSpec Qwen3MoeWide => Qwen3Moe with { HiddenSize = 256, IntermediateSize = 768, ExpertIntermediateSize = 768, HeadDim = 64, Experts = 16, Seed = 197 };
 
+    /// <summary>A Qwen2-MoE layout: q/k/v biases, four experts (two per token, not renormalised) and a shared expert
+    /// behind a sigmoid gate.</summary>
+    public static TinyModelSpec Qwen2Moe => Qwen2 with { Architecture = "Qwen2MoeForCausalLM", Experts = 4, ChatTemplate = null, Seed = 229 };
+
+    public static TinyModelSpec Qwen2MoeBf16 => Qwen2Moe with { StorageDType = "BF16", Seed = 233 };
+
     public static TinyModelSpec Qwen3MoeBf16 => Qwen3Moe with { StorageDType = "BF16", Seed = 181 };
 
     /// <summary>An OLMoE layout: four experts, two per token (not renormalised), whole-projection q/k norms.</summary>

@@ -44,6 +44,7 @@ public class CpuKernelsTests
     [InlineData("olmoe-bf16", false)]
     [InlineData("mixtral-bf16", true)]
     [InlineData("granitemoe-bf16", false)]
+    [InlineData("qwen2moe-bf16", true)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

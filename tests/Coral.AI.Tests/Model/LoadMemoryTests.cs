@@ -32,6 +32,8 @@ public class LoadMemoryTests
     [InlineData("qwen3moe-bf16", false)]          // packed experts, the router
     [InlineData("granitemoe", false)]             // stacked experts sliced for libtorch (f32 weights)
     [InlineData("mixtral-bf16", true)]            // experts with a drafter
+    [InlineData("qwen2moe-bf16", false)]          // a shared expert and its gate
+    [InlineData("qwen2moe", false)]               // the same on libtorch (f32 weights)
     public void LoadingAndDisposing_LeavesNoTensorBehind(string arch, bool withDrafter)
     {
         string target = TransformerModelTests.ModelFor(arch);

@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral", "granitemoe"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral", "granitemoe", "qwen2moe"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -50,6 +50,8 @@ public class TransformerModelTests
         "qwen3moe" => ModelZoo.Get(name, ModelZoo.Qwen3Moe),
         "qwen3moe-bf16" => ModelZoo.Get(name, ModelZoo.Qwen3MoeBf16),
         "qwen3moe-wide" => ModelZoo.Get(name, ModelZoo.Qwen3MoeWide),
+        "qwen2moe" => ModelZoo.Get(name, ModelZoo.Qwen2Moe),
+        "qwen2moe-bf16" => ModelZoo.Get(name, ModelZoo.Qwen2MoeBf16),
         "olmoe" => ModelZoo.Get(name, ModelZoo.Olmoe),
         "mixtral" => ModelZoo.Get(name, ModelZoo.Mixtral),
         "mixtral-bf16" => ModelZoo.Get(name, ModelZoo.MixtralBf16),
@@ -195,6 +197,7 @@ public class TransformerModelTests
     [InlineData("olmoe-bf16", "float32")]
     [InlineData("mixtral-bf16", "float32")]
     [InlineData("granitemoe-bf16", "float32")]
+    [InlineData("qwen2moe-bf16", "float32")]
     [InlineData("qwen3moe", "bfloat16")]
     [InlineData("qwen3moe-wide", "float32")]   // experts on libtorch's f32 GEMMs: an expert with one routed row pads it to two
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)

@@ -40,6 +40,7 @@ public class SpeculativeDecodingTests
         { "olmoe-bf16", "random", 4, 6, 16, "float32" },
         { "mixtral-bf16", "random", 4, 4, 12, "float32" },
         { "granitemoe-bf16", "random", 4, 4, 12, "float32" },
+        { "qwen2moe-bf16", "random", 4, 4, 12, "float32" },
         { "qwen3moe", "random", 3, 4, 8, "float32" },
     };
 
