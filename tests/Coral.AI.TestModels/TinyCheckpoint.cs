@@ -166,6 +166,8 @@ public static class TinyCheckpoint
                 "MixtralForCausalLM" => "mixtral",
                 "GraniteMoeForCausalLM" => "granitemoe",
                 "Qwen2MoeForCausalLM" => "qwen2_moe",
+                "CohereForCausalLM" => "cohere",
+                "Cohere2ForCausalLM" => "cohere2",
                 _ => "llama",
             },
             ["hidden_size"] = spec.HiddenSize,
@@ -244,6 +246,17 @@ public static class TinyCheckpoint
 
                 config["decoder_sparse_step"] = 1;
                 config["mlp_only_layers"] = new JsonArray();
+            }
+        }
+
+        if (spec.Architecture is "CohereForCausalLM" or "Cohere2ForCausalLM")
+        {
+            config["layer_norm_eps"] = 1e-5;
+            config["logit_scale"] = 0.5;
+            config["use_qk_norm"] = false;
+            if (spec.Architecture == "Cohere2ForCausalLM")
+            {
+                config["sliding_window_pattern"] = 4;
             }
         }
 
@@ -354,7 +367,11 @@ public static class TinyCheckpoint
                 tensors.Add(new(p + "self_attn.o_proj.bias", Vec(d, 0, 0.1)));
             }
 
-            tensors.Add(new(p + "post_attention_layernorm.weight", Vec(d, norm, 0.1)));
+            if (spec.Architecture is not ("CohereForCausalLM" or "Cohere2ForCausalLM"))
+            {
+                tensors.Add(new(p + "post_attention_layernorm.weight", Vec(d, norm, 0.1)));   // Cohere: one norm a layer
+            }
+
             if (spec.IsGemma)
             {
                 tensors.Add(new(p + "pre_feedforward_layernorm.weight", Vec(d, norm, 0.1)));

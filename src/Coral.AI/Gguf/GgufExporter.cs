@@ -41,6 +41,8 @@ public static class GgufExporter
             ModelFamily.Gemma3 => "gemma3",
             ModelFamily.Granite => "granite",
             ModelFamily.GraniteMoe => "granitemoe",
+            ModelFamily.Cohere => "command-r",
+            ModelFamily.Cohere2 => "cohere2",
             ModelFamily.SmolLM3 => "smollm3",
             ModelFamily.Olmo2 => "olmo2",
             ModelFamily.Qwen3Moe => "qwen3moe",
@@ -62,7 +64,7 @@ public static class GgufExporter
         g.Add($"{arch}.attention.head_count_kv", (uint)c.NumKvHeads);
         g.Add($"{arch}.attention.key_length", (uint)c.HeadDim);
         g.Add($"{arch}.attention.value_length", (uint)c.HeadDim);
-        g.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
+        g.Add(c.LayerNorms ? $"{arch}.attention.layer_norm_epsilon" : $"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
         if (arch != "phi3" && c.RotaryDim != c.HeadDim)
         {
             // llama.cpp's llama, qwen2 and qwen3 graphs assert n_rot = head_dim (a GGUF with less aborts the loader).
@@ -97,6 +99,23 @@ public static class GgufExporter
             if (c.SharedExpertIntermediateSize > 0)
             {
                 g.Add($"{arch}.expert_shared_feed_forward_length", (uint)c.SharedExpertIntermediateSize);
+            }
+        }
+
+        if (c.Family is ModelFamily.Cohere or ModelFamily.Cohere2)
+        {
+            // llama.cpp's command-r / cohere2 rotate adjacent pairs, as these checkpoints store q and k (no permutation);
+            // cohere2 slides three layers of every four, rotating only those.
+            g.Add($"{arch}.logit_scale", 1f / c.LogitDivisor);
+            if (c.Family == ModelFamily.Cohere2)
+            {
+                if (c.SlidingWindow is not int w || Enumerable.Range(0, c.NumLayers).Any(i => c.IsSliding(i) != ((i + 1) % 4 != 0) || c.UsesRope(i) != c.IsSliding(i)))
+                {
+                    throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "sliding_window_pattern",
+                        "llama.cpp's cohere2 slides (and rotates) three layers of every four; this model's layers differ.");
+                }
+
+                g.Add($"{arch}.attention.sliding_window", (uint)w);
             }
         }
 
@@ -211,7 +230,11 @@ public static class GgufExporter
                 Put(b + "attn_k_norm.weight", h + "self_attn.k_norm.weight", [hd], norm: true);
             }
 
-            if (c.NormPlacement == NormPlacement.Pre)
+            if (c.ParallelBlock)
+            {
+                // Cohere: the MLP reads the attention's normed input, no norm of its own.
+            }
+            else if (c.NormPlacement == NormPlacement.Pre)
             {
                 Put(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", [d], norm: true);
             }

@@ -62,6 +62,23 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>y[r] = (x[r] − mean) · rsqrt(mean((x[r] − mean)²) + eps) · w for each row (LayerNorm without bias).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void LayerNorm(float* x, float* w, float* y, int rows, int d, float eps)
+    {
+        var weight = new ReadOnlySpan<float>(w, d);
+        for (int r = 0; r < rows; r++)
+        {
+            var xs = new ReadOnlySpan<float>(x + (long)r * d, d);
+            var ys = new Span<float>(y + (long)r * d, d);
+            float mean = TensorPrimitives.Sum(xs) / d;
+            TensorPrimitives.Subtract(xs, mean, ys);
+            float s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(ys) / d + eps);
+            TensorPrimitives.Multiply(ys, s, ys);
+            TensorPrimitives.Multiply(ys, weight, ys);
+        }
+    }
+
     /// <summary>x[i] += y[i] for n elements.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Add(float* x, float* y, long n)

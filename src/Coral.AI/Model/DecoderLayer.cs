@@ -68,6 +68,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly double _scale;
     private readonly double? _softcap;
     private readonly float _residualScale;
+    private readonly bool _layerNorm, _parallel;   // Cohere: LayerNorms; attention and MLP on one normed input
     private readonly MlpActivation _activation;
     private readonly int _d, _ff;
     private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP, _postAttnNormP, _postMlpNormP;   // CPU f32 layers (CpuKernels)
@@ -85,6 +86,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         (_attnNorm, _qkv, _qkvBias, _qkNorm, _o, _oBias, _gateUp, _down) = (attnNorm, qkv, qkvBias, qkNorm, o, oBias, gateUp, down);
         (_mlpNorm, _postAttnNorm, _postMlpNorm) = norms;
         _qkNormWhole = c.QkNormWholeProjection;
+        (_layerNorm, _parallel) = (c.LayerNorms, c.ParallelBlock);
         (_heads, _kvHeads, _headDim, _eps) = (c.NumHeads, c.NumKvHeads, c.HeadDim, c.RmsNormEps);
         (_scale, _softcap, _activation, _residualScale) = (c.AttentionScale, c.AttentionSoftcap, c.Activation, c.ResidualScale);
         (_d, _ff) = (c.HiddenSize, c.IntermediateSize);
@@ -131,6 +133,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         {
             NormPlacement.Sandwich => (Norm("pre_feedforward_layernorm.weight", d), Norm("post_attention_layernorm.weight", d), Norm("post_feedforward_layernorm.weight", d)),
             NormPlacement.Post => (null, Norm("post_attention_layernorm.weight", d), Norm("post_feedforward_layernorm.weight", d)),
+            _ when c.ParallelBlock => (null, null, null),   // Cohere: the MLP reads the attention's normed input
             _ => (Norm("post_attention_layernorm.weight", d), null, null),
         };
         inputNorm &= c.NormPlacement != NormPlacement.Post;
@@ -349,7 +352,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
         int t = s.Count, rows = (int)x.shape[0], group = _heads / _kvHeads;
         long hd = _headDim;
-        Tensor h = _attnNorm is null ? x : RmsNorm(x, _attnNorm, _eps);
+        Tensor h = _attnNorm is null ? x : Norm(x, _attnNorm);
         // Projections return the weight's dtype. The o and down results go into the f32 residual adds as they are (type
         // promotion converts bf16 exactly, at the cost of a separate cast); qkv is cast once, since RoPE's mixed-dtype
         // products would cost more than the cast (measured: 13.1 vs 11.5 µs for one row).
@@ -393,7 +396,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         Tensor o = Project(att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd), _o!, _oBias);
         x = x + Branch(_postAttnNorm is null ? o : RmsNorm(o, _postAttnNorm, _eps));
 
-        Tensor mlpIn = _mlpNorm is null ? x : RmsNorm(x, _mlpNorm, _eps);
+        Tensor mlpIn = _parallel ? h : _mlpNorm is null ? x : Norm(x, _mlpNorm);
         Tensor mlp;
         if (_moe is not null)
         {
@@ -430,7 +433,14 @@ internal sealed unsafe class DecoderLayer : IDisposable
         float* inputP = work.X;
         if (_attnNorm is not null)
         {
-            CpuKernels.RmsNorm(work.X, _attnNormP, work.H, rows, _d, eps);
+            if (_layerNorm)
+            {
+                CpuKernels.LayerNorm(work.X, _attnNormP, work.H, rows, _d, eps);
+            }
+            else
+            {
+                CpuKernels.RmsNorm(work.X, _attnNormP, work.H, rows, _d, eps);
+            }
             input = v.H;
             inputP = work.H;
         }
@@ -485,9 +495,9 @@ internal sealed unsafe class DecoderLayer : IDisposable
             return;
         }
 
-        if (_mlpNormP != null)
+        if (_mlpNormP != null || _parallel)
         {
-            Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);
+            Gemm(_gateUpP, _gateUp, v.H, work.H, v.GateUp, work.GateUp, rows);   // (Cohere: H is still the layer's normed input)
         }
         else
         {
@@ -584,6 +594,13 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// <summary>x [T, in] through a weight [out, in] in its own dtype; the result is f32.</summary>
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b) =>
         w.dtype == ScalarType.Float32 ? F.linear(x, w, b) : F.linear(x.to(w.dtype), w, b).to(ScalarType.Float32);
+
+    /// <summary>The layer's norm: RMSNorm, or Cohere's LayerNorm without bias.</summary>
+    private Tensor Norm(Tensor x, Tensor w) => _layerNorm ? LayerNorm(x, w, _eps) : RmsNorm(x, w, _eps);
+
+    /// <summary>LayerNorm without bias: (x − mean) · rsqrt(var + eps) · w.</summary>
+    public static Tensor LayerNorm(Tensor x, Tensor w, double eps) =>
+        F.layer_norm(x, [x.shape[^1]], w, null, eps);
 
     public static Tensor RmsNorm(Tensor x, Tensor w, double eps) =>
         x * (x.square().mean([-1L], keepdim: true) + eps).rsqrt() * w;

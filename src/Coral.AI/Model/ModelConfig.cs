@@ -46,6 +46,14 @@ internal enum ModelFamily
     /// a shared expert behind a sigmoid gate.</summary>
     Qwen2Moe,
 
+    /// <summary>Command-R (<c>CohereForCausalLM</c>): LayerNorms, attention and MLP in parallel on one normed input,
+    /// interleaved RoPE, scaled logits.</summary>
+    Cohere,
+
+    /// <summary>Command-R7B (<c>Cohere2ForCausalLM</c>): Command-R with three sliding layers (with RoPE) per global one
+    /// (without).</summary>
+    Cohere2,
+
     /// <summary>Granite-MoE (<c>GraniteMoeForCausalLM</c>): Granite's multipliers with a mixture of experts stored stacked
     /// (<c>input_linear</c>, <c>output_linear</c>).</summary>
     GraniteMoe,
@@ -171,6 +179,12 @@ internal sealed record ModelConfig
     public int[]? RotaryOrder()
     {
         int h = HeadDim, r = RotaryDim;
+        if (InterleavedRope)
+        {
+            // Pairs (2i, 2i + 1), as Cohere rotates, put where the forward rotates (i, i + h/2).
+            return Enumerable.Range(0, h).Select(j => j < h / 2 ? 2 * j : (2 * (j - (h / 2))) + 1).ToArray();
+        }
+
         if (r == h)
         {
             return null;
@@ -214,6 +228,16 @@ internal sealed record ModelConfig
     /// <summary>Gets whether the q and k norms (<see cref="QkNorm"/>) normalise each whole projection (OLMo-2:
     /// <c>q_norm</c> over heads·head_dim) rather than each head.</summary>
     public bool QkNormWholeProjection { get; init; }
+
+    /// <summary>Gets whether RoPE rotates adjacent pairs (2i, 2i + 1) (Cohere) rather than halves; the loader reorders q/k
+    /// rows (<see cref="RotaryOrder"/>) so the forward's half rotation does the same.</summary>
+    public bool InterleavedRope { get; init; }
+
+    /// <summary>Gets whether norms are LayerNorms without bias (the mean subtracted; Cohere) rather than RMSNorms.</summary>
+    public bool LayerNorms { get; init; }
+
+    /// <summary>Gets whether attention and MLP both read the layer's one normed input and both add to the residual (Cohere).</summary>
+    public bool ParallelBlock { get; init; }
 
     /// <summary>Gets the MLP's gate activation.</summary>
     public MlpActivation Activation { get; init; }
@@ -323,9 +347,11 @@ internal sealed record ModelConfig
             "MixtralForCausalLM" => ModelFamily.Mixtral,
             "GraniteMoeForCausalLM" => ModelFamily.GraniteMoe,
             "Qwen2MoeForCausalLM" => ModelFamily.Qwen2Moe,
+            "CohereForCausalLM" => ModelFamily.Cohere,
+            "Cohere2ForCausalLM" => ModelFamily.Cohere2,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM, Qwen2MoeForCausalLM."),
+                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM, Qwen2MoeForCausalLM, CohereForCausalLM, Cohere2ForCausalLM."),
         };
 
 
@@ -418,6 +444,7 @@ internal sealed record ModelConfig
         {
             ModelFamily.Gemma2 or ModelFamily.Gemma3 => WithGemma(config, root, path, window),
             ModelFamily.Granite => WithGraniteMultipliers(config, root, path),
+            ModelFamily.Cohere or ModelFamily.Cohere2 => WithCohere(config, root, path, window),
             // Granite-MoE: softmax over the top-k logits, i.e. the chosen experts' weights renormalised.
             ModelFamily.GraniteMoe => WithExperts(WithGraniteMultipliers(config, root, path), root, path, config.IntermediateSize, "num_local_experts")
                 with { NormalizeTopK = true },
@@ -432,6 +459,45 @@ internal sealed record ModelConfig
                 ? throw new CoralModelException(path, "clip_qkv", "clipping q/k/v is not supported.")
                 : WithExperts(config with { QkNorm = true, QkNormWholeProjection = true }, root, path, config.IntermediateSize),
             _ => config,
+        };
+    }
+
+    /// <summary>Command-R's parts: LayerNorms (<c>layer_norm_eps</c>), the parallel block, interleaved RoPE, logits times
+    /// <c>logit_scale</c>; Command-R7B's sliding layers (<c>layer_types</c>, else three of every
+    /// <c>sliding_window_pattern</c> = 4) rotate, its global ones do not.</summary>
+    private static ModelConfig WithCohere(ModelConfig c, JsonObject root, string path, int? window)
+    {
+        if (OptionalBool(root, path, "use_qk_norm") ?? false)
+        {
+            throw new CoralModelException(path, "use_qk_norm", "Command-R's per-head q/k LayerNorms are not supported.");
+        }
+
+        if (c.RotaryDim != c.HeadDim)
+        {
+            throw new CoralModelException(path, "partial_rotary_factor", "interleaved RoPE over part of a head is not supported.");
+        }
+
+        c = c with
+        {
+            LayerNorms = true,
+            ParallelBlock = true,
+            InterleavedRope = true,
+            RmsNormEps = OptionalDouble(root, path, "layer_norm_eps") ?? 1e-5,
+            LogitDivisor = (float)(1.0 / (OptionalDouble(root, path, "logit_scale") ?? 1.0)),
+            TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? true,
+        };
+        if (c.Family != ModelFamily.Cohere2)
+        {
+            return c;
+        }
+
+        int pattern = OptionalInt(root, path, "sliding_window_pattern") ?? 4;
+        bool[] sliding = LayerTypes(root, path, c.NumLayers) ?? Enumerable.Range(0, c.NumLayers).Select(i => (i + 1) % pattern != 0).ToArray();
+        return c with
+        {
+            SlidingWindow = window ?? 4096,
+            SlidingLayers = sliding,
+            NoRopeLayers = sliding.Select(s => !s).ToArray(),
         };
     }
 

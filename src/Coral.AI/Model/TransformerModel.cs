@@ -244,7 +244,8 @@ internal sealed unsafe class TransformerModel : IDisposable
         }
 
         cache.Length = start + t;
-        return DecoderLayer.RmsNorm(pad ? x.narrow(0, 0, 1) : x, _finalNorm, Config.RmsNormEps);
+        Tensor last = pad ? x.narrow(0, 0, 1) : x;
+        return Config.LayerNorms ? DecoderLayer.LayerNorm(last, _finalNorm, Config.RmsNormEps) : DecoderLayer.RmsNorm(last, _finalNorm, Config.RmsNormEps);
     }
 
     private Tensor ForwardCpu(long[] ids, KvCache cache, long[]? positions, Tensor? treeMask, int rows)
@@ -267,7 +268,14 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         cache.Length = start + t;
         Tensor y = torch.empty([t, d], ScalarType.Float32);
-        CpuKernels.RmsNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
+        if (Config.LayerNorms)
+        {
+            CpuKernels.LayerNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
+        }
+        else
+        {
+            CpuKernels.RmsNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
+        }
         return y;
     }
 

@@ -155,6 +155,15 @@ internal static class ModelZoo
 
     public static TinyModelSpec GraniteMoeBf16 => GraniteMoe with { StorageDType = "BF16", Seed = 227 };
 
+    /// <summary>A Command-R7B layout: LayerNorms, attention and MLP in parallel, interleaved RoPE, logits ×0.5, four
+    /// layers — three sliding (window 8, with RoPE) and a global one without.</summary>
+    public static TinyModelSpec Cohere2 => Llama with { Architecture = "Cohere2ForCausalLM", Layers = 4, Tied = true, SlidingWindow = 8, Seed = 239 };
+
+    public static TinyModelSpec Cohere2Bf16 => Cohere2 with { StorageDType = "BF16", Seed = 241 };
+
+    /// <summary>A Command-R layout (no sliding layers).</summary>
+    public static TinyModelSpec Cohere => Llama with { Architecture = "CohereForCausalLM", Tied = true, Seed = 251 };
+
     public static TinyModelSpec MixtralBf16 => Mixtral with { StorageDType = "BF16", Seed = 211 };
 
     public static TinyModelSpec OlmoeBf16 => Olmoe with { StorageDType = "BF16", Seed = 193 };

@@ -45,6 +45,8 @@ public class CpuKernelsTests
     [InlineData("mixtral-bf16", true)]
     [InlineData("granitemoe-bf16", false)]
     [InlineData("qwen2moe-bf16", true)]
+    [InlineData("cohere2", false)]
+    [InlineData("cohere2-bf16", true)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral", "granitemoe", "qwen2moe"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral", "granitemoe", "qwen2moe", "cohere", "cohere2"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -51,6 +51,9 @@ public class TransformerModelTests
         "qwen3moe-bf16" => ModelZoo.Get(name, ModelZoo.Qwen3MoeBf16),
         "qwen3moe-wide" => ModelZoo.Get(name, ModelZoo.Qwen3MoeWide),
         "qwen2moe" => ModelZoo.Get(name, ModelZoo.Qwen2Moe),
+        "cohere" => ModelZoo.Get(name, ModelZoo.Cohere),
+        "cohere2" => ModelZoo.Get(name, ModelZoo.Cohere2),
+        "cohere2-bf16" => ModelZoo.Get(name, ModelZoo.Cohere2Bf16),
         "qwen2moe-bf16" => ModelZoo.Get(name, ModelZoo.Qwen2MoeBf16),
         "olmoe" => ModelZoo.Get(name, ModelZoo.Olmoe),
         "mixtral" => ModelZoo.Get(name, ModelZoo.Mixtral),
@@ -198,6 +201,7 @@ public class TransformerModelTests
     [InlineData("mixtral-bf16", "float32")]
     [InlineData("granitemoe-bf16", "float32")]
     [InlineData("qwen2moe-bf16", "float32")]
+    [InlineData("cohere2-bf16", "float32")]
     [InlineData("qwen3moe", "bfloat16")]
     [InlineData("qwen3moe-wide", "float32")]   // experts on libtorch's f32 GEMMs: an expert with one routed row pads it to two
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)

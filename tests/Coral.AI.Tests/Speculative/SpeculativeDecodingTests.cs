@@ -41,6 +41,7 @@ public class SpeculativeDecodingTests
         { "mixtral-bf16", "random", 4, 4, 12, "float32" },
         { "granitemoe-bf16", "random", 4, 4, 12, "float32" },
         { "qwen2moe-bf16", "random", 4, 4, 12, "float32" },
+        { "cohere2-bf16", "random", 4, 4, 12, "float32" },
         { "qwen3moe", "random", 3, 4, 8, "float32" },
     };
 
