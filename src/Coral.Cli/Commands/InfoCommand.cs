@@ -22,8 +22,17 @@ internal static class InfoCommand
         stdout.WriteLine($"rope          θ {c.RopeTheta:G}{(c.RopeScaling is { } s ? $", {s.Kind} ×{s.Factor:G}" : string.Empty)}"
             + (c.LocalRopeTheta is double local ? $"; sliding layers θ {local:G}, unscaled" : string.Empty)
             + (c.RotaryDim != c.HeadDim ? $"; {c.RotaryDim} of {c.HeadDim} dimensions rotated" : string.Empty)
+            + (c.InterleavedRope ? "; adjacent pairs" : string.Empty)
             + $"; {c.MaxPositionEmbeddings} positions");
-        var parts = new List<string> { $"{c.NormPlacement} norms", c.Activation == MlpActivation.GeluTanh ? "GeGLU (tanh)" : "SwiGLU" };
+        var parts = new List<string>
+        {
+            $"{c.NormPlacement} {(c.LayerNorms ? "LayerNorms" : "norms")}", c.Activation == MlpActivation.GeluTanh ? "GeGLU (tanh)" : "SwiGLU",
+        };
+        if (c.ParallelBlock)
+        {
+            parts.Add("attention and MLP in parallel");
+        }
+
         if (c.QkNorm)
         {
             parts.Add(c.QkNormWholeProjection ? "q/k norms over whole projections" : "per-head q/k norms");
