@@ -156,6 +156,7 @@ public static class TinyCheckpoint
                 "Qwen2ForCausalLM" => "qwen2",
                 "Qwen3ForCausalLM" => "qwen3",
                 "MistralForCausalLM" => "mistral",
+                "GemmaForCausalLM" => "gemma",
                 "Gemma2ForCausalLM" => "gemma2",
                 "Gemma3ForCausalLM" => "gemma3_text",
                 "GraniteForCausalLM" => "granite",
@@ -266,6 +267,11 @@ public static class TinyCheckpoint
             config["no_rope_layer_interval"] = 4;
         }
 
+        if (spec.Architecture == "GemmaForCausalLM")
+        {
+            config["hidden_act"] = "gelu";   // as Gemma's config says; transformers runs the tanh GELU regardless
+        }
+
         if (spec.IsGemma)
         {
             // As transformers writes Gemma-2/3 configs (Gemma-3: five sliding layers per global one).
@@ -323,13 +329,14 @@ public static class TinyCheckpoint
 
         // Gemma multiplies the embedding by √d: rows of RMS 2/√d come out at the scale of the layers' (post-normed) outputs,
         // as in trained Gemma checkpoints; at 0.5 the embedding would drown every layer (greedy then repeats the last token).
-        Tensor embed = (torch.randn([vocabSize, d], generator: gen) * (0.5 * s * (spec.IsGemma ? 4 / Math.Sqrt(d) : 1))).to(storage);
+        bool gemmaScaled = spec.IsGemma || spec.Architecture == "GemmaForCausalLM";
+        Tensor embed = (torch.randn([vocabSize, d], generator: gen) * (0.5 * s * (gemmaScaled ? 4 / Math.Sqrt(d) : 1))).to(storage);
         var tensors = new List<KeyValuePair<string, Tensor>> { new("model.embed_tokens.weight", embed) };
         double outScale = spec.SuccessorHead ? 0.05 : 1;
         bool qwen2 = spec.Architecture is "Qwen2ForCausalLM" or "Qwen2MoeForCausalLM";
         bool qkvBias = qwen2 || spec.AttentionBias;
         bool oBias = !qwen2 && spec.AttentionBias;
-        double norm = spec.IsGemma ? 0 : 1;   // Gemma stores norm weights as offsets from one
+        double norm = gemmaScaled ? 0 : 1;   // Gemma stores norm weights as offsets from one
         for (int i = 0; i < spec.Layers; i++)
         {
             string p = $"model.layers.{i}.";

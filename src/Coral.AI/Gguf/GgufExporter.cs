@@ -37,6 +37,7 @@ public static class GgufExporter
             ModelFamily.Llama or ModelFamily.Mistral or ModelFamily.Mixtral => "llama",   // llama.cpp runs Mixtral as a llama with experts
             ModelFamily.Qwen2 => "qwen2",
             ModelFamily.Phi3 => "phi3",
+            ModelFamily.Gemma => "gemma",
             ModelFamily.Gemma2 => "gemma2",
             ModelFamily.Gemma3 => "gemma3",
             ModelFamily.Granite => "granite",

@@ -14,6 +14,10 @@ internal enum ModelFamily
     /// <summary>Phi-3 (<c>Phi3ForCausalLM</c>): a Llama with fused <c>qkv_proj</c> and <c>gate_up_proj</c> weights.</summary>
     Phi3,
 
+    /// <summary>Gemma (<c>GemmaForCausalLM</c>; CodeGemma): a Llama layout with GeGLU, (1 + w) norms and the embedding
+    /// scaled by √d.</summary>
+    Gemma,
+
     /// <summary>Gemma-2 (<c>Gemma2ForCausalLM</c>): GeGLU, (1 + w) norms around attention and MLP, the embedding scaled by
     /// √d, attention and final logits soft-capped, sliding and global layers alternating.</summary>
     Gemma2,
@@ -337,6 +341,7 @@ internal sealed record ModelConfig
             "Qwen2ForCausalLM" => ModelFamily.Qwen2,
             "Qwen3ForCausalLM" => ModelFamily.Qwen3,
             "Phi3ForCausalLM" => ModelFamily.Phi3,
+            "GemmaForCausalLM" => ModelFamily.Gemma,
             "Gemma2ForCausalLM" => ModelFamily.Gemma2,
             "Gemma3ForCausalLM" => ModelFamily.Gemma3,
             "GraniteForCausalLM" => ModelFamily.Granite,
@@ -351,7 +356,7 @@ internal sealed record ModelConfig
             "Cohere2ForCausalLM" => ModelFamily.Cohere2,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM, Qwen2MoeForCausalLM, CohereForCausalLM, Cohere2ForCausalLM."),
+                + "GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM, Qwen2MoeForCausalLM, CohereForCausalLM, Cohere2ForCausalLM."),
         };
 
 
@@ -399,7 +404,7 @@ internal sealed record ModelConfig
         };
 
         int layers = RequiredInt(root, path, "num_hidden_layers");
-        bool gemma = family is ModelFamily.Gemma2 or ModelFamily.Gemma3;
+        bool gemma = family is ModelFamily.Gemma or ModelFamily.Gemma2 or ModelFamily.Gemma3;
         var config = new ModelConfig
         {
             Architecture = arch,
@@ -442,6 +447,7 @@ internal sealed record ModelConfig
 
         return family switch
         {
+            ModelFamily.Gemma => WithGemma1(config, root, path),
             ModelFamily.Gemma2 or ModelFamily.Gemma3 => WithGemma(config, root, path, window),
             ModelFamily.Granite => WithGraniteMultipliers(config, root, path),
             ModelFamily.Cohere or ModelFamily.Cohere2 => WithCohere(config, root, path, window),
@@ -623,6 +629,39 @@ internal sealed record ModelConfig
         }).ToArray();
     }
 
+    /// <summary>√d, the factor on Gemma's embeddings, as transformers computes it: in the embedding's dtype, so a bf16
+    /// checkpoint's is √d rounded to bf16 (gemma-3-1b: 33.94 → 34).</summary>
+    private static float GemmaEmbeddingScale(ModelConfig c, string path)
+    {
+        float scale = MathF.Sqrt(c.HiddenSize);
+        return StoredDType(path) switch
+        {
+            ScalarType.BFloat16 => BitConverter.UInt32BitsToSingle((BitConverter.SingleToUInt32Bits(scale) + 0x7FFF
+                + ((BitConverter.SingleToUInt32Bits(scale) >> 16) & 1)) & 0xFFFF0000),   // round to nearest even
+            ScalarType.Float16 => (float)(Half)scale,
+            _ => scale,
+        };
+    }
+
+    /// <summary>Gemma (the first): a Llama's norm placement with Gemma's (1 + w) norms, √d embedding and GeGLU — transformers
+    /// takes <c>hidden_activation</c> and, when it is null, the tanh GELU whatever <c>hidden_act</c> says.</summary>
+    private static ModelConfig WithGemma1(ModelConfig c, JsonObject root, string path)
+    {
+        string activation = root["hidden_activation"] is JsonValue av && av.TryGetValue(out string? a) ? a : "gelu_pytorch_tanh";
+        if (activation is not ("gelu_pytorch_tanh" or "gelu_new" or "gelu_fast"))
+        {
+            throw new CoralModelException(path, "hidden_activation", $"'{activation}' is not supported for Gemma; supported: gelu_pytorch_tanh.");
+        }
+
+        return c with
+        {
+            Activation = MlpActivation.GeluTanh,
+            NormWeightsOffsetByOne = true,
+            EmbeddingScale = GemmaEmbeddingScale(c, path),
+            TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? true,
+        };
+    }
+
     /// <summary>Gemma-2/3's parts, with transformers' defaults: GeGLU, (1 + w) norms around attention and MLP, the embedding
     /// scaled by √d, <c>query_pre_attn_scalar</c>, soft caps (Gemma-2: 50 and 30 unless configured), sliding layers
     /// (<c>layer_types</c>, else Gemma-2's even layers or Gemma-3's <c>sliding_window_pattern</c>, 6) and Gemma-3's local
@@ -656,15 +695,7 @@ internal sealed record ModelConfig
         // A cap absent from the file takes the default; written as null (or 0), none.
         double? Cap(string field, double? fallback) => !root.ContainsKey(field) ? fallback
             : OptionalDouble(root, path, field) is double v && v > 0 ? v : null;
-        // transformers multiplies the embedding by √d in the embedding's dtype: a bf16 checkpoint's factor is √d rounded to bf16.
-        float scale = MathF.Sqrt(c.HiddenSize);
-        scale = StoredDType(path) switch
-        {
-            ScalarType.BFloat16 => BitConverter.UInt32BitsToSingle((BitConverter.SingleToUInt32Bits(scale) + 0x7FFF
-                + ((BitConverter.SingleToUInt32Bits(scale) >> 16) & 1)) & 0xFFFF0000),   // round to nearest even
-            ScalarType.Float16 => (float)(Half)scale,
-            _ => scale,
-        };
+        float scale = GemmaEmbeddingScale(c, path);
         int? w = window ?? 4096;
         return c with
         {

@@ -170,6 +170,11 @@ internal static class ModelZoo
 
     public static TinyModelSpec SmolLM3Bf16 => SmolLM3 with { StorageDType = "BF16", Seed = 163 };
 
+    /// <summary>A Gemma (the first) layout: a Llama's norm placement with (1 + w) norms, √d embedding, GeGLU.</summary>
+    public static TinyModelSpec Gemma1 => new() { Architecture = "GemmaForCausalLM", TokenizerStyle = ByteLevelStyle.Gpt2, Tied = true, HeadDim = 32, Seed = 257 };
+
+    public static TinyModelSpec Gemma1Bf16 => Gemma1 with { StorageDType = "BF16", Seed = 263 };
+
     /// <summary>A Gemma-2 layout: layer 0 slides (window 8), layer 1 is global; caps small enough that random weights reach
     /// them (real Gemma-2: 50 and 30).</summary>
     public static TinyModelSpec Gemma2 => new()

@@ -47,6 +47,7 @@ public class CpuKernelsTests
     [InlineData("qwen2moe-bf16", true)]
     [InlineData("cohere2", false)]
     [InlineData("cohere2-bf16", true)]
+    [InlineData("gemma-bf16", false)]
     public void Forward_MatchesTheLibtorchPath(string arch, bool batchInvariant)
     {
         // The same steps through both paths: a prefill, a masked tree with explicit positions, one-token steps (padded to

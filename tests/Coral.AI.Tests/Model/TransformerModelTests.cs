@@ -6,7 +6,7 @@ namespace Coral.AI.Tests;
 
 public class TransformerModelTests
 {
-    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral", "granitemoe", "qwen2moe", "cohere", "cohere2"];
+    public static TheoryData<string> Architectures => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "mistral", "llama-sharded-bf16", "phi3", "phi3-window", "gemma2", "gemma3", "granite", "smollm3", "olmo2", "qwen3moe", "olmoe", "mixtral", "granitemoe", "qwen2moe", "cohere", "cohere2", "gemma"];
 
     internal static string ModelFor(string name) => name switch
     {
@@ -36,6 +36,8 @@ public class TransformerModelTests
         "mistral-f16" => ModelZoo.Get(name, ModelZoo.MistralF16),
         "llama-successor-f16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorF16),
         "llama-tied-scaled-f16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledF16),
+        "gemma" => ModelZoo.Get(name, ModelZoo.Gemma1),
+        "gemma-bf16" => ModelZoo.Get(name, ModelZoo.Gemma1Bf16),
         "gemma2" => ModelZoo.Get(name, ModelZoo.Gemma2),
         "gemma3" => ModelZoo.Get(name, ModelZoo.Gemma3),
         "gemma2-bf16" => ModelZoo.Get(name, ModelZoo.Gemma2Bf16),
