@@ -9,9 +9,10 @@ using Tensor = TorchSharp.torch.Tensor;
 namespace Coral.AI;
 
 /// <summary>
-/// A mixture-of-experts MLP (Qwen3-MoE, OLMoE): a router scores the experts per token, the softmax's top k are chosen
-/// (their weights renormalised where configured), each chosen expert's SwiGLU runs on the token, and the weighted
-/// outputs are added in expert order, as transformers adds them.
+/// A mixture-of-experts MLP (Qwen3-MoE, Qwen2-MoE, OLMoE, Mixtral, Granite-MoE): a router scores the experts per token, the
+/// softmax's top k are chosen (their weights renormalised where configured), each chosen expert's SwiGLU runs on the token,
+/// and the weighted outputs are added in expert order, as transformers adds them; Qwen2-MoE's shared expert runs on every
+/// token after them, weighted by a sigmoid gate.
 /// </summary>
 /// <remarks>
 /// Batch invariance (a verified tree's rows equal one-token steps bit for bit): routing is per row; the rows routed to

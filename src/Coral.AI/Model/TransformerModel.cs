@@ -6,7 +6,8 @@ using static TorchSharp.torch;
 namespace Coral.AI;
 
 /// <summary>
-/// A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) written for per-op overhead: fused QKV and gate/up weights,
+/// A decoder of the Llama family and its relatives (Mistral, Qwen, Phi-3, Gemma, Granite, SmolLM3, OLMo, Command-R, and
+/// their mixtures of experts: what each adds is a <see cref="ModelConfig"/> setting) written for per-op overhead: fused QKV and gate/up weights,
 /// the KV cache written in place. f32 layers on CPU run on <see cref="CpuKernels"/> (the element-wise work in C#; the GEMMs
 /// on <see cref="PackedMatrix"/> when the weights' values are all bf16, as in a bf16 checkpoint, else four libtorch GEMMs
 /// per layer); otherwise each layer is libtorch ops (RoPE in three ops on q and k together, grouped-query attention
