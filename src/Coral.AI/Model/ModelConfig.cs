@@ -334,6 +334,10 @@ internal sealed record ModelConfig
         {
             (root, arch) = (Gemma3Text(root, path), "Gemma3ForCausalLM");
         }
+        else if (arch is "Mistral3ForConditionalGeneration" or "LlavaForConditionalGeneration")
+        {
+            (root, arch) = TextModel(root, path, arch);
+        }
         ModelFamily family = arch switch
         {
             "LlamaForCausalLM" => ModelFamily.Llama,
@@ -356,7 +360,7 @@ internal sealed record ModelConfig
             "Cohere2ForCausalLM" => ModelFamily.Cohere2,
             _ => throw new CoralModelException(path, "architectures",
                 $"'{arch}' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
-                + "GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM, Qwen2MoeForCausalLM, CohereForCausalLM, Cohere2ForCausalLM."),
+                + "GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Mistral3ForConditionalGeneration, LlavaForConditionalGeneration (their language models), GraniteForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, MixtralForCausalLM, GraniteMoeForCausalLM, Qwen2MoeForCausalLM, CohereForCausalLM, Cohere2ForCausalLM."),
         };
 
 
@@ -605,6 +609,34 @@ internal sealed record ModelConfig
 
         merged["architectures"] = new JsonArray("Gemma3ForCausalLM");
         return merged;
+    }
+
+    /// <summary>A vision-language checkpoint's language model (Mistral-Small-3.1/3.2, Pixtral, LLaVA): its
+    /// <c>text_config</c> with the top level's token ids and dtype, as the causal LM its <c>model_type</c> names (mistral,
+    /// llama, qwen2). The vision tower's tensors are not read.</summary>
+    private static (JsonObject Root, string Architecture) TextModel(JsonObject root, string path, string wrapper)
+    {
+        JsonObject text = root["text_config"] as JsonObject
+            ?? throw new CoralModelException(path, "text_config", $"missing: a {wrapper} config nests its language model's settings there.");
+        string type = text["model_type"]?.GetValue<string>() ?? (wrapper == "Mistral3ForConditionalGeneration" ? "mistral" : "llama");
+        string arch = type switch
+        {
+            "mistral" => "MistralForCausalLM",
+            "llama" => "LlamaForCausalLM",
+            "qwen2" => "Qwen2ForCausalLM",
+            _ => throw new CoralModelException(path, "text_config.model_type", $"'{type}' is not supported as a {wrapper}'s language model; supported: mistral, llama, qwen2."),
+        };
+        var merged = (JsonObject)text.DeepClone();
+        foreach (string key in new[] { "bos_token_id", "eos_token_id", "torch_dtype", "dtype" })
+        {
+            if (!merged.ContainsKey(key) && root[key] is JsonNode value)
+            {
+                merged[key] = value.DeepClone();
+            }
+        }
+
+        merged["architectures"] = new JsonArray(arch);
+        return (merged, arch);
     }
 
     /// <summary>Which layers slide, as <c>layer_types</c> lists them (<c>sliding_attention</c> / <c>full_attention</c>), or

@@ -293,4 +293,47 @@ public class TransformerModelTests
         Assert.True(TorchTestHelpers.MaxAbsDiff(x, y) < 0.05f * scale, "bf16 logits drift too far from f32");
         Assert.NotEqual(x, y); // it really ran in bf16
     }
+
+    /// <summary>A vision-language checkpoint (Mistral-Small-3.1's <c>Mistral3ForConditionalGeneration</c>, LLaVA's
+    /// wrapper) loads its language model: <c>text_config</c> as the causal LM its <c>model_type</c> names, the decoder under
+    /// <c>language_model.model.</c> and the head at <c>language_model.lm_head</c>, the vision tower left unread — the same
+    /// logits as the text model's own folder.</summary>
+    [Theory]
+    [InlineData("Mistral3ForConditionalGeneration", "mistral")]
+    [InlineData("LlavaForConditionalGeneration", "llama")]
+    public void VisionLanguageCheckpoint_LoadsItsLanguageModel(string wrapper, string textModel)
+    {
+        string text = ModelFor(textModel);
+        string folder = ModelZoo.TempFolder("vlm-" + textModel);
+        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json", "generation_config.json" })
+        {
+            File.Copy(Path.Combine(text, f), Path.Combine(folder, f));
+        }
+
+        var textConfig = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(text, "config.json")))!.AsObject();
+        textConfig.Remove("architectures");
+        string dtype = textConfig["torch_dtype"]!.GetValue<string>();
+        textConfig.Remove("torch_dtype");
+        File.WriteAllText(Path.Combine(folder, "config.json"), new System.Text.Json.Nodes.JsonObject
+        {
+            ["architectures"] = new System.Text.Json.Nodes.JsonArray(wrapper),
+            ["text_config"] = textConfig,
+            ["vision_config"] = new System.Text.Json.Nodes.JsonObject { ["model_type"] = "pixtral", ["hidden_size"] = 16 },
+            ["torch_dtype"] = dtype,
+        }.ToJsonString());
+        using (var reader = new CheckpointReader(text))
+        {
+            var tensors = reader.Names.Select(n => new KeyValuePair<string, Tensor>(
+                "language_model." + n, reader.Take(n, reader.ShapeOf(n), ScalarType.Float32))).ToList();   // decoder and head alike
+            tensors.Add(new("vision_tower.patch_conv.weight", torch.ones(16, 3, 2, 2)));
+            SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"), tensors);
+        }
+
+        using var a = TransformerModel.Load(text, torch.CPU, ScalarType.Float32, 64);
+        using var b = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 64);
+        Assert.Equal(a.Config.Family, b.Config.Family);
+        Assert.Equal(a.Config.SlidingWindow, b.Config.SlidingWindow);
+        long[] ids = Sequence(20, a.Config.VocabSize, 9);
+        Assert.Equal(TorchTestHelpers.FullLogits(a, ids), TorchTestHelpers.FullLogits(b, ids));
+    }
 }
