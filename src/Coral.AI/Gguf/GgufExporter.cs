@@ -257,10 +257,11 @@ public static class GgufExporter
                 foreach (var (gguf, hf, rows, cols) in new[] { ("ffn_gate_exps", "gate", fe, d), ("ffn_up_exps", "up", fe, d), ("ffn_down_exps", "down", d, fe) })
                 {
                     using var scope = torch.NewDisposeScope();
+                    var (gateUpName, downName) = ModelConfig.StackedExpertNames(h);
                     Tensor stacked = c.StackedExperts
                         ? hf == "down"   // Granite-MoE stores them stacked already: gate rows, then up, in input_linear
-                            ? reader.Take(h + "block_sparse_moe.output_linear.weight", [c.NumExperts, d, fe], ScalarType.Float32)
-                            : reader.Take(h + "block_sparse_moe.input_linear.weight", [c.NumExperts, 2 * fe, d], ScalarType.Float32).narrow(1, hf == "gate" ? 0 : fe, fe)
+                            ? reader.Take(downName, [c.NumExperts, d, fe], ScalarType.Float32)
+                            : reader.Take(gateUpName, [c.NumExperts, 2 * fe, d], ScalarType.Float32).narrow(1, hf == "gate" ? 0 : fe, fe)
                         : torch.stack(Enumerable.Range(0, c.NumExperts).Select(e => reader.Take(c.ExpertWeightName(h, e, hf), [rows, cols], ScalarType.Float32)).ToArray());
                     Tensor stored = stacked.to(torchType).contiguous();
                     g.AddTensor($"{b}{gguf}.weight", [c.NumExperts, rows, cols], ggmlType, stored.bytes.ToArray());
@@ -269,10 +270,10 @@ public static class GgufExporter
                 if (c.SharedExpertIntermediateSize > 0)
                 {
                     long fs = c.SharedExpertIntermediateSize;
-                    Put(b + "ffn_gate_inp_shexp.weight", h + "mlp.shared_expert_gate.weight", [1, d]);
-                    Put(b + "ffn_gate_shexp.weight", h + "mlp.shared_expert.gate_proj.weight", [fs, d]);
-                    Put(b + "ffn_up_shexp.weight", h + "mlp.shared_expert.up_proj.weight", [fs, d]);
-                    Put(b + "ffn_down_shexp.weight", h + "mlp.shared_expert.down_proj.weight", [d, fs]);
+                    Put(b + "ffn_gate_inp_shexp.weight", ModelConfig.SharedExpertGateName(h), [1, d]);
+                    Put(b + "ffn_gate_shexp.weight", ModelConfig.SharedExpertWeightName(h, "gate"), [fs, d]);
+                    Put(b + "ffn_up_shexp.weight", ModelConfig.SharedExpertWeightName(h, "up"), [fs, d]);
+                    Put(b + "ffn_down_shexp.weight", ModelConfig.SharedExpertWeightName(h, "down"), [d, fs]);
                 }
 
                 continue;

@@ -62,6 +62,20 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>The model's norm on each row: <see cref="RmsNorm"/>, or <see cref="LayerNorm"/> when
+    /// <paramref name="layerNorm"/> (Cohere).</summary>
+    public static void Norm(bool layerNorm, float* x, float* w, float* y, int rows, int d, float eps)
+    {
+        if (layerNorm)
+        {
+            LayerNorm(x, w, y, rows, d, eps);
+        }
+        else
+        {
+            RmsNorm(x, w, y, rows, d, eps);
+        }
+    }
+
     /// <summary>y[r] = (x[r] − mean) · rsqrt(mean((x[r] − mean)²) + eps) · w for each row (LayerNorm without bias).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void LayerNorm(float* x, float* w, float* y, int rows, int d, float eps)

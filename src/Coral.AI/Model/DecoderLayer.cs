@@ -390,9 +390,9 @@ internal sealed unsafe class DecoderLayer : IDisposable
         // Query heads sharing a KV head become rows of one attention call: [1, Hkv, group·R, hd].
         Tensor q = qk.narrow(1, 0, _heads).reshape(rows, _kvHeads, group, hd).permute(1, 2, 0, 3).reshape(1, _kvHeads, group * rows, hd);
         Tensor k4 = keys.narrow(2, 0, total), v4 = values.narrow(2, 0, total);
-        Tensor att = keys.dtype == ScalarType.Float32 && _softcap is null && _scale == 1.0 / Math.Sqrt(hd)
-            ? F.scaled_dot_product_attention(q, k4, v4, s.Mask)          // fused; accumulation order depends on the batch
-            : Attention(q, k4, v4, s.Mask, _scale, _softcap);             // f64 cache: batch-invariant (speculative engines)
+        // Fused SDPA in the cache's dtype (f32: accumulation order depends on the batch; f64 cache: batch-invariant, for
+        // speculative engines), or the explicit form for a scale other than 1/√hd or a soft cap.
+        Tensor att = Attention(q, k4, v4, s.Mask, _scale, _softcap);
         Tensor o = Project(att.view(_kvHeads, group, rows, hd).permute(2, 0, 1, 3).reshape(rows, _heads * hd), _o!, _oBias);
         x = x + Branch(_postAttnNorm is null ? o : RmsNorm(o, _postAttnNorm, _eps));
 
@@ -433,14 +433,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         float* inputP = work.X;
         if (_attnNorm is not null)
         {
-            if (_layerNorm)
-            {
-                CpuKernels.LayerNorm(work.X, _attnNormP, work.H, rows, _d, eps);
-            }
-            else
-            {
-                CpuKernels.RmsNorm(work.X, _attnNormP, work.H, rows, _d, eps);
-            }
+            CpuKernels.Norm(_layerNorm, work.X, _attnNormP, work.H, rows, _d, eps);
             input = v.H;
             inputP = work.H;
         }
@@ -480,7 +473,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         AddBranch(work, rows);
         if (_mlpNormP != null)
         {
-            CpuKernels.RmsNorm(work.X, _mlpNormP, work.H, rows, _d, eps);
+            CpuKernels.Norm(_layerNorm, work.X, _mlpNormP, work.H, rows, _d, eps);
         }
 
         if (_moe is not null)
@@ -595,12 +588,12 @@ internal sealed unsafe class DecoderLayer : IDisposable
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b) =>
         w.dtype == ScalarType.Float32 ? F.linear(x, w, b) : F.linear(x.to(w.dtype), w, b).to(ScalarType.Float32);
 
-    /// <summary>The layer's norm: RMSNorm, or Cohere's LayerNorm without bias.</summary>
-    private Tensor Norm(Tensor x, Tensor w) => _layerNorm ? LayerNorm(x, w, _eps) : RmsNorm(x, w, _eps);
+    /// <summary>The layer's norm (see <see cref="Norm(Tensor, Tensor, double, bool)"/>).</summary>
+    private Tensor Norm(Tensor x, Tensor w) => Norm(x, w, _eps, _layerNorm);
 
-    /// <summary>LayerNorm without bias: (x − mean) · rsqrt(var + eps) · w.</summary>
-    public static Tensor LayerNorm(Tensor x, Tensor w, double eps) =>
-        F.layer_norm(x, [x.shape[^1]], w, null, eps);
+    /// <summary>The model's norm: RMSNorm, or Cohere's LayerNorm without bias, (x − mean) · rsqrt(var + eps) · w.</summary>
+    public static Tensor Norm(Tensor x, Tensor w, double eps, bool layerNorm) =>
+        layerNorm ? F.layer_norm(x, [x.shape[^1]], w, null, eps) : RmsNorm(x, w, eps);
 
     public static Tensor RmsNorm(Tensor x, Tensor w, double eps) =>
         x * (x.square().mean([-1L], keepdim: true) + eps).rsqrt() * w;

@@ -29,6 +29,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
     private readonly int _experts, _k, _d, _ff, _sharedFf;   // _sharedFf: the shared expert's width (Qwen2-MoE), 0 for none
     private readonly Tensor? _sharedGate;                // [d] f32: the shared expert's sigmoid gate
     private readonly float* _sharedGateP;
+    private Tensor? _router64, _sharedGate64;            // f64 copies for the libtorch path's routing, made on its first call
     private readonly bool _normalize;
     private float[] _scratch = [];                      // the kernel path's buffers: logits, chosen weights, gathered rows, gate|up, product, output
 
@@ -54,7 +55,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
     {
         long d = c.HiddenSize, ff = c.ExpertIntermediateSize;
         string E(int e, string name) => c.ExpertWeightName(prefix, e, name);
-        string stackedGateUp = prefix + "block_sparse_moe.input_linear.weight", stackedDown = prefix + "block_sparse_moe.output_linear.weight";
+        var (stackedGateUp, stackedDown) = ModelConfig.StackedExpertNames(prefix);
         // Packing reads the stored 16-bit rows as they are (f32 ones as f32); libtorch takes the compute dtype.
         ScalarType Stored(string name) => reader.StoredType(name) is ScalarType.BFloat16 or ScalarType.Float16 ? reader.StoredType(name) : ScalarType.Float32;
         Tensor router = reader.Take(c.RouterName(prefix), [c.NumExperts, d], ScalarType.Float32, device);
@@ -64,11 +65,11 @@ internal sealed unsafe class ExpertMlp : IDisposable
         Tensor? sharedGate = null;
         if (shared == 1)
         {
-            using Tensor row = reader.Take(prefix + "mlp.shared_expert_gate.weight", [1, d], ScalarType.Float32, device);
+            using Tensor row = reader.Take(ModelConfig.SharedExpertGateName(prefix), [1, d], ScalarType.Float32, device);
             sharedGate = row.reshape(d);
         }
 
-        string S(string name) => $"{prefix}mlp.shared_expert.{name}_proj.weight";
+        string S(string name) => ModelConfig.SharedExpertWeightName(prefix, name);
         // Granite-MoE's stacked experts, read once ([E, 2ff, d] and [E, d, ff]); an expert is then one slice of each.
         Tensor? gateUp3 = c.StackedExperts ? reader.Take(stackedGateUp, [c.NumExperts, 2 * ff, d], pack ? Stored(stackedGateUp) : dtype, pack ? torch.CPU : device) : null;
         Tensor? down3 = c.StackedExperts ? reader.Take(stackedDown, [c.NumExperts, d, ff], pack ? Stored(stackedDown) : dtype, pack ? torch.CPU : device) : null;
@@ -134,7 +135,8 @@ internal sealed unsafe class ExpertMlp : IDisposable
         int rows = (int)x.shape[0];
         // Router logits through f64, rounded to f32: a row's bits then do not depend on how many rows share the GEMM (short
         // of an exact rounding tie), so routing is batch-invariant here too.
-        using Tensor x64 = x.to(ScalarType.Float64), r64 = _router.to(ScalarType.Float64), logits = F.linear(x64, r64).to(ScalarType.Float32).cpu();
+        _router64 ??= _router.to(ScalarType.Float64).DetachFromDisposeScope();   // kept past the step's dispose scope
+        using Tensor x64 = x.to(ScalarType.Float64), logits = F.linear(x64, _router64).to(ScalarType.Float32).cpu();
         var (weights, chosen) = Route(logits);
         var (start, byExpert, byExpertWeights) = Bucket(chosen, weights);
         Tensor y = torch.zeros_like(x);
@@ -149,11 +151,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
 
             long[] index = routed.Length == 1 && _gateUp![e].dtype == ScalarType.Float32 ? [routed[0], routed[0]] : routed.Select(r => (long)r).ToArray();
             using var scope = torch.NewDisposeScope();
-            Tensor xe = x.index_select(0, torch.tensor(index, device: x.device));
-            Tensor gateUp = project(xe, _gateUp![e]);
-            Tensor[] parts = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);
-            Tensor out_ = project(F.silu(parts[0]) * parts[1], _down![e]);
-            out_ = (out_.dtype == ScalarType.Float32 ? out_ : out_.to(ScalarType.Float32)).narrow(0, 0, routed.Length);
+            Tensor out_ = Expert(x.index_select(0, torch.tensor(index, device: x.device)), e).narrow(0, 0, routed.Length);
             y.index_add_(0, torch.tensor(routed.Select(r => (long)r).ToArray(), device: x.device),
                 out_ * torch.tensor(w, device: x.device).unsqueeze(1), 1);
         }
@@ -162,21 +160,28 @@ internal sealed unsafe class ExpertMlp : IDisposable
         {
             // Every row through the shared expert, weighted by sigmoid(x·g) (through f64 as the router), added last.
             using var scope = torch.NewDisposeScope();
-            Tensor gate = x64.matmul(_sharedGate.to(ScalarType.Float64)).to(ScalarType.Float32).sigmoid().unsqueeze(1);
-            Tensor gateUp = project(x, _gateUp![_experts]);
-            Tensor[] parts = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);
-            Tensor out_ = project(F.silu(parts[0]) * parts[1], _down![_experts]);
-            y.add_((out_.dtype == ScalarType.Float32 ? out_ : out_.to(ScalarType.Float32)) * gate);
+            _sharedGate64 ??= _sharedGate.to(ScalarType.Float64).DetachFromDisposeScope();
+            Tensor gate = x64.matmul(_sharedGate64).to(ScalarType.Float32).sigmoid().unsqueeze(1);
+            y.add_(Expert(x, _experts) * gate);
         }
 
         return y;
+
+        // Expert e's SwiGLU on rows xe, in f32.
+        Tensor Expert(Tensor xe, int e)
+        {
+            Tensor gateUp = project(xe, _gateUp![e]);
+            Tensor[] parts = (gateUp.dtype == ScalarType.Float32 ? gateUp : gateUp.to(ScalarType.Float32)).chunk(2, -1);
+            Tensor down = project(F.silu(parts[0]) * parts[1], _down![e]);
+            return down.dtype == ScalarType.Float32 ? down : down.to(ScalarType.Float32);
+        }
     }
 
     /// <summary>The block on <paramref name="rows"/> rows of x [rows, d] into y [rows, d] (overwritten), on the packed experts.</summary>
     public void ForwardCpu(float* x, int rows, float* y)
     {
         int d = _d, ff = Math.Max(_ff, _sharedFf);
-        long need = ((long)rows * _experts) + ((long)rows * _k) + ((long)rows * d * 2) + ((long)rows * ff * 3);
+        long need = ((long)rows * _experts) + ((long)rows * d * 2) + ((long)rows * ff * 3);   // logits, gathered and output rows, gate|up and product
         if (_scratch.Length < need)
         {
             _scratch = GC.AllocateUninitializedArray<float>((int)Math.Max(need, 2L * _scratch.Length), pinned: true);
@@ -209,9 +214,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 new ReadOnlySpan<float>(x + ((long)byExpert[first + i] * d), d).CopyTo(new Span<float>(gathered + ((long)i * d), d));
             }
 
-            _gateUpP![e].Multiply(gathered, n, gateUp);
-            CpuKernels.SiluMul(gateUp, act, n, _ff);
-            _downP![e].Multiply(act, n, output);
+            RunExpert(e, gathered, n, _ff, gateUp, act, output);
             for (int i = 0; i < n; i++)
             {
                 var target = new Span<float>(y + ((long)byExpert[first + i] * d), d);
@@ -222,9 +225,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
         if (_sharedGateP != null)
         {
             // Every row through the shared expert, weighted by sigmoid(x·g), added last.
-            _gateUpP![_experts].Multiply(x, rows, gateUp);
-            CpuKernels.SiluMul(gateUp, act, rows, _sharedFf);
-            _downP![_experts].Multiply(act, rows, output);
+            RunExpert(_experts, x, rows, _sharedFf, gateUp, act, output);
             for (int r = 0; r < rows; r++)
             {
                 float g = 1f / (1f + MathF.Exp(-TensorPrimitives.Dot(new ReadOnlySpan<float>(x + ((long)r * d), d), new ReadOnlySpan<float>(_sharedGateP, d))));
@@ -232,6 +233,15 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(output + ((long)r * d), d), g, target, target);
             }
         }
+    }
+
+    /// <summary>Packed expert e's SwiGLU (width <paramref name="ff"/>) on <paramref name="n"/> rows of x into output, through
+    /// the gate|up and product buffers.</summary>
+    private void RunExpert(int e, float* x, int n, int ff, float* gateUp, float* act, float* output)
+    {
+        _gateUpP![e].Multiply(x, n, gateUp);
+        CpuKernels.SiluMul(gateUp, act, n, ff);
+        _downP![e].Multiply(act, n, output);
     }
 
     /// <summary>Each row's chosen experts and their weights from router logits [rows, E] (a CPU tensor).</summary>
@@ -311,6 +321,8 @@ internal sealed unsafe class ExpertMlp : IDisposable
     {
         _router.Dispose();
         _sharedGate?.Dispose();
+        _router64?.Dispose();
+        _sharedGate64?.Dispose();
         foreach (PackedMatrix m in (_gateUpP ?? []).Concat(_downP ?? []))
         {
             m.Dispose();

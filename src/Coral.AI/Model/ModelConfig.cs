@@ -296,6 +296,16 @@ internal sealed record ModelConfig
         _ => $"{prefix}mlp.gate.weight",
     };
 
+    /// <summary>Qwen2-MoE's shared expert's <paramref name="kind"/> (gate, up or down) projection under <paramref name="prefix"/>.</summary>
+    public static string SharedExpertWeightName(string prefix, string kind) => $"{prefix}mlp.shared_expert.{kind}_proj.weight";
+
+    /// <summary>Qwen2-MoE's shared expert's gate ([1, d]) under <paramref name="prefix"/>.</summary>
+    public static string SharedExpertGateName(string prefix) => $"{prefix}mlp.shared_expert_gate.weight";
+
+    /// <summary>Granite-MoE's stacked experts under <paramref name="prefix"/>: gate|up [E, 2·ff, d] and down [E, d, ff].</summary>
+    public static (string GateUp, string Down) StackedExpertNames(string prefix) =>
+        ($"{prefix}block_sparse_moe.input_linear.weight", $"{prefix}block_sparse_moe.output_linear.weight");
+
     /// <summary>Gets whether the experts are stored stacked: Granite-MoE's <c>block_sparse_moe.input_linear.weight</c>
     /// [experts, 2·ff, d] (gate rows, then up) and <c>output_linear.weight</c> [experts, d, ff].</summary>
     public bool StackedExperts => Family == ModelFamily.GraniteMoe;
@@ -532,7 +542,7 @@ internal sealed record ModelConfig
         }
 
         int step = OptionalInt(root, path, "decoder_sparse_step") ?? 1;
-        var denseOnly = root["mlp_only_layers"] is JsonArray only ? only.Select(n => n!.GetValue<int>()).ToHashSet() : [];
+        var denseOnly = ReadIdList(root["mlp_only_layers"], path, "mlp_only_layers").ToHashSet();
         return c with
         {
             NumExperts = experts,
@@ -618,7 +628,8 @@ internal sealed record ModelConfig
     {
         JsonObject text = root["text_config"] as JsonObject
             ?? throw new CoralModelException(path, "text_config", $"missing: a {wrapper} config nests its language model's settings there.");
-        string type = text["model_type"]?.GetValue<string>() ?? (wrapper == "Mistral3ForConditionalGeneration" ? "mistral" : "llama");
+        string type = text["model_type"] is JsonValue tv && tv.TryGetValue(out string? named) ? named
+            : wrapper == "Mistral3ForConditionalGeneration" ? "mistral" : "llama";
         string arch = type switch
         {
             "mistral" => "MistralForCausalLM",
@@ -675,16 +686,22 @@ internal sealed record ModelConfig
         };
     }
 
+    /// <summary>Refuses a Gemma activation other than the tanh GELU, naming <paramref name="field"/> (absent or null: the
+    /// tanh GELU, as transformers defaults it).</summary>
+    private static void RequireTanhGelu(JsonObject root, string path, string field)
+    {
+        string activation = root[field] is JsonValue v && v.TryGetValue(out string? a) ? a : "gelu_pytorch_tanh";
+        if (activation is not ("gelu_pytorch_tanh" or "gelu_new" or "gelu_fast"))
+        {
+            throw new CoralModelException(path, field, $"'{activation}' is not supported for Gemma; supported: gelu_pytorch_tanh.");
+        }
+    }
+
     /// <summary>Gemma (the first): a Llama's norm placement with Gemma's (1 + w) norms, √d embedding and GeGLU — transformers
     /// takes <c>hidden_activation</c> and, when it is null, the tanh GELU whatever <c>hidden_act</c> says.</summary>
     private static ModelConfig WithGemma1(ModelConfig c, JsonObject root, string path)
     {
-        string activation = root["hidden_activation"] is JsonValue av && av.TryGetValue(out string? a) ? a : "gelu_pytorch_tanh";
-        if (activation is not ("gelu_pytorch_tanh" or "gelu_new" or "gelu_fast"))
-        {
-            throw new CoralModelException(path, "hidden_activation", $"'{activation}' is not supported for Gemma; supported: gelu_pytorch_tanh.");
-        }
-
+        RequireTanhGelu(root, path, "hidden_activation");
         return c with
         {
             Activation = MlpActivation.GeluTanh,
@@ -701,12 +718,7 @@ internal sealed record ModelConfig
     private static ModelConfig WithGemma(ModelConfig c, JsonObject root, string path, int? window)
     {
         bool two = c.Family == ModelFamily.Gemma2;
-        string activationField = root["hidden_activation"] is not null ? "hidden_activation" : "hidden_act";
-        string activation = root[activationField] is JsonValue av && av.TryGetValue(out string? a) ? a : "gelu_pytorch_tanh";
-        if (activation is not ("gelu_pytorch_tanh" or "gelu_new" or "gelu_fast"))
-        {
-            throw new CoralModelException(path, activationField, $"'{activation}' is not supported for Gemma; supported: gelu_pytorch_tanh.");
-        }
+        RequireTanhGelu(root, path, root["hidden_activation"] is not null ? "hidden_activation" : "hidden_act");
 
         bool[] sliding;
         if (LayerTypes(root, path, c.NumLayers) is bool[] types)

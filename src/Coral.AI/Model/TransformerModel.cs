@@ -246,7 +246,7 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         cache.Length = start + t;
         Tensor last = pad ? x.narrow(0, 0, 1) : x;
-        return Config.LayerNorms ? DecoderLayer.LayerNorm(last, _finalNorm, Config.RmsNormEps) : DecoderLayer.RmsNorm(last, _finalNorm, Config.RmsNormEps);
+        return DecoderLayer.Norm(last, _finalNorm, Config.RmsNormEps, Config.LayerNorms);
     }
 
     private Tensor ForwardCpu(long[] ids, KvCache cache, long[]? positions, Tensor? treeMask, int rows)
@@ -269,14 +269,7 @@ internal sealed unsafe class TransformerModel : IDisposable
 
         cache.Length = start + t;
         Tensor y = torch.empty([t, d], ScalarType.Float32);
-        if (Config.LayerNorms)
-        {
-            CpuKernels.LayerNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
-        }
-        else
-        {
-            CpuKernels.RmsNorm(_work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
-        }
+        CpuKernels.Norm(Config.LayerNorms, _work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
         return y;
     }
 

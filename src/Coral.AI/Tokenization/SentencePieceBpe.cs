@@ -145,7 +145,7 @@ internal sealed class SentencePieceBpe
     /// makes it O(n log n) — the rescan of every pair after each merge was O(n²), minutes for a long prompt without a
     /// pre-tokenizer. Entries whose pair has changed since they were pushed are skipped when popped (a rank names one pair).
     /// </summary>
-    internal List<string> Merge(string word)
+    private List<string> Merge(string word)
     {
         var symbols = new List<string?>();
         for (int i = 0; i < word.Length; i += char.IsSurrogatePair(word, i) ? 2 : 1)
