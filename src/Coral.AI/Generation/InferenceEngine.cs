@@ -130,10 +130,10 @@ internal sealed class InferenceEngine : IDisposable
     public SemaphoreSlim Gate { get; } = new(1, 1);
 
     public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
-        ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true)
+        ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None)
     {
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
-        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels, packedWeights);
+        TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels, packedWeights, quantization);
         DraftModel? draft = null;
         try
         {

@@ -16,19 +16,23 @@ public static class GgufExporter
     /// <summary>Writes <paramref name="outputPath"/> from the model in <paramref name="modelFolder"/>.</summary>
     /// <param name="modelFolder">The Hugging Face model folder.</param>
     /// <param name="outputPath">The GGUF file to write.</param>
-    /// <param name="tensorType">The storage type of the 2-D weights: <c>f32</c>, <c>f16</c> or <c>bf16</c> (norms stay f32).</param>
+    /// <param name="tensorType">The storage type of the 2-D weights: <c>f32</c>, <c>f16</c> or <c>bf16</c> (norms stay f32);
+    /// or <c>q8_0</c>: the decoder's projections (experts included) as Q8_0 blocks — the values a model loaded with Q8_0
+    /// weights multiplies by — and every other tensor f32, as llama.cpp's quantizer makes such a file with the token
+    /// embedding and output types kept.</param>
     /// <exception cref="ArgumentNullException">An argument is <see langword="null"/>.</exception>
     /// <exception cref="CoralModelException">The model cannot be exported.</exception>
     public static void Export(string modelFolder, string outputPath, string tensorType = "f32")
     {
         _ = Throw.IfNullOrWhitespace(modelFolder);
         _ = Throw.IfNullOrWhitespace(outputPath);
+        bool q8 = tensorType.Equals("q8_0", StringComparison.OrdinalIgnoreCase);
         (uint ggmlType, ScalarType torchType) = tensorType.ToLowerInvariant() switch
         {
-            "f32" or "float32" => (GgufWriter.TypeF32, ScalarType.Float32),
+            "f32" or "float32" or "q8_0" => (GgufWriter.TypeF32, ScalarType.Float32),
             "f16" or "float16" => (GgufWriter.TypeF16, ScalarType.Float16),
             "bf16" or "bfloat16" => (GgufWriter.TypeBF16, ScalarType.BFloat16),
-            _ => throw new ArgumentException($"Tensor type '{tensorType}' is not supported; use f32, f16 or bf16.", nameof(tensorType)),
+            _ => throw new ArgumentException($"Tensor type '{tensorType}' is not supported; use f32, f16, bf16 or q8_0.", nameof(tensorType)),
         };
 
         ModelConfig c = ModelConfig.Load(Path.Combine(modelFolder, "config.json"));
@@ -56,7 +60,7 @@ public static class GgufExporter
         var g = new GgufWriter();
         g.Add("general.architecture", arch);
         g.Add("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder))));
-        g.Add("general.file_type", ggmlType == GgufWriter.TypeF32 ? 0u : ggmlType == GgufWriter.TypeF16 ? 1u : 32u);
+        g.Add("general.file_type", q8 ? 7u : ggmlType == GgufWriter.TypeF32 ? 0u : ggmlType == GgufWriter.TypeF16 ? 1u : 32u);
         g.Add($"{arch}.context_length", (uint)c.MaxPositionEmbeddings);
         g.Add($"{arch}.embedding_length", (uint)c.HiddenSize);
         g.Add($"{arch}.block_count", (uint)c.NumLayers);
@@ -168,8 +172,28 @@ public static class GgufExporter
             // Gemma's norms as llama.cpp multiplies by them: 1 + the stored offset (as its converter writes them).
             using Tensor t = norm ? DecoderLayer.LoadNorm(reader, hfName, shape[0], c, torch.CPU) : reader.Take(hfName, shape, ScalarType.Float32);
             using Tensor p = permuteHeads > 0 ? PermuteForInterleavedRope(t, permuteHeads) : t.alias();
-            using Tensor outT = norm || shape.Length == 1 ? p.contiguous() : p.to(torchType).contiguous();
-            g.AddTensor(ggufName, shape, norm || shape.Length == 1 ? GgufWriter.TypeF32 : ggmlType, outT.bytes.ToArray());
+            bool f32 = norm || shape.Length == 1;
+            AddWeight(ggufName, p, f32 ? GgufWriter.TypeF32 : ggmlType, f32 ? ScalarType.Float32 : torchType, projection: false);
+        }
+
+        // A decoder projection (q/k/v/o, gate/up/down, experts): Q8_0 blocks in a q8_0 file where its rows are whole blocks.
+        void Project(string ggufName, string hfName, long[] shape, int permuteHeads = 0)
+        {
+            using Tensor t = reader.Take(hfName, shape, ScalarType.Float32);
+            using Tensor p = permuteHeads > 0 ? PermuteForInterleavedRope(t, permuteHeads) : t.alias();
+            AddWeight(ggufName, p, ggmlType, torchType, projection: true);
+        }
+
+        void AddWeight(string ggufName, Tensor w, uint type, ScalarType stored, bool projection)
+        {
+            if (projection && q8 && Q8Blocks.Fits(w.shape[^1]))
+            {
+                g.AddTensor(ggufName, w.shape, GgufWriter.TypeQ8_0, Q8Blocks.Gguf(w));
+                return;
+            }
+
+            using Tensor outT = type == GgufWriter.TypeF32 ? w.contiguous() : w.to(stored).contiguous();
+            g.AddTensor(ggufName, w.shape, type, outT.bytes.ToArray());
         }
 
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
@@ -198,16 +222,16 @@ public static class GgufExporter
 
             if (c.FusedProjections)
             {
-                Put(b + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", [nq + 2 * nkv, d]);   // phi3: NEOX RoPE, no permutation
+                Project(b + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", [nq + 2 * nkv, d]);   // phi3: NEOX RoPE, no permutation
             }
             else
             {
-                Put(b + "attn_q.weight", h + "self_attn.q_proj.weight", [nq, d], permuteHeads: permuteQk ? c.NumHeads : 0);
-                Put(b + "attn_k.weight", h + "self_attn.k_proj.weight", [nkv, d], permuteHeads: permuteQk ? c.NumKvHeads : 0);
-                Put(b + "attn_v.weight", h + "self_attn.v_proj.weight", [nkv, d]);
+                Project(b + "attn_q.weight", h + "self_attn.q_proj.weight", [nq, d], permuteHeads: permuteQk ? c.NumHeads : 0);
+                Project(b + "attn_k.weight", h + "self_attn.k_proj.weight", [nkv, d], permuteHeads: permuteQk ? c.NumKvHeads : 0);
+                Project(b + "attn_v.weight", h + "self_attn.v_proj.weight", [nkv, d]);
             }
 
-            Put(b + "attn_output.weight", h + "self_attn.o_proj.weight", [d, nq]);
+            Project(b + "attn_output.weight", h + "self_attn.o_proj.weight", [d, nq]);
             if (c.QkvBias)
             {
                 Put(b + "attn_q.bias", h + "self_attn.q_proj.bias", [nq], permuteHeads: permuteQk ? c.NumHeads : 0);
@@ -263,17 +287,16 @@ public static class GgufExporter
                             ? reader.Take(downName, [c.NumExperts, d, fe], ScalarType.Float32)
                             : reader.Take(gateUpName, [c.NumExperts, 2 * fe, d], ScalarType.Float32).narrow(1, hf == "gate" ? 0 : fe, fe)
                         : torch.stack(Enumerable.Range(0, c.NumExperts).Select(e => reader.Take(c.ExpertWeightName(h, e, hf), [rows, cols], ScalarType.Float32)).ToArray());
-                    Tensor stored = stacked.to(torchType).contiguous();
-                    g.AddTensor($"{b}{gguf}.weight", [c.NumExperts, rows, cols], ggmlType, stored.bytes.ToArray());
+                    AddWeight($"{b}{gguf}.weight", stacked, ggmlType, torchType, projection: true);
                 }
 
                 if (c.SharedExpertIntermediateSize > 0)
                 {
                     long fs = c.SharedExpertIntermediateSize;
                     Put(b + "ffn_gate_inp_shexp.weight", ModelConfig.SharedExpertGateName(h), [1, d]);
-                    Put(b + "ffn_gate_shexp.weight", ModelConfig.SharedExpertWeightName(h, "gate"), [fs, d]);
-                    Put(b + "ffn_up_shexp.weight", ModelConfig.SharedExpertWeightName(h, "up"), [fs, d]);
-                    Put(b + "ffn_down_shexp.weight", ModelConfig.SharedExpertWeightName(h, "down"), [d, fs]);
+                    Project(b + "ffn_gate_shexp.weight", ModelConfig.SharedExpertWeightName(h, "gate"), [fs, d]);
+                    Project(b + "ffn_up_shexp.weight", ModelConfig.SharedExpertWeightName(h, "up"), [fs, d]);
+                    Project(b + "ffn_down_shexp.weight", ModelConfig.SharedExpertWeightName(h, "down"), [d, fs]);
                 }
 
                 continue;
@@ -281,15 +304,15 @@ public static class GgufExporter
 
             if (c.FusedProjections)
             {
-                Put(b + "ffn_up.weight", h + "mlp.gate_up_proj.weight", [2 * ff, d]);   // phi3: gate|up in one tensor, gate first
+                Project(b + "ffn_up.weight", h + "mlp.gate_up_proj.weight", [2 * ff, d]);   // phi3: gate|up in one tensor, gate first
             }
             else
             {
-                Put(b + "ffn_gate.weight", h + "mlp.gate_proj.weight", [ff, d]);
-                Put(b + "ffn_up.weight", h + "mlp.up_proj.weight", [ff, d]);
+                Project(b + "ffn_gate.weight", h + "mlp.gate_proj.weight", [ff, d]);
+                Project(b + "ffn_up.weight", h + "mlp.up_proj.weight", [ff, d]);
             }
 
-            Put(b + "ffn_down.weight", h + "mlp.down_proj.weight", [d, ff]);
+            Project(b + "ffn_down.weight", h + "mlp.down_proj.weight", [d, ff]);
         }
 
         g.Write(outputPath);

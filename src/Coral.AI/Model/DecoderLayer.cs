@@ -120,9 +120,10 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
     /// <summary>Loads the tensors under <paramref name="prefix"/> (e.g. <c>model.layers.3.</c> or <c>layers.0.</c>);
     /// <paramref name="cpuKernels"/> false keeps f32 CPU layers on the libtorch path; <paramref name="packed"/> false keeps the
-    /// kernel path's GEMMs in libtorch even for bf16-valued weights.</summary>
+    /// kernel path's GEMMs in libtorch even for bf16-valued weights; <paramref name="quantization"/> Q8_0 quantizes the
+    /// projections (packed as Q8_0 blocks, or their Q8_0 values in f32 on libtorch).</summary>
     public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm,
-        bool cpuKernels = true, bool packed = true, bool roundToBf16 = false, bool moe = false)
+        bool cpuKernels = true, bool packed = true, bool roundToBf16 = false, bool moe = false, WeightQuantization quantization = WeightQuantization.None)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => reader.Take(prefix + name, shape, dtype, device);
@@ -167,11 +168,11 @@ internal sealed unsafe class DecoderLayer : IDisposable
         }
 
         if (packed && PackedMatrix.Enabled && cpuKernels && CpuKernels.Enabled && dtype == ScalarType.Float32 && device.type == DeviceType.CPU
-            && TryPackDirect(reader, prefix, c, roundToBf16, moe) is PackedMatrix[] direct)
+            && TryPackDirect(reader, prefix, c, roundToBf16, moe, quantization) is PackedMatrix[] direct)
         {
             // The kernel path packed straight from the checkpoint's [out, in] rows (a bf16 checkpoint's mapped tensors):
             // no f32 copy, no concatenation, no transpose. The norms and biases are small and f32 as always.
-            ExpertMlp? experts = moe ? ExpertMlp.Load(reader, prefix, c, dtype, device, pack: true, roundToBf16, Projection) : null;
+            ExpertMlp? experts = moe ? ExpertMlp.Load(reader, prefix, c, dtype, device, pack: true, roundToBf16, Projection, quantization) : null;
             if (!moe || experts is not null)
             {
                 using var scope = torch.NewDisposeScope();
@@ -192,18 +193,27 @@ internal sealed unsafe class DecoderLayer : IDisposable
             (qkvBias, qkNorm) = (QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope());
         }
 
-        using Tensor o = W("self_attn.o_proj.weight", d, nq);
-        using Tensor qkv = Reorder(Fused(["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], [nq, nkv, nkv], "self_attn.qkv_proj.weight"),
-            RotaryRows(c), 0);
+        // Quantized weights as their Q8_0 values (f32) on this path.
+        Tensor Q(Tensor t)
+        {
+            using (t)
+            {
+                return Q8Blocks.Apply(t, quantization);
+            }
+        }
+
+        using Tensor o = Q(W("self_attn.o_proj.weight", d, nq));
+        using Tensor qkv = Q(Reorder(Fused(["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], [nq, nkv, nkv], "self_attn.qkv_proj.weight"),
+            RotaryRows(c), 0));
         if (moe)
         {
-            ExpertMlp experts = ExpertMlp.Load(reader, prefix, c, dtype, device, pack: false, roundToBf16, Projection)!;
+            ExpertMlp experts = ExpertMlp.Load(reader, prefix, c, dtype, device, pack: false, roundToBf16, Projection, quantization)!;
             return new DecoderLayer(c, inputNorm ? Norm("input_layernorm.weight", d) : null, Projection(qkv), qkvBias, qkNorm, Projection(o),
                 c.OutputBias ? W("self_attn.o_proj.bias", d) : null, Norms(), null, null, cpuKernels, moe: experts);
         }
 
-        using Tensor down = W("mlp.down_proj.weight", d, ff);
-        using Tensor gateUp = Fused(["mlp.gate_proj.weight", "mlp.up_proj.weight"], [ff, ff], "mlp.gate_up_proj.weight");
+        using Tensor down = Q(W("mlp.down_proj.weight", d, ff));
+        using Tensor gateUp = Q(Fused(["mlp.gate_proj.weight", "mlp.up_proj.weight"], [ff, ff], "mlp.gate_up_proj.weight"));
         return new DecoderLayer(
             c,
             inputNorm ? Norm("input_layernorm.weight", d) : null,
@@ -221,8 +231,9 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// <summary>The four packed projections (q|k|v, o, gate|up, down) made from the stored rows, or null when a weight is not
     /// all bf16 values (the layer then keeps libtorch's f32 GEMMs) or not stored as f32/bf16/f16. A layer stored in f16
     /// packs its f16 values as they are (exact); with <paramref name="round"/> (a drafter's layer) f32 values — and f16
-    /// ones in a layer that mixes dtypes — are rounded to bf16 instead of refused.</summary>
-    private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round, bool moe)
+    /// ones in a layer that mixes dtypes — are rounded to bf16 instead of refused. With <paramref name="quantization"/>
+    /// Q8_0 the projections are quantized from whatever float dtype they are stored in.</summary>
+    private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round, bool moe, WeightQuantization quantization)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;
         // Each packed projection's parts: q|k|v, o, gate|up, down (Phi-3 stores q|k|v and gate|up fused already).
@@ -246,7 +257,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
         }
 
         bool f16 = all.All(n => reader.StoredType(prefix + n) == ScalarType.Float16);
-        if (!f16 && !round && all.Any(n => reader.StoredType(prefix + n) == ScalarType.Float16))
+        if (!f16 && !round && quantization == WeightQuantization.None && all.Any(n => reader.StoredType(prefix + n) == ScalarType.Float16))
         {
             return null;   // f16 mixed with other dtypes: values bf16 cannot all hold
         }
@@ -265,7 +276,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             return j == 0 && RotaryRows(c) is long[] order ? [Reorder(torch.cat(parts), order, 0)] : parts;   // partial rotation
         }
 
-        PackedMatrix?[] p = Enumerable.Range(0, names.Length).Select(j => PackedMatrix.TryCreateFromRows(Parts(j), round)).ToArray();
+        PackedMatrix?[] p = Enumerable.Range(0, names.Length).Select(j => PackedMatrix.TryPack(Parts(j), round, quantization)).ToArray();
         if (p.All(m => m is not null))
         {
             return p!;

@@ -28,7 +28,7 @@ namespace Coral.AI;
 /// …, K − 1, whatever the number of rows, the block, the split between threads or the micro-kernel that computes it, so
 /// a token's logits have the same bits alone and as a node of a verified tree (lossless greedy speculation).</para>
 /// </remarks>
-internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
+internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
 {
     /// <summary>Output columns per block (two 16-float vectors).</summary>
     public const int Block = 32;
@@ -36,7 +36,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     private readonly int _blocks;
     private readonly bool _f16;   // the blocks hold f16 values (else bf16)
     private readonly int _bias;   // f16: the blocks' exponent bias (15, a half's own, or one that leaves no subnormal)
-    private ushort* _w;
+    private ushort* _w;       // 16-bit blocks [N/32][K][32] (null for Q8_0: PackedMatrix.Q8.cs)
     private float* _x, _y;   // the current call's operands (one call at a time per matrix)
     private int _rows, _parts, _ldy;
 
@@ -62,15 +62,18 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     /// <summary>Gets N, the length of an output row.</summary>
     public int Outputs { get; }
 
-    /// <summary>Gets the format of the packed values: <see cref="ScalarType.BFloat16"/> or <see cref="ScalarType.Float16"/>.</summary>
-    public ScalarType Format => _f16 ? ScalarType.Float16 : ScalarType.BFloat16;
+    /// <summary>Gets the format of the packed values: <see cref="ScalarType.BFloat16"/>, <see cref="ScalarType.Float16"/>, or
+    /// <see cref="ScalarType.Int8"/> for Q8_0 blocks (<see cref="TryQuantize"/>).</summary>
+    public ScalarType Format => _levels != null ? ScalarType.Int8 : _f16 ? ScalarType.Float16 : ScalarType.BFloat16;
 
     /// <summary>Gets the exponent bias of an f16 matrix's blocks: 15 (a half's own) or the one chosen at packing so that no
     /// value is subnormal (<see cref="F16Bias"/>).</summary>
     internal int ExponentBias => _bias;
 
     /// <summary>Gets the bytes the packed weight holds.</summary>
-    public long Bytes => (long)_blocks * Block * Inputs * sizeof(ushort);
+    public long Bytes => _levels != null
+        ? ((long)_blocks * Block * Inputs) + ((long)_blocks * Block * (Inputs / Q8Blocks.Size) * sizeof(float))
+        : (long)_blocks * Block * Inputs * sizeof(ushort);
 
     /// <summary>
     /// Packs <paramref name="inOut"/> [K, N] (f32 or bf16, CPU), or returns null when it holds a value that bf16 cannot
@@ -300,7 +303,7 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     /// <paramref name="outputStride"/> floats apart (0: N).</summary>
     public void Multiply(float* x, int rows, float* y, int outputStride = 0)
     {
-        ObjectDisposedException.ThrowIf(_w == null, this);
+        ObjectDisposedException.ThrowIf(_w == null && _levels == null, this);
         _x = x;
         _y = y;
         _rows = rows;
@@ -314,28 +317,32 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     void ICpuWork.Run(int part)
     {
         int b0 = part * _blocks / _parts, b1 = (part + 1) * _blocks / _parts;
-        if (_f16)
+        if (_levels != null)
         {
-            Range<HalfFormat.Float16>(b0, b1);
+            Range<Q8Pair>(b0, b1);
+        }
+        else if (_f16)
+        {
+            Range<HalfPair<HalfFormat.Float16>>(b0, b1);
         }
         else
         {
-            Range<HalfFormat.BFloat16>(b0, b1);
+            Range<HalfPair<HalfFormat.BFloat16>>(b0, b1);
         }
     }
 
+    /// <summary>Blocks <paramref name="b0"/> to <paramref name="b1"/> of the current call, two blocks (64 outputs) at a
+    /// time by <typeparamref name="TPair"/>'s micro-kernel: four vector sums per row, up to sixteen for four rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
-    private void Range<TFormat>(int b0, int b1)
-        where TFormat : struct, IHalfFormat
+    private void Range<TPair>(int b0, int b1)
+        where TPair : struct, IBlockPair
     {
-        Vector512<float> scale = HalfFormat.Float16.ScaleFor(_bias);   // f16 only (bf16 ignores it)
         int k = Inputs, n = Outputs, rows = _rows, ld = _ldy;
         float* tail = stackalloc float[4 * 2 * Block];   // outputs of a pair that ends past the range or the matrix
         for (int b = b0; b < b1; b += 2)
         {
-            // Two blocks (64 outputs) at a time: four vector sums per row, up to sixteen for four rows.
             bool full = b + 2 <= b1 && (b + 2) * Block <= n;
-            ushort* p0 = Packed(b), p1 = b + 1 < b1 ? Packed(b + 1) : p0;
+            int next = b + 1 < b1 ? b + 1 : b;
             int ldy = full ? ld : 2 * Block;
             for (int r = 0; r < rows;)
             {
@@ -344,19 +351,19 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
                 int m = Math.Min(rows - r, 4);
                 if (m == 4)
                 {
-                    Tile<RowCount.Four, TFormat>(p0, p1, x, k, y, ldy, scale);
+                    TPair.Tile<RowCount.Four>(this, b, next, x, y, ldy);
                 }
                 else if (m == 3)
                 {
-                    Tile<RowCount.Three, TFormat>(p0, p1, x, k, y, ldy, scale);
+                    TPair.Tile<RowCount.Three>(this, b, next, x, y, ldy);
                 }
                 else if (m == 2)
                 {
-                    Tile<RowCount.Two, TFormat>(p0, p1, x, k, y, ldy, scale);
+                    TPair.Tile<RowCount.Two>(this, b, next, x, y, ldy);
                 }
                 else
                 {
-                    Tile<RowCount.One, TFormat>(p0, p1, x, k, y, ldy, scale);
+                    TPair.Tile<RowCount.One>(this, b, next, x, y, ldy);
                 }
 
                 if (!full)
@@ -371,6 +378,26 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
                 r += m;
             }
         }
+    }
+
+    /// <summary>A micro-kernel over a pair of blocks as a type, so that <see cref="Range{TPair}"/> compiles once per format.</summary>
+    private interface IBlockPair
+    {
+        /// <summary>Rows <paramref name="x"/> (<typeparamref name="TRows"/> of them, K apart) times blocks
+        /// <paramref name="block"/> and <paramref name="next"/> (the same block when the range has one left) into 64
+        /// outputs per row at <paramref name="y"/>, rows <paramref name="ldy"/> apart.</summary>
+        static abstract void Tile<TRows>(PackedMatrix m, int block, int next, float* x, float* y, int ldy)
+            where TRows : struct, IRowCount;
+    }
+
+    /// <summary>Blocks of 16-bit values in <typeparamref name="TFormat"/>.</summary>
+    private readonly struct HalfPair<TFormat> : IBlockPair
+        where TFormat : struct, IHalfFormat
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Tile<TRows>(PackedMatrix m, int block, int next, float* x, float* y, int ldy)
+            where TRows : struct, IRowCount =>
+            Tile<TRows, TFormat>(m.Packed(block), m.Packed(next), x, m.Inputs, y, ldy, HalfFormat.Float16.ScaleFor(m._bias));   // the scale: f16 only
     }
 
     private ushort* Packed(int block) => _w + (long)block * Inputs * Block;
@@ -464,6 +491,10 @@ internal sealed unsafe class PackedMatrix : ICpuWork, IDisposable
     public void Dispose()
     {
         NativeMemory.AlignedFree(_w);
+        NativeMemory.AlignedFree(_levels);
+        NativeMemory.AlignedFree(_scales);
         _w = null;
+        _levels = null;
+        _scales = null;
     }
 }

@@ -111,12 +111,19 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// libtorch path, for comparisons).</param>
     /// <param name="packedWeights">Whether the kernel path multiplies by <see cref="PackedMatrix"/> copies of weights
     /// whose values are all bf16, or that are stored as f16 (the default; false keeps libtorch's f32 GEMMs, for comparisons).</param>
+    /// <param name="quantization">Q8_0: the decoder's projections quantized at load (<see cref="WeightQuantization"/>);
+    /// needs f32 compute (the kernels' Q8_0 blocks, or their values in f32 on libtorch).</param>
     public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions, ScalarType? headType = null,
-        bool cpuKernels = true, bool packedWeights = true)
+        bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None)
     {
         if (weightType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
         {
             throw new ArgumentException($"Unsupported compute dtype {weightType}.", nameof(weightType));
+        }
+
+        if (quantization != WeightQuantization.None && weightType != ScalarType.Float32)
+        {
+            throw new ArgumentException($"{quantization} weights compute in float32, not {weightType}.", nameof(quantization));
         }
 
         ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
@@ -130,7 +137,8 @@ internal sealed unsafe class TransformerModel : IDisposable
             using var noGrad = torch.no_grad();
             for (int i = 0; i < c.NumLayers; i++)
             {
-                layers.Add(DecoderLayer.Load(reader, $"{root}layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels, packedWeights, moe: c.IsMoe(i)));
+                layers.Add(DecoderLayer.Load(reader, $"{root}layers.{i}.", c, weightType, device, inputNorm: true, cpuKernels, packedWeights, moe: c.IsMoe(i),
+                    quantization: quantization));
             }
 
             long d = c.HiddenSize;
@@ -160,7 +168,7 @@ internal sealed unsafe class TransformerModel : IDisposable
                 : null;
             // SmolLM3's layers without RoPE rotate by nothing: tables of no rotary dimensions (cos 1, sin 0).
             RotaryTables? noRope = c.NoRopeLayers is { } none && none.Any(n => n) ? new RotaryTables(c with { RotaryDim = 0 }, positions, device) : null;
-            return new TransformerModel(c, device, weightType, layers.ToArray(), embed, finalNorm, head, rope, localRope, noRope);
+            return new TransformerModel(c, device, weightType, layers.ToArray(), embed, finalNorm, head, rope, localRope, noRope) { Quantization = quantization };
         }
         catch
         {
@@ -185,6 +193,9 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>Gets whether the kernel path multiplies by <see cref="PackedMatrix"/> weights, layers and LM head: every
     /// row then has the same bits at any row count, so one-token steps need no padding.</summary>
     public bool UsesPackedWeights => _packedHead is not null;
+
+    /// <summary>Gets how the decoder's projections were quantized at load.</summary>
+    public WeightQuantization Quantization { get; private init; }
 
 
     /// <summary>

@@ -89,6 +89,9 @@ internal sealed class LlamaCppOracle : IDisposable
         NativeLibraryConfig.All.WithLogCallback((_, m) => { if (Environment.GetEnvironmentVariable("CORAL_LLAMA_LOG") is not null) Console.Error.Write(m); });
     }
 
+    /// <summary>Loads llama.cpp's library (for calls into it without a model, such as its quantizer).</summary>
+    public static void EnsureLoaded() => NativeApi.llama_empty_call();
+
     public LlamaCppOracle(string gguf, int contextSize = 256, int threads = 2)
     {
         var p = new ModelParams(gguf)

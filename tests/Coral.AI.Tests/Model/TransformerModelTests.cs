@@ -218,6 +218,13 @@ public class TransformerModelTests
         bool f16 = arch.EndsWith("-f16", StringComparison.Ordinal);
         Assert.Equal(arch.EndsWith("16", StringComparison.Ordinal) && PackedMatrix.Enabled, model.UsesPackedWeights);
         Assert.Equal(f16 && PackedMatrix.Enabled ? ScalarType.Float16 : ScalarType.BFloat16, model.HeadType);
+        AssertTreeNodesEqualOneTokenSteps(model);
+    }
+
+    /// <summary>A tree of nine nodes after a 37-token prefix, verified in one forward on a batch-invariant cache: each
+    /// node's logits equal, bit for bit, those of one-token steps along its path.</summary>
+    internal static void AssertTreeNodesEqualOneTokenSteps(TransformerModel model)
+    {
         int v = model.Config.VocabSize;
         long[] prefix = Sequence(37, v, 6);
         int[] parent = [-1, 0, 0, 1, 2, 1, 3, 5, 0];

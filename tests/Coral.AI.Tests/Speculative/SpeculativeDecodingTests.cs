@@ -43,6 +43,9 @@ public class SpeculativeDecodingTests
         { "qwen2moe-bf16", "random", 4, 4, 12, "float32" },
         { "cohere2-bf16", "random", 4, 4, 12, "float32" },
         { "qwen3moe", "random", 3, 4, 8, "float32" },
+        { "llama-sharded-bf16", "random", 5, 8, 16, "q8_0" },   // Q8_0 weights (f32 compute on their blocks)
+        { "llama-tied-scaled", "copy", 4, 4, 12, "q8_0" },
+        { "qwen3moe-bf16", "random", 4, 4, 12, "q8_0" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -67,7 +70,8 @@ public class SpeculativeDecodingTests
     public void Greedy_SpeculativeEqualsPlain(string target, string drafter, int depth, int topK, int total, string dtype)
     {
         using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor(target), Drafter(target, drafter), 512,
-            dtype == "bfloat16" ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32);
+            dtype == "bfloat16" ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32,
+            dtype == "q8_0" ? WeightQuantization.Q8_0 : WeightQuantization.None);
         var shape = new TreeShape(depth, topK, total, 0);
         foreach (string prompt in new[] { "Once upon a time", "The quick brown fox", "1, 2, 3," })
         {

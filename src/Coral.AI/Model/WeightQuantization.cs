@@ -1,0 +1,12 @@
+namespace Coral.AI;
+
+/// <summary>How a model's decoder projections are stored for the forward (<see cref="TransformerModel.Load"/>).</summary>
+internal enum WeightQuantization
+{
+    /// <summary>The checkpoint's values (packed as bf16/f16 where they are such values).</summary>
+    None,
+
+    /// <summary>Q8_0 blocks (<see cref="Q8Blocks"/>): q, k, v, o, gate, up and down (experts included) quantized at load;
+    /// the embedding, the LM head and the norms keep the checkpoint's values.</summary>
+    Q8_0,
+}
