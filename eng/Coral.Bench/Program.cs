@@ -11,7 +11,10 @@ using static TorchSharp.torch;
 
 // Plain greedy decoding, tokens/s, Coral vs llama.cpp on the same random Llama weights, interleaved in one process.
 // usage: dotnet run -c Release --project eng/Coral.Bench -- [--hidden 512] [--layers 8] [--ranks 50000] [--tokens 128]
-//        [--rounds 7] [--out docs/benchmarks/plain-decode.md]
+//        [--rounds 7] [--out docs/benchmarks/plain-decode.md] [--dtypes float32,bfloat16,q8_0] (default float32,bfloat16;
+//        q8_0: Coral's Q8_0 weights against llama.cpp on the Q8_0 GGUF of the same safetensors) [--cpu-default] (Coral
+//        computes in f32 for every dtype, as its CPU default does — bf16 weights on the packed kernels — and the libtorch
+//        path's row is left out: for large shapes, where every extra engine costs gigabytes)
 //        or: --write-random <dir> --preset llama-3.2-1b|llama-3-8b [--layers N] [--dtype bf16|f16] (a random checkpoint at that shape)
 //        or: --kernel-formats [--rows 1,4] [--mb 512] (the packed GEMM over bf16 vs f16 blocks, see KernelFormats)
 //        or: --profile <hf-dir> [--rows 1,4,8,16,32] [--forms 0,1] (the cost breakdown of a step, see CostProfile; --forms:
@@ -82,18 +85,21 @@ if (modelArg is null && !File.Exists(Path.Combine(model, "model.safetensors")))
 }
 
 var variants = new List<(string Name, Func<string, int, double> Run)>();
-foreach (string dtype in new[] { "float32", "bfloat16" })
+string[] dtypes = (args.SkipWhile(a => a != "--dtypes").Skip(1).FirstOrDefault() ?? "float32,bfloat16").Split(',');
+bool cpuDefault = args.Contains("--cpu-default");
+foreach (string dtype in dtypes)
 {
     string gguf = Path.Combine(root, $"model-{dtype}.gguf");
     if (!File.Exists(gguf))
     {
-        GgufExporter.Export(model, gguf, dtype == "float32" ? "f32" : "bf16");
+        GgufExporter.Export(model, gguf, dtype switch { "float32" => "f32", "q8_0" => "q8_0", _ => "bf16" });
     }
 
-    var engine = InferenceEngine.Load(model, torch.CPU, dtype == "float32" ? ScalarType.Float32 : ScalarType.BFloat16, 512);
+    var engine = InferenceEngine.Load(model, torch.CPU, dtype == "bfloat16" && !cpuDefault ? ScalarType.BFloat16 : ScalarType.Float32, 512,
+        quantization: dtype == "q8_0" ? WeightQuantization.Q8_0 : WeightQuantization.None);
     TorchDevices.YieldTorchThreads(engine.Model);   // as the host does: the packed kernels bring their own second thread
     variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
-    if (dtype == "float32")
+    if (dtype == "float32" && !cpuDefault)
     {
         // The same f32 engine on the libtorch path (CpuKernels off): what the C# kernels gain, interleaved.
         var libtorch = InferenceEngine.Load(model, torch.CPU, ScalarType.Float32, 512, cpuKernels: false);
@@ -146,19 +152,33 @@ var report = new StringBuilder();
 report.AppendLine(modelArg is null
     ? string.Create(CultureInfo.InvariantCulture, $"Plain greedy decode, {tokens} new tokens after a {promptText.Split(' ').Length}-word prompt; random Llama d={hidden}, {layers} layers, {hidden / 64} heads / {hidden / 128} KV heads, FFN {hidden * 11 / 4}, vocab {ranks + 5} (GPT-2 ranks + 5 specials), untied head.")
     : string.Create(CultureInfo.InvariantCulture, $"Greedy decode of {modelArg} (up to {tokens} new tokens, same chat prompt; llama.cpp on a GGUF exported from the same safetensors){(draftArg is null ? "" : $"; speculative with {draftArg}")}."));
+if (cpuDefault)
+{
+    report.AppendLine("Coral computes in f32 on every row (its CPU default): bf16 values on the packed kernels, q8_0 on its Q8_0 blocks.");
+}
+
 report.AppendLine(CultureInfo.InvariantCulture, $"Medians of {rounds} interleaved rounds (order rotated each round, one warm-up discarded), one process; machine: {Environment.ProcessorCount} vCPU, torch threads {torch.get_num_threads()}.");
 report.AppendLine();
 report.AppendLine("| dtype | Coral tokens/s | llama.cpp 1 thread | llama.cpp 2 threads | Coral / best llama.cpp |");
 report.AppendLine("| --- | --- | --- | --- | --- |");
-foreach (string dtype in new[] { "float32", "bfloat16" })
+foreach (string dtype in dtypes)
 {
     double c = Median(results[$"coral {dtype}"]), l1 = Median(results[$"llama.cpp {dtype} 1t"]), l2 = Median(results[$"llama.cpp {dtype} 2t"]);
     report.AppendLine(CultureInfo.InvariantCulture, $"| {dtype} | {c:F1} | {l1:F1} | {l2:F1} | {c / Math.Max(l1, l2):F2} |");
 }
 
-double bestLlama = new[] { "float32", "bfloat16" }.SelectMany(d => new[] { $"llama.cpp {d} 1t", $"llama.cpp {d} 2t" }).Max(k => Median(results[k]));
-double libtorchPath = Median(results["coral float32 libtorch path"]);
-report.AppendLine(CultureInfo.InvariantCulture, $"| float32, libtorch path (CORAL_CPU_KERNELS=0) | {libtorchPath:F1} | | | {libtorchPath / bestLlama:F2} (vs the best llama.cpp row) |");
+double bestLlama = dtypes.SelectMany(d => new[] { $"llama.cpp {d} 1t", $"llama.cpp {d} 2t" }).Max(k => Median(results[k]));
+if (results.TryGetValue("coral float32 libtorch path", out var libtorchRates))
+{
+    double libtorchPath = Median(libtorchRates);
+    report.AppendLine(CultureInfo.InvariantCulture, $"| float32, libtorch path (CORAL_CPU_KERNELS=0) | {libtorchPath:F1} | | | {libtorchPath / bestLlama:F2} (vs the best llama.cpp row) |");
+}
+
+foreach (string baseline in new[] { "float32", "bfloat16" }.Where(d => dtypes.Contains("q8_0") && dtypes.Contains(d)))
+{
+    report.AppendLine();
+    report.AppendLine(CultureInfo.InvariantCulture, $"Coral q8_0 / Coral {baseline}: {Median(results["coral q8_0"]) / Median(results[$"coral {baseline}"]):F2}×; llama.cpp q8_0 / llama.cpp {baseline} (2 threads): {Median(results["llama.cpp q8_0 2t"]) / Median(results[$"llama.cpp {baseline} 2t"]):F2}×.");
+}
 if (results.TryGetValue("coral speculative", out var specRates))
 {
     report.AppendLine(CultureInfo.InvariantCulture, $"| speculative (f32 + bf16 head) | {Median(specRates):F1} | | | {Median(specRates) / bestLlama:F2} (vs the best llama.cpp row) |");

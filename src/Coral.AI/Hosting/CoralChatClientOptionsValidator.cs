@@ -50,6 +50,21 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return "CoralChatClientOptions.DType float16 is not supported on CPU; use bfloat16 or float32.";
         }
 
+        if (!TorchDevices.TryParseQuantization(o.Quantization, out var quantization))
+        {
+            return $"CoralChatClientOptions.Quantization '{o.Quantization}' is not valid; use q8_0 (or leave it unset).";
+        }
+
+        if (quantization != WeightQuantization.None && o.Device != "cpu")
+        {
+            return $"CoralChatClientOptions.Quantization {o.Quantization} runs on the CPU kernels; on {o.Device} leave it unset.";
+        }
+
+        if (quantization != WeightQuantization.None && dtype is not (null or TorchSharp.torch.ScalarType.Float32))
+        {
+            return $"CoralChatClientOptions.Quantization {o.Quantization} computes in float32; leave CoralChatClientOptions.DType unset or float32.";
+        }
+
         if (o.ContextLength < 16)
         {
             return $"CoralChatClientOptions.ContextLength must be at least 16 (got {o.ContextLength}).";

@@ -149,9 +149,12 @@ public sealed class CoralModelHost : IDisposable
             bool speculative = _options.DraftModelPath is not null;
             var dtype = TorchDevices.ResolveDType(_options.DType, device, ModelConfig.StoredDType(Path.Combine(_options.ModelPath!, "config.json")));
             var headType = TorchDevices.ResolveHeadType(dtype, device, speculative);
-            _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (LM head {HeadType}, libtorch {Backend})",
-                _options.ModelPath, _options.Device, dtype, headType ?? dtype, torch.cuda.is_available() ? "with CUDA" : "CPU");
-            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType);
+            _ = TorchDevices.TryParseQuantization(_options.Quantization, out WeightQuantization quantization);
+            _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (weights {Quantization}, LM head {HeadType}, libtorch {Backend})",
+                _options.ModelPath, _options.Device, dtype, quantization == WeightQuantization.None ? "as stored" : quantization.ToString(), headType ?? dtype,
+                torch.cuda.is_available() ? "with CUDA" : "CPU");
+            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType,
+                quantization: quantization);
             if (TorchDevices.YieldTorchThreads(_engine.Model))
             {
                 // Measured: with libtorch's OpenMP workers spinning beside the kernels' helpers, a draft-and-verify cycle
@@ -206,13 +209,15 @@ public sealed class CoralModelHost : IDisposable
         }
     }
 
-    private static CoralChatClientOptions Copy(CoralChatClientOptions o) => new()
+    /// <summary>A copy of every option (the host keeps its own, so later changes to the caller's object change nothing).</summary>
+    internal static CoralChatClientOptions Copy(CoralChatClientOptions o) => new()
     {
         ModelPath = o.ModelPath,
         DraftModelPath = o.DraftModelPath,
         ModelId = o.ModelId,
         Device = o.Device,
         DType = o.DType,
+        Quantization = o.Quantization,
         ContextLength = o.ContextLength,
         DefaultMaxOutputTokens = o.DefaultMaxOutputTokens,
         DefaultTemperature = o.DefaultTemperature,

@@ -54,6 +54,18 @@ internal static class TorchDevices
         return dtype is null || (int)dtype.Value >= 0;
     }
 
+    /// <summary>Parses a weight quantization name: null, empty or <c>none</c>, or <c>q8_0</c> (case-insensitive).</summary>
+    public static bool TryParseQuantization(string? name, out WeightQuantization quantization)
+    {
+        (bool ok, quantization) = name?.ToLowerInvariant() switch
+        {
+            null or "" or "none" => (true, WeightQuantization.None),
+            "q8_0" or "q8" => (true, WeightQuantization.Q8_0),
+            _ => (false, WeightQuantization.None),
+        };
+        return ok;
+    }
+
     /// <summary>
     /// Picks the compute dtype of the layers: the requested one; else float32 on CPU (bf16 and f16 checkpoints run there on
     /// the packed kernels with f32 arithmetic), with or without a drafter: one-token steps run faster in f32 (oneDNN's

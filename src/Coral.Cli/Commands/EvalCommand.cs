@@ -13,7 +13,7 @@ internal static class EvalCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var cl = new CommandLine(args, new HashSet<string> { "--model", "--data", "--max-length", "--limit", "--per-kind", "--device", "--dtype" }, new HashSet<string> { "--json" });
+        var cl = new CommandLine(args, new HashSet<string> { "--model", "--data", "--max-length", "--limit", "--per-kind", "--device", "--dtype", "--quantize" }, new HashSet<string> { "--json" });
         string data = cl.Required("--data");
         if (!File.Exists(data))
         {
@@ -31,6 +31,7 @@ internal static class EvalCommand
         var options = new CoralChatClientOptions
         {
             ModelPath = model, Device = cl.Value("--device") ?? "cpu", DType = cl.Value("--dtype"), ContextLength = maxLength,
+            Quantization = cl.Value("--quantize"),
         };
         ModelLoading.Check(options);
 

@@ -6,14 +6,14 @@ namespace Coral.Cli;
 internal static class ModelLoading
 {
     /// <summary>The value options every model-loading command accepts: the pair, the device, the dtype and the tree.</summary>
-    public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk", "--prompt-lookup"];
+    public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk", "--prompt-lookup", "--quantize"];
 
     /// <summary>Which option of <see cref="CoralChatClientOptions"/> each of <see cref="ValueOptions"/> sets, for error messages.</summary>
     private static readonly (string Property, string Flag)[] Flags =
     [
         ("ModelPath", "--model"), ("DraftModelPath", "--draft"), ("Device", "--device"), ("DType", "--dtype"),
         ("TreeTotalTokens", "--tree-tokens"), ("TreeDepth", "--tree-depth"), ("TreeTopK", "--tree-topk"), ("RouterTopK", "--router-topk"),
-        ("PromptLookupTokens", "--prompt-lookup"),
+        ("PromptLookupTokens", "--prompt-lookup"), ("Quantization", "--quantize"),
     ];
 
     /// <summary>The command's own value options plus <see cref="ValueOptions"/>.</summary>
@@ -38,6 +38,7 @@ internal static class ModelLoading
             DraftModelPath = draft,
             Device = cl.Value("--device") ?? "cpu",
             DType = cl.Value("--dtype"),
+            Quantization = cl.Value("--quantize"),
             TreeTotalTokens = cl.Int("--tree-tokens"),
             TreeDepth = cl.Int("--tree-depth") ?? 5,
             TreeTopK = cl.Int("--tree-topk") ?? 8,

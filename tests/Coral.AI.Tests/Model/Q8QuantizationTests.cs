@@ -1,4 +1,7 @@
 using LLama.Native;
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -241,5 +244,67 @@ public class Q8QuantizationTests
         // Measured: 0.28 of logits up to 114 (llama-demo-width) and 32 (qwen3moe-wide); the unquantized model 0.35 / 0.43.
         float scale = q8.Max(MathF.Abs);
         Assert.True(worstQ8 < 0.02f * scale, $"{name}: max |Δlogit| = {worstQ8}, unquantized {worstPlain}, max |logit| {scale}");
+    }
+}
+
+/// <summary>The Q8_0 option from the chat client's options (and configuration) to the loaded model, and its errors.</summary>
+public class QuantizationOptionTests
+{
+    [Fact]
+    public async Task Quantization_FromConfiguration_ReachesTheModel()
+    {
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Coral:ModelPath"] = TransformerModelTests.ModelFor("llama-sharded-bf16"),
+            ["Coral:Quantization"] = "q8_0",
+            ["Coral:ContextLength"] = "128",
+        });
+        builder.Services.AddCoralChatClient(builder.Configuration.GetSection("Coral"));
+        using var host = builder.Build();
+        var modelHost = host.Services.GetRequiredService<CoralModelHost>();
+        InferenceEngine engine = await modelHost.GetEngineAsync(CancellationToken.None);
+        Assert.Equal(WeightQuantization.Q8_0, engine.Model.Quantization);
+        var response = await host.Services.GetRequiredService<IChatClient>().GetResponseAsync("Hello", new ChatOptions { MaxOutputTokens = 4, Temperature = 0 });
+        Assert.NotNull(response.Usage?.OutputTokenCount);
+    }
+
+    [Fact]
+    public void TheHostsCopy_KeepsEveryOption()
+    {
+        // Every settable option given a value that differs from its default: a property the copy forgets fails here.
+        var options = new CoralChatClientOptions();
+        var defaults = new CoralChatClientOptions();
+        int n = 0;
+        foreach (var p in typeof(CoralChatClientOptions).GetProperties().Where(p => p.CanWrite))
+        {
+            n++;
+            Type t = Nullable.GetUnderlyingType(p.PropertyType) ?? p.PropertyType;
+            object value = t == typeof(string) ? "value-" + n : t == typeof(int) ? 1000 + n : t == typeof(float) ? 0.5f + n : t == typeof(bool) ? !(bool)(p.GetValue(defaults) ?? false)
+                : throw new InvalidOperationException($"{p.Name}: no test value for {t}");
+            p.SetValue(options, value);
+        }
+
+        CoralChatClientOptions copy = CoralModelHost.Copy(options);
+        foreach (var p in typeof(CoralChatClientOptions).GetProperties().Where(p => p.CanWrite))
+        {
+            Assert.True(Equals(p.GetValue(options), p.GetValue(copy)), $"CoralModelHost.Copy drops {p.Name}");
+        }
+    }
+
+    [Theory]
+    [InlineData("q4_k", "cpu", null, "is not valid")]
+    [InlineData("q8_0", "cuda", null, "runs on the CPU kernels")]
+    [InlineData("q8_0", "cpu", "bfloat16", "computes in float32")]
+    public void Quantization_Errors_NameTheOption(string quantization, string device, string? dtype, string message)
+    {
+        string? error = CoralChatClientOptionsValidator.Check(new CoralChatClientOptions
+        {
+            ModelPath = TransformerModelTests.ModelFor("llama"), Quantization = quantization, Device = device, DType = dtype,
+        });
+        Assert.NotNull(error);
+        Assert.Contains("CoralChatClientOptions.Quantization", error, StringComparison.Ordinal);
+        Assert.Contains(message, error, StringComparison.Ordinal);
+        Assert.Null(CoralChatClientOptionsValidator.Check(new CoralChatClientOptions { ModelPath = TransformerModelTests.ModelFor("llama"), Quantization = "Q8_0" }));
     }
 }
