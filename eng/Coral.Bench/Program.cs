@@ -233,9 +233,10 @@ static double LlamaDecode(LLamaContext ctx, string prompt, int n)
 static Dictionary<string, int> ParseArgs(string[] a)
 {
     var d = new Dictionary<string, int>();
-    for (int i = 0; i + 1 < a.Length; i += 2)
+    for (int i = 0; i + 1 < a.Length; i++)
     {
-        if (int.TryParse(a[i + 1], out int v))
+        // Each "--name N"; flags without a value (--cpu-default) in between do not shift the pairs.
+        if (a[i].StartsWith("--", StringComparison.Ordinal) && int.TryParse(a[i + 1], out int v))
         {
             d[a[i]] = v;
         }

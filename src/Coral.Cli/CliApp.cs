@@ -15,7 +15,7 @@ internal static class CliApp
           coral chat     --model <hf-dir> [--draft <draft-dir>] [--system <text>] [--temperature T] [--max-new-tokens N] [--device D] [--dtype T]
           coral embed    --model <hf-dir> [--text <text>]... [--dimensions N] [--pooling last|mean] [--no-normalize]
                          (no --text: one text per line of stdin; one JSON object per text)
-          coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16|q8_0]
+          coral export-gguf --model <hf-dir> --out <file.gguf> [--type f32|f16|bf16|q8_0|q4_0]
           coral template --template <file.jinja> --context <context.json> [--now 2024-07-26T00:00:00]
           coral extract-features --target <hf-dir> --data <file.jsonl|file.txt> --out <dir> [--max-length N] [--shard-size N] [--limit N]
                          [--regenerate [--regenerate-temperature T] [--regenerate-max-tokens N]]
@@ -38,7 +38,7 @@ internal static class CliApp
                          [--rounds R] [--warmup N] [--fixed-depth] [--no-plain-fallback] [--device D] [--dtype T] [--json]
                          (no --model: the demo pair; --model without --draft: prompt lookup alone against plain decoding;
                          --warmup: prompts run once each way first, not measured, default 8)
-          coral eval     --model <hf-dir> --data <file.jsonl|file.txt> [--max-length N] [--limit N] [--per-kind N] [--device D] [--dtype T] [--quantize q8_0] [--json]
+          coral eval     --model <hf-dir> --data <file.jsonl|file.txt> [--max-length N] [--limit N] [--per-kind N] [--device D] [--dtype T] [--quantize q8_0|q4_0] [--json]
                          (held-out loss, perplexity and top-1 accuracy, per "kind"; no --model: the demo target)
           coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]
           coral plot     --pretrain <metrics.jsonl> --out <file.png> [--title T]
@@ -47,8 +47,9 @@ internal static class CliApp
         generate, chat and bench also take the tree: [--tree-tokens N] (fixed; default auto-tuned) [--tree-depth D] [--tree-topk K]
         [--router-topk K] (groups per draft step; 0 = the full LM head) and [--prompt-lookup N] (tokens of a prompt-lookup
         proposal, the sequence's own continuation of its last 1-3 tokens, verified without a draft forward; 0 = off, default 3).
-        Every command that loads a model takes [--quantize q8_0]: the decoder's projections quantized at load to Q8_0 blocks
-        (int8 with an f16 scale per 32 inputs, as llama.cpp's Q8_0), about half the memory and faster CPU decoding.
+        Every command that loads a model takes [--quantize q8_0|q4_0]: the decoder's projections quantized at load to
+        llama.cpp's Q8_0 (int8 with an f16 scale per 32 inputs: about half the memory, faster CPU decoding, accuracy kept)
+        or Q4_0 (4-bit levels: a third of the memory, faster still, at a visible cost in accuracy).
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)

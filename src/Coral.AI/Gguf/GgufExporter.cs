@@ -17,22 +17,27 @@ public static class GgufExporter
     /// <param name="modelFolder">The Hugging Face model folder.</param>
     /// <param name="outputPath">The GGUF file to write.</param>
     /// <param name="tensorType">The storage type of the 2-D weights: <c>f32</c>, <c>f16</c> or <c>bf16</c> (norms stay f32);
-    /// or <c>q8_0</c>: the decoder's projections (experts included) as Q8_0 blocks — the values a model loaded with Q8_0
-    /// weights multiplies by — and every other tensor f32, as llama.cpp's quantizer makes such a file with the token
-    /// embedding and output types kept.</param>
+    /// or <c>q8_0</c> / <c>q4_0</c>: the decoder's projections (experts included) as Q8_0 / Q4_0 blocks — the values a
+    /// model loaded with those weights multiplies by — and every other tensor f32, as llama.cpp's quantizer makes such a
+    /// file with the token embedding and output types kept.</param>
     /// <exception cref="ArgumentNullException">An argument is <see langword="null"/>.</exception>
     /// <exception cref="CoralModelException">The model cannot be exported.</exception>
     public static void Export(string modelFolder, string outputPath, string tensorType = "f32")
     {
         _ = Throw.IfNullOrWhitespace(modelFolder);
         _ = Throw.IfNullOrWhitespace(outputPath);
-        bool q8 = tensorType.Equals("q8_0", StringComparison.OrdinalIgnoreCase);
+        WeightQuantization quantized = tensorType.ToLowerInvariant() switch
+        {
+            "q8_0" => WeightQuantization.Q8_0,
+            "q4_0" => WeightQuantization.Q4_0,
+            _ => WeightQuantization.None,
+        };
         (uint ggmlType, ScalarType torchType) = tensorType.ToLowerInvariant() switch
         {
-            "f32" or "float32" or "q8_0" => (GgufWriter.TypeF32, ScalarType.Float32),
+            "f32" or "float32" or "q8_0" or "q4_0" => (GgufWriter.TypeF32, ScalarType.Float32),
             "f16" or "float16" => (GgufWriter.TypeF16, ScalarType.Float16),
             "bf16" or "bfloat16" => (GgufWriter.TypeBF16, ScalarType.BFloat16),
-            _ => throw new ArgumentException($"Tensor type '{tensorType}' is not supported; use f32, f16, bf16 or q8_0.", nameof(tensorType)),
+            _ => throw new ArgumentException($"Tensor type '{tensorType}' is not supported; use f32, f16, bf16, q8_0 or q4_0.", nameof(tensorType)),
         };
 
         ModelConfig c = ModelConfig.Load(Path.Combine(modelFolder, "config.json"));
@@ -60,7 +65,12 @@ public static class GgufExporter
         var g = new GgufWriter();
         g.Add("general.architecture", arch);
         g.Add("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder))));
-        g.Add("general.file_type", q8 ? 7u : ggmlType == GgufWriter.TypeF32 ? 0u : ggmlType == GgufWriter.TypeF16 ? 1u : 32u);
+        g.Add("general.file_type", quantized switch
+        {
+            WeightQuantization.Q8_0 => 7u,   // llama.cpp's MOSTLY_Q8_0
+            WeightQuantization.Q4_0 => 2u,   // MOSTLY_Q4_0
+            _ => ggmlType == GgufWriter.TypeF32 ? 0u : ggmlType == GgufWriter.TypeF16 ? 1u : 32u,
+        });
         g.Add($"{arch}.context_length", (uint)c.MaxPositionEmbeddings);
         g.Add($"{arch}.embedding_length", (uint)c.HiddenSize);
         g.Add($"{arch}.block_count", (uint)c.NumLayers);
@@ -176,7 +186,7 @@ public static class GgufExporter
             AddWeight(ggufName, p, f32 ? GgufWriter.TypeF32 : ggmlType, f32 ? ScalarType.Float32 : torchType, projection: false);
         }
 
-        // A decoder projection (q/k/v/o, gate/up/down, experts): Q8_0 blocks in a q8_0 file where its rows are whole blocks.
+        // A decoder projection (q/k/v/o, gate/up/down, experts): quantized blocks in a q8_0/q4_0 file where its rows are whole blocks.
         void Project(string ggufName, string hfName, long[] shape, int permuteHeads = 0)
         {
             using Tensor t = reader.Take(hfName, shape, ScalarType.Float32);
@@ -186,9 +196,9 @@ public static class GgufExporter
 
         void AddWeight(string ggufName, Tensor w, uint type, ScalarType stored, bool projection)
         {
-            if (projection && q8 && Q8Blocks.Fits(w.shape[^1]))
+            if (projection && quantized != WeightQuantization.None && QuantBlocks.Fits(w.shape[^1]))
             {
-                g.AddTensor(ggufName, w.shape, GgufWriter.TypeQ8_0, Q8Blocks.Gguf(w));
+                g.AddTensor(ggufName, w.shape, QuantBlocks.GgmlType(quantized), QuantBlocks.Gguf(w, quantized));
                 return;
             }
 

@@ -7,7 +7,6 @@ internal sealed class GgufWriter
 {
     public const uint TypeF32 = 0;
     public const uint TypeF16 = 1;
-    public const uint TypeQ8_0 = 8;
     public const uint TypeBF16 = 30;
     private const int Alignment = 32;
 

@@ -52,7 +52,7 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
 
         if (!TorchDevices.TryParseQuantization(o.Quantization, out var quantization))
         {
-            return $"CoralChatClientOptions.Quantization '{o.Quantization}' is not valid; use q8_0 (or leave it unset).";
+            return $"CoralChatClientOptions.Quantization '{o.Quantization}' is not valid; use q8_0 or q4_0 (or leave it unset).";
         }
 
         if (quantization != WeightQuantization.None && o.Device != "cpu")

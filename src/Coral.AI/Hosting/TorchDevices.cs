@@ -54,13 +54,14 @@ internal static class TorchDevices
         return dtype is null || (int)dtype.Value >= 0;
     }
 
-    /// <summary>Parses a weight quantization name: null, empty or <c>none</c>, or <c>q8_0</c> (case-insensitive).</summary>
+    /// <summary>Parses a weight quantization name: null, empty or <c>none</c>, <c>q8_0</c> or <c>q4_0</c> (case-insensitive).</summary>
     public static bool TryParseQuantization(string? name, out WeightQuantization quantization)
     {
         (bool ok, quantization) = name?.ToLowerInvariant() switch
         {
             null or "" or "none" => (true, WeightQuantization.None),
             "q8_0" or "q8" => (true, WeightQuantization.Q8_0),
+            "q4_0" or "q4" => (true, WeightQuantization.Q4_0),
             _ => (false, WeightQuantization.None),
         };
         return ok;

@@ -120,8 +120,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
     /// <summary>Loads the tensors under <paramref name="prefix"/> (e.g. <c>model.layers.3.</c> or <c>layers.0.</c>);
     /// <paramref name="cpuKernels"/> false keeps f32 CPU layers on the libtorch path; <paramref name="packed"/> false keeps the
-    /// kernel path's GEMMs in libtorch even for bf16-valued weights; <paramref name="quantization"/> Q8_0 quantizes the
-    /// projections (packed as Q8_0 blocks, or their Q8_0 values in f32 on libtorch).</summary>
+    /// kernel path's GEMMs in libtorch even for bf16-valued weights; <paramref name="quantization"/> (Q8_0, Q4_0) quantizes
+    /// the projections (packed as such blocks, or their quantized values in f32 on libtorch).</summary>
     public static DecoderLayer Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool inputNorm,
         bool cpuKernels = true, bool packed = true, bool roundToBf16 = false, bool moe = false, WeightQuantization quantization = WeightQuantization.None)
     {
@@ -193,12 +193,12 @@ internal sealed unsafe class DecoderLayer : IDisposable
             (qkvBias, qkNorm) = (QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope());
         }
 
-        // Quantized weights as their Q8_0 values (f32) on this path.
+        // Quantized weights as their quantized values (f32) on this path.
         Tensor Q(Tensor t)
         {
             using (t)
             {
-                return Q8Blocks.Apply(t, quantization);
+                return QuantBlocks.Apply(t, quantization);
             }
         }
 
@@ -232,7 +232,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// all bf16 values (the layer then keeps libtorch's f32 GEMMs) or not stored as f32/bf16/f16. A layer stored in f16
     /// packs its f16 values as they are (exact); with <paramref name="round"/> (a drafter's layer) f32 values — and f16
     /// ones in a layer that mixes dtypes — are rounded to bf16 instead of refused. With <paramref name="quantization"/>
-    /// Q8_0 the projections are quantized from whatever float dtype they are stored in.</summary>
+    /// Q8_0 or Q4_0 the projections are quantized from whatever float dtype they are stored in.</summary>
     private static PackedMatrix[]? TryPackDirect(CheckpointReader reader, string prefix, ModelConfig c, bool round, bool moe, WeightQuantization quantization)
     {
         long d = c.HiddenSize, hd = c.HeadDim, nq = c.NumHeads * hd, nkv = c.NumKvHeads * hd, ff = c.IntermediateSize;

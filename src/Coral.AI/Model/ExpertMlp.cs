@@ -49,8 +49,8 @@ internal sealed unsafe class ExpertMlp : IDisposable
     /// <summary>Loads the router (<c>mlp.gate.weight</c>) and the experts (<c>mlp.experts.E.{gate,up,down}_proj.weight</c>;
     /// Mixtral's names: <see cref="ModelConfig.ExpertWeightName"/>) under <paramref name="prefix"/>: packed straight from the stored rows when <paramref name="pack"/> and every expert's
     /// values allow it (null otherwise: the caller then loads the layer for libtorch), else as <paramref name="project"/>
-    /// lays a projection out in <paramref name="dtype"/>; <paramref name="quantization"/> Q8_0 quantizes the experts
-    /// (packed Q8_0 blocks, or their Q8_0 values in f32).</summary>
+    /// lays a projection out in <paramref name="dtype"/>; <paramref name="quantization"/> (Q8_0, Q4_0) quantizes the
+    /// experts (packed blocks, or their quantized values in f32).</summary>
     public static ExpertMlp? Load(CheckpointReader reader, string prefix, ModelConfig c, ScalarType dtype, Device device, bool pack, bool round,
         Func<Tensor, Tensor> project, WeightQuantization quantization = WeightQuantization.None)
     {
@@ -116,8 +116,8 @@ internal sealed unsafe class ExpertMlp : IDisposable
             {
                 using var scope = torch.NewDisposeScope();
                 var (parts, downRows) = Expert(e, _ => dtype, device);
-                gu[e] = project(Q8Blocks.Apply(parts.Length == 1 ? parts[0] : torch.cat(parts), quantization)).MoveToOuterDisposeScope();
-                dn[e] = project(Q8Blocks.Apply(downRows, quantization)).MoveToOuterDisposeScope();
+                gu[e] = project(QuantBlocks.Apply(parts.Length == 1 ? parts[0] : torch.cat(parts), quantization)).MoveToOuterDisposeScope();
+                dn[e] = project(QuantBlocks.Apply(downRows, quantization)).MoveToOuterDisposeScope();
             }
 
             return new ExpertMlp(c, router, null, null, gu, dn, sharedGate);

@@ -36,7 +36,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
     private readonly int _blocks;
     private readonly bool _f16;   // the blocks hold f16 values (else bf16)
     private readonly int _bias;   // f16: the blocks' exponent bias (15, a half's own, or one that leaves no subnormal)
-    private ushort* _w;       // 16-bit blocks [N/32][K][32] (null for Q8_0: PackedMatrix.Q8.cs)
+    private ushort* _w;       // 16-bit blocks [N/32][K][32] (null for Q8_0: PackedMatrix.Quantized.cs)
     private float* _x, _y;   // the current call's operands (one call at a time per matrix)
     private int _rows, _parts, _ldy;
 
@@ -63,7 +63,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
     public int Outputs { get; }
 
     /// <summary>Gets the format of the packed values: <see cref="ScalarType.BFloat16"/>, <see cref="ScalarType.Float16"/>, or
-    /// <see cref="ScalarType.Int8"/> for Q8_0 blocks (<see cref="TryQuantize"/>).</summary>
+    /// <see cref="ScalarType.Int8"/> for quantized blocks (<see cref="TryQuantize"/>, <see cref="Quantization"/>).</summary>
     public ScalarType Format => _levels != null ? ScalarType.Int8 : _f16 ? ScalarType.Float16 : ScalarType.BFloat16;
 
     /// <summary>Gets the exponent bias of an f16 matrix's blocks: 15 (a half's own) or the one chosen at packing so that no
@@ -72,7 +72,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
 
     /// <summary>Gets the bytes the packed weight holds.</summary>
     public long Bytes => _levels != null
-        ? ((long)_blocks * Block * Inputs) + ((long)_blocks * Block * (Inputs / Q8Blocks.Size) * sizeof(float))
+        ? ((long)_blocks * LevelBytes(_quantization) * Inputs) + ((long)_blocks * Block * (Inputs / QuantBlocks.Size) * sizeof(float))
         : (long)_blocks * Block * Inputs * sizeof(ushort);
 
     /// <summary>
@@ -308,6 +308,11 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         _y = y;
         _rows = rows;
         _ldy = outputStride == 0 ? Outputs : outputStride;
+        if (_quantization == WeightQuantization.Q4_0)
+        {
+            SumGroups();
+        }
+
         // Parts are claimed first come, first served; more parts than threads even out a late start of the helper.
         int threads = CpuParallel.Threads;
         _parts = Math.Min(_blocks, (long)_blocks * Inputs * rows >= 1 << 20 ? 4 * threads : threads);
@@ -317,9 +322,13 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
     void ICpuWork.Run(int part)
     {
         int b0 = part * _blocks / _parts, b1 = (part + 1) * _blocks / _parts;
-        if (_levels != null)
+        if (_quantization == WeightQuantization.Q4_0)
         {
-            Range<Q8Pair>(b0, b1);
+            Range<QuantPair<Q4Levels>>(b0, b1);
+        }
+        else if (_levels != null)
+        {
+            Range<QuantPair<Q8Levels>>(b0, b1);
         }
         else if (_f16)
         {
@@ -351,19 +360,19 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
                 int m = Math.Min(rows - r, 4);
                 if (m == 4)
                 {
-                    TPair.Tile<RowCount.Four>(this, b, next, x, y, ldy);
+                    TPair.Tile<RowCount.Four>(this, b, next, r, x, y, ldy);
                 }
                 else if (m == 3)
                 {
-                    TPair.Tile<RowCount.Three>(this, b, next, x, y, ldy);
+                    TPair.Tile<RowCount.Three>(this, b, next, r, x, y, ldy);
                 }
                 else if (m == 2)
                 {
-                    TPair.Tile<RowCount.Two>(this, b, next, x, y, ldy);
+                    TPair.Tile<RowCount.Two>(this, b, next, r, x, y, ldy);
                 }
                 else
                 {
-                    TPair.Tile<RowCount.One>(this, b, next, x, y, ldy);
+                    TPair.Tile<RowCount.One>(this, b, next, r, x, y, ldy);
                 }
 
                 if (!full)
@@ -383,10 +392,10 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
     /// <summary>A micro-kernel over a pair of blocks as a type, so that <see cref="Range{TPair}"/> compiles once per format.</summary>
     private interface IBlockPair
     {
-        /// <summary>Rows <paramref name="x"/> (<typeparamref name="TRows"/> of them, K apart) times blocks
+        /// <summary>Rows <paramref name="x"/> (<typeparamref name="TRows"/> of them from row <paramref name="row"/>, K apart) times blocks
         /// <paramref name="block"/> and <paramref name="next"/> (the same block when the range has one left) into 64
         /// outputs per row at <paramref name="y"/>, rows <paramref name="ldy"/> apart.</summary>
-        static abstract void Tile<TRows>(PackedMatrix m, int block, int next, float* x, float* y, int ldy)
+        static abstract void Tile<TRows>(PackedMatrix m, int block, int next, int row, float* x, float* y, int ldy)
             where TRows : struct, IRowCount;
     }
 
@@ -395,7 +404,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         where TFormat : struct, IHalfFormat
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Tile<TRows>(PackedMatrix m, int block, int next, float* x, float* y, int ldy)
+        public static void Tile<TRows>(PackedMatrix m, int block, int next, int row, float* x, float* y, int ldy)
             where TRows : struct, IRowCount =>
             Tile<TRows, TFormat>(m.Packed(block), m.Packed(next), x, m.Inputs, y, ldy, HalfFormat.Float16.ScaleFor(m._bias));   // the scale: f16 only
     }
@@ -493,6 +502,8 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         NativeMemory.AlignedFree(_w);
         NativeMemory.AlignedFree(_levels);
         NativeMemory.AlignedFree(_scales);
+        NativeMemory.AlignedFree(_sums);
+        _sums = null;
         _w = null;
         _levels = null;
         _scales = null;

@@ -111,8 +111,8 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// libtorch path, for comparisons).</param>
     /// <param name="packedWeights">Whether the kernel path multiplies by <see cref="PackedMatrix"/> copies of weights
     /// whose values are all bf16, or that are stored as f16 (the default; false keeps libtorch's f32 GEMMs, for comparisons).</param>
-    /// <param name="quantization">Q8_0: the decoder's projections quantized at load (<see cref="WeightQuantization"/>);
-    /// needs f32 compute (the kernels' Q8_0 blocks, or their values in f32 on libtorch).</param>
+    /// <param name="quantization">Q8_0 or Q4_0: the decoder's projections quantized at load (<see cref="WeightQuantization"/>);
+    /// needs f32 compute (the kernels' blocks, or their values in f32 on libtorch).</param>
     public static TransformerModel Load(string folder, Device device, ScalarType weightType, int maxPositions, ScalarType? headType = null,
         bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None)
     {

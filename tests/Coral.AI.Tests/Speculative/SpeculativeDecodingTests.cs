@@ -46,6 +46,7 @@ public class SpeculativeDecodingTests
         { "llama-sharded-bf16", "random", 5, 8, 16, "q8_0" },   // Q8_0 weights (f32 compute on their blocks)
         { "llama-tied-scaled", "copy", 4, 4, 12, "q8_0" },
         { "qwen3moe-bf16", "random", 4, 4, 12, "q8_0" },
+        { "llama-sharded-bf16", "random", 4, 4, 12, "q4_0" },
     };
 
     private static GenerationResult Run(InferenceEngine engine, string prompt, bool speculative, TreeShape? shape = null, int max = 40,
@@ -71,7 +72,7 @@ public class SpeculativeDecodingTests
     {
         using var engine = DrafterZoo.Engine(TransformerModelTests.ModelFor(target), Drafter(target, drafter), 512,
             dtype == "bfloat16" ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32,
-            dtype == "q8_0" ? WeightQuantization.Q8_0 : WeightQuantization.None);
+            dtype == "q8_0" ? WeightQuantization.Q8_0 : dtype == "q4_0" ? WeightQuantization.Q4_0 : WeightQuantization.None);
         var shape = new TreeShape(depth, topK, total, 0);
         foreach (string prompt in new[] { "Once upon a time", "The quick brown fox", "1, 2, 3," })
         {

@@ -1,0 +1,366 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using TorchSharp;
+using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
+
+namespace Coral.AI;
+
+/// <summary>
+/// Q8_0 and Q4_0 blocks (<see cref="QuantBlocks"/>): a weight quantized at load to int8 (int4) levels with an f16 scale per
+/// 32 inputs of an output, read by the kernels at 9/16 (5/16) of bf16's bytes (the scales are kept as f32: 1 bit a weight).
+/// </summary>
+/// <remarks>
+/// <para>Layout: per block of 32 outputs, levels <c>[K][32]</c> (Q8_0: column j at byte j; Q4_0: <c>[K][16]</c>, byte
+/// j holding column j's level + 8 in its low half and column 16 + j's in its high half) and scales <c>[K/32][32]</c>.</para>
+/// <para>Exactness: per group of 32 inputs an output sums level × x[k] for k in order from zero, then adds that sum times
+/// the group's scale to its total, groups in order — fused multiply-adds in a fixed order that depends on nothing but
+/// K, so a row has the same bits at any row count, block or split between threads (lossless greedy speculation), and
+/// the product is that of the Q8_0 values up to f32 rounding (<see cref="QuantBlocks"/>).</para>
+/// </remarks>
+internal sealed unsafe partial class PackedMatrix
+{
+    private sbyte* _levels;   // Q8_0: [N/32][K][32]; Q4_0: [N/32][K][16] (two levels a byte)
+    private float* _scales;   // [N/32][K/32][32]
+    private readonly WeightQuantization _quantization;
+    private float* _sums;     // Q4_0: the current call's −8 · Σ x over each group of 32 inputs, [rows][K/32]
+    private int _sumRows;     // rows _sums has room for
+
+    /// <summary>Gets the block format of a quantized matrix (<see cref="WeightQuantization.None"/> for 16-bit ones).</summary>
+    public WeightQuantization Quantization => _quantization;
+
+    private PackedMatrix(int inputs, int outputs, WeightQuantization kind, sbyte* levels, float* scales)
+    {
+        (Inputs, Outputs, _quantization) = (inputs, outputs, kind);
+        _levels = levels;
+        _scales = scales;
+        _blocks = (outputs + Block - 1) / Block;
+    }
+
+    /// <summary>
+    /// Quantizes weights given as output rows — <paramref name="parts"/> [n_i, K] (f32, bf16 or f16, CPU, contiguous),
+    /// stacked along the output dimension as <c>torch.cat(parts)</c> would — into <paramref name="kind"/> blocks, or
+    /// returns null where this CPU lacks AVX-512, K is not a multiple of 32, a part is not such a tensor, or a value is not finite.
+    /// </summary>
+    public static PackedMatrix? TryQuantize(WeightQuantization kind, params Tensor[] parts)
+    {
+        if (!Supported || parts.Length == 0 || parts[0].dim() != 2 || !QuantBlocks.Fits(parts[0].shape[1]))
+        {
+            return null;
+        }
+
+        int k = (int)parts[0].shape[1];
+        if (parts.Any(t => t.dim() != 2 || t.shape[1] != k || t.device_type != DeviceType.CPU || !t.is_contiguous()
+            || t.dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)))
+        {
+            return null;
+        }
+
+        // Each output's source row and its dtype.
+        int n = (int)parts.Sum(t => t.shape[0]);
+        var rows = new (nint Start, ScalarType Type)[n];
+        int o = 0;
+        foreach (Tensor t in parts)
+        {
+            byte* start = t.dtype == ScalarType.Float32 ? (byte*)CpuKernels.Pointer(t) : (byte*)CpuKernels.Pointer16(t);
+            for (long r = 0; r < t.shape[0]; r++, o++)
+            {
+                rows[o] = ((nint)(start + (r * k * t.element_size())), t.dtype);
+            }
+        }
+
+        int blocks = (n + Block - 1) / Block, groups = k / QuantBlocks.Size, rowBytes = LevelBytes(kind);
+        nuint levelBytes = (nuint)((long)blocks * rowBytes * k), scaleBytes = (nuint)((long)blocks * groups * Block * sizeof(float));
+        var m = new PackedMatrix(k, n, kind, (sbyte*)NativeMemory.AlignedAlloc(levelBytes, 64), (float*)NativeMemory.AlignedAlloc(scaleBytes, 64));
+        NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: scale 0
+        NativeMemory.Clear(m._scales, scaleBytes);
+        int bad = 0;
+        // A block's 32 columns on one thread: Q4_0 writes two columns into each byte.
+        Parallel.For(0, blocks, () => new float[k + groups], (b, state, buffer) =>
+        {
+            fixed (float* row = buffer)
+            {
+                float* scales = row + k;
+                sbyte* q = stackalloc sbyte[k];
+                for (int j = 0; j < Block && (b * Block) + j < n; j++)
+                {
+                    int column = (b * Block) + j;
+                    Widen(rows[column].Start, rows[column].Type, k, row);
+                    if (!QuantBlocks.Quantize(kind, row, k, q, scales))
+                    {
+                        Interlocked.Exchange(ref bad, 1);
+                        state.Stop();
+                        return buffer;
+                    }
+
+                    if (kind == WeightQuantization.Q4_0)
+                    {
+                        // Column j's level + 8 in the low half of byte j (j < 16), or in the high half of byte j − 16.
+                        byte* levels = (byte*)m._levels + ((long)b * k * rowBytes) + (j % 16);
+                        int shift = j < 16 ? 0 : 4;
+                        for (long c = 0; c < k; c++)
+                        {
+                            levels[c * rowBytes] |= (byte)((q[c] + 8) << shift);
+                        }
+                    }
+                    else
+                    {
+                        sbyte* levels = m._levels + ((long)b * k * Block) + j;
+                        for (long c = 0; c < k; c++)
+                        {
+                            levels[c * Block] = q[c];
+                        }
+                    }
+
+                    float* blockScales = m._scales + ((long)b * groups * Block) + j;
+                    for (int g = 0; g < groups; g++)
+                    {
+                        blockScales[g * Block] = scales[g];
+                    }
+                }
+            }
+
+            return buffer;
+        }, _ => { });
+        if (bad != 0)
+        {
+            m.Dispose();
+            return null;
+        }
+
+        return m;
+    }
+
+    /// <summary>Packs <paramref name="parts"/> as <see cref="TryCreateFromRows(Tensor[], bool)"/> does, or with
+    /// <paramref name="quantization"/> Q8_0 as <see cref="TryQuantize"/> does where the rows are whole blocks of 32 (a
+    /// weight whose rows are not keeps its values).</summary>
+    public static PackedMatrix? TryPack(Tensor[] parts, bool round, WeightQuantization quantization) =>
+        quantization != WeightQuantization.None && parts.Length > 0 && parts[0].dim() == 2 && QuantBlocks.Fits(parts[0].shape[1])
+            ? TryQuantize(quantization, parts)
+            : TryCreateFromRows(parts, round);
+
+    /// <summary>Bytes of a block's row of 32 levels.</summary>
+    private static int LevelBytes(WeightQuantization kind) => kind == WeightQuantization.Q4_0 ? Block / 2 : Block;
+
+    /// <summary>A stored row of <paramref name="count"/> values (f32, bf16 or f16) as f32.</summary>
+    private static void Widen(nint start, ScalarType type, int count, float* row)
+    {
+        switch (type)
+        {
+            case ScalarType.Float32:
+                new ReadOnlySpan<float>((float*)start, count).CopyTo(new Span<float>(row, count));
+                break;
+            case ScalarType.BFloat16:
+                for (int c = 0; c < count; c++)
+                {
+                    row[c] = BitConverter.Int32BitsToSingle(((ushort*)start)[c] << 16);
+                }
+
+                break;
+            default:
+                for (int c = 0; c < count; c++)
+                {
+                    row[c] = (float)((Half*)start)[c];
+                }
+
+                break;
+        }
+    }
+
+    /// <summary>Blocks of quantized levels (<typeparamref name="TLevels"/>) and their scales.</summary>
+    private readonly struct QuantPair<TLevels> : IBlockPair
+        where TLevels : struct, IQuantLevels
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Tile<TRows>(PackedMatrix m, int block, int next, int row, float* x, float* y, int ldy)
+            where TRows : struct, IRowCount
+        {
+            int k = m.Inputs;
+            long levels = (long)k * TLevels.RowBytes, scales = (long)k / QuantBlocks.Size * Block;
+            byte* q = (byte*)m._levels;
+            float* sums = TLevels.Offset ? m._sums + ((long)row * (k / QuantBlocks.Size)) : null;
+            TileQuantized<TRows, TLevels>(q + (block * levels), q + (next * levels), m._scales + (block * scales), m._scales + (next * scales), x, k, y, ldy, sums);
+        }
+    }
+
+    /// <summary>A level format as a type, so that the JIT compiles one micro-kernel per format.</summary>
+    private interface IQuantLevels
+    {
+        /// <summary>Gets the bytes of a block's row of 32 levels.</summary>
+        static abstract int RowBytes { get; }
+
+        /// <summary>Gets whether <see cref="Widen"/> gives level + 8 (Q4_0's stored form), the 8 taken off once per group
+        /// as −8 · Σ x (<see cref="SumGroups"/>).</summary>
+        static abstract bool Offset { get; }
+
+        /// <summary>The rows of two blocks at <paramref name="q0"/> and <paramref name="q1"/> as f32 levels (+ 8 where
+        /// <see cref="Offset"/>), columns 0–15 and 16–31 of each (exact: small integers).</summary>
+        static abstract (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<int> low);
+    }
+
+    /// <summary>Q8_0: a byte a level, sign-extended.</summary>
+    private readonly struct Q8Levels : IQuantLevels
+    {
+        public static int RowBytes => Block;
+
+        public static bool Offset => false;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<int> low) =>
+            (Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)q0))),
+             Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)q0 + 16))),
+             Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)q1))),
+             Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)q1 + 16))));
+    }
+
+    /// <summary>Q4_0: two levels a byte (column j's + 8 low, column 16 + j's high), zero-extended and split; the 8 comes
+    /// off per group (<see cref="Offset"/>): four subtractions fewer per 64 values; Q4_0 / Q8_0 time at four and eight
+    /// rows 0.94–1.07 against 1.11–1.17 with the subtractions (two interleaved runs each, <c>--kernel-formats</c>).</summary>
+    private readonly struct Q4Levels : IQuantLevels
+    {
+        public static int RowBytes => Block / 2;
+
+        public static bool Offset => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<int> low)
+        {
+            Vector512<int> a = Avx512F.ConvertToVector512Int32(Vector128.Load(q0)), b = Avx512F.ConvertToVector512Int32(Vector128.Load(q1));
+            return (Avx512F.ConvertToVector512Single(a & low), Avx512F.ConvertToVector512Single(Vector512.ShiftRightLogical(a, 4)),
+                Avx512F.ConvertToVector512Single(b & low), Avx512F.ConvertToVector512Single(Vector512.ShiftRightLogical(b, 4)));
+        }
+    }
+
+    /// <summary>−8 · Σ x over each group of 32 inputs of each row of the current call (f32 adds in input order from zero;
+    /// the product by −8 exact), for Q4_0's offset levels.</summary>
+    private void SumGroups()
+    {
+        int groups = Inputs / QuantBlocks.Size;
+        if (_sumRows < _rows)
+        {
+            NativeMemory.AlignedFree(_sums);
+            _sumRows = Math.Max(_rows, 2 * _sumRows);
+            _sums = (float*)NativeMemory.AlignedAlloc((nuint)((long)_sumRows * groups * sizeof(float)), 64);
+        }
+
+        for (int r = 0; r < _rows; r++)
+        {
+            float* x = _x + ((long)r * Inputs);
+            for (int g = 0; g < groups; g++)
+            {
+                float sum = 0;
+                for (int c = g * QuantBlocks.Size; c < (g + 1) * QuantBlocks.Size; c++)
+                {
+                    sum += x[c];
+                }
+
+                _sums[(r * groups) + g] = -8 * sum;
+            }
+        }
+    }
+
+    /// <summary>The quantized micro-kernel: <typeparamref name="TRows"/> rows (1 to 4) × 64 outputs of two blocks. Per
+    /// group of 32 inputs, each output sums level × x[k] for its 32 k in order from zero (fused multiply-adds) and adds
+    /// that sum times the group's scale to its total (one more), which waits in <paramref name="y"/> between groups: the
+    /// 16 sums, 4 scales and 4 widened levels fill the vector registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TileQuantized<TRows, TLevels>(byte* q0, byte* q1, float* s0, float* s1, float* x0, int k, float* y, int ldy, float* sums)
+        where TRows : struct, IRowCount
+        where TLevels : struct, IQuantLevels
+    {
+        float* x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;   // rows past TRows.Count are never read
+        int step = TLevels.RowBytes, ahead = 64 * TLevels.RowBytes;
+        Vector512<int> low = Vector512.Create(15);   // loaded once: the JIT re-broadcast such constants in every iteration
+        int groups = k / QuantBlocks.Size;
+        for (int g = 0; g < k; g += QuantBlocks.Size)
+        {
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+            Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
+            for (int c = g; c < g + QuantBlocks.Size; c++)
+            {
+                // Two groups ahead of each stream: 0.61 → 0.48× bf16's time at one row for Q8_0 (the lines came late).
+                Sse.Prefetch0(q0 + ahead);
+                Sse.Prefetch0(q1 + ahead);
+                var (w0, w1, w2, w3) = TLevels.Widen(q0, q1, low);
+                q0 += step;
+                q1 += step;
+                var s = Vector512.Create(x0[c]);
+                a0 = Vector512.FusedMultiplyAdd(w0, s, a0);
+                a1 = Vector512.FusedMultiplyAdd(w1, s, a1);
+                a2 = Vector512.FusedMultiplyAdd(w2, s, a2);
+                a3 = Vector512.FusedMultiplyAdd(w3, s, a3);
+                if (TRows.Count >= 2)
+                {
+                    s = Vector512.Create(x1[c]);
+                    b0 = Vector512.FusedMultiplyAdd(w0, s, b0);
+                    b1 = Vector512.FusedMultiplyAdd(w1, s, b1);
+                    b2 = Vector512.FusedMultiplyAdd(w2, s, b2);
+                    b3 = Vector512.FusedMultiplyAdd(w3, s, b3);
+                }
+
+                if (TRows.Count >= 3)
+                {
+                    s = Vector512.Create(x2[c]);
+                    c0 = Vector512.FusedMultiplyAdd(w0, s, c0);
+                    c1 = Vector512.FusedMultiplyAdd(w1, s, c1);
+                    c2 = Vector512.FusedMultiplyAdd(w2, s, c2);
+                    c3 = Vector512.FusedMultiplyAdd(w3, s, c3);
+                }
+
+                if (TRows.Count >= 4)
+                {
+                    s = Vector512.Create(x3[c]);
+                    d0 = Vector512.FusedMultiplyAdd(w0, s, d0);
+                    d1 = Vector512.FusedMultiplyAdd(w1, s, d1);
+                    d2 = Vector512.FusedMultiplyAdd(w2, s, d2);
+                    d3 = Vector512.FusedMultiplyAdd(w3, s, d3);
+                }
+            }
+
+            Vector512<float> e0 = Vector512.Load(s0), e1 = Vector512.Load(s0 + 16), e2 = Vector512.Load(s1), e3 = Vector512.Load(s1 + 16);
+            s0 += Block;
+            s1 += Block;
+            bool first = g == 0;
+            int group = g / QuantBlocks.Size;
+            Scale4<TLevels>(y, a0, a1, a2, a3, e0, e1, e2, e3, first, sums, group);
+            if (TRows.Count >= 2)
+            {
+                Scale4<TLevels>(y + ldy, b0, b1, b2, b3, e0, e1, e2, e3, first, sums + groups, group);
+            }
+
+            if (TRows.Count >= 3)
+            {
+                Scale4<TLevels>(y + 2 * ldy, c0, c1, c2, c3, e0, e1, e2, e3, first, sums + 2 * groups, group);
+            }
+
+            if (TRows.Count >= 4)
+            {
+                Scale4<TLevels>(y + 3 * ldy, d0, d1, d2, d3, e0, e1, e2, e3, first, sums + 3 * groups, group);
+            }
+        }
+    }
+
+    /// <summary>A row's 64 totals at <paramref name="y"/> plus its group sums — plus −8 · Σ x where the levels are offset
+    /// (one f32 add) — times the group's scales (fused; the first group's from zero).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Scale4<TLevels>(float* y, Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
+        Vector512<float> e0, Vector512<float> e1, Vector512<float> e2, Vector512<float> e3, bool first, float* sums, int group)
+        where TLevels : struct, IQuantLevels
+    {
+        if (TLevels.Offset)
+        {
+            var offset = Vector512.Create(sums[group]);
+            (a0, a1, a2, a3) = (a0 + offset, a1 + offset, a2 + offset, a3 + offset);
+        }
+
+        Vector512<float> zero = Vector512<float>.Zero;
+        Vector512.FusedMultiplyAdd(a0, e0, first ? zero : Vector512.Load(y)).Store(y);
+        Vector512.FusedMultiplyAdd(a1, e1, first ? zero : Vector512.Load(y + 16)).Store(y + 16);
+        Vector512.FusedMultiplyAdd(a2, e2, first ? zero : Vector512.Load(y + 32)).Store(y + 32);
+        Vector512.FusedMultiplyAdd(a3, e3, first ? zero : Vector512.Load(y + 48)).Store(y + 48);
+    }
+}
