@@ -169,46 +169,62 @@ internal sealed unsafe partial class PackedMatrix
         }
     }
 
-    /// <summary>Blocks of quantized levels (<typeparamref name="TLevels"/>) and their scales.</summary>
-    private readonly struct QuantPair<TLevels> : IBlockPair
-        where TLevels : struct, IQuantLevels
+    /// <summary>A block format as a type, so that the JIT compiles one micro-kernel per format (<see cref="Tile"/>).</summary>
+    private interface IBlockFormat
     {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Tile<TRows>(PackedMatrix m, int block, int next, int row, float* x, float* y, int ldy)
-            where TRows : struct, IRowCount
-        {
-            int k = m.Inputs;
-            long levels = (long)k * TLevels.RowBytes, scales = (long)k / QuantBlocks.Size * Block;
-            byte* q = (byte*)m._levels;
-            float* sums = TLevels.Offset ? m._sums + ((long)row * (k / QuantBlocks.Size)) : null;
-            TileQuantized<TRows, TLevels>(q + (block * levels), q + (next * levels), m._scales + (block * scales), m._scales + (next * scales), x, k, y, ldy, sums);
-        }
-    }
-
-    /// <summary>A level format as a type, so that the JIT compiles one micro-kernel per format.</summary>
-    private interface IQuantLevels
-    {
-        /// <summary>Gets the bytes of a block's row of 32 levels.</summary>
+        /// <summary>Gets the bytes of a block's row of 32 values.</summary>
         static abstract int RowBytes { get; }
+
+        /// <summary>Gets whether the values are levels with a scale per group of 32 inputs (else the values themselves).</summary>
+        static abstract bool Grouped { get; }
 
         /// <summary>Gets whether <see cref="Widen"/> gives level + 8 (Q4_0's stored form), the 8 taken off once per group
         /// as −8 · Σ x (<see cref="SumGroups"/>).</summary>
         static abstract bool Offset { get; }
 
-        /// <summary>The rows of two blocks at <paramref name="q0"/> and <paramref name="q1"/> as f32 levels (+ 8 where
-        /// <see cref="Offset"/>), columns 0–15 and 16–31 of each (exact: small integers).</summary>
-        static abstract (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<int> low);
+        /// <summary>Gets the bit mask <see cref="Widen"/> takes.</summary>
+        static abstract Vector512<uint> Mask { get; }
+
+        /// <summary>The rows of two blocks at <paramref name="p0"/> and <paramref name="p1"/> as f32 values (levels, + 8
+        /// where <see cref="Offset"/>), columns 0–15 and 16–31 of each, exactly, given <see cref="Mask"/> and the f16
+        /// blocks' <paramref name="scale"/>.</summary>
+        static abstract (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* p0, byte* p1, Vector512<uint> mask, Vector512<float> scale);
     }
 
-    /// <summary>Q8_0: a byte a level, sign-extended.</summary>
-    private readonly struct Q8Levels : IQuantLevels
+    /// <summary>16-bit blocks in <typeparamref name="TFormat"/> (bf16 or f16).</summary>
+    private readonly struct HalfBlocks<TFormat> : IBlockFormat
+        where TFormat : struct, IHalfFormat
     {
-        public static int RowBytes => Block;
+        public static int RowBytes => Block * sizeof(ushort);
+
+        public static bool Grouped => false;
 
         public static bool Offset => false;
 
+        public static Vector512<uint> Mask => TFormat.Mask;
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<int> low) =>
+        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* p0, byte* p1, Vector512<uint> mask, Vector512<float> scale)
+        {
+            var (w0, w1) = TFormat.Widen(Vector512.Load((uint*)p0), mask, scale);
+            var (w2, w3) = TFormat.Widen(Vector512.Load((uint*)p1), mask, scale);
+            return (w0, w1, w2, w3);
+        }
+    }
+
+    /// <summary>Q8_0: a byte a level, sign-extended.</summary>
+    private readonly struct Q8Levels : IBlockFormat
+    {
+        public static int RowBytes => Block;
+
+        public static bool Grouped => true;
+
+        public static bool Offset => false;
+
+        public static Vector512<uint> Mask => default;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<uint> mask, Vector512<float> scale) =>
             (Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)q0))),
              Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)q0 + 16))),
              Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)q1))),
@@ -218,15 +234,20 @@ internal sealed unsafe partial class PackedMatrix
     /// <summary>Q4_0: two levels a byte (column j's + 8 low, column 16 + j's high), zero-extended and split; the 8 comes
     /// off per group (<see cref="Offset"/>): four subtractions fewer per 64 values; Q4_0 / Q8_0 time at four and eight
     /// rows 0.94–1.07 against 1.11–1.17 with the subtractions (two interleaved runs each, <c>--kernel-formats</c>).</summary>
-    private readonly struct Q4Levels : IQuantLevels
+    private readonly struct Q4Levels : IBlockFormat
     {
         public static int RowBytes => Block / 2;
 
+        public static bool Grouped => true;
+
         public static bool Offset => true;
 
+        public static Vector512<uint> Mask => Vector512.Create(15u);
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<int> low)
+        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<uint> mask, Vector512<float> scale)
         {
+            Vector512<int> low = mask.AsInt32();
             Vector512<int> a = Avx512F.ConvertToVector512Int32(Vector128.Load(q0)), b = Avx512F.ConvertToVector512Int32(Vector128.Load(q1));
             return (Avx512F.ConvertToVector512Single(a & low), Avx512F.ConvertToVector512Single(Vector512.ShiftRightLogical(a, 4)),
                 Avx512F.ConvertToVector512Single(b & low), Avx512F.ConvertToVector512Single(Vector512.ShiftRightLogical(b, 4)));
@@ -261,97 +282,14 @@ internal sealed unsafe partial class PackedMatrix
         }
     }
 
-    /// <summary>The quantized micro-kernel: <typeparamref name="TRows"/> rows (1 to 4) × 64 outputs of two blocks. Per
-    /// group of 32 inputs, each output sums level × x[k] for its 32 k in order from zero (fused multiply-adds) and adds
-    /// that sum times the group's scale to its total (one more), which waits in <paramref name="y"/> between groups: the
-    /// 16 sums, 4 scales and 4 widened levels fill the vector registers.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileQuantized<TRows, TLevels>(byte* q0, byte* q1, float* s0, float* s1, float* x0, int k, float* y, int ldy, float* sums)
-        where TRows : struct, IRowCount
-        where TLevels : struct, IQuantLevels
-    {
-        float* x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;   // rows past TRows.Count are never read
-        int step = TLevels.RowBytes, ahead = 64 * TLevels.RowBytes;
-        Vector512<int> low = Vector512.Create(15);   // loaded once: the JIT re-broadcast such constants in every iteration
-        int groups = k / QuantBlocks.Size;
-        for (int g = 0; g < k; g += QuantBlocks.Size)
-        {
-            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
-            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
-            Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
-            for (int c = g; c < g + QuantBlocks.Size; c++)
-            {
-                // Two groups ahead of each stream: 0.61 → 0.48× bf16's time at one row for Q8_0 (the lines came late).
-                Sse.Prefetch0(q0 + ahead);
-                Sse.Prefetch0(q1 + ahead);
-                var (w0, w1, w2, w3) = TLevels.Widen(q0, q1, low);
-                q0 += step;
-                q1 += step;
-                var s = Vector512.Create(x0[c]);
-                a0 = Vector512.FusedMultiplyAdd(w0, s, a0);
-                a1 = Vector512.FusedMultiplyAdd(w1, s, a1);
-                a2 = Vector512.FusedMultiplyAdd(w2, s, a2);
-                a3 = Vector512.FusedMultiplyAdd(w3, s, a3);
-                if (TRows.Count >= 2)
-                {
-                    s = Vector512.Create(x1[c]);
-                    b0 = Vector512.FusedMultiplyAdd(w0, s, b0);
-                    b1 = Vector512.FusedMultiplyAdd(w1, s, b1);
-                    b2 = Vector512.FusedMultiplyAdd(w2, s, b2);
-                    b3 = Vector512.FusedMultiplyAdd(w3, s, b3);
-                }
-
-                if (TRows.Count >= 3)
-                {
-                    s = Vector512.Create(x2[c]);
-                    c0 = Vector512.FusedMultiplyAdd(w0, s, c0);
-                    c1 = Vector512.FusedMultiplyAdd(w1, s, c1);
-                    c2 = Vector512.FusedMultiplyAdd(w2, s, c2);
-                    c3 = Vector512.FusedMultiplyAdd(w3, s, c3);
-                }
-
-                if (TRows.Count >= 4)
-                {
-                    s = Vector512.Create(x3[c]);
-                    d0 = Vector512.FusedMultiplyAdd(w0, s, d0);
-                    d1 = Vector512.FusedMultiplyAdd(w1, s, d1);
-                    d2 = Vector512.FusedMultiplyAdd(w2, s, d2);
-                    d3 = Vector512.FusedMultiplyAdd(w3, s, d3);
-                }
-            }
-
-            Vector512<float> e0 = Vector512.Load(s0), e1 = Vector512.Load(s0 + 16), e2 = Vector512.Load(s1), e3 = Vector512.Load(s1 + 16);
-            s0 += Block;
-            s1 += Block;
-            bool first = g == 0;
-            int group = g / QuantBlocks.Size;
-            Scale4<TLevels>(y, a0, a1, a2, a3, e0, e1, e2, e3, first, sums, group);
-            if (TRows.Count >= 2)
-            {
-                Scale4<TLevels>(y + ldy, b0, b1, b2, b3, e0, e1, e2, e3, first, sums + groups, group);
-            }
-
-            if (TRows.Count >= 3)
-            {
-                Scale4<TLevels>(y + 2 * ldy, c0, c1, c2, c3, e0, e1, e2, e3, first, sums + 2 * groups, group);
-            }
-
-            if (TRows.Count >= 4)
-            {
-                Scale4<TLevels>(y + 3 * ldy, d0, d1, d2, d3, e0, e1, e2, e3, first, sums + 3 * groups, group);
-            }
-        }
-    }
-
     /// <summary>A row's 64 totals at <paramref name="y"/> plus its group sums — plus −8 · Σ x where the levels are offset
     /// (one f32 add) — times the group's scales (fused; the first group's from zero).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Scale4<TLevels>(float* y, Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
+    private static void Scale4<TFormat>(float* y, Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
         Vector512<float> e0, Vector512<float> e1, Vector512<float> e2, Vector512<float> e3, bool first, float* sums, int group)
-        where TLevels : struct, IQuantLevels
+        where TFormat : struct, IBlockFormat
     {
-        if (TLevels.Offset)
+        if (TFormat.Offset)
         {
             var offset = Vector512.Create(sums[group]);
             (a0, a1, a2, a3) = (a0 + offset, a1 + offset, a2 + offset, a3 + offset);
