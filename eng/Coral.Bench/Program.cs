@@ -99,7 +99,7 @@ foreach (string dtype in dtypes)
     }
 
     var engine = InferenceEngine.Load(model, torch.CPU, dtype == "bfloat16" && !cpuDefault ? ScalarType.BFloat16 : ScalarType.Float32, 512,
-        quantization: dtype == "q8_0" ? WeightQuantization.Q8_0 : WeightQuantization.None);
+        quantization: TorchDevices.TryParseQuantization(dtype, out WeightQuantization q) ? q : WeightQuantization.None);
     TorchDevices.YieldTorchThreads(engine.Model);   // as the host does: the packed kernels bring their own second thread
     variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
     if (dtype == "float32" && !cpuDefault)

@@ -256,6 +256,7 @@ internal sealed unsafe partial class PackedMatrix
 
     /// <summary>−8 · Σ x over each group of 32 inputs of each row of the current call (f32 adds in input order from zero;
     /// the product by −8 exact), for Q4_0's offset levels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SumGroups()
     {
         int groups = Inputs / QuantBlocks.Size;
