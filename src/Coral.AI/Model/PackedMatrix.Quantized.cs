@@ -15,10 +15,11 @@ namespace Coral.AI;
 /// <remarks>
 /// <para>Layout: per block of 32 outputs, levels <c>[K][32]</c> (Q8_0: column j at byte j; Q4_0: <c>[K][16]</c>, byte
 /// j holding column j's level + 8 in its low half and column 16 + j's in its high half) and scales <c>[K/32][32]</c>.</para>
-/// <para>Exactness: per group of 32 inputs an output sums level × x[k] for k in order from zero, then adds that sum times
-/// the group's scale to its total, groups in order — fused multiply-adds in a fixed order that depends on nothing but
-/// K, so a row has the same bits at any row count, block or split between threads (lossless greedy speculation), and
-/// the product is that of the Q8_0 values up to f32 rounding (<see cref="QuantBlocks"/>).</para>
+/// <para>Exactness: per group of 32 inputs an output sums level × x[k] for k in order from zero (Q4_0: its stored
+/// level + 8, then adds −8 · Σ x), then adds that sum times the group's scale to its total, groups in order — f32
+/// operations in a fixed order that depends on nothing but K, so a row has the same bits at any row count, block or
+/// split between threads (lossless greedy speculation), and the product is that of the quantized values up to f32
+/// rounding (<see cref="QuantBlocks"/>).</para>
 /// </remarks>
 internal sealed unsafe partial class PackedMatrix
 {
@@ -74,7 +75,7 @@ internal sealed unsafe partial class PackedMatrix
         int blocks = (n + Block - 1) / Block, groups = k / QuantBlocks.Size, rowBytes = LevelBytes(kind);
         nuint levelBytes = (nuint)((long)blocks * rowBytes * k), scaleBytes = (nuint)((long)blocks * groups * Block * sizeof(float));
         var m = new PackedMatrix(k, n, kind, (sbyte*)NativeMemory.AlignedAlloc(levelBytes, 64), (float*)NativeMemory.AlignedAlloc(scaleBytes, 64));
-        NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: scale 0
+        NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: scale 0, so value 0
         NativeMemory.Clear(m._scales, scaleBytes);
         int bad = 0;
         // A block's 32 columns on one thread: Q4_0 writes two columns into each byte.
@@ -87,7 +88,7 @@ internal sealed unsafe partial class PackedMatrix
                 for (int j = 0; j < Block && (b * Block) + j < n; j++)
                 {
                     int column = (b * Block) + j;
-                    Widen(rows[column].Start, rows[column].Type, k, row);
+                    ReadRow(rows[column].Start, rows[column].Type, k, row);
                     if (!QuantBlocks.Quantize(kind, row, k, q, scales))
                     {
                         Interlocked.Exchange(ref bad, 1);
@@ -133,9 +134,9 @@ internal sealed unsafe partial class PackedMatrix
         return m;
     }
 
-    /// <summary>Packs <paramref name="parts"/> as <see cref="TryCreateFromRows(Tensor[], bool)"/> does, or with
-    /// <paramref name="quantization"/> Q8_0 as <see cref="TryQuantize"/> does where the rows are whole blocks of 32 (a
-    /// weight whose rows are not keeps its values).</summary>
+    /// <summary>Packs <paramref name="parts"/> as <see cref="TryCreateFromRows(Tensor[], bool)"/> does, or with a
+    /// <paramref name="quantization"/> as <see cref="TryQuantize"/> does where the rows are whole blocks of 32 (a weight
+    /// whose rows are not keeps its values).</summary>
     public static PackedMatrix? TryPack(Tensor[] parts, bool round, WeightQuantization quantization) =>
         quantization != WeightQuantization.None && parts.Length > 0 && parts[0].dim() == 2 && QuantBlocks.Fits(parts[0].shape[1])
             ? TryQuantize(quantization, parts)
@@ -145,7 +146,7 @@ internal sealed unsafe partial class PackedMatrix
     private static int LevelBytes(WeightQuantization kind) => kind == WeightQuantization.Q4_0 ? Block / 2 : Block;
 
     /// <summary>A stored row of <paramref name="count"/> values (f32, bf16 or f16) as f32.</summary>
-    private static void Widen(nint start, ScalarType type, int count, float* row)
+    private static void ReadRow(nint start, ScalarType type, int count, float* row)
     {
         switch (type)
         {
