@@ -42,6 +42,27 @@ public class CliTests
         Assert.Equal(2, (await Run("embed", "--model", model)).Code);   // no text: usage error
     }
 
+    /// <summary>--quantize loads the quantized model (the load line says so) and its greedy ids are the quantized engine's;
+    /// a value it does not know fails naming the flag.</summary>
+    [Fact]
+    public async Task GenerateQuantized_GivesTheQuantizedEnginesGreedyIds()
+    {
+        string model = TransformerModelTests.ModelFor("llama-sharded-bf16");
+        var (code, stdout, stderr) = await Run("generate", "--model", model, "--prompt", "Once upon a time", "--temperature", "0",
+            "--max-new-tokens", "12", "--quantize", "q4_0", "--prompt-lookup", "0", "--json");
+        Assert.Equal(0, code);
+        Assert.Contains("Q4_0 weights", stderr, StringComparison.Ordinal);
+        using var doc = JsonDocument.Parse(stdout);
+        int[] ids = doc.RootElement.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        using var engine = InferenceEngine.Load(model, torch.CPU, ScalarType.Float32, 256, quantization: WeightQuantization.Q4_0);
+        var expected = engine.Generate(new GenerationRequest(engine.Tokenizer.Encode("Once upon a time"), SamplingParameters.Greedy, 12, []), null, default);
+        Assert.Equal(expected.TokenIds, ids);
+
+        var (bad, _, error) = await Run("generate", "--model", model, "--prompt", "Hi", "--quantize", "q3_k");
+        Assert.NotEqual(0, bad);
+        Assert.Contains("--quantize 'q3_k' is not valid", error, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("llama")]
     [InlineData("qwen2")]
