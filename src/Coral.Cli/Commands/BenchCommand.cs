@@ -146,6 +146,7 @@ internal static class BenchCommand
             ["device"] = host.Options.Device,
             ["dtype"] = engine.Model.WeightType.ToString(),
             ["head_dtype"] = engine.Model.HeadType.ToString(),
+            ["quantization"] = engine.Model.Quantization == WeightQuantization.None ? null : engine.Model.Quantization.ToString().ToLowerInvariant(),
             ["temperature"] = temperature,
             ["max_new_tokens"] = maxNew,
             ["rounds"] = rounds,
@@ -287,7 +288,7 @@ internal static class BenchCommand
 
     private static void WriteTable(TextWriter w, JsonObject r)
     {
-        w.WriteLine($"model {r["model"]}, draft {r["draft"]}, {r["device"]} {r["dtype"]}, T={r["temperature"]}, {r["max_new_tokens"]} new tokens, {r["rounds"]} rounds after {r["warmup_prompts"]} warm-up prompt(s), tree {r["tree"]?.ToJsonString() ?? "none (prompt lookup only)"}");
+        w.WriteLine($"model {r["model"]}, draft {r["draft"]}, {r["device"]} {r["dtype"]}{(r["quantization"] is null ? "" : $" ({r["quantization"]} weights)")}, T={r["temperature"]}, {r["max_new_tokens"]} new tokens, {r["rounds"]} rounds after {r["warmup_prompts"]} warm-up prompt(s), tree {r["tree"]?.ToJsonString() ?? "none (prompt lookup only)"}");
         w.WriteLine("| prompt | kind | τ | plain tok/s | spec tok/s | speedup | draft share |");
         w.WriteLine("| --- | --- | --- | --- | --- | --- | --- |");
         foreach (JsonNode? p in (JsonArray)r["prompts"]!)

@@ -248,6 +248,23 @@ public class PromptLookupTests
         Assert.False((Stats(10, 14, 30) with { PlainSteps = 0 }).DraftCyclesLosing);
     }
 
+    /// <summary>A quantized target benches (and says so) with lookup exact against its own plain decoding.</summary>
+    [Fact]
+    public async Task Bench_OfAQuantizedTarget_SaysSo_AndStaysExact()
+    {
+        string target = TransformerModelTests.ModelFor("llama-successor-bf16");
+        string prompts = Path.Combine(ModelZoo.TempFolder("bench-lookup-q8"), "prompts.jsonl");
+        File.WriteAllLines(prompts, ["{\"prompt\": \"abcdefghijklmnop abc\", \"kind\": \"copy\"}"]);
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int rc = await Coral.Cli.CliApp.RunAsync(["bench", "--model", target, "--prompts", prompts, "--max-new-tokens", "16", "--rounds", "1", "--warmup", "0",
+            "--quantize", "q8_0", "--json"], stdout, stderr, TextReader.Null);
+        Assert.True(rc == 0, stderr.ToString());
+        var root = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
+        Assert.Equal("q8_0", root.GetProperty("quantization").GetString());
+        Assert.True(root.GetProperty("overall").GetProperty("greedy_identical").GetBoolean());
+    }
+
     [Fact]
     public async Task Bench_WithoutADrafter_ComparesPlainWithLookup()
     {
@@ -261,6 +278,7 @@ public class PromptLookupTests
         var root = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
         Assert.Equal(System.Text.Json.JsonValueKind.Null, root.GetProperty("draft").ValueKind);
         Assert.Equal(System.Text.Json.JsonValueKind.Null, root.GetProperty("tree").ValueKind);
+        Assert.Equal(System.Text.Json.JsonValueKind.Null, root.GetProperty("quantization").ValueKind);
         Assert.Equal(3, root.GetProperty("prompt_lookup_tokens").GetInt32());
         Assert.True(root.GetProperty("overall").GetProperty("greedy_identical").GetBoolean());
         // The lookup loop ran (its steps are counted; whether a proposal exists depends on the rendered prompt's tokens,
