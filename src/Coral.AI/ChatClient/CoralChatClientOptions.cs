@@ -94,4 +94,8 @@ public sealed class CoralChatClientOptions
     /// libtorch to one thread, whose OpenMP workers would contend with the helpers. <see langword="null"/> keeps libtorch's
     /// default and gives the kernels the processors, at most 8 (or <c>CORAL_CPU_THREADS</c>).</summary>
     public int? Threads { get; set; }
+
+    /// <summary>A copy of every option: all are strings or values, so a member-wise copy shares nothing mutable (a list
+    /// or object option added later must be copied here by hand).</summary>
+    internal CoralChatClientOptions Clone() => (CoralChatClientOptions)MemberwiseClone();
 }

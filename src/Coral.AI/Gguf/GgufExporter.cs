@@ -198,7 +198,15 @@ public static class GgufExporter
         {
             if (projection && quantized != WeightQuantization.None && QuantBlocks.Fits(w.shape[^1]))
             {
-                g.AddTensor(ggufName, w.shape, QuantBlocks.GgmlType(quantized), QuantBlocks.Gguf(w, quantized));
+                try
+                {
+                    g.AddTensor(ggufName, w.shape, QuantBlocks.GgmlType(quantized), QuantBlocks.Gguf(w, quantized));
+                }
+                catch (ArgumentException e)
+                {
+                    throw new CoralModelException(modelFolder, ggufName, $"cannot be quantized to {quantized}: {e.Message}", e);
+                }
+
                 return;
             }
 

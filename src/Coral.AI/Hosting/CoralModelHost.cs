@@ -210,25 +210,5 @@ public sealed class CoralModelHost : IDisposable
     }
 
     /// <summary>A copy of every option (the host keeps its own, so later changes to the caller's object change nothing).</summary>
-    internal static CoralChatClientOptions Copy(CoralChatClientOptions o) => new()
-    {
-        ModelPath = o.ModelPath,
-        DraftModelPath = o.DraftModelPath,
-        ModelId = o.ModelId,
-        Device = o.Device,
-        DType = o.DType,
-        Quantization = o.Quantization,
-        ContextLength = o.ContextLength,
-        DefaultMaxOutputTokens = o.DefaultMaxOutputTokens,
-        DefaultTemperature = o.DefaultTemperature,
-        DefaultTopP = o.DefaultTopP,
-        PrefillChunkSize = o.PrefillChunkSize,
-        Threads = o.Threads,
-        TreeDepth = o.TreeDepth,
-        TreeTopK = o.TreeTopK,
-        TreeTotalTokens = o.TreeTotalTokens,
-        RouterTopK = o.RouterTopK,
-        AdaptiveTreeDepth = o.AdaptiveTreeDepth,
-        PromptLookupTokens = o.PromptLookupTokens,
-    };
+    internal static CoralChatClientOptions Copy(CoralChatClientOptions o) => o.Clone();
 }

@@ -193,18 +193,19 @@ internal sealed unsafe class DecoderLayer : IDisposable
             (qkvBias, qkNorm) = (QkvBias()?.MoveToOuterDisposeScope(), QkNorm()?.MoveToOuterDisposeScope());
         }
 
-        // Quantized weights as their quantized values (f32) on this path.
-        Tensor Q(Tensor t)
+        // Quantized weights as their quantized values (f32) on this path (a value that is not finite fails naming the tensor:
+        // the kernel path's packing refused it and came here).
+        Tensor Q(Tensor t, string name)
         {
             using (t)
             {
-                return QuantBlocks.Apply(t, quantization);
+                return QuantBlocks.Apply(t, quantization, reader.Folder, prefix + name);
             }
         }
 
-        using Tensor o = Q(W("self_attn.o_proj.weight", d, nq));
+        using Tensor o = Q(W("self_attn.o_proj.weight", d, nq), "self_attn.o_proj.weight");
         using Tensor qkv = Q(Reorder(Fused(["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], [nq, nkv, nkv], "self_attn.qkv_proj.weight"),
-            RotaryRows(c), 0));
+            RotaryRows(c), 0), "self_attn.{q,k,v}_proj.weight");
         if (moe)
         {
             ExpertMlp experts = ExpertMlp.Load(reader, prefix, c, dtype, device, pack: false, roundToBf16, Projection, quantization)!;
@@ -212,8 +213,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
                 c.OutputBias ? W("self_attn.o_proj.bias", d) : null, Norms(), null, null, cpuKernels, moe: experts);
         }
 
-        using Tensor down = Q(W("mlp.down_proj.weight", d, ff));
-        using Tensor gateUp = Q(Fused(["mlp.gate_proj.weight", "mlp.up_proj.weight"], [ff, ff], "mlp.gate_up_proj.weight"));
+        using Tensor down = Q(W("mlp.down_proj.weight", d, ff), "mlp.down_proj.weight");
+        using Tensor gateUp = Q(Fused(["mlp.gate_proj.weight", "mlp.up_proj.weight"], [ff, ff], "mlp.gate_up_proj.weight"), "mlp.{gate,up}_proj.weight");
         return new DecoderLayer(
             c,
             inputNorm ? Norm("input_layernorm.weight", d) : null,

@@ -116,8 +116,9 @@ internal sealed unsafe class ExpertMlp : IDisposable
             {
                 using var scope = torch.NewDisposeScope();
                 var (parts, downRows) = Expert(e, _ => dtype, device);
-                gu[e] = project(QuantBlocks.Apply(parts.Length == 1 ? parts[0] : torch.cat(parts), quantization)).MoveToOuterDisposeScope();
-                dn[e] = project(QuantBlocks.Apply(downRows, quantization)).MoveToOuterDisposeScope();
+                string expert = e == c.NumExperts ? "shared expert" : $"expert {e}";
+                gu[e] = project(QuantBlocks.Apply(parts.Length == 1 ? parts[0] : torch.cat(parts), quantization, reader.Folder, $"{prefix}mlp ({expert}: gate|up)")).MoveToOuterDisposeScope();
+                dn[e] = project(QuantBlocks.Apply(downRows, quantization, reader.Folder, $"{prefix}mlp ({expert}: down)")).MoveToOuterDisposeScope();
             }
 
             return new ExpertMlp(c, router, null, null, gu, dn, sharedGate);

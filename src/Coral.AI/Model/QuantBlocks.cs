@@ -75,8 +75,23 @@ internal static unsafe class QuantBlocks
     /// <summary><paramref name="weight"/> as the forward multiplies by it under <paramref name="quantization"/>: its
     /// quantized values (<see cref="Dequantize"/>, f32) where its rows are whole blocks, else itself (a new handle; the
     /// caller disposes both).</summary>
-    public static Tensor Apply(Tensor weight, WeightQuantization quantization) =>
-        quantization != WeightQuantization.None && Fits(weight.shape[^1]) ? Dequantize(weight, quantization) : weight.alias();
+    /// <exception cref="CoralModelException">A value is not finite: names <paramref name="file"/> and <paramref name="tensor"/>.</exception>
+    public static Tensor Apply(Tensor weight, WeightQuantization quantization, string file, string tensor)
+    {
+        if (quantization == WeightQuantization.None || !Fits(weight.shape[^1]))
+        {
+            return weight.alias();
+        }
+
+        try
+        {
+            return Dequantize(weight, quantization);
+        }
+        catch (ArgumentException e)
+        {
+            throw new CoralModelException(file, tensor, $"cannot be quantized to {quantization}: {e.Message}", e);
+        }
+    }
 
     /// <summary>The quantized values of <paramref name="weight"/> [.., in] (any float dtype, CPU or not) as an f32
     /// tensor of its shape: the weight the kernels' blocks multiply by, for the paths that multiply f32 (libtorch).</summary>

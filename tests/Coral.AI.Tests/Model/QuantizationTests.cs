@@ -191,7 +191,7 @@ public class QuantizationTests
         Assert.Null(PackedMatrix.TryQuantize(WeightQuantization.Q8_0, w));
         using PackedMatrix kept = PackedMatrix.TryPack([w], round: false, WeightQuantization.Q8_0)!;
         Assert.Equal(ScalarType.BFloat16, kept.Format);
-        using Tensor same = QuantBlocks.Apply(w, WeightQuantization.Q8_0);
+        using Tensor same = QuantBlocks.Apply(w, WeightQuantization.Q8_0, "model", "w");
         Assert.Equal(TorchTestHelpers.ToArray(w.to(ScalarType.Float32)), TorchTestHelpers.ToArray(same.to(ScalarType.Float32)));
     }
 
@@ -200,6 +200,7 @@ public class QuantizationTests
         { "llama-sharded-bf16", "q8_0" }, { "llama-demo-width", "q8_0" }, { "qwen3moe-bf16", "q8_0" },
         { "qwen3moe-wide", "q8_0" }, { "gemma3-bf16", "q8_0" }, { "qwen2moe-bf16", "q8_0" },
         { "llama-sharded-bf16", "q4_0" }, { "llama-demo-width", "q4_0" }, { "qwen3moe-wide", "q4_0" },
+        { "qwen2-f16", "q8_0" },   // f16 rows widened by the kernels' vector code before quantizing
     };
 
     /// <summary>The kernels' blocks compute what libtorch computes from the quantized values in f32, and both differ
@@ -214,7 +215,7 @@ public class QuantizationTests
         using var reference = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 256, cpuKernels: false, quantization: kind);
         using var plain = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 256);
         Assert.Equal(kind, q8.Quantization);
-        Assert.Equal(PackedMatrix.Enabled && name.EndsWith("bf16", StringComparison.Ordinal), q8.UsesPackedWeights);   // f32 checkpoints: the head on libtorch
+        Assert.Equal(PackedMatrix.Enabled && name.EndsWith("16", StringComparison.Ordinal), q8.UsesPackedWeights);   // f32 checkpoints: the head on libtorch
         long[] ids = Enumerable.Range(0, 24).Select(i => (long)((i * 37) % q8.Config.VocabSize)).ToArray();
         float[] ours = TorchTestHelpers.FullLogits(q8, ids), theirs = TorchTestHelpers.FullLogits(reference, ids);
         float[] unquantized = TorchTestHelpers.FullLogits(plain, ids);
@@ -237,6 +238,37 @@ public class QuantizationTests
         using var model = TransformerModel.Load(TransformerModelTests.ModelFor(name), torch.CPU, ScalarType.Float32, 256, headType: ScalarType.BFloat16,
             quantization: kind);
         TransformerModelTests.AssertTreeNodesEqualOneTokenSteps(model);
+    }
+
+    /// <summary>A weight with a value that is not finite cannot be quantized: loading and export fail naming the tensor
+    /// (unquantized, such a model loads, as before).</summary>
+    [Fact]
+    public void AWeightThatIsNotFinite_FailsNamingTheTensor()
+    {
+        string folder = ModelZoo.Copy(TransformerModelTests.ModelFor("llama"), "q8-nan");
+        string file = Path.Combine(folder, "model.safetensors");
+        List<KeyValuePair<string, Tensor>> tensors;
+        using (var reader = new CheckpointReader(folder))
+        {
+            tensors = reader.Names.Select(n => new KeyValuePair<string, Tensor>(n, reader.Take(n, reader.ShapeOf(n), ScalarType.Float32).clone())).ToList();
+        }
+
+        Tensor o = tensors.Single(t => t.Key == "model.layers.1.self_attn.o_proj.weight").Value;
+        o[3, 5] = torch.tensor(float.NaN);
+        SafetensorsWriter.Write(file, tensors);
+        tensors.ForEach(t => t.Value.Dispose());
+
+        foreach (bool kernels in new[] { true, false })
+        {
+            var error = Assert.Throws<CoralModelException>(() => TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 64, cpuKernels: kernels,
+                quantization: WeightQuantization.Q8_0));
+            Assert.Equal("model.layers.1.self_attn.o_proj.weight", error.Field);
+            Assert.Contains("not finite", error.Message, StringComparison.Ordinal);
+        }
+
+        var export = Assert.Throws<CoralModelException>(() => GgufExporter.Export(folder, Path.Combine(folder, "model.gguf"), "q4_0"));
+        Assert.Equal("blk.1.attn_output.weight", export.Field);
+        using var unquantized = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 64);
     }
 
     [Fact]
