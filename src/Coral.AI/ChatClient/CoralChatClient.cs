@@ -157,51 +157,48 @@ public sealed class CoralChatClient : IChatClient
 
         var channel = Channel.CreateUnbounded<ChatResponseUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        CoralTelemetry.QueueDepth.Add(1);
-        try
+        void OnText(int token, string text)
         {
-            await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+            foreach (var piece in parser.Push(text))
+            {
+                channel.Writer.TryWrite(Piece(piece));
+            }
         }
-        catch
+
+        void Complete(GenerationResult result, Activity? activity)
         {
-            CoralTelemetry.QueueDepth.Add(-1);
-            throw;
+            CoralTelemetry.Record(result, _host.ModelId, activity);
+            var (rest, calls) = parser.Finish();
+            foreach (var piece in rest)
+            {
+                channel.Writer.TryWrite(Piece(piece));
+            }
+
+            ChatResponseUpdate last = NewUpdate(null);
+            foreach (FunctionCallContent call in calls)
+            {
+                last.Contents.Add(call);
+            }
+
+            last.FinishReason = calls.Count > 0 ? ChatFinishReason.ToolCalls
+                : result.Finish == GenerationFinish.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
+            last.Contents.Add(new UsageContent(ToUsage(result)));
+            channel.Writer.TryWrite(last);
+            channel.Writer.TryComplete();
         }
 
         Task worker;
-        try
+        CoralTelemetry.QueueDepth.Add(1);
+        if (engine.Batch is { } batch)
         {
-            worker = Task.Factory.StartNew(() =>
+            // Continuous batching: the scheduler's thread decodes this request beside the others.
+            worker = Task.Run(async () =>
             {
                 using Activity? activity = CoralTelemetry.Source.StartActivity("coral.generate");
                 activity?.SetTag("gen_ai.request.model", _host.ModelId);
                 try
                 {
-                    GenerationResult result = engine.Generate(request, (_, text) =>
-                    {
-                        foreach (var piece in parser.Push(text))
-                        {
-                            channel.Writer.TryWrite(Piece(piece));
-                        }
-                    }, stop.Token);
-                    CoralTelemetry.Record(result, _host.ModelId, activity);
-                    var (rest, calls) = parser.Finish();
-                    foreach (var piece in rest)
-                    {
-                        channel.Writer.TryWrite(Piece(piece));
-                    }
-
-                    ChatResponseUpdate last = NewUpdate(null);
-                    foreach (FunctionCallContent call in calls)
-                    {
-                        last.Contents.Add(call);
-                    }
-
-                    last.FinishReason = calls.Count > 0 ? ChatFinishReason.ToolCalls
-                        : result.Finish == GenerationFinish.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
-                    last.Contents.Add(new UsageContent(ToUsage(result)));
-                    channel.Writer.TryWrite(last);
-                    channel.Writer.TryComplete();
+                    Complete(await batch.GenerateAsync(request, OnText, stop.Token).ConfigureAwait(false), activity);
                 }
                 catch (Exception ex)
                 {
@@ -211,15 +208,49 @@ public sealed class CoralChatClient : IChatClient
                 finally
                 {
                     CoralTelemetry.QueueDepth.Add(-1);
-                    engine.Gate.Release();
                 }
-            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            }, CancellationToken.None);
         }
-        catch
+        else
         {
-            CoralTelemetry.QueueDepth.Add(-1);
-            engine.Gate.Release();
-            throw;
+            try
+            {
+                await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                CoralTelemetry.QueueDepth.Add(-1);
+                throw;
+            }
+
+            try
+            {
+                worker = Task.Factory.StartNew(() =>
+                {
+                    using Activity? activity = CoralTelemetry.Source.StartActivity("coral.generate");
+                    activity?.SetTag("gen_ai.request.model", _host.ModelId);
+                    try
+                    {
+                        Complete(engine.Generate(request, OnText, stop.Token), activity);
+                    }
+                    catch (Exception ex)
+                    {
+                        activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
+                        channel.Writer.TryComplete(ex);
+                    }
+                    finally
+                    {
+                        CoralTelemetry.QueueDepth.Add(-1);
+                        engine.Gate.Release();
+                    }
+                }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            }
+            catch
+            {
+                CoralTelemetry.QueueDepth.Add(-1);
+                engine.Gate.Release();
+                throw;
+            }
         }
 
         try

@@ -95,6 +95,16 @@ public sealed class CoralChatClientOptions
     /// default and gives the kernels the processors, at most 8 (or <c>CORAL_CPU_THREADS</c>).</summary>
     public int? Threads { get; set; }
 
+    /// <summary>
+    /// Gets or sets how many requests decode at the same time. 1 (the default) runs requests one after another, each with
+    /// speculative decoding when a drafter is set. N &gt; 1 gives N KV-cache slots and continuous batching: concurrent
+    /// requests share every forward (one row each, plus prompt chunks of new arrivals), which a memory-bound model runs
+    /// for little more than one row's cost, so a server's throughput grows with its load. Batched requests decode with
+    /// plain steps (no draft tree) and, on the packed CPU kernels (bf16- or f16-stored weights, or <see cref="Quantization"/>),
+    /// get exactly the tokens they would get alone. Each slot allocates a cache of <see cref="ContextLength"/>.
+    /// </summary>
+    public int ParallelRequests { get; set; } = 1;
+
     /// <summary>A copy of every option: all are strings or values, so a member-wise copy shares nothing mutable (a list
     /// or object option added later must be copied here by hand).</summary>
     internal CoralChatClientOptions Clone() => (CoralChatClientOptions)MemberwiseClone();

@@ -126,6 +126,21 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets the usable context (prompt + output) in tokens.</summary>
     public int ContextLength => Cache.Capacity;
 
+    /// <summary>Gets the continuous-batching scheduler when <see cref="EnableBatching"/> set one up: requests then decode
+    /// together in its slots (plain steps) instead of one at a time through <see cref="Generate"/>.</summary>
+    public BatchScheduler? Batch { get; private set; }
+
+    /// <summary>Sets up continuous batching over <paramref name="slots"/> KV caches of the engine's context length.</summary>
+    public void EnableBatching(int slots)
+    {
+        if (Batch is not null)
+        {
+            throw new InvalidOperationException("Batching is already enabled.");
+        }
+
+        Batch = new BatchScheduler(this, slots);
+    }
+
     /// <summary>Gets the lock that serialises requests over the single cache.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
 
@@ -187,7 +202,7 @@ internal sealed class InferenceEngine : IDisposable
         int forwards = 1;
         SpeculativeStats? stats = null;
 
-        int token = Next(sampler, ref constraint, emitter);
+        int token = Next(sampler, ref constraint, _row, _probs);
         if (emitter.Emit(token) && !EndIfComplete(constraint, emitter))
         {
             if (speculative)
@@ -256,7 +271,7 @@ internal sealed class InferenceEngine : IDisposable
             int? greedy = Step(last, argMax: constraint is null && sampler.Parameters.IsArgMax);
             _cachedTokens.Add(last);
             forwards++;
-            last = greedy is int token ? Accept(sampler, token) : Next(sampler, ref constraint, emitter);
+            last = greedy is int token ? Accept(sampler, token) : Next(sampler, ref constraint, _row, _probs);
             if (emitter.Emit(last))
             {
                 EndIfComplete(constraint, emitter);
@@ -283,7 +298,7 @@ internal sealed class InferenceEngine : IDisposable
         return forwards;
     }
 
-    private static bool EndIfComplete(OutputConstraint.State? constraint, TokenEmitter emitter)
+    internal static bool EndIfComplete(OutputConstraint.State? constraint, TokenEmitter emitter)
     {
         if (constraint?.IsComplete == true)
         {
@@ -301,11 +316,11 @@ internal sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Samples the next token from the row buffer: freely, or restricted to tokens that keep the constraint satisfiable.</summary>
-    private int Next(LogitsSampler sampler, ref OutputConstraint.State? constraint, TokenEmitter emitter)
+    internal int Next(LogitsSampler sampler, ref OutputConstraint.State? constraint, float[] row, float[] probs)
     {
         if (constraint is null)
         {
-            int free = sampler.Sample(_row);
+            int free = sampler.Sample(row);
             sampler.Accept(free);
             return free;
         }
@@ -328,23 +343,23 @@ internal sealed class InferenceEngine : IDisposable
         }
 
         // Candidates of the sampler's own distribution, most likely first; renormalised over the valid ones.
-        sampler.Distribution(_row, _probs);
-        var candidates = Enumerable.Range(0, _probs.Length).Where(i => _probs[i] > 0).OrderByDescending(i => _probs[i]).Take(512).ToList();
+        sampler.Distribution(row, probs);
+        var candidates = Enumerable.Range(0, probs.Length).Where(i => probs[i] > 0).OrderByDescending(i => probs[i]).Take(512).ToList();
         var valid = new List<(int Token, OutputConstraint.State Next, float P)>();
         foreach (int id in candidates)
         {
             var (t, n) = Try(id);
             if (n is not null)
             {
-                valid.Add((t, n, _probs[id]));
+                valid.Add((t, n, probs[id]));
             }
         }
 
         if (valid.Count == 0)
         {
             // Nothing the sampler allows fits: take the most likely token (by raw logit) that does.
-            int[] order = Enumerable.Range(0, _row.Length).ToArray();
-            float[] keys = _row.Select(x => -x).ToArray();
+            int[] order = Enumerable.Range(0, row.Length).ToArray();
+            float[] keys = row.Select(x => -x).ToArray();
             Array.Sort(keys, order);
             foreach (int id in order)
             {
@@ -1060,6 +1075,7 @@ internal sealed class InferenceEngine : IDisposable
 
     public void Dispose()
     {
+        Batch?.Dispose();
         CoralTelemetry.UntrackCache(this);
         Drafter?.Model.Dispose();
         Drafter?.Dispose();

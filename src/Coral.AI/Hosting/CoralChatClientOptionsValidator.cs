@@ -70,6 +70,11 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return $"CoralChatClientOptions.ContextLength must be at least 16 (got {o.ContextLength}).";
         }
 
+        if (o.ParallelRequests is < 1 or > 64)
+        {
+            return $"CoralChatClientOptions.ParallelRequests must be in [1, 64] (got {o.ParallelRequests}).";
+        }
+
         if (o.DefaultMaxOutputTokens < 1)
         {
             return $"CoralChatClientOptions.DefaultMaxOutputTokens must be at least 1 (got {o.DefaultMaxOutputTokens}).";

@@ -197,6 +197,14 @@ public sealed class CoralModelHost : IDisposable
             }
 
             _engine.PromptLookupTokens = _options.PromptLookupTokens;   // without a drafter: packed (bf16-stored) weights only
+            if (_options.ParallelRequests > 1)
+            {
+                _engine.EnableBatching(_options.ParallelRequests);
+                _logger.LogInformation("Coral: continuous batching over {Slots} slots ({Path}; batched requests decode with plain steps)",
+                    _options.ParallelRequests, _engine.Model.UsesPackedWeights ? "one forward for all, each request's tokens as alone"
+                        : _engine.Model.UsesCpuKernels ? "one forward for all" : "one forward per request per step");
+            }
+
             _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
                 ModelId, clock.ElapsedMilliseconds, _engine.Model.Config.Architecture, _engine.Model.Config.NumLayers,
                 _engine.Model.Config.HiddenSize, _engine.Model.Config.VocabSize, _engine.ContextLength, _engine.Cache.Bytes / 1048576.0);

@@ -44,6 +44,10 @@ internal readonly unsafe struct CpuStep
     public float* SinSigned { get; }
 }
 
+/// <summary>One sequence's rows within a CPU-kernel forward of several (<see cref="DecoderLayer.ForwardCpuBatch"/>):
+/// its step, its cache, and the workspace row its rows start at.</summary>
+internal readonly record struct CpuSegment(CpuStep Step, KvCache Cache, int Row);
+
 /// <summary>
 /// One Llama-family decoder layer with fused QKV and gate/up weights; used by the target (all layers) and by EAGLE-style
 /// drafters (one layer without the input norm). Weights in the compute dtype, activations in f32.
@@ -439,7 +443,18 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// </summary>
     public void ForwardCpu(in CpuStep s, CpuWorkspace work, in CpuWorkspace.Views v, KvCache cache, int layer)
     {
-        int rows = s.Rows, hd = (int)_headDim, qkvWidth = (_heads + 2 * _kvHeads) * hd;
+        var one = new CpuSegment(s, cache, 0);
+        ForwardCpuBatch(new ReadOnlySpan<CpuSegment>(in one), s.Rows, work, v, layer);
+    }
+
+    /// <summary>
+    /// Runs the layer on the rows of several sequences at once (continuous batching): the GEMMs, norms and activations
+    /// over all <paramref name="rows"/>, RoPE and attention per segment against its own cache. Every row computes the
+    /// bits it computes alone where the GEMMs are batch-invariant (<see cref="PackedMatrix"/> weights).
+    /// </summary>
+    public void ForwardCpuBatch(ReadOnlySpan<CpuSegment> segments, int rows, CpuWorkspace work, in CpuWorkspace.Views v, int layer)
+    {
+        int hd = (int)_headDim, qkvWidth = (_heads + 2 * _kvHeads) * hd;
         float eps = (float)_eps;
         Tensor input = v.X;
         float* inputP = work.X;
@@ -467,10 +482,16 @@ internal sealed unsafe class DecoderLayer : IDisposable
             }
         }
 
-        CpuKernels.RopeAndCache(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions, _qkNormWhole ? null : _qkNormP, eps,
-            cache, layer, s.Start);
-        CpuKernels.Attention(work.Qkv, rows, s.Count, qkvWidth, _heads, _kvHeads, hd, cache, layer, s.Start + s.Count, s.Mask,
-            (float)_scale, work.O, (float)(_softcap ?? 0));
+        foreach (ref readonly CpuSegment g in segments)
+        {
+            CpuStep s = g.Step;
+            float* qkv = work.Qkv + ((long)g.Row * qkvWidth), o = work.O + ((long)g.Row * _heads * hd);
+            CpuKernels.RopeAndCache(qkv, s.Rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions, _qkNormWhole ? null : _qkNormP, eps,
+                g.Cache, layer, s.Start);
+            CpuKernels.Attention(qkv, s.Rows, s.Count, qkvWidth, _heads, _kvHeads, hd, g.Cache, layer, s.Start + s.Count, s.Mask,
+                (float)_scale, o, (float)(_softcap ?? 0));
+        }
+
         Gemm(_oP, _o, v.O, work.O, v.Proj, work.Proj, rows);
         if (_oBiasP != null)
         {

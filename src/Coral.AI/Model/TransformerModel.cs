@@ -284,6 +284,67 @@ internal sealed unsafe class TransformerModel : IDisposable
         return y;
     }
 
+    /// <summary>
+    /// Runs several sequences' new tokens through the decoder in one forward (continuous batching): each segment's tokens
+    /// go causally after its own cache's contents, as <see cref="Forward"/> would take them alone, and advance that cache.
+    /// On the CPU kernel path the projections see all rows at once and attention runs per segment; elsewhere the segments
+    /// run one after another.
+    /// </summary>
+    /// <returns>The final hidden states [Σ T, d], the segments' rows in order.</returns>
+    public Tensor ForwardBatch(IReadOnlyList<(long[] Ids, KvCache Cache)> segments)
+    {
+        int rows = segments.Sum(g => g.Ids.Length), d = Config.HiddenSize;
+        if (segments.Count == 1 || _work is null || rows == 1)
+        {
+            return segments.Count == 1 ? Forward(segments[0].Ids, segments[0].Cache) : torch.cat(segments.Select(g => Forward(g.Ids, g.Cache)).ToArray(), 0);
+        }
+
+        foreach (var (ids, cache) in segments)
+        {
+            if (ids.Length == 0 || cache.Length + ids.Length > cache.Capacity)
+            {
+                throw new InvalidOperationException($"KV cache overflow or empty segment: {cache.Length} + {ids.Length} > {cache.Capacity}.");
+            }
+        }
+
+        CpuWorkspace.Views views = _work.Rows(rows);
+        GatherEmbeddings(segments.SelectMany(g => g.Ids).ToArray(), rows, _work.X);
+        if (Config.EmbeddingScale != 1f)
+        {
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(_work.X, rows * d), Config.EmbeddingScale, new Span<float>(_work.X, rows * d));
+        }
+
+        var parts = new CpuSegment[_kinds.Length][];
+        for (int l = 0; l < _layers.Length; l++)
+        {
+            int k = _kindOf[l];
+            parts[k] ??= Segments(k);
+            _layers[l].ForwardCpuBatch(parts[k], rows, _work, views, l);
+        }
+
+        foreach (var (ids, cache) in segments)
+        {
+            cache.Length += ids.Length;
+        }
+
+        Tensor y = torch.empty([rows, d], ScalarType.Float32);
+        CpuKernels.Norm(Config.LayerNorms, _work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), rows, d, (float)Config.RmsNormEps);
+        return y;
+
+        CpuSegment[] Segments(int kind)
+        {
+            var (rope, sliding) = _kinds[kind];
+            var result = new CpuSegment[segments.Count];
+            for (int i = 0, row = 0; i < result.Length; row += segments[i].Ids.Length, i++)
+            {
+                var (ids, cache) = segments[i];
+                result[i] = new CpuSegment(rope.KernelStep(cache.Length, ids.Length, ids.Length, null, null, sliding ? Config.SlidingWindow : null), cache, row);
+            }
+
+            return result;
+        }
+    }
+
     /// <summary>The embedding rows of <paramref name="ids"/> as f32 into <paramref name="y"/> (rows
     /// <paramref name="stride"/> floats apart; 0: d), on the CPU kernel path (<see cref="UsesCpuKernels"/>); the last id
     /// repeats for rows beyond it.</summary>

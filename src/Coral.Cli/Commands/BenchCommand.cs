@@ -20,7 +20,7 @@ internal static class BenchCommand
     /// <summary>Prompts run once each way before the measured rounds (fewer when the set is smaller).</summary>
     public const int DefaultWarmup = 8;
 
-    private sealed record Prompt(int Index, string Kind, List<ChatMessage> Messages);
+    internal sealed record Prompt(int Index, string Kind, List<ChatMessage> Messages);
 
     private sealed record Measured(int Tokens, double DecodeSeconds, SpeculativeStats? Stats, IReadOnlyList<int> Ids);
 
@@ -29,7 +29,7 @@ internal static class BenchCommand
         var cl = new CommandLine(args,
             ModelLoading.With("--prompts", "--temperature", "--max-new-tokens", "--rounds", "--seed", "--warmup"),
             new HashSet<string> { "--json", "--fixed-depth", "--no-plain-fallback" });
-        if (cl.Value("--draft") is null && cl.Value("--model") is not null && cl.Int("--prompt-lookup") == 0)
+        if (cl.Value("--draft") is null && cl.Value("--model") is not null && cl.Int("--prompt-lookup") == 0 && cl.Int("--parallel") is null or 1)
         {
             throw new UsageException("--draft (or prompt lookup) is required with --model: bench compares plain and speculative decoding.");
         }
@@ -51,11 +51,16 @@ internal static class BenchCommand
 
         using CoralModelHost host = ModelLoading.LoadHost(cl, stderr);
         InferenceEngine engine = host.GetEngineAsync(CancellationToken.None).GetAwaiter().GetResult();
-        if (engine.Drafter is null && !engine.Model.UsesPackedWeights)
+        if (engine.Drafter is null && !engine.Model.UsesPackedWeights && engine.Batch is null)
         {
             // Lookup alone runs only where verified rows equal one-token steps bit for bit: the run would compare plain with plain.
             throw new UsageException($"--model {cl.Value("--model")} without --draft: prompt lookup alone needs bf16-stored weights on CPU (packed); "
                 + "this model's are not, so there is nothing to compare. Pass --draft.");
+        }
+
+        if (engine.Batch is not null)
+        {
+            return ParallelBench.Run(host, engine, prompts, temperature, maxNew, rounds, warmup, seed, json ? stdout : null, log);
         }
 
         engine.AdaptiveDepth = !cl.Flag("--fixed-depth");
@@ -266,7 +271,7 @@ internal static class BenchCommand
 
     private static double Round(double x) => Math.Round(x, 4);
 
-    private static List<Prompt> ReadPrompts(string path)
+    internal static List<Prompt> ReadPrompts(string path)
     {
         if (!File.Exists(path))
         {

@@ -6,14 +6,14 @@ namespace Coral.Cli;
 internal static class ModelLoading
 {
     /// <summary>The value options every model-loading command accepts: the pair, the device, the dtype and the tree.</summary>
-    public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk", "--prompt-lookup", "--quantize"];
+    public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk", "--prompt-lookup", "--quantize", "--parallel"];
 
     /// <summary>Which option of <see cref="CoralChatClientOptions"/> each of <see cref="ValueOptions"/> sets, for error messages.</summary>
     private static readonly (string Property, string Flag)[] Flags =
     [
         ("ModelPath", "--model"), ("DraftModelPath", "--draft"), ("Device", "--device"), ("DType", "--dtype"),
         ("TreeTotalTokens", "--tree-tokens"), ("TreeDepth", "--tree-depth"), ("TreeTopK", "--tree-topk"), ("RouterTopK", "--router-topk"),
-        ("PromptLookupTokens", "--prompt-lookup"), ("Quantization", "--quantize"),
+        ("PromptLookupTokens", "--prompt-lookup"), ("Quantization", "--quantize"), ("ParallelRequests", "--parallel"),
     ];
 
     /// <summary>The command's own value options plus <see cref="ValueOptions"/>.</summary>
@@ -44,6 +44,7 @@ internal static class ModelLoading
             TreeTopK = cl.Int("--tree-topk") ?? 8,
             RouterTopK = cl.Int("--router-topk"),
             PromptLookupTokens = cl.Int("--prompt-lookup") ?? new CoralChatClientOptions().PromptLookupTokens,
+            ParallelRequests = cl.Int("--parallel") ?? 1,
         };
     }
 

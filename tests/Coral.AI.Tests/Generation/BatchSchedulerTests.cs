@@ -1,0 +1,219 @@
+using Microsoft.Extensions.AI;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.Tests;
+
+/// <summary>
+/// Continuous batching (<see cref="BatchScheduler"/>, <see cref="TransformerModel.ForwardBatch"/>): sequences that share
+/// a forward compute exactly what they compute alone, so concurrent requests get exactly their own tokens.
+/// </summary>
+public class BatchSchedulerTests
+{
+    /// <summary>Three sequences in one forward — prompts of different lengths, one prompt split over two forwards, then
+    /// one-token steps — give every row the bits of the same sequence run alone through <see cref="TransformerModel.Forward"/>.</summary>
+    [Theory]
+    [InlineData("llama-sharded-bf16")]   // packed dense
+    [InlineData("mistral-bf16")]         // sliding window 8: later steps see only part of their cache
+    [InlineData("gemma3-bf16")]          // sliding and global layers, local RoPE, q/k norms
+    [InlineData("qwen3moe-bf16")]        // experts see rows of several sequences
+    [InlineData("llama")]                // f32 weights: libtorch GEMMs on the kernel path
+    public void ForwardBatch_EqualsEachSequenceAlone(string name)
+    {
+        using var inference = torch.inference_mode();
+        using var model = TransformerModel.Load(TransformerModelTests.ModelFor(name), torch.CPU, ScalarType.Float32, 64);
+        Assert.True(model.UsesCpuKernels);
+        var random = new Random(3);
+        long[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => (long)random.Next(model.Config.VocabSize)).ToArray();
+        // Each sequence's chunks, forward by forward (empty: not in that forward).
+        long[][][] plan =
+        [
+            [Tokens(5), Tokens(9), Tokens(2)],
+            [Tokens(1), Tokens(1), Tokens(4)],
+            [Tokens(1), [], Tokens(1)],
+            [Tokens(1), Tokens(1), Tokens(1)],
+            [Tokens(1), Tokens(1), Tokens(1)],
+        ];
+        for (int i = 0; i < 8; i++)
+        {
+            plan = [.. plan, [Tokens(1), Tokens(1), Tokens(1)]];
+        }
+
+        KvCache[] batched = [.. Enumerable.Range(0, 3).Select(_ => model.CreateCache(64, batchInvariant: true))];
+        KvCache[] alone = [.. Enumerable.Range(0, 3).Select(_ => model.CreateCache(64, batchInvariant: true))];
+        try
+        {
+            foreach (long[][] step in plan)
+            {
+                using var scope = torch.NewDisposeScope();
+                var segments = Enumerable.Range(0, 3).Where(i => step[i].Length > 0).Select(i => (step[i], batched[i])).ToList();
+                Tensor together = model.ForwardBatch(segments);
+                int row = 0;
+                for (int i = 0; i < 3; i++)
+                {
+                    if (step[i].Length == 0)
+                    {
+                        continue;
+                    }
+
+                    Tensor own = model.Forward(step[i], alone[i]);
+                    float[] expected = own.contiguous().data<float>().ToArray();
+                    float[] actual = together.narrow(0, row, step[i].Length).contiguous().data<float>().ToArray();
+                    Assert.True(expected.SequenceEqual(actual), $"sequence {i} at cache length {alone[i].Length}");
+                    Assert.Equal(alone[i].Length, batched[i].Length);
+                    row += step[i].Length;
+                }
+            }
+        }
+        finally
+        {
+            foreach (KvCache c in batched.Concat(alone))
+            {
+                c.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Five concurrent requests over three slots (two wait for a slot): greedy, sampled with seeds, top-k with a
+    /// repetition penalty, a stop sequence — each gets the tokens and text it gets alone through the engine's plain
+    /// decoding, and the scheduler really put several in one forward.</summary>
+    [Fact]
+    public async Task ConcurrentRequests_GetTheTokensTheyGetAlone()
+    {
+        using var engine = InferenceEngine.Load(TransformerModelTests.ModelFor("llama-sharded-bf16"), torch.CPU, ScalarType.Float32, 128);
+        Assert.True(engine.Model.UsesPackedWeights);
+        GenerationRequest[] requests = Requests(engine);
+        var expected = requests.Select(r => engine.Generate(r, null, CancellationToken.None)).ToArray();
+        Assert.Contains(expected, e => e.TokenIds.Count >= 10);
+
+        engine.EnableBatching(3);
+        var streamed = requests.Select(_ => new System.Text.StringBuilder()).ToArray();
+        var results = await Task.WhenAll(requests.Select((r, i) => engine.Batch!.GenerateAsync(r, (_, text) => streamed[i].Append(text), CancellationToken.None)));
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(expected[i].TokenIds, results[i].TokenIds);
+            Assert.Equal(expected[i].Text, results[i].Text);
+            Assert.Equal(expected[i].Finish, results[i].Finish);
+            Assert.Equal(results[i].Text, streamed[i].ToString());
+            Assert.Equal(requests[i].PromptIds.Count, results[i].PromptTokens);
+        }
+
+        Assert.True(engine.Batch!.PeakBatch >= 2, $"peak batch {engine.Batch.PeakBatch}");
+        Assert.True(engine.Batch.PeakBatch <= 3);
+    }
+
+    /// <summary>A request cancelled mid-answer ends cancelled at the next step; the one beside it goes on to its own tokens.</summary>
+    [Fact]
+    public async Task CancellingOneRequest_LeavesTheOtherExact()
+    {
+        using var engine = InferenceEngine.Load(TransformerModelTests.ModelFor("llama-sharded-bf16"), torch.CPU, ScalarType.Float32, 128);
+        GenerationRequest[] requests = Requests(engine);
+        GenerationRequest survivor = requests[0] with { MaxNewTokens = 40 }, victim = requests[1] with { MaxNewTokens = 40 };
+        GenerationResult expected = engine.Generate(survivor, null, CancellationToken.None);
+        engine.EnableBatching(2);
+        using var cts = new CancellationTokenSource();
+        int seen = 0;
+        Task<GenerationResult> cancelled = engine.Batch!.GenerateAsync(victim, (_, _) =>
+        {
+            if (++seen == 3)
+            {
+                cts.Cancel();
+            }
+        }, cts.Token);
+        Task<GenerationResult> kept = engine.Batch.GenerateAsync(survivor, null, CancellationToken.None);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cancelled);
+        Assert.Equal(expected.TokenIds, (await kept).TokenIds);
+        Assert.InRange(seen, 3, 4);
+    }
+
+    /// <summary>A follow-up whose prompt extends an earlier conversation reuses the slot that holds it (its prefix is not
+    /// computed again) and still gets the tokens it gets alone; an over-long prompt is refused before it queues.</summary>
+    [Fact]
+    public async Task FollowUp_ReusesItsSlotsPrefix()
+    {
+        using var engine = InferenceEngine.Load(TransformerModelTests.ModelFor("llama-sharded-bf16"), torch.CPU, ScalarType.Float32, 128);
+        GenerationRequest first = Requests(engine)[0];
+        engine.EnableBatching(2);
+        GenerationResult answer = await engine.Batch!.GenerateAsync(first, null, CancellationToken.None);
+        GenerationRequest other = Requests(engine)[2];
+        _ = await engine.Batch.GenerateAsync(other, null, CancellationToken.None);   // occupies the other slot
+        GenerationRequest followUp = first with { PromptIds = [.. first.PromptIds, .. answer.TokenIds, 11, 12, 13] };
+        GenerationResult result = await engine.Batch.GenerateAsync(followUp, null, CancellationToken.None);
+        Assert.True(result.CachedPromptTokens >= first.PromptIds.Count + answer.TokenIds.Count - 1, $"cached {result.CachedPromptTokens}");
+
+        using var fresh = InferenceEngine.Load(TransformerModelTests.ModelFor("llama-sharded-bf16"), torch.CPU, ScalarType.Float32, 128);
+        Assert.Equal(fresh.Generate(followUp, null, CancellationToken.None).TokenIds, result.TokenIds);
+        PromptTooLongException? refused = null;
+        try
+        {
+            _ = engine.Batch.GenerateAsync(first with { PromptIds = [.. Enumerable.Repeat(5, 128)] }, null, CancellationToken.None);
+        }
+        catch (PromptTooLongException ex)
+        {
+            refused = ex;   // thrown by the call itself, before anything queues
+        }
+
+        Assert.NotNull(refused);
+    }
+
+    /// <summary>Through the chat client with <c>ParallelRequests</c> 2: four concurrent streamed chats give the texts the
+    /// serialised client gives; out-of-range values are refused naming the option.</summary>
+    [Fact]
+    public async Task ChatClient_WithParallelRequests_AnswersAsAlone()
+    {
+        string model = TransformerModelTests.ModelFor("qwen2-bf16");
+        string[] questions = ["Hello there", "What is a harbor?", "Tell me a story about a cat.", "Why?"];
+        async Task<string[]> Answers(int parallel)
+        {
+            using var client = new CoralChatClient(new CoralChatClientOptions
+            {
+                ModelPath = model, ContextLength = 256, ParallelRequests = parallel, PromptLookupTokens = 0,
+            });
+            var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 24 };
+            if (parallel == 1)
+            {
+                var serial = new List<string>();
+                foreach (string q in questions)
+                {
+                    serial.Add((await client.GetResponseAsync(q, options)).Text);
+                }
+
+                return [.. serial];
+            }
+
+            return await Task.WhenAll(questions.Select(async q =>
+            {
+                var text = new System.Text.StringBuilder();
+                await foreach (ChatResponseUpdate u in client.GetStreamingResponseAsync(q, options))
+                {
+                    text.Append(u.Text);
+                }
+
+                return text.ToString();
+            }));
+        }
+
+        string[] alone = await Answers(1);
+        Assert.Contains(alone, a => a.Length > 0);
+        Assert.Equal(alone, await Answers(2));
+        foreach (int bad in new[] { 0, 65 })
+        {
+            var error = Assert.ThrowsAny<Exception>(() => new CoralChatClient(new CoralChatClientOptions { ModelPath = model, ParallelRequests = bad }));
+            Assert.Contains("ParallelRequests", error.Message);
+        }
+    }
+
+    private static GenerationRequest[] Requests(InferenceEngine engine)
+    {
+        var random = new Random(11);
+        int[] Prompt(int n) => Enumerable.Range(0, n).Select(_ => random.Next(3, engine.Model.Config.VocabSize)).ToArray();
+        return
+        [
+            new GenerationRequest(Prompt(7), SamplingParameters.Greedy, 16, []),
+            new GenerationRequest(Prompt(19), new SamplingParameters { Temperature = 0.9f, TopP = 0.9f, Seed = 5 }, 24, []),
+            new GenerationRequest(Prompt(3), new SamplingParameters { Temperature = 0.7f, TopK = 20, RepetitionPenalty = 1.3f, Seed = 9 }, 12, []),
+            new GenerationRequest(Prompt(30), SamplingParameters.Greedy with { RepetitionPenalty = 1.2f }, 20, []),
+            new GenerationRequest(Prompt(12), new SamplingParameters { Temperature = 1f, Seed = 2 }, 18, ["e"]),
+        ];
+    }
+}
