@@ -184,11 +184,17 @@ public static class OpenAiProtocol
             ["choices"] = new JsonArray(new JsonObject { ["index"] = 0, ["delta"] = delta, ["finish_reason"] = finish }),
         };
 
+        // The first update comes before anything is sent: a request the client refuses (an unknown model, a prompt over the
+        // context) still gets its 400, not a 200 stream that ends empty.
+        await using IAsyncEnumerator<ChatResponseUpdate> updates = client.GetStreamingResponseAsync(messages, options, context.RequestAborted)
+            .GetAsyncEnumerator(context.RequestAborted);
+        bool more = await updates.MoveNextAsync();
         await Send(Chunk(new JsonObject { ["role"] = "assistant", ["content"] = string.Empty }, null));
         UsageDetails? usage = null;
         ChatFinishReason? finish = null;
-        await foreach (ChatResponseUpdate update in client.GetStreamingResponseAsync(messages, options, context.RequestAborted))
+        for (; more; more = await updates.MoveNextAsync())
         {
+            ChatResponseUpdate update = updates.Current;
             if (update.Text.Length > 0)
             {
                 await Send(Chunk(new JsonObject { ["content"] = update.Text }, null));

@@ -2,7 +2,8 @@ namespace Coral.Samples.WebApi;
 
 /// <summary>
 /// Admission control in front of the model: at most <c>capacity</c> requests wait or run; beyond that the endpoint answers
-/// 429 with Retry-After instead of hanging. The model host itself serves requests one at a time, in arrival order.
+/// 429 with Retry-After instead of hanging. The model host itself serves requests one at a time, in arrival order, or
+/// <c>Coral:ParallelRequests</c> of them together (continuous batching).
 /// </summary>
 public sealed class RequestQueue(int capacity)
 {

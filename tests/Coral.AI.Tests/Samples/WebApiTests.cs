@@ -123,6 +123,21 @@ public sealed class WebApiTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
     }
 
+    /// <summary>A streamed request the client refuses (an unknown model) is a 400 naming the model, as without streaming —
+    /// not a 200 stream that ends empty (the sample used to send the first chunk before the client looked at the request).</summary>
+    [Fact]
+    public async Task StreamingRequest_ForAnUnknownModel_Is400()
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(_baseUrl) };
+        foreach (string stream in new[] { "true", "false" })
+        {
+            using HttpResponseMessage r = await http.PostAsync("/v1/chat/completions", new StringContent(
+                $$"""{"model":"no-such-model","messages":[{"role":"user","content":"hi"}],"stream":{{stream}}}""", Encoding.UTF8, "application/json"));
+            Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+            Assert.Contains("no-such-model", await r.Content.ReadAsStringAsync());
+        }
+    }
+
     [Fact]
     public async Task ConcurrentRequests_EqualTheSameRequestsOneAtATime()
     {
@@ -180,4 +195,51 @@ public class WebApiDisconnectTests
     }
 
     private static void ChatResponseCheck(HttpResponseMessage r) => Assert.Equal(System.Net.HttpStatusCode.OK, r.StatusCode);
+}
+
+/// <summary>The ASP.NET sample with <c>Coral:ParallelRequests</c> 3 (continuous batching) on Kestrel.</summary>
+public class WebApiParallelTests
+{
+    /// <summary>Five streamed chat completions sent at once through the OpenAI client (three decode together, two wait
+    /// for a slot), an embeddings request among them: each answer equals the same request sent alone, and the
+    /// scheduler did batch them.</summary>
+    [Fact]
+    public async Task ConcurrentCompletions_EqualTheSameRequestsAlone()
+    {
+        await using WebApplication app = CoralWebApp.Build(["--urls", "http://127.0.0.1:0", "--Coral:ModelPath", TransformerModelTests.ModelFor("qwen2-bf16"),
+            "--Coral:ContextLength", "256", "--Coral:ParallelRequests", "3", "--Coral:MaxQueuedRequests", "8", "--Logging:LogLevel:Default", "Warning"]);
+        await app.StartAsync();
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        CoralModelHost host = app.Services.GetRequiredService<CoralModelHost>();
+        await host.WaitUntilReadyAsync(default);
+        var endpoint = new OpenAIClientOptions { Endpoint = new Uri(url + "/v1") };
+        IChatClient client = new OpenAI.Chat.ChatClient(host.ModelId, new ApiKeyCredential("unused"), endpoint).AsIChatClient();
+        ChatOptions Options(int i) => new() { Temperature = i % 2 == 0 ? 0 : 0.9f, Seed = i, MaxOutputTokens = 10 + (3 * i) };
+        string Question(int i) => $"Question {i}: what is the sea?";
+        async Task<string> Streamed(int i)
+        {
+            var text = new StringBuilder();
+            await foreach (ChatResponseUpdate u in client.GetStreamingResponseAsync(Question(i), Options(i)))
+            {
+                text.Append(u.Text);
+            }
+
+            return text.ToString();
+        }
+
+        var alone = new List<string>();
+        for (int i = 0; i < 5; i++)
+        {
+            alone.Add(await Streamed(i));
+        }
+
+        Assert.Equal(1, (await host.GetEngineAsync(default)).Batch!.PeakBatch);   // one at a time so far
+        var embeddings = new OpenAI.Embeddings.EmbeddingClient(host.ModelId, new ApiKeyCredential("unused"), endpoint).AsIEmbeddingGenerator();
+        Task<GeneratedEmbeddings<Embedding<float>>> embedding = embeddings.GenerateAsync(["Coral reefs grow slowly."], new EmbeddingGenerationOptions { ModelId = host.ModelId });
+        string[] together = await Task.WhenAll(Enumerable.Range(0, 5).Select(i => Task.Run(() => Streamed(i))));
+        Assert.Equal(alone, together);
+        Assert.Contains(alone, a => a.Length > 0);
+        Assert.Single(await embedding);
+        Assert.InRange((await host.GetEngineAsync(default)).Batch!.PeakBatch, 2, 3);
+    }
 }
