@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -23,6 +24,7 @@ internal sealed class BatchScheduler : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Sequence> _active = [];
     private readonly Thread _thread;
+    private readonly BatchLookupGate _lookup = new();
     private float[] _logits = [];
     private int _disposed;
     private long _releases;
@@ -44,6 +46,9 @@ internal sealed class BatchScheduler : IDisposable
 
     /// <summary>Gets the number of requests that decode together.</summary>
     public int Slots => _slots.Length;
+
+    /// <summary>Gets the gate that decides which prompt-lookup proposals ride along in a forward.</summary>
+    internal BatchLookupGate LookupGate => _lookup;
 
     /// <summary>Gets the most requests one forward has served so far.</summary>
     public int PeakBatch { get; private set; }
@@ -169,7 +174,8 @@ internal sealed class BatchScheduler : IDisposable
         }
     }
 
-    /// <summary>One forward over every active request, then each one's next token.</summary>
+    /// <summary>One forward over every active request — a prompt chunk for each prefilling one, the last token (and a
+    /// prompt-lookup proposal after it, where the gate expects it to pay) for each decoding one — then each one's tokens.</summary>
     private void Iterate()
     {
         using var inference = torch.inference_mode();
@@ -177,6 +183,7 @@ internal sealed class BatchScheduler : IDisposable
         var segments = new List<(long[] Ids, KvCache Cache)>();
         var members = new List<Sequence>();
         int decoding = _active.Count(s => !s.Prefilling), budget = Math.Max(_engine.PrefillChunk, decoding + 1), used = 0;
+        bool prefillRows = false;
         foreach (Sequence s in _active.OrderBy(s => s.Prefilling).ToList())
         {
             if (s.CancellationToken.IsCancellationRequested)
@@ -192,18 +199,32 @@ internal sealed class BatchScheduler : IDisposable
                 continue;
             }
 
-            int n = s.Prefilling ? Math.Min(s.Request.PromptIds.Count - s.Position, budget - used) : 1;
-            if (n <= 0)
+            long[] ids;
+            if (s.Prefilling)
             {
-                continue;   // its prompt waits for the next iteration's budget
+                int n = Math.Min(s.Request.PromptIds.Count - s.Position, budget - used);
+                if (n <= 0)
+                {
+                    continue;   // its prompt waits for the next iteration's budget
+                }
+
+                ids = s.Request.PromptIds.Skip(s.Position).Take(n).Select(x => (long)x).ToArray();
+                prefillRows = true;
+            }
+            else
+            {
+                int count = Propose(s, decoding);
+                ids = new long[1 + count];
+                ids[0] = s.Last;
+                for (int j = 0; j < count; j++)
+                {
+                    ids[1 + j] = s.Proposal[j];
+                }
             }
 
-            long[] ids = s.Prefilling
-                ? s.Request.PromptIds.Skip(s.Position).Take(n).Select(x => (long)x).ToArray()
-                : [s.Last];
             segments.Add((ids, s.Slot!.Cache));
             members.Add(s);
-            used += n;
+            used += ids.Length;
         }
 
         if (segments.Count == 0)
@@ -212,6 +233,7 @@ internal sealed class BatchScheduler : IDisposable
         }
 
         PeakBatch = Math.Max(PeakBatch, segments.Count);
+        long begin = Stopwatch.GetTimestamp();
         Tensor hidden;
         try
         {
@@ -230,93 +252,44 @@ internal sealed class BatchScheduler : IDisposable
             return;
         }
 
-        // Which rows give a next token: a decoding request's row, and the last prompt row of one that finished its prompt.
-        var ready = new List<(Sequence Sequence, int Row)>();
+        // The rows that give tokens: every row of a decoding request (its last token and any proposal), the last prompt
+        // row of one that finished its prompt.
+        var rows = new List<(Sequence Sequence, int Row, int Count)>();
         for (int i = 0, row = 0; i < members.Count; row += segments[i].Ids.Length, i++)
         {
             Sequence s = members[i];
+            int n = segments[i].Ids.Length;
             s.Slot!.Tokens.AddRange(segments[i].Ids.Select(x => (int)x));
             s.Forwards++;
-            if (s.Prefilling)
+            if (!s.Prefilling)
             {
-                s.Position += segments[i].Ids.Length;
-                if (s.Position < s.Request.PromptIds.Count)
-                {
-                    continue;
-                }
+                rows.Add((s, row, n));
+                continue;
+            }
 
+            s.Position += n;
+            if (s.Position == s.Request.PromptIds.Count)
+            {
                 s.Prefilling = false;
                 s.PrefillTime = s.Clock.Elapsed;
+                rows.Add((s, row + n - 1, 1));
             }
-
-            ready.Add((s, row + segments[i].Ids.Length - 1));
         }
 
-        NextTokens(hidden, ready);
-    }
+        var greedy = new Dictionary<Sequence, int[]>();
+        var logits = new Dictionary<Sequence, int>();
+        Heads(hidden, rows, greedy, logits);
+        if (!prefillRows)
+        {
+            _lookup.Time(used, Stopwatch.GetElapsedTime(begin).TotalMilliseconds);
+        }
 
-    /// <summary>Picks each ready request's next token and emits it: greedy requests through the screened LM head where it
-    /// decides (all their rows at once), the others from logits computed for all their rows in one pass over the head.</summary>
-    private void NextTokens(Tensor hidden, List<(Sequence Sequence, int Row)> ready)
-    {
         int vocab = _engine.Model.Config.VocabSize;
-        var tokens = new Dictionary<Sequence, int>();
-        var screened = ready.Where(r => r.Sequence.Constraint is null && r.Sequence.Sampler!.Parameters.IsArgMax && _engine.ScreenedArgMax).ToList();
-        for (int i = 0; i < screened.Count; i += InferenceEngine.ScreenedVerifyRows)
-        {
-            var group = screened.Skip(i).Take(InferenceEngine.ScreenedVerifyRows).ToList();
-            var found = new int[group.Count];
-            using Tensor rows = Rows(hidden, group);
-            if (_engine.Model.TryArgMax(rows, found))
-            {
-                for (int j = 0; j < group.Count; j++)
-                {
-                    tokens[group[j].Sequence] = found[j];
-                }
-            }
-        }
-
-        var rest = ready.Where(r => !tokens.ContainsKey(r.Sequence)).ToList();
-        if (rest.Count > 0)
-        {
-            if (_logits.Length < rest.Count * vocab)
-            {
-                _logits = new float[rest.Count * vocab];
-            }
-
-            using Tensor rows = Rows(hidden, rest);
-            _engine.Model.Logits(rows, _logits);
-            for (int j = 0; j < rest.Count; j++)
-            {
-                Array.Copy(_logits, (long)j * vocab, rest[j].Sequence.Row, 0, vocab);
-            }
-        }
-
-        foreach (var (s, _) in ready)
+        foreach (var (s, _, count) in rows)
         {
             try
             {
-                int token;
-                if (tokens.TryGetValue(s, out int greedy))
-                {
-                    s.Sampler!.Accept(greedy);
-                    token = greedy;
-                }
-                else
-                {
-                    OutputConstraint.State? constraint = s.Constraint;
-                    token = _engine.Next(s.Sampler!, ref constraint, s.Row, s.Probs);
-                    s.Constraint = constraint;
-                }
-
-                if (s.Emitter!.Emit(token) && !InferenceEngine.EndIfComplete(s.Constraint, s.Emitter))
-                {
-                    s.Last = token;
-                }
-                else
-                {
-                    End(s, fault: null);
-                }
+                Accept(s, count, greedy.GetValueOrDefault(s), logits.TryGetValue(s, out int at) ? _logits.AsMemory(at * vocab, count * vocab) : default);
             }
             catch (Exception ex)
             {
@@ -325,9 +298,146 @@ internal sealed class BatchScheduler : IDisposable
         }
     }
 
-    private static Tensor Rows(Tensor hidden, List<(Sequence Sequence, int Row)> picked)
+    /// <summary>A prompt-lookup proposal for a decoding greedy request, when the gate expects its rows to pay in a batch of
+    /// <paramref name="decoding"/> one-token rows; returns its length (in <see cref="Sequence.Proposal"/>), 0 for none.</summary>
+    private int Propose(Sequence s, int decoding)
     {
-        using Tensor index = torch.tensor(picked.Select(p => (long)p.Row).ToArray());
+        if (s.Proposal.Length == 0 || s.Slot!.Cache.Length + s.Proposal.Length + 1 >= _engine.ContextLength)
+        {
+            return 0;
+        }
+
+        var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(s.Slot.Tokens), (int)s.Last, s.Proposal);
+        if (count == 0 || !_lookup.Use(ngram, count, decoding))
+        {
+            return 0;
+        }
+
+        s.Ngram = ngram;
+        return count;
+    }
+
+    /// <summary>The LM head for the rows that give tokens: greedy requests without penalties through the screened head
+    /// (up to <see cref="InferenceEngine.ScreenedVerifyRows"/> rows a call), the others' logits in one pass into
+    /// <see cref="_logits"/> (<paramref name="logits"/>: each request's first row there).</summary>
+    private void Heads(Tensor hidden, List<(Sequence Sequence, int Row, int Count)> rows, Dictionary<Sequence, int[]> greedy, Dictionary<Sequence, int> logits)
+    {
+        var screened = rows.Where(r => r.Sequence.Constraint is null && r.Sequence.Sampler!.Parameters.IsArgMax && _engine.ScreenedArgMax).ToList();
+        for (int i = 0; i < screened.Count;)
+        {
+            // Whole requests per call, at most ScreenedVerifyRows rows (one request with a longer chain takes a call alone).
+            int take = 0, n = 0;
+            while (i + take < screened.Count && (take == 0 || n + screened[i + take].Count <= InferenceEngine.ScreenedVerifyRows))
+            {
+                n += screened[i + take].Count;
+                take++;
+            }
+
+            var group = screened.GetRange(i, take);
+            i += take;
+            var found = new int[n];
+            using Tensor picked = Rows(hidden, group);
+            if (n <= InferenceEngine.ScreenedVerifyRows && _engine.Model.TryArgMax(picked, found))
+            {
+                for (int j = 0, at = 0; j < group.Count; at += group[j].Count, j++)
+                {
+                    greedy[group[j].Sequence] = found[at..(at + group[j].Count)];
+                }
+            }
+        }
+
+        var rest = rows.Where(r => !greedy.ContainsKey(r.Sequence)).ToList();
+        if (rest.Count == 0)
+        {
+            return;
+        }
+
+        int vocab = _engine.Model.Config.VocabSize, total = rest.Sum(r => r.Count);
+        if (_logits.Length < total * vocab)
+        {
+            _logits = new float[total * vocab];
+        }
+
+        using Tensor all = Rows(hidden, rest);
+        _engine.Model.Logits(all, _logits);
+        for (int j = 0, at = 0; j < rest.Count; at += rest[j].Count, j++)
+        {
+            logits[rest[j].Sequence] = at;
+        }
+    }
+
+    /// <summary>
+    /// Takes a decoding request's tokens from its <paramref name="count"/> rows (the last token, then its proposal): row
+    /// j's token is emitted, and when it equals proposal token j + 1 the walk goes on to row j + 1 — greedy verification,
+    /// so the output is the plain one. The cache keeps the last token and the accepted proposal tokens.
+    /// </summary>
+    private void Accept(Sequence s, int count, int[]? greedy, ReadOnlyMemory<float> logits)
+    {
+        int vocab = _engine.Model.Config.VocabSize;
+        if (s.Constraint is not null)
+        {
+            logits.Span[..vocab].CopyTo(s.Row);
+            OutputConstraint.State? constraint = s.Constraint;
+            int next = _engine.Next(s.Sampler!, ref constraint, s.Row, s.Probs);
+            s.Constraint = constraint;
+            Emit(s, next);
+            return;
+        }
+
+        KvCache cache = s.Slot!.Cache;
+        int start = cache.Length - count;   // the last token's slot
+        for (int j = 0; j < count; j++)
+        {
+            int token = greedy is not null ? greedy[j] : s.Sampler!.Sample(logits.Span.Slice(j * vocab, vocab));
+            s.Sampler!.Accept(token);
+            bool more = j + 1 < count && token == s.Proposal[j];
+            if (count > 1)
+            {
+                s.LookupAccepted += more ? 1 : 0;
+            }
+
+            if (!more)
+            {
+                // Rows after j held rejected proposal tokens: the cache keeps the last token and the accepted ones.
+                cache.Length = start + j + 1;
+                s.Slot.Tokens.RemoveRange(cache.Length, s.Slot.Tokens.Count - cache.Length);
+                if (count > 1)
+                {
+                    s.LookupCycles++;
+                    s.LookupProposed += count - 1;
+                    _lookup.Observe(s.Ngram, j);
+                }
+
+                Emit(s, token);
+                return;
+            }
+
+            if (!s.Emitter!.Emit(token))
+            {
+                cache.Length = start + j + 1;
+                s.Slot.Tokens.RemoveRange(cache.Length, s.Slot.Tokens.Count - cache.Length);
+                End(s, fault: null);
+                return;
+            }
+        }
+    }
+
+    /// <summary>Emits a request's next token (not yet in its cache): it goes on from it, or ends.</summary>
+    private void Emit(Sequence s, int token)
+    {
+        if (s.Emitter!.Emit(token) && !InferenceEngine.EndIfComplete(s.Constraint, s.Emitter))
+        {
+            s.Last = token;
+        }
+        else
+        {
+            End(s, fault: null);
+        }
+    }
+
+    private static Tensor Rows(Tensor hidden, List<(Sequence Sequence, int Row, int Count)> picked)
+    {
+        using Tensor index = torch.tensor(picked.SelectMany(p => Enumerable.Range(p.Row, p.Count).Select(r => (long)r)).ToArray());
         return hidden.index_select(0, index);
     }
 
@@ -349,8 +459,13 @@ internal sealed class BatchScheduler : IDisposable
         {
             TokenEmitter e = s.Emitter!;
             TimeSpan total = s.Clock.Elapsed;
+            SpeculativeStats? stats = s.Proposal.Length == 0 ? null
+                : new SpeculativeStats(s.LookupCycles, s.LookupAccepted + s.LookupCycles, s.LookupProposed, TimeSpan.Zero, TimeSpan.Zero, [])
+                {
+                    LookupCycles = s.LookupCycles, LookupAcceptedTokens = s.LookupAccepted, PlainSteps = s.Forwards - 1 - s.LookupCycles,
+                };
             s.Completion.TrySetResult(new GenerationResult(e.Ids, e.Text, s.Request.PromptIds.Count, s.Cached, e.Finish, s.PrefillTime,
-                total - s.PrefillTime, e.TimeToFirstToken, s.Forwards, null));
+                total - s.PrefillTime, e.TimeToFirstToken, s.Forwards, stats));
         }
     }
 
@@ -422,6 +537,18 @@ internal sealed class BatchScheduler : IDisposable
 
         public TimeSpan PrefillTime { get; set; }
 
+        /// <summary>The prompt-lookup proposal buffer (empty: no lookup for this request) and the n-gram of its match.</summary>
+        public int[] Proposal { get; private set; } = [];
+
+        public int Ngram { get; set; }
+
+        /// <summary>Forwards that verified a proposal; proposal tokens verified; of them accepted.</summary>
+        public int LookupCycles { get; set; }
+
+        public int LookupProposed { get; set; }
+
+        public int LookupAccepted { get; set; }
+
         public void Start(Slot slot, int cached, InferenceEngine engine)
         {
             Clock.Start();
@@ -432,6 +559,10 @@ internal sealed class BatchScheduler : IDisposable
             Constraint = Request.Constraint?.Start();
             Row = new float[vocab];
             Probs = new float[vocab];
+            // Greedy requests only: their output is the plain one whatever the gate decides, so a request gets the same
+            // tokens at any load (a sampled one would draw differently wherever a proposal was verified).
+            bool lookup = Request.Speculative && Request.Constraint is null && Request.Sampling.IsGreedy && engine.Model.UsesPackedWeights;
+            Proposal = new int[lookup ? Request.PromptLookupTokens ?? engine.PromptLookupTokens : 0];
         }
     }
 }

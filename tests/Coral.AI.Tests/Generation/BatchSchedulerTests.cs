@@ -102,6 +102,66 @@ public class BatchSchedulerTests
         Assert.True(engine.Batch.PeakBatch <= 3);
     }
 
+    /// <summary>Greedy requests with prompt lookup in the batch (every proposal verified): the tokens of plain decoding
+    /// alone, with proposals verified and accepted along the way (a random model repeats itself); sampled requests beside
+    /// them draw no proposals and keep their seeded tokens.</summary>
+    [Fact]
+    public async Task PromptLookupInTheBatch_KeepsEveryRequestsTokens()
+    {
+        using var engine = InferenceEngine.Load(TransformerModelTests.ModelFor("llama-sharded-bf16"), torch.CPU, ScalarType.Float32, 256);
+        GenerationRequest[] requests = [.. Requests(engine).Select(r => r with { MaxNewTokens = 48 })];
+        var expected = requests.Select(r => engine.Generate(r with { Speculative = false }, null, CancellationToken.None)).ToArray();
+        engine.PromptLookupTokens = 3;
+        engine.EnableBatching(3);
+        engine.Batch!.LookupGate.Always = true;
+        var results = await Task.WhenAll(requests.Select(r => engine.Batch.GenerateAsync(r, null, CancellationToken.None)));
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(expected[i].TokenIds, results[i].TokenIds);
+            Assert.Equal(requests[i].Sampling.IsGreedy, results[i].Speculative is not null);
+        }
+
+        var greedy = results.Where(r => r.Speculative is not null).Select(r => r.Speculative!).ToList();
+        Assert.True(greedy.Sum(g => g.LookupCycles) > 0);
+        Assert.True(greedy.Sum(g => g.LookupAcceptedTokens) > 0, "no proposal token was accepted");
+        var greedyResults = results.Where(r => r.Speculative is not null).ToList();
+        Assert.True(greedyResults.Sum(r => r.TargetForwardPasses) < greedyResults.Sum(r => r.TokenIds.Count), "lookup saved no forward");
+        Assert.True(greedyResults.Sum(r => r.TokenIds.Count) <= greedyResults.Sum(r => r.TargetForwardPasses + r.Speculative!.LookupAcceptedTokens));
+    }
+
+    /// <summary>The gate's cost model: a fit of forward time against rows recovers the fixed and per-row costs; proposals
+    /// pay where rows are cheap beside the fixed part and not where every row costs its arithmetic, with one skipped
+    /// proposal in 16 verified anyway; before the fit, everything is verified.</summary>
+    [Fact]
+    public void BatchLookupGate_VerifiesWhereExtraRowsAreCheap()
+    {
+        var memoryBound = new BatchLookupGate();
+        Assert.True(memoryBound.Use(3, 3, 4));   // no fit yet
+        for (int i = 0; i < 40; i++)
+        {
+            int rows = 4 + (i % 9);
+            memoryBound.Time(rows, 100 + (2.0 * rows));
+        }
+
+        var (fixedMs, perRow) = memoryBound.Cost!.Value;
+        Assert.Equal(100, fixedMs, 6);
+        Assert.Equal(2, perRow, 6);
+        Assert.True(memoryBound.Use(1, 3, 4));   // 1 token for 6 ms against 4 tokens for 108 ms
+
+        var computeBound = new BatchLookupGate();
+        for (int i = 0; i < 40; i++)
+        {
+            int rows = 4 + (i % 9);
+            computeBound.Time(rows, 0.1 + rows);
+        }
+
+        computeBound.Observe(1, 0);   // matches of one token have been accepted less: 0.9 tokens for 3 rows
+        var verified = Enumerable.Range(0, 32).Count(_ => computeBound.Use(1, 3, 4));
+        Assert.Equal(2, verified);   // only the exploring ones
+        computeBound.Observe(3, 3);
+        Assert.True(computeBound.Use(3, 1, 4));   // a 3-gram match, accepted fully: 1 token for one row's cost
+    }
+
     /// <summary>A request cancelled mid-answer ends cancelled at the next step; the one beside it goes on to its own tokens.</summary>
     [Fact]
     public async Task CancellingOneRequest_LeavesTheOtherExact()
@@ -167,7 +227,7 @@ public class BatchSchedulerTests
         {
             using var client = new CoralChatClient(new CoralChatClientOptions
             {
-                ModelPath = model, ContextLength = 256, ParallelRequests = parallel, PromptLookupTokens = 0,
+                ModelPath = model, ContextLength = 256, ParallelRequests = parallel,
             });
             var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 24 };
             if (parallel == 1)
