@@ -37,7 +37,10 @@ internal static class CliApp
           coral bench    --model <hf-dir> --draft <draft-dir> --prompts <file.jsonl> [--temperature T] [--max-new-tokens N]
                          [--rounds R] [--warmup N] [--fixed-depth] [--no-plain-fallback] [--device D] [--dtype T] [--json]
                          (no --model: the demo pair; --model without --draft: prompt lookup alone against plain decoding;
-                         --warmup: prompts run once each way first, not measured, default 8)
+                         --warmup: prompts run once each way first, not measured, default 8;
+                         --parallel N: every prompt arrives at once, served one after another (plain, and with the engine's
+                         defaults) and together through continuous batching over N slots: tokens/s, time to answer, and
+                         whether the batched answers equal the plain ones)
           coral eval     --model <hf-dir> --data <file.jsonl|file.txt> [--max-length N] [--limit N] [--per-kind N] [--device D] [--dtype T] [--quantize q8_0|q4_0] [--json]
                          (held-out loss, perplexity and top-1 accuracy, per "kind"; no --model: the demo target)
           coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]
@@ -50,6 +53,7 @@ internal static class CliApp
         Every command that loads a model takes [--quantize q8_0|q4_0]: the decoder's projections quantized at load to
         llama.cpp's Q8_0 (int8 with an f16 scale per 32 inputs: about half the memory, faster CPU decoding, accuracy kept)
         or Q4_0 (4-bit levels: a third of the memory, faster still, at a visible cost in accuracy).
+        bench takes [--parallel N] (1-64; CoralChatClientOptions.ParallelRequests for servers: N requests decode together).
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
