@@ -162,6 +162,11 @@ public sealed class CoralModelHost : IDisposable
                 _logger.LogInformation("Coral: packed CPU kernels on {Threads} threads; libtorch set to one thread", CpuParallel.Threads);
             }
 
+            if (_engine.Model.UsesInt8Activations)
+            {
+                _logger.LogInformation("Coral: Q8_0 layers multiply int8 activations (AVX-VNNI, llama.cpp's arithmetic; CORAL_INT8_ACTIVATIONS=0 keeps f32)");
+            }
+
             _engine.WarmUp();
             if (_engine.Drafter is not null)
             {

@@ -119,6 +119,9 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// from the checkpoint's rows (<see cref="TryPackDirect"/>): no f32 copy of a packed layer is ever made.</summary>
     public bool UsesPackedWeights => _qkvP is not null;
 
+    /// <summary>Gets whether the layer's Q8_0 projections multiply int8 activations (<see cref="PackedMatrix.UsesInt8Activations"/>).</summary>
+    public bool UsesInt8Activations => _qkvP?.UsesInt8Activations == true;
+
     /// <summary>Gets whether <see cref="ForwardCpu"/> runs this layer: f32 weights on CPU, kernels enabled.</summary>
     public bool UsesCpuKernels { get; }
 

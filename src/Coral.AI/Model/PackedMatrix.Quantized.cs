@@ -74,7 +74,10 @@ internal sealed unsafe partial class PackedMatrix
 
         int blocks = (n + Block - 1) / Block, groups = k / QuantBlocks.Size, rowBytes = LevelBytes(kind);
         nuint levelBytes = (nuint)((long)blocks * rowBytes * k), scaleBytes = (nuint)((long)blocks * groups * Block * sizeof(float));
-        var m = new PackedMatrix(k, n, kind, (sbyte*)NativeMemory.AlignedAlloc(levelBytes, 64), (float*)NativeMemory.AlignedAlloc(scaleBytes, 64));
+        var m = new PackedMatrix(k, n, kind, (sbyte*)NativeMemory.AlignedAlloc(levelBytes, 64), (float*)NativeMemory.AlignedAlloc(scaleBytes, 64))
+        {
+            _int8 = kind == WeightQuantization.Q8_0 && Int8Activations,
+        };
         NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: scale 0, so value 0
         NativeMemory.Clear(m._scales, scaleBytes);
         int bad = 0;
@@ -104,6 +107,15 @@ internal sealed unsafe partial class PackedMatrix
                         for (long c = 0; c < k; c++)
                         {
                             levels[c * rowBytes] |= (byte)((q[c] + 8) << shift);
+                        }
+                    }
+                    else if (m._int8)
+                    {
+                        // Level + 128 at (input c / 4, column j, c % 4) (PackedMatrix.Vnni.cs); padding columns stay 0.
+                        byte* levels = (byte*)m._levels + ((long)b * k * Block);
+                        for (long c = 0; c < k; c++)
+                        {
+                            levels[VnniOffset(c, j)] = (byte)(q[c] + 128);
                         }
                     }
                     else

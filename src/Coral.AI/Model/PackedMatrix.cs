@@ -312,6 +312,10 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         {
             SumGroups();
         }
+        else if (_int8)
+        {
+            QuantizeActivations();
+        }
 
         // Parts are claimed first come, first served; more parts than threads even out a late start of the helper.
         int threads = CpuParallel.Threads;
@@ -325,6 +329,10 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         if (_quantization == WeightQuantization.Q4_0)
         {
             Range<Q4Levels>(b0, b1);
+        }
+        else if (_int8)
+        {
+            RangeInt8(b0, b1);
         }
         else if (_levels != null)
         {
@@ -530,6 +538,13 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         NativeMemory.AlignedFree(_levels);
         NativeMemory.AlignedFree(_scales);
         NativeMemory.AlignedFree(_sums);
+        NativeMemory.AlignedFree(_xq);
+        NativeMemory.AlignedFree(_xd);
+        NativeMemory.AlignedFree(_xsum);
+        _xq = null;
+        _xd = null;
+        _xsum = null;
+        _xRows = 0;
         _sums = null;
         _w = null;
         _levels = null;

@@ -194,6 +194,9 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// row then has the same bits at any row count, so one-token steps need no padding.</summary>
     public bool UsesPackedWeights => _packedHead is not null;
 
+    /// <summary>Gets whether the decoder's Q8_0 projections multiply int8 activations (AVX-VNNI; <see cref="PackedMatrix.Int8Activations"/>).</summary>
+    public bool UsesInt8Activations => _layers.Any(l => l.UsesInt8Activations);
+
     /// <summary>Gets how the decoder's projections were quantized at load.</summary>
     public WeightQuantization Quantization { get; private init; }
 

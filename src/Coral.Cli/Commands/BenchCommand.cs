@@ -152,6 +152,7 @@ internal static class BenchCommand
             ["dtype"] = engine.Model.WeightType.ToString(),
             ["head_dtype"] = engine.Model.HeadType.ToString(),
             ["quantization"] = engine.Model.Quantization == WeightQuantization.None ? null : engine.Model.Quantization.ToString().ToLowerInvariant(),
+            ["int8_activations"] = engine.Model.UsesInt8Activations,
             ["temperature"] = temperature,
             ["max_new_tokens"] = maxNew,
             ["rounds"] = rounds,

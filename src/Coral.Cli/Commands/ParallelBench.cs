@@ -103,6 +103,7 @@ internal static class ParallelBench
             ["device"] = host.Options.Device,
             ["dtype"] = engine.Model.WeightType.ToString(),
             ["quantization"] = engine.Model.Quantization == WeightQuantization.None ? null : engine.Model.Quantization.ToString().ToLowerInvariant(),
+            ["int8_activations"] = engine.Model.UsesInt8Activations,
             ["parallel"] = batch.Slots,
             ["peak_batch"] = batch.PeakBatch,
             ["prompts"] = requests.Length,

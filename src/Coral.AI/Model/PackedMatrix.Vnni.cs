@@ -1,0 +1,223 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Coral.AI;
+
+/// <summary>
+/// Q8_0 with int8 activations (llama.cpp's arithmetic for Q8_0 weights): each call rounds its input rows to Q8_0 blocks
+/// of their own — per row and group of 32 inputs, d = max|x| / 127, levels round(x / d) — and the micro-kernel multiplies
+/// bytes by bytes with AVX-VNNI (<c>vpdpbusd</c>: four products a lane into an int32, 32 a 256-bit instruction, nothing
+/// widened), where the f32 kernel widens every level and does 16 multiply-adds an instruction.
+/// </summary>
+/// <remarks>
+/// <para>Layout: per block of 32 outputs, levels + 128 as bytes <c>[K/4][32][4]</c> — a 32-bit lane holds one output's
+/// four consecutive inputs — and the scales of the f32 layout, <c>[K/32][32]</c>. The + 128 makes the weights the
+/// instruction's unsigned operand; 128 · Σ q of the activations comes off each group's integer sum.</para>
+/// <para>Exactness: a group's sum Σ level · q is an exact int32 (in any order), and an output's total is
+/// fma(sum, w_scale · x_scale, total) over groups in order from zero — nothing depends on the row count, so a row has the
+/// same bits alone, in a batch or as a tree node (lossless greedy speculation, batch-invariant serving). The activations'
+/// rounding is an error of its own (≤ d / 2 an input), which llama.cpp makes too: Coral's Q8_0 logits on such a CPU are
+/// closer to llama.cpp's than the f32-activation kernel's (tested).</para>
+/// </remarks>
+internal sealed unsafe partial class PackedMatrix
+{
+    private bool _int8;        // Q8_0 in the VNNI layout, multiplied with int8 activations
+    private sbyte* _xq;        // the current call's activation levels [rows][K]
+    private float* _xd;        // their scales [rows][K/32] (f16-rounded, as llama.cpp stores them)
+    private int* _xsum;        // 128 · Σ levels per group [rows][K/32]
+    private int _xRows;        // rows the three have room for
+
+    /// <summary>Gets whether this CPU multiplies Q8_0 weights with int8 activations (AVX-VNNI and AVX-512).</summary>
+    public static bool Int8Supported => AvxVnni.IsSupported && Avx512F.IsSupported;
+
+    /// <summary>Gets or sets whether Q8_0 matrices packed from now on use int8 activations (<see cref="Int8Supported"/>, and
+    /// <c>CORAL_INT8_ACTIVATIONS</c> is not 0). Tests switch it to cover the f32-activation kernel too.</summary>
+    internal static bool Int8Activations { get; set; } = Int8Supported && Environment.GetEnvironmentVariable("CORAL_INT8_ACTIVATIONS") is not ("0" or "false");
+
+    /// <summary>Gets whether this matrix multiplies int8 activations (Q8_0 packed while <see cref="Int8Activations"/> was on).</summary>
+    public bool UsesInt8Activations => _int8;
+
+    /// <summary>Byte offset of level (input <paramref name="c"/>, column <paramref name="j"/>) within a block in the VNNI layout.</summary>
+    private static long VnniOffset(long c, int j) => ((c / 4) * 4 * Block) + (j * 4) + (c % 4);
+
+    /// <summary>Rounds the call's rows to int8 levels per group of 32 inputs: d = max|x| / 127 (stored f16-rounded), levels
+    /// round-to-nearest-even of x / d with the unrounded d (llama.cpp's <c>quantize_row_q8_0</c>), and 128 · Σ levels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void QuantizeActivations()
+    {
+        int k = Inputs, groups = k / QuantBlocks.Size;
+        if (_xRows < _rows)
+        {
+            NativeMemory.AlignedFree(_xq);
+            NativeMemory.AlignedFree(_xd);
+            NativeMemory.AlignedFree(_xsum);
+            _xRows = Math.Max(_rows, 2 * _xRows);
+            _xq = (sbyte*)NativeMemory.AlignedAlloc((nuint)((long)_xRows * k), 64);
+            _xd = (float*)NativeMemory.AlignedAlloc((nuint)((long)_xRows * groups * sizeof(float)), 64);
+            _xsum = (int*)NativeMemory.AlignedAlloc((nuint)((long)_xRows * groups * sizeof(int)), 64);
+        }
+
+        for (int r = 0; r < _rows; r++)
+        {
+            for (int g = 0; g < groups; g++)
+            {
+                long at = ((long)r * k) + (g * QuantBlocks.Size);
+                Vector512<float> a = Vector512.Load(_x + at), b = Vector512.Load(_x + at + 16);
+                float amax = Max(Vector512.Max(Vector512.Abs(a), Vector512.Abs(b)));
+                float d = amax / 127f, id = d != 0 ? 1f / d : 0f;
+                Vector512<int> qa = Avx512F.ConvertToVector512Int32(a * id), qb = Avx512F.ConvertToVector512Int32(b * id);
+                Avx512F.ConvertToVector128SByteWithSaturation(qa).Store(_xq + at);
+                Avx512F.ConvertToVector128SByteWithSaturation(qb).Store(_xq + at + 16);
+                _xd[(r * groups) + g] = (float)(Half)d;
+                _xsum[(r * groups) + g] = 128 * Vector512.Sum(qa + qb);
+            }
+        }
+
+        static float Max(Vector512<float> v)
+        {
+            Vector256<float> h = Vector256.Max(v.GetLower(), v.GetUpper());
+            Vector128<float> q = Vector128.Max(h.GetLower(), h.GetUpper());
+            q = Vector128.Max(q, Vector128.Shuffle(q, Vector128.Create(2, 3, 0, 1)));
+            return Math.Max(q.ToScalar(), q.GetElement(1));
+        }
+    }
+
+    /// <summary>Blocks <paramref name="b0"/> to <paramref name="b1"/> of the current call in the VNNI layout, a block (32
+    /// outputs) and up to four rows at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
+    private void RangeInt8(int b0, int b1)
+    {
+        int k = Inputs, n = Outputs, groups = k / QuantBlocks.Size, rows = _rows, ld = _ldy;
+        long blockBytes = (long)k * Block, blockScales = (long)groups * Block;
+        float* tail = stackalloc float[4 * Block];   // a last block past the matrix's outputs
+        for (int b = b0; b < b1; b++)
+        {
+            bool full = (b + 1) * Block <= n;
+            byte* w = (byte*)_levels + (b * blockBytes);
+            float* s = _scales + (b * blockScales);
+            for (int r = 0; r < rows;)
+            {
+                int m = Math.Min(rows - r, 4), ldy = full ? ld : Block;
+                float* y = full ? _y + ((long)r * ld) + (b * Block) : tail;
+                sbyte* q = _xq + ((long)r * k);
+                float* d = _xd + ((long)r * groups);
+                int* sums = _xsum + ((long)r * groups);
+                switch (m)
+                {
+                    case 4: TileInt8<RowCount.Four>(w, s, q, d, sums, k, y, ldy); break;
+                    case 3: TileInt8<RowCount.Three>(w, s, q, d, sums, k, y, ldy); break;
+                    case 2: TileInt8<RowCount.Two>(w, s, q, d, sums, k, y, ldy); break;
+                    default: TileInt8<RowCount.One>(w, s, q, d, sums, k, y, ldy); break;
+                }
+
+                if (!full)
+                {
+                    int count = n - (b * Block);
+                    for (int i = 0; i < m; i++)
+                    {
+                        new ReadOnlySpan<float>(tail + (i * Block), count).CopyTo(new Span<float>(_y + ((long)(r + i) * ld) + (b * Block), count));
+                    }
+                }
+
+                r += m;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The int8 micro-kernel: <typeparamref name="TRows"/> rows × one block of 32 outputs, taken as two halves of 16 (two
+    /// 256-bit accumulators a row: at most 11 vector registers, within VEX's 16). Per group of 32 inputs, eight steps of
+    /// four inputs each add four byte products a lane; then each output's total += (sum − 128 · Σ q) · (w scale · x scale).
+    /// Prefetches the block's levels two groups ahead.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TileInt8<TRows>(byte* w, float* s, sbyte* q0, float* d0, int* sums0, int k, float* y0, int ldy)
+        where TRows : struct, IRowCount
+    {
+        int groups = k / QuantBlocks.Size;
+        sbyte* q1 = q0 + k, q2 = q1 + k, q3 = q2 + k;   // rows past TRows.Count are never read
+        float* d1 = d0 + groups, d2 = d1 + groups, d3 = d2 + groups;
+        int* sums1 = sums0 + groups, sums2 = sums1 + groups, sums3 = sums2 + groups;
+        float* y1 = y0 + ldy, y2 = y1 + ldy, y3 = y2 + ldy;
+        const int groupBytes = QuantBlocks.Size * Block;   // 32 inputs × 32 outputs
+        for (int g = 0; g < groups; g++)
+        {
+            byte* wg = w + ((long)g * groupBytes);
+            bool first = g == 0;
+            for (int h = 0; h < 2; h++)
+            {
+                Vector256<int> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+                byte* p = wg + (h * 64);
+                if (g + 2 < groups)
+                {
+                    for (int line = 0; line < 8; line++)
+                    {
+                        Sse.Prefetch0(p + (2 * groupBytes) + (line * 4 * Block));
+                    }
+                }
+
+                int x = g * QuantBlocks.Size;
+                for (int step = 0; step < 8; step++, p += 4 * Block, x += 4)
+                {
+                    Vector256<byte> w0 = Vector256.Load(p), w1 = Vector256.Load(p + 32);
+                    Vector256<sbyte> x0 = Vector256.Create(*(int*)(q0 + x)).AsSByte();
+                    a0 = AvxVnni.MultiplyWideningAndAdd(a0, w0, x0);
+                    b0 = AvxVnni.MultiplyWideningAndAdd(b0, w1, x0);
+                    if (TRows.Count > 1)
+                    {
+                        Vector256<sbyte> x1 = Vector256.Create(*(int*)(q1 + x)).AsSByte();
+                        a1 = AvxVnni.MultiplyWideningAndAdd(a1, w0, x1);
+                        b1 = AvxVnni.MultiplyWideningAndAdd(b1, w1, x1);
+                    }
+
+                    if (TRows.Count > 2)
+                    {
+                        Vector256<sbyte> x2 = Vector256.Create(*(int*)(q2 + x)).AsSByte();
+                        a2 = AvxVnni.MultiplyWideningAndAdd(a2, w0, x2);
+                        b2 = AvxVnni.MultiplyWideningAndAdd(b2, w1, x2);
+                    }
+
+                    if (TRows.Count > 3)
+                    {
+                        Vector256<sbyte> x3 = Vector256.Create(*(int*)(q3 + x)).AsSByte();
+                        a3 = AvxVnni.MultiplyWideningAndAdd(a3, w0, x3);
+                        b3 = AvxVnni.MultiplyWideningAndAdd(b3, w1, x3);
+                    }
+                }
+
+                float* sg = s + (g * Block) + (h * 16);
+                Vector256<float> s0 = Vector256.Load(sg), s1 = Vector256.Load(sg + 8);
+                int o = h * 16;
+                Finish(y0 + o, a0, b0, sums0[g], d0[g], s0, s1, first);
+                if (TRows.Count > 1)
+                {
+                    Finish(y1 + o, a1, b1, sums1[g], d1[g], s0, s1, first);
+                }
+
+                if (TRows.Count > 2)
+                {
+                    Finish(y2 + o, a2, b2, sums2[g], d2[g], s0, s1, first);
+                }
+
+                if (TRows.Count > 3)
+                {
+                    Finish(y3 + o, a3, b3, sums3[g], d3[g], s0, s1, first);
+                }
+            }
+        }
+    }
+
+    /// <summary>16 outputs' totals at <paramref name="y"/> += (group sum − 128 · Σ q) · (w scale · x scale), fused; the
+    /// first group's from zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Finish(float* y, Vector256<int> a, Vector256<int> b, int offset, float xScale, Vector256<float> s0, Vector256<float> s1, bool first)
+    {
+        var off = Vector256.Create(offset);
+        Vector256<float> fa = Vector256.ConvertToSingle(a - off), fb = Vector256.ConvertToSingle(b - off);
+        Vector256<float> zero = Vector256<float>.Zero;
+        Vector256.FusedMultiplyAdd(fa, s0 * xScale, first ? zero : Vector256.Load(y)).Store(y);
+        Vector256.FusedMultiplyAdd(fb, s1 * xScale, first ? zero : Vector256.Load(y + 8)).Store(y + 8);
+    }
+}
