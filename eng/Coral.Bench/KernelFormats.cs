@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 /// the f16 forms take beyond bf16 is their widening (seven operations for 32 values against two) and, for the last,
 /// the microcode assists of multiplying subnormal floats. Q8_0 blocks (int8 levels, a scale per 32 inputs) read 56% of
 /// bf16's bytes and take two widening operations per 16 values; Q4_0 (4-bit levels) 31%, and five per 32 values. Q8_0
-/// with int8 activations (AVX-VNNI, where the CPU has it) reads the same bytes and multiplies them without widening.
+/// and Q4_0 with int8 activations (AVX-VNNI, where the CPU has it) read the same bytes and multiply them without widening.
 /// </summary>
 internal static class KernelFormats
 {
@@ -25,6 +25,7 @@ internal static class KernelFormats
         var q8 = new PackedMatrix[count];
         var q8i = new PackedMatrix[count];
         var q4 = new PackedMatrix[count];
+        var q4i = new PackedMatrix[count];
         bool int8 = PackedMatrix.Int8Activations;
         using (var scope = torch.NewDisposeScope())
         {
@@ -39,8 +40,10 @@ internal static class KernelFormats
                 q8[i] = PackedMatrix.TryQuantize(WeightQuantization.Q8_0, rows.to(ScalarType.BFloat16).contiguous())!;
                 PackedMatrix.Int8Activations = PackedMatrix.Int8Supported;
                 q8i[i] = PackedMatrix.TryQuantize(WeightQuantization.Q8_0, rows.to(ScalarType.BFloat16).contiguous())!;
-                PackedMatrix.Int8Activations = int8;
+                q4i[i] = PackedMatrix.TryQuantize(WeightQuantization.Q4_0, rows.to(ScalarType.BFloat16).contiguous())!;
+                PackedMatrix.Int8Activations = false;
                 q4[i] = PackedMatrix.TryQuantize(WeightQuantization.Q4_0, rows.to(ScalarType.BFloat16).contiguous())!;
+                PackedMatrix.Int8Activations = int8;
             }
         }
 
@@ -55,11 +58,11 @@ internal static class KernelFormats
 
         Console.WriteLine($"{count} matrices [{K} x {N}] ({count * (long)K * N * 2 >> 20} MiB of 16-bit values per pass), threads {CpuParallel.Threads}; f16 exponent bias {f16[0].ExponentBias}; medians of 15 interleaved passes");
         Console.WriteLine($"q8_0 int8: {(q8i[0].UsesInt8Activations ? "int8 activations (AVX-VNNI)" : "not supported here: f32 activations again")}");
-        Console.WriteLine("| rows | bf16 ms | f16 ms | f16, own bias ms | q8_0 ms | q8_0 int8 ms | q4_0 ms | f16 / bf16 | f16 own bias / bf16 | q8_0 / bf16 | q8_0 int8 / bf16 | q4_0 / bf16 | bf16 GB/s | q8_0 GB/s | q8_0 int8 GB/s | q4_0 GB/s |");
-        Console.WriteLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        Console.WriteLine("| rows | bf16 ms | f16 ms | f16, own bias ms | q8_0 ms | q8_0 int8 ms | q4_0 ms | q4_0 int8 ms | f16 / bf16 | f16 own bias / bf16 | q8_0 / bf16 | q8_0 int8 / bf16 | q4_0 / bf16 | q4_0 int8 / bf16 | bf16 GB/s | q8_0 int8 GB/s | q4_0 int8 GB/s |");
+        Console.WriteLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         foreach (int rows in rowCounts)
         {
-            PackedMatrix[][] forms = [bf16, f16, raw, q8, q8i, q4];
+            PackedMatrix[][] forms = [bf16, f16, raw, q8, q8i, q4, q4i];
             var times = forms.Select(_ => new List<double>()).ToArray();
             for (int rep = 0; rep < 16; rep++)
             {
@@ -79,8 +82,8 @@ internal static class KernelFormats
                 }
             }
 
-            double ma = Median(times[0]), mb = Median(times[1]), mc = Median(times[2]), md = Median(times[3]), mi = Median(times[4]), me = Median(times[5]);
-            Console.WriteLine($"| {rows} | {ma:F2} | {mb:F2} | {mc:F2} | {md:F2} | {mi:F2} | {me:F2} | {mb / ma:F2} | {mc / ma:F2} | {md / ma:F2} | {mi / ma:F2} | {me / ma:F2} | {count * (double)K * N * 2 / (ma / 1000) / 1e9:F1} | {count * q8[0].Bytes / (md / 1000) / 1e9:F1} | {count * q8i[0].Bytes / (mi / 1000) / 1e9:F1} | {count * q4[0].Bytes / (me / 1000) / 1e9:F1} |");
+            double ma = Median(times[0]), mb = Median(times[1]), mc = Median(times[2]), md = Median(times[3]), mi = Median(times[4]), me = Median(times[5]), mj = Median(times[6]);
+            Console.WriteLine($"| {rows} | {ma:F2} | {mb:F2} | {mc:F2} | {md:F2} | {mi:F2} | {me:F2} | {mj:F2} | {mb / ma:F2} | {mc / ma:F2} | {md / ma:F2} | {mi / ma:F2} | {me / ma:F2} | {mj / ma:F2} | {count * (double)K * N * 2 / (ma / 1000) / 1e9:F1} | {count * q8i[0].Bytes / (mi / 1000) / 1e9:F1} | {count * q4i[0].Bytes / (mj / 1000) / 1e9:F1} |");
         }
 
         Array.ForEach(bf16, m => m.Dispose());
@@ -89,6 +92,7 @@ internal static class KernelFormats
         Array.ForEach(q8, m => m.Dispose());
         Array.ForEach(q8i, m => m.Dispose());
         Array.ForEach(q4, m => m.Dispose());
+        Array.ForEach(q4i, m => m.Dispose());
     }
 
     private static double Median(List<double> v)

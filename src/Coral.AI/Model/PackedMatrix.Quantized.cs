@@ -76,7 +76,7 @@ internal sealed unsafe partial class PackedMatrix
         nuint levelBytes = (nuint)((long)blocks * rowBytes * k), scaleBytes = (nuint)((long)blocks * groups * Block * sizeof(float));
         var m = new PackedMatrix(k, n, kind, (sbyte*)NativeMemory.AlignedAlloc(levelBytes, 64), (float*)NativeMemory.AlignedAlloc(scaleBytes, 64))
         {
-            _int8 = kind == WeightQuantization.Q8_0 && Int8Activations,
+            _int8 = Int8Activations,
         };
         NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: scale 0, so value 0
         NativeMemory.Clear(m._scales, scaleBytes);
@@ -99,7 +99,17 @@ internal sealed unsafe partial class PackedMatrix
                         return buffer;
                     }
 
-                    if (kind == WeightQuantization.Q4_0)
+                    if (kind == WeightQuantization.Q4_0 && m._int8)
+                    {
+                        // Level + 8 in its nibble (PackedMatrix.Vnni.cs).
+                        byte* levels = (byte*)m._levels + ((long)b * k * rowBytes);
+                        for (long c = 0; c < k; c++)
+                        {
+                            var (offset, shift) = VnniNibble(c, j);
+                            levels[offset] |= (byte)((q[c] + 8) << shift);
+                        }
+                    }
+                    else if (kind == WeightQuantization.Q4_0)
                     {
                         // Column j's level + 8 in the low half of byte j (j < 16), or in the high half of byte j − 16.
                         byte* levels = (byte*)m._levels + ((long)b * k * rowBytes) + (j % 16);

@@ -23,27 +23,31 @@ namespace Coral.AI;
 /// </remarks>
 internal sealed unsafe partial class PackedMatrix
 {
-    private bool _int8;        // Q8_0 in the VNNI layout, multiplied with int8 activations
+    private bool _int8;        // Q8_0 / Q4_0 in the VNNI layout, multiplied with int8 activations
     private sbyte* _xq;        // the current call's activation levels [rows][K]
     private float* _xd;        // their scales [rows][K/32] (f16-rounded, as llama.cpp stores them)
-    private int* _xsum;        // 128 · Σ levels per group [rows][K/32]
+    private int* _xsum;        // Σ levels per group [rows][K/32]
     private int _xRows;        // rows the three have room for
 
-    /// <summary>Gets whether this CPU multiplies Q8_0 weights with int8 activations (AVX-VNNI and AVX-512).</summary>
+    /// <summary>Gets whether this CPU multiplies quantized weights with int8 activations (AVX-VNNI and AVX-512).</summary>
     public static bool Int8Supported => AvxVnni.IsSupported && Avx512F.IsSupported;
 
-    /// <summary>Gets or sets whether Q8_0 matrices packed from now on use int8 activations (<see cref="Int8Supported"/>, and
+    /// <summary>Gets or sets whether Q8_0 and Q4_0 matrices packed from now on use int8 activations (<see cref="Int8Supported"/>, and
     /// <c>CORAL_INT8_ACTIVATIONS</c> is not 0). Tests switch it to cover the f32-activation kernel too.</summary>
     internal static bool Int8Activations { get; set; } = Int8Supported && Environment.GetEnvironmentVariable("CORAL_INT8_ACTIVATIONS") is not ("0" or "false");
 
-    /// <summary>Gets whether this matrix multiplies int8 activations (Q8_0 packed while <see cref="Int8Activations"/> was on).</summary>
+    /// <summary>Gets whether this matrix multiplies int8 activations (quantized while <see cref="Int8Activations"/> was on).</summary>
     public bool UsesInt8Activations => _int8;
 
-    /// <summary>Byte offset of level (input <paramref name="c"/>, column <paramref name="j"/>) within a block in the VNNI layout.</summary>
+    /// <summary>Byte offset of level (input <paramref name="c"/>, column <paramref name="j"/>) within a Q8_0 block in the VNNI layout.</summary>
     private static long VnniOffset(long c, int j) => ((c / 4) * 4 * Block) + (j * 4) + (c % 4);
 
+    /// <summary>Byte offset and nibble shift of level (input <paramref name="c"/>, column <paramref name="j"/>) within a Q4_0
+    /// block in the VNNI layout: step c / 4 of 64 bytes, half j / 16 of 32, lane j % 8, the high nibble for j % 16 ≥ 8.</summary>
+    private static (long Offset, int Shift) VnniNibble(long c, int j) => (((c / 4) * 2 * Block) + ((j / 16) * 32) + ((j % 8) * 4) + (c % 4), j % 16 >= 8 ? 4 : 0);
+
     /// <summary>Rounds the call's rows to int8 levels per group of 32 inputs: d = max|x| / 127 (stored f16-rounded), levels
-    /// round-to-nearest-even of x / d with the unrounded d (llama.cpp's <c>quantize_row_q8_0</c>), and 128 · Σ levels.</summary>
+    /// round-to-nearest-even of x / d with the unrounded d (llama.cpp's <c>quantize_row_q8_0</c>), and Σ levels.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void QuantizeActivations()
     {
@@ -71,7 +75,7 @@ internal sealed unsafe partial class PackedMatrix
                 Avx512F.ConvertToVector128SByteWithSaturation(qa).Store(_xq + at);
                 Avx512F.ConvertToVector128SByteWithSaturation(qb).Store(_xq + at + 16);
                 _xd[(r * groups) + g] = (float)(Half)d;
-                _xsum[(r * groups) + g] = 128 * Vector512.Sum(qa + qb);
+                _xsum[(r * groups) + g] = Vector512.Sum(qa + qb);
             }
         }
 
@@ -90,7 +94,7 @@ internal sealed unsafe partial class PackedMatrix
     private void RangeInt8(int b0, int b1)
     {
         int k = Inputs, n = Outputs, groups = k / QuantBlocks.Size, rows = _rows, ld = _ldy;
-        long blockBytes = (long)k * Block, blockScales = (long)groups * Block;
+        long blockBytes = (long)k * LevelBytes(_quantization), blockScales = (long)groups * Block;
         float* tail = stackalloc float[4 * Block];   // a last block past the matrix's outputs
         for (int b = b0; b < b1; b++)
         {
@@ -104,12 +108,13 @@ internal sealed unsafe partial class PackedMatrix
                 sbyte* q = _xq + ((long)r * k);
                 float* d = _xd + ((long)r * groups);
                 int* sums = _xsum + ((long)r * groups);
-                switch (m)
+                if (_quantization == WeightQuantization.Q4_0)
                 {
-                    case 4: TileInt8<RowCount.Four>(w, s, q, d, sums, k, y, ldy); break;
-                    case 3: TileInt8<RowCount.Three>(w, s, q, d, sums, k, y, ldy); break;
-                    case 2: TileInt8<RowCount.Two>(w, s, q, d, sums, k, y, ldy); break;
-                    default: TileInt8<RowCount.One>(w, s, q, d, sums, k, y, ldy); break;
+                    TileRows<Q4Bytes>(m, w, s, q, d, sums, k, y, ldy);
+                }
+                else
+                {
+                    TileRows<Q8Bytes>(m, w, s, q, d, sums, k, y, ldy);
                 }
 
                 if (!full)
@@ -126,6 +131,59 @@ internal sealed unsafe partial class PackedMatrix
         }
     }
 
+    private static void TileRows<TLevels>(int rows, byte* w, float* s, sbyte* q, float* d, int* sums, int k, float* y, int ldy)
+        where TLevels : struct, IByteLevels
+    {
+        switch (rows)
+        {
+            case 4: TileInt8<RowCount.Four, TLevels>(w, s, q, d, sums, k, y, ldy); break;
+            case 3: TileInt8<RowCount.Three, TLevels>(w, s, q, d, sums, k, y, ldy); break;
+            case 2: TileInt8<RowCount.Two, TLevels>(w, s, q, d, sums, k, y, ldy); break;
+            default: TileInt8<RowCount.One, TLevels>(w, s, q, d, sums, k, y, ldy); break;
+        }
+    }
+
+    /// <summary>How a block's levels sit in the VNNI layout, as a type (one micro-kernel body per format).</summary>
+    private interface IByteLevels
+    {
+        /// <summary>Gets the bytes of one step: 4 inputs × 32 outputs.</summary>
+        static abstract int StepBytes { get; }
+
+        /// <summary>Gets what the stored (unsigned) levels exceed the levels by: Σ q times it comes off each group's sum.</summary>
+        static abstract int Offset { get; }
+
+        /// <summary>The unsigned levels of one step's half (16 outputs): outputs 0–7 and 8–15 of the half, four inputs a lane.</summary>
+        static abstract (Vector256<byte> W0, Vector256<byte> W1) Load(byte* step, int half);
+    }
+
+    /// <summary>Q8_0: level + 128 a byte; a step's half is 64 bytes.</summary>
+    private readonly struct Q8Bytes : IByteLevels
+    {
+        public static int StepBytes => 4 * Block;
+
+        public static int Offset => 128;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector256<byte> W0, Vector256<byte> W1) Load(byte* step, int half) =>
+            (Vector256.Load(step + (half * 64)), Vector256.Load(step + (half * 64) + 32));
+    }
+
+    /// <summary>Q4_0: level + 8 a nibble; a step's half is 32 bytes, outputs 0–7 of the half in the low nibbles and 8–15 in
+    /// the high ones.</summary>
+    private readonly struct Q4Bytes : IByteLevels
+    {
+        public static int StepBytes => 2 * Block;
+
+        public static int Offset => 8;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector256<byte> W0, Vector256<byte> W1) Load(byte* step, int half)
+        {
+            Vector256<byte> v = Vector256.Load(step + (half * 32)), low = Vector256.Create((byte)15);
+            return (v & low, Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & low);
+        }
+    }
+
     /// <summary>
     /// The int8 micro-kernel: <typeparamref name="TRows"/> rows × one block of 32 outputs, taken as two halves of 16 (two
     /// 256-bit accumulators a row: at most 11 vector registers, within VEX's 16). Per group of 32 inputs, eight steps of
@@ -133,15 +191,16 @@ internal sealed unsafe partial class PackedMatrix
     /// Prefetches the block's levels two groups ahead.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileInt8<TRows>(byte* w, float* s, sbyte* q0, float* d0, int* sums0, int k, float* y0, int ldy)
+    private static void TileInt8<TRows, TLevels>(byte* w, float* s, sbyte* q0, float* d0, int* sums0, int k, float* y0, int ldy)
         where TRows : struct, IRowCount
+        where TLevels : struct, IByteLevels
     {
         int groups = k / QuantBlocks.Size;
         sbyte* q1 = q0 + k, q2 = q1 + k, q3 = q2 + k;   // rows past TRows.Count are never read
         float* d1 = d0 + groups, d2 = d1 + groups, d3 = d2 + groups;
         int* sums1 = sums0 + groups, sums2 = sums1 + groups, sums3 = sums2 + groups;
         float* y1 = y0 + ldy, y2 = y1 + ldy, y3 = y2 + ldy;
-        const int groupBytes = QuantBlocks.Size * Block;   // 32 inputs × 32 outputs
+        int groupBytes = 8 * TLevels.StepBytes;   // 32 inputs × 32 outputs
         for (int g = 0; g < groups; g++)
         {
             byte* wg = w + ((long)g * groupBytes);
@@ -149,19 +208,20 @@ internal sealed unsafe partial class PackedMatrix
             for (int h = 0; h < 2; h++)
             {
                 Vector256<int> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-                byte* p = wg + (h * 64);
+                byte* p = wg;
                 if (g + 2 < groups)
                 {
-                    for (int line = 0; line < 8; line++)
+                    // The group two ahead: its lines split between the halves.
+                    for (int line = h; line < groupBytes / 64; line += 2)
                     {
-                        Sse.Prefetch0(p + (2 * groupBytes) + (line * 4 * Block));
+                        Sse.Prefetch0(wg + (2 * groupBytes) + (line * 64));
                     }
                 }
 
                 int x = g * QuantBlocks.Size;
-                for (int step = 0; step < 8; step++, p += 4 * Block, x += 4)
+                for (int step = 0; step < 8; step++, p += TLevels.StepBytes, x += 4)
                 {
-                    Vector256<byte> w0 = Vector256.Load(p), w1 = Vector256.Load(p + 32);
+                    var (w0, w1) = TLevels.Load(p, h);
                     Vector256<sbyte> x0 = Vector256.Create(*(int*)(q0 + x)).AsSByte();
                     a0 = AvxVnni.MultiplyWideningAndAdd(a0, w0, x0);
                     b0 = AvxVnni.MultiplyWideningAndAdd(b0, w1, x0);
@@ -190,20 +250,20 @@ internal sealed unsafe partial class PackedMatrix
                 float* sg = s + (g * Block) + (h * 16);
                 Vector256<float> s0 = Vector256.Load(sg), s1 = Vector256.Load(sg + 8);
                 int o = h * 16;
-                Finish(y0 + o, a0, b0, sums0[g], d0[g], s0, s1, first);
+                Finish(y0 + o, a0, b0, TLevels.Offset * sums0[g], d0[g], s0, s1, first);
                 if (TRows.Count > 1)
                 {
-                    Finish(y1 + o, a1, b1, sums1[g], d1[g], s0, s1, first);
+                    Finish(y1 + o, a1, b1, TLevels.Offset * sums1[g], d1[g], s0, s1, first);
                 }
 
                 if (TRows.Count > 2)
                 {
-                    Finish(y2 + o, a2, b2, sums2[g], d2[g], s0, s1, first);
+                    Finish(y2 + o, a2, b2, TLevels.Offset * sums2[g], d2[g], s0, s1, first);
                 }
 
                 if (TRows.Count > 3)
                 {
-                    Finish(y3 + o, a3, b3, sums3[g], d3[g], s0, s1, first);
+                    Finish(y3 + o, a3, b3, TLevels.Offset * sums3[g], d3[g], s0, s1, first);
                 }
             }
         }

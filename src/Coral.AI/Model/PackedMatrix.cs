@@ -308,13 +308,13 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         _y = y;
         _rows = rows;
         _ldy = outputStride == 0 ? Outputs : outputStride;
-        if (_quantization == WeightQuantization.Q4_0)
-        {
-            SumGroups();
-        }
-        else if (_int8)
+        if (_int8)
         {
             QuantizeActivations();
+        }
+        else if (_quantization == WeightQuantization.Q4_0)
+        {
+            SumGroups();
         }
 
         // Parts are claimed first come, first served; more parts than threads even out a late start of the helper.
@@ -326,13 +326,13 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
     void ICpuWork.Run(int part)
     {
         int b0 = part * _blocks / _parts, b1 = (part + 1) * _blocks / _parts;
-        if (_quantization == WeightQuantization.Q4_0)
-        {
-            Range<Q4Levels>(b0, b1);
-        }
-        else if (_int8)
+        if (_int8)
         {
             RangeInt8(b0, b1);
+        }
+        else if (_quantization == WeightQuantization.Q4_0)
+        {
+            Range<Q4Levels>(b0, b1);
         }
         else if (_levels != null)
         {
