@@ -164,7 +164,7 @@ public sealed class CoralModelHost : IDisposable
 
             if (_engine.Model.UsesInt8Activations)
             {
-                _logger.LogInformation("Coral: Q8_0 layers multiply int8 activations (AVX-VNNI, llama.cpp's arithmetic; CORAL_INT8_ACTIVATIONS=0 keeps f32)");
+                _logger.LogInformation("Coral: quantized layers multiply int8 activations (AVX-VNNI, llama.cpp's arithmetic; CORAL_INT8_ACTIVATIONS=0 keeps f32)");
             }
 
             _engine.WarmUp();

@@ -6,15 +6,17 @@ using System.Runtime.Intrinsics.X86;
 namespace Coral.AI;
 
 /// <summary>
-/// Q8_0 with int8 activations (llama.cpp's arithmetic for Q8_0 weights): each call rounds its input rows to Q8_0 blocks
+/// Q8_0 and Q4_0 with int8 activations (llama.cpp's arithmetic for both): each call rounds its input rows to Q8_0 blocks
 /// of their own — per row and group of 32 inputs, d = max|x| / 127, levels round(x / d) — and the micro-kernel multiplies
 /// bytes by bytes with AVX-VNNI (<c>vpdpbusd</c>: four products a lane into an int32, 32 a 256-bit instruction, nothing
 /// widened), where the f32 kernel widens every level and does 16 multiply-adds an instruction.
 /// </summary>
 /// <remarks>
-/// <para>Layout: per block of 32 outputs, levels + 128 as bytes <c>[K/4][32][4]</c> — a 32-bit lane holds one output's
-/// four consecutive inputs — and the scales of the f32 layout, <c>[K/32][32]</c>. The + 128 makes the weights the
-/// instruction's unsigned operand; 128 · Σ q of the activations comes off each group's integer sum.</para>
+/// <para>Layout: per block of 32 outputs, steps of four inputs in which a 32-bit lane holds one output's four
+/// consecutive inputs — Q8_0: level + 128 a byte, <c>[K/4][32][4]</c>; Q4_0: level + 8 a nibble, 64 bytes a step, the
+/// low nibbles of each half's 32 bytes outputs 0–7 of that half of 16, the high ones 8–15 — and the scales of the f32
+/// layout, <c>[K/32][32]</c>. The offset makes the weights the instruction's unsigned operand; offset · Σ q of the
+/// activations comes off each group's integer sum.</para>
 /// <para>Exactness: a group's sum Σ level · q is an exact int32 (in any order), and an output's total is
 /// fma(sum, w_scale · x_scale, total) over groups in order from zero — nothing depends on the row count, so a row has the
 /// same bits alone, in a batch or as a tree node (lossless greedy speculation, batch-invariant serving). The activations'
