@@ -188,9 +188,9 @@ public sealed class CoralChatClient : IChatClient
         }
 
         Task worker;
-        CoralTelemetry.QueueDepth.Add(1);
         if (engine.Batch is { } batch)
         {
+            CoralTelemetry.QueueDepth.Add(1);
             // Continuous batching: the scheduler's thread decodes this request beside the others.
             worker = Task.Run(async () =>
             {
@@ -213,16 +213,7 @@ public sealed class CoralChatClient : IChatClient
         }
         else
         {
-            try
-            {
-                await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
-            }
-            catch
-            {
-                CoralTelemetry.QueueDepth.Add(-1);
-                throw;
-            }
-
+            await CoralTelemetry.EnterAsync(engine.Gate, cancellationToken).ConfigureAwait(false);
             try
             {
                 worker = Task.Factory.StartNew(() =>

@@ -99,16 +99,7 @@ public sealed class CoralEmbeddingGenerator : IEmbeddingGenerator<string, Embedd
             }
         }
 
-        CoralTelemetry.QueueDepth.Add(1);
-        try
-        {
-            await engine.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch
-        {
-            CoralTelemetry.QueueDepth.Add(-1);
-            throw;
-        }
+        await CoralTelemetry.EnterAsync(engine.Gate, cancellationToken).ConfigureAwait(false);
 
         try
         {

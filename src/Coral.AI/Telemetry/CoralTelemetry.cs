@@ -30,6 +30,22 @@ public static class CoralTelemetry
         Meter.CreateObservableGauge("coral.kv_cache.bytes", () => CacheBytes.Values.Sum(), "By", "Memory held by the KV caches of loaded models.");
     }
 
+    /// <summary>Counts a request in <see cref="QueueDepth"/> and waits for <paramref name="gate"/>; a cancelled wait leaves
+    /// the count as it found it. The caller takes the request off the count when it releases the gate.</summary>
+    internal static async Task EnterAsync(SemaphoreSlim gate, CancellationToken cancellationToken)
+    {
+        QueueDepth.Add(1);
+        try
+        {
+            await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            QueueDepth.Add(-1);
+            throw;
+        }
+    }
+
     internal static void TrackCache(object owner, long bytes) => CacheBytes[owner] = bytes;
 
     internal static void UntrackCache(object owner) => CacheBytes.TryRemove(owner, out _);
