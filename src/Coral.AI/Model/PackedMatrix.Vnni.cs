@@ -186,6 +186,9 @@ internal sealed unsafe partial class PackedMatrix
         }
     }
 
+    /// <summary>How far ahead the int8 kernel prefetches a block's levels (Q8_0: four groups, Q4_0: eight).</summary>
+    private const int PrefetchBytes = 4096;
+
     /// <summary>
     /// The int8 micro-kernel: <typeparamref name="TRows"/> rows × one block of 32 outputs, taken as two halves of 16 (two
     /// 256-bit accumulators a row: at most 11 vector registers, within VEX's 16). Per group of 32 inputs, eight steps of
@@ -203,6 +206,7 @@ internal sealed unsafe partial class PackedMatrix
         int* sums1 = sums0 + groups, sums2 = sums1 + groups, sums3 = sums2 + groups;
         float* y1 = y0 + ldy, y2 = y1 + ldy, y3 = y2 + ldy;
         int groupBytes = 8 * TLevels.StepBytes;   // 32 inputs × 32 outputs
+        int ahead = PrefetchBytes / groupBytes;
         for (int g = 0; g < groups; g++)
         {
             byte* wg = w + ((long)g * groupBytes);
@@ -211,12 +215,12 @@ internal sealed unsafe partial class PackedMatrix
             {
                 Vector256<int> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
                 byte* p = wg;
-                if (g + 2 < groups)
+                if (g + ahead < groups)
                 {
-                    // The group two ahead: its lines split between the halves.
+                    // The group PrefetchBytes ahead: its lines split between the halves.
                     for (int line = h; line < groupBytes / 64; line += 2)
                     {
-                        Sse.Prefetch0(wg + (2 * groupBytes) + (line * 64));
+                        Sse.Prefetch0(wg + (ahead * groupBytes) + (line * 64));
                     }
                 }
 
