@@ -215,13 +215,11 @@ internal sealed unsafe partial class PackedMatrix
             {
                 Vector256<int> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
                 byte* p = wg;
-                if (g + ahead < groups)
+                // The group PrefetchBytes ahead, its lines split between the halves; past the block's end that is the next
+                // block's start (blocks are contiguous), and past the matrix's end a prefetch is harmless.
+                for (int line = h; line < groupBytes / 64; line += 2)
                 {
-                    // The group PrefetchBytes ahead: its lines split between the halves.
-                    for (int line = h; line < groupBytes / 64; line += 2)
-                    {
-                        Sse.Prefetch0(wg + (ahead * groupBytes) + (line * 64));
-                    }
+                    Sse.Prefetch0(wg + (ahead * groupBytes) + (line * 64));
                 }
 
                 int x = g * QuantBlocks.Size;
