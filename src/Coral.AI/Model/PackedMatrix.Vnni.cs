@@ -110,6 +110,22 @@ internal sealed unsafe partial class PackedMatrix
                 sbyte* q = _xq + ((long)r * k);
                 float* d = _xd + ((long)r * groups);
                 int* sums = _xsum + ((long)r * groups);
+                if (rows == 1 && full && b + 1 < b1 && (b + 2) * Block <= n)
+                {
+                    // One row: two blocks at a time, two streams of levels in flight (the f32 kernel's pairs of blocks).
+                    if (_quantization == WeightQuantization.Q4_0)
+                    {
+                        TilePair<Q4Bytes>(w, s, w + blockBytes, s + blockScales, q, d, sums, k, y);
+                    }
+                    else
+                    {
+                        TilePair<Q8Bytes>(w, s, w + blockBytes, s + blockScales, q, d, sums, k, y);
+                    }
+
+                    b++;
+                    break;
+                }
+
                 if (_quantization == WeightQuantization.Q4_0)
                 {
                     TileRows<Q4Bytes>(m, w, s, q, d, sums, k, y, ldy);
@@ -269,6 +285,50 @@ internal sealed unsafe partial class PackedMatrix
                 {
                     Finish(y3 + o, a3, b3, TLevels.Offset * sums3[g], d3[g], s0, s1, first);
                 }
+            }
+        }
+    }
+
+    /// <summary>One row × two adjacent blocks (64 outputs): per group and half, the two blocks' steps side by side — each
+    /// output computes exactly what <see cref="TileInt8{TRows, TLevels}"/> computes for it, with two streams of levels in
+    /// flight instead of one.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TilePair<TLevels>(byte* wa, float* sa, byte* wb, float* sb, sbyte* q, float* d, int* sums, int k, float* y)
+        where TLevels : struct, IByteLevels
+    {
+        int groups = k / QuantBlocks.Size, groupBytes = 8 * TLevels.StepBytes, ahead = PrefetchBytes / groupBytes;
+        for (int g = 0; g < groups; g++)
+        {
+            byte* ga = wa + ((long)g * groupBytes), gb = wb + ((long)g * groupBytes);
+            bool first = g == 0;
+            int offset = TLevels.Offset * sums[g];
+            float scale = d[g];
+            for (int h = 0; h < 2; h++)
+            {
+                for (int line = h; line < groupBytes / 64; line += 2)
+                {
+                    Sse.Prefetch0(ga + (ahead * groupBytes) + (line * 64));
+                    Sse.Prefetch0(gb + (ahead * groupBytes) + (line * 64));
+                }
+
+                Vector256<int> a0 = default, b0 = default, a1 = default, b1 = default;
+                byte* pa = ga, pb = gb;
+                int x = g * QuantBlocks.Size;
+                for (int step = 0; step < 8; step++, pa += TLevels.StepBytes, pb += TLevels.StepBytes, x += 4)
+                {
+                    var (w0, w1) = TLevels.Load(pa, h);
+                    var (v0, v1) = TLevels.Load(pb, h);
+                    Vector256<sbyte> x0 = Vector256.Create(*(int*)(q + x)).AsSByte();
+                    a0 = AvxVnni.MultiplyWideningAndAdd(a0, w0, x0);
+                    b0 = AvxVnni.MultiplyWideningAndAdd(b0, w1, x0);
+                    a1 = AvxVnni.MultiplyWideningAndAdd(a1, v0, x0);
+                    b1 = AvxVnni.MultiplyWideningAndAdd(b1, v1, x0);
+                }
+
+                int o = h * 16;
+                float* s0 = sa + (g * Block) + o, s1 = sb + (g * Block) + o;
+                Finish(y + o, a0, b0, offset, scale, Vector256.Load(s0), Vector256.Load(s0 + 8), first);
+                Finish(y + Block + o, a1, b1, offset, scale, Vector256.Load(s1), Vector256.Load(s1 + 8), first);
             }
         }
     }
