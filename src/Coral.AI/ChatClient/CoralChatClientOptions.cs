@@ -71,8 +71,8 @@ public sealed class CoralChatClientOptions
     /// <c>q4_0</c> the same with 4-bit levels (llama.cpp's Q4_0): 31% of bf16's bytes, at a visible cost in accuracy. CPU
     /// only, with float32 compute (<see cref="DType"/> unset or float32); speculative decoding stays exact against the
     /// quantized model. On a CPU with AVX-VNNI the quantized layers round their inputs to int8 blocks too and multiply
-    /// bytes by bytes — llama.cpp's arithmetic, 1.15–2× faster from 4–8 rows up (batches, verified trees, prompts; Q8_0
-    /// ≈ 5% slower at one row);
+    /// bytes by bytes — llama.cpp's arithmetic, 1.15–2× faster from 4–8 rows up (batches, verified trees, prompts) and
+    /// as fast at one row;
     /// <c>CORAL_INT8_ACTIVATIONS=0</c> keeps f32 inputs.
     /// </summary>
     public string? Quantization { get; set; }
