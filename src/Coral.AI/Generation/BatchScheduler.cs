@@ -11,9 +11,10 @@ namespace Coral.AI;
 /// iteration runs one forward over all of them (<see cref="TransformerModel.ForwardBatch"/>) — a one-token step for each
 /// decoding request plus prompt chunks of newly admitted ones — then samples each request's next token with its own
 /// sampler, constraint and stop rules. A request joins at the next iteration and leaves when it ends, so a short answer
-/// never waits for a long one. Decoding is plain (no draft tree): on the packed CPU kernels a row computes the same bits
-/// in a batch as alone, so every request gets exactly the tokens it gets alone (greedy, or sampled with its seed).
-/// A slot keeps its last sequence, and a new request takes the free slot that shares the longest prefix with its prompt.
+/// never waits for a long one. Decoding takes no draft tree: plain steps, and for greedy requests prompt-lookup chains
+/// where <see cref="BatchLookupGate"/> expects them to pay. On the packed CPU kernels a row computes the same bits in a
+/// batch as alone, so every request gets exactly the tokens it gets alone (greedy, or sampled with its seed). A slot
+/// keeps its last sequence, and a new request takes the free slot that shares the longest prefix with its prompt.
 /// </summary>
 internal sealed class BatchScheduler : IDisposable
 {
@@ -36,7 +37,10 @@ internal sealed class BatchScheduler : IDisposable
         _slots = new Slot[slots];
         for (int i = 0; i < slots; i++)
         {
-            _slots[i] = new Slot(engine.Model.CreateCache(engine.ContextLength, batchInvariant: true));
+            // On the kernel path a one-row forward is padded like a tree's (a row's bits then do not depend on the batch
+            // even for weights libtorch multiplies); off it the segments run one after another, each as the engine's own
+            // cache would run it alone.
+            _slots[i] = new Slot(engine.Model.CreateCache(engine.ContextLength, batchInvariant: engine.Model.UsesCpuKernels || engine.Cache.BatchInvariant));
         }
 
         CoralTelemetry.TrackCache(this, _slots.Sum(s => s.Cache.Bytes));
@@ -437,7 +441,7 @@ internal sealed class BatchScheduler : IDisposable
 
     private static Tensor Rows(Tensor hidden, List<(Sequence Sequence, int Row, int Count)> picked)
     {
-        using Tensor index = torch.tensor(picked.SelectMany(p => Enumerable.Range(p.Row, p.Count).Select(r => (long)r)).ToArray());
+        using Tensor index = torch.tensor(picked.SelectMany(p => Enumerable.Range(p.Row, p.Count).Select(r => (long)r)).ToArray(), device: hidden.device);
         return hidden.index_select(0, index);
     }
 

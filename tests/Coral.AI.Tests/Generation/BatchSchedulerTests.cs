@@ -162,6 +162,21 @@ public class BatchSchedulerTests
         Assert.True(computeBound.Use(3, 1, 4));   // a 3-gram match, accepted fully: 1 token for one row's cost
     }
 
+    /// <summary>Off the CPU kernels (libtorch's forward) the scheduler runs the segments one after another: concurrent
+    /// requests still get exactly their alone tokens.</summary>
+    [Fact]
+    public async Task OffTheKernels_ConcurrentRequestsStillGetTheirAloneTokens()
+    {
+        using var engine = InferenceEngine.Load(TransformerModelTests.ModelFor("qwen2"), torch.CPU, ScalarType.Float32, 128, cpuKernels: false);
+        Assert.False(engine.Model.UsesCpuKernels);
+        GenerationRequest[] requests = Requests(engine);
+        var expected = requests.Select(r => engine.Generate(r, null, CancellationToken.None)).ToArray();
+        engine.EnableBatching(3);
+        var results = await Task.WhenAll(requests.Select(r => engine.Batch!.GenerateAsync(r, null, CancellationToken.None)));
+        Assert.Equal(expected.Select(e => e.TokenIds), results.Select(r => r.TokenIds));
+        Assert.True(engine.Batch!.PeakBatch >= 2);
+    }
+
     /// <summary>A request cancelled mid-answer ends cancelled at the next step; the one beside it goes on to its own tokens.</summary>
     [Fact]
     public async Task CancellingOneRequest_LeavesTheOtherExact()
