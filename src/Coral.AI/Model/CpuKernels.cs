@@ -247,6 +247,55 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>
+    /// <see cref="Attention"/> for several sequences' rows in one dispatch to the helper threads (continuous batching):
+    /// segment i's rows attend to its own cache; its parts are (row, head) pairs as in <see cref="Attention"/>, each
+    /// computing exactly what it computes there. Rows equal counts (no padded rows).
+    /// </summary>
+    public static void AttentionSegments(ReadOnlySpan<AttentionSegment> segments, int stride, int heads, int kvHeads, int hd, int layer,
+        float scale, float* o, float softcap = 0)
+    {
+        var works = new AttentionWork[segments.Length];
+        var starts = new int[segments.Length + 1];
+        for (int i = 0; i < segments.Length; i++)
+        {
+            AttentionSegment g = segments[i];
+            works[i] = new AttentionWork((float*)g.Qkv, stride, heads, kvHeads, hd, g.Cache, layer, g.Total, g.Mask, scale, softcap,
+                o + ((long)g.Row * heads * hd));
+            starts[i + 1] = starts[i] + (g.Count * heads);
+        }
+
+        var all = new SegmentsWork(works, starts);
+        if (ParallelAttention)
+        {
+            CpuParallel.Run(all, starts[^1]);
+        }
+        else
+        {
+            for (int part = 0; part < starts[^1]; part++)
+            {
+                all.Run(part);
+            }
+        }
+    }
+
+    /// <summary>The parts of several <see cref="AttentionWork"/>s as one list: segment i's parts are
+    /// <c>starts[i] .. starts[i + 1] − 1</c>.</summary>
+    private sealed class SegmentsWork(AttentionWork[] works, int[] starts) : ICpuWork
+    {
+        public void Run(int part)
+        {
+            int i = Array.BinarySearch(starts, part);
+            i = i >= 0 ? i : ~i - 1;
+            while (starts[i + 1] == starts[i])
+            {
+                i++;   // (segments without rows)
+            }
+
+            works[i].Run(part - starts[i]);
+        }
+    }
+
     /// <summary>One (row, head) of <see cref="Attention"/> per part.</summary>
     private sealed class AttentionWork(float* qkv, int stride, int heads, int kvHeads, int hd, KvCache cache, int layer,
         int total, bool[]? mask, float scale, float softcap, float* o) : ICpuWork

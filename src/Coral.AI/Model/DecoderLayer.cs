@@ -48,6 +48,10 @@ internal readonly unsafe struct CpuStep
 /// its step, its cache, and the workspace row its rows start at.</summary>
 internal readonly record struct CpuSegment(CpuStep Step, KvCache Cache, int Row);
 
+/// <summary>One sequence's rows for <see cref="CpuKernels.AttentionSegments"/>: its q|k|v rows, their count, its cache,
+/// the slots they see (<paramref name="Total"/>, masked by <paramref name="Mask"/>), and its first row in the output.</summary>
+internal readonly record struct AttentionSegment(nint Qkv, int Count, KvCache Cache, int Total, bool[]? Mask, int Row);
+
 /// <summary>
 /// One Llama-family decoder layer with fused QKV and gate/up weights; used by the target (all layers) and by EAGLE-style
 /// drafters (one layer without the input norm). Weights in the compute dtype, activations in f32.
@@ -488,11 +492,27 @@ internal sealed unsafe class DecoderLayer : IDisposable
         foreach (ref readonly CpuSegment g in segments)
         {
             CpuStep s = g.Step;
-            float* qkv = work.Qkv + ((long)g.Row * qkvWidth), o = work.O + ((long)g.Row * _heads * hd);
-            CpuKernels.RopeAndCache(qkv, s.Rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions, _qkNormWhole ? null : _qkNormP, eps,
-                g.Cache, layer, s.Start);
-            CpuKernels.Attention(qkv, s.Rows, s.Count, qkvWidth, _heads, _kvHeads, hd, g.Cache, layer, s.Start + s.Count, s.Mask,
-                (float)_scale, o, (float)(_softcap ?? 0));
+            CpuKernels.RopeAndCache(work.Qkv + ((long)g.Row * qkvWidth), s.Rows, s.Count, qkvWidth, _heads, _kvHeads, hd, s.Cos, s.SinSigned, s.Positions,
+                _qkNormWhole ? null : _qkNormP, eps, g.Cache, layer, s.Start);
+        }
+
+        if (segments.Length == 1)
+        {
+            CpuStep s = segments[0].Step;
+            CpuKernels.Attention(work.Qkv, s.Rows, s.Count, qkvWidth, _heads, _kvHeads, hd, segments[0].Cache, layer, s.Start + s.Count, s.Mask,
+                (float)_scale, work.O, (float)(_softcap ?? 0));
+        }
+        else
+        {
+            // Several sequences (continuous batching): one dispatch for all their (row, head) parts.
+            var parts = new AttentionSegment[segments.Length];
+            for (int i = 0; i < parts.Length; i++)
+            {
+                CpuStep s = segments[i].Step;
+                parts[i] = new AttentionSegment((nint)(work.Qkv + ((long)segments[i].Row * qkvWidth)), s.Count, segments[i].Cache, s.Start + s.Count, s.Mask, segments[i].Row);
+            }
+
+            CpuKernels.AttentionSegments(parts, qkvWidth, _heads, _kvHeads, hd, layer, (float)_scale, work.O, (float)(_softcap ?? 0));
         }
 
         Gemm(_oP, _o, v.O, work.O, v.Proj, work.Proj, rows);
