@@ -285,13 +285,8 @@ internal static unsafe class CpuKernels
     {
         public void Run(int part)
         {
-            int i = Array.BinarySearch(starts, part);
+            int i = Array.BinarySearch(starts, part);   // starts rise strictly: every segment has rows
             i = i >= 0 ? i : ~i - 1;
-            while (starts[i + 1] == starts[i])
-            {
-                i++;   // (segments without rows)
-            }
-
             works[i].Run(part - starts[i]);
         }
     }

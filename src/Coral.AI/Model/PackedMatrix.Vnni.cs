@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using System.Numerics.Tensors;
 
 namespace Coral.AI;
 
@@ -71,7 +72,7 @@ internal sealed unsafe partial class PackedMatrix
             {
                 long at = ((long)r * k) + (g * QuantBlocks.Size);
                 Vector512<float> a = Vector512.Load(_x + at), b = Vector512.Load(_x + at + 16);
-                float amax = Max(Vector512.Max(Vector512.Abs(a), Vector512.Abs(b)));
+                float amax = MathF.Abs(TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(_x + at, QuantBlocks.Size)));
                 float d = amax / 127f, id = d != 0 ? 1f / d : 0f;
                 Vector512<int> qa = Avx512F.ConvertToVector512Int32(a * id), qb = Avx512F.ConvertToVector512Int32(b * id);
                 Avx512F.ConvertToVector128SByteWithSaturation(qa).Store(_xq + at);
@@ -79,14 +80,6 @@ internal sealed unsafe partial class PackedMatrix
                 _xd[(r * groups) + g] = (float)(Half)d;
                 _xsum[(r * groups) + g] = Vector512.Sum(qa + qb);
             }
-        }
-
-        static float Max(Vector512<float> v)
-        {
-            Vector256<float> h = Vector256.Max(v.GetLower(), v.GetUpper());
-            Vector128<float> q = Vector128.Max(h.GetLower(), h.GetUpper());
-            q = Vector128.Max(q, Vector128.Shuffle(q, Vector128.Create(2, 3, 0, 1)));
-            return Math.Max(q.ToScalar(), q.GetElement(1));
         }
     }
 

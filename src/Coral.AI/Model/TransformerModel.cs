@@ -265,25 +265,35 @@ internal sealed unsafe class TransformerModel : IDisposable
 
     private Tensor ForwardCpu(long[] ids, KvCache cache, long[]? positions, Tensor? treeMask, int rows)
     {
-        int t = ids.Length, start = cache.Length, d = Config.HiddenSize;
+        int t = ids.Length, start = cache.Length;
+        Tensor y = ForwardCpu(ids, rows, t, k => [new CpuSegment(
+            _kinds[k].Rope.KernelStep(start, t, rows, positions, treeMask, _kinds[k].Sliding ? Config.SlidingWindow : null), cache, 0)]);
+        cache.Length = start + t;
+        return y;
+    }
+
+    /// <summary>The kernel path's forward over <paramref name="rows"/> workspace rows (<paramref name="ids"/>, the last
+    /// repeated for padding rows): each layer over the segments of its kind (<paramref name="segmentsOf"/>, built once per
+    /// kind); returns the final hidden states of the first <paramref name="outputRows"/> rows. Callers advance the caches.</summary>
+    private Tensor ForwardCpu(long[] ids, int rows, int outputRows, Func<int, CpuSegment[]> segmentsOf)
+    {
+        int d = Config.HiddenSize;
         CpuWorkspace.Views views = _work!.Rows(rows);
-        var steps = new CpuStep?[_kinds.Length];
         GatherEmbeddings(ids, rows, _work.X);
         if (Config.EmbeddingScale != 1f)
         {
             TensorPrimitives.Multiply(new ReadOnlySpan<float>(_work.X, rows * d), Config.EmbeddingScale, new Span<float>(_work.X, rows * d));
         }
 
+        var parts = new CpuSegment[_kinds.Length][];
         for (int l = 0; l < _layers.Length; l++)
         {
             int k = _kindOf[l];
-            CpuStep step = steps[k] ??= _kinds[k].Rope.KernelStep(start, t, rows, positions, treeMask, _kinds[k].Sliding ? Config.SlidingWindow : null);
-            _layers[l].ForwardCpu(step, _work, views, cache, l);
+            _layers[l].ForwardCpuBatch(parts[k] ??= segmentsOf(k), rows, _work, views, l);
         }
 
-        cache.Length = start + t;
-        Tensor y = torch.empty([t, d], ScalarType.Float32);
-        CpuKernels.Norm(Config.LayerNorms, _work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), t, d, (float)Config.RmsNormEps);
+        Tensor y = torch.empty([outputRows, d], ScalarType.Float32);
+        CpuKernels.Norm(Config.LayerNorms, _work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), outputRows, d, (float)Config.RmsNormEps);
         return y;
     }
 
@@ -296,7 +306,7 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <returns>The final hidden states [Σ T, d], the segments' rows in order.</returns>
     public Tensor ForwardBatch(IReadOnlyList<(long[] Ids, KvCache Cache)> segments)
     {
-        int rows = segments.Sum(g => g.Ids.Length), d = Config.HiddenSize;
+        int rows = segments.Sum(g => g.Ids.Length);
         if (segments.Count == 1 || _work is null || rows == 1)
         {
             return segments.Count == 1 ? Forward(segments[0].Ids, segments[0].Cache) : torch.cat(segments.Select(g => Forward(g.Ids, g.Cache)).ToArray(), 0);
@@ -310,28 +320,12 @@ internal sealed unsafe class TransformerModel : IDisposable
             }
         }
 
-        CpuWorkspace.Views views = _work.Rows(rows);
-        GatherEmbeddings(segments.SelectMany(g => g.Ids).ToArray(), rows, _work.X);
-        if (Config.EmbeddingScale != 1f)
-        {
-            TensorPrimitives.Multiply(new ReadOnlySpan<float>(_work.X, rows * d), Config.EmbeddingScale, new Span<float>(_work.X, rows * d));
-        }
-
-        var parts = new CpuSegment[_kinds.Length][];
-        for (int l = 0; l < _layers.Length; l++)
-        {
-            int k = _kindOf[l];
-            parts[k] ??= Segments(k);
-            _layers[l].ForwardCpuBatch(parts[k], rows, _work, views, l);
-        }
-
+        Tensor y = ForwardCpu(segments.SelectMany(g => g.Ids).ToArray(), rows, rows, Segments);
         foreach (var (ids, cache) in segments)
         {
             cache.Length += ids.Length;
         }
 
-        Tensor y = torch.empty([rows, d], ScalarType.Float32);
-        CpuKernels.Norm(Config.LayerNorms, _work.X, CpuKernels.Pointer(_finalNorm), CpuKernels.Pointer(y), rows, d, (float)Config.RmsNormEps);
         return y;
 
         CpuSegment[] Segments(int kind)

@@ -264,13 +264,14 @@ internal static class BenchCommand
         return list.Sum(r => r.Stats?.DraftTime.TotalSeconds ?? 0) / list.Sum(r => r.DecodeSeconds);
     }
 
-    private static double Median(IEnumerable<double> values)
+    /// <summary>The median of <paramref name="values"/> (0 when there are none).</summary>
+    internal static double Median(IEnumerable<double> values)
     {
         double[] v = values.Order().ToArray();
         return v.Length == 0 ? 0 : v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
     }
 
-    private static double Round(double x) => Math.Round(x, 4);
+    internal static double Round(double x) => Math.Round(x, 4);
 
     internal static List<Prompt> ReadPrompts(string path)
     {

@@ -15,7 +15,7 @@ namespace Coral.Cli;
 /// </summary>
 internal static class ParallelBench
 {
-    private sealed record Round(double Seconds, int Tokens, double[] Finished, IReadOnlyList<int>[] Ids)
+    private sealed record Served(double Seconds, int Tokens, double[] Finished, IReadOnlyList<int>[] Ids)
     {
         public double Throughput => Tokens / Seconds;
     }
@@ -31,7 +31,7 @@ internal static class ParallelBench
         bool speculates = engine.Drafter is not null || (engine.PromptLookupTokens > 0 && engine.Model.UsesPackedWeights);
         string[] modes = speculates ? ["serial_plain", "serial_default", "batched"] : ["serial_plain", "batched"];
 
-        Round Serve(string mode, int count)
+        Served Serve(string mode, int count)
         {
             engine.ResetCache();
             batch.ForgetCachedTokens();
@@ -57,7 +57,7 @@ internal static class ParallelBench
                 }
             }
 
-            return new Round(clock.Elapsed.TotalSeconds, ids.Sum(x => x.Count), finished, ids);
+            return new Served(clock.Elapsed.TotalSeconds, ids.Sum(x => x.Count), finished, ids);
         }
 
         if (warmup > 0)
@@ -70,7 +70,7 @@ internal static class ParallelBench
             log.WriteLine($"warm-up: {Math.Min(warmup, requests.Length)} prompt(s) served each way, not measured");
         }
 
-        var measured = modes.ToDictionary(m => m, _ => new List<Round>());
+        var measured = modes.ToDictionary(m => m, _ => new List<Served>());
         for (int r = 0; r < rounds; r++)
         {
             foreach (string mode in modes.Skip(r % modes.Length).Concat(modes.Take(r % modes.Length)))
@@ -85,14 +85,14 @@ internal static class ParallelBench
         var byMode = new JsonObject();
         foreach (string mode in modes)
         {
-            List<Round> runs = measured[mode];
+            List<Served> runs = measured[mode];
             byMode[mode] = new JsonObject
             {
-                ["tokens_per_second"] = Round4(Median(runs.Select(x => x.Throughput))),
-                ["median_seconds_to_answer"] = Round4(Median(runs.Select(x => Median(x.Finished)))),
-                ["wall_seconds"] = Round4(Median(runs.Select(x => x.Seconds))),
+                ["tokens_per_second"] = BenchCommand.Round(BenchCommand.Median(runs.Select(x => x.Throughput))),
+                ["median_seconds_to_answer"] = BenchCommand.Round(BenchCommand.Median(runs.Select(x => BenchCommand.Median(x.Finished)))),
+                ["wall_seconds"] = BenchCommand.Round(BenchCommand.Median(runs.Select(x => x.Seconds))),
                 ["batched_speedup"] = mode == "batched" ? null
-                    : Round4(Median(runs.Zip(measured["batched"]).Select(x => x.Second.Throughput / x.First.Throughput))),
+                    : BenchCommand.Round(BenchCommand.Median(runs.Zip(measured["batched"]).Select(x => x.Second.Throughput / x.First.Throughput))),
             };
         }
 
@@ -132,12 +132,4 @@ internal static class ParallelBench
 
         return 0;
     }
-
-    private static double Median(IEnumerable<double> values)
-    {
-        double[] v = values.Order().ToArray();
-        return v.Length == 0 ? double.NaN : v.Length % 2 == 1 ? v[v.Length / 2] : (v[(v.Length / 2) - 1] + v[v.Length / 2]) / 2;
-    }
-
-    private static double Round4(double x) => Math.Round(x, 4);
 }
