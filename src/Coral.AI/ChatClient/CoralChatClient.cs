@@ -213,7 +213,7 @@ public sealed class CoralChatClient : IChatClient
         }
         else
         {
-            await CoralTelemetry.EnterAsync(engine.Gate, cancellationToken).ConfigureAwait(false);
+            await engine.EnterAsync(cancellationToken).ConfigureAwait(false);
             try
             {
                 worker = Task.Factory.StartNew(() =>

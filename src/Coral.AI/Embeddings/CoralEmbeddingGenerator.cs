@@ -99,7 +99,7 @@ public sealed class CoralEmbeddingGenerator : IEmbeddingGenerator<string, Embedd
             }
         }
 
-        await CoralTelemetry.EnterAsync(engine.Gate, cancellationToken).ConfigureAwait(false);
+        await engine.EnterAsync(cancellationToken).ConfigureAwait(false);
 
         try
         {

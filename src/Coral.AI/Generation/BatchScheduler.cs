@@ -11,11 +11,19 @@ namespace Coral.AI;
 /// iteration runs one forward over all of them (<see cref="TransformerModel.ForwardBatch"/>) — a one-token step for each
 /// decoding request plus prompt chunks of newly admitted ones — then samples each request's next token with its own
 /// sampler, constraint and stop rules. A request joins at the next iteration and leaves when it ends, so a short answer
-/// never waits for a long one. Decoding takes no draft tree: plain steps, and for greedy requests prompt-lookup chains
-/// where <see cref="BatchLookupGate"/> expects them to pay. On the packed CPU kernels a row computes the same bits in a
-/// batch as alone, so every request gets exactly the tokens it gets alone (greedy, or sampled with its seed). A slot
+/// never waits for a long one. Batched decoding takes no draft tree: plain steps, and for greedy requests prompt-lookup
+/// chains where <see cref="BatchLookupGate"/> expects them to pay. On the packed CPU kernels a row computes the same bits
+/// in a batch as alone, so every request gets exactly the tokens it gets alone (greedy, or sampled with its seed). A slot
 /// keeps its last sequence, and a new request takes the free slot that shares the longest prefix with its prompt.
 /// </summary>
+/// <remarks>
+/// With a drafter, one slot is the engine's own cache, and a request alone in the scheduler (nothing else running or
+/// queued) decodes there through the engine's speculative loop (<see cref="InferenceEngine.Run"/>: draft trees, the
+/// adaptive depth), so more slots cost a single user nothing. It yields between two cycles when another request arrives
+/// (or an embedding waits for the model) and goes on in the batch from its last token; alone again, it resumes the loop
+/// (the drafter first takes the tokens it has not seen). Greedy output is the plain one either way; a sampled request
+/// with a seed stays in the batch (its tokens then do not depend on the load).
+/// </remarks>
 internal sealed class BatchScheduler : IDisposable
 {
     private readonly InferenceEngine _engine;
@@ -35,15 +43,18 @@ internal sealed class BatchScheduler : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(slots, 1);
         _engine = engine;
         _slots = new Slot[slots];
+        // On the kernel path a one-row forward is padded like a tree's (a row's bits then do not depend on the batch even
+        // for weights libtorch multiplies); off it the segments run one after another, each as the engine's own cache
+        // would run it alone. The engine's cache is of that kind with a drafter: it is the first slot.
+        bool batchInvariant = engine.Model.UsesCpuKernels || engine.Cache.BatchInvariant;
+        bool shared = engine.Drafter is not null && engine.Cache.BatchInvariant == batchInvariant;
         for (int i = 0; i < slots; i++)
         {
-            // On the kernel path a one-row forward is padded like a tree's (a row's bits then do not depend on the batch
-            // even for weights libtorch multiplies); off it the segments run one after another, each as the engine's own
-            // cache would run it alone.
-            _slots[i] = new Slot(engine.Model.CreateCache(engine.ContextLength, batchInvariant: engine.Model.UsesCpuKernels || engine.Cache.BatchInvariant));
+            _slots[i] = i == 0 && shared ? new Slot(engine.Cache, engine.TokensInCache, engine.Drafter)
+                : new Slot(engine.Model.CreateCache(engine.ContextLength, batchInvariant), [], null);
         }
 
-        CoralTelemetry.TrackCache(this, _slots.Sum(s => s.Cache.Bytes));
+        CoralTelemetry.TrackCache(this, _slots.Where(s => !s.Shared).Sum(s => s.Cache.Bytes));
         _thread = new Thread(Run) { IsBackground = true, Name = "coral-batch" };
         _thread.Start();
     }
@@ -62,16 +73,7 @@ internal sealed class BatchScheduler : IDisposable
     public Task<GenerationResult> GenerateAsync(GenerationRequest request, Action<int, string>? onText, CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
-        if (request.PromptIds.Count == 0)
-        {
-            throw new ArgumentException("The prompt has no tokens.", nameof(request));
-        }
-
-        if (request.PromptIds.Count >= _engine.ContextLength)
-        {
-            throw new PromptTooLongException(request.PromptIds.Count, _engine.ContextLength);
-        }
-
+        _engine.CheckPrompt(request.PromptIds);
         var sequence = new Sequence(request, onText, cancellationToken);
         _waiting.Enqueue(sequence);
         _signal.Release();
@@ -89,10 +91,12 @@ internal sealed class BatchScheduler : IDisposable
 
         foreach (Slot slot in _slots)
         {
-            slot.Tokens.Clear();
-            slot.Cache.Length = 0;
+            slot.Keep(0);
         }
     }
+
+    /// <summary>Gets how many times a lone request ran (or resumed) the engine's speculative loop.</summary>
+    internal int AloneRuns { get; private set; }
 
     private void Run()
     {
@@ -116,7 +120,14 @@ internal sealed class BatchScheduler : IDisposable
                 _engine.Gate.Wait(_stop.Token);
                 try
                 {
-                    Iterate();
+                    if (_active is [{ Slot.Shared: true } lone] && _waiting.IsEmpty && _engine.GateWaiters == 0 && Resumable(lone))
+                    {
+                        RunAlone(lone);
+                    }
+                    else
+                    {
+                        Iterate();
+                    }
                 }
                 finally
                 {
@@ -149,11 +160,14 @@ internal sealed class BatchScheduler : IDisposable
             }
 
             IReadOnlyList<int> prompt = s.Request.PromptIds;
+            s.D = new RequestDecoding(s.Request, _engine, s.OnText);
+            // A lone request that will draft takes the engine's slot (its tree cycles run there), whatever the others hold.
+            bool lone = _active.Count == 0 && _waiting.IsEmpty && _slots[0] is { Shared: true, Busy: false } && MayDraft(s);
             Slot? best = null;
             int bestCommon = -1;
             foreach (Slot slot in _slots)
             {
-                if (slot.Busy)
+                if (slot.Busy || (lone && !slot.Shared))
                 {
                     continue;
                 }
@@ -171,11 +185,60 @@ internal sealed class BatchScheduler : IDisposable
             }
 
             best!.Busy = true;
-            best.Cache.Length = bestCommon;
-            best.Tokens.RemoveRange(bestCommon, best.Tokens.Count - bestCommon);
+            best.Keep(bestCommon);
             s.Start(best, bestCommon, _engine);
             _active.Add(s);
         }
+    }
+
+    /// <summary>Whether <paramref name="s"/> may decode through the engine's drafter: not a sampled request with a seed
+    /// (whose tokens must not depend on the load), and one the engine drafts for (decided once per request).</summary>
+    private bool MayDraft(Sequence s) => !(s.Request.Sampling.Seed is not null && !s.Request.Sampling.IsGreedy) && _engine.Drafts(s.D!);
+
+    /// <summary>Whether the lone request <paramref name="s"/> in the engine's slot goes (back) to the engine's loop: it
+    /// may draft, and the tokens the drafter has not seen — run again for their features — are no more than the tokens it
+    /// may still generate (a few after a yield; a whole sequence batched from its start may not pay).</summary>
+    private bool Resumable(Sequence s)
+    {
+        if (s.CancellationToken.IsCancellationRequested || !MayDraft(s))
+        {
+            return false;
+        }
+
+        int unseen = (s.D!.Last is null ? s.Request.PromptIds.Count : s.Slot!.Tokens.Count) - _engine.Drafter!.Cache.Length;
+        return s.D.Last is null || unseen <= s.Request.MaxNewTokens - s.D.Emitter.Ids.Count;
+    }
+
+    /// <summary>Runs the lone request <paramref name="s"/> through the engine's speculative loop on the engine's slot until
+    /// it ends, or until another request arrives, an embedding waits for the model or the scheduler stops; then it goes on
+    /// in the batch from its last token.</summary>
+    private void RunAlone(Sequence s)
+    {
+        AloneRuns++;
+        PeakBatch = Math.Max(PeakBatch, 1);
+        try
+        {
+            _engine.Run(s.D!, () => !_waiting.IsEmpty || _engine.GateWaiters > 0 || _stop.IsCancellationRequested, s.CancellationToken);
+        }
+        catch (Exception ex)
+        {
+            bool cancelled = ex is OperationCanceledException && s.CancellationToken.IsCancellationRequested;
+            if (!cancelled)
+            {
+                s.Slot!.Keep(0);   // a failed forward leaves the cache in an unknown state
+            }
+
+            End(s, cancelled ? null : ex);
+            return;
+        }
+
+        if (s.D!.Emitter.Finished)
+        {
+            End(s, fault: null);
+            return;
+        }
+
+        (s.Prefilling, s.Position) = (false, s.Request.PromptIds.Count);
     }
 
     /// <summary>One forward over every active request — a prompt chunk for each prefilling one, the last token (and a
@@ -198,7 +261,7 @@ internal sealed class BatchScheduler : IDisposable
 
             if (!s.Prefilling && s.Slot!.Cache.Length + 1 >= _engine.ContextLength)
             {
-                s.Emitter!.EndForContext();
+                s.D!.Emitter.EndForContext();
                 End(s, fault: null);
                 continue;
             }
@@ -219,7 +282,7 @@ internal sealed class BatchScheduler : IDisposable
             {
                 int count = Propose(s, decoding);
                 ids = new long[1 + count];
-                ids[0] = s.Last;
+                ids[0] = s.D!.Last!.Value;
                 for (int j = 0; j < count; j++)
                 {
                     ids[1 + j] = s.Proposal[j];
@@ -248,8 +311,7 @@ internal sealed class BatchScheduler : IDisposable
             // The caches of the sequences in this forward are in an unknown state: forget them.
             foreach (Sequence s in members)
             {
-                s.Slot!.Cache.Length = 0;
-                s.Slot.Tokens.Clear();
+                s.Slot!.Keep(0);
                 End(s, ex);
             }
 
@@ -264,9 +326,10 @@ internal sealed class BatchScheduler : IDisposable
             Sequence s = members[i];
             int n = segments[i].Ids.Length;
             s.Slot!.Tokens.AddRange(segments[i].Ids.Select(x => (int)x));
-            s.Forwards++;
+            s.D!.Forwards++;
             if (!s.Prefilling)
             {
+                s.DecodeSteps++;
                 rows.Add((s, row, n));
                 continue;
             }
@@ -275,7 +338,7 @@ internal sealed class BatchScheduler : IDisposable
             if (s.Position == s.Request.PromptIds.Count)
             {
                 s.Prefilling = false;
-                s.PrefillTime = s.Clock.Elapsed;
+                s.D.PrefillTime = s.D.Clock.Elapsed;
                 rows.Add((s, row + n - 1, 1));
             }
         }
@@ -311,7 +374,7 @@ internal sealed class BatchScheduler : IDisposable
             return 0;
         }
 
-        var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(s.Slot.Tokens), (int)s.Last, s.Proposal);
+        var (ngram, count) = PromptLookup.Find(CollectionsMarshal.AsSpan(s.Slot.Tokens), s.D!.Last!.Value, s.Proposal);
         if (count == 0 || !_lookup.Use(ngram, count, decoding))
         {
             return 0;
@@ -326,7 +389,7 @@ internal sealed class BatchScheduler : IDisposable
     /// <see cref="_logits"/> (<paramref name="logits"/>: each request's first row there).</summary>
     private void Heads(Tensor hidden, List<(Sequence Sequence, int Row, int Count)> rows, Dictionary<Sequence, int[]> greedy, Dictionary<Sequence, int> logits)
     {
-        var screened = rows.Where(r => r.Sequence.Constraint is null && r.Sequence.Sampler!.Parameters.IsArgMax && _engine.ScreenedArgMax).ToList();
+        var screened = rows.Where(r => r.Sequence.D!.Constraint is null && r.Sequence.D.Sampler.Parameters.IsArgMax && _engine.ScreenedArgMax).ToList();
         for (int i = 0; i < screened.Count;)
         {
             // Whole requests per call, at most ScreenedVerifyRows rows (one request with a longer chain takes a call alone).
@@ -378,12 +441,11 @@ internal sealed class BatchScheduler : IDisposable
     private void Accept(Sequence s, int count, int[]? greedy, ReadOnlyMemory<float> logits)
     {
         int vocab = _engine.Model.Config.VocabSize;
-        if (s.Constraint is not null)
+        RequestDecoding d = s.D!;
+        if (d.Constraint is not null)
         {
             logits.Span[..vocab].CopyTo(s.Row);
-            OutputConstraint.State? constraint = s.Constraint;
-            int next = _engine.Next(s.Sampler!, ref constraint, s.Row, s.Probs);
-            s.Constraint = constraint;
+            int next = _engine.Next(d.Sampler, ref d.Constraint, s.Row, s.Probs);
             Emit(s, next);
             return;
         }
@@ -392,8 +454,8 @@ internal sealed class BatchScheduler : IDisposable
         int start = cache.Length - count;   // the last token's slot
         for (int j = 0; j < count; j++)
         {
-            int token = greedy is not null ? greedy[j] : s.Sampler!.Sample(logits.Span.Slice(j * vocab, vocab));
-            s.Sampler!.Accept(token);
+            int token = greedy is not null ? greedy[j] : d.Sampler.Sample(logits.Span.Slice(j * vocab, vocab));
+            d.Sampler.Accept(token);
             bool more = j + 1 < count && token == s.Proposal[j];
             if (count > 1)
             {
@@ -403,8 +465,7 @@ internal sealed class BatchScheduler : IDisposable
             if (!more)
             {
                 // Rows after j held rejected proposal tokens: the cache keeps the last token and the accepted ones.
-                cache.Length = start + j + 1;
-                s.Slot.Tokens.RemoveRange(cache.Length, s.Slot.Tokens.Count - cache.Length);
+                s.Slot.Keep(start + j + 1);
                 if (count > 1)
                 {
                     s.LookupCycles++;
@@ -416,10 +477,9 @@ internal sealed class BatchScheduler : IDisposable
                 return;
             }
 
-            if (!s.Emitter!.Emit(token))
+            if (!d.Emitter.Emit(token))
             {
-                cache.Length = start + j + 1;
-                s.Slot.Tokens.RemoveRange(cache.Length, s.Slot.Tokens.Count - cache.Length);
+                s.Slot.Keep(start + j + 1);
                 End(s, fault: null);
                 return;
             }
@@ -429,9 +489,9 @@ internal sealed class BatchScheduler : IDisposable
     /// <summary>Emits a request's next token (not yet in its cache): it goes on from it, or ends.</summary>
     private void Emit(Sequence s, int token)
     {
-        if (s.Emitter!.Emit(token) && !InferenceEngine.EndIfComplete(s.Constraint, s.Emitter))
+        if (s.D!.Emitter.Emit(token) && !InferenceEngine.EndIfComplete(s.D.Constraint, s.D.Emitter))
         {
-            s.Last = token;
+            s.D.Last = token;
         }
         else
         {
@@ -461,15 +521,18 @@ internal sealed class BatchScheduler : IDisposable
         }
         else
         {
-            TokenEmitter e = s.Emitter!;
-            TimeSpan total = s.Clock.Elapsed;
-            SpeculativeStats? stats = s.Proposal.Length == 0 ? null
-                : new SpeculativeStats(s.LookupCycles, s.LookupAccepted + s.LookupCycles, s.LookupProposed, TimeSpan.Zero, TimeSpan.Zero, [])
+            // The batch's part of the counters (lookup requests only) beside those of any run of the engine's loop.
+            RequestDecoding d = s.D!;
+            if (s.Proposal.Length > 0)
+            {
+                d.Stats = SpeculativeStats.Sum(d.Stats, new SpeculativeStats(s.LookupCycles, s.LookupAccepted + s.LookupCycles, s.LookupProposed,
+                    TimeSpan.Zero, TimeSpan.Zero, [])
                 {
-                    LookupCycles = s.LookupCycles, LookupAcceptedTokens = s.LookupAccepted, PlainSteps = s.Forwards - 1 - s.LookupCycles,
-                };
-            s.Completion.TrySetResult(new GenerationResult(e.Ids, e.Text, s.Request.PromptIds.Count, s.Cached, e.Finish, s.PrefillTime,
-                total - s.PrefillTime, e.TimeToFirstToken, s.Forwards, stats));
+                    LookupCycles = s.LookupCycles, LookupAcceptedTokens = s.LookupAccepted, PlainSteps = s.DecodeSteps - s.LookupCycles,
+                });
+            }
+
+            s.Completion.TrySetResult(d.Result());
         }
     }
 
@@ -483,7 +546,7 @@ internal sealed class BatchScheduler : IDisposable
         _stop.Cancel();
         _thread.Join();
         CoralTelemetry.UntrackCache(this);
-        foreach (Slot slot in _slots)
+        foreach (Slot slot in _slots.Where(s => !s.Shared))
         {
             slot.Cache.Dispose();
         }
@@ -492,12 +555,23 @@ internal sealed class BatchScheduler : IDisposable
         _stop.Dispose();
     }
 
-    /// <summary>A KV cache and the tokens it holds.</summary>
-    private sealed class Slot(KvCache cache)
+    /// <summary>A KV cache and the tokens it holds; the engine's own (<see cref="Shared"/>) keeps its drafter in step.</summary>
+    private sealed class Slot(KvCache cache, List<int> tokens, TreeDrafter? drafter)
     {
         public KvCache Cache { get; } = cache;
 
-        public List<int> Tokens { get; } = [];
+        public List<int> Tokens { get; } = tokens;
+
+        /// <summary>Gets whether this is the engine's cache (its tokens list, its drafter).</summary>
+        public bool Shared => drafter is not null;
+
+        /// <summary>Keeps the first <paramref name="n"/> tokens (and the drafter's pairs among them).</summary>
+        public void Keep(int n)
+        {
+            Cache.Length = n;
+            Tokens.RemoveRange(n, Tokens.Count - n);
+            drafter?.Truncate(n - 1);   // pair t holds token t + 1
+        }
 
         public bool Busy { get; set; }
 
@@ -510,19 +584,16 @@ internal sealed class BatchScheduler : IDisposable
     {
         public GenerationRequest Request { get; } = request;
 
+        public Action<int, string>? OnText { get; } = onText;
+
         public CancellationToken CancellationToken { get; } = cancellationToken;
 
         public TaskCompletionSource<GenerationResult> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        public Stopwatch Clock { get; } = new();
+        /// <summary>The sampler, emitter, constraint and counters, shared with runs of the engine's loop (set at admission).</summary>
+        public RequestDecoding? D { get; set; }
 
         public Slot? Slot { get; private set; }
-
-        public LogitsSampler? Sampler { get; private set; }
-
-        public TokenEmitter? Emitter { get; private set; }
-
-        public OutputConstraint.State? Constraint { get; set; }
 
         public float[] Row { get; private set; } = [];
 
@@ -533,13 +604,8 @@ internal sealed class BatchScheduler : IDisposable
         /// <summary>Prompt tokens in the cache.</summary>
         public int Position { get; set; }
 
-        public int Cached { get; private set; }
-
-        public int Forwards { get; set; }
-
-        public long Last { get; set; }
-
-        public TimeSpan PrefillTime { get; set; }
+        /// <summary>Decode forwards in the batch.</summary>
+        public int DecodeSteps { get; set; }
 
         /// <summary>The prompt-lookup proposal buffer (empty: no lookup for this request) and the n-gram of its match.</summary>
         public int[] Proposal { get; private set; } = [];
@@ -555,12 +621,9 @@ internal sealed class BatchScheduler : IDisposable
 
         public void Start(Slot slot, int cached, InferenceEngine engine)
         {
-            Clock.Start();
-            (Slot, Cached, Position, Prefilling) = (slot, cached, cached, true);
+            (Slot, Position, Prefilling) = (slot, cached, true);
+            D!.Cached = cached;
             int vocab = engine.Model.Config.VocabSize;
-            Sampler = new LogitsSampler(Request.Sampling, vocab, Request.PromptIds);
-            Emitter = new TokenEmitter(Request, engine.Tokenizer, engine.EosTokenIds, onText, Clock);
-            Constraint = Request.Constraint?.Start();
             Row = new float[vocab];
             Probs = new float[vocab];
             // Greedy requests only: their output is the plain one whatever the gate decides, so a request gets the same

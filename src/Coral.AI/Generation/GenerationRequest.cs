@@ -84,6 +84,30 @@ internal sealed record SpeculativeStats(int Cycles, int AcceptedTokens, int Draf
     }
 
     public double MeanAcceptedLength => Cycles == 0 ? 0 : (double)AcceptedTokens / Cycles;
+
+    /// <summary>The counters of two parts of one request added (runs of the engine's loop and of the batch: continuous
+    /// batching hands a lone request to the engine and takes it back); null when both are.</summary>
+    public static SpeculativeStats? Sum(SpeculativeStats? a, SpeculativeStats? b)
+    {
+        if (a is null || b is null)
+        {
+            return a ?? b;
+        }
+
+        var acceptedDrafted = new int[Math.Max(a.AcceptedDrafted.Count, b.AcceptedDrafted.Count)];
+        for (int i = 0; i < acceptedDrafted.Length; i++)
+        {
+            acceptedDrafted[i] = a.AcceptedDrafted.ElementAtOrDefault(i) + b.AcceptedDrafted.ElementAtOrDefault(i);
+        }
+
+        return new SpeculativeStats(a.Cycles + b.Cycles, a.AcceptedTokens + b.AcceptedTokens, a.DraftTokens + b.DraftTokens,
+            a.DraftTime + b.DraftTime, a.VerifyTime + b.VerifyTime, acceptedDrafted)
+        {
+            PlainSteps = a.PlainSteps + b.PlainSteps, PlainTime = a.PlainTime + b.PlainTime, LookupCycles = a.LookupCycles + b.LookupCycles,
+            LookupAcceptedTokens = a.LookupAcceptedTokens + b.LookupAcceptedTokens, UsedDrafter = a.UsedDrafter || b.UsedDrafter,
+            LookupTime = a.LookupTime + b.LookupTime, LoopTime = a.LoopTime + b.LoopTime,
+        };
+    }
 }
 
 /// <summary>The outcome of a generation.</summary>

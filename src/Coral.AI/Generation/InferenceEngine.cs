@@ -144,6 +144,29 @@ internal sealed class InferenceEngine : IDisposable
     /// <summary>Gets the lock that serialises requests over the single cache.</summary>
     public SemaphoreSlim Gate { get; } = new(1, 1);
 
+    private int _gateWaiters;
+
+    /// <summary>Gets how many callers wait in <see cref="EnterAsync"/> (a lone request the batch scheduler handed to the
+    /// engine's loop yields to them).</summary>
+    internal int GateWaiters => Volatile.Read(ref _gateWaiters);
+
+    /// <summary>Waits for <see cref="Gate"/>, counted in the queue depth and in <see cref="GateWaiters"/>.</summary>
+    internal async Task EnterAsync(CancellationToken cancellationToken)
+    {
+        Interlocked.Increment(ref _gateWaiters);
+        try
+        {
+            await CoralTelemetry.EnterAsync(Gate, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _gateWaiters);
+        }
+    }
+
+    /// <summary>The token ids whose K/V the cache holds (the batch scheduler's slot over the engine's cache shares it).</summary>
+    internal List<int> TokensInCache => _cachedTokens;
+
     public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
         ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None)
     {
@@ -179,59 +202,103 @@ internal sealed class InferenceEngine : IDisposable
     /// </summary>
     public GenerationResult Generate(GenerationRequest request, Action<int, string>? onText, CancellationToken cancellationToken)
     {
-        IReadOnlyList<int> prompt = request.PromptIds;
+        CheckPrompt(request.PromptIds);
+        var decoding = new RequestDecoding(request, this, onText);
+        Run(decoding, yieldWhen: null, cancellationToken);
+        return decoding.Result();
+    }
+
+    /// <summary>Refuses an empty prompt, and one that leaves no room for an answer in the context.</summary>
+    internal void CheckPrompt(IReadOnlyList<int> prompt)
+    {
         if (prompt.Count == 0)
         {
-            throw new ArgumentException("The prompt has no tokens.", nameof(request));
+            throw new ArgumentException("The prompt has no tokens.", "request");
         }
 
         if (prompt.Count >= ContextLength)
         {
             throw new PromptTooLongException(prompt.Count, ContextLength);
         }
+    }
 
+    /// <summary>Whether the engine's runs of <paramref name="d"/> draft: decided once per request — a drafter, a
+    /// speculative unconstrained request, and a drafter not sitting this kind of request out (<see cref="SkipDrafter"/>).</summary>
+    internal bool Drafts(RequestDecoding d) => d.Drafting ??= Drafter is not null && d.Request.Speculative && d.Request.Constraint is null
+        && !SkipDrafter(Kind(d.Request));
+
+    private static int Kind(GenerationRequest request) => request.Sampling.IsGreedy ? 0 : 1;
+
+    /// <summary>
+    /// Decodes <paramref name="d"/> on the engine's cache from where it stands — a new request from its prompt; a resumed
+    /// one (<see cref="RequestDecoding.Last"/> set, the cache holding its sequence) from its last token, the tokens the
+    /// drafter has not seen run again for their features — until it finishes, or until <paramref name="yieldWhen"/>
+    /// answers true between two steps: then <see cref="RequestDecoding.Last"/> is its last token (emitted, not cached)
+    /// and the cache and <see cref="CachedTokens"/> hold the rest. Must run on one thread from start to end.
+    /// </summary>
+    internal void Run(RequestDecoding d, Func<bool>? yieldWhen, CancellationToken cancellationToken)
+    {
         using var inference = torch.inference_mode();
-        var sampler = new LogitsSampler(request.Sampling, Model.Config.VocabSize, prompt);
-        var clock = Stopwatch.StartNew();
-        var emitter = new TokenEmitter(request, Tokenizer, EosTokenIds, onText, clock);
-        int kind = request.Sampling.IsGreedy ? 0 : 1;
-        bool speculative = Drafter is not null && request.Speculative && request.Constraint is null && !SkipDrafter(kind);
-        OutputConstraint.State? constraint = request.Constraint?.Start();
-        var (cached, features) = Prefill(prompt, cancellationToken, collectFeatures: speculative);
-        TimeSpan prefill = clock.Elapsed;
-        int forwards = 1;
-        SpeculativeStats? stats = null;
-
-        int token = Next(sampler, ref constraint, _row, _probs);
-        if (emitter.Emit(token) && !EndIfComplete(constraint, emitter))
+        GenerationRequest request = d.Request;
+        bool speculative = Drafts(d);
+        bool resumed = d.Last is not null;
+        IReadOnlyList<int> prompt = resumed ? _cachedTokens.ToArray() : request.PromptIds;
+        var (cached, features) = Prefill(prompt, cancellationToken, collectFeatures: speculative, logits: !resumed);
+        d.Forwards++;
+        int token;
+        if (d.Last is int last)
         {
-            if (speculative)
+            token = last;
+        }
+        else
+        {
+            d.Cached = cached;
+            d.PrefillTime = d.Clock.Elapsed;
+            token = Next(d.Sampler, ref d.Constraint, _row, _probs);
+            if (!d.Emitter.Emit(token) || EndIfComplete(d.Constraint, d.Emitter))
             {
-                long[] next = [.. prompt.Skip(prompt.Count - (int)features!.shape[0] + 1).Select(x => (long)x), token];
-                (token, stats) = SpeculativeLoop(request.Tree ?? Tree, request.PromptLookupTokens ?? PromptLookupTokens, sampler, emitter, features, next, cancellationToken);
-                forwards += stats.Cycles + stats.PlainSteps;
-                features = null;
-                _sitOut.Observe(kind, AdaptiveDepth && _depthController is { PlainFallback: true } controller
-                    && (controller.Depth == 0 || stats.DraftCyclesLosing));
-            }
-
-            // Without the drafter (none, or one that measured slower than plain steps for this kind of request), prompt
-            // lookup still speculates where a verified chain computes the same bits as one-token steps: an engine set up
-            // for a drafter (batch-invariant cache, padding, bf16 head), or packed weights. Greedy output stays exactly
-            // the plain one.
-            int lookupTokens = !speculative && request.Speculative && constraint is null && (Drafter is not null || Model.UsesPackedWeights)
-                ? request.PromptLookupTokens ?? PromptLookupTokens : 0;
-            forwards += PlainLoop(token, sampler, emitter, constraint, lookupTokens, ref stats, cancellationToken);
-            if (stats is null && !speculative && Drafter is not null && request.Speculative && request.Constraint is null)
-            {
-                // The drafter sat this request out (and prompt lookup is off): say so, with its plain steps.
-                stats = new SpeculativeStats(0, 0, 0, TimeSpan.Zero, TimeSpan.Zero, []) { PlainSteps = forwards - 1, PlainTime = clock.Elapsed - prefill };
+                features?.Dispose();
+                return;
             }
         }
 
-        features?.Dispose();
-        return new GenerationResult(emitter.Ids, emitter.Text, prompt.Count, cached, emitter.Finish, prefill, clock.Elapsed - prefill,
-            emitter.TimeToFirstToken, forwards, stats);
+        if (speculative)
+        {
+            long[] next = [.. prompt.Skip(prompt.Count - (int)features!.shape[0] + 1).Select(x => (long)x), token];
+            (token, SpeculativeStats stats, bool yielded) = SpeculativeLoop(request.Tree ?? Tree, request.PromptLookupTokens ?? PromptLookupTokens,
+                d.Sampler, d.Emitter, features, next, yieldWhen, cancellationToken);
+            d.Forwards += stats.Cycles + stats.PlainSteps;
+            d.Stats = SpeculativeStats.Sum(d.Stats, stats);
+            if (yielded)
+            {
+                d.Last = token;
+                return;
+            }
+
+            _sitOut.Observe(Kind(request), AdaptiveDepth && _depthController is { PlainFallback: true } controller
+                && (controller.Depth == 0 || stats.DraftCyclesLosing));
+        }
+        else
+        {
+            features?.Dispose();
+        }
+
+        // Without the drafter (none, or one that measured slower than plain steps for this kind of request), prompt
+        // lookup still speculates where a verified chain computes the same bits as one-token steps: an engine set up
+        // for a drafter (batch-invariant cache, padding, bf16 head), or packed weights. Greedy output stays exactly
+        // the plain one.
+        int lookupTokens = !speculative && request.Speculative && request.Constraint is null && (Drafter is not null || Model.UsesPackedWeights)
+            ? request.PromptLookupTokens ?? PromptLookupTokens : 0;
+        if (PlainLoop(d, token, lookupTokens, yieldWhen, cancellationToken))
+        {
+            return;
+        }
+
+        if (d.Stats is null && !speculative && Drafter is not null && request.Speculative && request.Constraint is null)
+        {
+            // The drafter sat this request out (and prompt lookup is off): say so, with its plain steps.
+            d.Stats = new SpeculativeStats(0, 0, 0, TimeSpan.Zero, TimeSpan.Zero, []) { PlainSteps = d.Forwards - 1, PlainTime = d.Clock.Elapsed - d.PrefillTime };
+        }
     }
 
     /// <summary>Whether this request (of <paramref name="kind"/>: 0 greedy, 1 sampled) runs without the drafter because
@@ -239,17 +306,20 @@ internal sealed class InferenceEngine : IDisposable
     private bool SkipDrafter(int kind) => AdaptiveDepth && PlainFallback && _sitOut.Skip(kind);
 
     /// <summary>
-    /// Plain decoding from <paramref name="last"/> (emitted, not yet in the cache); returns the forwards run. With
-    /// <paramref name="lookupTokens"/> &gt; 0 (no drafter in use, and verified rows exact), prompt-lookup proposals are verified as
-    /// chains where the gate expects them to beat a plain step, and <paramref name="stats"/> gets their counts.
+    /// Plain decoding of <paramref name="d"/> from <paramref name="last"/> (emitted, not yet in the cache). With
+    /// <paramref name="lookupTokens"/> &gt; 0 (no drafter in use, and verified rows exact), prompt-lookup proposals are
+    /// verified as chains where the gate expects them to beat a plain step, and their counts join the request's. Returns
+    /// true when <paramref name="yieldWhen"/> stopped it before the end (<see cref="RequestDecoding.Last"/> set).
     /// </summary>
-    private int PlainLoop(int last, LogitsSampler sampler, TokenEmitter emitter, OutputConstraint.State? constraint, int lookupTokens,
-        ref SpeculativeStats? stats, CancellationToken cancellationToken)
+    private bool PlainLoop(RequestDecoding d, int last, int lookupTokens, Func<bool>? yieldWhen, CancellationToken cancellationToken)
     {
-        int forwards = 0, plainSteps = 0;
+        int plainSteps = 0;
+        bool yielded = false;
         LookupRun? lookup = lookupTokens > 0 ? new LookupRun(lookupTokens, LookupGate) : null;
         var verifyClock = new Stopwatch();
         TimeSpan plainTime = TimeSpan.Zero;
+        LogitsSampler sampler = d.Sampler;
+        TokenEmitter emitter = d.Emitter;
         while (!emitter.Finished)
         {
             if (Cache.Length + 1 >= ContextLength)
@@ -258,23 +328,29 @@ internal sealed class InferenceEngine : IDisposable
                 break;
             }
 
+            if (yieldWhen?.Invoke() == true)
+            {
+                yielded = true;
+                break;
+            }
+
             cancellationToken.ThrowIfCancellationRequested();
             long stepStart = Stopwatch.GetTimestamp();
             if (lookup is not null && TryLookupCycle(lookup, last, _plainStepMs > 0 ? 1 / _plainStepMs : 0, sampler, emitter, verifyClock,
                     keepFeatures: false, out List<int> emitted, out _))
             {
-                forwards++;
+                d.Forwards++;
                 last = emitted[^1];
                 continue;
             }
 
-            int? greedy = Step(last, argMax: constraint is null && sampler.Parameters.IsArgMax);
+            int? greedy = Step(last, argMax: d.Constraint is null && sampler.Parameters.IsArgMax);
             _cachedTokens.Add(last);
-            forwards++;
-            last = greedy is int token ? Accept(sampler, token) : Next(sampler, ref constraint, _row, _probs);
+            d.Forwards++;
+            last = greedy is int token ? Accept(sampler, token) : Next(sampler, ref d.Constraint, _row, _probs);
             if (emitter.Emit(last))
             {
-                EndIfComplete(constraint, emitter);
+                EndIfComplete(d.Constraint, emitter);
             }
 
             if (lookup is not null)
@@ -288,14 +364,19 @@ internal sealed class InferenceEngine : IDisposable
 
         if (lookup is not null)
         {
-            stats = new SpeculativeStats(lookup.Cycles, lookup.Emitted, lookup.Proposed, TimeSpan.Zero, verifyClock.Elapsed, [])
+            d.Stats = SpeculativeStats.Sum(d.Stats, new SpeculativeStats(lookup.Cycles, lookup.Emitted, lookup.Proposed, TimeSpan.Zero, verifyClock.Elapsed, [])
             {
                 PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookup.Cycles, LookupAcceptedTokens = lookup.Accepted,
                 LookupTime = lookup.Time,
-            };
+            });
         }
 
-        return forwards;
+        if (yielded)
+        {
+            d.Last = last;
+        }
+
+        return yielded;
     }
 
     internal static bool EndIfComplete(OutputConstraint.State? constraint, TokenEmitter emitter)
@@ -393,11 +474,13 @@ internal sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>
-    /// Draft → verify → accept cycles until the emitter finishes or the cache cannot hold another tree. Returns the last
-    /// emitted token (not yet in the target cache) for the plain loop to continue from, and the cycle statistics.
+    /// Draft → verify → accept cycles until the emitter finishes, the cache cannot hold another tree, or
+    /// <paramref name="yieldWhen"/> answers true before a cycle. Returns the last emitted token (not yet in the target
+    /// cache) for the plain loop (or the batch) to continue from, the cycle statistics, and whether it yielded. The drafter
+    /// takes every pending pair before it returns.
     /// </summary>
-    private (int Last, SpeculativeStats Stats) SpeculativeLoop(TreeShape shape, int lookupTokens, LogitsSampler sampler, TokenEmitter emitter,
-        Tensor features, long[] nextTokens, CancellationToken cancellationToken)
+    private (int Last, SpeculativeStats Stats, bool Yielded) SpeculativeLoop(TreeShape shape, int lookupTokens, LogitsSampler sampler, TokenEmitter emitter,
+        Tensor features, long[] nextTokens, Func<bool>? yieldWhen, CancellationToken cancellationToken)
     {
         shape.Validate();
         TreeDrafter drafter = Drafter!;
@@ -427,10 +510,17 @@ internal sealed class InferenceEngine : IDisposable
         var loopClock = Stopwatch.StartNew();
         var verifyClock = new Stopwatch();
         int root = (int)nextTokens[^1];
+        bool yielded = false;
         try
         {
             while (!emitter.Finished && Cache.Length + shape.TotalTokens < ContextLength)
             {
+                if (yieldWhen?.Invoke() == true)
+                {
+                    yielded = true;
+                    break;
+                }
+
                 cancellationToken.ThrowIfCancellationRequested();
                 long cycleStart = Stopwatch.GetTimestamp();
                 // Prompt lookup first, when the gate expects it to beat the controller's choice: the accepted tokens'
@@ -528,7 +618,7 @@ internal sealed class InferenceEngine : IDisposable
         {
             PlainSteps = plainSteps, PlainTime = plainTime, LookupCycles = lookup?.Cycles ?? 0, LookupAcceptedTokens = lookup?.Accepted ?? 0,
             UsedDrafter = true, LookupTime = lookup?.Time ?? TimeSpan.Zero, LoopTime = loopClock.Elapsed,
-        });
+        }, yielded);
     }
 
     /// <summary>
@@ -726,10 +816,11 @@ internal sealed class InferenceEngine : IDisposable
 
     /// <summary>
     /// Brings the cache to hold the prompt, reusing the longest prefix shared with the cached sequence, and leaves the
-    /// logits of the last prompt token in the row buffer. With <paramref name="collectFeatures"/>, also returns the target
+    /// logits of the last prompt token in the row buffer (unless <paramref name="logits"/> is false: a resumed sequence
+    /// already has its next token). With <paramref name="collectFeatures"/>, also returns the target
     /// features of the prompt positions whose (feature, next token) pairs the drafter has not seen.
     /// </summary>
-    public (int Reused, Tensor? Features) Prefill(IReadOnlyList<int> prompt, CancellationToken cancellationToken, bool collectFeatures = false)
+    public (int Reused, Tensor? Features) Prefill(IReadOnlyList<int> prompt, CancellationToken cancellationToken, bool collectFeatures = false, bool logits = true)
     {
         int common = 0;
         int limit = Math.Min(Math.Min(_cachedTokens.Count, Cache.Length), prompt.Count - 1);
@@ -758,7 +849,7 @@ internal sealed class InferenceEngine : IDisposable
                 using (var scope = torch.NewDisposeScope())
                 {
                     Tensor hidden = Model.Forward(chunk, Cache);
-                    if (start + n == prompt.Count)
+                    if (logits && start + n == prompt.Count)
                     {
                         Model.Logits(hidden.narrow(0, n - 1, 1), _row);
                     }
