@@ -10,8 +10,9 @@ namespace Coral.Cli;
 /// <c>coral bench --parallel N</c>: a server's view of the prompt set — every prompt arrives at once — served three ways,
 /// interleaved round by round in one process: one request after another with plain steps, one after another with the
 /// engine's defaults (drafter and prompt lookup; only when it has either), and all together through continuous batching
-/// over N slots. Prints total generated tokens per second of wall time, the median time until a request has its answer,
-/// and whether every batched answer equals the plain one (greedy, or sampled with the same seed per prompt).
+/// over N slots; with a drafter also one after another through the scheduler (a single user's view: alone, a request
+/// drafts in the engine's slot). Prints total generated tokens per second of wall time, the median time until a request
+/// has its answer, and whether every batched answer equals the plain one (greedy, or sampled with the same seed per prompt).
 /// </summary>
 internal static class ParallelBench
 {
@@ -29,7 +30,8 @@ internal static class ParallelBench
                 maxNew, null))
             .ToArray();
         bool speculates = engine.Drafter is not null || (engine.PromptLookupTokens > 0 && engine.Model.UsesPackedWeights);
-        string[] modes = speculates ? ["serial_plain", "serial_default", "batched"] : ["serial_plain", "batched"];
+        string[] modes = engine.Drafter is not null ? ["serial_plain", "serial_default", "batched_serial", "batched"]
+            : speculates ? ["serial_plain", "serial_default", "batched"] : ["serial_plain", "batched"];
 
         Served Serve(string mode, int count)
         {
@@ -52,7 +54,8 @@ internal static class ParallelBench
                 for (int i = 0; i < count; i++)
                 {
                     GenerationRequest r = mode == "serial_plain" ? requests[i] with { Speculative = false, PromptLookupTokens = 0 } : requests[i];
-                    ids[i] = engine.Generate(r, null, CancellationToken.None).TokenIds;
+                    ids[i] = mode == "batched_serial" ? batch.GenerateAsync(r, null, CancellationToken.None).GetAwaiter().GetResult().TokenIds
+                        : engine.Generate(r, null, CancellationToken.None).TokenIds;
                     finished[i] = clock.Elapsed.TotalSeconds;
                 }
             }
@@ -81,7 +84,8 @@ internal static class ParallelBench
             log.WriteLine($"round {r + 1}/{rounds} done");
         }
 
-        bool identical = measured["batched"].Zip(measured["serial_plain"]).All(x => x.First.Ids.Zip(x.Second.Ids).All(p => p.First.SequenceEqual(p.Second)));
+        bool identical = modes.Where(m => m.StartsWith("batched", StringComparison.Ordinal)).All(m => measured[m].Zip(measured["serial_plain"])
+            .All(x => x.First.Ids.Zip(x.Second.Ids).All(p => p.First.SequenceEqual(p.Second))));
         var byMode = new JsonObject();
         foreach (string mode in modes)
         {

@@ -296,19 +296,22 @@ public class BatchSchedulerTests
 /// <summary><c>coral bench --parallel N</c> and <c>--parallel</c> on the command line.</summary>
 public class ParallelBenchTests
 {
-    /// <summary>Three prompts arriving at once over two slots: the report has the three modes, a batch of two, and batched
-    /// answers identical to plain ones (sampled at T=1 too, with a seed per prompt); a bad value names the flag.</summary>
+    /// <summary>Three prompts arriving at once over two slots: the report has the three modes (four with a drafter: one
+    /// request at a time through the scheduler too), a batch of two, and batched answers identical to plain ones (sampled
+    /// at T=1 too, with a seed per prompt); a bad value names the flag.</summary>
     [Theory]
-    [InlineData("0")]
-    [InlineData("1")]
-    public async Task BenchParallel_ReportsTheModes_AndBatchedAnswersArePlain(string temperature)
+    [InlineData("0", false)]
+    [InlineData("1", false)]
+    [InlineData("0", true)]
+    public async Task BenchParallel_ReportsTheModes_AndBatchedAnswersArePlain(string temperature, bool drafter)
     {
         string target = TransformerModelTests.ModelFor("llama-successor-bf16");
+        string[] draft = drafter ? ["--draft", DrafterZoo.Random(target, "bench-parallel")] : [];
         string prompts = Path.Combine(ModelZoo.TempFolder("bench-parallel-" + temperature), "prompts.jsonl");
         File.WriteAllLines(prompts, ["{\"prompt\": \"abcdefghijklmnop abc\", \"kind\": \"copy\"}", "{\"prompt\": \"klmnopqrstuvw klm\"}", "{\"prompt\": \"zyx\"}"]);
         var stdout = new StringWriter();
         var stderr = new StringWriter();
-        int rc = await Coral.Cli.CliApp.RunAsync(["bench", "--model", target, "--prompts", prompts, "--max-new-tokens", "12", "--rounds", "2", "--warmup", "1",
+        int rc = await Coral.Cli.CliApp.RunAsync(["bench", "--model", target, .. draft, "--prompts", prompts, "--max-new-tokens", "12", "--rounds", "2", "--warmup", "1",
             "--parallel", "2", "--temperature", temperature, "--json"], stdout, stderr, TextReader.Null);
         Assert.True(rc == 0, stderr.ToString());
         var root = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
@@ -316,12 +319,13 @@ public class ParallelBenchTests
         Assert.Equal(2, root.GetProperty("peak_batch").GetInt32());
         Assert.True(root.GetProperty("batched_identical_to_plain").GetBoolean());
         var modes = root.GetProperty("modes");
-        foreach (string mode in new[] { "serial_plain", "serial_default", "batched" })
+        foreach (string mode in drafter ? ["serial_plain", "serial_default", "batched_serial", "batched"] : new[] { "serial_plain", "serial_default", "batched" })
         {
             Assert.True(modes.GetProperty(mode).GetProperty("tokens_per_second").GetDouble() > 0, mode);
         }
 
         Assert.True(modes.GetProperty("serial_plain").GetProperty("batched_speedup").GetDouble() > 0);
+        Assert.Equal(drafter, modes.TryGetProperty("batched_serial", out _));
         Assert.Equal(1, await Coral.Cli.CliApp.RunAsync(["bench", "--model", target, "--prompts", prompts, "--parallel", "0"], new StringWriter(), stderr, TextReader.Null));
         Assert.Contains("--parallel must be in [1, 64]", stderr.ToString());
     }
