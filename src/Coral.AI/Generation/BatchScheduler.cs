@@ -235,10 +235,15 @@ internal sealed class BatchScheduler : IDisposable
         if (s.D!.Emitter.Finished)
         {
             End(s, fault: null);
-            return;
         }
-
-        (s.Prefilling, s.Position) = (false, s.Request.PromptIds.Count);
+        else if (s.D.Last is null)
+        {
+            s.Position = s.Slot!.Tokens.Count;   // yielded within its prompt: the batch prefills the rest
+        }
+        else
+        {
+            (s.Prefilling, s.Position) = (false, s.Request.PromptIds.Count);
+        }
     }
 
     /// <summary>One forward over every active request — a prompt chunk for each prefilling one, the last token (and a

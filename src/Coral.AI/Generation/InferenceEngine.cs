@@ -234,7 +234,8 @@ internal sealed class InferenceEngine : IDisposable
     /// one (<see cref="RequestDecoding.Last"/> set, the cache holding its sequence) from its last token, the tokens the
     /// drafter has not seen run again for their features — until it finishes, or until <paramref name="yieldWhen"/>
     /// answers true between two steps: then <see cref="RequestDecoding.Last"/> is its last token (emitted, not cached)
-    /// and the cache and <see cref="CachedTokens"/> hold the rest. Must run on one thread from start to end.
+    /// and the cache and <see cref="CachedTokens"/> hold the rest — or, between two chunks of a new prompt, the prompt so
+    /// far (<see cref="RequestDecoding.Last"/> still null). Must run on one thread from start to end.
     /// </summary>
     internal void Run(RequestDecoding d, Func<bool>? yieldWhen, CancellationToken cancellationToken)
     {
@@ -243,8 +244,20 @@ internal sealed class InferenceEngine : IDisposable
         bool speculative = Drafts(d);
         bool resumed = d.Last is not null;
         IReadOnlyList<int> prompt = resumed ? _cachedTokens.ToArray() : request.PromptIds;
-        var (cached, features) = Prefill(prompt, cancellationToken, collectFeatures: speculative, logits: !resumed);
-        d.Forwards++;
+        // A resumed sequence recomputes only what the drafter has not seen, without yielding (the batch cannot take a
+        // partly recomputed sequence back); a new prompt may yield between its chunks and go on in the batch.
+        var (cached, features, yieldedInPrompt) = Prefill(prompt, cancellationToken, collectFeatures: speculative, logits: !resumed,
+            yieldWhen: resumed ? null : yieldWhen);
+        if (d.Forwards++ == 0)
+        {
+            d.Cached = cached;   // the request's first forward: what it found in the cache
+        }
+
+        if (yieldedInPrompt)
+        {
+            return;
+        }
+
         int token;
         if (d.Last is int last)
         {
@@ -252,7 +265,6 @@ internal sealed class InferenceEngine : IDisposable
         }
         else
         {
-            d.Cached = cached;
             d.PrefillTime = d.Clock.Elapsed;
             token = Next(d.Sampler, ref d.Constraint, _row, _probs);
             if (!d.Emitter.Emit(token) || EndIfComplete(d.Constraint, d.Emitter))
@@ -818,9 +830,12 @@ internal sealed class InferenceEngine : IDisposable
     /// Brings the cache to hold the prompt, reusing the longest prefix shared with the cached sequence, and leaves the
     /// logits of the last prompt token in the row buffer (unless <paramref name="logits"/> is false: a resumed sequence
     /// already has its next token). With <paramref name="collectFeatures"/>, also returns the target
-    /// features of the prompt positions whose (feature, next token) pairs the drafter has not seen.
+    /// features of the prompt positions whose (feature, next token) pairs the drafter has not seen. When
+    /// <paramref name="yieldWhen"/> answers true before a chunk (never the first), it stops there with the cache holding
+    /// the prompt so far (the drafter fed its pairs) and returns <c>Yielded</c>.
     /// </summary>
-    public (int Reused, Tensor? Features) Prefill(IReadOnlyList<int> prompt, CancellationToken cancellationToken, bool collectFeatures = false, bool logits = true)
+    private (int Reused, Tensor? Features, bool Yielded) Prefill(IReadOnlyList<int> prompt, CancellationToken cancellationToken, bool collectFeatures = false,
+        bool logits = true, Func<bool>? yieldWhen = null)
     {
         int common = 0;
         int limit = Math.Min(Math.Min(_cachedTokens.Count, Cache.Length), prompt.Count - 1);
@@ -843,6 +858,17 @@ internal sealed class InferenceEngine : IDisposable
         {
             for (int start = common; start < prompt.Count; start += PrefillChunk)
             {
+                if (start > common && yieldWhen?.Invoke() == true)
+                {
+                    if (collectFeatures)
+                    {
+                        using var scope = torch.NewDisposeScope();
+                        Drafter!.Feed(torch.cat(parts, 0), prompt.Skip(common + 1).Take(start - common).Select(x => (long)x).ToArray());
+                    }
+
+                    return (common, null, true);
+                }
+
                 cancellationToken.ThrowIfCancellationRequested();
                 int n = Math.Min(PrefillChunk, prompt.Count - start);
                 long[] chunk = prompt.Skip(start).Take(n).Select(x => (long)x).ToArray();
@@ -865,11 +891,11 @@ internal sealed class InferenceEngine : IDisposable
 
             if (!collectFeatures)
             {
-                return (common, null);
+                return (common, null, false);
             }
 
             Tensor features = parts.Count == 1 ? parts[0].alias() : torch.cat(parts, 0);
-            return (common, features);
+            return (common, features, false);
         }
         catch
         {

@@ -127,4 +127,58 @@ public class LoneRequestTests
         Assert.InRange(seen, 5, 5 + TreeShape.Default.Depth + 1);   // at most the rest of one cycle
         Assert.Equal(plainSecond.TokenIds, (await batch.GenerateAsync(second, null, CancellationToken.None)).TokenIds);
     }
+
+    /// <summary>A new prompt yields between its chunks: the engine's loop stops with the prompt so far in the cache and
+    /// the drafter fed every pair of it (the batch would prefill the rest), and the loop started again computes nothing
+    /// twice and gives the plain answer.</summary>
+    [Fact]
+    public void NewPrompt_YieldsBetweenChunks_AndTheDrafterKeepsItsPairs()
+    {
+        string target = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string drafter = DrafterZoo.Copy(target, "lone-prompt");
+        TransformerModel model = TransformerModel.Load(target, torch.CPU, ScalarType.Float32, 256,
+            TorchDevices.ResolveHeadType(ScalarType.Float32, torch.CPU, speculative: true));
+        using var engine = new InferenceEngine(model, HfTokenizer.Load(target), 256, "lone", prefillChunk: 16, draft: DraftModel.Load(drafter, model, 256 + 128));
+        engine.AdaptiveDepth = false;
+        var random = new Random(8);
+        var request = new GenerationRequest(Enumerable.Range(0, 53).Select(_ => random.Next(3, model.Config.VocabSize)).ToArray(), SamplingParameters.Greedy, 30, []);
+        GenerationResult plain = engine.Generate(request with { Speculative = false }, null, CancellationToken.None);
+
+        engine.ResetCache();
+        var d = new RequestDecoding(request, engine, null);
+        int asked = 0;
+        engine.Run(d, () => ++asked == 2, CancellationToken.None);   // yields before the third chunk
+        Assert.Null(d.Last);
+        Assert.Empty(d.Emitter.Ids);
+        Assert.Equal(32, engine.CachedTokens.Count);
+        Assert.Equal(request.PromptIds.Take(32), engine.CachedTokens);
+        Assert.Equal(32, engine.Drafter!.Cache.Length);   // pairs 0..31: their next tokens are the prompt's
+        engine.Run(d, null, CancellationToken.None);
+        GenerationResult result = d.Result();
+        Assert.Equal(plain.TokenIds, result.TokenIds);
+        Assert.True(result.Speculative is { UsedDrafter: true, Cycles: > 0 });
+    }
+
+    /// <summary>Through the scheduler: a request with a long prompt alone, another arriving while it prefills or decodes —
+    /// wherever the first yields, both answers are the plain ones.</summary>
+    [Fact]
+    public async Task ArrivalDuringALongPrompt_KeepsBothAnswersPlain()
+    {
+        var (engine, first, second) = Setup("long-prompt");
+        using var disposeEngine = engine;
+        var random = new Random(9);
+        GenerationRequest longPrompt = first with { PromptIds = [.. Enumerable.Range(0, 180).Select(_ => random.Next(3, engine.Model.Config.VocabSize))], MaxNewTokens = 30 };
+        GenerationResult plainLong = Plain(engine, longPrompt), plainSecond = Plain(engine, second);
+        engine.ResetCache();
+        engine.EnableBatching(2);
+        for (int delayMs = 0; delayMs <= 20; delayMs += 10)
+        {
+            engine.Batch!.ForgetCachedTokens();
+            Task<GenerationResult> a = engine.Batch.GenerateAsync(longPrompt, null, CancellationToken.None);
+            await Task.Delay(delayMs);
+            Task<GenerationResult> b = engine.Batch.GenerateAsync(second, null, CancellationToken.None);
+            Assert.Equal(plainLong.TokenIds, (await a).TokenIds);
+            Assert.Equal(plainSecond.TokenIds, (await b).TokenIds);
+        }
+    }
 }
