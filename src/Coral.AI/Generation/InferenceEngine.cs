@@ -170,6 +170,8 @@ internal sealed class InferenceEngine : IDisposable
     public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
         ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None)
     {
+        string? ggufName = GgufImporter.IsGguf(folder) ? Path.GetFileNameWithoutExtension(folder) : null;
+        folder = GgufImporter.Resolve(folder);
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
         TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels, packedWeights, quantization);
         DraftModel? draft = null;
@@ -186,7 +188,7 @@ internal sealed class InferenceEngine : IDisposable
                 draft = DraftModel.Load(draftFolder, model, model.MaxPositions + 128);
             }
 
-            return new InferenceEngine(model, tokenizer, contextLength, modelId ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder))), draft: draft);
+            return new InferenceEngine(model, tokenizer, contextLength, modelId ?? ggufName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder))), draft: draft);
         }
         catch
         {

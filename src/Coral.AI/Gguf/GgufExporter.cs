@@ -10,8 +10,8 @@ namespace Coral.AI;
 /// </summary>
 public static class GgufExporter
 {
-    private const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    private const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    internal const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    internal const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
     /// <summary>Writes <paramref name="outputPath"/> from the model in <paramref name="modelFolder"/>.</summary>
     /// <param name="modelFolder">The Hugging Face model folder.</param>
@@ -387,7 +387,7 @@ public static class GgufExporter
 
     /// <summary>llama.cpp's rope_freqs for llama3 scaling: per-frequency divisors turning the base frequencies into the
     /// scaled ones.</summary>
-    private static float[] RopeFrequencyFactors(ModelConfig c)
+    internal static float[] RopeFrequencyFactors(ModelConfig c)
     {
         double[] plain = RotaryTables.InverseFrequencies(c, applyScaling: false);
         double[] scaled = RotaryTables.InverseFrequencies(c, applyScaling: true);
@@ -467,6 +467,10 @@ public static class GgufExporter
         }
 
         g.Add("tokenizer.ggml.add_bos_token", addsBos);
+        if (tokenizer.Config.ChatTemplate is string template)
+        {
+            g.Add("tokenizer.chat_template", template);   // as llama.cpp's converter writes it
+        }
     }
 
     private static string? FindSplit(JsonNode? node) => node switch

@@ -12,20 +12,22 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
     {
         if (string.IsNullOrWhiteSpace(o.ModelPath))
         {
-            return "CoralChatClientOptions.ModelPath is required (a Hugging Face model folder with config.json).";
+            return "CoralChatClientOptions.ModelPath is required (a Hugging Face model folder with config.json, or a .gguf file).";
         }
 
-        if (!Directory.Exists(o.ModelPath))
+        if (GgufImporter.IsGguf(o.ModelPath))
+        {
+            // A GGUF file: its metadata and tensors are checked as it is imported (errors name the key or tensor).
+        }
+        else if (!Directory.Exists(o.ModelPath))
         {
             return $"CoralChatClientOptions.ModelPath '{o.ModelPath}' does not exist.";
         }
-
-        if (!File.Exists(Path.Combine(o.ModelPath, "config.json")))
+        else if (!File.Exists(Path.Combine(o.ModelPath, "config.json")))
         {
             return $"CoralChatClientOptions.ModelPath '{o.ModelPath}' has no config.json.";
         }
-
-        if (!File.Exists(Path.Combine(o.ModelPath, "tokenizer.json")))
+        else if (!File.Exists(Path.Combine(o.ModelPath, "tokenizer.json")))
         {
             return $"CoralChatClientOptions.ModelPath '{o.ModelPath}' has no tokenizer.json.";
         }

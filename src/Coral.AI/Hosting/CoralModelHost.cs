@@ -34,7 +34,8 @@ public sealed class CoralModelHost : IDisposable
 
         _options = Copy(options);
         _logger = (ILogger?)logger ?? NullLogger.Instance;
-        ModelId = options.ModelId ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.ModelPath!)));
+        ModelId = options.ModelId ?? (GgufImporter.IsGguf(options.ModelPath) ? Path.GetFileNameWithoutExtension(options.ModelPath!)
+            : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.ModelPath!))));
         ModelUri = new Uri(Path.GetFullPath(options.ModelPath!));
     }
 
@@ -147,13 +148,16 @@ public sealed class CoralModelHost : IDisposable
 
             var device = TorchDevices.Resolve(_options.Device);
             bool speculative = _options.DraftModelPath is not null;
-            var dtype = TorchDevices.ResolveDType(_options.DType, device, ModelConfig.StoredDType(Path.Combine(_options.ModelPath!, "config.json")));
+            string folder = GgufImporter.Resolve(_options.ModelPath!);   // a GGUF file: its imported folder
+            var dtype = TorchDevices.ResolveDType(_options.DType, device, ModelConfig.StoredDType(Path.Combine(folder, "config.json")));
             var headType = TorchDevices.ResolveHeadType(dtype, device, speculative);
-            _ = TorchDevices.TryParseQuantization(_options.Quantization, out WeightQuantization quantization);
+            string? quantizationName = _options.Quantization
+                ?? (device.type == DeviceType.CPU && dtype == torch.ScalarType.Float32 ? GgufImporter.SuggestedQuantization(folder) : null);
+            _ = TorchDevices.TryParseQuantization(quantizationName, out WeightQuantization quantization);
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (weights {Quantization}, LM head {HeadType}, libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, quantization == WeightQuantization.None ? "as stored" : quantization.ToString(), headType ?? dtype,
                 torch.cuda.is_available() ? "with CUDA" : "CPU");
-            _engine = InferenceEngine.Load(_options.ModelPath!, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType,
+            _engine = InferenceEngine.Load(folder, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType,
                 quantization: quantization);
             if (TorchDevices.YieldTorchThreads(_engine.Model))
             {

@@ -7,12 +7,16 @@ namespace Coral.AI;
 /// <summary>
 /// The weights of a Hugging Face model folder: <c>model.safetensors</c> or a sharded
 /// <c>model.safetensors.index.json</c>. Tensors are taken one at a time, checked against the expected shape and
-/// converted to the compute dtype; a tensor already in that dtype stays a view of the memory-mapped file.
+/// converted to the compute dtype; a tensor already in that dtype stays a view of the memory-mapped file. A folder
+/// imported from a GGUF file (<see cref="GgufImporter"/>) reads the file's tensors under their Hugging Face names instead,
+/// as f32 values (quantized blocks dequantized, llama's q/k rows put back in Hugging Face order).
 /// </summary>
-internal sealed class CheckpointReader : IDisposable
+internal sealed unsafe class CheckpointReader : IDisposable
 {
     private readonly Dictionary<string, SafetensorsFile> _byTensor = new(StringComparer.Ordinal);
     private readonly List<SafetensorsFile> _files = [];
+    private readonly Dictionary<string, (GgufTensorInfo Tensor, int PermuteHeads)> _gguf = new(StringComparer.Ordinal);
+    private GgufFile? _ggufFile;
 
     public CheckpointReader(string folder, string baseName = "model")
     {
@@ -21,7 +25,20 @@ internal sealed class CheckpointReader : IDisposable
         string index = System.IO.Path.Combine(folder, baseName + ".safetensors.index.json");
         try
         {
-            if (File.Exists(index))
+            string ggufMap = System.IO.Path.Combine(folder, GgufImporter.MapFile);
+            if (baseName == "model" && File.Exists(ggufMap))
+            {
+                JsonObject root = ModelConfig.ReadJsonObject(ggufMap);
+                _ggufFile = GgufFile.Open(root["file"]!.GetValue<string>());
+                foreach (var (name, entry) in (JsonObject)root["tensors"]!)
+                {
+                    string gguf = entry!["gguf"]!.GetValue<string>();
+                    GgufTensorInfo t = _ggufFile.Tensors.TryGetValue(gguf, out GgufTensorInfo? found) ? found
+                        : throw new CoralModelException(_ggufFile.Path, gguf, "is missing: the file changed since it was imported.");
+                    _gguf[name] = (t, entry["permute_heads"]?.GetValue<int>() ?? 0);
+                }
+            }
+            else if (File.Exists(index))
             {
                 JsonObject root = ModelConfig.ReadJsonObject(index);
                 if (root["weight_map"] is not JsonObject map)
@@ -76,9 +93,9 @@ internal sealed class CheckpointReader : IDisposable
 
     public string Folder { get; }
 
-    public IEnumerable<string> Names => _byTensor.Keys;
+    public IEnumerable<string> Names => _byTensor.Keys.Concat(_gguf.Keys);
 
-    public bool Contains(string name) => _byTensor.ContainsKey(name);
+    public bool Contains(string name) => _byTensor.ContainsKey(name) || _gguf.ContainsKey(name);
 
     /// <summary>Gets the prefix of the decoder's tensors (<c>embed_tokens</c>, <c>layers.N.</c>, <c>norm</c>): <c>model.</c>
     /// as a causal LM stores them; none for a base model saved without its head (as sentence-transformers saves
@@ -92,15 +109,29 @@ internal sealed class CheckpointReader : IDisposable
     /// a multimodal checkpoint's <c>language_model.model.</c> decoder.</summary>
     public string HeadName => DecoderRoot == "language_model.model." ? "language_model.lm_head.weight" : "lm_head.weight";
 
-    /// <summary>Gets a tensor's stored dtype.</summary>
-    public ScalarType StoredType(string name) => _byTensor[name].Entries[name].DType;
+    /// <summary>Gets a tensor's stored dtype. A GGUF tensor's: F16, BF16, or F32 for its dequantized values — but BF16 for
+    /// a quantized vocabulary table (embedding, LM head), which the packed kernels then read in bf16 instead of f32.</summary>
+    public ScalarType StoredType(string name) => _gguf.TryGetValue(name, out var g)
+        ? g.Tensor.Type switch
+        {
+            GgmlType.F16 => ScalarType.Float16,
+            GgmlType.BF16 => ScalarType.BFloat16,
+            GgmlType.F32 => ScalarType.Float32,
+            _ => g.Tensor.Name is "token_embd.weight" or "output.weight" ? ScalarType.BFloat16 : ScalarType.Float32,
+        }
+        : _byTensor[name].Entries[name].DType;
 
     /// <summary>Gets a tensor's stored shape.</summary>
-    public long[] ShapeOf(string name) => _byTensor[name].Entries[name].Shape;
+    public long[] ShapeOf(string name) => _gguf.TryGetValue(name, out var g) ? g.Tensor.Shape : _byTensor[name].Entries[name].Shape;
 
     /// <summary>Returns the tensor converted to <paramref name="dtype"/>; a view of the mapping when no conversion is needed.</summary>
     public Tensor Take(string name, long[] expectedShape, ScalarType dtype)
     {
+        if (_gguf.TryGetValue(name, out var g))
+        {
+            return TakeGguf(name, g.Tensor, g.PermuteHeads, expectedShape, dtype);
+        }
+
         if (!_byTensor.TryGetValue(name, out SafetensorsFile? f))
         {
             throw new CoralModelException(_files.Count == 1 ? _files[0].Path : Folder, name, "required tensor is missing from the checkpoint.");
@@ -147,8 +178,42 @@ internal sealed class CheckpointReader : IDisposable
         }
     }
 
+    /// <summary>A GGUF tensor's values (f32, dequantized block by block), its q/k rows put back from llama.cpp's adjacent-pair
+    /// RoPE order (within each head, stored row 2i + j is Hugging Face row j·hd/2 + i), then converted.</summary>
+    private Tensor TakeGguf(string name, GgufTensorInfo t, int permuteHeads, long[] expectedShape, ScalarType dtype)
+    {
+        if (!t.Shape.SequenceEqual(expectedShape))
+        {
+            throw new CoralModelException(_ggufFile!.Path, t.Name,
+                $"shape [{string.Join(", ", t.Shape)}] does not match the model's {name}, which the metadata implies is [{string.Join(", ", expectedShape)}].");
+        }
+
+        int per = GgmlBlocks.Block(t.Type).Elements;
+        Tensor values = torch.empty(t.Shape, ScalarType.Float32);
+        GgmlBlocks.Dequantize(t.Type, _ggufFile!.Pointer(t), t.Elements / per, (float*)CpuKernels.Pointer(values));
+        if (permuteHeads > 0)
+        {
+            long rows = t.Shape[0], hd = rows / permuteHeads;
+            long[] rest = [.. t.Shape.Skip(1)];
+            using Tensor stored = values;
+            values = stored.reshape([permuteHeads, hd / 2, 2, .. rest]).transpose(1, 2).reshape([rows, .. rest]).contiguous();
+        }
+
+        if (dtype == ScalarType.Float32)
+        {
+            return values;
+        }
+
+        using (values)
+        {
+            return values.to(dtype);
+        }
+    }
+
     public void Dispose()
     {
+        _ggufFile?.Dispose();
+        _ggufFile = null;
         foreach (SafetensorsFile f in _files)
         {
             f.Dispose();

@@ -126,6 +126,7 @@ internal sealed unsafe class TransformerModel : IDisposable
             throw new ArgumentException($"{quantization} weights compute in float32, not {weightType}.", nameof(quantization));
         }
 
+        folder = GgufImporter.Resolve(folder);
         ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
         // The reader's mappings close once loaded: weights kept as views of the file (f32-stored ones) hold their own
         // reference to the mapping, and a checkpoint converted at load (bf16-stored, loaded as f32) no longer stays mapped.

@@ -1,0 +1,356 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Coral.AI;
+
+/// <summary>
+/// Loads a GGUF file (llama.cpp's, Ollama's) as a model folder: the file's metadata becomes <c>config.json</c>, its
+/// tokenizer <c>tokenizer.json</c> and <c>tokenizer_config.json</c> (with its chat template), written once to a cache
+/// folder keyed by the file's path, size and time, beside a <c>gguf.json</c> that points <see cref="CheckpointReader"/>
+/// at the file's tensors under their Hugging Face names. The weights are never copied: they are read from the file as
+/// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM), qwen2, qwen3; byte-level BPE tokenizers.
+/// </summary>
+internal static class GgufImporter
+{
+    /// <summary>The file in an imported folder that names the GGUF file and maps its tensors.</summary>
+    public const string MapFile = "gguf.json";
+
+    /// <summary>Whether <paramref name="path"/> names a GGUF file (rather than a model folder).</summary>
+    public static bool IsGguf(string? path) => path is not null && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(path);
+
+    /// <summary>The model folder to load for <paramref name="path"/>: the folder itself, or a GGUF file's imported folder.</summary>
+    public static string Resolve(string path) => IsGguf(path) ? Prepare(path) : path;
+
+    /// <summary>Writes (once) and returns the imported folder of the GGUF file at <paramref name="ggufPath"/>.</summary>
+    /// <exception cref="CoralModelException">The file is not a GGUF file Coral can load; the message names the key or tensor.</exception>
+    public static string Prepare(string ggufPath)
+    {
+        string full = Path.GetFullPath(ggufPath);
+        var info = new FileInfo(full);
+        string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes($"{full}|{info.Length}|{info.LastWriteTimeUtc.Ticks}")))[..16].ToLowerInvariant();
+        string folder = Path.Combine(Path.GetTempPath(), "coral-gguf", $"{Path.GetFileNameWithoutExtension(full)}-{key}");
+        if (File.Exists(Path.Combine(folder, MapFile)))
+        {
+            return folder;
+        }
+
+        string staging = folder + ".tmp-" + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8];
+        Directory.CreateDirectory(staging);
+        try
+        {
+            using (GgufFile file = GgufFile.Open(full))
+            {
+                Write(file, staging);
+            }
+
+            try
+            {
+                Directory.Move(staging, folder);
+            }
+            catch (IOException) when (File.Exists(Path.Combine(folder, MapFile)))
+            {
+                Directory.Delete(staging, recursive: true);   // another load imported it first
+            }
+        }
+        catch
+        {
+            if (Directory.Exists(staging))
+            {
+                Directory.Delete(staging, recursive: true);
+            }
+
+            throw;
+        }
+
+        return folder;
+    }
+
+    private static void Write(GgufFile g, string folder)
+    {
+        string arch = g.GetString("general.architecture") ?? throw new CoralModelException(g.Path, "general.architecture", "missing.");
+        (string hfArch, string modelType) = arch switch
+        {
+            "llama" => ("LlamaForCausalLM", "llama"),
+            "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+            "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+            _ => throw new CoralModelException(g.Path, "general.architecture",
+                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2 and qwen3 can; other architectures load from their Hugging Face folder)."),
+        };
+
+        long Required(string name) => g.GetInteger($"{arch}.{name}") ?? throw new CoralModelException(g.Path, $"{arch}.{name}", "missing.");
+        long layers = Required("block_count"), hidden = Required("embedding_length"), heads = Required("attention.head_count");
+        long kvHeads = g.GetInteger($"{arch}.attention.head_count_kv") ?? heads;
+        long headDim = g.GetInteger($"{arch}.attention.key_length") ?? hidden / heads;
+        if (g.GetInteger($"{arch}.rope.dimension_count") is long rot && rot != headDim)
+        {
+            throw new CoralModelException(g.Path, $"{arch}.rope.dimension_count", $"{rot} rotary dimensions of {headDim}: partial rotation is not read from GGUF.");
+        }
+
+        string[] tokens = g.GetArray<string>("tokenizer.ggml.tokens") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.tokens", "missing.");
+        GgufTensorInfo embed = Tensor(g, "token_embd.weight");
+        if (embed.Shape is not [var vocab, var width] || width != hidden)
+        {
+            throw new CoralModelException(g.Path, "token_embd.weight", $"shape [{string.Join(", ", embed.Shape)}] does not match embedding_length {hidden}.");
+        }
+
+        bool tied = !g.Tensors.ContainsKey("output.weight");
+        var config = new JsonObject
+        {
+            ["architectures"] = new JsonArray(hfArch),
+            ["model_type"] = modelType,
+            ["hidden_size"] = hidden,
+            ["intermediate_size"] = Required("feed_forward_length"),
+            ["num_hidden_layers"] = layers,
+            ["num_attention_heads"] = heads,
+            ["num_key_value_heads"] = kvHeads,
+            ["head_dim"] = headDim,
+            ["hidden_act"] = "silu",
+            ["rms_norm_eps"] = g.GetNumber($"{arch}.attention.layer_norm_rms_epsilon") ?? 1e-6,
+            ["rope_theta"] = g.GetNumber($"{arch}.rope.freq_base") ?? 10000.0,
+            ["max_position_embeddings"] = g.GetInteger($"{arch}.context_length") ?? 4096,
+            ["vocab_size"] = vocab,
+            ["tie_word_embeddings"] = tied,
+            ["attention_bias"] = g.Tensors.ContainsKey("blk.0.attn_q.bias"),
+            ["torch_dtype"] = embed.Type switch { GgmlType.F16 => "float16", GgmlType.F32 => "float32", _ => "bfloat16" },
+        };
+        if (g.GetInteger("tokenizer.ggml.bos_token_id") is long bos)
+        {
+            config["bos_token_id"] = bos;
+        }
+
+        var eos = new[] { "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id" }
+            .Select(g.GetInteger).OfType<long>().Distinct().ToArray();
+        if (eos.Length > 0)
+        {
+            config["eos_token_id"] = eos.Length == 1 ? eos[0] : new JsonArray(eos.Select(e => (JsonNode)e).ToArray());
+        }
+
+        if (RopeScaling(g, arch, headDim, config["rope_theta"]!.GetValue<double>()) is JsonObject scaling)
+        {
+            config["rope_scaling"] = scaling;
+        }
+
+        Save(Path.Combine(folder, "config.json"), config);
+        if (g.Tensors.TryGetValue("rope_freqs.weight", out GgufTensorInfo? freqs))
+        {
+            CheckLlama3Frequencies(g, freqs, Path.Combine(folder, "config.json"));
+        }
+
+        WriteTokenizer(g, folder, tokens);
+
+        // The tensor map: Hugging Face name → GGUF name, with llama's q/k rows put back from llama.cpp's interleaved RoPE order.
+        var map = new JsonObject();
+        void Map(string hf, string gguf, long permuteHeads = 0)
+        {
+            if (g.Tensors.ContainsKey(gguf))
+            {
+                map[hf] = new JsonObject { ["gguf"] = gguf, ["permute_heads"] = permuteHeads };
+            }
+        }
+
+        bool permute = arch == "llama";
+        Map("model.embed_tokens.weight", "token_embd.weight");
+        Map("model.norm.weight", "output_norm.weight");
+        Map("lm_head.weight", "output.weight");
+        for (int i = 0; i < layers; i++)
+        {
+            string h = $"model.layers.{i}.", b = $"blk.{i}.";
+            Map(h + "input_layernorm.weight", b + "attn_norm.weight");
+            Map(h + "self_attn.q_proj.weight", b + "attn_q.weight", permute ? heads : 0);
+            Map(h + "self_attn.k_proj.weight", b + "attn_k.weight", permute ? kvHeads : 0);
+            Map(h + "self_attn.v_proj.weight", b + "attn_v.weight");
+            Map(h + "self_attn.o_proj.weight", b + "attn_output.weight");
+            Map(h + "self_attn.q_proj.bias", b + "attn_q.bias", permute ? heads : 0);
+            Map(h + "self_attn.k_proj.bias", b + "attn_k.bias", permute ? kvHeads : 0);
+            Map(h + "self_attn.v_proj.bias", b + "attn_v.bias");
+            Map(h + "self_attn.q_norm.weight", b + "attn_q_norm.weight");
+            Map(h + "self_attn.k_norm.weight", b + "attn_k_norm.weight");
+            Map(h + "post_attention_layernorm.weight", b + "ffn_norm.weight");
+            Map(h + "mlp.gate_proj.weight", b + "ffn_gate.weight");
+            Map(h + "mlp.up_proj.weight", b + "ffn_up.weight");
+            Map(h + "mlp.down_proj.weight", b + "ffn_down.weight");
+        }
+
+        var mapped = map.Select(kv => kv.Value!["gguf"]!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
+        foreach (GgufTensorInfo t in g.Tensors.Values.Where(t => !mapped.Contains(t.Name) && t.Name != "rope_freqs.weight"))
+        {
+            throw new CoralModelException(g.Path, t.Name, $"is not a tensor of the {arch} architecture Coral reads (experts and other extras are not read from GGUF yet).");
+        }
+
+        foreach (var (hf, entry) in map)
+        {
+            GgufTensorInfo t = g.Tensors[entry!["gguf"]!.GetValue<string>()];
+            if (!GgmlBlocks.Readable(t.Type))
+            {
+                throw new CoralModelException(g.Path, t.Name, $"is stored as {t.Type}, which Coral cannot read yet (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K).");
+            }
+        }
+
+        // What a file of quantized projections loads as by default: their values exactly (Q8_0, Q4_0 blocks are Coral's
+        // own), or Q8_0 blocks of the other types' values (about their precision, without f32 weights in memory).
+        GgmlType[] projections = [.. g.Tensors.Values.Where(t => t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length == 2).Select(t => t.Type)];
+        string? quantization = projections.Length == 0 || projections.All(t => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) ? null
+            : projections.All(t => t == GgmlType.Q4_0) ? "q4_0" : "q8_0";
+        Save(Path.Combine(folder, MapFile), new JsonObject { ["file"] = g.Path, ["quantization"] = quantization, ["tensors"] = map });
+    }
+
+    /// <summary>The quantization an imported folder loads with when none is asked for (null: none).</summary>
+    public static string? SuggestedQuantization(string folder)
+    {
+        string map = Path.Combine(folder, MapFile);
+        return File.Exists(map) && ModelConfig.ReadJsonObject(map)["quantization"] is JsonValue v && v.TryGetValue(out string? q) ? q : null;
+    }
+
+    private static GgufTensorInfo Tensor(GgufFile g, string name) =>
+        g.Tensors.TryGetValue(name, out GgufTensorInfo? t) ? t : throw new CoralModelException(g.Path, name, "required tensor is missing from the file.");
+
+    private static JsonObject? RopeScaling(GgufFile g, string arch, long headDim, double theta)
+    {
+        string? type = g.GetString($"{arch}.rope.scaling.type");
+        double factor = g.GetNumber($"{arch}.rope.scaling.factor") ?? 1;
+        return type switch
+        {
+            null or "none" => g.Tensors.TryGetValue("rope_freqs.weight", out GgufTensorInfo? f) ? Llama3Scaling(g, f, headDim, theta) : null,
+            "linear" => new JsonObject { ["rope_type"] = "linear", ["factor"] = factor },
+            "yarn" => new JsonObject
+            {
+                ["rope_type"] = "yarn", ["factor"] = factor,
+                ["original_max_position_embeddings"] = g.GetInteger($"{arch}.rope.scaling.original_context_length")
+                    ?? throw new CoralModelException(g.Path, $"{arch}.rope.scaling.original_context_length", "missing for YaRN."),
+            },
+            _ => throw new CoralModelException(g.Path, $"{arch}.rope.scaling.type", $"'{type}' is not read (linear, yarn and llama3's rope_freqs are)."),
+        };
+    }
+
+    private static unsafe float[] Divisors(GgufFile g, GgufTensorInfo f)
+    {
+        if (f.Type != GgmlType.F32 || f.Shape.Length != 1)
+        {
+            throw new CoralModelException(g.Path, f.Name, "must be a vector of F32.");
+        }
+
+        return new ReadOnlySpan<float>(g.Pointer(f), (int)f.Shape[0]).ToArray();
+    }
+
+    /// <summary>
+    /// llama3 scaling from llama.cpp's per-frequency divisors (all the file keeps): the factor is the largest divisor; with
+    /// the low and high frequency factors of every Llama 3.x (1 and 4), each divisor between 1 and the factor gives the
+    /// original context length (its wavelength λ and blend s = (1/divisor − 1/factor) / (1 − 1/factor) satisfy
+    /// original = λ·(1 + 3s)); 8,192 when no divisor is in between. Checked against every divisor afterwards.
+    /// </summary>
+    private static JsonObject Llama3Scaling(GgufFile g, GgufTensorInfo f, long headDim, double theta)
+    {
+        float[] divisors = Divisors(g, f);
+        double factor = divisors.Max();
+        var originals = new List<double>();
+        for (int i = 0; i < divisors.Length; i++)
+        {
+            if (divisors[i] > 1 + 1e-4 && divisors[i] < factor * (1 - 1e-4))
+            {
+                double wavelength = 2 * Math.PI * Math.Pow(theta, 2.0 * i / headDim);
+                double blend = ((1 / divisors[i]) - (1 / factor)) / (1 - (1 / factor));
+                originals.Add(wavelength * (1 + (3 * blend)));
+            }
+        }
+
+        return new JsonObject
+        {
+            ["rope_type"] = "llama3", ["factor"] = factor, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0,
+            ["original_max_position_embeddings"] = originals.Count == 0 ? 8192 : (long)Math.Round(originals.Order().ElementAt(originals.Count / 2)),
+        };
+    }
+
+    private static void CheckLlama3Frequencies(GgufFile g, GgufTensorInfo f, string configPath)
+    {
+        float[] stored = Divisors(g, f);
+        float[] ours = GgufExporter.RopeFrequencyFactors(ModelConfig.Load(configPath));
+        if (ours.Length != stored.Length || ours.Zip(stored).Any(p => Math.Abs(p.First - p.Second) > 1e-4 * Math.Abs(p.Second)))
+        {
+            throw new CoralModelException(g.Path, f.Name, "the frequency divisors are not llama3 scaling with low/high frequency factors 1 and 4.");
+        }
+    }
+
+    /// <summary>A byte-level BPE tokenizer.json (vocabulary, merges, the pre-tokenizer's split pattern, control tokens as
+    /// special added tokens) and tokenizer_config.json (chat template, BOS/EOS, whether BOS is added).</summary>
+    private static void WriteTokenizer(GgufFile g, string folder, string[] tokens)
+    {
+        string model = g.GetString("tokenizer.ggml.model") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.model", "missing.");
+        if (model != "gpt2")
+        {
+            throw new CoralModelException(g.Path, "tokenizer.ggml.model", $"'{model}' tokenizers are not read from GGUF yet (byte-level BPE, 'gpt2', is).");
+        }
+
+        string pre = g.GetString("tokenizer.ggml.pre") ?? "default";
+        string? pattern = pre switch
+        {
+            "llama-bpe" or "llama3" or "llama-v3" => GgufExporter.Llama3Pattern,
+            "qwen2" => GgufExporter.Qwen2Pattern,
+            "gpt-2" or "gpt2" or "default" => null,
+            _ => throw new CoralModelException(g.Path, "tokenizer.ggml.pre", $"pre-tokenizer '{pre}' is not known to Coral (llama-bpe, qwen2 and gpt-2 are)."),
+        };
+        int[] types = g.GetArray<int>("tokenizer.ggml.token_type") ?? [.. tokens.Select(_ => 1)];
+        string[] merges = g.GetArray<string>("tokenizer.ggml.merges") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.merges", "missing.");
+        var vocab = new JsonObject();
+        var added = new JsonArray();
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (!vocab.ContainsKey(tokens[i]))
+            {
+                vocab[tokens[i]] = i;
+            }
+
+            if (i < types.Length && types[i] is 3 or 4)   // control, user-defined
+            {
+                added.Add(new JsonObject
+                {
+                    ["id"] = i, ["content"] = tokens[i], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false,
+                    ["normalized"] = false, ["special"] = types[i] == 3,
+                });
+            }
+        }
+
+        JsonObject byteLevel = new() { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = pattern is null };
+        var tokenizer = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = added,
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = pattern is null ? byteLevel : new JsonObject
+            {
+                ["type"] = "Sequence",
+                ["pretokenizers"] = new JsonArray(
+                    new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = pattern }, ["behavior"] = "Isolated", ["invert"] = false },
+                    byteLevel.DeepClone()),
+            },
+            ["post_processor"] = null,
+            ["decoder"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = true, ["trim_offsets"] = true, ["use_regex"] = true },
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["continuing_subword_prefix"] = null, ["end_of_word_suffix"] = null,
+                ["fuse_unk"] = false, ["byte_fallback"] = false, ["vocab"] = vocab, ["merges"] = new JsonArray([.. merges.Select(m => (JsonNode)m)]),
+            },
+        };
+        Save(Path.Combine(folder, "tokenizer.json"), tokenizer);
+
+        string? Token(string key) => g.GetInteger(key) is long id && id >= 0 && id < tokens.Length ? tokens[id] : null;
+        var config = new JsonObject
+        {
+            ["add_bos_token"] = g.GetBool("tokenizer.ggml.add_bos_token") ?? pre is "llama-bpe" or "llama3" or "llama-v3",
+            ["add_eos_token"] = g.GetBool("tokenizer.ggml.add_eos_token") ?? false,
+            ["bos_token"] = Token("tokenizer.ggml.bos_token_id"),
+            ["eos_token"] = Token("tokenizer.ggml.eos_token_id"),
+            ["pad_token"] = Token("tokenizer.ggml.padding_token_id"),
+        };
+        if (g.GetString("tokenizer.chat_template") is string template)
+        {
+            config["chat_template"] = template;
+        }
+
+        Save(Path.Combine(folder, "tokenizer_config.json"), config);
+    }
+
+    private static void Save(string path, JsonNode node) =>
+        File.WriteAllText(path, node.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
+}

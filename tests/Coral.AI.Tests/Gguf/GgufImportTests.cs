@@ -1,0 +1,164 @@
+using LLama.Native;
+using Microsoft.Extensions.AI;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.Tests;
+
+/// <summary>
+/// GGUF files as models (<see cref="GgufImporter"/>, <see cref="GgufFile"/>, <see cref="GgmlBlocks"/>): a file exported
+/// from a Hugging Face folder loads to the same logits, tokens and chat template as the folder; files quantized by
+/// llama.cpp's own quantizer (Q4_1, Q5_0, Q5_1, K-quants) load to its values, checked against llama.cpp on the same file;
+/// bad files fail naming what is wrong.
+/// </summary>
+public class GgufImportTests
+{
+    private const string Text = "The quick brown fox jumps over the lazy dog, 12345 times! <|im_start|>";
+
+    /// <summary>Exported as stored (f32 or bf16), the GGUF file is the folder: the same logits bit for bit (llama's q/k rows
+    /// put back from llama.cpp's order, llama3 / linear / YaRN RoPE scaling read back), the same tokens for text with
+    /// special tokens, the same chat template and greedy answer, and the file's name as the model id.</summary>
+    [Theory]
+    [InlineData("llama-sharded-bf16", "bf16")]
+    [InlineData("llama-tied-scaled", "f32")]   // llama3 scaling: rope_freqs.weight
+    [InlineData("llama-linear-rope", "f32")]
+    [InlineData("qwen2", "f32")]               // q/k/v biases
+    [InlineData("qwen2-yarn", "f32")]
+    [InlineData("qwen3-bf16", "bf16")]         // q/k norms
+    public void ExportedFile_LoadsAsItsFolder(string name, string type)
+    {
+        string folder = TransformerModelTests.ModelFor(name);
+        string gguf = Path.Combine(ModelZoo.TempFolder("gguf-import-" + name), name + ".gguf");
+        GgufExporter.Export(folder, gguf, type);
+        using var fromFolder = InferenceEngine.Load(folder, torch.CPU, ScalarType.Float32, 256);
+        using var fromFile = InferenceEngine.Load(gguf, torch.CPU, ScalarType.Float32, 256);
+        Assert.Equal(name, fromFile.ModelId);
+        Assert.Equal(fromFolder.Model.Config.VocabSize, fromFile.Model.Config.VocabSize);
+        Assert.Equal(fromFolder.Model.UsesPackedWeights, fromFile.Model.UsesPackedWeights);
+        List<int> ids = fromFolder.Tokenizer.Encode(Text);
+        Assert.Equal(ids, fromFile.Tokenizer.Encode(Text));
+        Assert.Equal(fromFolder.Tokenizer.Decode(ids, skipSpecial: false), fromFile.Tokenizer.Decode(ids, skipSpecial: false));
+        Assert.Contains("<|im_start|>", fromFile.Tokenizer.Decode(ids, skipSpecial: false));
+        Assert.Equal(fromFolder.Tokenizer.Config.ChatTemplate, fromFile.Tokenizer.Config.ChatTemplate);
+        Assert.Equal(fromFolder.EosTokenIds.Order(), fromFile.EosTokenIds.Order());
+        long[] longIds = [.. ids.Select(x => (long)x)];
+        Assert.Equal(TorchTestHelpers.FullLogits(fromFolder.Model, longIds), TorchTestHelpers.FullLogits(fromFile.Model, longIds));
+        var request = new GenerationRequest(ids, SamplingParameters.Greedy, 24, []);
+        Assert.Equal(fromFolder.Generate(request, null, CancellationToken.None).TokenIds, fromFile.Generate(request, null, CancellationToken.None).TokenIds);
+    }
+
+    /// <summary>Q8_0 and Q4_0 files load as Coral's own blocks of the same values: logits bit for bit those of the folder
+    /// quantized at load, which is what the chat client picks for such a file when no quantization is asked for.</summary>
+    [Theory]
+    [InlineData("q8_0")]
+    [InlineData("q4_0")]
+    public async Task QuantizedFile_LoadsAsItsValues_AndTheClientPicksItsQuantization(string type)
+    {
+        string folder = TransformerModelTests.ModelFor("llama-demo-width");
+        string gguf = Path.Combine(ModelZoo.TempFolder("gguf-import-" + type), "demo-width.gguf");
+        GgufExporter.Export(folder, gguf, type);
+        WeightQuantization kind = type == "q8_0" ? WeightQuantization.Q8_0 : WeightQuantization.Q4_0;
+        Assert.Equal(type, GgufImporter.SuggestedQuantization(GgufImporter.Prepare(gguf)));
+        using var fromFolder = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 256, quantization: kind);
+        using var fromFile = TransformerModel.Load(gguf, torch.CPU, ScalarType.Float32, 256, quantization: kind);
+        long[] ids = [.. HfTokenizer.Load(folder).Encode(Text).Select(x => (long)x)];
+        Assert.Equal(TorchTestHelpers.FullLogits(fromFolder, ids), TorchTestHelpers.FullLogits(fromFile, ids));
+
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 12 };
+        using var quantizedFolder = new CoralChatClient(new CoralChatClientOptions { ModelPath = folder, Quantization = type, ContextLength = 128 });
+        using var file = new CoralChatClient(new CoralChatClientOptions { ModelPath = gguf, ContextLength = 128 });
+        ChatResponse expected = await quantizedFolder.GetResponseAsync("Hello there", options);
+        ChatResponse actual = await file.GetResponseAsync("Hello there", options);
+        Assert.Equal(expected.Text, actual.Text);
+        Assert.Equal("demo-width", actual.ModelId);
+    }
+
+    /// <summary>Files written by llama.cpp's quantizer in the block types Coral does not write itself: Coral's f32 values of
+    /// them give logits closer to llama.cpp's on the same file than the unquantized model's are (a misread block would be
+    /// far off), within 3% of the largest logit; loaded with the default Q8_0 blocks of those values as well.</summary>
+    [Theory]
+    [InlineData(LLamaFtype.MOSTLY_Q4_K_M)]
+    [InlineData(LLamaFtype.MOSTLY_Q5_K_M)]
+    [InlineData(LLamaFtype.MOSTLY_Q6_K)]
+    [InlineData(LLamaFtype.MOSTLY_Q4_1)]
+    [InlineData(LLamaFtype.MOSTLY_Q5_0)]
+    [InlineData(LLamaFtype.MOSTLY_Q5_1)]
+    public void LlamaCppQuantizedFile_AgreesWithLlamaCpp(LLamaFtype ftype)
+    {
+        string folder = TransformerModelTests.ModelFor("llama-demo-width");
+        string dir = ModelZoo.TempFolder("gguf-import-" + ftype);
+        string f32 = Path.Combine(dir, "f32.gguf"), quantized = Path.Combine(dir, ftype + ".gguf");
+        GgufExporter.Export(folder, f32, "f32");
+        LlamaCppOracle.EnsureLoaded();
+        var options = LLamaModelQuantizeParams.Default();
+        options.ftype = ftype;
+        options.nthread = 2;
+        Assert.Equal(0u, NativeApi.llama_model_quantize(f32, quantized, ref options));
+        using (GgufFile file = GgufFile.Open(quantized))
+        {
+            Assert.Contains(file.Tensors.Values, t => t.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0));
+        }
+
+        long[] ids = [.. HfTokenizer.Load(folder).Encode(Text).Select(x => (long)x)];
+        float[][] theirs;
+        using (var oracle = new LlamaCppOracle(quantized))
+        {
+            theirs = oracle.Logits(ids);
+        }
+
+        using var plain = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 256);
+        using var values = TransformerModel.Load(quantized, torch.CPU, ScalarType.Float32, 256);
+        using var q8 = TransformerModel.Load(quantized, torch.CPU, ScalarType.Float32, 256, quantization: WeightQuantization.Q8_0);
+        float[] p = TorchTestHelpers.FullLogits(plain, ids), v = TorchTestHelpers.FullLogits(values, ids), q = TorchTestHelpers.FullLogits(q8, ids);
+        int vocab = plain.Config.VocabSize;
+        float worstPlain = 0, worstValues = 0, worstQ8 = 0, scale = 0;
+        for (int i = 0; i < ids.Length; i++)
+        {
+            Range row = (i * vocab)..((i + 1) * vocab);
+            worstPlain = MathF.Max(worstPlain, TorchTestHelpers.MaxAbsDiff(p[row], theirs[i]));
+            worstValues = MathF.Max(worstValues, TorchTestHelpers.MaxAbsDiff(v[row], theirs[i]));
+            worstQ8 = MathF.Max(worstQ8, TorchTestHelpers.MaxAbsDiff(q[row], theirs[i]));
+            scale = MathF.Max(scale, theirs[i].Max(MathF.Abs));
+        }
+
+        Assert.True(worstValues < worstPlain / 2, $"{ftype}: the file's values {worstValues} from llama.cpp, the unquantized model {worstPlain}");
+        Assert.True(worstValues < 0.03f * scale, $"{ftype}: {worstValues} against logits up to {scale}");
+        Assert.True(worstQ8 < worstPlain, $"{ftype}: as Q8_0 blocks {worstQ8}, the unquantized model {worstPlain}");
+    }
+
+    /// <summary>Bad files fail with a <see cref="CoralModelException"/> naming the file and what is wrong: not GGUF,
+    /// truncated inside the header or the data, an architecture not read from GGUF.</summary>
+    [Fact]
+    public void BadFiles_FailNamingTheProblem()
+    {
+        string folder = TransformerModelTests.ModelFor("qwen2");
+        string dir = ModelZoo.TempFolder("gguf-import-bad");
+        string good = Path.Combine(dir, "good.gguf");
+        GgufExporter.Export(folder, good, "f32");
+        byte[] bytes = File.ReadAllBytes(good);
+
+        string notGguf = Path.Combine(dir, "not.gguf");
+        File.WriteAllBytes(notGguf, [.. "NOPE"u8.ToArray(), .. bytes[4..]]);
+        Assert.Contains("no GGUF magic", Assert.Throws<CoralModelException>(() => GgufImporter.Prepare(notGguf)).Message);
+
+        string header = Path.Combine(dir, "header.gguf");
+        File.WriteAllBytes(header, bytes[..200]);
+        CoralModelException inHeader = Assert.Throws<CoralModelException>(() => GgufImporter.Prepare(header));
+        Assert.Contains("header.gguf", inHeader.Message);
+        Assert.Contains("truncated", inHeader.Message);
+
+        string data = Path.Combine(dir, "data.gguf");
+        File.WriteAllBytes(data, bytes[..(bytes.Length - 100)]);
+        CoralModelException inData = Assert.Throws<CoralModelException>(() => GgufImporter.Prepare(data));
+        Assert.Contains("runs past the end of the file", inData.Message);
+
+        string gemma = Path.Combine(dir, "gemma2.gguf");
+        GgufExporter.Export(TransformerModelTests.ModelFor("gemma2"), gemma, "f32");
+        CoralModelException arch = Assert.Throws<CoralModelException>(() => InferenceEngine.Load(gemma, torch.CPU, ScalarType.Float32, 64));
+        Assert.Contains("general.architecture", arch.Message);
+        Assert.Contains("gemma2", arch.Message);
+
+        var options = new CoralChatClientOptions { ModelPath = Path.Combine(dir, "missing.gguf") };
+        Assert.Contains("does not exist", CoralChatClientOptionsValidator.Check(options));
+    }
+}
