@@ -90,16 +90,39 @@ bool cpuDefault = args.Contains("--cpu-default");
 // --llama-threads 2: llama.cpp with two threads only (each context holds its own repacked weights: at Llama-3.2-1B's
 // shape three dtypes with both thread counts ran out of this VM's 24 GB).
 int[] llamaThreads = (args.SkipWhile(a => a != "--llama-threads").Skip(1).FirstOrDefault() ?? "1,2").Split(',').Select(int.Parse).ToArray();
+// K-quant dtypes (q4_k_m, q5_k_m, q6_k): llama.cpp's quantizer writes the file from the f32 export, and Coral loads that
+// same GGUF file (its default for it: Q8_0 blocks of the file's values) — the comparison a user with a downloaded GGUF sees.
+var kQuants = new Dictionary<string, LLamaFtype> { ["q4_k_m"] = LLamaFtype.MOSTLY_Q4_K_M, ["q5_k_m"] = LLamaFtype.MOSTLY_Q5_K_M, ["q6_k"] = LLamaFtype.MOSTLY_Q6_K };
 foreach (string dtype in dtypes)
 {
     string gguf = Path.Combine(root, $"model-{dtype}.gguf");
-    if (!File.Exists(gguf))
+    if (!File.Exists(gguf) && kQuants.TryGetValue(dtype, out LLamaFtype ftype))
+    {
+        string f32 = Path.Combine(root, "model-float32.gguf");
+        if (!File.Exists(f32))
+        {
+            GgufExporter.Export(model, f32, "f32");
+        }
+
+        NativeApi.llama_empty_call();
+        var quantize = LLamaModelQuantizeParams.Default();
+        quantize.ftype = ftype;
+        quantize.nthread = Environment.ProcessorCount;
+        if (NativeApi.llama_model_quantize(f32, gguf, ref quantize) != 0)
+        {
+            throw new InvalidOperationException($"llama.cpp could not quantize {f32} to {dtype}");
+        }
+    }
+    else if (!File.Exists(gguf))
     {
         GgufExporter.Export(model, gguf, dtype switch { "float32" => "f32", "q8_0" or "q4_0" => dtype, _ => "bf16" });
     }
 
-    var engine = InferenceEngine.Load(model, torch.CPU, dtype == "bfloat16" && !cpuDefault ? ScalarType.BFloat16 : ScalarType.Float32, 512,
-        quantization: TorchDevices.TryParseQuantization(dtype, out WeightQuantization q) ? q : WeightQuantization.None);
+    var engine = kQuants.ContainsKey(dtype)
+        ? InferenceEngine.Load(gguf, torch.CPU, ScalarType.Float32, 512,
+            quantization: TorchDevices.TryParseQuantization(GgufImporter.SuggestedQuantization(GgufImporter.Prepare(gguf)), out WeightQuantization fileDefault) ? fileDefault : WeightQuantization.None)
+        : InferenceEngine.Load(model, torch.CPU, dtype == "bfloat16" && !cpuDefault ? ScalarType.BFloat16 : ScalarType.Float32, 512,
+            quantization: TorchDevices.TryParseQuantization(dtype, out WeightQuantization q) ? q : WeightQuantization.None);
     TorchDevices.YieldTorchThreads(engine.Model);   // as the host does: the packed kernels bring their own second thread
     variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
     if (dtype == "float32" && !cpuDefault)
