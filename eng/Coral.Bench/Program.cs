@@ -125,6 +125,13 @@ foreach (string dtype in dtypes)
             quantization: TorchDevices.TryParseQuantization(dtype, out WeightQuantization q) ? q : WeightQuantization.None);
     TorchDevices.YieldTorchThreads(engine.Model);   // as the host does: the packed kernels bring their own second thread
     variants.Add(($"coral {dtype}", (prompt, n) => CoralDecode(engine, prompt, n)));
+    if (kQuants.ContainsKey(dtype))
+    {
+        // The same file as Q4_0 blocks of its values (--quantize q4_0): less memory than Q8_0, further from the file's values.
+        var small = InferenceEngine.Load(gguf, torch.CPU, ScalarType.Float32, 512, quantization: WeightQuantization.Q4_0);
+        variants.Add(($"coral {dtype} as q4_0", (prompt, n) => CoralDecode(small, prompt, n)));
+    }
+
     if (dtype == "float32" && !cpuDefault)
     {
         // The same f32 engine on the libtorch path (CpuKernels off): what the C# kernels gain, interleaved.
@@ -207,6 +214,11 @@ foreach (string quantized in new[] { "q8_0", "q4_0" }.Where(q => plainBaseline i
     report.AppendLine();
     report.AppendLine(CultureInfo.InvariantCulture, $"Coral {quantized} / Coral {plainBaseline}: {Median(results[$"coral {quantized}"]) / Median(results[$"coral {plainBaseline}"]):F2}×; llama.cpp {quantized} / llama.cpp {plainBaseline} (2 threads): {Median(results[$"llama.cpp {quantized} 2t"]) / Median(results[$"llama.cpp {plainBaseline} 2t"]):F2}×.");
 }
+foreach (string dtype in dtypes.Where(kQuants.ContainsKey))
+{
+    report.AppendLine(CultureInfo.InvariantCulture, $"| {dtype} file as Q4_0 blocks (--quantize q4_0) | {Median(results[$"coral {dtype} as q4_0"]):F1} | | | {Median(results[$"coral {dtype} as q4_0"]) / bestLlama:F2} (vs the best llama.cpp row) |");
+}
+
 if (results.TryGetValue("coral speculative", out var specRates))
 {
     report.AppendLine(CultureInfo.InvariantCulture, $"| speculative (f32 + bf16 head) | {Median(specRates):F1} | | | {Median(specRates) / bestLlama:F2} (vs the best llama.cpp row) |");

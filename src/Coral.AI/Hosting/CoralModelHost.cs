@@ -209,9 +209,10 @@ public sealed class CoralModelHost : IDisposable
             if (_options.ParallelRequests > 1)
             {
                 _engine.EnableBatching(_options.ParallelRequests);
-                _logger.LogInformation("Coral: continuous batching over {Slots} slots ({Path}; batched requests decode with plain steps)",
+                _logger.LogInformation("Coral: continuous batching over {Slots} slots ({Path}; batched requests decode with plain steps{Lone})",
                     _options.ParallelRequests, _engine.Model.UsesPackedWeights ? "one forward for all, each request's tokens as alone"
-                        : _engine.Model.UsesCpuKernels ? "one forward for all" : "one forward per request per step");
+                        : _engine.Model.UsesCpuKernels ? "one forward for all" : "one forward per request per step",
+                    _engine.Drafter is null ? "" : ", a request alone drafts");
             }
 
             _logger.LogInformation("Coral: {ModelId} ready in {Ms} ms ({Arch}, {Layers} layers, d={Hidden}, vocab {Vocab}, context {Context}, KV cache {KvMiB:F1} MiB)",
