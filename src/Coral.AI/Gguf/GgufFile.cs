@@ -73,9 +73,6 @@ internal sealed unsafe class GgufFile : IDisposable
     /// <summary>Gets the address of a tensor's data (valid while the file is open).</summary>
     public byte* Pointer(GgufTensorInfo tensor) => _base + tensor.Offset;
 
-    /// <summary>Gets a metadata value, or null when absent.</summary>
-    public object? Get(string key) => Metadata.GetValueOrDefault(key);
-
     /// <summary>Gets a string value, or null when absent.</summary>
     public string? GetString(string key) => Metadata.GetValueOrDefault(key) switch
     {
