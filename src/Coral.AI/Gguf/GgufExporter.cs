@@ -401,7 +401,8 @@ public static class GgufExporter
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
         if (!tokenizer.IsByteLevel)
         {
-            throw new CoralModelException(path, "model", "only byte-level BPE tokenizers can be exported to GGUF so far.");
+            AddSentencePiece(g, path, root, tokenizer, c);
+            return;
         }
 
         JsonObject vocab = (JsonObject)root["model"]!["vocab"]!;
@@ -452,6 +453,91 @@ public static class GgufExporter
         g.Add("tokenizer.ggml.tokens", tokens);
         g.Add("tokenizer.ggml.token_type", types);
         g.Add("tokenizer.ggml.merges", merges);
+        AddSpecialIds(g, tokenizer, c);
+    }
+
+    /// <summary>
+    /// A SentencePiece-style BPE (Metaspace, byte fallback: Llama-2, Mistral v0.1) as llama.cpp's <c>llama</c> tokenizer:
+    /// the pieces, a score per piece — the piece a merge makes scores −(its rank), so llama.cpp's highest-score-first
+    /// merging follows the merge list —, token types (1 normal, 2 unknown, 3 control, 6 byte fallback), BOS/EOS/UNK ids.
+    /// </summary>
+    private static void AddSentencePiece(GgufWriter g, string path, JsonObject root, HfTokenizer tokenizer, ModelConfig c)
+    {
+        if (root["model"]?["byte_fallback"]?.GetValue<bool>() != true)
+        {
+            throw new CoralModelException(path, "model.byte_fallback", "only byte-level BPE and SentencePiece BPE with byte fallback can be exported to GGUF.");
+        }
+
+        var tokens = new string[c.VocabSize];
+        var types = new int[c.VocabSize];
+        var scores = new float[c.VocabSize];
+        foreach (var (piece, id) in (JsonObject)root["model"]!["vocab"]!)
+        {
+            int i = id!.GetValue<int>();
+            if (i < tokens.Length)
+            {
+                tokens[i] = piece;
+                types[i] = piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece.EndsWith('>') ? 6 : 1;
+            }
+        }
+
+        var merged = new Dictionary<string, int>(StringComparer.Ordinal);
+        int rank = 0;
+        foreach (JsonNode? m in (JsonArray?)root["model"]!["merges"] ?? [])
+        {
+            string[] pair = m is JsonArray a ? [a[0]!.GetValue<string>(), a[1]!.GetValue<string>()] : m!.GetValue<string>().Split(' ', 2);
+            merged.TryAdd(pair[0] + pair[1], rank++);
+        }
+
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (tokens[i] is string piece && merged.TryGetValue(piece, out int r))
+            {
+                scores[i] = -r;
+            }
+        }
+
+        foreach (JsonNode? n in root["added_tokens"] as JsonArray ?? [])
+        {
+            int i = n!["id"]!.GetValue<int>();
+            if (i < tokens.Length)
+            {
+                tokens[i] = n["content"]!.GetValue<string>();
+                types[i] = n["special"]?.GetValue<bool>() ?? false ? 3 : 4;
+            }
+        }
+
+        string? unk = root["model"]!["unk_token"]?.GetValue<string>();
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (tokens[i] is null)
+            {
+                (tokens[i], types[i]) = ($"[PAD{i}]", 5);
+            }
+            else if (tokens[i] == unk)
+            {
+                types[i] = 2;
+            }
+        }
+
+        g.Add("tokenizer.ggml.model", "llama");
+        g.Add("tokenizer.ggml.tokens", tokens);
+        g.Add("tokenizer.ggml.scores", scores);
+        g.Add("tokenizer.ggml.token_type", types);
+        if (unk is not null && Array.IndexOf(tokens, unk) is int u and >= 0)
+        {
+            g.Add("tokenizer.ggml.unknown_token_id", (uint)u);
+        }
+
+        // Whether a '▁' goes before the text, as the tokenizer really does it.
+        g.Add("tokenizer.ggml.add_space_prefix", tokenizer.Encode("a", addSpecialTokens: false) is [int first, ..] && tokens[first].StartsWith('\u2581'));
+
+        AddSpecialIds(g, tokenizer, c);
+    }
+
+    /// <summary>BOS and EOS ids, whether BOS is added (what the tokenizer really does), and the chat template.</summary>
+    private static void AddSpecialIds(GgufWriter g, HfTokenizer tokenizer, ModelConfig c)
+    {
         List<int> probe = tokenizer.Encode("a", addSpecialTokens: true);
         bool addsBos = tokenizer.BosTokenId is int bos && probe.Count > 0 && probe[0] == bos;
         int? bosId = tokenizer.BosTokenId ?? c.BosTokenId;

@@ -10,7 +10,8 @@ namespace Coral.AI;
 /// tokenizer <c>tokenizer.json</c> and <c>tokenizer_config.json</c> (with its chat template), written once to a cache
 /// folder keyed by the file's path, size and time, beside a <c>gguf.json</c> that points <see cref="CheckpointReader"/>
 /// at the file's tensors under their Hugging Face names. The weights are never copied: they are read from the file as
-/// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM), qwen2, qwen3; byte-level BPE tokenizers.
+/// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM), qwen2, qwen3; byte-level BPE and
+/// SentencePiece tokenizers.
 /// </summary>
 internal static class GgufImporter
 {
@@ -277,9 +278,15 @@ internal static class GgufImporter
     private static void WriteTokenizer(GgufFile g, string folder, string[] tokens)
     {
         string model = g.GetString("tokenizer.ggml.model") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.model", "missing.");
+        if (model == "llama")
+        {
+            WriteSentencePiece(g, folder, tokens);
+            return;
+        }
+
         if (model != "gpt2")
         {
-            throw new CoralModelException(g.Path, "tokenizer.ggml.model", $"'{model}' tokenizers are not read from GGUF yet (byte-level BPE, 'gpt2', is).");
+            throw new CoralModelException(g.Path, "tokenizer.ggml.model", $"'{model}' tokenizers are not read from GGUF yet (byte-level BPE, 'gpt2', and SentencePiece, 'llama', are).");
         }
 
         string pre = g.GetString("tokenizer.ggml.pre") ?? "default";
@@ -333,11 +340,109 @@ internal static class GgufImporter
             },
         };
         Save(Path.Combine(folder, "tokenizer.json"), tokenizer);
+        WriteTokenizerConfig(g, folder, tokens, addBosByDefault: pre is "llama-bpe" or "llama3" or "llama-v3");
+    }
 
+    /// <summary>
+    /// llama.cpp's SentencePiece tokenizer (<c>tokenizer.ggml.model = llama</c>: Llama-2, Mistral, TinyLlama) as the BPE
+    /// Hugging Face converts it to: the merges of every piece that two pieces concatenate to, highest score first (within a
+    /// piece by the two pieces' ids), byte fallback to the <c>&lt;0xXX&gt;</c> pieces, '▁' for spaces and before the text
+    /// (unless <c>tokenizer.ggml.add_space_prefix</c> is false), control and unknown pieces as special added tokens.
+    /// </summary>
+    private static void WriteSentencePiece(GgufFile g, string folder, string[] tokens)
+    {
+        const string Space = "\u2581";
+        float[] scores = g.GetArray<float>("tokenizer.ggml.scores") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.scores", "missing for a SentencePiece tokenizer.");
+        int[] types = g.GetArray<int>("tokenizer.ggml.token_type") ?? [.. tokens.Select(_ => 1)];
+        var ids = new Dictionary<string, int>(StringComparer.Ordinal);
+        var vocab = new JsonObject();
+        var added = new JsonArray();
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (ids.TryAdd(tokens[i], i))
+            {
+                vocab[tokens[i]] = i;
+            }
+
+            if (i < types.Length && types[i] is 2 or 3 or 4)   // unknown, control, user-defined
+            {
+                added.Add(new JsonObject
+                {
+                    ["id"] = i, ["content"] = tokens[i], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false,
+                    ["normalized"] = false, ["special"] = types[i] != 4,
+                });
+            }
+        }
+
+        var merges = new List<(string Left, string Right, float Score, int LeftId, int RightId)>();
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            string piece = tokens[i];
+            if (i < types.Length && types[i] != 1)
+            {
+                continue;   // only normal pieces are made by merging
+            }
+
+            for (int k = 1; k < piece.Length; k++)
+            {
+                if (char.IsLowSurrogate(piece[k]))
+                {
+                    continue;
+                }
+
+                if (ids.TryGetValue(piece[..k], out int left) && ids.TryGetValue(piece[k..], out int right))
+                {
+                    merges.Add((piece[..k], piece[k..], i < scores.Length ? scores[i] : 0, left, right));
+                }
+            }
+        }
+
+        var ordered = merges.OrderByDescending(m => m.Score).ThenBy(m => m.LeftId).ThenBy(m => m.RightId)
+            .Select(m => (JsonNode)new JsonArray(m.Left, m.Right)).ToArray();
+        int unk = (int)(g.GetInteger("tokenizer.ggml.unknown_token_id") ?? Array.FindIndex(types, t => t == 2));
+        bool prefix = g.GetBool("tokenizer.ggml.add_space_prefix") ?? true;
+        var normalizers = new JsonArray();
+        if (prefix)
+        {
+            normalizers.Add(new JsonObject { ["type"] = "Prepend", ["prepend"] = Space });
+        }
+
+        normalizers.Add(new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = " " }, ["content"] = Space });
+        var decoders = new JsonArray(
+            new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = Space }, ["content"] = " " },
+            new JsonObject { ["type"] = "ByteFallback" },
+            new JsonObject { ["type"] = "Fuse" });
+        if (prefix)
+        {
+            decoders.Add(new JsonObject { ["type"] = "Strip", ["content"] = " ", ["start"] = 1, ["stop"] = 0 });
+        }
+
+        var tokenizer = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = added,
+            ["normalizer"] = new JsonObject { ["type"] = "Sequence", ["normalizers"] = normalizers },
+            ["pre_tokenizer"] = null,
+            ["post_processor"] = null,
+            ["decoder"] = new JsonObject { ["type"] = "Sequence", ["decoders"] = decoders },
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = unk >= 0 && unk < tokens.Length ? tokens[unk] : null,
+                ["continuing_subword_prefix"] = null, ["end_of_word_suffix"] = null, ["fuse_unk"] = true, ["byte_fallback"] = true,
+                ["ignore_merges"] = false, ["vocab"] = vocab, ["merges"] = new JsonArray(ordered),
+            },
+        };
+        Save(Path.Combine(folder, "tokenizer.json"), tokenizer);
+        WriteTokenizerConfig(g, folder, tokens, addBosByDefault: true);
+    }
+
+    /// <summary>tokenizer_config.json: the chat template, BOS/EOS/pad tokens, whether BOS (EOS) is added.</summary>
+    private static void WriteTokenizerConfig(GgufFile g, string folder, string[] tokens, bool addBosByDefault)
+    {
         string? Token(string key) => g.GetInteger(key) is long id && id >= 0 && id < tokens.Length ? tokens[id] : null;
         var config = new JsonObject
         {
-            ["add_bos_token"] = g.GetBool("tokenizer.ggml.add_bos_token") ?? pre is "llama-bpe" or "llama3" or "llama-v3",
+            ["add_bos_token"] = g.GetBool("tokenizer.ggml.add_bos_token") ?? addBosByDefault,
             ["add_eos_token"] = g.GetBool("tokenizer.ggml.add_eos_token") ?? false,
             ["bos_token"] = Token("tokenizer.ggml.bos_token_id"),
             ["eos_token"] = Token("tokenizer.ggml.eos_token_id"),

@@ -33,6 +33,16 @@ internal sealed class GgufWriter
         }
     }));
 
+    public void Add(string key, IReadOnlyList<float> values) => _kv.Add((key, 9, w =>
+    {
+        w.Write(6u);
+        w.Write((ulong)values.Count);
+        foreach (float v in values)
+        {
+            w.Write(v);
+        }
+    }));
+
     public void Add(string key, IReadOnlyList<int> values) => _kv.Add((key, 9, w =>
     {
         w.Write(5u);

@@ -47,6 +47,37 @@ public class GgufImportTests
         Assert.Equal(fromFolder.Generate(request, null, CancellationToken.None).TokenIds, fromFile.Generate(request, null, CancellationToken.None).TokenIds);
     }
 
+    /// <summary>A SentencePiece tokenizer (Llama-2 / Mistral style: '▁', byte fallback) goes to GGUF as llama.cpp's
+    /// <c>llama</c> tokenizer (pieces and scores) and comes back as the BPE Hugging Face converts it to: llama.cpp and the
+    /// imported tokenizer split every text alike (words, digits, accents, a CJK character and an emoji by byte fallback),
+    /// and so does the original; the model loads to the folder's logits.</summary>
+    [Fact]
+    public void SentencePieceFile_TokenizesAsLlamaCppAndItsFolder()
+    {
+        string folder = TransformerModelTests.ModelFor("sentencepiece");
+        string gguf = Path.Combine(ModelZoo.TempFolder("gguf-import-spm"), "spm.gguf");
+        GgufExporter.Export(folder, gguf, "f32");
+        using var fromFolder = InferenceEngine.Load(folder, torch.CPU, ScalarType.Float32, 256);
+        using var fromFile = InferenceEngine.Load(gguf, torch.CPU, ScalarType.Float32, 256);
+        string[] texts =
+        [
+            "The quick brown fox jumps over the lazy dog.", "  two leading spaces and 12345 digits", "naïve café, déjà vu",
+            "東京 and 🦀 go by bytes", "a", "line one\nline two", Coral.AI.TestModels.TinyCheckpoint.SentencePieceSample,
+            "speculative verifies the drafts; hello, numbers",
+        ];
+        using var oracle = new LlamaCppOracle(gguf);
+        foreach (string text in texts)
+        {
+            List<int> ours = fromFile.Tokenizer.Encode(text);
+            Assert.Equal(oracle.Tokenize(text), ours);
+            Assert.Equal(fromFolder.Tokenizer.Encode(text), ours);
+            Assert.Equal(fromFolder.Tokenizer.Decode(ours), fromFile.Tokenizer.Decode(ours));
+        }
+
+        long[] ids = [.. fromFolder.Tokenizer.Encode(texts[0]).Select(x => (long)x)];
+        Assert.Equal(TorchTestHelpers.FullLogits(fromFolder.Model, ids), TorchTestHelpers.FullLogits(fromFile.Model, ids));
+    }
+
     /// <summary>Q8_0 and Q4_0 files load as Coral's own blocks of the same values: logits bit for bit those of the folder
     /// quantized at load, which is what the chat client picks for such a file when no quantization is asked for.</summary>
     [Theory]
