@@ -10,7 +10,8 @@ namespace Coral.AI;
 /// tokenizer <c>tokenizer.json</c> and <c>tokenizer_config.json</c> (with its chat template), written once to a cache
 /// folder keyed by the file's path, size and time, beside a <c>gguf.json</c> that points <see cref="CheckpointReader"/>
 /// at the file's tensors under their Hugging Face names. The weights are never copied: they are read from the file as
-/// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM), qwen2, qwen3; byte-level BPE and
+/// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM; Mixtral with experts), qwen2, qwen3, qwen2moe,
+/// qwen3moe; byte-level BPE and
 /// SentencePiece tokenizers.
 /// </summary>
 internal static class GgufImporter
@@ -71,13 +72,17 @@ internal static class GgufImporter
     private static void Write(GgufFile g, string folder)
     {
         string arch = g.GetString("general.architecture") ?? throw new CoralModelException(g.Path, "general.architecture", "missing.");
+        long experts = g.GetInteger($"{arch}.expert_count") ?? 0;
         (string hfArch, string modelType) = arch switch
         {
+            "llama" when experts > 0 => ("MixtralForCausalLM", "mixtral"),   // llama.cpp runs Mixtral as a llama with experts
             "llama" => ("LlamaForCausalLM", "llama"),
             "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
             "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+            "qwen2moe" => ("Qwen2MoeForCausalLM", "qwen2_moe"),
+            "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
             _ => throw new CoralModelException(g.Path, "general.architecture",
-                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2 and qwen3 can; other architectures load from their Hugging Face folder)."),
+                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe and qwen3moe can; other architectures load from their Hugging Face folder)."),
         };
 
         long Required(string name) => g.GetInteger($"{arch}.{name}") ?? throw new CoralModelException(g.Path, $"{arch}.{name}", "missing.");
@@ -97,12 +102,13 @@ internal static class GgufImporter
         }
 
         bool tied = !g.Tensors.ContainsKey("output.weight");
+        long? expertWidth = experts > 0 ? g.GetInteger($"{arch}.expert_feed_forward_length") ?? Required("feed_forward_length") : null;
         var config = new JsonObject
         {
             ["architectures"] = new JsonArray(hfArch),
             ["model_type"] = modelType,
             ["hidden_size"] = hidden,
-            ["intermediate_size"] = Required("feed_forward_length"),
+            ["intermediate_size"] = g.GetInteger($"{arch}.feed_forward_length") ?? expertWidth ?? Required("feed_forward_length"),
             ["num_hidden_layers"] = layers,
             ["num_attention_heads"] = heads,
             ["num_key_value_heads"] = kvHeads,
@@ -128,6 +134,30 @@ internal static class GgufImporter
             config["eos_token_id"] = eos.Length == 1 ? eos[0] : new JsonArray(eos.Select(e => (JsonNode)e).ToArray());
         }
 
+        if (experts > 0)
+        {
+            // The experts' shape; which chosen weights llama.cpp renormalises is fixed per architecture (Mixtral and
+            // Qwen3-MoE do, Qwen2-MoE does not).
+            config[modelType == "mixtral" ? "num_local_experts" : "num_experts"] = experts;
+            config["num_experts_per_tok"] = Required("expert_used_count");
+            config["norm_topk_prob"] = modelType != "qwen2_moe";
+            if (modelType == "mixtral")
+            {
+                config["intermediate_size"] = expertWidth;
+            }
+            else
+            {
+                config["moe_intermediate_size"] = expertWidth;
+                config["decoder_sparse_step"] = 1;
+                config["mlp_only_layers"] = new JsonArray();
+            }
+
+            if (g.GetInteger($"{arch}.expert_shared_feed_forward_length") is long shared)
+            {
+                config["shared_expert_intermediate_size"] = shared;
+            }
+        }
+
         if (RopeScaling(g, arch, headDim, config["rope_theta"]!.GetValue<double>()) is JsonObject scaling)
         {
             config["rope_scaling"] = scaling;
@@ -141,13 +171,15 @@ internal static class GgufImporter
 
         WriteTokenizer(g, folder, tokens);
 
-        // The tensor map: Hugging Face name → GGUF name, with llama's q/k rows put back from llama.cpp's interleaved RoPE order.
+        // The tensor map: Hugging Face name → GGUF name, with llama's q/k rows put back from llama.cpp's interleaved RoPE
+        // order, and each expert a slice of llama.cpp's stacked [experts, rows, columns] tensors.
+        ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
         var map = new JsonObject();
-        void Map(string hf, string gguf, long permuteHeads = 0)
+        void Map(string hf, string gguf, long permuteHeads = 0, int expert = -1)
         {
             if (g.Tensors.ContainsKey(gguf))
             {
-                map[hf] = new JsonObject { ["gguf"] = gguf, ["permute_heads"] = permuteHeads };
+                map[hf] = new JsonObject { ["gguf"] = gguf, ["permute_heads"] = permuteHeads, ["expert"] = expert };
             }
         }
 
@@ -169,6 +201,23 @@ internal static class GgufImporter
             Map(h + "self_attn.q_norm.weight", b + "attn_q_norm.weight");
             Map(h + "self_attn.k_norm.weight", b + "attn_k_norm.weight");
             Map(h + "post_attention_layernorm.weight", b + "ffn_norm.weight");
+            if (experts > 0)
+            {
+                Map(c.RouterName(h), b + "ffn_gate_inp.weight");
+                for (int e = 0; e < experts; e++)
+                {
+                    Map(c.ExpertWeightName(h, e, "gate"), b + "ffn_gate_exps.weight", expert: e);
+                    Map(c.ExpertWeightName(h, e, "up"), b + "ffn_up_exps.weight", expert: e);
+                    Map(c.ExpertWeightName(h, e, "down"), b + "ffn_down_exps.weight", expert: e);
+                }
+
+                Map(ModelConfig.SharedExpertGateName(h), b + "ffn_gate_inp_shexp.weight");
+                Map(ModelConfig.SharedExpertWeightName(h, "gate"), b + "ffn_gate_shexp.weight");
+                Map(ModelConfig.SharedExpertWeightName(h, "up"), b + "ffn_up_shexp.weight");
+                Map(ModelConfig.SharedExpertWeightName(h, "down"), b + "ffn_down_shexp.weight");
+                continue;
+            }
+
             Map(h + "mlp.gate_proj.weight", b + "ffn_gate.weight");
             Map(h + "mlp.up_proj.weight", b + "ffn_up.weight");
             Map(h + "mlp.down_proj.weight", b + "ffn_down.weight");

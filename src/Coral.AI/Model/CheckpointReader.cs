@@ -35,6 +35,13 @@ internal sealed unsafe class CheckpointReader : IDisposable
                     string gguf = entry!["gguf"]!.GetValue<string>();
                     GgufTensorInfo t = _ggufFile.Tensors.TryGetValue(gguf, out GgufTensorInfo? found) ? found
                         : throw new CoralModelException(_ggufFile.Path, gguf, "is missing: the file changed since it was imported.");
+                    if (entry["expert"]?.GetValue<int>() is int e and >= 0)
+                    {
+                        // One expert of a stacked [experts, rows, columns] tensor: its rows are contiguous.
+                        long bytes = t.Bytes / t.Shape[0];
+                        t = t with { Shape = t.Shape[1..], Offset = t.Offset + (e * bytes), Bytes = bytes };
+                    }
+
                     _gguf[name] = (t, entry["permute_heads"]?.GetValue<int>() ?? 0);
                 }
             }

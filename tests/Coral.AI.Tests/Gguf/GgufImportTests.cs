@@ -25,6 +25,9 @@ public class GgufImportTests
     [InlineData("qwen2", "f32")]               // q/k/v biases
     [InlineData("qwen2-yarn", "f32")]
     [InlineData("qwen3-bf16", "bf16")]         // q/k norms
+    [InlineData("qwen3moe-bf16", "bf16")]      // experts: slices of llama.cpp's stacked tensors
+    [InlineData("qwen2moe-bf16", "bf16")]      // and a shared expert with its gate
+    [InlineData("mixtral", "f32")]             // a llama with experts
     public void ExportedFile_LoadsAsItsFolder(string name, string type)
     {
         string folder = TransformerModelTests.ModelFor(name);
@@ -108,16 +111,17 @@ public class GgufImportTests
     /// them give logits closer to llama.cpp's on the same file than the unquantized model's are (a misread block would be
     /// far off), within 3% of the largest logit; loaded with the default Q8_0 blocks of those values as well.</summary>
     [Theory]
-    [InlineData(LLamaFtype.MOSTLY_Q4_K_M)]
-    [InlineData(LLamaFtype.MOSTLY_Q5_K_M)]
-    [InlineData(LLamaFtype.MOSTLY_Q6_K)]
-    [InlineData(LLamaFtype.MOSTLY_Q4_1)]
-    [InlineData(LLamaFtype.MOSTLY_Q5_0)]
-    [InlineData(LLamaFtype.MOSTLY_Q5_1)]
-    public void LlamaCppQuantizedFile_AgreesWithLlamaCpp(LLamaFtype ftype)
+    [InlineData(LLamaFtype.MOSTLY_Q4_K_M, "llama-demo-width")]
+    [InlineData(LLamaFtype.MOSTLY_Q5_K_M, "llama-demo-width")]
+    [InlineData(LLamaFtype.MOSTLY_Q6_K, "llama-demo-width")]
+    [InlineData(LLamaFtype.MOSTLY_Q4_1, "llama-demo-width")]
+    [InlineData(LLamaFtype.MOSTLY_Q5_0, "llama-demo-width")]
+    [InlineData(LLamaFtype.MOSTLY_Q5_1, "llama-demo-width")]
+    [InlineData(LLamaFtype.MOSTLY_Q4_K_M, "qwen3moe-wide")]   // stacked experts in K-quant blocks
+    public void LlamaCppQuantizedFile_AgreesWithLlamaCpp(LLamaFtype ftype, string name)
     {
-        string folder = TransformerModelTests.ModelFor("llama-demo-width");
-        string dir = ModelZoo.TempFolder("gguf-import-" + ftype);
+        string folder = TransformerModelTests.ModelFor(name);
+        string dir = ModelZoo.TempFolder($"gguf-import-{ftype}-{name}");
         string f32 = Path.Combine(dir, "f32.gguf"), quantized = Path.Combine(dir, ftype + ".gguf");
         GgufExporter.Export(folder, f32, "f32");
         LlamaCppOracle.EnsureLoaded();
@@ -150,6 +154,14 @@ public class GgufImportTests
             worstValues = MathF.Max(worstValues, TorchTestHelpers.MaxAbsDiff(v[row], theirs[i]));
             worstQ8 = MathF.Max(worstQ8, TorchTestHelpers.MaxAbsDiff(q[row], theirs[i]));
             scale = MathF.Max(scale, theirs[i].Max(MathF.Abs));
+        }
+
+        if (name.Contains("moe", StringComparison.Ordinal))
+        {
+            // Near-tied routers tip either way under llama.cpp's int8 activations (measured 5.9 against 9.6 unquantized,
+            // as with Q4_0 in QuantizationTests); the dense model above bounds the blocks' values tightly.
+            Assert.True(worstValues < worstPlain, $"{ftype}: the file's values {worstValues} from llama.cpp, the unquantized model {worstPlain}");
+            return;
         }
 
         Assert.True(worstValues < worstPlain / 2, $"{ftype}: the file's values {worstValues} from llama.cpp, the unquantized model {worstPlain}");
