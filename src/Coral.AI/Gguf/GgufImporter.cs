@@ -11,7 +11,7 @@ namespace Coral.AI;
 /// folder keyed by the file's path, size and time, beside a <c>gguf.json</c> that points <see cref="CheckpointReader"/>
 /// at the file's tensors under their Hugging Face names. The weights are never copied: they are read from the file as
 /// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM; Mixtral with experts), qwen2, qwen3, qwen2moe,
-/// qwen3moe; byte-level BPE and
+/// qwen3moe, phi3; byte-level BPE and
 /// SentencePiece tokenizers.
 /// </summary>
 internal static class GgufImporter
@@ -81,17 +81,25 @@ internal static class GgufImporter
             "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
             "qwen2moe" => ("Qwen2MoeForCausalLM", "qwen2_moe"),
             "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+            "phi3" => ("Phi3ForCausalLM", "phi3"),
             _ => throw new CoralModelException(g.Path, "general.architecture",
-                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe and qwen3moe can; other architectures load from their Hugging Face folder)."),
+                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe and phi3 can; other architectures load from their Hugging Face folder)."),
         };
 
         long Required(string name) => g.GetInteger($"{arch}.{name}") ?? throw new CoralModelException(g.Path, $"{arch}.{name}", "missing.");
         long layers = Required("block_count"), hidden = Required("embedding_length"), heads = Required("attention.head_count");
         long kvHeads = g.GetInteger($"{arch}.attention.head_count_kv") ?? heads;
         long headDim = g.GetInteger($"{arch}.attention.key_length") ?? hidden / heads;
-        if (g.GetInteger($"{arch}.rope.dimension_count") is long rot && rot != headDim)
+        long rotary = g.GetInteger($"{arch}.rope.dimension_count") ?? headDim;
+        if (rotary != headDim && arch != "phi3")
         {
-            throw new CoralModelException(g.Path, $"{arch}.rope.dimension_count", $"{rot} rotary dimensions of {headDim}: partial rotation is not read from GGUF.");
+            // llama.cpp's other graphs rotate whole heads (phi3 rotates the first n_rot dimensions, NEOX style).
+            throw new CoralModelException(g.Path, $"{arch}.rope.dimension_count", $"{rotary} rotary dimensions of {headDim}: only phi3 rotates part of a head.");
+        }
+
+        if (g.Tensors.ContainsKey("rope_factors_long.weight") || g.Tensors.ContainsKey("rope_factors_short.weight"))
+        {
+            throw new CoralModelException(g.Path, "rope_factors_long.weight", "LongRoPE factors are not read from GGUF yet (the 4k-context Phi-3 files load).");
         }
 
         string[] tokens = g.GetArray<string>("tokenizer.ggml.tokens") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.tokens", "missing.");
@@ -132,6 +140,16 @@ internal static class GgufImporter
         if (eos.Length > 0)
         {
             config["eos_token_id"] = eos.Length == 1 ? eos[0] : new JsonArray(eos.Select(e => (JsonNode)e).ToArray());
+        }
+
+        if (rotary != headDim)
+        {
+            config["partial_rotary_factor"] = (double)rotary / headDim;
+        }
+
+        if (g.GetInteger($"{arch}.attention.sliding_window") is long window)
+        {
+            config["sliding_window"] = window;
         }
 
         if (experts > 0)
@@ -191,6 +209,7 @@ internal static class GgufImporter
         {
             string h = $"model.layers.{i}.", b = $"blk.{i}.";
             Map(h + "input_layernorm.weight", b + "attn_norm.weight");
+            Map(h + "self_attn.qkv_proj.weight", b + "attn_qkv.weight");   // phi3: q|k|v in one tensor, NEOX RoPE
             Map(h + "self_attn.q_proj.weight", b + "attn_q.weight", permute ? heads : 0);
             Map(h + "self_attn.k_proj.weight", b + "attn_k.weight", permute ? kvHeads : 0);
             Map(h + "self_attn.v_proj.weight", b + "attn_v.weight");
@@ -219,7 +238,7 @@ internal static class GgufImporter
             }
 
             Map(h + "mlp.gate_proj.weight", b + "ffn_gate.weight");
-            Map(h + "mlp.up_proj.weight", b + "ffn_up.weight");
+            Map(arch == "phi3" ? h + "mlp.gate_up_proj.weight" : h + "mlp.up_proj.weight", b + "ffn_up.weight");   // phi3: gate|up fused
             Map(h + "mlp.down_proj.weight", b + "ffn_down.weight");
         }
 

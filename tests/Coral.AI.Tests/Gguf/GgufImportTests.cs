@@ -28,6 +28,9 @@ public class GgufImportTests
     [InlineData("qwen3moe-bf16", "bf16")]      // experts: slices of llama.cpp's stacked tensors
     [InlineData("qwen2moe-bf16", "bf16")]      // and a shared expert with its gate
     [InlineData("mixtral", "f32")]             // a llama with experts
+    [InlineData("phi3-bf16", "bf16")]          // fused q|k|v and gate|up
+    [InlineData("phi3-window", "f32")]         // a sliding window
+    [InlineData("phi3-partial", "bf16")]       // partial rotation
     public void ExportedFile_LoadsAsItsFolder(string name, string type)
     {
         string folder = TransformerModelTests.ModelFor(name);
