@@ -11,7 +11,7 @@ namespace Coral.AI;
 /// folder keyed by the file's path, size and time, beside a <c>gguf.json</c> that points <see cref="CheckpointReader"/>
 /// at the file's tensors under their Hugging Face names. The weights are never copied: they are read from the file as
 /// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM; Mixtral with experts), qwen2, qwen3, qwen2moe,
-/// qwen3moe, phi3; byte-level BPE and
+/// qwen3moe, phi3, gemma, gemma2, gemma3; byte-level BPE and
 /// SentencePiece tokenizers.
 /// </summary>
 internal static class GgufImporter
@@ -82,8 +82,11 @@ internal static class GgufImporter
             "qwen2moe" => ("Qwen2MoeForCausalLM", "qwen2_moe"),
             "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
             "phi3" => ("Phi3ForCausalLM", "phi3"),
+            "gemma" => ("GemmaForCausalLM", "gemma"),
+            "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
+            "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
             _ => throw new CoralModelException(g.Path, "general.architecture",
-                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe and phi3 can; other architectures load from their Hugging Face folder)."),
+                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3, gemma, gemma2 and gemma3 can; other architectures load from their Hugging Face folder)."),
         };
 
         long Required(string name) => g.GetInteger($"{arch}.{name}") ?? throw new CoralModelException(g.Path, $"{arch}.{name}", "missing.");
@@ -147,6 +150,23 @@ internal static class GgufImporter
             config["partial_rotary_factor"] = (double)rotary / headDim;
         }
 
+        bool gemma = arch.StartsWith("gemma", StringComparison.Ordinal);
+        if (gemma)
+        {
+            // What llama.cpp's gemma graphs compute: the tanh GELU, queries scaled by 1/√head_dim (1/√(d/heads) for the
+            // 27B shapes), Gemma-2's soft caps, Gemma-3's sliding layers five of six on a local RoPE base of 10,000.
+            bool large = layers == (arch == "gemma2" ? 46 : 62);
+            config["hidden_activation"] = "gelu_pytorch_tanh";
+            config["query_pre_attn_scalar"] = arch != "gemma" && large ? hidden / heads : headDim;
+            config["attn_logit_softcapping"] = g.GetNumber($"{arch}.attn_logit_softcapping");
+            config["final_logit_softcapping"] = g.GetNumber($"{arch}.final_logit_softcapping");
+            if (arch == "gemma3")
+            {
+                config["sliding_window_pattern"] = 6;
+                config["rope_local_base_freq"] = 10000.0;
+            }
+        }
+
         if (g.GetInteger($"{arch}.attention.sliding_window") is long window)
         {
             config["sliding_window"] = window;
@@ -197,7 +217,9 @@ internal static class GgufImporter
         {
             if (g.Tensors.ContainsKey(gguf))
             {
-                map[hf] = new JsonObject { ["gguf"] = gguf, ["permute_heads"] = permuteHeads, ["expert"] = expert };
+                // Gemma's norms as llama.cpp's converter writes them, 1 + the checkpoint's offset: the offset back.
+                bool norm = gemma && gguf.EndsWith("norm.weight", StringComparison.Ordinal);
+                map[hf] = new JsonObject { ["gguf"] = gguf, ["permute_heads"] = permuteHeads, ["expert"] = expert, ["add"] = norm ? -1.0 : 0.0 };
             }
         }
 
@@ -219,7 +241,18 @@ internal static class GgufImporter
             Map(h + "self_attn.v_proj.bias", b + "attn_v.bias");
             Map(h + "self_attn.q_norm.weight", b + "attn_q_norm.weight");
             Map(h + "self_attn.k_norm.weight", b + "attn_k_norm.weight");
-            Map(h + "post_attention_layernorm.weight", b + "ffn_norm.weight");
+            if (arch is "gemma2" or "gemma3")
+            {
+                // Sandwich norms: after attention, before and after the MLP.
+                Map(h + "post_attention_layernorm.weight", b + "post_attention_norm.weight");
+                Map(h + "pre_feedforward_layernorm.weight", b + "ffn_norm.weight");
+                Map(h + "post_feedforward_layernorm.weight", b + "post_ffw_norm.weight");
+            }
+            else
+            {
+                Map(h + "post_attention_layernorm.weight", b + "ffn_norm.weight");
+            }
+
             if (experts > 0)
             {
                 Map(c.RouterName(h), b + "ffn_gate_inp.weight");

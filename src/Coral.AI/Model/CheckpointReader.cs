@@ -15,7 +15,7 @@ internal sealed unsafe class CheckpointReader : IDisposable
 {
     private readonly Dictionary<string, SafetensorsFile> _byTensor = new(StringComparer.Ordinal);
     private readonly List<SafetensorsFile> _files = [];
-    private readonly Dictionary<string, (GgufTensorInfo Tensor, int PermuteHeads)> _gguf = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (GgufTensorInfo Tensor, int PermuteHeads, float Add)> _gguf = new(StringComparer.Ordinal);
     private GgufFile? _ggufFile;
 
     public CheckpointReader(string folder, string baseName = "model")
@@ -42,7 +42,7 @@ internal sealed unsafe class CheckpointReader : IDisposable
                         t = t with { Shape = t.Shape[1..], Offset = t.Offset + (e * bytes), Bytes = bytes };
                     }
 
-                    _gguf[name] = (t, entry["permute_heads"]?.GetValue<int>() ?? 0);
+                    _gguf[name] = (t, entry["permute_heads"]?.GetValue<int>() ?? 0, entry["add"]?.GetValue<float>() ?? 0);
                 }
             }
             else if (File.Exists(index))
@@ -136,7 +136,7 @@ internal sealed unsafe class CheckpointReader : IDisposable
     {
         if (_gguf.TryGetValue(name, out var g))
         {
-            return TakeGguf(name, g.Tensor, g.PermuteHeads, expectedShape, dtype);
+            return TakeGguf(name, g.Tensor, g.PermuteHeads, g.Add, expectedShape, dtype);
         }
 
         if (!_byTensor.TryGetValue(name, out SafetensorsFile? f))
@@ -186,8 +186,9 @@ internal sealed unsafe class CheckpointReader : IDisposable
     }
 
     /// <summary>A GGUF tensor's values (f32, dequantized block by block), its q/k rows put back from llama.cpp's adjacent-pair
-    /// RoPE order (within each head, stored row 2i + j is Hugging Face row j·hd/2 + i), then converted.</summary>
-    private Tensor TakeGguf(string name, GgufTensorInfo t, int permuteHeads, long[] expectedShape, ScalarType dtype)
+    /// RoPE order (within each head, stored row 2i + j is Hugging Face row j·hd/2 + i), <paramref name="add"/> added (a
+    /// Gemma norm's −1: exact, both in [½, 2]), then converted.</summary>
+    private Tensor TakeGguf(string name, GgufTensorInfo t, int permuteHeads, float add, long[] expectedShape, ScalarType dtype)
     {
         if (!t.Shape.SequenceEqual(expectedShape))
         {
@@ -204,6 +205,11 @@ internal sealed unsafe class CheckpointReader : IDisposable
             long[] rest = [.. t.Shape.Skip(1)];
             using Tensor stored = values;
             values = stored.reshape([permuteHeads, hd / 2, 2, .. rest]).transpose(1, 2).reshape([rows, .. rest]).contiguous();
+        }
+
+        if (add != 0)
+        {
+            values.add_(add);
         }
 
         if (dtype == ScalarType.Float32)

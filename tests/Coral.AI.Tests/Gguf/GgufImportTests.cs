@@ -31,6 +31,10 @@ public class GgufImportTests
     [InlineData("phi3-bf16", "bf16")]          // fused q|k|v and gate|up
     [InlineData("phi3-window", "f32")]         // a sliding window
     [InlineData("phi3-partial", "bf16")]       // partial rotation
+    [InlineData("gemma", "f32")]               // norms stored as 1 + offset, GELU, √d embedding scale
+    [InlineData("gemma2-bf16", "bf16")]        // soft caps, sandwich norms, every other layer sliding
+    [InlineData("gemma3", "f32")]              // five of six layers sliding on a local RoPE base, q/k norms
+    [InlineData("gemma3-sentencepiece", "bf16")]   // Gemma's SentencePiece layout: no '▁' before the text
     public void ExportedFile_LoadsAsItsFolder(string name, string type)
     {
         string folder = TransformerModelTests.ModelFor(name);
@@ -198,11 +202,11 @@ public class GgufImportTests
         CoralModelException inData = Assert.Throws<CoralModelException>(() => GgufImporter.Prepare(data));
         Assert.Contains("runs past the end of the file", inData.Message);
 
-        string gemma = Path.Combine(dir, "gemma2.gguf");
-        GgufExporter.Export(TransformerModelTests.ModelFor("gemma2"), gemma, "f32");
-        CoralModelException arch = Assert.Throws<CoralModelException>(() => InferenceEngine.Load(gemma, torch.CPU, ScalarType.Float32, 64));
+        string olmo = Path.Combine(dir, "olmo2.gguf");
+        GgufExporter.Export(TransformerModelTests.ModelFor("olmo2"), olmo, "f32");
+        CoralModelException arch = Assert.Throws<CoralModelException>(() => InferenceEngine.Load(olmo, torch.CPU, ScalarType.Float32, 64));
         Assert.Contains("general.architecture", arch.Message);
-        Assert.Contains("gemma2", arch.Message);
+        Assert.Contains("olmo2", arch.Message);
 
         var options = new CoralChatClientOptions { ModelPath = Path.Combine(dir, "missing.gguf") };
         Assert.Contains("does not exist", CoralChatClientOptionsValidator.Check(options));
