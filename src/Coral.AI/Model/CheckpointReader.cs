@@ -196,9 +196,16 @@ internal sealed unsafe class CheckpointReader : IDisposable
                 $"shape [{string.Join(", ", t.Shape)}] does not match the model's {name}, which the metadata implies is [{string.Join(", ", expectedShape)}].");
         }
 
-        int per = GgmlBlocks.Block(t.Type).Elements;
+        var (per, bytes) = GgmlBlocks.Block(t.Type);
         Tensor values = torch.empty(t.Shape, ScalarType.Float32);
-        GgmlBlocks.Dequantize(t.Type, _ggufFile!.Pointer(t), t.Elements / per, (float*)CpuKernels.Pointer(values));
+        nint source = (nint)_ggufFile!.Pointer(t), destination = (nint)CpuKernels.Pointer(values);
+        long blocks = t.Elements / per;
+        int chunks = (int)Math.Clamp(blocks / 4096, 1, 64);
+        Parallel.For(0, chunks, i =>
+        {
+            long first = blocks * i / chunks, end = blocks * (i + 1) / chunks;
+            GgmlBlocks.Dequantize(t.Type, (byte*)source + (first * bytes), end - first, (float*)destination + (first * per));
+        });
         if (permuteHeads > 0)
         {
             long rows = t.Shape[0], hd = rows / permuteHeads;
