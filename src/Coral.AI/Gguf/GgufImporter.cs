@@ -11,7 +11,7 @@ namespace Coral.AI;
 /// folder keyed by the file's path, size and time, beside a <c>gguf.json</c> that points <see cref="CheckpointReader"/>
 /// at the file's tensors under their Hugging Face names. The weights are never copied: they are read from the file as
 /// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM; Mixtral with experts), qwen2, qwen3, qwen2moe,
-/// qwen3moe, phi3, gemma, gemma2, gemma3; byte-level BPE and
+/// qwen3moe, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, command-r, cohere2; byte-level BPE and
 /// SentencePiece tokenizers.
 /// </summary>
 internal static class GgufImporter
@@ -85,8 +85,13 @@ internal static class GgufImporter
             "gemma" => ("GemmaForCausalLM", "gemma"),
             "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
             "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
+            "granite" => ("GraniteForCausalLM", "granite"),
+            "smollm3" => ("SmolLM3ForCausalLM", "smollm3"),
+            "olmo2" => ("Olmo2ForCausalLM", "olmo2"),
+            "command-r" => ("CohereForCausalLM", "cohere"),
+            "cohere2" => ("Cohere2ForCausalLM", "cohere2"),
             _ => throw new CoralModelException(g.Path, "general.architecture",
-                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3, gemma, gemma2 and gemma3 can; other architectures load from their Hugging Face folder)."),
+                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, command-r and cohere2 can; other architectures load from their Hugging Face folder)."),
         };
 
         long Required(string name) => g.GetInteger($"{arch}.{name}") ?? throw new CoralModelException(g.Path, $"{arch}.{name}", "missing.");
@@ -126,6 +131,7 @@ internal static class GgufImporter
             ["head_dim"] = headDim,
             ["hidden_act"] = "silu",
             ["rms_norm_eps"] = g.GetNumber($"{arch}.attention.layer_norm_rms_epsilon") ?? 1e-6,
+            ["layer_norm_eps"] = g.GetNumber($"{arch}.attention.layer_norm_epsilon") ?? 1e-5,   // Cohere's LayerNorms
             ["rope_theta"] = g.GetNumber($"{arch}.rope.freq_base") ?? 10000.0,
             ["max_position_embeddings"] = g.GetInteger($"{arch}.context_length") ?? 4096,
             ["vocab_size"] = vocab,
@@ -148,6 +154,25 @@ internal static class GgufImporter
         if (rotary != headDim)
         {
             config["partial_rotary_factor"] = (double)rotary / headDim;
+        }
+
+        switch (arch)
+        {
+            case "granite":
+                // Granite's multipliers, under llama.cpp's names.
+                config["embedding_multiplier"] = g.GetNumber($"{arch}.embedding_scale") ?? 1.0;
+                config["residual_multiplier"] = g.GetNumber($"{arch}.residual_scale") ?? 1.0;
+                config["attention_multiplier"] = g.GetNumber($"{arch}.attention.scale") ?? 1.0;
+                config["logits_scaling"] = g.GetNumber($"{arch}.logit_scale") ?? 1.0;
+                break;
+            case "smollm3":
+                // llama.cpp's smollm3 leaves RoPE out of every fourth layer.
+                config["no_rope_layers"] = new JsonArray([.. Enumerable.Range(0, (int)layers).Select(i => (JsonNode)((i + 1) % 4 != 0 ? 1 : 0))]);
+                break;
+            case "command-r" or "cohere2":
+                config["logit_scale"] = g.GetNumber($"{arch}.logit_scale") ?? 1.0;
+                config["tie_word_embeddings"] = true;
+                break;
         }
 
         bool gemma = arch.StartsWith("gemma", StringComparison.Ordinal);
@@ -223,7 +248,7 @@ internal static class GgufImporter
             }
         }
 
-        bool permute = arch == "llama";
+        bool permute = arch is "llama" or "granite" or "smollm3";   // llama.cpp's adjacent-pair RoPE over rotate-half rows
         Map("model.embed_tokens.weight", "token_embd.weight");
         Map("model.norm.weight", "output_norm.weight");
         Map("lm_head.weight", "output.weight");
@@ -241,7 +266,13 @@ internal static class GgufImporter
             Map(h + "self_attn.v_proj.bias", b + "attn_v.bias");
             Map(h + "self_attn.q_norm.weight", b + "attn_q_norm.weight");
             Map(h + "self_attn.k_norm.weight", b + "attn_k_norm.weight");
-            if (arch is "gemma2" or "gemma3")
+            if (arch == "olmo2")
+            {
+                // Norms after attention and after the MLP only.
+                Map(h + "post_attention_layernorm.weight", b + "post_attention_norm.weight");
+                Map(h + "post_feedforward_layernorm.weight", b + "post_ffw_norm.weight");
+            }
+            else if (arch is "gemma2" or "gemma3")
             {
                 // Sandwich norms: after attention, before and after the MLP.
                 Map(h + "post_attention_layernorm.weight", b + "post_attention_norm.weight");

@@ -35,6 +35,11 @@ public class GgufImportTests
     [InlineData("gemma2-bf16", "bf16")]        // soft caps, sandwich norms, every other layer sliding
     [InlineData("gemma3", "f32")]              // five of six layers sliding on a local RoPE base, q/k norms
     [InlineData("gemma3-sentencepiece", "bf16")]   // Gemma's SentencePiece layout: no '▁' before the text
+    [InlineData("granite-bf16", "bf16")]       // multipliers on the embedding, q·k, residuals and logits
+    [InlineData("smollm3", "f32")]             // every fourth layer without RoPE
+    [InlineData("olmo2-bf16", "bf16")]         // norms after the blocks, whole-projection q/k norms
+    [InlineData("cohere", "f32")]              // LayerNorms, a parallel block, adjacent-pair RoPE, a logit scale
+    [InlineData("cohere2-bf16", "bf16")]       // three of four layers sliding (and rotating)
     public void ExportedFile_LoadsAsItsFolder(string name, string type)
     {
         string folder = TransformerModelTests.ModelFor(name);
@@ -202,11 +207,11 @@ public class GgufImportTests
         CoralModelException inData = Assert.Throws<CoralModelException>(() => GgufImporter.Prepare(data));
         Assert.Contains("runs past the end of the file", inData.Message);
 
-        string olmo = Path.Combine(dir, "olmo2.gguf");
-        GgufExporter.Export(TransformerModelTests.ModelFor("olmo2"), olmo, "f32");
-        CoralModelException arch = Assert.Throws<CoralModelException>(() => InferenceEngine.Load(olmo, torch.CPU, ScalarType.Float32, 64));
+        string olmoe = Path.Combine(dir, "olmoe.gguf");
+        GgufExporter.Export(TransformerModelTests.ModelFor("olmoe"), olmoe, "f32");
+        CoralModelException arch = Assert.Throws<CoralModelException>(() => InferenceEngine.Load(olmoe, torch.CPU, ScalarType.Float32, 64));
         Assert.Contains("general.architecture", arch.Message);
-        Assert.Contains("olmo2", arch.Message);
+        Assert.Contains("olmoe", arch.Message);
 
         var options = new CoralChatClientOptions { ModelPath = Path.Combine(dir, "missing.gguf") };
         Assert.Contains("does not exist", CoralChatClientOptionsValidator.Check(options));
