@@ -19,6 +19,10 @@ internal static class GgufImporter
     /// <summary>The file in an imported folder that names the GGUF file and maps its tensors.</summary>
     public const string MapFile = "gguf.json";
 
+    /// <summary>The version of what an import writes, part of the cache key: a Coral that maps files differently never
+    /// reuses an older import.</summary>
+    private const int ImportVersion = 1;
+
     /// <summary>Whether <paramref name="path"/> names a GGUF file (rather than a model folder).</summary>
     public static bool IsGguf(string? path) => path is not null && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(path);
 
@@ -31,7 +35,7 @@ internal static class GgufImporter
     {
         string full = Path.GetFullPath(ggufPath);
         var info = new FileInfo(full);
-        string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes($"{full}|{info.Length}|{info.LastWriteTimeUtc.Ticks}")))[..16].ToLowerInvariant();
+        string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes($"{ImportVersion}|{full}|{info.Length}|{info.LastWriteTimeUtc.Ticks}")))[..16].ToLowerInvariant();
         string folder = Path.Combine(Path.GetTempPath(), "coral-gguf", $"{Path.GetFileNameWithoutExtension(full)}-{key}");
         if (File.Exists(Path.Combine(folder, MapFile)))
         {
