@@ -205,8 +205,13 @@ internal sealed class BatchScheduler : IDisposable
             return false;
         }
 
-        int unseen = (s.D!.Last is null ? s.Request.PromptIds.Count : s.Slot!.Tokens.Count) - _engine.Drafter!.Cache.Length;
-        return s.D.Last is null || unseen <= s.Request.MaxNewTokens - s.D.Emitter.Ids.Count;
+        if (s.D!.Last is null)
+        {
+            return true;   // still in its prompt: the engine's prefill computes the features as it goes
+        }
+
+        int unseen = s.Slot!.Tokens.Count - _engine.Drafter!.Cache.Length;
+        return unseen <= s.Request.MaxNewTokens - s.D.Emitter.Ids.Count;
     }
 
     /// <summary>Runs the lone request <paramref name="s"/> through the engine's speculative loop on the engine's slot until
