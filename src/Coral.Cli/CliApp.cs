@@ -54,6 +54,8 @@ internal static class CliApp
         llama.cpp's Q8_0 (int8 with an f16 scale per 32 inputs: about half the memory, faster CPU decoding, accuracy kept)
         or Q4_0 (4-bit levels: a third of the memory, faster still, at a visible cost in accuracy).
         bench takes [--parallel N] (1-64; CoralChatClientOptions.ParallelRequests for servers: N requests decode together).
+        --model also takes a .gguf file (llama.cpp's, Ollama's): read in place, its tokenizer and chat template included;
+        its quantized layers load as Q8_0 blocks (Q8_0 and Q4_0 files as their own values) unless --quantize says otherwise.
         """;
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
