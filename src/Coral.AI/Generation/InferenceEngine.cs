@@ -170,7 +170,7 @@ internal sealed class InferenceEngine : IDisposable
     public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
         ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None)
     {
-        string? ggufName = GgufImporter.IsGguf(folder) ? Path.GetFileNameWithoutExtension(folder) : null;
+        string? ggufName = GgufImporter.ModelId(folder);
         folder = GgufImporter.Resolve(folder);
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
         TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels, packedWeights, quantization);

@@ -23,11 +23,19 @@ internal static class GgufImporter
     /// reuses an older import.</summary>
     private const int ImportVersion = 1;
 
-    /// <summary>Whether <paramref name="path"/> names a GGUF file (rather than a model folder).</summary>
-    public static bool IsGguf(string? path) => path is not null && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(path);
+    /// <summary>Whether <paramref name="path"/> names a GGUF file or an Ollama model (<see cref="OllamaStore"/>) rather than
+    /// a model folder.</summary>
+    public static bool IsGguf(string? path) =>
+        OllamaStore.IsName(path) || (path is not null && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(path));
 
-    /// <summary>The model folder to load for <paramref name="path"/>: the folder itself, or a GGUF file's imported folder.</summary>
-    public static string Resolve(string path) => IsGguf(path) ? Prepare(path) : path;
+    /// <summary>The model folder to load for <paramref name="path"/>: the folder itself, or the imported folder of a GGUF
+    /// file or of an Ollama model's GGUF blob.</summary>
+    public static string Resolve(string path) => OllamaStore.IsName(path) ? Prepare(OllamaStore.Resolve(path)) : IsGguf(path) ? Prepare(path) : path;
+
+    /// <summary>The model id a GGUF path reports by default: the file's name without its extension, or the Ollama name as
+    /// given; null for a model folder.</summary>
+    public static string? ModelId(string? path) =>
+        OllamaStore.IsName(path) ? OllamaStore.ModelId(path!) : IsGguf(path) ? Path.GetFileNameWithoutExtension(path) : null;
 
     /// <summary>Writes (once) and returns the imported folder of the GGUF file at <paramref name="ggufPath"/>.</summary>
     /// <exception cref="CoralModelException">The file is not a GGUF file Coral can load; the message names the key or tensor.</exception>

@@ -15,7 +15,18 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return "CoralChatClientOptions.ModelPath is required (a Hugging Face model folder with config.json, or a .gguf file).";
         }
 
-        if (GgufImporter.IsGguf(o.ModelPath))
+        if (OllamaStore.IsName(o.ModelPath))
+        {
+            try
+            {
+                _ = OllamaStore.Resolve(o.ModelPath);   // pulled? (its GGUF is checked as it is imported)
+            }
+            catch (CoralModelException e)
+            {
+                return $"CoralChatClientOptions.ModelPath '{o.ModelPath}': {e.Message}";
+            }
+        }
+        else if (GgufImporter.IsGguf(o.ModelPath))
         {
             // A GGUF file: its metadata and tensors are checked as it is imported (errors name the key or tensor).
         }

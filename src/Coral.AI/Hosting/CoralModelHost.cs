@@ -34,9 +34,10 @@ public sealed class CoralModelHost : IDisposable
 
         _options = Copy(options);
         _logger = (ILogger?)logger ?? NullLogger.Instance;
-        ModelId = options.ModelId ?? (GgufImporter.IsGguf(options.ModelPath) ? Path.GetFileNameWithoutExtension(options.ModelPath!)
-            : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.ModelPath!))));
-        ModelUri = new Uri(Path.GetFullPath(options.ModelPath!));
+        ModelId = options.ModelId ?? GgufImporter.ModelId(options.ModelPath)
+            ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.ModelPath!)));
+        ModelUri = OllamaStore.IsName(options.ModelPath) ? new Uri("ollama:" + Uri.EscapeDataString(OllamaStore.ModelId(options.ModelPath!)))
+            : new Uri(Path.GetFullPath(options.ModelPath!));
     }
 
     /// <summary>Gets the model id reported in responses.</summary>

@@ -181,6 +181,62 @@ public class GgufImportTests
         Assert.True(worstQ8 < worstPlain, $"{ftype}: as Q8_0 blocks {worstQ8}, the unquantized model {worstPlain}");
     }
 
+    /// <summary>An Ollama store (<c>$OLLAMA_MODELS</c>) as Ollama lays it out — a manifest per model and tag naming layers,
+    /// the model layer a GGUF blob under its sha256 —: <c>ollama:tiny</c>, <c>ollama:tiny:latest</c> and
+    /// <c>ollama:library/tiny</c> chat as the folder the blob was exported from does, with the name as model id; a model
+    /// not pulled, a manifest without a model layer and a missing blob fail naming what is missing.</summary>
+    [Fact]
+    public async Task OllamaModelName_LoadsThePulledBlob()
+    {
+        string folder = TransformerModelTests.ModelFor("qwen2-bf16");
+        string store = ModelZoo.TempFolder("ollama-store");
+        string gguf = Path.Combine(store, "export.gguf");
+        GgufExporter.Export(folder, gguf, "bf16");
+        string digest = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(gguf))).ToLowerInvariant();
+        Directory.CreateDirectory(Path.Combine(store, "blobs"));
+        File.Move(gguf, Path.Combine(store, "blobs", "sha256-" + digest));
+        void Manifest(string name, string tag, string mediaType, string hex)
+        {
+            string dir = Path.Combine(store, "manifests", "registry.ollama.ai", "library", name);
+            Directory.CreateDirectory(dir);
+            File.WriteAllText(Path.Combine(dir, tag), $$"""
+                {"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+                 "config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:{{new string('0', 64)}}","size":2},
+                 "layers":[{"mediaType":"application/vnd.ollama.image.template","digest":"sha256:{{new string('1', 64)}}","size":10},
+                           {"mediaType":"{{mediaType}}","digest":"sha256:{{hex}}","size":100}]}
+                """);
+        }
+
+        Manifest("tiny", "latest", "application/vnd.ollama.image.model", digest);
+        Manifest("broken", "latest", "application/vnd.ollama.image.license", digest);
+        Manifest("gone", "latest", "application/vnd.ollama.image.model", new string('2', 64));
+        string? saved = Environment.GetEnvironmentVariable("OLLAMA_MODELS");
+        Environment.SetEnvironmentVariable("OLLAMA_MODELS", store);
+        try
+        {
+            var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 12 };
+            using var fromFolder = new CoralChatClient(new CoralChatClientOptions { ModelPath = folder, ContextLength = 128 });
+            string expected = (await fromFolder.GetResponseAsync("Hello there", options)).Text;
+            foreach (string name in new[] { "ollama:tiny", "ollama:tiny:latest", "ollama:library/tiny" })
+            {
+                using var client = new CoralChatClient(new CoralChatClientOptions { ModelPath = name, ContextLength = 128 });
+                ChatResponse response = await client.GetResponseAsync("Hello there", options);
+                Assert.Equal(expected, response.Text);
+                Assert.Equal(name["ollama:".Length..], response.ModelId);
+            }
+
+            string? missing = CoralChatClientOptionsValidator.Check(new CoralChatClientOptions { ModelPath = "ollama:llama3.2" });
+            Assert.Contains("has not been pulled", missing);
+            Assert.Contains(Path.Combine("library", "llama3.2", "latest"), missing);
+            Assert.Contains("layers", CoralChatClientOptionsValidator.Check(new CoralChatClientOptions { ModelPath = "ollama:broken" }));
+            Assert.Contains("missing", CoralChatClientOptionsValidator.Check(new CoralChatClientOptions { ModelPath = "ollama:gone" }));
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("OLLAMA_MODELS", saved);
+        }
+    }
+
     /// <summary>Bad files fail with a <see cref="CoralModelException"/> naming the file and what is wrong: not GGUF,
     /// truncated inside the header or the data, an architecture not read from GGUF.</summary>
     [Fact]
