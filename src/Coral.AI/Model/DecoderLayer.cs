@@ -81,6 +81,9 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly int _d, _ff;
     private readonly float* _attnNormP, _mlpNormP, _qkNormP, _qkvBiasP, _oBiasP, _postAttnNormP, _postMlpNormP;   // CPU f32 layers (CpuKernels)
     private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
+
+    /// <summary>Gets the layer's packed projections (none off the packed path).</summary>
+    internal IEnumerable<PackedMatrix> PackedWeights => new[] { _qkvP, _oP, _gateUpP, _downP }.OfType<PackedMatrix>();
     private readonly ExpertMlp? _moe;                                                // a mixture of experts in place of the MLP
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor? qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor? o, Tensor? oBias,
@@ -288,7 +291,12 @@ internal sealed unsafe class DecoderLayer : IDisposable
             return j == 0 && RotaryRows(c) is long[] order ? [Reorder(torch.cat(parts), order, 0)] : parts;   // partial rotation
         }
 
-        PackedMatrix?[] p = Enumerable.Range(0, names.Length).Select(j => PackedMatrix.TryPack(Parts(j), round, quantization)).ToArray();
+        // A GGUF file's Q4_K / Q4_1 projections stay the file's blocks where Q8_0 would be made (same values, fewer bytes).
+        PackedMatrix? Blocks(int j) =>
+            quantization == WeightQuantization.Q8_0 && names[j].Select(n => reader.Q4Blocks(prefix + n)).ToArray() is var blocks && blocks.All(b => b is not null)
+                ? PackedMatrix.TryFromBlocks([.. blocks.Select(b => b!.Value)], (int)shapes[j][0][1], j == 0 ? RotaryRows(c) : null)
+                : null;
+        PackedMatrix?[] p = Enumerable.Range(0, names.Length).Select(j => Blocks(j) ?? PackedMatrix.TryPack(Parts(j), round, quantization)).ToArray();
         if (p.All(m => m is not null))
         {
             return p!;

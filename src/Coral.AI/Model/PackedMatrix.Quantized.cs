@@ -99,25 +99,14 @@ internal sealed unsafe partial class PackedMatrix
                         return buffer;
                     }
 
-                    if (kind == WeightQuantization.Q4_0 && m._int8)
+                    if (kind == WeightQuantization.Q4_0)
                     {
-                        // Level + 8 in its nibble (PackedMatrix.Vnni.cs).
-                        byte* levels = (byte*)m._levels + ((long)b * k * rowBytes);
                         for (long c = 0; c < k; c++)
                         {
-                            var (offset, shift) = VnniNibble(c, j);
-                            levels[offset] |= (byte)((q[c] + 8) << shift);
+                            q[c] += 8;   // stored level + 8: unsigned nibbles
                         }
-                    }
-                    else if (kind == WeightQuantization.Q4_0)
-                    {
-                        // Column j's level + 8 in the low half of byte j (j < 16), or in the high half of byte j − 16.
-                        byte* levels = (byte*)m._levels + ((long)b * k * rowBytes) + (j % 16);
-                        int shift = j < 16 ? 0 : 4;
-                        for (long c = 0; c < k; c++)
-                        {
-                            levels[c * rowBytes] |= (byte)((q[c] + 8) << shift);
-                        }
+
+                        m.StoreNibbles(b, j, (byte*)q);
                     }
                     else if (m._int8)
                     {
@@ -156,6 +145,96 @@ internal sealed unsafe partial class PackedMatrix
         return m;
     }
 
+    /// <summary>Writes column <paramref name="j"/> of block <paramref name="b"/> as nibbles (<paramref name="stored"/>: K
+    /// values 0–15) — in the VNNI layout (<see cref="VnniNibble"/>), or column j in the low half of byte j (j &lt; 16) or the
+    /// high half of byte j − 16.</summary>
+    private void StoreNibbles(int b, int j, byte* stored)
+    {
+        long k = Inputs;
+        byte* levels = (byte*)_levels + ((long)b * k * (Block / 2));
+        for (long c = 0; c < k; c++)
+        {
+            if (_int8)
+            {
+                var (offset, shift) = VnniNibble(c, j);
+                levels[offset] |= (byte)(stored[c] << shift);
+            }
+            else
+            {
+                levels[(c * (Block / 2)) + (j % 16)] |= (byte)(stored[c] << (j < 16 ? 0 : 4));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Packs a GGUF file's Q4_K or Q4_1 rows as they are (<see cref="WeightQuantization.Q4_K"/>: 4-bit levels, an f32 scale
+    /// and minimum per 32 inputs): <paramref name="parts"/> stacked as <c>cat</c> would, each part's rows read through its
+    /// q/k head permutation (llama.cpp's adjacent-pair RoPE order back to Hugging Face's), then taken in
+    /// <paramref name="order"/> (null: as they come). Null where this CPU lacks AVX-512 or a part is not such blocks.
+    /// </summary>
+    public static PackedMatrix? TryFromBlocks(IReadOnlyList<(nint Data, GgmlType Type, int Rows, int PermuteHeads)> parts, int k, long[]? order)
+    {
+        if (!Supported || parts.Count == 0 || k % QuantBlocks.Size != 0
+            || parts.Any(p => !GgmlBlocks.IsQ4WithMin(p.Type) || k % GgmlBlocks.Block(p.Type).Elements != 0))
+        {
+            return null;
+        }
+
+        var sources = new List<(nint Row, GgmlType Type)>();
+        foreach (var (data, type, rows, heads) in parts)
+        {
+            long rowBytes = (long)k / GgmlBlocks.Block(type).Elements * GgmlBlocks.Block(type).Bytes;
+            for (int r = 0; r < rows; r++)
+            {
+                // Within a head of hd rows, Hugging Face row j·hd/2 + i is stored row 2i + j.
+                int hd = heads > 0 ? rows / heads : 0, within = heads > 0 ? r % hd : 0;
+                long stored = heads > 0 ? (r - within) + (2 * (within % (hd / 2))) + (within / (hd / 2)) : r;
+                sources.Add((data + (nint)(stored * rowBytes), type));
+            }
+        }
+
+        if (order is not null)
+        {
+            sources = [.. order.Select(i => sources[(int)i])];
+        }
+
+        int n = sources.Count, blocks = (n + Block - 1) / Block, groups = k / QuantBlocks.Size;
+        nuint levelBytes = (nuint)((long)blocks * (Block / 2) * k), scaleBytes = (nuint)((long)blocks * groups * 2 * Block * sizeof(float));
+        var m = new PackedMatrix(k, n, WeightQuantization.Q4_K, (sbyte*)NativeMemory.AlignedAlloc(levelBytes, 64), (float*)NativeMemory.AlignedAlloc(scaleBytes, 64))
+        {
+            _int8 = Int8Activations,
+        };
+        NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: scale and minimum 0
+        NativeMemory.Clear(m._scales, scaleBytes);
+        Parallel.For(0, blocks, () => new float[2 * groups], (b, _, buffer) =>
+        {
+            fixed (float* scales = buffer)
+            {
+                byte* levels = stackalloc byte[k];
+                for (int j = 0; j < Block && (b * Block) + j < n; j++)
+                {
+                    var (row, type) = sources[(b * Block) + j];
+                    GgmlBlocks.Q4Row(type, (byte*)row, k, levels, scales, scales + groups);
+                    m.StoreNibbles(b, j, levels);
+                    // Per group: the block's 32 scales, then its 32 minimums.
+                    float* blockScales = m._scales + ((long)b * groups * 2 * Block) + j;
+                    for (int g = 0; g < groups; g++)
+                    {
+                        blockScales[g * 2 * Block] = scales[g];
+                        blockScales[(g * 2 * Block) + Block] = scales[groups + g];
+                    }
+                }
+            }
+
+            return buffer;
+        }, _ => { });
+        return m;
+    }
+
+    /// <summary>Floats between one group's scales and the next's: 32, or 64 where each group's 32 minimums follow its
+    /// scales (<see cref="WeightQuantization.Q4_K"/>).</summary>
+    private int ScaleStride => _quantization == WeightQuantization.Q4_K ? 2 * Block : Block;
+
     /// <summary>Packs <paramref name="parts"/> as <see cref="TryCreateFromRows(Tensor[], bool)"/> does, or with a
     /// <paramref name="quantization"/> as <see cref="TryQuantize"/> does where the rows are whole blocks of 32 (a weight
     /// whose rows are not keeps its values).</summary>
@@ -165,7 +244,7 @@ internal sealed unsafe partial class PackedMatrix
             : TryCreateFromRows(parts, round);
 
     /// <summary>Bytes of a block's row of 32 levels.</summary>
-    private static int LevelBytes(WeightQuantization kind) => kind == WeightQuantization.Q4_0 ? Block / 2 : Block;
+    private static int LevelBytes(WeightQuantization kind) => kind is WeightQuantization.Q4_0 or WeightQuantization.Q4_K ? Block / 2 : Block;
 
     /// <summary>A stored row of <paramref name="count"/> values (f32, bf16 or f16) as f32 (16-bit ones through the
     /// kernels' vector widening: a scalar half conversion costs ≈ 10 ns a value, a minute for an 8B f16 checkpoint).</summary>
@@ -197,6 +276,10 @@ internal sealed unsafe partial class PackedMatrix
         /// <summary>Gets the bit mask <see cref="Widen"/> takes.</summary>
         static abstract Vector512<uint> Mask { get; }
 
+        /// <summary>Gets whether each group's 32 minimums follow its scales (value = scale · level − min; Q4_K): min · Σ x
+        /// comes off each group's product (<see cref="SumGroups"/>).</summary>
+        static abstract bool HasMin { get; }
+
         /// <summary>The rows of two blocks at <paramref name="p0"/> and <paramref name="p1"/> as f32 values (levels, + 8
         /// where <see cref="Offset"/>), columns 0–15 and 16–31 of each, exactly, given <see cref="Mask"/> and the f16
         /// blocks' <paramref name="scale"/>.</summary>
@@ -212,6 +295,8 @@ internal sealed unsafe partial class PackedMatrix
         public static bool Grouped => false;
 
         public static bool Offset => false;
+
+        public static bool HasMin => false;
 
         public static Vector512<uint> Mask => TFormat.Mask;
 
@@ -232,6 +317,8 @@ internal sealed unsafe partial class PackedMatrix
         public static bool Grouped => true;
 
         public static bool Offset => false;
+
+        public static bool HasMin => false;
 
         public static Vector512<uint> Mask => default;
 
@@ -254,6 +341,8 @@ internal sealed unsafe partial class PackedMatrix
 
         public static bool Offset => true;
 
+        public static bool HasMin => false;
+
         public static Vector512<uint> Mask => Vector512.Create(15u);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -266,8 +355,26 @@ internal sealed unsafe partial class PackedMatrix
         }
     }
 
-    /// <summary>−8 · Σ x over each group of 32 inputs of each row of the current call (f32 adds in input order from zero;
-    /// the product by −8 exact), for Q4_0's offset levels.</summary>
+    /// <summary>Q4_K: the levels as stored (no offset), with each group's minimums after its scales (<see cref="HasMin"/>).</summary>
+    private readonly struct Q4MinLevels : IBlockFormat
+    {
+        public static int RowBytes => Block / 2;
+
+        public static bool Grouped => true;
+
+        public static bool Offset => false;
+
+        public static bool HasMin => true;
+
+        public static Vector512<uint> Mask => Vector512.Create(15u);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector512<float> W0, Vector512<float> W1, Vector512<float> W2, Vector512<float> W3) Widen(byte* q0, byte* q1, Vector512<uint> mask, Vector512<float> scale) =>
+            Q4Levels.Widen(q0, q1, mask, scale);
+    }
+
+    /// <summary>−8 · Σ x (Q4_0's offset levels) or −Σ x (Q4_K's minimums) over each group of 32 inputs of each row of the
+    /// current call (f32 adds in input order from zero; the product exact).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SumGroups()
     {
@@ -290,16 +397,17 @@ internal sealed unsafe partial class PackedMatrix
                     sum += x[c];
                 }
 
-                _sums[(r * groups) + g] = -8 * sum;
+                _sums[(r * groups) + g] = (_quantization == WeightQuantization.Q4_K ? -1 : -8) * sum;
             }
         }
     }
 
     /// <summary>A row's 64 totals at <paramref name="y"/> plus its group sums — plus −8 · Σ x where the levels are offset
-    /// (one f32 add) — times the group's scales (fused; the first group's from zero).</summary>
+    /// (one f32 add) — times the group's scales (fused; the first group's from zero); then, with minimums (at
+    /// <paramref name="m0"/> and <paramref name="m1"/> for the two blocks), plus min · (−Σ x), fused.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Scale4<TFormat>(float* y, Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
-        Vector512<float> e0, Vector512<float> e1, Vector512<float> e2, Vector512<float> e3, bool first, float* sums, int group)
+        Vector512<float> e0, Vector512<float> e1, Vector512<float> e2, Vector512<float> e3, bool first, float* sums, int group, float* m0, float* m1)
         where TFormat : struct, IBlockFormat
     {
         if (TFormat.Offset)
@@ -313,5 +421,13 @@ internal sealed unsafe partial class PackedMatrix
         Vector512.FusedMultiplyAdd(a1, e1, first ? zero : Vector512.Load(y + 16)).Store(y + 16);
         Vector512.FusedMultiplyAdd(a2, e2, first ? zero : Vector512.Load(y + 32)).Store(y + 32);
         Vector512.FusedMultiplyAdd(a3, e3, first ? zero : Vector512.Load(y + 48)).Store(y + 48);
+        if (TFormat.HasMin)
+        {
+            var minus = Vector512.Create(sums[group]);
+            Vector512.FusedMultiplyAdd(Vector512.Load(m0), minus, Vector512.Load(y)).Store(y);
+            Vector512.FusedMultiplyAdd(Vector512.Load(m0 + 16), minus, Vector512.Load(y + 16)).Store(y + 16);
+            Vector512.FusedMultiplyAdd(Vector512.Load(m1), minus, Vector512.Load(y + 32)).Store(y + 32);
+            Vector512.FusedMultiplyAdd(Vector512.Load(m1 + 16), minus, Vector512.Load(y + 48)).Store(y + 48);
+        }
     }
 }

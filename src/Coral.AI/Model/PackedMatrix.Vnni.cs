@@ -89,7 +89,7 @@ internal sealed unsafe partial class PackedMatrix
     private void RangeInt8(int b0, int b1)
     {
         int k = Inputs, n = Outputs, groups = k / QuantBlocks.Size, rows = _rows, ld = _ldy;
-        long blockBytes = (long)k * LevelBytes(_quantization), blockScales = (long)groups * Block;
+        long blockBytes = (long)k * LevelBytes(_quantization), blockScales = (long)groups * ScaleStride;
         float* tail = stackalloc float[4 * Block];   // a last block past the matrix's outputs
         for (int b = b0; b < b1; b++)
         {
@@ -106,7 +106,11 @@ internal sealed unsafe partial class PackedMatrix
                 if (rows == 1 && full && b + 1 < b1 && (b + 2) * Block <= n)
                 {
                     // One row: two blocks at a time, two streams of levels in flight (the f32 kernel's pairs of blocks).
-                    if (_quantization == WeightQuantization.Q4_0)
+                    if (_quantization == WeightQuantization.Q4_K)
+                    {
+                        TilePair<Q4MinBytes>(w, s, w + blockBytes, s + blockScales, q, d, sums, k, y);
+                    }
+                    else if (_quantization == WeightQuantization.Q4_0)
                     {
                         TilePair<Q4Bytes>(w, s, w + blockBytes, s + blockScales, q, d, sums, k, y);
                     }
@@ -119,7 +123,11 @@ internal sealed unsafe partial class PackedMatrix
                     break;
                 }
 
-                if (_quantization == WeightQuantization.Q4_0)
+                if (_quantization == WeightQuantization.Q4_K)
+                {
+                    TileRows<Q4MinBytes>(m, w, s, q, d, sums, k, y, ldy);
+                }
+                else if (_quantization == WeightQuantization.Q4_0)
                 {
                     TileRows<Q4Bytes>(m, w, s, q, d, sums, k, y, ldy);
                 }
@@ -163,6 +171,9 @@ internal sealed unsafe partial class PackedMatrix
         /// <summary>Gets what the stored (unsigned) levels exceed the levels by: Σ q times it comes off each group's sum.</summary>
         static abstract int Offset { get; }
 
+        /// <summary>Gets whether each group's 32 minimums follow its scales (Q4_K): min · x scale · Σ q comes off.</summary>
+        static abstract bool HasMin { get; }
+
         /// <summary>The unsigned levels of one step's half (16 outputs): outputs 0–7 and 8–15 of the half, four inputs a lane.</summary>
         static abstract (Vector256<byte> W0, Vector256<byte> W1) Load(byte* step, int half);
     }
@@ -173,6 +184,8 @@ internal sealed unsafe partial class PackedMatrix
         public static int StepBytes => 4 * Block;
 
         public static int Offset => 128;
+
+        public static bool HasMin => false;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static (Vector256<byte> W0, Vector256<byte> W1) Load(byte* step, int half) =>
@@ -187,12 +200,27 @@ internal sealed unsafe partial class PackedMatrix
 
         public static int Offset => 8;
 
+        public static bool HasMin => false;
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static (Vector256<byte> W0, Vector256<byte> W1) Load(byte* step, int half)
         {
             Vector256<byte> v = Vector256.Load(step + (half * 32)), low = Vector256.Create((byte)15);
             return (v & low, Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & low);
         }
+    }
+
+    /// <summary>Q4_K: the levels as stored (0–15, no offset), each group's minimums after its scales.</summary>
+    private readonly struct Q4MinBytes : IByteLevels
+    {
+        public static int StepBytes => 2 * Block;
+
+        public static int Offset => 0;
+
+        public static bool HasMin => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector256<byte> W0, Vector256<byte> W1) Load(byte* step, int half) => Q4Bytes.Load(step, half);
     }
 
     /// <summary>How far ahead the int8 kernel prefetches a block's levels (Q8_0: four groups, Q4_0: eight).</summary>
@@ -260,23 +288,40 @@ internal sealed unsafe partial class PackedMatrix
                     }
                 }
 
-                float* sg = s + (g * Block) + (h * 16);
+                float* sg = s + (g * (TLevels.HasMin ? 2 * Block : Block)) + (h * 16);
                 Vector256<float> s0 = Vector256.Load(sg), s1 = Vector256.Load(sg + 8);
                 int o = h * 16;
                 Finish(y0 + o, a0, b0, TLevels.Offset * sums0[g], d0[g], s0, s1, first);
+                if (TLevels.HasMin)
+                {
+                    FinishMin(y0 + o, sg + Block, d0[g] * sums0[g]);
+                }
+
                 if (TRows.Count > 1)
                 {
                     Finish(y1 + o, a1, b1, TLevels.Offset * sums1[g], d1[g], s0, s1, first);
+                    if (TLevels.HasMin)
+                    {
+                        FinishMin(y1 + o, sg + Block, d1[g] * sums1[g]);
+                    }
                 }
 
                 if (TRows.Count > 2)
                 {
                     Finish(y2 + o, a2, b2, TLevels.Offset * sums2[g], d2[g], s0, s1, first);
+                    if (TLevels.HasMin)
+                    {
+                        FinishMin(y2 + o, sg + Block, d2[g] * sums2[g]);
+                    }
                 }
 
                 if (TRows.Count > 3)
                 {
                     Finish(y3 + o, a3, b3, TLevels.Offset * sums3[g], d3[g], s0, s1, first);
+                    if (TLevels.HasMin)
+                    {
+                        FinishMin(y3 + o, sg + Block, d3[g] * sums3[g]);
+                    }
                 }
             }
         }
@@ -318,12 +363,27 @@ internal sealed unsafe partial class PackedMatrix
                     b1 = AvxVnni.MultiplyWideningAndAdd(b1, v1, x0);
                 }
 
-                int o = h * 16;
-                float* s0 = sa + (g * Block) + o, s1 = sb + (g * Block) + o;
+                int o = h * 16, stride = TLevels.HasMin ? 2 * Block : Block;
+                float* s0 = sa + (g * stride) + o, s1 = sb + (g * stride) + o;
                 Finish(y + o, a0, b0, offset, scale, Vector256.Load(s0), Vector256.Load(s0 + 8), first);
                 Finish(y + Block + o, a1, b1, offset, scale, Vector256.Load(s1), Vector256.Load(s1 + 8), first);
+                if (TLevels.HasMin)
+                {
+                    FinishMin(y + o, s0 + Block, scale * sums[g]);
+                    FinishMin(y + Block + o, s1 + Block, scale * sums[g]);
+                }
             }
         }
+    }
+
+    /// <summary>16 outputs' totals at <paramref name="y"/> += min · (−<paramref name="activations"/>), fused: the minimums
+    /// at <paramref name="mins"/> times the group's activations, x scale · Σ q (Q4_K).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void FinishMin(float* y, float* mins, float activations)
+    {
+        var minus = Vector256.Create(-activations);
+        Vector256.FusedMultiplyAdd(Vector256.Load(mins), minus, Vector256.Load(y)).Store(y);
+        Vector256.FusedMultiplyAdd(Vector256.Load(mins + 8), minus, Vector256.Load(y + 8)).Store(y + 8);
     }
 
     /// <summary>16 outputs' totals at <paramref name="y"/> += (group sum − 128 · Σ q) · (w scale · x scale), fused; the

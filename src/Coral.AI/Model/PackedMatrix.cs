@@ -72,7 +72,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
 
     /// <summary>Gets the bytes the packed weight holds.</summary>
     public long Bytes => _levels != null
-        ? ((long)_blocks * LevelBytes(_quantization) * Inputs) + ((long)_blocks * Block * (Inputs / QuantBlocks.Size) * sizeof(float))
+        ? ((long)_blocks * LevelBytes(_quantization) * Inputs) + ((long)_blocks * ScaleStride * (Inputs / QuantBlocks.Size) * sizeof(float))
         : (long)_blocks * Block * Inputs * sizeof(ushort);
 
     /// <summary>
@@ -312,7 +312,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         {
             QuantizeActivations();
         }
-        else if (_quantization == WeightQuantization.Q4_0)
+        else if (_quantization is WeightQuantization.Q4_0 or WeightQuantization.Q4_K)
         {
             SumGroups();
         }
@@ -329,6 +329,10 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         if (_int8)
         {
             RangeInt8(b0, b1);
+        }
+        else if (_quantization == WeightQuantization.Q4_K)
+        {
+            Range<Q4MinLevels>(b0, b1);
         }
         else if (_quantization == WeightQuantization.Q4_0)
         {
@@ -357,7 +361,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         // The f16 blocks' scale (2^(127 − bias); bf16 and the quantized formats ignore it) and where blocks start.
         Vector512<float> scale = HalfFormat.Float16.ScaleFor(_bias);
         byte* data = TFormat.Grouped ? (byte*)_levels : (byte*)_w;
-        long blockBytes = (long)Inputs * TFormat.RowBytes, blockScales = (long)Inputs / QuantBlocks.Size * Block;
+        long blockBytes = (long)Inputs * TFormat.RowBytes, blockScales = (long)Inputs / QuantBlocks.Size * (TFormat.HasMin ? 2 * Block : Block);
         int k = Inputs, n = Outputs, rows = _rows, ld = _ldy;
         float* tail = stackalloc float[4 * 2 * Block];   // outputs of a pair that ends past the range or the matrix
         for (int b = b0; b < b1; b += 2)
@@ -501,24 +505,25 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
             }
 
             Vector512<float> e0 = Vector512.Load(s0), e1 = Vector512.Load(s0 + 16), e2 = Vector512.Load(s1), e3 = Vector512.Load(s1 + 16);
-            s0 += Block;
-            s1 += Block;
+            float* m0 = s0 + Block, m1 = s1 + Block;   // the minimums, where the format has them
+            s0 += TFormat.HasMin ? 2 * Block : Block;
+            s1 += TFormat.HasMin ? 2 * Block : Block;
             bool first = g == 0;
             int at = g / QuantBlocks.Size;
-            Scale4<TFormat>(y, a0, a1, a2, a3, e0, e1, e2, e3, first, sums, at);
+            Scale4<TFormat>(y, a0, a1, a2, a3, e0, e1, e2, e3, first, sums, at, m0, m1);
             if (TRows.Count >= 2)
             {
-                Scale4<TFormat>(y + ldy, b0, b1, b2, b3, e0, e1, e2, e3, first, sums + groups, at);
+                Scale4<TFormat>(y + ldy, b0, b1, b2, b3, e0, e1, e2, e3, first, sums + groups, at, m0, m1);
             }
 
             if (TRows.Count >= 3)
             {
-                Scale4<TFormat>(y + 2 * ldy, c0, c1, c2, c3, e0, e1, e2, e3, first, sums + 2 * groups, at);
+                Scale4<TFormat>(y + 2 * ldy, c0, c1, c2, c3, e0, e1, e2, e3, first, sums + 2 * groups, at, m0, m1);
             }
 
             if (TRows.Count >= 4)
             {
-                Scale4<TFormat>(y + 3 * ldy, d0, d1, d2, d3, e0, e1, e2, e3, first, sums + 3 * groups, at);
+                Scale4<TFormat>(y + 3 * ldy, d0, d1, d2, d3, e0, e1, e2, e3, first, sums + 3 * groups, at, m0, m1);
             }
         }
     }

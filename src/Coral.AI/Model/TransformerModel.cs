@@ -198,6 +198,9 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>Gets whether the decoder's Q8_0 projections multiply int8 activations (AVX-VNNI; <see cref="PackedMatrix.Int8Activations"/>).</summary>
     public bool UsesInt8Activations => _layers.Any(l => l.UsesInt8Activations);
 
+    /// <summary>Gets the decoder's packed projections.</summary>
+    internal IEnumerable<PackedMatrix> PackedLayerWeights => _layers.SelectMany(l => l.PackedWeights);
+
     /// <summary>Gets how the decoder's projections were quantized at load.</summary>
     public WeightQuantization Quantization { get; private init; }
 

@@ -13,4 +13,9 @@ internal enum WeightQuantization
     /// <summary>Q4_0 blocks (<see cref="QuantBlocks"/>: 4-bit levels, an f16 scale per 32 inputs) for the same weights as
     /// <see cref="Q8_0"/>: a quarter of bf16's bytes and a visible loss of accuracy.</summary>
     Q4_0,
+
+    /// <summary>4-bit levels with an f32 scale and an f32 minimum per 32 inputs (value = scale · level − min): a GGUF
+    /// file's Q4_K (and Q4_1) projections as they are, taken in place of <see cref="Q8_0"/> blocks (never quantized from
+    /// floats).</summary>
+    Q4_K,
 }

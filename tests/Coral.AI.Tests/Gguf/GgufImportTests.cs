@@ -237,6 +237,110 @@ public class GgufImportTests
         }
     }
 
+    /// <summary>Q4_K and Q4_1 rows packed as they are (<see cref="PackedMatrix.TryFromBlocks"/>, with a q/k head permutation
+    /// and a row order): each output equals the dequantized rows times the input (f32 activations: to f32 rounding; int8
+    /// activations: to their rounding), and every row of a call has the same bits at 1 to 13 rows.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public unsafe void Q4Blocks_MultiplyAsTheirValues_AtAnyRowCount(bool int8)
+    {
+        if (!PackedMatrix.Supported || (int8 && !PackedMatrix.Int8Supported))
+        {
+            return;
+        }
+
+        using var activations = new Int8Activations(int8);
+        const int K = 512;
+        var random = new Random(4);
+        byte[] Rows(GgmlType type, int rows)
+        {
+            var (per, size) = GgmlBlocks.Block(type);
+            var bytes = new byte[rows * K / per * size];
+            random.NextBytes(bytes);
+            for (int b = 0; b < bytes.Length; b += size)
+            {
+                // Finite f16 scales (and minimums) in [0.001, 0.03).
+                BitConverter.TryWriteBytes(bytes.AsSpan(b), (Half)(0.001 + (0.029 * random.NextDouble())));
+                BitConverter.TryWriteBytes(bytes.AsSpan(b + 2), (Half)(0.001 + (0.029 * random.NextDouble())));
+            }
+
+            return bytes;
+        }
+
+        byte[] q4k = Rows(GgmlType.Q4_K, 64), q41 = Rows(GgmlType.Q4_1, 24);
+        long[] order = [.. Enumerable.Range(0, 88).Reverse().Select(i => (long)i)];
+        fixed (byte* a = q4k, b = q41)
+        {
+            using PackedMatrix m = PackedMatrix.TryFromBlocks([((nint)a, GgmlType.Q4_K, 64, 4), ((nint)b, GgmlType.Q4_1, 24, 0)], K, order)!;
+            Assert.Equal(WeightQuantization.Q4_K, m.Quantization);
+            Assert.Equal(int8, m.UsesInt8Activations);
+            // The reference: the dequantized rows in the same permutation and order.
+            var values = new float[88 * K];
+            fixed (float* v = values)
+            {
+                GgmlBlocks.Dequantize(GgmlType.Q4_K, a, 64 * K / 256, v);
+                GgmlBlocks.Dequantize(GgmlType.Q4_1, b, 24 * K / 32, v + (64 * K));
+            }
+
+            int[] hf = [.. Enumerable.Range(0, 64).Select(r => (r / 16 * 16) + (2 * (r % 16 % 8)) + (r % 16 / 8)), .. Enumerable.Range(64, 24)];
+            float[] x = [.. Enumerable.Range(0, 13 * K).Select(_ => (float)((random.NextDouble() * 2) - 1))];
+            float[]? first = null;
+            foreach (int rows in new[] { 13, 1, 2, 3, 4, 5, 8 })
+            {
+                var y = new float[rows * 88];
+                fixed (float* xp = x, yp = y)
+                {
+                    m.Multiply(xp, rows, yp);
+                }
+
+                first ??= y;
+                for (int r = 0; r < rows; r++)
+                {
+                    Assert.Equal(first.AsSpan(r * 88, 88).ToArray(), y.AsSpan(r * 88, 88).ToArray());   // the same bits at any row count
+                }
+
+                for (int o = 0; o < 88; o++)
+                {
+                    int source = hf[(int)order[o]];
+                    double expected = Enumerable.Range(0, K).Sum(i => (double)values[(source * K) + i] * x[i]);
+                    double scale = Enumerable.Range(0, K).Sum(i => Math.Abs((double)values[(source * K) + i] * x[i]));
+                    Assert.True(Math.Abs(y[o] - expected) <= (int8 ? 0.02 : 1e-5) * scale, $"output {o}: {y[o]} against {expected} (scale {scale})");
+                }
+            }
+        }
+    }
+
+    /// <summary>A Q4_K_M file written by llama.cpp's quantizer loads with its Q4_K projections as they are (the Q8_0 default
+    /// keeps them, makes Q8_0 blocks of the rest): fewer bytes than all Q8_0, logits as close to llama.cpp's on the file.</summary>
+    [Fact]
+    public void Q4KFile_KeepsItsBlocks()
+    {
+        string folder = TransformerModelTests.ModelFor("llama-demo-width");
+        string dir = ModelZoo.TempFolder("gguf-import-q4k-native");
+        string f32 = Path.Combine(dir, "f32.gguf"), quantized = Path.Combine(dir, "q4_k_m.gguf");
+        GgufExporter.Export(folder, f32, "f32");
+        LlamaCppOracle.EnsureLoaded();
+        var options = LLamaModelQuantizeParams.Default();
+        options.ftype = LLamaFtype.MOSTLY_Q4_K_M;
+        options.nthread = 2;
+        Assert.Equal(0u, NativeApi.llama_model_quantize(f32, quantized, ref options));
+        using var native = TransformerModel.Load(quantized, torch.CPU, ScalarType.Float32, 256, quantization: WeightQuantization.Q8_0);
+        using var values = TransformerModel.Load(quantized, torch.CPU, ScalarType.Float32, 256);
+        using var q8 = TransformerModel.Load(folder, torch.CPU, ScalarType.Float32, 256, quantization: WeightQuantization.Q8_0);
+        if (!PackedMatrix.Supported)
+        {
+            return;
+        }
+
+        Assert.Contains(native.PackedLayerWeights, w => w.Quantization == WeightQuantization.Q4_K);
+        Assert.True(native.PackedLayerWeights.Sum(w => w.Bytes) < 0.8 * q8.PackedLayerWeights.Sum(w => w.Bytes));
+        long[] ids = [.. HfTokenizer.Load(folder).Encode(Text).Select(x => (long)x)];
+        float[] n = TorchTestHelpers.FullLogits(native, ids), v = TorchTestHelpers.FullLogits(values, ids);
+        float scale = v.Max(MathF.Abs), diff = TorchTestHelpers.MaxAbsDiff(n, v);
+        Assert.True(diff < (PackedMatrix.Int8Activations ? 0.02f : 1e-3f) * scale, $"native blocks vs the file's f32 values: {diff} of {scale}");
+    }
+
     /// <summary>Bad files fail with a <see cref="CoralModelException"/> naming the file and what is wrong: not GGUF,
     /// truncated inside the header or the data, an architecture not read from GGUF.</summary>
     [Fact]
