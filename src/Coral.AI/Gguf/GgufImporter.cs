@@ -334,7 +334,8 @@ internal static class GgufImporter
         }
 
         // What a file of quantized projections loads as by default: their values exactly (Q8_0, Q4_0 blocks are Coral's
-        // own), or Q8_0 blocks of the other types' values (about their precision, without f32 weights in memory).
+        // own), or Q8_0 — where Q4_K / Q4_1 projections stay the file's blocks (DecoderLayer) and the other types become
+        // Q8_0 blocks of their values (about their precision, without f32 weights in memory).
         GgmlType[] projections = [.. g.Tensors.Values.Where(t => t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length == 2).Select(t => t.Type)];
         string? quantization = projections.Length == 0 || projections.All(t => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) ? null
             : projections.All(t => t == GgmlType.Q4_0) ? "q4_0" : "q8_0";

@@ -74,8 +74,10 @@ internal static class ModelLoading
                   : engine.Tree.RouterTopK == 0 ? ", router off (full LM head)"
                   : $", router {(engine.Tree.RouterTopK < 0 ? r.TopK : engine.Tree.RouterTopK)}/{r.Groups} groups"
                     + (options.RouterTopK > r.Groups ? $" (--router-topk {options.RouterTopK} is more than the router has)" : string.Empty));
+        int kept = engine.Model.PackedLayerWeights.Count(w => w.Quantization == WeightQuantization.Q4_K);
         string quantized = engine.Model.Quantization == WeightQuantization.None ? ""
-            : $", {engine.Model.Quantization} weights{(engine.Model.UsesInt8Activations ? " × int8 activations (AVX-VNNI)" : "")}";
+            : $", {engine.Model.Quantization} weights{(kept > 0 ? $" ({kept} projections kept as the file's Q4_K blocks)" : "")}"
+              + (engine.Model.UsesInt8Activations ? " × int8 activations (AVX-VNNI)" : "");
         stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}{quantized}{(engine.Model.HeadType != engine.Model.WeightType ? $", LM head {engine.Model.HeadType}" : "")}) in {clock.ElapsedMilliseconds} ms{tree}]");
         return host;
     }
