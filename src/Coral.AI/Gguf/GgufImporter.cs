@@ -246,9 +246,38 @@ internal static class GgufImporter
 
         WriteTokenizer(g, folder, tokens);
 
-        // The tensor map: Hugging Face name → GGUF name, with llama's q/k rows put back from llama.cpp's interleaved RoPE
-        // order, and each expert a slice of llama.cpp's stacked [experts, rows, columns] tensors.
-        ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
+        JsonObject map = TensorMap(g, ModelConfig.Load(Path.Combine(folder, "config.json")), arch, layers, heads, kvHeads, experts);
+        var mapped = map.Select(kv => kv.Value!["gguf"]!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
+        foreach (GgufTensorInfo t in g.Tensors.Values.Where(t => !mapped.Contains(t.Name) && t.Name != "rope_freqs.weight"))
+        {
+            throw new CoralModelException(g.Path, t.Name, $"is not a tensor of the {arch} architecture as Coral reads it.");
+        }
+
+        foreach (var (hf, entry) in map)
+        {
+            GgufTensorInfo t = g.Tensors[entry!["gguf"]!.GetValue<string>()];
+            if (!GgmlBlocks.Readable(t.Type))
+            {
+                throw new CoralModelException(g.Path, t.Name, $"is stored as {t.Type}, which Coral cannot read yet (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K).");
+            }
+        }
+
+        // What a file of quantized projections loads as by default: their values exactly (Q8_0, Q4_0 blocks are Coral's
+        // own), or Q8_0 — where Q4_K / Q4_1 projections stay the file's blocks (DecoderLayer) and the other types become
+        // Q8_0 blocks of their values (about their precision, without f32 weights in memory).
+        GgmlType[] projections = [.. g.Tensors.Values.Where(t => t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length >= 2
+            && !t.Name.Contains("ffn_gate_inp", StringComparison.Ordinal)).Select(t => t.Type)];   // routers stay f32 in quantized files
+        string? quantization = projections.Length == 0 || projections.All(t => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) ? null
+            : projections.All(t => t == GgmlType.Q4_0) ? "q4_0" : "q8_0";
+        Save(Path.Combine(folder, MapFile), new JsonObject { ["file"] = g.Path, ["quantization"] = quantization, ["tensors"] = map });
+    }
+
+    /// <summary>The tensor map: Hugging Face name → GGUF name, with llama's q/k rows to be put back from llama.cpp's
+    /// interleaved RoPE order, each expert a slice of llama.cpp's stacked [experts, rows, columns] tensors, and Gemma's
+    /// norms their offset again.</summary>
+    private static JsonObject TensorMap(GgufFile g, ModelConfig c, string arch, long layers, long heads, long kvHeads, long experts)
+    {
+        bool gemma = arch.StartsWith("gemma", StringComparison.Ordinal);
         var map = new JsonObject();
         void Map(string hf, string gguf, long permuteHeads = 0, int expert = -1)
         {
@@ -318,28 +347,7 @@ internal static class GgufImporter
             Map(h + "mlp.down_proj.weight", b + "ffn_down.weight");
         }
 
-        var mapped = map.Select(kv => kv.Value!["gguf"]!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
-        foreach (GgufTensorInfo t in g.Tensors.Values.Where(t => !mapped.Contains(t.Name) && t.Name != "rope_freqs.weight"))
-        {
-            throw new CoralModelException(g.Path, t.Name, $"is not a tensor of the {arch} architecture Coral reads (experts and other extras are not read from GGUF yet).");
-        }
-
-        foreach (var (hf, entry) in map)
-        {
-            GgufTensorInfo t = g.Tensors[entry!["gguf"]!.GetValue<string>()];
-            if (!GgmlBlocks.Readable(t.Type))
-            {
-                throw new CoralModelException(g.Path, t.Name, $"is stored as {t.Type}, which Coral cannot read yet (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K).");
-            }
-        }
-
-        // What a file of quantized projections loads as by default: their values exactly (Q8_0, Q4_0 blocks are Coral's
-        // own), or Q8_0 — where Q4_K / Q4_1 projections stay the file's blocks (DecoderLayer) and the other types become
-        // Q8_0 blocks of their values (about their precision, without f32 weights in memory).
-        GgmlType[] projections = [.. g.Tensors.Values.Where(t => t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length == 2).Select(t => t.Type)];
-        string? quantization = projections.Length == 0 || projections.All(t => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) ? null
-            : projections.All(t => t == GgmlType.Q4_0) ? "q4_0" : "q8_0";
-        Save(Path.Combine(folder, MapFile), new JsonObject { ["file"] = g.Path, ["quantization"] = quantization, ["tensors"] = map });
+        return map;
     }
 
     /// <summary>The quantization an imported folder loads with when none is asked for (null: none).</summary>
