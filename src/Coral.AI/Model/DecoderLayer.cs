@@ -83,7 +83,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     private readonly PackedMatrix? _qkvP, _oP, _gateUpP, _downP;                     // the same weights packed, when all are bf16 values
 
     /// <summary>Gets the layer's packed projections (none off the packed path).</summary>
-    internal IEnumerable<PackedMatrix> PackedWeights => new[] { _qkvP, _oP, _gateUpP, _downP }.OfType<PackedMatrix>();
+    internal IEnumerable<PackedMatrix> PackedWeights => new[] { _qkvP, _oP, _gateUpP, _downP }.OfType<PackedMatrix>().Concat(_moe?.PackedWeights ?? []);
     private readonly ExpertMlp? _moe;                                                // a mixture of experts in place of the MLP
 
     private DecoderLayer(ModelConfig c, Tensor? attnNorm, Tensor? qkv, Tensor? qkvBias, Tensor? qkNorm, Tensor? o, Tensor? oBias,

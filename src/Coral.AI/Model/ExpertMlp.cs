@@ -46,6 +46,9 @@ internal sealed unsafe class ExpertMlp : IDisposable
     /// <summary>Gets whether the experts are packed (the CPU kernel path can run this block).</summary>
     public bool Packed => _gateUpP is not null;
 
+    /// <summary>Gets the experts' packed projections (none when unpacked).</summary>
+    internal IEnumerable<PackedMatrix> PackedWeights => (_gateUpP ?? []).Concat(_downP ?? []);
+
     /// <summary>Loads the router (<c>mlp.gate.weight</c>) and the experts (<c>mlp.experts.E.{gate,up,down}_proj.weight</c>;
     /// Mixtral's names: <see cref="ModelConfig.ExpertWeightName"/>) under <paramref name="prefix"/>: packed straight from the stored rows when <paramref name="pack"/> and every expert's
     /// values allow it (null otherwise: the caller then loads the layer for libtorch), else as <paramref name="project"/>
@@ -84,6 +87,11 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 ? ([gateUp3!.select(0, e)], down3!.select(0, e))
                 : ([reader.Take(E(e, "gate"), [ff, d], type(E(e, "gate")), where), reader.Take(E(e, "up"), [ff, d], type(E(e, "up")), where)],
                     reader.Take(E(e, "down"), [d, ff], type(E(e, "down")), where));
+            // A GGUF file's Q4_K / Q4_1 experts stay the file's blocks where Q8_0 would be made (as the dense projections do).
+            PackedMatrix? Blocks(string[] names, long k) =>
+                quantization == WeightQuantization.Q8_0 && !c.StackedExperts && names.Select(reader.Q4Blocks).ToArray() is var b && b.All(x => x is not null)
+                    ? PackedMatrix.TryFromBlocks([.. b.Select(x => x!.Value)], (int)k, null)
+                    : null;
             if (pack)
             {
                 var gateUp = new PackedMatrix?[c.NumExperts + shared];
@@ -92,9 +100,16 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 for (int e = 0; e < c.NumExperts + shared && ok; e++)
                 {
                     using var scope = torch.NewDisposeScope();
-                    var (parts, downRows) = Expert(e, Stored, torch.CPU);
-                    gateUp[e] = PackedMatrix.TryPack(parts, round, quantization);
-                    down[e] = PackedMatrix.TryPack([downRows], round, quantization);
+                    string Name(string kind) => e == c.NumExperts ? S(kind) : E(e, kind);
+                    gateUp[e] = Blocks([Name("gate"), Name("up")], d);
+                    down[e] = Blocks([Name("down")], e == c.NumExperts ? fs : ff);
+                    if (gateUp[e] is null || down[e] is null)
+                    {
+                        var (parts, downRows) = Expert(e, Stored, torch.CPU);
+                        gateUp[e] ??= PackedMatrix.TryPack(parts, round, quantization);
+                        down[e] ??= PackedMatrix.TryPack([downRows], round, quantization);
+                    }
+
                     ok = gateUp[e] is not null && down[e] is not null;
                 }
 

@@ -312,12 +312,15 @@ public class GgufImportTests
     }
 
     /// <summary>A Q4_K_M file written by llama.cpp's quantizer loads with its Q4_K projections as they are (the Q8_0 default
-    /// keeps them, makes Q8_0 blocks of the rest): fewer bytes than all Q8_0, logits as close to llama.cpp's on the file.</summary>
-    [Fact]
-    public void Q4KFile_KeepsItsBlocks()
+    /// keeps them, makes Q8_0 blocks of the rest; a mixture of experts' experts too): fewer bytes than all Q8_0, logits
+    /// close to the file's values.</summary>
+    [Theory]
+    [InlineData("llama-demo-width")]
+    [InlineData("qwen3moe-wide")]
+    public void Q4KFile_KeepsItsBlocks(string name)
     {
-        string folder = TransformerModelTests.ModelFor("llama-demo-width");
-        string dir = ModelZoo.TempFolder("gguf-import-q4k-native");
+        string folder = TransformerModelTests.ModelFor(name);
+        string dir = ModelZoo.TempFolder("gguf-import-q4k-native-" + name);
         string f32 = Path.Combine(dir, "f32.gguf"), quantized = Path.Combine(dir, "q4_k_m.gguf");
         GgufExporter.Export(folder, f32, "f32");
         LlamaCppOracle.EnsureLoaded();
@@ -338,6 +341,15 @@ public class GgufImportTests
         long[] ids = [.. HfTokenizer.Load(folder).Encode(Text).Select(x => (long)x)];
         float[] n = TorchTestHelpers.FullLogits(native, ids), v = TorchTestHelpers.FullLogits(values, ids);
         float scale = v.Max(MathF.Abs), diff = TorchTestHelpers.MaxAbsDiff(n, v);
+        if (name.Contains("moe", StringComparison.Ordinal))
+        {
+            // Near-tied routers tip under int8 activations (as against llama.cpp above): the blocks are checked by the
+            // dense model; here that the experts are kept, and the logits stay near the file's.
+            Assert.Contains(native.PackedLayerWeights, w => w.Quantization == WeightQuantization.Q4_K && w.Outputs == 2 * native.Config.ExpertIntermediateSize);
+            Assert.True(diff < 0.5f * scale, $"native blocks vs the file's f32 values: {diff} of {scale}");
+            return;
+        }
+
         Assert.True(diff < (PackedMatrix.Int8Activations ? 0.02f : 1e-3f) * scale, $"native blocks vs the file's f32 values: {diff} of {scale}");
     }
 
