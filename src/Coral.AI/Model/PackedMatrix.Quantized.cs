@@ -10,11 +10,14 @@ namespace Coral.AI;
 
 /// <summary>
 /// Q8_0 and Q4_0 blocks (<see cref="QuantBlocks"/>): a weight quantized at load to int8 (int4) levels with an f16 scale per
-/// 32 inputs of an output, read by the kernels at 9/16 (5/16) of bf16's bytes (the scales are kept as f32: 1 bit a weight).
+/// 32 inputs of an output, read by the kernels at 9/16 (5/16) of bf16's bytes (the scales are kept as f32: 1 bit a weight);
+/// and a GGUF file's Q4_K / Q4_1 rows as they are (<see cref="WeightQuantization.Q4_K"/>: unsigned 4-bit levels, an f32
+/// scale and an f32 minimum per 32 inputs, value = scale · level − min; <see cref="TryFromBlocks"/>).
 /// </summary>
 /// <remarks>
 /// <para>Layout: per block of 32 outputs, levels <c>[K][32]</c> (Q8_0: column j at byte j; Q4_0: <c>[K][16]</c>, byte
-/// j holding column j's level + 8 in its low half and column 16 + j's in its high half) and scales <c>[K/32][32]</c>.</para>
+/// j holding column j's level + 8 in its low half and column 16 + j's in its high half; Q4_K the same with the level
+/// itself) and scales <c>[K/32][32]</c> (Q4_K: <c>[K/32][64]</c>, each group's 32 scales then its 32 minimums).</para>
 /// <para>Exactness: per group of 32 inputs an output sums level × x[k] for k in order from zero (Q4_0: its stored
 /// level + 8, then adds −8 · Σ x), then adds that sum times the group's scale to its total, groups in order — f32
 /// operations in a fixed order that depends on nothing but K, so a row has the same bits at any row count, block or

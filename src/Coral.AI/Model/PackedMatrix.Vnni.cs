@@ -7,7 +7,7 @@ using System.Numerics.Tensors;
 namespace Coral.AI;
 
 /// <summary>
-/// Q8_0 and Q4_0 with int8 activations (llama.cpp's arithmetic for both): each call rounds its input rows to Q8_0 blocks
+/// Q8_0, Q4_0 and Q4_K with int8 activations (llama.cpp's arithmetic for all three): each call rounds its input rows to Q8_0 blocks
 /// of their own — per row and group of 32 inputs, d = max|x| / 127, levels round(x / d) — and the micro-kernel multiplies
 /// bytes by bytes with AVX-VNNI (<c>vpdpbusd</c>: four products a lane into an int32, 32 a 256-bit instruction, nothing
 /// widened), where the f32 kernel widens every level and does 16 multiply-adds an instruction.
