@@ -40,6 +40,7 @@ internal static class DraftCheckpoint
     /// <summary>Writes a randomly initialised drafter for the target in <paramref name="targetFolder"/>.</summary>
     public static void CreateRandom(string targetFolder, string outFolder, DraftInitOptions options)
     {
+        targetFolder = GgufImporter.Resolve(targetFolder);   // a GGUF target: its imported folder
         ModelConfig t = ModelConfig.Load(Path.Combine(targetFolder, "config.json"));
         Directory.CreateDirectory(outFolder);
         WriteConfig(t, outFolder, options);

@@ -8,7 +8,7 @@ internal static class DraftInitCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var cl = new CommandLine(args, new HashSet<string> { "--target", "--out", "--seed", "--router-groups", "--router-topk", "--router-hidden" }, new HashSet<string> { "--fc-bias", "--shuffle-groups", "--bf16" });
-        string target = cl.Required("--target");
+        string target = GgufImporter.Resolve(cl.Required("--target"));
         string output = cl.Required("--out");
         if (!File.Exists(Path.Combine(target, "config.json")))
         {

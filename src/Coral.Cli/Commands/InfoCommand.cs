@@ -13,7 +13,7 @@ internal static class InfoCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var cl = new CommandLine(args, new HashSet<string> { "--model" }, new HashSet<string>());
-        string folder = cl.Required("--model");
+        string folder = GgufImporter.Resolve(cl.Required("--model"));   // a GGUF file or Ollama name: what its import reads
         ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
         stdout.WriteLine($"architecture  {c.Architecture} ({c.Family})");
         stdout.WriteLine($"shape         {c.NumLayers} layers, d {c.HiddenSize}, {c.NumHeads} heads / {c.NumKvHeads} KV heads of {c.HeadDim}, ffn {c.IntermediateSize}, "

@@ -353,6 +353,29 @@ public class GgufImportTests
         Assert.True(diff < (PackedMatrix.Int8Activations ? 0.02f : 1e-3f) * scale, $"native blocks vs the file's f32 values: {diff} of {scale}");
     }
 
+    /// <summary>The CLI takes a GGUF file wherever it takes a model: <c>coral info</c> describes what its import reads, and
+    /// <c>coral draft-init --target</c> writes a drafter that an engine on the file loads and speculates with losslessly.</summary>
+    [Fact]
+    public async Task Cli_TakesAGgufFile_ForInfoAndDrafterInit()
+    {
+        string folder = TransformerModelTests.ModelFor("llama-tied-scaled");
+        string dir = ModelZoo.TempFolder("gguf-import-cli");
+        string gguf = Path.Combine(dir, "tiny.gguf"), drafter = Path.Combine(dir, "drafter");
+        GgufExporter.Export(folder, gguf, "f32");
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        Assert.Equal(0, await Coral.Cli.CliApp.RunAsync(["info", "--model", gguf], stdout, stderr, TextReader.Null));
+        Assert.Contains("LlamaForCausalLM", stdout.ToString());
+        Assert.Equal(0, await Coral.Cli.CliApp.RunAsync(["draft-init", "--target", gguf, "--out", drafter, "--seed", "3"], new StringWriter(), stderr, TextReader.Null));
+        using var engine = InferenceEngine.Load(gguf, torch.CPU, ScalarType.Float32, 256, draftFolder: drafter);
+        var request = new GenerationRequest(engine.Tokenizer.Encode("Once upon a time"), SamplingParameters.Greedy, 24, []);
+        GenerationResult plain = engine.Generate(request with { Speculative = false }, null, CancellationToken.None);
+        engine.ResetCache();
+        GenerationResult speculative = engine.Generate(request, null, CancellationToken.None);
+        Assert.Equal(plain.TokenIds, speculative.TokenIds);
+        Assert.NotNull(speculative.Speculative);
+    }
+
     /// <summary>Bad files fail with a <see cref="CoralModelException"/> naming the file and what is wrong: not GGUF,
     /// truncated inside the header or the data, an architecture not read from GGUF.</summary>
     [Fact]
