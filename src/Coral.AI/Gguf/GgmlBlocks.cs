@@ -179,42 +179,23 @@ internal static unsafe class GgmlBlocks
         }
     }
 
-    /// <summary>Whether <see cref="Q4Row"/> reads <paramref name="type"/>: 4-bit levels with a scale and a minimum per 32
-    /// values (Q4_K's sub-blocks, Q4_1's blocks).</summary>
-    public static bool IsQ4WithMin(GgmlType type) => type is GgmlType.Q4_K or GgmlType.Q4_1;
-
     /// <summary>
-    /// One row of <paramref name="count"/> values of a Q4_K or Q4_1 tensor as its 4-bit levels (0–15, a byte each), and per
-    /// group of 32 a scale and a minimum with value = scale · level − min — exactly the values <see cref="Dequantize"/>
-    /// computes (Q4_K: scale = d · sub-scale, min = dmin · sub-min, both exact in f32; Q4_1: scale d, min −m).
+    /// One row of <paramref name="count"/> values of a Q4_K tensor as its parts: the 4-bit levels (0–15, a byte each), per
+    /// group of 32 its 6-bit sub-scale and sub-minimum (<paramref name="subScales"/>, <paramref name="subMins"/>), per
+    /// super-block of 256 its d and dmin — value = d · sub-scale · level − dmin · sub-min, exactly what
+    /// <see cref="Dequantize"/> computes (both products exact in f32).
     /// </summary>
-    public static void Q4Row(GgmlType type, byte* row, int count, byte* levels, float* scales, float* mins)
+    public static void Q4KRow(byte* row, int count, byte* levels, byte* subScales, byte* subMins, float* d, float* dmin)
     {
-        if (type == GgmlType.Q4_1)
-        {
-            for (int b = 0; b < count / 32; b++)
-            {
-                byte* x = row + (b * 20);
-                (scales[b], mins[b]) = (Half(x), -Half(x + 2));
-                for (int j = 0; j < 16; j++)
-                {
-                    levels[(b * 32) + j] = (byte)(x[4 + j] & 0xF);
-                    levels[(b * 32) + j + 16] = (byte)(x[4 + j] >> 4);
-                }
-            }
-
-            return;
-        }
-
         for (int sb = 0; sb < count / 256; sb++)
         {
             byte* x = row + (sb * 144);
-            float d = Half(x), dmin = Half(x + 2);
+            (d[sb], dmin[sb]) = (Half(x), Half(x + 2));
             for (int s = 0; s < 8; s++)
             {
-                var (sc, mn) = ScaleMin(s, x + 4);
                 int g = (sb * 8) + s;
-                (scales[g], mins[g]) = (d * sc, dmin * mn);
+                (int sc, int mn) = ScaleMin(s, x + 4);
+                (subScales[g], subMins[g]) = ((byte)sc, (byte)mn);
                 byte* qs = x + 16 + (32 * (s / 2));
                 for (int l = 0; l < 32; l++)
                 {

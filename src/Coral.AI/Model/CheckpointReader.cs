@@ -185,11 +185,11 @@ internal sealed unsafe class CheckpointReader : IDisposable
         }
     }
 
-    /// <summary>A GGUF tensor's stored rows where they are 4-bit levels with scales and minimums (Q4_K, Q4_1) — their address
+    /// <summary>A GGUF tensor's stored rows where they are Q4_K blocks — their address
     /// (valid while the reader is open), type, row count and q/k head permutation — for <see cref="PackedMatrix.TryFromBlocks"/>;
     /// null for any other tensor.</summary>
     public (nint Data, GgmlType Type, int Rows, int PermuteHeads)? Q4Blocks(string name) =>
-        _gguf.TryGetValue(name, out var g) && GgmlBlocks.IsQ4WithMin(g.Tensor.Type) && g.Add == 0 && g.Tensor.Shape.Length == 2
+        _gguf.TryGetValue(name, out var g) && g.Tensor.Type == GgmlType.Q4_K && g.Add == 0 && g.Tensor.Shape.Length == 2
             ? ((nint)_ggufFile!.Pointer(g.Tensor), g.Tensor.Type, (int)g.Tensor.Shape[0], g.PermuteHeads)
             : null;
 

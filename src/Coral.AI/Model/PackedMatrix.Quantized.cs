@@ -11,13 +11,13 @@ namespace Coral.AI;
 /// <summary>
 /// Q8_0 and Q4_0 blocks (<see cref="QuantBlocks"/>): a weight quantized at load to int8 (int4) levels with an f16 scale per
 /// 32 inputs of an output, read by the kernels at 9/16 (5/16) of bf16's bytes (the scales are kept as f32: 1 bit a weight);
-/// and a GGUF file's Q4_K / Q4_1 rows as they are (<see cref="WeightQuantization.Q4_K"/>: unsigned 4-bit levels, an f32
-/// scale and an f32 minimum per 32 inputs, value = scale · level − min; <see cref="TryFromBlocks"/>).
+/// and a GGUF file's Q4_K rows as they are (<see cref="WeightQuantization.Q4_K"/>: unsigned 4-bit levels, value =
+/// d · sub-scale · level − dmin · sub-min; <see cref="TryFromBlocks"/>).
 /// </summary>
 /// <remarks>
 /// <para>Layout: per block of 32 outputs, levels <c>[K][32]</c> (Q8_0: column j at byte j; Q4_0: <c>[K][16]</c>, byte
 /// j holding column j's level + 8 in its low half and column 16 + j's in its high half; Q4_K the same with the level
-/// itself) and scales <c>[K/32][32]</c> (Q4_K: <c>[K/32][64]</c>, each group's 32 scales then its 32 minimums).</para>
+/// itself) and scales <c>[K/32][32]</c> (Q4_K: sub-scales, sub-minimums and super-block scales, <see cref="TryFromBlocks"/>).</para>
 /// <para>Exactness: per group of 32 inputs an output sums level × x[k] for k in order from zero (Q4_0: its stored
 /// level + 8, then adds −8 · Σ x), then adds that sum times the group's scale to its total, groups in order — f32
 /// operations in a fixed order that depends on nothing but K, so a row has the same bits at any row count, block or
@@ -170,29 +170,32 @@ internal sealed unsafe partial class PackedMatrix
     }
 
     /// <summary>
-    /// Packs a GGUF file's Q4_K or Q4_1 rows as they are (<see cref="WeightQuantization.Q4_K"/>: 4-bit levels, an f32 scale
-    /// and minimum per 32 inputs): <paramref name="parts"/> stacked as <c>cat</c> would, each part's rows read through its
-    /// q/k head permutation (llama.cpp's adjacent-pair RoPE order back to Hugging Face's), then taken in
-    /// <paramref name="order"/> (null: as they come). Null where this CPU lacks AVX-512 or a part is not such blocks.
+    /// Packs a GGUF file's Q4_K rows as they are (<see cref="WeightQuantization.Q4_K"/>): <paramref name="parts"/> stacked as
+    /// <c>cat</c> would, each part's rows read through its q/k head permutation (llama.cpp's adjacent-pair RoPE order back to
+    /// Hugging Face's), then taken in <paramref name="order"/> (null: as they come). Null where this CPU lacks AVX-512 or a
+    /// part is not Q4_K rows of whole super-blocks.
     /// </summary>
+    /// <remarks>Per block of 32 outputs: the levels as nibbles (Q4_0's layouts, the level itself); per group of 32 inputs
+    /// 64 bytes, the 32 outputs' 6-bit sub-scales then their sub-minimums; per super-block of 256 inputs 64 floats, the 32
+    /// outputs' d then their dmin (<see cref="Q4KScales"/>): 4.75 bits a weight, and the kernels form scale = d · sub-scale
+    /// and min = dmin · sub-min, exact in f32 as llama.cpp's own products.</remarks>
     public static PackedMatrix? TryFromBlocks(IReadOnlyList<(nint Data, GgmlType Type, int Rows, int PermuteHeads)> parts, int k, long[]? order)
     {
-        if (!Supported || parts.Count == 0 || k % QuantBlocks.Size != 0
-            || parts.Any(p => !GgmlBlocks.IsQ4WithMin(p.Type) || k % GgmlBlocks.Block(p.Type).Elements != 0))
+        if (!Supported || parts.Count == 0 || k % 256 != 0 || parts.Any(p => p.Type != GgmlType.Q4_K))
         {
             return null;
         }
 
-        var sources = new List<(nint Row, GgmlType Type)>();
-        foreach (var (data, type, rows, heads) in parts)
+        long rowBytes = (long)k / 256 * 144;
+        var sources = new List<nint>();
+        foreach (var (data, _, rows, heads) in parts)
         {
-            long rowBytes = (long)k / GgmlBlocks.Block(type).Elements * GgmlBlocks.Block(type).Bytes;
             for (int r = 0; r < rows; r++)
             {
                 // Within a head of hd rows, Hugging Face row j·hd/2 + i is stored row 2i + j.
                 int hd = heads > 0 ? rows / heads : 0, within = heads > 0 ? r % hd : 0;
                 long stored = heads > 0 ? (r - within) + (2 * (within % (hd / 2))) + (within / (hd / 2)) : r;
-                sources.Add((data + (nint)(stored * rowBytes), type));
+                sources.Add(data + (nint)(stored * rowBytes));
             }
         }
 
@@ -201,30 +204,38 @@ internal sealed unsafe partial class PackedMatrix
             sources = [.. order.Select(i => sources[(int)i])];
         }
 
-        int n = sources.Count, blocks = (n + Block - 1) / Block, groups = k / QuantBlocks.Size;
-        nuint levelBytes = (nuint)((long)blocks * (Block / 2) * k), scaleBytes = (nuint)((long)blocks * groups * 2 * Block * sizeof(float));
+        int n = sources.Count, blocks = (n + Block - 1) / Block, groups = k / QuantBlocks.Size, supers = k / 256;
+        long blockFloats = Q4KScales(k);
+        nuint levelBytes = (nuint)((long)blocks * (Block / 2) * k), scaleBytes = (nuint)(blocks * blockFloats * sizeof(float));
         var m = new PackedMatrix(k, n, WeightQuantization.Q4_K, (sbyte*)NativeMemory.AlignedAlloc(levelBytes, 64), (float*)NativeMemory.AlignedAlloc(scaleBytes, 64))
         {
             _int8 = Int8Activations,
         };
-        NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: scale and minimum 0
+        NativeMemory.Clear(m._levels, levelBytes);   // padding columns of the last block: d and dmin 0
         NativeMemory.Clear(m._scales, scaleBytes);
-        Parallel.For(0, blocks, () => new float[2 * groups], (b, _, buffer) =>
+        Parallel.For(0, blocks, () => new float[2 * supers], (b, _, buffer) =>
         {
-            fixed (float* scales = buffer)
+            fixed (float* d = buffer)
             {
-                byte* levels = stackalloc byte[k];
+                byte* levels = stackalloc byte[k + (2 * groups)];
+                byte* subScales = levels + k, subMins = subScales + groups;
+                float* region = m._scales + (b * blockFloats);
+                byte* perGroup = (byte*)region;
+                float* perSuper = region + (groups * 16);
                 for (int j = 0; j < Block && (b * Block) + j < n; j++)
                 {
-                    var (row, type) = sources[(b * Block) + j];
-                    GgmlBlocks.Q4Row(type, (byte*)row, k, levels, scales, scales + groups);
+                    GgmlBlocks.Q4KRow((byte*)sources[(b * Block) + j], k, levels, subScales, subMins, d, d + supers);
                     m.StoreNibbles(b, j, levels);
-                    // Per group: the block's 32 scales, then its 32 minimums.
-                    float* blockScales = m._scales + ((long)b * groups * 2 * Block) + j;
                     for (int g = 0; g < groups; g++)
                     {
-                        blockScales[g * 2 * Block] = scales[g];
-                        blockScales[(g * 2 * Block) + Block] = scales[groups + g];
+                        perGroup[(g * 64) + j] = subScales[g];
+                        perGroup[(g * 64) + 32 + j] = subMins[g];
+                    }
+
+                    for (int sb = 0; sb < supers; sb++)
+                    {
+                        perSuper[(sb * 64) + j] = d[sb];
+                        perSuper[(sb * 64) + 32 + j] = d[supers + sb];
                     }
                 }
             }
@@ -234,9 +245,25 @@ internal sealed unsafe partial class PackedMatrix
         return m;
     }
 
-    /// <summary>Floats between one group's scales and the next's: 32, or 64 where each group's 32 minimums follow its
-    /// scales (<see cref="WeightQuantization.Q4_K"/>).</summary>
-    private int ScaleStride => _quantization == WeightQuantization.Q4_K ? 2 * Block : Block;
+    /// <summary>Floats of a Q4_K block's scale region for <paramref name="k"/> inputs: 64 bytes a group, 64 floats a
+    /// super-block.</summary>
+    private static long Q4KScales(int k) => ((long)k / QuantBlocks.Size * 16) + ((long)k / 256 * 64);
+
+    /// <summary>Floats of one block's scale region: 32 a group (Q8_0, Q4_0), or <see cref="Q4KScales"/>.</summary>
+    private long BlockScales => _quantization == WeightQuantization.Q4_K ? Q4KScales(Inputs) : (long)Inputs / QuantBlocks.Size * Block;
+
+    /// <summary>A Q4_K group's scales and minimums for 16 outputs from <paramref name="from"/>, out of its block's scale
+    /// region (group <paramref name="group"/> of <paramref name="groups"/>): d · sub-scale and dmin · sub-min, exact f32
+    /// products.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector512<float> Scale, Vector512<float> Min) Q4KGroup(float* region, int group, int groups, int from)
+    {
+        byte* g = (byte*)region + (group * 64) + from;
+        float* super = region + (groups * 16) + (group / 8 * 64) + from;
+        Vector512<float> scales = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(g)));
+        Vector512<float> mins = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(g + 32)));
+        return (scales * Vector512.Load(super), mins * Vector512.Load(super + 32));
+    }
 
     /// <summary>Packs <paramref name="parts"/> as <see cref="TryCreateFromRows(Tensor[], bool)"/> does, or with a
     /// <paramref name="quantization"/> as <see cref="TryQuantize"/> does where the rows are whole blocks of 32 (a weight
@@ -406,11 +433,12 @@ internal sealed unsafe partial class PackedMatrix
     }
 
     /// <summary>A row's 64 totals at <paramref name="y"/> plus its group sums — plus −8 · Σ x where the levels are offset
-    /// (one f32 add) — times the group's scales (fused; the first group's from zero); then, with minimums (at
-    /// <paramref name="m0"/> and <paramref name="m1"/> for the two blocks), plus min · (−Σ x), fused.</summary>
+    /// (one f32 add) — times the group's scales (fused; the first group's from zero); then, with minimums
+    /// (<paramref name="n0"/> to <paramref name="n3"/>), plus min · (−Σ x), fused.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Scale4<TFormat>(float* y, Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
-        Vector512<float> e0, Vector512<float> e1, Vector512<float> e2, Vector512<float> e3, bool first, float* sums, int group, float* m0, float* m1)
+        Vector512<float> e0, Vector512<float> e1, Vector512<float> e2, Vector512<float> e3, bool first, float* sums, int group,
+        Vector512<float> n0, Vector512<float> n1, Vector512<float> n2, Vector512<float> n3)
         where TFormat : struct, IBlockFormat
     {
         if (TFormat.Offset)
@@ -427,10 +455,10 @@ internal sealed unsafe partial class PackedMatrix
         if (TFormat.HasMin)
         {
             var minus = Vector512.Create(sums[group]);
-            Vector512.FusedMultiplyAdd(Vector512.Load(m0), minus, Vector512.Load(y)).Store(y);
-            Vector512.FusedMultiplyAdd(Vector512.Load(m0 + 16), minus, Vector512.Load(y + 16)).Store(y + 16);
-            Vector512.FusedMultiplyAdd(Vector512.Load(m1), minus, Vector512.Load(y + 32)).Store(y + 32);
-            Vector512.FusedMultiplyAdd(Vector512.Load(m1 + 16), minus, Vector512.Load(y + 48)).Store(y + 48);
+            Vector512.FusedMultiplyAdd(n0, minus, Vector512.Load(y)).Store(y);
+            Vector512.FusedMultiplyAdd(n1, minus, Vector512.Load(y + 16)).Store(y + 16);
+            Vector512.FusedMultiplyAdd(n2, minus, Vector512.Load(y + 32)).Store(y + 32);
+            Vector512.FusedMultiplyAdd(n3, minus, Vector512.Load(y + 48)).Store(y + 48);
         }
     }
 }

@@ -89,7 +89,7 @@ internal sealed unsafe partial class PackedMatrix
     private void RangeInt8(int b0, int b1)
     {
         int k = Inputs, n = Outputs, groups = k / QuantBlocks.Size, rows = _rows, ld = _ldy;
-        long blockBytes = (long)k * LevelBytes(_quantization), blockScales = (long)groups * ScaleStride;
+        long blockBytes = (long)k * LevelBytes(_quantization), blockScales = BlockScales;
         float* tail = stackalloc float[4 * Block];   // a last block past the matrix's outputs
         for (int b = b0; b < b1; b++)
         {
@@ -288,13 +288,12 @@ internal sealed unsafe partial class PackedMatrix
                     }
                 }
 
-                float* sg = s + (g * (TLevels.HasMin ? 2 * Block : Block)) + (h * 16);
-                Vector256<float> s0 = Vector256.Load(sg), s1 = Vector256.Load(sg + 8);
                 int o = h * 16;
+                var (s0, s1, m0, m1) = GroupScales<TLevels>(s, g, groups, o);
                 Finish(y0 + o, a0, b0, TLevels.Offset * sums0[g], d0[g], s0, s1, first);
                 if (TLevels.HasMin)
                 {
-                    FinishMin(y0 + o, sg + Block, d0[g] * sums0[g]);
+                    FinishMin(y0 + o, m0, m1, d0[g] * sums0[g]);
                 }
 
                 if (TRows.Count > 1)
@@ -302,7 +301,7 @@ internal sealed unsafe partial class PackedMatrix
                     Finish(y1 + o, a1, b1, TLevels.Offset * sums1[g], d1[g], s0, s1, first);
                     if (TLevels.HasMin)
                     {
-                        FinishMin(y1 + o, sg + Block, d1[g] * sums1[g]);
+                        FinishMin(y1 + o, m0, m1, d1[g] * sums1[g]);
                     }
                 }
 
@@ -311,7 +310,7 @@ internal sealed unsafe partial class PackedMatrix
                     Finish(y2 + o, a2, b2, TLevels.Offset * sums2[g], d2[g], s0, s1, first);
                     if (TLevels.HasMin)
                     {
-                        FinishMin(y2 + o, sg + Block, d2[g] * sums2[g]);
+                        FinishMin(y2 + o, m0, m1, d2[g] * sums2[g]);
                     }
                 }
 
@@ -320,7 +319,7 @@ internal sealed unsafe partial class PackedMatrix
                     Finish(y3 + o, a3, b3, TLevels.Offset * sums3[g], d3[g], s0, s1, first);
                     if (TLevels.HasMin)
                     {
-                        FinishMin(y3 + o, sg + Block, d3[g] * sums3[g]);
+                        FinishMin(y3 + o, m0, m1, d3[g] * sums3[g]);
                     }
                 }
             }
@@ -363,27 +362,47 @@ internal sealed unsafe partial class PackedMatrix
                     b1 = AvxVnni.MultiplyWideningAndAdd(b1, v1, x0);
                 }
 
-                int o = h * 16, stride = TLevels.HasMin ? 2 * Block : Block;
-                float* s0 = sa + (g * stride) + o, s1 = sb + (g * stride) + o;
-                Finish(y + o, a0, b0, offset, scale, Vector256.Load(s0), Vector256.Load(s0 + 8), first);
-                Finish(y + Block + o, a1, b1, offset, scale, Vector256.Load(s1), Vector256.Load(s1 + 8), first);
+                int o = h * 16;
+                var (e0, e1, n0, n1) = GroupScales<TLevels>(sa, g, groups, o);
+                var (e2, e3, n2, n3) = GroupScales<TLevels>(sb, g, groups, o);
+                Finish(y + o, a0, b0, offset, scale, e0, e1, first);
+                Finish(y + Block + o, a1, b1, offset, scale, e2, e3, first);
                 if (TLevels.HasMin)
                 {
-                    FinishMin(y + o, s0 + Block, scale * sums[g]);
-                    FinishMin(y + Block + o, s1 + Block, scale * sums[g]);
+                    FinishMin(y + o, n0, n1, scale * sums[g]);
+                    FinishMin(y + Block + o, n2, n3, scale * sums[g]);
                 }
             }
         }
     }
 
     /// <summary>16 outputs' totals at <paramref name="y"/> += min · (−<paramref name="activations"/>), fused: the minimums
-    /// at <paramref name="mins"/> times the group's activations, x scale · Σ q (Q4_K).</summary>
+    /// <paramref name="m0"/>, <paramref name="m1"/> times the group's activations, x scale · Σ q (Q4_K).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void FinishMin(float* y, float* mins, float activations)
+    private static void FinishMin(float* y, Vector256<float> m0, Vector256<float> m1, float activations)
     {
         var minus = Vector256.Create(-activations);
-        Vector256.FusedMultiplyAdd(Vector256.Load(mins), minus, Vector256.Load(y)).Store(y);
-        Vector256.FusedMultiplyAdd(Vector256.Load(mins + 8), minus, Vector256.Load(y + 8)).Store(y + 8);
+        Vector256.FusedMultiplyAdd(m0, minus, Vector256.Load(y)).Store(y);
+        Vector256.FusedMultiplyAdd(m1, minus, Vector256.Load(y + 8)).Store(y + 8);
+    }
+
+    /// <summary>Group <paramref name="g"/>'s scales (and Q4_K's minimums) for 16 outputs from <paramref name="from"/> of the
+    /// block whose scale region is <paramref name="s"/>: stored f32 scales, or d · sub-scale and dmin · sub-min (exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector256<float> S0, Vector256<float> S1, Vector256<float> M0, Vector256<float> M1) GroupScales<TLevels>(float* s, int g, int groups, int from)
+        where TLevels : struct, IByteLevels
+    {
+        if (!TLevels.HasMin)
+        {
+            float* sg = s + (g * Block) + from;
+            return (Vector256.Load(sg), Vector256.Load(sg + 8), default, default);
+        }
+
+        byte* sub = (byte*)s + (g * 64) + from;
+        float* super = s + (groups * 16) + (g / 8 * 64) + from;
+        Vector256<float> Widen(byte* p) => Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p));
+        return (Widen(sub) * Vector256.Load(super), Widen(sub + 8) * Vector256.Load(super + 8),
+            Widen(sub + 32) * Vector256.Load(super + 32), Widen(sub + 40) * Vector256.Load(super + 40));
     }
 
     /// <summary>16 outputs' totals at <paramref name="y"/> += (group sum − 128 · Σ q) · (w scale · x scale), fused; the

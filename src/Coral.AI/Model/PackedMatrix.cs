@@ -72,7 +72,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
 
     /// <summary>Gets the bytes the packed weight holds.</summary>
     public long Bytes => _levels != null
-        ? ((long)_blocks * LevelBytes(_quantization) * Inputs) + ((long)_blocks * ScaleStride * (Inputs / QuantBlocks.Size) * sizeof(float))
+        ? ((long)_blocks * LevelBytes(_quantization) * Inputs) + ((long)_blocks * BlockScales * sizeof(float))
         : (long)_blocks * Block * Inputs * sizeof(ushort);
 
     /// <summary>
@@ -361,7 +361,7 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
         // The f16 blocks' scale (2^(127 − bias); bf16 and the quantized formats ignore it) and where blocks start.
         Vector512<float> scale = HalfFormat.Float16.ScaleFor(_bias);
         byte* data = TFormat.Grouped ? (byte*)_levels : (byte*)_w;
-        long blockBytes = (long)Inputs * TFormat.RowBytes, blockScales = (long)Inputs / QuantBlocks.Size * (TFormat.HasMin ? 2 * Block : Block);
+        long blockBytes = (long)Inputs * TFormat.RowBytes, blockScales = TFormat.HasMin ? Q4KScales(Inputs) : (long)Inputs / QuantBlocks.Size * Block;
         int k = Inputs, n = Outputs, rows = _rows, ld = _ldy;
         float* tail = stackalloc float[4 * 2 * Block];   // outputs of a pair that ends past the range or the matrix
         for (int b = b0; b < b1; b += 2)
@@ -504,26 +504,38 @@ internal sealed unsafe partial class PackedMatrix : ICpuWork, IDisposable
                 continue;
             }
 
-            Vector512<float> e0 = Vector512.Load(s0), e1 = Vector512.Load(s0 + 16), e2 = Vector512.Load(s1), e3 = Vector512.Load(s1 + 16);
-            float* m0 = s0 + Block, m1 = s1 + Block;   // the minimums, where the format has them
-            s0 += TFormat.HasMin ? 2 * Block : Block;
-            s1 += TFormat.HasMin ? 2 * Block : Block;
             bool first = g == 0;
             int at = g / QuantBlocks.Size;
-            Scale4<TFormat>(y, a0, a1, a2, a3, e0, e1, e2, e3, first, sums, at, m0, m1);
+            Vector512<float> e0, e1, e2, e3, n0 = default, n1 = default, n2 = default, n3 = default;
+            if (TFormat.HasMin)
+            {
+                // Q4_K: scales and minimums formed from the blocks' sub-scales and super-block scales (s0, s1: the regions).
+                (e0, n0) = Q4KGroup(s0, at, groups, 0);
+                (e1, n1) = Q4KGroup(s0, at, groups, 16);
+                (e2, n2) = Q4KGroup(s1, at, groups, 0);
+                (e3, n3) = Q4KGroup(s1, at, groups, 16);
+            }
+            else
+            {
+                (e0, e1, e2, e3) = (Vector512.Load(s0), Vector512.Load(s0 + 16), Vector512.Load(s1), Vector512.Load(s1 + 16));
+                s0 += Block;
+                s1 += Block;
+            }
+
+            Scale4<TFormat>(y, a0, a1, a2, a3, e0, e1, e2, e3, first, sums, at, n0, n1, n2, n3);
             if (TRows.Count >= 2)
             {
-                Scale4<TFormat>(y + ldy, b0, b1, b2, b3, e0, e1, e2, e3, first, sums + groups, at, m0, m1);
+                Scale4<TFormat>(y + ldy, b0, b1, b2, b3, e0, e1, e2, e3, first, sums + groups, at, n0, n1, n2, n3);
             }
 
             if (TRows.Count >= 3)
             {
-                Scale4<TFormat>(y + 2 * ldy, c0, c1, c2, c3, e0, e1, e2, e3, first, sums + 2 * groups, at, m0, m1);
+                Scale4<TFormat>(y + 2 * ldy, c0, c1, c2, c3, e0, e1, e2, e3, first, sums + 2 * groups, at, n0, n1, n2, n3);
             }
 
             if (TRows.Count >= 4)
             {
-                Scale4<TFormat>(y + 3 * ldy, d0, d1, d2, d3, e0, e1, e2, e3, first, sums + 3 * groups, at, m0, m1);
+                Scale4<TFormat>(y + 3 * ldy, d0, d1, d2, d3, e0, e1, e2, e3, first, sums + 3 * groups, at, n0, n1, n2, n3);
             }
         }
     }

@@ -237,9 +237,9 @@ public class GgufImportTests
         }
     }
 
-    /// <summary>Q4_K and Q4_1 rows packed as they are (<see cref="PackedMatrix.TryFromBlocks"/>, with a q/k head permutation
-    /// and a row order): each output equals the dequantized rows times the input (f32 activations: to f32 rounding; int8
-    /// activations: to their rounding), and every row of a call has the same bits at 1 to 13 rows.</summary>
+    /// <summary>Q4_K rows packed as they are (<see cref="PackedMatrix.TryFromBlocks"/>: two parts, one with a q/k head
+    /// permutation, and a row order): each output equals the dequantized rows times the input (f32 activations: to f32
+    /// rounding; int8 activations: to their rounding), and every row of a call has the same bits at 1 to 13 rows.</summary>
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -268,11 +268,12 @@ public class GgufImportTests
             return bytes;
         }
 
-        byte[] q4k = Rows(GgmlType.Q4_K, 64), q41 = Rows(GgmlType.Q4_1, 24);
+        byte[] q4k = Rows(GgmlType.Q4_K, 64), more = Rows(GgmlType.Q4_K, 24);
         long[] order = [.. Enumerable.Range(0, 88).Reverse().Select(i => (long)i)];
-        fixed (byte* a = q4k, b = q41)
+        fixed (byte* a = q4k, b = more)
         {
-            using PackedMatrix m = PackedMatrix.TryFromBlocks([((nint)a, GgmlType.Q4_K, 64, 4), ((nint)b, GgmlType.Q4_1, 24, 0)], K, order)!;
+            using PackedMatrix m = PackedMatrix.TryFromBlocks([((nint)a, GgmlType.Q4_K, 64, 4), ((nint)b, GgmlType.Q4_K, 24, 0)], K, order)!;
+            Assert.Null(PackedMatrix.TryFromBlocks([((nint)b, GgmlType.Q4_1, 24, 0)], K, null));   // Q4_1 goes the Q8_0 way
             Assert.Equal(WeightQuantization.Q4_K, m.Quantization);
             Assert.Equal(int8, m.UsesInt8Activations);
             // The reference: the dequantized rows in the same permutation and order.
@@ -280,7 +281,7 @@ public class GgufImportTests
             fixed (float* v = values)
             {
                 GgmlBlocks.Dequantize(GgmlType.Q4_K, a, 64 * K / 256, v);
-                GgmlBlocks.Dequantize(GgmlType.Q4_1, b, 24 * K / 32, v + (64 * K));
+                GgmlBlocks.Dequantize(GgmlType.Q4_K, b, 24 * K / 256, v + (64 * K));
             }
 
             int[] hf = [.. Enumerable.Range(0, 64).Select(r => (r / 16 * 16) + (2 * (r % 16 % 8)) + (r % 16 / 8)), .. Enumerable.Range(64, 24)];
