@@ -55,7 +55,7 @@ internal static class CliApp
         or Q4_0 (4-bit levels: a third of the memory, faster still, at a visible cost in accuracy).
         bench takes [--parallel N] (1-64; CoralChatClientOptions.ParallelRequests for servers: N requests decode together).
         --model also takes a .gguf file (llama.cpp's, Ollama's): read in place, its tokenizer and chat template included;
-        its quantized layers load as Q8_0 blocks, Q4_K/Q4_1 ones kept as they are (Q8_0 and Q4_0 files as their own values),
+        its quantized layers load as Q8_0 blocks, Q4_K ones kept as they are (Q8_0 and Q4_0 files as their own values),
         unless --quantize says otherwise;
         or ollama:<model>[:<tag>] for a model an Ollama installation has pulled (its store: $OLLAMA_MODELS or ~/.ollama/models).
         """;

@@ -263,7 +263,7 @@ internal static class GgufImporter
         }
 
         // What a file of quantized projections loads as by default: their values exactly (Q8_0, Q4_0 blocks are Coral's
-        // own), or Q8_0 — where Q4_K / Q4_1 projections stay the file's blocks (DecoderLayer) and the other types become
+        // own), or Q8_0 — where Q4_K projections stay the file's blocks (DecoderLayer, ExpertMlp) and the other types become
         // Q8_0 blocks of their values (about their precision, without f32 weights in memory).
         GgmlType[] projections = [.. g.Tensors.Values.Where(t => t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length >= 2
             && !t.Name.Contains("ffn_gate_inp", StringComparison.Ordinal)).Select(t => t.Type)];   // routers stay f32 in quantized files

@@ -291,7 +291,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             return j == 0 && RotaryRows(c) is long[] order ? [Reorder(torch.cat(parts), order, 0)] : parts;   // partial rotation
         }
 
-        // A GGUF file's Q4_K / Q4_1 projections stay the file's blocks where Q8_0 would be made (same values, fewer bytes).
+        // A GGUF file's Q4_K projections stay the file's blocks where Q8_0 would be made (same values, fewer bytes).
         PackedMatrix? Blocks(int j) =>
             quantization == WeightQuantization.Q8_0 && names[j].Select(n => reader.Q4Blocks(prefix + n)).ToArray() is var blocks && blocks.All(b => b is not null)
                 ? PackedMatrix.TryFromBlocks([.. blocks.Select(b => b!.Value)], (int)shapes[j][0][1], j == 0 ? RotaryRows(c) : null)

@@ -87,7 +87,7 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 ? ([gateUp3!.select(0, e)], down3!.select(0, e))
                 : ([reader.Take(E(e, "gate"), [ff, d], type(E(e, "gate")), where), reader.Take(E(e, "up"), [ff, d], type(E(e, "up")), where)],
                     reader.Take(E(e, "down"), [d, ff], type(E(e, "down")), where));
-            // A GGUF file's Q4_K / Q4_1 experts stay the file's blocks where Q8_0 would be made (as the dense projections do).
+            // A GGUF file's Q4_K experts stay the file's blocks where Q8_0 would be made (as the dense projections do).
             PackedMatrix? Blocks(string[] names, long k) =>
                 quantization == WeightQuantization.Q8_0 && !c.StackedExperts && names.Select(reader.Q4Blocks).ToArray() is var b && b.All(x => x is not null)
                     ? PackedMatrix.TryFromBlocks([.. b.Select(x => x!.Value)], (int)k, null)

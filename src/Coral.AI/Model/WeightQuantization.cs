@@ -14,8 +14,8 @@ internal enum WeightQuantization
     /// <see cref="Q8_0"/>: a quarter of bf16's bytes and a visible loss of accuracy.</summary>
     Q4_0,
 
-    /// <summary>4-bit levels with an f32 scale and an f32 minimum per 32 inputs (value = scale · level − min): a GGUF
-    /// file's Q4_K (and Q4_1) projections as they are, taken in place of <see cref="Q8_0"/> blocks (never quantized from
-    /// floats).</summary>
+    /// <summary>A GGUF file's Q4_K projections as they are, taken in place of <see cref="Q8_0"/> blocks (never quantized
+    /// from floats): 4-bit levels, per 32 inputs a 6-bit sub-scale and sub-minimum, per 256 a d and dmin (value =
+    /// d · sub-scale · level − dmin · sub-min).</summary>
     Q4_K,
 }
