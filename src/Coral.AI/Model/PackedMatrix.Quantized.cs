@@ -306,8 +306,8 @@ internal sealed unsafe partial class PackedMatrix
         /// <summary>Gets the bit mask <see cref="Widen"/> takes.</summary>
         static abstract Vector512<uint> Mask { get; }
 
-        /// <summary>Gets whether each group's 32 minimums follow its scales (value = scale · level − min; Q4_K): min · Σ x
-        /// comes off each group's product (<see cref="SumGroups"/>).</summary>
+        /// <summary>Gets whether the format is Q4_K's (value = scale · level − min, both formed from the block's compact
+        /// scales, <see cref="Q4KGroup"/>): min · Σ x comes off each group's product (<see cref="SumGroups"/>).</summary>
         static abstract bool HasMin { get; }
 
         /// <summary>The rows of two blocks at <paramref name="p0"/> and <paramref name="p1"/> as f32 values (levels, + 8
@@ -385,7 +385,8 @@ internal sealed unsafe partial class PackedMatrix
         }
     }
 
-    /// <summary>Q4_K: the levels as stored (no offset), with each group's minimums after its scales (<see cref="HasMin"/>).</summary>
+    /// <summary>Q4_K: the levels as stored (no offset); scales and minimums formed per group from the block's sub-scales
+    /// and super-block scales (<see cref="HasMin"/>, <see cref="Q4KGroup"/>).</summary>
     private readonly struct Q4MinLevels : IBlockFormat
     {
         public static int RowBytes => Block / 2;

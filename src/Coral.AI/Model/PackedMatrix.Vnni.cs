@@ -171,7 +171,8 @@ internal sealed unsafe partial class PackedMatrix
         /// <summary>Gets what the stored (unsigned) levels exceed the levels by: Σ q times it comes off each group's sum.</summary>
         static abstract int Offset { get; }
 
-        /// <summary>Gets whether each group's 32 minimums follow its scales (Q4_K): min · x scale · Σ q comes off.</summary>
+        /// <summary>Gets whether the format is Q4_K's (scales and minimums formed from compact ones,
+        /// <see cref="GroupScales{TLevels}"/>): min · x scale · Σ q comes off each group.</summary>
         static abstract bool HasMin { get; }
 
         /// <summary>The unsigned levels of one step's half (16 outputs): outputs 0–7 and 8–15 of the half, four inputs a lane.</summary>
@@ -210,7 +211,7 @@ internal sealed unsafe partial class PackedMatrix
         }
     }
 
-    /// <summary>Q4_K: the levels as stored (0–15, no offset), each group's minimums after its scales.</summary>
+    /// <summary>Q4_K: the levels as stored (0–15, no offset), with minimums.</summary>
     private readonly struct Q4MinBytes : IByteLevels
     {
         public static int StepBytes => 2 * Block;
