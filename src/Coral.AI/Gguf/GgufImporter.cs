@@ -11,7 +11,7 @@ namespace Coral.AI;
 /// folder keyed by the file's path, size and time, beside a <c>gguf.json</c> that points <see cref="CheckpointReader"/>
 /// at the file's tensors under their Hugging Face names. The weights are never copied: they are read from the file as
 /// the model loads. Architectures: llama (Llama 1–3.x, Mistral, SmolLM; Mixtral with experts), qwen2, qwen3, qwen2moe,
-/// qwen3moe, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, command-r, cohere2; byte-level BPE and
+/// qwen3moe, olmoe, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, command-r, cohere2; byte-level BPE and
 /// SentencePiece tokenizers.
 /// </summary>
 internal static class GgufImporter
@@ -93,6 +93,7 @@ internal static class GgufImporter
             "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
             "qwen2moe" => ("Qwen2MoeForCausalLM", "qwen2_moe"),
             "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+            "olmoe" => ("OlmoeForCausalLM", "olmoe"),
             "phi3" => ("Phi3ForCausalLM", "phi3"),
             "gemma" => ("GemmaForCausalLM", "gemma"),
             "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
@@ -103,7 +104,7 @@ internal static class GgufImporter
             "command-r" => ("CohereForCausalLM", "cohere"),
             "cohere2" => ("Cohere2ForCausalLM", "cohere2"),
             _ => throw new CoralModelException(g.Path, "general.architecture",
-                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, command-r and cohere2 can; other architectures load from their Hugging Face folder)."),
+                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, command-r and cohere2 can; other architectures load from their Hugging Face folder)."),
         };
 
         long Required(string name) => g.GetInteger($"{arch}.{name}") ?? throw new CoralModelException(g.Path, $"{arch}.{name}", "missing.");
@@ -212,13 +213,13 @@ internal static class GgufImporter
         if (experts > 0)
         {
             // The experts' shape; which chosen weights llama.cpp renormalises is fixed per architecture (Mixtral and
-            // Qwen3-MoE do, Qwen2-MoE does not).
+            // Qwen3-MoE do, Qwen2-MoE and OLMoE do not).
             config[modelType == "mixtral" ? "num_local_experts" : "num_experts"] = experts;
             config["num_experts_per_tok"] = Required("expert_used_count");
-            config["norm_topk_prob"] = modelType != "qwen2_moe";
-            if (modelType == "mixtral")
+            config["norm_topk_prob"] = modelType is not ("qwen2_moe" or "olmoe");
+            if (modelType is "mixtral" or "olmoe")
             {
-                config["intermediate_size"] = expertWidth;
+                config["intermediate_size"] = expertWidth;   // their experts are intermediate_size wide
             }
             else
             {

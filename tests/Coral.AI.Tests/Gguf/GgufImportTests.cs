@@ -28,6 +28,7 @@ public class GgufImportTests
     [InlineData("qwen3moe-bf16", "bf16")]      // experts: slices of llama.cpp's stacked tensors
     [InlineData("qwen2moe-bf16", "bf16")]      // and a shared expert with its gate
     [InlineData("mixtral", "f32")]             // a llama with experts
+    [InlineData("olmoe-bf16", "bf16")]         // experts with whole-projection q/k norms
     [InlineData("phi3-bf16", "bf16")]          // fused q|k|v and gate|up
     [InlineData("phi3-window", "f32")]         // a sliding window
     [InlineData("phi3-partial", "bf16")]       // partial rotation
@@ -403,11 +404,11 @@ public class GgufImportTests
         CoralModelException inData = Assert.Throws<CoralModelException>(() => GgufImporter.Prepare(data));
         Assert.Contains("runs past the end of the file", inData.Message);
 
-        string olmoe = Path.Combine(dir, "olmoe.gguf");
-        GgufExporter.Export(TransformerModelTests.ModelFor("olmoe"), olmoe, "f32");
-        CoralModelException arch = Assert.Throws<CoralModelException>(() => InferenceEngine.Load(olmoe, torch.CPU, ScalarType.Float32, 64));
+        string graniteMoe = Path.Combine(dir, "granitemoe.gguf");
+        GgufExporter.Export(TransformerModelTests.ModelFor("granitemoe"), graniteMoe, "f32");
+        CoralModelException arch = Assert.Throws<CoralModelException>(() => InferenceEngine.Load(graniteMoe, torch.CPU, ScalarType.Float32, 64));
         Assert.Contains("general.architecture", arch.Message);
-        Assert.Contains("olmoe", arch.Message);
+        Assert.Contains("granitemoe", arch.Message);
 
         var options = new CoralChatClientOptions { ModelPath = Path.Combine(dir, "missing.gguf") };
         Assert.Contains("does not exist", CoralChatClientOptionsValidator.Check(options));
