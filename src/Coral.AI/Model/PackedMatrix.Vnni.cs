@@ -291,37 +291,20 @@ internal sealed unsafe partial class PackedMatrix
 
                 int o = h * 16;
                 var (s0, s1, m0, m1) = GroupScales<TLevels>(s, g, groups, o);
-                Finish(y0 + o, a0, b0, TLevels.Offset * sums0[g], d0[g], s0, s1, first);
-                if (TLevels.HasMin)
-                {
-                    FinishMin(y0 + o, m0, m1, d0[g] * sums0[g]);
-                }
-
+                Finish<TLevels>(y0 + o, a0, b0, sums0[g], d0[g], s0, s1, m0, m1, first);
                 if (TRows.Count > 1)
                 {
-                    Finish(y1 + o, a1, b1, TLevels.Offset * sums1[g], d1[g], s0, s1, first);
-                    if (TLevels.HasMin)
-                    {
-                        FinishMin(y1 + o, m0, m1, d1[g] * sums1[g]);
-                    }
+                    Finish<TLevels>(y1 + o, a1, b1, sums1[g], d1[g], s0, s1, m0, m1, first);
                 }
 
                 if (TRows.Count > 2)
                 {
-                    Finish(y2 + o, a2, b2, TLevels.Offset * sums2[g], d2[g], s0, s1, first);
-                    if (TLevels.HasMin)
-                    {
-                        FinishMin(y2 + o, m0, m1, d2[g] * sums2[g]);
-                    }
+                    Finish<TLevels>(y2 + o, a2, b2, sums2[g], d2[g], s0, s1, m0, m1, first);
                 }
 
                 if (TRows.Count > 3)
                 {
-                    Finish(y3 + o, a3, b3, TLevels.Offset * sums3[g], d3[g], s0, s1, first);
-                    if (TLevels.HasMin)
-                    {
-                        FinishMin(y3 + o, m0, m1, d3[g] * sums3[g]);
-                    }
+                    Finish<TLevels>(y3 + o, a3, b3, sums3[g], d3[g], s0, s1, m0, m1, first);
                 }
             }
         }
@@ -339,7 +322,7 @@ internal sealed unsafe partial class PackedMatrix
         {
             byte* ga = wa + ((long)g * groupBytes), gb = wb + ((long)g * groupBytes);
             bool first = g == 0;
-            int offset = TLevels.Offset * sums[g];
+            int sum = sums[g];
             float scale = d[g];
             for (int h = 0; h < 2; h++)
             {
@@ -366,25 +349,10 @@ internal sealed unsafe partial class PackedMatrix
                 int o = h * 16;
                 var (e0, e1, n0, n1) = GroupScales<TLevels>(sa, g, groups, o);
                 var (e2, e3, n2, n3) = GroupScales<TLevels>(sb, g, groups, o);
-                Finish(y + o, a0, b0, offset, scale, e0, e1, first);
-                Finish(y + Block + o, a1, b1, offset, scale, e2, e3, first);
-                if (TLevels.HasMin)
-                {
-                    FinishMin(y + o, n0, n1, scale * sums[g]);
-                    FinishMin(y + Block + o, n2, n3, scale * sums[g]);
-                }
+                Finish<TLevels>(y + o, a0, b0, sum, scale, e0, e1, n0, n1, first);
+                Finish<TLevels>(y + Block + o, a1, b1, sum, scale, e2, e3, n2, n3, first);
             }
         }
-    }
-
-    /// <summary>16 outputs' totals at <paramref name="y"/> += min · (−<paramref name="activations"/>), fused: the minimums
-    /// <paramref name="m0"/>, <paramref name="m1"/> times the group's activations, x scale · Σ q (Q4_K).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void FinishMin(float* y, Vector256<float> m0, Vector256<float> m1, float activations)
-    {
-        var minus = Vector256.Create(-activations);
-        Vector256.FusedMultiplyAdd(m0, minus, Vector256.Load(y)).Store(y);
-        Vector256.FusedMultiplyAdd(m1, minus, Vector256.Load(y + 8)).Store(y + 8);
     }
 
     /// <summary>Group <paramref name="g"/>'s scales (and Q4_K's minimums) for 16 outputs from <paramref name="from"/> of the
@@ -406,15 +374,24 @@ internal sealed unsafe partial class PackedMatrix
             Widen(sub + 32) * Vector256.Load(super + 32), Widen(sub + 40) * Vector256.Load(super + 40));
     }
 
-    /// <summary>16 outputs' totals at <paramref name="y"/> += (group sum − 128 · Σ q) · (w scale · x scale), fused; the
-    /// first group's from zero.</summary>
+    /// <summary>16 outputs' totals at <paramref name="y"/> += (group sum − offset · Σ q) · (w scale · x scale), fused (the
+    /// first group's from zero); then for Q4_K += min · −(x scale · Σ q), fused (<paramref name="m0"/>, <paramref name="m1"/>:
+    /// the minimums). <paramref name="sum"/> is the activations' Σ q.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Finish(float* y, Vector256<int> a, Vector256<int> b, int offset, float xScale, Vector256<float> s0, Vector256<float> s1, bool first)
+    private static void Finish<TLevels>(float* y, Vector256<int> a, Vector256<int> b, int sum, float xScale, Vector256<float> s0, Vector256<float> s1,
+        Vector256<float> m0, Vector256<float> m1, bool first)
+        where TLevels : struct, IByteLevels
     {
-        var off = Vector256.Create(offset);
+        var off = Vector256.Create(TLevels.Offset * sum);
         Vector256<float> fa = Vector256.ConvertToSingle(a - off), fb = Vector256.ConvertToSingle(b - off);
         Vector256<float> zero = Vector256<float>.Zero;
         Vector256.FusedMultiplyAdd(fa, s0 * xScale, first ? zero : Vector256.Load(y)).Store(y);
         Vector256.FusedMultiplyAdd(fb, s1 * xScale, first ? zero : Vector256.Load(y + 8)).Store(y + 8);
+        if (TLevels.HasMin)
+        {
+            var minus = Vector256.Create(-(xScale * sum));
+            Vector256.FusedMultiplyAdd(m0, minus, Vector256.Load(y)).Store(y);
+            Vector256.FusedMultiplyAdd(m1, minus, Vector256.Load(y + 8)).Store(y + 8);
+        }
     }
 }
