@@ -34,6 +34,11 @@ internal sealed unsafe class GgufFile : IDisposable
     /// <summary>Opens and parses <paramref name="path"/>.</summary>
     public static GgufFile Open(string path)
     {
+        if (!File.Exists(path))
+        {
+            throw new CoralModelException(path, null, "does not exist (an imported GGUF file moved or deleted since its import?).");
+        }
+
         long length = new FileInfo(path).Length;
         if (length < 24)
         {

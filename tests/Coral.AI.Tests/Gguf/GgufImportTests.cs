@@ -399,6 +399,8 @@ public class GgufImportTests
         Assert.Contains("header.gguf", inHeader.Message);
         Assert.Contains("truncated", inHeader.Message);
 
+        Assert.Contains("does not exist", Assert.Throws<CoralModelException>(() => GgufFile.Open(Path.Combine(dir, "gone.gguf"))).Message);
+
         string data = Path.Combine(dir, "data.gguf");
         File.WriteAllBytes(data, bytes[..(bytes.Length - 100)]);
         CoralModelException inData = Assert.Throws<CoralModelException>(() => GgufImporter.Prepare(data));
