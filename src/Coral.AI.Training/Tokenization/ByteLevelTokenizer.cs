@@ -11,9 +11,9 @@ namespace Coral.AI.Training;
 public static class ByteLevelTokenizer
 {
     /// <summary>The Llama-3 pre-tokenizer split pattern.</summary>
-    public const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    public const string Llama3Pattern = GgufPreTokenizers.Llama3;
     /// <summary>The Qwen2 pre-tokenizer split pattern.</summary>
-    public const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    public const string Qwen2Pattern = GgufPreTokenizers.Qwen2;
 
     private static byte[][]? s_gpt2Ranks;
 

@@ -10,8 +10,6 @@ namespace Coral.AI;
 /// </summary>
 public static class GgufExporter
 {
-    internal const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    internal const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
     /// <summary>Writes <paramref name="outputPath"/> from the model in <paramref name="modelFolder"/>.</summary>
     /// <param name="modelFolder">The Hugging Face model folder.</param>
@@ -22,7 +20,12 @@ public static class GgufExporter
     /// file with the token embedding and output types kept.</param>
     /// <exception cref="ArgumentNullException">An argument is <see langword="null"/>.</exception>
     /// <exception cref="CoralModelException">The model cannot be exported.</exception>
-    public static void Export(string modelFolder, string outputPath, string tensorType = "f32")
+    public static void Export(string modelFolder, string outputPath, string tensorType = "f32") =>
+        Export(modelFolder, outputPath, tensorType, preTokenizerName: null);
+
+    /// <summary>As <see cref="Export(string, string, string)"/>, with <paramref name="preTokenizerName"/> (when given)
+    /// written as <c>tokenizer.ggml.pre</c> instead of the first name of the folder's pre-tokenizer.</summary>
+    internal static void Export(string modelFolder, string outputPath, string tensorType, string? preTokenizerName)
     {
         _ = Throw.IfNullOrWhitespace(modelFolder);
         _ = Throw.IfNullOrWhitespace(outputPath);
@@ -173,7 +176,7 @@ public static class GgufExporter
             g.Add($"{arch}.rope.scaling.original_context_length", (uint)yarn.OriginalMaxPositions);
         }
 
-        AddTokenizer(g, modelFolder, c);
+        AddTokenizer(g, modelFolder, c, preTokenizerName);
 
         using var reader = new CheckpointReader(modelFolder);
         using var noGrad = torch.no_grad();
@@ -394,7 +397,7 @@ public static class GgufExporter
         return plain.Select((p, i) => (float)(p / scaled[i])).ToArray();
     }
 
-    private static void AddTokenizer(GgufWriter g, string folder, ModelConfig c)
+    private static void AddTokenizer(GgufWriter g, string folder, ModelConfig c, string? preTokenizerName)
     {
         string path = Path.Combine(folder, "tokenizer.json");
         JsonObject root = ModelConfig.ReadJsonObject(path);
@@ -439,14 +442,11 @@ public static class GgufExporter
 
         var merges = ((JsonArray?)root["model"]!["merges"] ?? [])
             .Select(m => m is JsonArray a ? $"{a[0]} {a[1]}" : m!.GetValue<string>()).ToArray();
-        string? split = FindSplit(root["pre_tokenizer"]);
-        string pre = split switch
-        {
-            null => "gpt-2",
-            Llama3Pattern => "llama-bpe",
-            Qwen2Pattern => "qwen2",
-            _ => throw new CoralModelException(path, "pre_tokenizer", "this split pattern has no known llama.cpp pre-tokenizer name."),
-        };
+        IReadOnlyList<string> patterns = PreTokenizerPipeline.Parse(path, root["pre_tokenizer"]).IsolatedPatterns
+            ?? throw new CoralModelException(path, "pre_tokenizer", "only pre-tokenizers that isolate regex matches can be written to GGUF.");
+        bool ignoreMerges = root["model"]?["ignore_merges"]?.GetValue<bool>() ?? false;
+        string pre = preTokenizerName ?? GgufPreTokenizers.Match(patterns, ignoreMerges)?.Names[0] ?? throw new CoralModelException(path, "pre_tokenizer",
+            $"this split ({string.Join(" then ", patterns)}{(ignoreMerges ? ", ignore_merges" : "")}) has no known llama.cpp pre-tokenizer name.");
 
         g.Add("tokenizer.ggml.model", "gpt2");
         g.Add("tokenizer.ggml.pre", pre);
@@ -557,12 +557,4 @@ public static class GgufExporter
         {
             g.Add("tokenizer.chat_template", template);   // as llama.cpp's converter writes it
         }
-    }
-
-    private static string? FindSplit(JsonNode? node) => node switch
-    {
-        JsonObject o when o["type"]?.GetValue<string>() == "Split" => o["pattern"]?["Regex"]?.GetValue<string>(),
-        JsonObject o => (o["pretokenizers"] as JsonArray)?.Select(FindSplit).FirstOrDefault(x => x is not null),
-        _ => null,
-    };
-}
+    }}

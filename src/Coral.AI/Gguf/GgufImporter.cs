@@ -21,7 +21,7 @@ internal static class GgufImporter
 
     /// <summary>The version of what an import writes, part of the cache key: a Coral that maps files differently never
     /// reuses an older import.</summary>
-    private const int ImportVersion = 1;
+    private const int ImportVersion = 2;
 
     /// <summary>Whether <paramref name="path"/> names a GGUF file or an Ollama model (<see cref="OllamaStore"/>) rather than
     /// a model folder.</summary>
@@ -444,13 +444,8 @@ internal static class GgufImporter
         }
 
         string pre = g.GetString("tokenizer.ggml.pre") ?? "default";
-        string? pattern = pre switch
-        {
-            "llama-bpe" or "llama3" or "llama-v3" => GgufExporter.Llama3Pattern,
-            "qwen2" => GgufExporter.Qwen2Pattern,
-            "gpt-2" or "gpt2" or "default" => null,
-            _ => throw new CoralModelException(g.Path, "tokenizer.ggml.pre", $"pre-tokenizer '{pre}' is not known to Coral (llama-bpe, qwen2 and gpt-2 are)."),
-        };
+        GgufPreTokenizer preTokenizer = GgufPreTokenizers.Find(pre) ?? throw new CoralModelException(g.Path, "tokenizer.ggml.pre",
+            $"pre-tokenizer '{pre}' is not known to Coral (known: {string.Join(", ", GgufPreTokenizers.All.SelectMany(p => p.Names))}).");
         int[] types = g.GetArray<int>("tokenizer.ggml.token_type") ?? [.. tokens.Select(_ => 1)];
         string[] merges = g.GetArray<string>("tokenizer.ggml.merges") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.merges", "missing.");
         var vocab = new JsonObject();
@@ -472,29 +467,27 @@ internal static class GgufImporter
             }
         }
 
-        JsonObject byteLevel = new() { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = pattern is null };
+        var steps = new JsonArray([.. preTokenizer.Patterns.Select(p => (JsonNode)new JsonObject
+        {
+            ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = p }, ["behavior"] = "Isolated", ["invert"] = false,
+        })]);
+        steps.Add(new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = false });
         var tokenizer = new JsonObject
         {
             ["version"] = "1.0",
             ["added_tokens"] = added,
             ["normalizer"] = null,
-            ["pre_tokenizer"] = pattern is null ? byteLevel : new JsonObject
-            {
-                ["type"] = "Sequence",
-                ["pretokenizers"] = new JsonArray(
-                    new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = pattern }, ["behavior"] = "Isolated", ["invert"] = false },
-                    byteLevel.DeepClone()),
-            },
+            ["pre_tokenizer"] = new JsonObject { ["type"] = "Sequence", ["pretokenizers"] = steps },
             ["post_processor"] = null,
             ["decoder"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = true, ["trim_offsets"] = true, ["use_regex"] = true },
             ["model"] = new JsonObject
             {
                 ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["continuing_subword_prefix"] = null, ["end_of_word_suffix"] = null,
-                ["fuse_unk"] = false, ["byte_fallback"] = false, ["vocab"] = vocab, ["merges"] = new JsonArray([.. merges.Select(m => (JsonNode)m)]),
+                ["fuse_unk"] = false, ["byte_fallback"] = false, ["ignore_merges"] = preTokenizer.IgnoreMerges, ["vocab"] = vocab, ["merges"] = new JsonArray([.. merges.Select(m => (JsonNode)m)]),
             },
         };
         Save(Path.Combine(folder, "tokenizer.json"), tokenizer);
-        WriteTokenizerConfig(g, folder, tokens, addBosByDefault: pre is "llama-bpe" or "llama3" or "llama-v3");
+        WriteTokenizerConfig(g, folder, tokens, addBosByDefault: preTokenizer.AddBos);
     }
 
     /// <summary>

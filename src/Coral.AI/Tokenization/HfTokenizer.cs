@@ -12,9 +12,9 @@ namespace Coral.AI;
 /// </summary>
 internal sealed class HfTokenizer
 {
-    private const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
     private readonly Tokenizer? _byteLevel;
+    private readonly PreTokenizerPipeline _preTokenizer = PreTokenizerPipeline.None;
+    private readonly Dictionary<string, int>? _wholeWords;
     private readonly SentencePieceBpe? _sentencePiece;
     private readonly byte[][] _tokenBytes;
     private readonly Dictionary<string, int> _added;
@@ -72,13 +72,13 @@ internal sealed class HfTokenizer
         if (ContainsType(pre, "ByteLevel") || ContainsType(root["decoder"], "ByteLevel"))
         {
             IsByteLevel = true;
-            string pattern = FindSplitRegex(pre) ?? Gpt2Pattern;
-            var preTokenizer = new RegexPreTokenizer(new Regex(pattern, RegexOptions.Compiled), null);
+            _preTokenizer = PreTokenizerPipeline.Parse(path, pre);
+            _wholeWords = model["ignore_merges"]?.GetValue<bool>() ?? false ? vocab : null;
             _byteLevel = BpeTokenizer.Create(new BpeOptions(vocab)
             {
                 Merges = merges.Select(m => m.Item1 + " " + m.Item2),
                 ByteLevel = true,
-                PreTokenizer = preTokenizer,
+                PreTokenizer = WholePiece.Instance,
             });
         }
         else
@@ -228,7 +228,20 @@ internal sealed class HfTokenizer
 
         if (_byteLevel is not null)
         {
-            ids.AddRange(_byteLevel.EncodeToIds(text, true, false));
+            var pieces = new List<string>();
+            _preTokenizer.Split(text, pieces);
+            foreach (string piece in pieces)
+            {
+                // ignore_merges: a piece that is a vocabulary entry as a whole is that token, whatever the merges make of it.
+                if (_wholeWords is not null && _wholeWords.TryGetValue(ByteLevelEncode(Encoding.UTF8.GetBytes(piece)), out int whole))
+                {
+                    ids.Add(whole);
+                }
+                else
+                {
+                    ids.AddRange(_byteLevel.EncodeToIds(piece, true, false));
+                }
+            }
         }
         else
         {
@@ -258,21 +271,6 @@ internal sealed class HfTokenizer
             "always" => SentencePiecePrepend.Always,
             _ => o["add_prefix_space"]?.GetValue<bool>() ?? true ? SentencePiecePrepend.Always : SentencePiecePrepend.None,
         };
-
-    private static string? FindSplitRegex(JsonNode? node)
-    {
-        if (node is not JsonObject o)
-        {
-            return null;
-        }
-
-        if (o["type"]?.GetValue<string>() == "Split" && o["pattern"]?["Regex"] is JsonNode r)
-        {
-            return r.GetValue<string>();
-        }
-
-        return (o["pretokenizers"] as JsonArray)?.Select(FindSplitRegex).FirstOrDefault(x => x is not null);
-    }
 
     private (int[] Prefix, int[] Suffix) ReadPostProcessor(JsonNode? node, TokenizerConfig config)
     {
@@ -356,5 +354,17 @@ internal sealed class HfTokenizer
         }
 
         return bytes;
+    }
+
+    /// <summary>Hands Microsoft.ML.Tokenizers' BPE one piece the pipeline has already cut.</summary>
+    private sealed class WholePiece : PreTokenizer
+    {
+        public static WholePiece Instance { get; } = new();
+
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(string text) =>
+            string.IsNullOrEmpty(text) ? [] : [(0, text.Length)];
+
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(ReadOnlySpan<char> text) =>
+            text.IsEmpty ? [] : [(0, text.Length)];
     }
 }
