@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -156,10 +157,13 @@ public static class GgufExporter
             g.Add($"{arch}.rope.scaling.type", "linear");   // llama.cpp divides every frequency by the factor itself
             g.Add($"{arch}.rope.scaling.factor", (float)linear.Factor);
         }
-        else if (c.RopeScaling is { Kind: RopeScalingKind.LongRope })
+        else if (c.RopeScaling is { Kind: RopeScalingKind.LongRope } longRope)
         {
-            throw new CoralModelException(Path.Combine(modelFolder, "config.json"), "rope_scaling",
-                "LongRoPE cannot be exported to GGUF yet (llama.cpp keeps its factors as per-layer tensors of the phi3 architecture).");
+            // As llama.cpp's phi3 converter writes it: no scaling type, the factors as two F32 vectors.
+            g.Add($"{arch}.rope.scaling.attn_factor", (float)longRope.AttentionFactor);
+            g.Add($"{arch}.rope.scaling.original_context_length", (uint)longRope.OriginalMaxPositions);
+            g.AddTensor("rope_factors_long.weight", [longRope.LongFactors.Count], GgufWriter.TypeF32, F32Bytes(longRope.LongFactors));
+            g.AddTensor("rope_factors_short.weight", [longRope.ShortFactors.Count], GgufWriter.TypeF32, F32Bytes(longRope.ShortFactors));
         }
         else if (c.RopeScaling is { Kind: RopeScalingKind.Yarn } yarn)
         {
@@ -229,8 +233,7 @@ public static class GgufExporter
         if (c.RopeScaling is { Kind: RopeScalingKind.Llama3 })
         {
             float[] factors = RopeFrequencyFactors(c);
-            using Tensor f = torch.tensor(factors);
-            g.AddTensor("rope_freqs.weight", [factors.Length], GgufWriter.TypeF32, f.bytes.ToArray());
+            g.AddTensor("rope_freqs.weight", [factors.Length], GgufWriter.TypeF32, F32Bytes([.. factors.Select(x => (double)x)]));
         }
 
         for (int i = 0; i < c.NumLayers; i++)
@@ -396,6 +399,9 @@ public static class GgufExporter
         double[] scaled = RotaryTables.InverseFrequencies(c, applyScaling: true);
         return plain.Select((p, i) => (float)(p / scaled[i])).ToArray();
     }
+
+    private static byte[] F32Bytes(IReadOnlyList<double> values) =>
+        MemoryMarshal.AsBytes(values.Select(x => (float)x).ToArray().AsSpan()).ToArray();
 
     private static void AddTokenizer(GgufWriter g, string folder, ModelConfig c, string? preTokenizerName)
     {

@@ -118,11 +118,6 @@ internal static class GgufImporter
             throw new CoralModelException(g.Path, $"{arch}.rope.dimension_count", $"{rotary} rotary dimensions of {headDim}: only phi3 rotates part of a head.");
         }
 
-        if (g.Tensors.ContainsKey("rope_factors_long.weight") || g.Tensors.ContainsKey("rope_factors_short.weight"))
-        {
-            throw new CoralModelException(g.Path, "rope_factors_long.weight", "LongRoPE factors are not read from GGUF yet (the 4k-context Phi-3 files load).");
-        }
-
         string[] tokens = g.GetArray<string>("tokenizer.ggml.tokens") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.tokens", "missing.");
         GgufTensorInfo embed = Tensor(g, "token_embd.weight");
         if (embed.Shape is not [var vocab, var width] || width != hidden)
@@ -249,7 +244,8 @@ internal static class GgufImporter
 
         JsonObject map = TensorMap(g, ModelConfig.Load(Path.Combine(folder, "config.json")), arch, layers, heads, kvHeads, experts);
         var mapped = map.Select(kv => kv.Value!["gguf"]!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
-        foreach (GgufTensorInfo t in g.Tensors.Values.Where(t => !mapped.Contains(t.Name) && t.Name != "rope_freqs.weight"))
+        string[] inConfig = ["rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"];   // read into rope_scaling
+        foreach (GgufTensorInfo t in g.Tensors.Values.Where(t => !mapped.Contains(t.Name) && !inConfig.Contains(t.Name)))
         {
             throw new CoralModelException(g.Path, t.Name, $"is not a tensor of the {arch} architecture as Coral reads it.");
         }
@@ -365,6 +361,11 @@ internal static class GgufImporter
     {
         string? type = g.GetString($"{arch}.rope.scaling.type");
         double factor = g.GetNumber($"{arch}.rope.scaling.factor") ?? 1;
+        if (type is null && (g.Tensors.ContainsKey("rope_factors_long.weight") || g.Tensors.ContainsKey("rope_factors_short.weight")))
+        {
+            return LongRope(g, arch);
+        }
+
         return type switch
         {
             null or "none" => g.Tensors.TryGetValue("rope_freqs.weight", out GgufTensorInfo? f) ? Llama3Scaling(g, f, headDim, theta) : null,
@@ -377,6 +378,26 @@ internal static class GgufImporter
             },
             _ => throw new CoralModelException(g.Path, $"{arch}.rope.scaling.type", $"'{type}' is not read (linear, yarn and llama3's rope_freqs are)."),
         };
+    }
+
+    /// <summary>LongRoPE as llama.cpp's phi3 converter keeps it: the short and long factors as two F32 vectors, the
+    /// pretraining context and the attention factor as keys (the file's context length is the extended one).</summary>
+    private static JsonObject LongRope(GgufFile g, string arch)
+    {
+        var scaling = new JsonObject
+        {
+            ["rope_type"] = "longrope",
+            ["short_factor"] = new JsonArray([.. Divisors(g, Tensor(g, "rope_factors_short.weight")).Select(x => (JsonNode)(double)x)]),
+            ["long_factor"] = new JsonArray([.. Divisors(g, Tensor(g, "rope_factors_long.weight")).Select(x => (JsonNode)(double)x)]),
+            ["original_max_position_embeddings"] = g.GetInteger($"{arch}.rope.scaling.original_context_length")
+                ?? throw new CoralModelException(g.Path, $"{arch}.rope.scaling.original_context_length", "missing for LongRoPE (rope_factors_long/short)."),
+        };
+        if (g.GetNumber($"{arch}.rope.scaling.attn_factor") is double attention)
+        {
+            scaling["attention_factor"] = attention;
+        }
+
+        return scaling;
     }
 
     private static unsafe float[] Divisors(GgufFile g, GgufTensorInfo f)

@@ -32,6 +32,8 @@ public class GgufImportTests
     [InlineData("phi3-bf16", "bf16")]          // fused q|k|v and gate|up
     [InlineData("phi3-window", "f32")]         // a sliding window
     [InlineData("phi3-partial", "bf16")]       // partial rotation
+    [InlineData("phi3-longrope", "f32")]       // LongRoPE: short and long factors as rope_factors_* vectors (Phi-3.5-mini)
+    [InlineData("phi4-mini-longrope", "bf16")] // and over a partial rotation (Phi-4-mini)
     [InlineData("gemma", "f32")]               // norms stored as 1 + offset, GELU, √d embedding scale
     [InlineData("gemma2-bf16", "bf16")]        // soft caps, sandwich norms, every other layer sliding
     [InlineData("gemma3", "f32")]              // five of six layers sliding on a local RoPE base, q/k norms

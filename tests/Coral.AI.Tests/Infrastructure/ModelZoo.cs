@@ -110,6 +110,17 @@ internal static class ModelZoo
     /// <summary>Phi-4-mini's partial rotation (0.75: 12 of 16 dimensions) over fused bf16 weights.</summary>
     public static TinyModelSpec Phi3Partial => Phi3 with { PartialRotaryFactor = 0.75, StorageDType = "BF16", Seed = 109 };
 
+    /// <summary>Phi-4-mini's layout in full: LongRoPE over the partial rotation (6 factors each for 12 rotary dimensions),
+    /// a pretraining context of 16.</summary>
+    public static TinyModelSpec Phi4MiniLongRope => Phi3Partial with
+    {
+        RopeScalingJson = """
+            {"type": "longrope", "original_max_position_embeddings": 16,
+             "short_factor": [1.0, 1.05, 1.2, 1.6, 2.2, 3.0], "long_factor": [1.0, 1.4, 2.5, 4.5, 8.0, 13.0]}
+            """,
+        Seed = 269,
+    };
+
     /// <summary>A Granite layout: a Llama with multipliers on the embedding (3), q·k (0.1), the residual branches (0.6) and
     /// the logits (÷2.5).</summary>
     public static TinyModelSpec Granite => Llama with

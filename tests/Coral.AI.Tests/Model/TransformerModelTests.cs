@@ -33,6 +33,7 @@ public class TransformerModelTests
         "phi3-longrope" => ModelZoo.Get(name, ModelZoo.Phi3LongRope),
         "qwen2-partial" => ModelZoo.Get(name, ModelZoo.Qwen2Partial),
         "phi3-partial" => ModelZoo.Get(name, ModelZoo.Phi3Partial),
+        "phi4-mini-longrope" => ModelZoo.Get(name, ModelZoo.Phi4MiniLongRope),
         "mistral-f16" => ModelZoo.Get(name, ModelZoo.MistralF16),
         "llama-successor-f16" => ModelZoo.Get(name, ModelZoo.LlamaSuccessorF16),
         "llama-tied-scaled-f16" => ModelZoo.Get(name, ModelZoo.LlamaTiedScaledF16),
