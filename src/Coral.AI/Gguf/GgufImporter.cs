@@ -99,12 +99,13 @@ internal static class GgufImporter
             "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
             "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
             "granite" => ("GraniteForCausalLM", "granite"),
+            "granitemoe" => ("GraniteMoeForCausalLM", "granitemoe"),
             "smollm3" => ("SmolLM3ForCausalLM", "smollm3"),
             "olmo2" => ("Olmo2ForCausalLM", "olmo2"),
             "command-r" => ("CohereForCausalLM", "cohere"),
             "cohere2" => ("Cohere2ForCausalLM", "cohere2"),
             _ => throw new CoralModelException(g.Path, "general.architecture",
-                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, command-r and cohere2 can; other architectures load from their Hugging Face folder)."),
+                $"'{arch}' cannot be loaded from GGUF yet (llama, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, phi3, gemma, gemma2, gemma3, granite, granitemoe, smollm3, olmo2, command-r and cohere2 can; other architectures load from their Hugging Face folder)."),
         };
 
         long Required(string name) => g.GetInteger($"{arch}.{name}") ?? throw new CoralModelException(g.Path, $"{arch}.{name}", "missing.");
@@ -166,7 +167,7 @@ internal static class GgufImporter
 
         switch (arch)
         {
-            case "granite":
+            case "granite" or "granitemoe":
                 // Granite's multipliers, under llama.cpp's names.
                 config["embedding_multiplier"] = g.GetNumber($"{arch}.embedding_scale") ?? 1.0;
                 config["residual_multiplier"] = g.GetNumber($"{arch}.residual_scale") ?? 1.0;
@@ -209,10 +210,10 @@ internal static class GgufImporter
         {
             // The experts' shape; which chosen weights llama.cpp renormalises is fixed per architecture (Mixtral and
             // Qwen3-MoE do, Qwen2-MoE and OLMoE do not).
-            config[modelType == "mixtral" ? "num_local_experts" : "num_experts"] = experts;
+            config[modelType is "mixtral" or "granitemoe" ? "num_local_experts" : "num_experts"] = experts;
             config["num_experts_per_tok"] = Required("expert_used_count");
             config["norm_topk_prob"] = modelType is not ("qwen2_moe" or "olmoe");
-            if (modelType is "mixtral" or "olmoe")
+            if (modelType is "mixtral" or "olmoe" or "granitemoe")
             {
                 config["intermediate_size"] = expertWidth;   // their experts are intermediate_size wide
             }
@@ -286,7 +287,7 @@ internal static class GgufImporter
             }
         }
 
-        bool permute = arch is "llama" or "granite" or "smollm3";   // llama.cpp's adjacent-pair RoPE over rotate-half rows
+        bool permute = arch is "llama" or "granite" or "granitemoe" or "smollm3";   // llama.cpp's adjacent-pair RoPE over rotate-half rows
         Map("model.embed_tokens.weight", "token_embd.weight");
         Map("model.norm.weight", "output_norm.weight");
         Map("lm_head.weight", "output.weight");
@@ -324,6 +325,8 @@ internal static class GgufImporter
 
             if (experts > 0)
             {
+                // Expert by expert, as slices of the stacked tensors (Granite-MoE's gate|up too: its checkpoint's stacked
+                // input_linear is llama.cpp's ffn_gate_exps and ffn_up_exps, so the loader reads the experts one by one).
                 Map(c.RouterName(h), b + "ffn_gate_inp.weight");
                 for (int e = 0; e < experts; e++)
                 {

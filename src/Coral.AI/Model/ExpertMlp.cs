@@ -74,22 +74,24 @@ internal sealed unsafe class ExpertMlp : IDisposable
         }
 
         string S(string name) => ModelConfig.SharedExpertWeightName(prefix, name);
-        // Granite-MoE's stacked experts, read once ([E, 2ff, d] and [E, d, ff]); an expert is then one slice of each.
-        Tensor? gateUp3 = c.StackedExperts ? reader.Take(stackedGateUp, [c.NumExperts, 2 * ff, d], pack ? Stored(stackedGateUp) : dtype, pack ? torch.CPU : device) : null;
-        Tensor? down3 = c.StackedExperts ? reader.Take(stackedDown, [c.NumExperts, d, ff], pack ? Stored(stackedDown) : dtype, pack ? torch.CPU : device) : null;
+        // Granite-MoE's stacked experts, read once ([E, 2ff, d] and [E, d, ff]); an expert is then one slice of each. (A
+        // model imported from GGUF names its experts one by one, as Mixtral's.)
+        bool stacked = c.StackedExperts && reader.Contains(stackedGateUp);
+        Tensor? gateUp3 = stacked ? reader.Take(stackedGateUp, [c.NumExperts, 2 * ff, d], pack ? Stored(stackedGateUp) : dtype, pack ? torch.CPU : device) : null;
+        Tensor? down3 = stacked ? reader.Take(stackedDown, [c.NumExperts, d, ff], pack ? Stored(stackedDown) : dtype, pack ? torch.CPU : device) : null;
         try
         {
             // Expert e's gate|up parts and down rows (the caller's dispose scope owns them).
             (Tensor[] GateUp, Tensor Down) Expert(int e, Func<string, ScalarType> type, Device where) => e == c.NumExperts
                 ? ([reader.Take(S("gate"), [fs, d], type(S("gate")), where), reader.Take(S("up"), [fs, d], type(S("up")), where)],
                     reader.Take(S("down"), [d, fs], type(S("down")), where))
-                : c.StackedExperts
+                : stacked
                 ? ([gateUp3!.select(0, e)], down3!.select(0, e))
                 : ([reader.Take(E(e, "gate"), [ff, d], type(E(e, "gate")), where), reader.Take(E(e, "up"), [ff, d], type(E(e, "up")), where)],
                     reader.Take(E(e, "down"), [d, ff], type(E(e, "down")), where));
             // A GGUF file's Q4_K experts stay the file's blocks where Q8_0 would be made (as the dense projections do).
             PackedMatrix? Blocks(string[] names, long k) =>
-                quantization == WeightQuantization.Q8_0 && !c.StackedExperts && names.Select(reader.Q4Blocks).ToArray() is var b && b.All(x => x is not null)
+                quantization == WeightQuantization.Q8_0 && !stacked && names.Select(reader.Q4Blocks).ToArray() is var b && b.All(x => x is not null)
                     ? PackedMatrix.TryFromBlocks([.. b.Select(x => x!.Value)], (int)k, null)
                     : null;
             if (pack)

@@ -39,6 +39,7 @@ public class GgufImportTests
     [InlineData("gemma3", "f32")]              // five of six layers sliding on a local RoPE base, q/k norms
     [InlineData("gemma3-sentencepiece", "bf16")]   // Gemma's SentencePiece layout: no '▁' before the text
     [InlineData("granite-bf16", "bf16")]       // multipliers on the embedding, q·k, residuals and logits
+    [InlineData("granitemoe-bf16", "bf16")]    // and experts: the checkpoint's stacked gate|up is two GGUF tensors
     [InlineData("smollm3", "f32")]             // every fourth layer without RoPE
     [InlineData("olmo2-bf16", "bf16")]         // norms after the blocks, whole-projection q/k norms
     [InlineData("cohere", "f32")]              // LayerNorms, a parallel block, adjacent-pair RoPE, a logit scale
