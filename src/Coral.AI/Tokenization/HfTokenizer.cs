@@ -18,6 +18,7 @@ internal sealed class HfTokenizer
     private readonly SentencePieceBpe? _sentencePiece;
     private readonly byte[][] _tokenBytes;
     private readonly Dictionary<string, int> _added;
+    private readonly Dictionary<string, AddedTokenFlags> _addedFlags = new(StringComparer.Ordinal);
     private readonly Regex? _addedSplitter;
     private readonly HashSet<int> _special;
     private readonly HashSet<int> _markers = [];
@@ -49,6 +50,11 @@ internal sealed class HfTokenizer
             string content = n!["content"]!.GetValue<string>();
             int id = n["id"]!.GetValue<int>();
             _added[content] = id;
+            var flags = new AddedTokenFlags(n["lstrip"]?.GetValue<bool>() ?? false, n["rstrip"]?.GetValue<bool>() ?? false, n["single_word"]?.GetValue<bool>() ?? false);
+            if (flags != default)
+            {
+                _addedFlags[content] = flags;
+            }
             if (n["special"]?.GetValue<bool>() ?? false)
             {
                 _special.Add(id);
@@ -178,9 +184,34 @@ internal sealed class HfTokenizer
         {
             foreach (Match m in _addedSplitter.Matches(text))
             {
-                EncodeOrdinary(text[pos..m.Index], ids, first);
+                // As Hugging Face matches added tokens: a single_word token only between non-word characters; lstrip and
+                // rstrip take the whitespace on that side into the token.
+                int start = m.Index, stop = m.Index + m.Length;
+                AddedTokenFlags flags = _addedFlags.GetValueOrDefault(m.Value);
+                if (start < pos || (flags.SingleWord && ((start > 0 && IsWordChar(text[start - 1])) || (stop < text.Length && IsWordChar(text[stop])))))
+                {
+                    continue;
+                }
+
+                if (flags.LStrip)
+                {
+                    while (start > pos && char.IsWhiteSpace(text[start - 1]))
+                    {
+                        start--;
+                    }
+                }
+
+                if (flags.RStrip)
+                {
+                    while (stop < text.Length && char.IsWhiteSpace(text[stop]))
+                    {
+                        stop++;
+                    }
+                }
+
+                EncodeOrdinary(text[pos..start], ids, first);
                 ids.Add(_added[m.Value]);
-                pos = m.Index + m.Length;
+                pos = stop;
                 first = false;
             }
         }
@@ -248,6 +279,8 @@ internal sealed class HfTokenizer
             _sentencePiece!.Encode(text, first, ids);
         }
     }
+
+    private static bool IsWordChar(char c) => char.IsLetterOrDigit(c) || c == '_';
 
     private static (string, string) SplitMerge(string merge)
     {
@@ -355,6 +388,9 @@ internal sealed class HfTokenizer
 
         return bytes;
     }
+
+    /// <summary>An added token's <c>lstrip</c>, <c>rstrip</c> and <c>single_word</c>.</summary>
+    private readonly record struct AddedTokenFlags(bool LStrip, bool RStrip, bool SingleWord);
 
     /// <summary>Hands Microsoft.ML.Tokenizers' BPE one piece the pipeline has already cut.</summary>
     private sealed class WholePiece : PreTokenizer

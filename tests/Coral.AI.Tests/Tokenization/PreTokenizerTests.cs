@@ -54,6 +54,46 @@ public class PreTokenizerTests
         Assert.True(ignoreMerges ? pieces == 1 : pieces > 1, $"{pieces} tokens for ' zqzqzq'");
     }
 
+    /// <summary>Added tokens' lstrip / rstrip (Phi-3's chat tokens take the newline after them) and single_word, as
+    /// Hugging Face matches them.</summary>
+    [Fact]
+    public void AddedTokenFlags_MatchHuggingFaceTokenizers()
+    {
+        string folder = WriteVariant("llama3-ignore-merges", out _);
+        string path = Path.Combine(folder, "tokenizer.json");
+        JsonObject root = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        JsonArray added = root["added_tokens"]!.AsArray();
+        foreach (JsonNode? token in added)
+        {
+            string content = token!["content"]!.GetValue<string>();
+            token["lstrip"] = content is "<|start_header_id|>" or "<|end_header_id|>";
+            token["rstrip"] = content is "<|eot_id|>" or "<|end_header_id|>";
+        }
+
+        int next = added.Max(t => t!["id"]!.GetValue<int>()) + 1;
+        added.Add(new JsonObject
+        {
+            ["id"] = next, ["content"] = "cat", ["single_word"] = true, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = false,
+        });
+        File.WriteAllText(path, root.ToJsonString());
+        var ours = HfTokenizer.Load(folder);
+        using var oracle = new Tokenizers.DotNet.Tokenizer(path);
+        string[] texts =
+        [
+            "Hi <|start_header_id|>  user <|end_header_id|>\n\nhello<|eot_id|>   next",
+            "a cat, concatenate, cat_x, cat9, (cat) and cat.",
+            "cat", "  <|end_header_id|>  ", "<|eot_id|>\n<|eot_id|>\n", "x\t <|start_header_id|>", "<|start_header_id|><|end_header_id|>",
+        ];
+        foreach (string text in texts)
+        {
+            int[] expected = [.. oracle.Encode(text).Select(x => (int)x)];
+            List<int> actual = ours.Encode(text);
+            Assert.True(expected.SequenceEqual(actual), $"'{text}'\n expected [{string.Join(",", expected)}]\n actual   [{string.Join(",", actual)}]");
+        }
+
+        Assert.Single(ours.Encode("a cat b", addSpecialTokens: false), id => id == next);
+    }
+
     [Fact]
     public void UnknownPreTokenizer_FailsNamingTheField()
     {
