@@ -48,6 +48,10 @@ public sealed record TinyModelSpec
     /// <summary>Gets whether to use a SentencePiece-style tokenizer instead of byte-level BPE.</summary>
     public bool SentencePiece { get; init; }
 
+    /// <summary>Gets whether the <see cref="ExtraSpecialTokens"/> of a SentencePiece tokenizer take the whitespace after them
+    /// (<c>rstrip</c>, as Phi-3's chat tokens and <c>&lt;/s&gt;</c> do; its <c>&lt;|endoftext|&gt;</c> does not).</summary>
+    public bool ExtraSpecialTokensRStrip { get; init; }
+
     /// <summary>Gets whether the SentencePiece tokenizer has Gemma's layout: no '▁' prepended (no Prepend normalizer, no
     /// Strip decoder), <c>&lt;start_of_turn&gt;</c>/<c>&lt;end_of_turn&gt;</c> added.</summary>
     public bool GemmaTokenizer { get; init; }
@@ -118,6 +122,20 @@ public static class TinyCheckpoint
                     ((JsonArray)tj["added_tokens"]!).Add(ByteLevelTokenizer.AddedToken(id, turn));
                     tj["model"]!["vocab"]![turn] = id++;
                 }
+            }
+
+            if (spec.ExtraSpecialTokensRStrip)
+            {
+                ((JsonArray)tj["added_tokens"]!).Single(t => t!["content"]!.GetValue<string>() == "</s>")!["rstrip"] = true;   // Phi-3's too
+            }
+
+            int next = ((JsonObject)tj["model"]!["vocab"]!).Count;
+            foreach (string special in spec.ExtraSpecialTokens)
+            {
+                JsonObject token = ByteLevelTokenizer.AddedToken(next, special);
+                token["rstrip"] = spec.ExtraSpecialTokensRStrip && special != "<|endoftext|>";
+                ((JsonArray)tj["added_tokens"]!).Add(token);
+                tj["model"]!["vocab"]![special] = next++;
             }
 
             File.WriteAllText(Path.Combine(folder, "tokenizer.json"), tj.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));

@@ -21,7 +21,7 @@ internal static class GgufImporter
 
     /// <summary>The version of what an import writes, part of the cache key: a Coral that maps files differently never
     /// reuses an older import.</summary>
-    private const int ImportVersion = 2;
+    private const int ImportVersion = 3;
 
     /// <summary>Whether <paramref name="path"/> names a GGUF file or an Ollama model (<see cref="OllamaStore"/>) rather than
     /// a model folder.</summary>
@@ -471,6 +471,7 @@ internal static class GgufImporter
         GgufPreTokenizer preTokenizer = GgufPreTokenizers.Find(pre) ?? throw new CoralModelException(g.Path, "tokenizer.ggml.pre",
             $"pre-tokenizer '{pre}' is not known to Coral (known: {string.Join(", ", GgufPreTokenizers.All.SelectMany(p => p.Names))}).");
         int[] types = g.GetArray<int>("tokenizer.ggml.token_type") ?? [.. tokens.Select(_ => 1)];
+        Func<int, bool> rstrip = SpecialTokensRStrip(g, tokens, types);
         string[] merges = g.GetArray<string>("tokenizer.ggml.merges") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.merges", "missing.");
         var vocab = new JsonObject();
         var added = new JsonArray();
@@ -485,7 +486,7 @@ internal static class GgufImporter
             {
                 added.Add(new JsonObject
                 {
-                    ["id"] = i, ["content"] = tokens[i], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false,
+                    ["id"] = i, ["content"] = tokens[i], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = rstrip(i),
                     ["normalized"] = false, ["special"] = types[i] == 3,
                 });
             }
@@ -525,6 +526,7 @@ internal static class GgufImporter
         const string Space = "\u2581";
         float[] scores = g.GetArray<float>("tokenizer.ggml.scores") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.scores", "missing for a SentencePiece tokenizer.");
         int[] types = g.GetArray<int>("tokenizer.ggml.token_type") ?? [.. tokens.Select(_ => 1)];
+        Func<int, bool> rstrip = SpecialTokensRStrip(g, tokens, types);
         var ids = new Dictionary<string, int>(StringComparer.Ordinal);
         var vocab = new JsonObject();
         var added = new JsonArray();
@@ -539,7 +541,7 @@ internal static class GgufImporter
             {
                 added.Add(new JsonObject
                 {
-                    ["id"] = i, ["content"] = tokens[i], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false,
+                    ["id"] = i, ["content"] = tokens[i], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = rstrip(i),
                     ["normalized"] = false, ["special"] = types[i] != 4,
                 });
             }
@@ -605,6 +607,18 @@ internal static class GgufImporter
         };
         Save(Path.Combine(folder, "tokenizer.json"), tokenizer);
         WriteTokenizerConfig(g, folder, tokens, addBosByDefault: true);
+    }
+
+    /// <summary>Which special tokens take the whitespace after them. A GGUF file does not say; llama.cpp decides by the
+    /// model's name, as Phi-3's tokenizer.json has it: for a <c>general.name</c> containing "phi-3" or "phi3", every
+    /// unknown, control and user-defined token and <c>&lt;/s&gt;</c>, except <c>&lt;unk&gt;</c>, <c>&lt;s&gt;</c> and
+    /// <c>&lt;|endoftext|&gt;</c>.</summary>
+    private static Func<int, bool> SpecialTokensRStrip(GgufFile g, string[] tokens, int[] types)
+    {
+        string name = (g.GetString("general.name") ?? "").ToLowerInvariant();
+        bool phi3 = name.Contains("phi-3", StringComparison.Ordinal) || name.Contains("phi3", StringComparison.Ordinal);
+        return i => phi3 && ((i < types.Length && types[i] is 2 or 3 or 4) || tokens[i] == "</s>")
+            && tokens[i] is not ("<unk>" or "<s>" or "<|endoftext|>");
     }
 
     /// <summary>tokenizer_config.json: the chat template, BOS/EOS/pad tokens, whether BOS (EOS) is added.</summary>

@@ -97,6 +97,42 @@ public class GgufImportTests
         Assert.Equal(TorchTestHelpers.FullLogits(fromFolder.Model, ids), TorchTestHelpers.FullLogits(fromFile.Model, ids));
     }
 
+    /// <summary>A GGUF file does not keep added tokens' rstrip; llama.cpp gives it to the special tokens of a model named
+    /// Phi-3 (as Phi-3's tokenizer.json has it), and so does the import: the chat tokens take the newline after them —
+    /// llama.cpp, the import, the folder and Hugging Face tokenizers agree — while the same file under another name keeps
+    /// the whitespace, as llama.cpp does.</summary>
+    [Fact]
+    public void Phi3NamedFile_ChatTokensTakeTheWhitespaceAfterThem_AsLlamaCpp()
+    {
+        string folder = TransformerModelTests.ModelFor("phi3-sentencepiece");
+        string[] texts = ["<|user|>\nHello there<|end|>\n<|assistant|>\n", "<|user|>  spaced  <|end|>\n\n", "end</s>  next", "<s> bos", "done<|endoftext|>  <|end|>"];
+        string gguf = Path.Combine(ModelZoo.TempFolder("gguf-phi3-spm"), "model.gguf");
+        GgufExporter.Export(folder, gguf, "f32");
+        var fromFile = HfTokenizer.Load(GgufImporter.Prepare(gguf));
+        var fromFolder = HfTokenizer.Load(folder);
+        using var hf = new Tokenizers.DotNet.Tokenizer(Path.Combine(folder, "tokenizer.json"));
+        using (var llama = new LlamaCppOracle(gguf))
+        {
+            foreach (string text in texts)
+            {
+                Assert.Equal(llama.Tokenize(text), fromFile.Encode(text));
+                Assert.Equal(fromFolder.Encode(text), fromFile.Encode(text));
+                Assert.Equal(hf.Encode(text).Select(x => (int)x), fromFile.Encode(text));
+            }
+        }
+
+        string other = Path.Combine(ModelZoo.TempFolder("gguf-spm-chat"), "model.gguf");
+        GgufExporter.Export(ModelZoo.Copy(folder, "spm-chat"), other, "f32");
+        var unnamed = HfTokenizer.Load(GgufImporter.Prepare(other));
+        using var llamaOther = new LlamaCppOracle(other);
+        foreach (string text in texts)
+        {
+            Assert.Equal(llamaOther.Tokenize(text), unnamed.Encode(text));
+        }
+
+        Assert.NotEqual(fromFolder.Encode(texts[0]), unnamed.Encode(texts[0]));
+    }
+
     /// <summary>Q8_0 and Q4_0 files load as Coral's own blocks of the same values: logits bit for bit those of the folder
     /// quantized at load, which is what the chat client picks for such a file when no quantization is asked for.</summary>
     [Theory]

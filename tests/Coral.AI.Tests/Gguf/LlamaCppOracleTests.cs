@@ -15,9 +15,10 @@ public class LlamaCppOracleTests
     // The bf16- and f16-stored models load as f32 on the packed kernels (PackedMatrix, f16 blocks for the latter): the same
     // oracle holds for that path.
     public static TheoryData<string> Models => ["llama", "llama-tied-scaled", "qwen2", "qwen3", "llama-sharded-bf16", "qwen2-bf16", "qwen3-bf16",
-        "qwen2-f16", "llama-tied-scaled-f16", "llama-linear-rope", "qwen2-yarn", "gemma2", "gemma3", "gemma2-bf16", "gemma3-bf16", "granite", "granite-bf16", "smollm3", "smollm3-bf16", "olmo2", "olmo2-bf16", "qwen3moe", "qwen3moe-bf16", "olmoe", "olmoe-bf16", "mixtral", "mixtral-bf16", "granitemoe", "granitemoe-bf16", "qwen2moe", "qwen2moe-bf16", "cohere", "cohere2", "cohere2-bf16", "gemma", "gemma-bf16"];
-    // Phi-3 is not here: LLamaSharp 0.30's llama.cpp fails to load the vocabulary of a phi3 GGUF with the tests' byte-level
-    // tokenizer ("_Map_base::at"); Phi3Tests checks it against the same weights stored as a Llama instead.
+        "qwen2-f16", "llama-tied-scaled-f16", "llama-linear-rope", "qwen2-yarn", "gemma2", "gemma3", "gemma2-bf16", "gemma3-bf16", "granite", "granite-bf16", "smollm3", "smollm3-bf16", "olmo2", "olmo2-bf16", "qwen3moe", "qwen3moe-bf16", "olmoe", "olmoe-bf16", "mixtral", "mixtral-bf16", "granitemoe", "granitemoe-bf16", "qwen2moe", "qwen2moe-bf16", "cohere", "cohere2", "cohere2-bf16", "gemma", "gemma-bf16", "phi3", "phi3-bf16", "phi3-partial"];
+    // (The Phi-3 test models carry <unk>, <s>, </s> and <|endoftext|>: llama.cpp looks them up for a model named Phi-3.
+    // A Phi-3 with a sliding window of 8 is not here: this llama.cpp's phi3 graph does not agree with transformers'
+    // window there (max |Δlogit| 10); TransformerModelTests checks the window.)
 
     [Theory]
     [MemberData(nameof(Models))]

@@ -85,7 +85,9 @@ internal static class ModelZoo
     /// <summary>Phi-3 (fused qkv_proj and gate_up_proj), with Phi-3-mini's sliding window beyond any test's length.</summary>
     public static TinyModelSpec Phi3 => Llama with
     {
-        Architecture = "Phi3ForCausalLM", SlidingWindow = 2047, ExtraSpecialTokens = ["<|end|>", "<|user|>", "<|assistant|>"], Seed = 89,
+        // llama.cpp looks up <|end|>, and for a model named Phi-3 also <unk>, <s>, </s> and <|endoftext|>.
+        Architecture = "Phi3ForCausalLM", SlidingWindow = 2047, Seed = 89,
+        ExtraSpecialTokens = ["<|end|>", "<|user|>", "<|assistant|>", "<unk>", "<s>", "</s>", "<|endoftext|>"],
     };
 
     public static TinyModelSpec Phi3Bf16 => Phi3 with { StorageDType = "BF16", Seed = 97 };
@@ -214,6 +216,12 @@ internal static class ModelZoo
     public static TinyModelSpec Gemma2Bf16 => Gemma2 with { StorageDType = "BF16", Seed = 137 };
 
     public static TinyModelSpec SentencePieceLlama => new() { Architecture = "LlamaForCausalLM", SentencePiece = true, Seed = 23 };
+
+    /// <summary>Phi-3's tokenizer layout (SentencePiece with chat tokens that take the whitespace after them).</summary>
+    public static TinyModelSpec Phi3SentencePiece => SentencePieceLlama with
+    {
+        ExtraSpecialTokens = ["<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>"], ExtraSpecialTokensRStrip = true, Seed = 271,
+    };
 
     public static string Get(string name, TinyModelSpec spec) =>
         Models.GetOrAdd(name, n => new Lazy<string>(() => TinyCheckpoint.Create(Path.Combine(Root, n), spec))).Value;

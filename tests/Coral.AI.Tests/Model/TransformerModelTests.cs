@@ -19,6 +19,7 @@ public class TransformerModelTests
         "llama-demo-width" => ModelZoo.Get(name, ModelZoo.LlamaDemoWidth),
         "llama-successor" => ModelZoo.Get(name, ModelZoo.LlamaSuccessor),
         "sentencepiece" => ModelZoo.Get(name, ModelZoo.SentencePieceLlama),
+        "phi3-sentencepiece" => ModelZoo.Get(name, ModelZoo.Phi3SentencePiece),
         "qwen2-bf16" => ModelZoo.Get(name, ModelZoo.Qwen2Bf16),
         "qwen3-bf16" => ModelZoo.Get(name, ModelZoo.Qwen3Bf16),
         "mistral-bf16" => ModelZoo.Get(name, ModelZoo.MistralBf16),
