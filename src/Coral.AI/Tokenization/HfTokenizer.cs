@@ -25,7 +25,7 @@ internal sealed class HfTokenizer
     private readonly int[] _prefix;
     private readonly int[] _suffix;
     private readonly bool _stripLeadingSpace;
-    private readonly bool _nfc;
+    private readonly TextNormalizer _normalizer;
 
     private HfTokenizer(string path, JsonObject root, TokenizerConfig config)
     {
@@ -72,12 +72,12 @@ internal sealed class HfTokenizer
         _addedSplitter = _added.Count == 0 ? null
             : new Regex(string.Join("|", _added.Keys.OrderByDescending(k => k.Length).Select(Regex.Escape)), RegexOptions.Compiled);
         VocabSize = Math.Max(vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, _added.Count == 0 ? 0 : _added.Values.Max() + 1);
-        _nfc = ContainsType(root["normalizer"], "NFC");
 
         JsonNode? pre = root["pre_tokenizer"];
         if (ContainsType(pre, "ByteLevel") || ContainsType(root["decoder"], "ByteLevel"))
         {
             IsByteLevel = true;
+            _normalizer = TextNormalizer.Parse(path, root["normalizer"]);
             _preTokenizer = PreTokenizerPipeline.Parse(path, pre);
             _wholeWords = model["ignore_merges"]?.GetValue<bool>() ?? false ? vocab : null;
             _byteLevel = BpeTokenizer.Create(new BpeOptions(vocab)
@@ -89,6 +89,9 @@ internal sealed class HfTokenizer
         }
         else
         {
+            // SentencePieceBpe itself prepends '▁' and turns spaces into '▁' (Prepend / Replace); NFC is the one other step.
+            TextNormalizer.Require(path, root["normalizer"], "Prepend", "Replace", "NFC");
+            _normalizer = TextNormalizer.Parse(path, ContainsType(root["normalizer"], "NFC") ? new JsonObject { ["type"] = "NFC" } : null);
             bool byteFallback = model["byte_fallback"]?.GetValue<bool>() ?? false;
             string? unk = model["unk_token"]?.GetValue<string>();
             SentencePiecePrepend prepend = ContainsType(root["normalizer"], "Prepend") ? SentencePiecePrepend.EverySegment : MetaspacePrepend(pre);
@@ -252,9 +255,10 @@ internal sealed class HfTokenizer
             return;
         }
 
-        if (_nfc)
+        text = _normalizer.Apply(text);
+        if (text.Length == 0)
         {
-            text = text.Normalize(NormalizationForm.FormC);
+            return;
         }
 
         if (_byteLevel is not null)

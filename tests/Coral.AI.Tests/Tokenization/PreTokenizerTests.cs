@@ -94,6 +94,62 @@ public class PreTokenizerTests
         Assert.Single(ours.Encode("a cat b", addSpecialTokens: false), id => id == next);
     }
 
+    public static TheoryData<string> Normalizers => ["nfc", "nfkc", "nfd-strip-accents-lowercase", "nfkd", "strip", "strip-left", "replace-regex", "replace-string", "prepend"];
+
+    /// <summary>Normalizers (Qwen's NFC, compatibility forms, a BERT-like lowercase without accents, Strip, Replace,
+    /// Prepend) on a byte-level tokenizer, against Hugging Face tokenizers.</summary>
+    [Theory]
+    [MemberData(nameof(Normalizers))]
+    public void Normalizer_MatchesHuggingFaceTokenizers(string variant)
+    {
+        string folder = WriteVariant("llama3-ignore-merges", out _);
+        string path = Path.Combine(folder, "tokenizer.json");
+        JsonObject root = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        static JsonObject Type(string type) => new() { ["type"] = type };
+        root["normalizer"] = variant switch
+        {
+            "nfc" => Type("NFC"),
+            "nfkc" => Type("NFKC"),
+            "nfkd" => Type("NFKD"),
+            "nfd-strip-accents-lowercase" => new JsonObject { ["type"] = "Sequence", ["normalizers"] = new JsonArray(Type("NFD"), Type("StripAccents"), Type("Lowercase")) },
+            "strip" => new JsonObject { ["type"] = "Strip", ["strip_left"] = true, ["strip_right"] = true },
+            "strip-left" => new JsonObject { ["type"] = "Strip", ["strip_left"] = true, ["strip_right"] = false },
+            "replace-regex" => new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["Regex"] = @"\s+" }, ["content"] = " " },
+            "replace-string" => new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = "fox" }, ["content"] = "$1 cat" },
+            "prepend" => new JsonObject { ["type"] = "Prepend", ["prepend"] = " " },
+            _ => throw new ArgumentOutOfRangeException(nameof(variant)),
+        };
+        File.WriteAllText(path, root.ToJsonString());
+        var ours = HfTokenizer.Load(folder);
+        using var oracle = new Tokenizers.DotNet.Tokenizer(path);
+        string[] texts =
+        [
+            .. Texts, "  The ﬁrst ﬂoor, ４５ Ｋｍ, ½ and ² — Cafe\u0301 vs Café, ÅNGSTRÖM, İstanbul  ", "The quick brown fox\t\t jumps  \n over", "   ",
+            "<|eot_id|>  Hello <|eot_id|>",
+        ];
+        foreach (string text in texts)
+        {
+            int[] expected = [.. oracle.Encode(text).Select(x => (int)x)];
+            List<int> actual = ours.Encode(text);
+            Assert.True(expected.SequenceEqual(actual), $"{variant}: '{text}'\n expected [{string.Join(",", expected)}]\n actual   [{string.Join(",", actual)}]");
+        }
+    }
+
+    [Theory]
+    [InlineData("BertNormalizer")]
+    [InlineData("Precompiled")]
+    public void UnknownNormalizer_FailsNamingTheField(string type)
+    {
+        string folder = WriteVariant("smollm", out _);
+        string path = Path.Combine(folder, "tokenizer.json");
+        JsonObject root = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        root["normalizer"] = new JsonObject { ["type"] = "Sequence", ["normalizers"] = new JsonArray(new JsonObject { ["type"] = "NFC" }, new JsonObject { ["type"] = type }) };
+        File.WriteAllText(path, root.ToJsonString());
+        var ex = Assert.Throws<CoralModelException>(() => HfTokenizer.Load(folder));
+        Assert.Contains("normalizer.type", ex.Message);
+        Assert.Contains(type, ex.Message);
+    }
+
     [Fact]
     public void UnknownPreTokenizer_FailsNamingTheField()
     {
