@@ -168,12 +168,14 @@ internal sealed class InferenceEngine : IDisposable
     internal List<int> TokensInCache => _cachedTokens;
 
     public static InferenceEngine Load(string folder, Device device, ScalarType dtype, int contextLength, string? modelId = null, string? draftFolder = null,
-        ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None)
+        ScalarType? headType = null, bool cpuKernels = true, bool packedWeights = true, WeightQuantization quantization = WeightQuantization.None,
+        ScalarType kvCacheType = ScalarType.Float32)
     {
         string? ggufName = GgufImporter.ModelId(folder);
         folder = GgufImporter.Resolve(folder);
         HfTokenizer tokenizer = HfTokenizer.Load(folder);
         TransformerModel model = TransformerModel.Load(folder, device, dtype, contextLength, headType, cpuKernels, packedWeights, quantization);
+        model.KvCacheType = kvCacheType;
         DraftModel? draft = null;
         try
         {

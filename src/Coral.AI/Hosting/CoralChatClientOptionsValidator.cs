@@ -78,6 +78,16 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return $"CoralChatClientOptions.Quantization {o.Quantization} computes in float32; leave CoralChatClientOptions.DType unset or float32.";
         }
 
+        if (!TorchDevices.TryParseKvCacheType(o.KvCacheType, out var kvType))
+        {
+            return $"CoralChatClientOptions.KvCacheType '{o.KvCacheType}' is not valid; use f32 or bf16 (or leave it unset).";
+        }
+
+        if (kvType == TorchSharp.torch.ScalarType.BFloat16 && (o.Device != "cpu" || dtype is not (null or TorchSharp.torch.ScalarType.Float32)))
+        {
+            return $"CoralChatClientOptions.KvCacheType {o.KvCacheType} is for the CPU kernels: Device cpu with CoralChatClientOptions.DType unset or float32.";
+        }
+
         if (o.ContextLength < 16)
         {
             return $"CoralChatClientOptions.ContextLength must be at least 16 (got {o.ContextLength}).";

@@ -155,11 +155,12 @@ public sealed class CoralModelHost : IDisposable
             string? quantizationName = _options.Quantization
                 ?? (device.type == DeviceType.CPU && dtype == torch.ScalarType.Float32 ? GgufImporter.SuggestedQuantization(folder) : null);
             _ = TorchDevices.TryParseQuantization(quantizationName, out WeightQuantization quantization);
+            _ = TorchDevices.TryParseKvCacheType(_options.KvCacheType, out torch.ScalarType kvCacheType);
             _logger.LogInformation("Coral: loading {ModelPath} on {Device} as {DType} (weights {Quantization}, LM head {HeadType}, libtorch {Backend})",
                 _options.ModelPath, _options.Device, dtype, quantization == WeightQuantization.None ? "as stored" : quantization.ToString(), headType ?? dtype,
                 torch.cuda.is_available() ? "with CUDA" : "CPU");
             _engine = InferenceEngine.Load(folder, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType,
-                quantization: quantization);
+                quantization: quantization, kvCacheType: kvCacheType);
             if (TorchDevices.YieldTorchThreads(_engine.Model))
             {
                 // Measured: with libtorch's OpenMP workers spinning beside the kernels' helpers, a draft-and-verify cycle

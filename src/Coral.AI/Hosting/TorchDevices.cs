@@ -55,6 +55,18 @@ internal static class TorchDevices
     }
 
     /// <summary>Parses a weight quantization name: null, empty or <c>none</c>, <c>q8_0</c> or <c>q4_0</c> (case-insensitive).</summary>
+    /// <summary>Parses a KV cache type name: f32 (default; also float32) or bf16 (bfloat16).</summary>
+    public static bool TryParseKvCacheType(string? name, out ScalarType type)
+    {
+        (bool ok, type) = name?.ToLowerInvariant() switch
+        {
+            null or "" or "f32" or "float32" => (true, ScalarType.Float32),
+            "bf16" or "bfloat16" => (true, ScalarType.BFloat16),
+            _ => (false, ScalarType.Float32),
+        };
+        return ok;
+    }
+
     public static bool TryParseQuantization(string? name, out WeightQuantization quantization)
     {
         (bool ok, quantization) = name?.ToLowerInvariant() switch

@@ -166,6 +166,8 @@ internal static unsafe class CpuKernels
     {
         int half = hd / 2, qkHeads = heads + kvHeads, keyStride = cache.KeyStride;
         float* keys = (float*)cache.KeyPointers[layer], values = (float*)cache.ValuePointers[layer];
+        ushort* keys16 = (ushort*)cache.KeyPointers[layer], values16 = (ushort*)cache.ValuePointers[layer];
+        bool bf16 = cache.IsBFloat16;
         float* tmp = stackalloc float[hd];
         var t = new Span<float>(tmp, hd);
         for (int r = 0; r < rows; r++)
@@ -195,6 +197,12 @@ internal static unsafe class CpuKernels
 
             for (int g = 0; g < kvHeads; g++)
             {
+                if (bf16)
+                {
+                    CacheBFloat16(qkv + (long)r * stride, heads, g, hd, qkHeads, keys16, values16, keyStride, cache.Capacity, start + r);
+                    continue;
+                }
+
                 // Keys are stored transposed, [kvHeads, hd, keyStride], so that scores come 16 keys to a vector.
                 float* k = qkv + (long)r * stride + (long)(heads + g) * hd, kt = keys + (long)g * hd * keyStride + start + r;
                 // A key that opens a 16-key block clears the block's other lanes: the score loop reads whole blocks, and
@@ -214,6 +222,34 @@ internal static unsafe class CpuKernels
                     .CopyTo(new Span<float>(values + ((long)g * cache.Capacity + start + r) * hd, hd));
             }
         }
+    }
+
+    /// <summary>Writes kv head <paramref name="g"/> of one row (its rotated key and its value) into slot
+    /// <paramref name="slot"/> of a bf16 cache, rounded to nearest even; a key opening a 16-key block clears the block.</summary>
+    private static void CacheBFloat16(float* row, int heads, int g, int hd, int qkHeads, ushort* keys, ushort* values, int keyStride,
+        int capacity, int slot)
+    {
+        float* k = row + (long)(heads + g) * hd, v = row + (long)(qkHeads + g) * hd;
+        ushort* kt = keys + (long)g * hd * keyStride + slot, vs = values + ((long)g * capacity + slot) * hd;
+        bool opensBlock = slot % 16 == 0;
+        for (int d = 0; d < hd; d++)
+        {
+            kt[(long)d * keyStride] = ToBFloat16(k[d]);
+            if (opensBlock)
+            {
+                new Span<ushort>(kt + ((long)d * keyStride) + 1, 15).Clear();
+            }
+
+            vs[d] = ToBFloat16(v[d]);
+        }
+    }
+
+    /// <summary>f32 → bf16, rounded to nearest even (finite values).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static ushort ToBFloat16(float x)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(x);
+        return (ushort)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
     }
 
     /// <summary>
@@ -302,6 +338,7 @@ internal static unsafe class CpuKernels
 
         private readonly float* _keys = (float*)cache.KeyPointers[layer], _values = (float*)cache.ValuePointers[layer];
         private readonly int _keyStride = cache.KeyStride, _capacity = cache.Capacity;
+        private readonly bool _bf16 = cache.IsBFloat16;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Run(int part)
@@ -335,8 +372,16 @@ internal static unsafe class CpuKernels
                 // Blocks of keys before the first visible one (a sliding window's past) are not scored: each score is its
                 // own chain over d, whichever blocks are computed with it.
                 int skip = prefix ? 0 : vis[0] / 16;
-                Scores(qkv + (long)r * stride + (long)h * hd, _keys + (long)g * hd * _keyStride + (skip * 16), _keyStride, hd, blocks - skip,
-                    sc + (skip * 16));
+                if (_bf16)
+                {
+                    ScoresBFloat16(qkv + (long)r * stride + (long)h * hd, (ushort*)_keys + (long)g * hd * _keyStride + (skip * 16), _keyStride, hd,
+                        blocks - skip, sc + (skip * 16));
+                }
+                else
+                {
+                    Scores(qkv + (long)r * stride + (long)h * hd, _keys + (long)g * hd * _keyStride + (skip * 16), _keyStride, hd, blocks - skip,
+                        sc + (skip * 16));
+                }
                 if (prefix)
                 {
                     TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc, n), scale, p);
@@ -360,8 +405,16 @@ internal static unsafe class CpuKernels
                 float max = TensorPrimitives.Max(p);
                 TensorPrimitives.Subtract(p, max, p);
                 TensorPrimitives.Exp(p, p);
-                WeightedSum(pw, prefix ? null : vis, n, 1f / TensorPrimitives.Sum(p), _values + (long)g * _capacity * hd, hd,
-                    o + r * (long)heads * hd + (long)h * hd);
+                float norm = 1f / TensorPrimitives.Sum(p);
+                float* y = o + r * (long)heads * hd + (long)h * hd;
+                if (_bf16)
+                {
+                    WeightedSumBFloat16(pw, prefix ? null : vis, n, norm, (ushort*)_values + (long)g * _capacity * hd, hd, y);
+                }
+                else
+                {
+                    WeightedSum(pw, prefix ? null : vis, n, norm, _values + (long)g * _capacity * hd, hd, y);
+                }
             }
         }
 
@@ -487,6 +540,131 @@ internal static unsafe class CpuKernels
             y[c] = a * scale;
         }
     }
+
+    /// <summary><see cref="Scores"/> over bf16 keys: the same chains of fused multiply-adds over d on the keys' f32 values
+    /// (a bf16 widens to f32 exactly: a shift).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ScoresBFloat16(float* q, ushort* kT, int keyStride, int hd, int blocks, float* s)
+    {
+        int b = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; b + 8 <= blocks; b += 8)
+            {
+                ushort* k = kT + b * 16;
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+                for (int d = 0; d < hd; d++, k += keyStride)
+                {
+                    var qd = Vector512.Create(q[d]);
+                    var (w0, w1) = Vector512.Widen(Vector512.Load(k));
+                    var (w2, w3) = Vector512.Widen(Vector512.Load(k + 32));
+                    var (w4, w5) = Vector512.Widen(Vector512.Load(k + 64));
+                    var (w6, w7) = Vector512.Widen(Vector512.Load(k + 96));
+                    a0 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w0, 16).AsSingle(), a0);
+                    a1 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w1, 16).AsSingle(), a1);
+                    a2 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w2, 16).AsSingle(), a2);
+                    a3 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w3, 16).AsSingle(), a3);
+                    a4 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w4, 16).AsSingle(), a4);
+                    a5 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w5, 16).AsSingle(), a5);
+                    a6 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w6, 16).AsSingle(), a6);
+                    a7 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w7, 16).AsSingle(), a7);
+                }
+
+                float* o = s + b * 16;
+                a0.Store(o);
+                a1.Store(o + 16);
+                a2.Store(o + 32);
+                a3.Store(o + 48);
+                a4.Store(o + 64);
+                a5.Store(o + 80);
+                a6.Store(o + 96);
+                a7.Store(o + 112);
+            }
+
+            for (; b < blocks; b++)
+            {
+                ushort* k = kT + b * 16;
+                Vector512<float> a = default;
+                for (int d = 0; d < hd; d++, k += keyStride)
+                {
+                    var (w, _) = Vector512.Widen(Vector256.Load(k).ToVector512Unsafe());
+                    a = Vector512.FusedMultiplyAdd(Vector512.Create(q[d]), Vector512.ShiftLeft(w, 16).AsSingle(), a);
+                }
+
+                a.Store(s + b * 16);
+            }
+
+            return;
+        }
+
+        for (int j = b * 16; j < blocks * 16; j++)
+        {
+            float a = 0;
+            for (int d = 0; d < hd; d++)
+            {
+                a = MathF.FusedMultiplyAdd(q[d], FromBFloat16(kT[(long)d * keyStride + j]), a);
+            }
+
+            s[j] = a;
+        }
+    }
+
+    /// <summary><see cref="WeightedSum"/> over bf16 values: the same chains in i order on their f32 values.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedSumBFloat16(float* p, int* visible, int n, float scale, ushort* v, int hd, float* y)
+    {
+        int c = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var sv = Vector512.Create(scale);
+            for (; c + 64 <= hd; c += 64)
+            {
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int i = 0; i < n; i++)
+                {
+                    var pi = Vector512.Create(p[i]);
+                    ushort* vj = v + (long)(visible == null ? i : visible[i]) * hd + c;
+                    var (w0, w1) = Vector512.Widen(Vector512.Load(vj));
+                    var (w2, w3) = Vector512.Widen(Vector512.Load(vj + 32));
+                    a0 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w0, 16).AsSingle(), a0);
+                    a1 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w1, 16).AsSingle(), a1);
+                    a2 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w2, 16).AsSingle(), a2);
+                    a3 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w3, 16).AsSingle(), a3);
+                }
+
+                (a0 * sv).Store(y + c);
+                (a1 * sv).Store(y + c + 16);
+                (a2 * sv).Store(y + c + 32);
+                (a3 * sv).Store(y + c + 48);
+            }
+
+            for (; c + 16 <= hd; c += 16)
+            {
+                Vector512<float> a = default;
+                for (int i = 0; i < n; i++)
+                {
+                    var (w, _) = Vector512.Widen(Vector256.Load(v + (long)(visible == null ? i : visible[i]) * hd + c).ToVector512Unsafe());
+                    a = Vector512.FusedMultiplyAdd(Vector512.Create(p[i]), Vector512.ShiftLeft(w, 16).AsSingle(), a);
+                }
+
+                (a * sv).Store(y + c);
+            }
+        }
+
+        for (; c < hd; c++)
+        {
+            float a = 0;
+            for (int i = 0; i < n; i++)
+            {
+                a = MathF.FusedMultiplyAdd(p[i], FromBFloat16(v[(long)(visible == null ? i : visible[i]) * hd + c]), a);
+            }
+
+            y[c] = a * scale;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float FromBFloat16(ushort x) => BitConverter.UInt32BitsToSingle((uint)x << 16);
 
     /// <summary>Copies <paramref name="rows"/> rows [d] of the f32 table selected by <paramref name="ids"/> into y, rows
     /// <paramref name="stride"/> floats apart (0: d).</summary>

@@ -9,14 +9,15 @@ namespace Coral.AI;
 /// [1, kvHeads, headDim, <see cref="KeyStride"/>] for <see cref="CpuKernels"/> (scores then come 16 keys to a vector).
 /// Slots are written in place; rolling back means lowering <see cref="Length"/>, never reallocating. On CPU the libtorch
 /// path of an engine with a drafter keeps it in f64 (see <see cref="DecoderLayer.Attention"/>: tree verification then
-/// equals one-token steps bit for bit); otherwise it is f32.
+/// equals one-token steps bit for bit); otherwise it is f32, or on the CPU kernels bf16 when asked.
 /// </summary>
 internal sealed unsafe class KvCache : IDisposable
 {
     /// <summary>Allocates the cache.</summary>
     /// <param name="config">The model's shape.</param>
     /// <param name="capacity">Slots.</param>
-    /// <param name="dtype">f32, or f64 for the libtorch path's batch-invariant attention on CPU.</param>
+    /// <param name="dtype">f32; f64 for the libtorch path's batch-invariant attention on CPU; or bf16 for the CPU kernels'
+    /// transposed layout.</param>
     /// <param name="device">Where it lives.</param>
     /// <param name="batchInvariant">Whether the engine verifies draft trees, so a token must compute the same bits alone
     /// as in a tree (one-token f32 steps are then padded to two rows; see <see cref="TransformerModel.Forward"/>).</param>
@@ -49,6 +50,12 @@ internal sealed unsafe class KvCache : IDisposable
             KeyPointers = Keys.Select(k => (IntPtr)CpuKernels.Pointer(k)).ToArray();
             ValuePointers = Values.Select(v => (IntPtr)CpuKernels.Pointer(v)).ToArray();
         }
+        else if (dtype == ScalarType.BFloat16 && device.type == DeviceType.CPU && keysTransposed)
+        {
+            IsBFloat16 = true;
+            KeyPointers = Keys.Select(k => (IntPtr)CpuKernels.Pointer16(k)).ToArray();
+            ValuePointers = Values.Select(v => (IntPtr)CpuKernels.Pointer16(v)).ToArray();
+        }
 
         Bytes = (long)config.NumLayers * config.NumKvHeads * (capacity + (keysTransposed ? KeyStride : capacity)) * config.HeadDim
             * SafetensorsFile.ElementSize(dtype);
@@ -56,6 +63,10 @@ internal sealed unsafe class KvCache : IDisposable
 
     /// <summary>Gets the number of slots.</summary>
     public int Capacity { get; }
+
+    /// <summary>Gets whether the kernels' keys and values are stored as bf16 (half the memory of f32; see
+    /// <see cref="TransformerModel.KvCacheType"/>).</summary>
+    public bool IsBFloat16 { get; }
 
     /// <summary>Gets whether the cache belongs to an engine that verifies draft trees.</summary>
     public bool BatchInvariant { get; }

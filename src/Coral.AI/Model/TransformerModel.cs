@@ -185,8 +185,22 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// </summary>
     public KvCache CreateCache(int capacity, bool batchInvariant = false) =>
         new(Config, Math.Min(capacity, MaxPositions),
-            batchInvariant && Device.type == DeviceType.CPU && _work is null ? ScalarType.Float64 : ScalarType.Float32, Device, batchInvariant,
+            batchInvariant && Device.type == DeviceType.CPU && _work is null ? ScalarType.Float64
+            : _work is not null && KvCacheType == ScalarType.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32, Device, batchInvariant,
             keysTransposed: _work is not null);
+
+    /// <summary>
+    /// Gets or sets what the KV caches this model creates store on the CPU kernels: f32 (the default) or bf16 — half the
+    /// memory, keys and values rounded to nearest even as they are written, read back exactly as f32 (every step and every
+    /// tree row sees the same values, so speculation stays exact against plain decoding with the same cache). Off the
+    /// kernels the cache stays f32 (f64 where tree verification needs it).
+    /// </summary>
+    public ScalarType KvCacheType
+    {
+        get;
+        set => field = value is ScalarType.Float32 or ScalarType.BFloat16 ? value
+            : throw new ArgumentException($"KV cache type {value} is not supported; use Float32 or BFloat16.", nameof(value));
+    } = ScalarType.Float32;
 
     /// <summary>Gets whether forwards run on <see cref="CpuKernels"/> (f32 layers on CPU).</summary>
     public bool UsesCpuKernels => _work is not null;

@@ -6,14 +6,14 @@ namespace Coral.Cli;
 internal static class ModelLoading
 {
     /// <summary>The value options every model-loading command accepts: the pair, the device, the dtype and the tree.</summary>
-    public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk", "--prompt-lookup", "--quantize", "--parallel"];
+    public static readonly string[] ValueOptions = ["--model", "--draft", "--device", "--dtype", "--tree-tokens", "--tree-depth", "--tree-topk", "--router-topk", "--prompt-lookup", "--quantize", "--parallel", "--kv-cache"];
 
     /// <summary>Which option of <see cref="CoralChatClientOptions"/> each of <see cref="ValueOptions"/> sets, for error messages.</summary>
     private static readonly (string Property, string Flag)[] Flags =
     [
         ("ModelPath", "--model"), ("DraftModelPath", "--draft"), ("Device", "--device"), ("DType", "--dtype"),
         ("TreeTotalTokens", "--tree-tokens"), ("TreeDepth", "--tree-depth"), ("TreeTopK", "--tree-topk"), ("RouterTopK", "--router-topk"),
-        ("PromptLookupTokens", "--prompt-lookup"), ("Quantization", "--quantize"), ("ParallelRequests", "--parallel"),
+        ("PromptLookupTokens", "--prompt-lookup"), ("Quantization", "--quantize"), ("ParallelRequests", "--parallel"), ("KvCacheType", "--kv-cache"),
     ];
 
     /// <summary>The command's own value options plus <see cref="ValueOptions"/>.</summary>
@@ -39,6 +39,7 @@ internal static class ModelLoading
             Device = cl.Value("--device") ?? "cpu",
             DType = cl.Value("--dtype"),
             Quantization = cl.Value("--quantize"),
+            KvCacheType = cl.Value("--kv-cache"),
             TreeTotalTokens = cl.Int("--tree-tokens"),
             TreeDepth = cl.Int("--tree-depth") ?? 5,
             TreeTopK = cl.Int("--tree-topk") ?? 8,
@@ -78,7 +79,8 @@ internal static class ModelLoading
         string quantized = engine.Model.Quantization == WeightQuantization.None ? ""
             : $", {engine.Model.Quantization} weights{(kept > 0 ? $" ({kept} projections kept as the file's Q4_K blocks)" : "")}"
               + (engine.Model.UsesInt8Activations ? " × int8 activations (AVX-VNNI)" : "");
-        stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}{quantized}{(engine.Model.HeadType != engine.Model.WeightType ? $", LM head {engine.Model.HeadType}" : "")}) in {clock.ElapsedMilliseconds} ms{tree}]");
+        string kv = engine.Cache.IsBFloat16 ? $", bf16 KV cache ({engine.Cache.Bytes / (1024 * 1024)} MiB for {engine.Cache.Capacity} tokens)" : "";
+        stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}{quantized}{(engine.Model.HeadType != engine.Model.WeightType ? $", LM head {engine.Model.HeadType}" : "")}{kv}) in {clock.ElapsedMilliseconds} ms{tree}]");
         return host;
     }
 }

@@ -108,6 +108,7 @@ internal static class ParallelBench
             ["dtype"] = engine.Model.WeightType.ToString(),
             ["quantization"] = engine.Model.Quantization == WeightQuantization.None ? null : engine.Model.Quantization.ToString().ToLowerInvariant(),
             ["int8_activations"] = engine.Model.UsesInt8Activations,
+            ["kv_cache"] = engine.Cache.IsBFloat16 ? "bf16" : "f32",
             ["parallel"] = batch.Slots,
             ["peak_batch"] = batch.PeakBatch,
             ["prompts"] = requests.Length,

@@ -33,7 +33,7 @@ internal static class DrafterZoo
 
     /// <summary>An engine with a drafter as the host builds it: f32 layers verify with a bf16 LM head on CPU.</summary>
     public static InferenceEngine Engine(string target, string drafter, int context = 512, ScalarType dtype = ScalarType.Float32,
-        WeightQuantization quantization = WeightQuantization.None) =>
+        WeightQuantization quantization = WeightQuantization.None, ScalarType kvCacheType = ScalarType.Float32) =>
         InferenceEngine.Load(target, torch.CPU, dtype, context, draftFolder: drafter, headType: TorchDevices.ResolveHeadType(dtype, torch.CPU, speculative: true),
-            quantization: quantization);
+            quantization: quantization, kvCacheType: kvCacheType);
 }
