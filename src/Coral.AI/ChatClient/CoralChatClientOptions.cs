@@ -85,7 +85,7 @@ public sealed class CoralChatClientOptions
 
     /// <summary>
     /// Gets or sets what the KV cache stores: <c>f32</c> (the default) or <c>bf16</c> — half the memory (a Llama-3-8B
-    /// shape's 32,768-token cache: 2 GB instead of 4) and less to read per step at long contexts; keys and values are
+    /// shape's 32,768-token cache: 4 GiB instead of 8) and less to read per step at long contexts; keys and values are
     /// rounded to bf16 as they are written, so logits move slightly from the f32 cache's, while speculative decoding stays
     /// exact against plain decoding with the same cache. CPU kernels only (<see cref="Device"/> cpu, <see cref="DType"/>
     /// unset or float32).
