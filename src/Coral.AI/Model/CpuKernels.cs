@@ -372,15 +372,15 @@ internal static unsafe class CpuKernels
                 // Blocks of keys before the first visible one (a sliding window's past) are not scored: each score is its
                 // own chain over d, whichever blocks are computed with it.
                 int skip = prefix ? 0 : vis[0] / 16;
+                float* qh = qkv + (long)r * stride + (long)h * hd;
+                long keyAt = ((long)g * hd * _keyStride) + (skip * 16);
                 if (_bf16)
                 {
-                    ScoresBFloat16(qkv + (long)r * stride + (long)h * hd, (ushort*)_keys + (long)g * hd * _keyStride + (skip * 16), _keyStride, hd,
-                        blocks - skip, sc + (skip * 16));
+                    Scores<ushort, BFloat16Element>(qh, (ushort*)_keys + keyAt, _keyStride, hd, blocks - skip, sc + (skip * 16));
                 }
                 else
                 {
-                    Scores(qkv + (long)r * stride + (long)h * hd, _keys + (long)g * hd * _keyStride + (skip * 16), _keyStride, hd, blocks - skip,
-                        sc + (skip * 16));
+                    Scores<float, F32Element>(qh, _keys + keyAt, _keyStride, hd, blocks - skip, sc + (skip * 16));
                 }
                 if (prefix)
                 {
@@ -407,13 +407,14 @@ internal static unsafe class CpuKernels
                 TensorPrimitives.Exp(p, p);
                 float norm = 1f / TensorPrimitives.Sum(p);
                 float* y = o + r * (long)heads * hd + (long)h * hd;
+                long valueAt = (long)g * _capacity * hd;
                 if (_bf16)
                 {
-                    WeightedSumBFloat16(pw, prefix ? null : vis, n, norm, (ushort*)_values + (long)g * _capacity * hd, hd, y);
+                    WeightedSum<ushort, BFloat16Element>(pw, prefix ? null : vis, n, norm, (ushort*)_values + valueAt, hd, y);
                 }
                 else
                 {
-                    WeightedSum(pw, prefix ? null : vis, n, norm, _values + (long)g * _capacity * hd, hd, y);
+                    WeightedSum<float, F32Element>(pw, prefix ? null : vis, n, norm, _values + valueAt, hd, y);
                 }
             }
         }
@@ -422,12 +423,44 @@ internal static unsafe class CpuKernels
             buffer is { } b && b.Length >= length ? b : buffer = new T[Math.Max(length, 2 * (buffer?.Length ?? 0))];
     }
 
+    /// <summary>How the attention loops read a cache's keys and values: 16 consecutive elements, or one, as f32.</summary>
+    private interface ICacheElement<T>
+        where T : unmanaged
+    {
+        static abstract Vector512<float> Load16(T* p);
+
+        static abstract float Load1(T x);
+    }
+
+    /// <summary>f32 keys and values, read as they are.</summary>
+    private readonly struct F32Element : ICacheElement<float>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(float* p) => Vector512.Load(p);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Load1(float x) => x;
+    }
+
+    /// <summary>bf16 keys and values, widened to f32 exactly (zero-extended and shifted into the high half).</summary>
+    private readonly struct BFloat16Element : ICacheElement<ushort>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(ushort* p) => Vector512.ShiftLeft(Vector512.WidenLower(Vector256.Load(p).ToVector512Unsafe()), 16).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Load1(ushort x) => BitConverter.UInt32BitsToSingle((uint)x << 16);
+    }
+
     /// <summary>
-    /// s[j] = Σ_d q[d]·kT[d, j] for j &lt; 16·blocks, from keys stored transposed [hd, keyStride]. Each score is one chain of
-    /// fused multiply-adds over d in order, whichever block or lane computes it, so it does not depend on total.
+    /// s[j] = Σ_d q[d]·kT[d, j] for j &lt; 16·blocks, from keys stored transposed [hd, keyStride] (f32 or bf16, read as
+    /// f32). Each score is one chain of fused multiply-adds over d in order, whichever block or lane computes it, so it
+    /// does not depend on total.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Scores(float* q, float* kT, int keyStride, int hd, int blocks, float* s)
+    private static void Scores<T, TElement>(float* q, T* kT, int keyStride, int hd, int blocks, float* s)
+        where T : unmanaged
+        where TElement : struct, ICacheElement<T>
     {
         if (!Vector512.IsHardwareAccelerated)
         {
@@ -436,7 +469,7 @@ internal static unsafe class CpuKernels
                 float a = 0;
                 for (int d = 0; d < hd; d++)
                 {
-                    a = MathF.FusedMultiplyAdd(q[d], kT[(long)d * keyStride + j], a);
+                    a = MathF.FusedMultiplyAdd(q[d], TElement.Load1(kT[(long)d * keyStride + j]), a);
                 }
 
                 s[j] = a;
@@ -448,19 +481,19 @@ internal static unsafe class CpuKernels
         int b = 0;
         for (; b + 8 <= blocks; b += 8)
         {
-            float* k = kT + b * 16;
+            T* k = kT + b * 16;
             Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
             for (int d = 0; d < hd; d++, k += keyStride)
             {
                 var qd = Vector512.Create(q[d]);
-                a0 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k), a0);
-                a1 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 16), a1);
-                a2 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 32), a2);
-                a3 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 48), a3);
-                a4 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 64), a4);
-                a5 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 80), a5);
-                a6 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 96), a6);
-                a7 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(k + 112), a7);
+                a0 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k), a0);
+                a1 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k + 16), a1);
+                a2 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k + 32), a2);
+                a3 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k + 48), a3);
+                a4 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k + 64), a4);
+                a5 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k + 80), a5);
+                a6 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k + 96), a6);
+                a7 = Vector512.FusedMultiplyAdd(qd, TElement.Load16(k + 112), a7);
             }
 
             float* o = s + b * 16;
@@ -476,11 +509,11 @@ internal static unsafe class CpuKernels
 
         for (; b < blocks; b++)
         {
-            float* k = kT + b * 16;
+            T* k = kT + b * 16;
             Vector512<float> a = default;
             for (int d = 0; d < hd; d++, k += keyStride)
             {
-                a = Vector512.FusedMultiplyAdd(Vector512.Create(q[d]), Vector512.Load(k), a);
+                a = Vector512.FusedMultiplyAdd(Vector512.Create(q[d]), TElement.Load16(k), a);
             }
 
             a.Store(s + b * 16);
@@ -488,11 +521,14 @@ internal static unsafe class CpuKernels
     }
 
     /// <summary>
-    /// y = scale · Σ_i p[i]·v[slot i] over values [slots, hd], slot i = visible[i] (or i when <paramref name="visible"/> is
-    /// null): per element one chain of fused multiply-adds in i order, whichever form addresses the slots.
+    /// y = scale · Σ_i p[i]·v[slot i] over values [slots, hd] (f32 or bf16, read as f32), slot i = visible[i] (or i when
+    /// <paramref name="visible"/> is null): per element one chain of fused multiply-adds in i order, whichever form
+    /// addresses the slots.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WeightedSum(float* p, int* visible, int n, float scale, float* v, int hd, float* y)
+    private static void WeightedSum<T, TElement>(float* p, int* visible, int n, float scale, T* v, int hd, float* y)
+        where T : unmanaged
+        where TElement : struct, ICacheElement<T>
     {
         int c = 0;
         if (Vector512.IsHardwareAccelerated)
@@ -504,11 +540,11 @@ internal static unsafe class CpuKernels
                 for (int i = 0; i < n; i++)
                 {
                     var pi = Vector512.Create(p[i]);
-                    float* vj = v + (long)(visible == null ? i : visible[i]) * hd + c;
-                    a0 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj), a0);
-                    a1 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj + 16), a1);
-                    a2 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj + 32), a2);
-                    a3 = Vector512.FusedMultiplyAdd(pi, Vector512.Load(vj + 48), a3);
+                    T* vj = v + (long)(visible == null ? i : visible[i]) * hd + c;
+                    a0 = Vector512.FusedMultiplyAdd(pi, TElement.Load16(vj), a0);
+                    a1 = Vector512.FusedMultiplyAdd(pi, TElement.Load16(vj + 16), a1);
+                    a2 = Vector512.FusedMultiplyAdd(pi, TElement.Load16(vj + 32), a2);
+                    a3 = Vector512.FusedMultiplyAdd(pi, TElement.Load16(vj + 48), a3);
                 }
 
                 (a0 * sv).Store(y + c);
@@ -522,7 +558,7 @@ internal static unsafe class CpuKernels
                 Vector512<float> a = default;
                 for (int i = 0; i < n; i++)
                 {
-                    a = Vector512.FusedMultiplyAdd(Vector512.Create(p[i]), Vector512.Load(v + (long)(visible == null ? i : visible[i]) * hd + c), a);
+                    a = Vector512.FusedMultiplyAdd(Vector512.Create(p[i]), TElement.Load16(v + (long)(visible == null ? i : visible[i]) * hd + c), a);
                 }
 
                 (a * sv).Store(y + c);
@@ -534,137 +570,12 @@ internal static unsafe class CpuKernels
             float a = 0;
             for (int i = 0; i < n; i++)
             {
-                a = MathF.FusedMultiplyAdd(p[i], v[(long)(visible == null ? i : visible[i]) * hd + c], a);
+                a = MathF.FusedMultiplyAdd(p[i], TElement.Load1(v[(long)(visible == null ? i : visible[i]) * hd + c]), a);
             }
 
             y[c] = a * scale;
         }
     }
-
-    /// <summary><see cref="Scores"/> over bf16 keys: the same chains of fused multiply-adds over d on the keys' f32 values
-    /// (a bf16 widens to f32 exactly: a shift).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ScoresBFloat16(float* q, ushort* kT, int keyStride, int hd, int blocks, float* s)
-    {
-        int b = 0;
-        if (Vector512.IsHardwareAccelerated)
-        {
-            for (; b + 8 <= blocks; b += 8)
-            {
-                ushort* k = kT + b * 16;
-                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-                for (int d = 0; d < hd; d++, k += keyStride)
-                {
-                    var qd = Vector512.Create(q[d]);
-                    var (w0, w1) = Vector512.Widen(Vector512.Load(k));
-                    var (w2, w3) = Vector512.Widen(Vector512.Load(k + 32));
-                    var (w4, w5) = Vector512.Widen(Vector512.Load(k + 64));
-                    var (w6, w7) = Vector512.Widen(Vector512.Load(k + 96));
-                    a0 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w0, 16).AsSingle(), a0);
-                    a1 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w1, 16).AsSingle(), a1);
-                    a2 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w2, 16).AsSingle(), a2);
-                    a3 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w3, 16).AsSingle(), a3);
-                    a4 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w4, 16).AsSingle(), a4);
-                    a5 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w5, 16).AsSingle(), a5);
-                    a6 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w6, 16).AsSingle(), a6);
-                    a7 = Vector512.FusedMultiplyAdd(qd, Vector512.ShiftLeft(w7, 16).AsSingle(), a7);
-                }
-
-                float* o = s + b * 16;
-                a0.Store(o);
-                a1.Store(o + 16);
-                a2.Store(o + 32);
-                a3.Store(o + 48);
-                a4.Store(o + 64);
-                a5.Store(o + 80);
-                a6.Store(o + 96);
-                a7.Store(o + 112);
-            }
-
-            for (; b < blocks; b++)
-            {
-                ushort* k = kT + b * 16;
-                Vector512<float> a = default;
-                for (int d = 0; d < hd; d++, k += keyStride)
-                {
-                    var (w, _) = Vector512.Widen(Vector256.Load(k).ToVector512Unsafe());
-                    a = Vector512.FusedMultiplyAdd(Vector512.Create(q[d]), Vector512.ShiftLeft(w, 16).AsSingle(), a);
-                }
-
-                a.Store(s + b * 16);
-            }
-
-            return;
-        }
-
-        for (int j = b * 16; j < blocks * 16; j++)
-        {
-            float a = 0;
-            for (int d = 0; d < hd; d++)
-            {
-                a = MathF.FusedMultiplyAdd(q[d], FromBFloat16(kT[(long)d * keyStride + j]), a);
-            }
-
-            s[j] = a;
-        }
-    }
-
-    /// <summary><see cref="WeightedSum"/> over bf16 values: the same chains in i order on their f32 values.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WeightedSumBFloat16(float* p, int* visible, int n, float scale, ushort* v, int hd, float* y)
-    {
-        int c = 0;
-        if (Vector512.IsHardwareAccelerated)
-        {
-            var sv = Vector512.Create(scale);
-            for (; c + 64 <= hd; c += 64)
-            {
-                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (int i = 0; i < n; i++)
-                {
-                    var pi = Vector512.Create(p[i]);
-                    ushort* vj = v + (long)(visible == null ? i : visible[i]) * hd + c;
-                    var (w0, w1) = Vector512.Widen(Vector512.Load(vj));
-                    var (w2, w3) = Vector512.Widen(Vector512.Load(vj + 32));
-                    a0 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w0, 16).AsSingle(), a0);
-                    a1 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w1, 16).AsSingle(), a1);
-                    a2 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w2, 16).AsSingle(), a2);
-                    a3 = Vector512.FusedMultiplyAdd(pi, Vector512.ShiftLeft(w3, 16).AsSingle(), a3);
-                }
-
-                (a0 * sv).Store(y + c);
-                (a1 * sv).Store(y + c + 16);
-                (a2 * sv).Store(y + c + 32);
-                (a3 * sv).Store(y + c + 48);
-            }
-
-            for (; c + 16 <= hd; c += 16)
-            {
-                Vector512<float> a = default;
-                for (int i = 0; i < n; i++)
-                {
-                    var (w, _) = Vector512.Widen(Vector256.Load(v + (long)(visible == null ? i : visible[i]) * hd + c).ToVector512Unsafe());
-                    a = Vector512.FusedMultiplyAdd(Vector512.Create(p[i]), Vector512.ShiftLeft(w, 16).AsSingle(), a);
-                }
-
-                (a * sv).Store(y + c);
-            }
-        }
-
-        for (; c < hd; c++)
-        {
-            float a = 0;
-            for (int i = 0; i < n; i++)
-            {
-                a = MathF.FusedMultiplyAdd(p[i], FromBFloat16(v[(long)(visible == null ? i : visible[i]) * hd + c]), a);
-            }
-
-            y[c] = a * scale;
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float FromBFloat16(ushort x) => BitConverter.UInt32BitsToSingle((uint)x << 16);
 
     /// <summary>Copies <paramref name="rows"/> rows [d] of the f32 table selected by <paramref name="ids"/> into y, rows
     /// <paramref name="stride"/> floats apart (0: d).</summary>
