@@ -27,8 +27,10 @@ namespace Coral.AI;
 /// output comes back as <see cref="TextReasoningContent"/>.
 /// </para>
 /// <para>
-/// Defaults: sampling at <see cref="CoralChatClientOptions.DefaultTemperature"/> and
-/// <see cref="CoralChatClientOptions.DefaultTopP"/>, a cap of <see cref="CoralChatClientOptions.DefaultMaxOutputTokens"/>.
+/// Defaults: sampling at <see cref="CoralChatClientOptions.DefaultTemperature"/>, <see cref="CoralChatClientOptions.DefaultTopP"/>
+/// and <see cref="CoralChatClientOptions.DefaultTopK"/> when set, else the model's recommendation (generation_config.json
+/// that samples, an Ollama model's params and stop sequences), else temperature 0.7 and top-p 0.95; a cap of
+/// <see cref="CoralChatClientOptions.DefaultMaxOutputTokens"/>.
 /// </para>
 /// </remarks>
 public sealed class CoralChatClient : IChatClient
@@ -83,7 +85,6 @@ public sealed class CoralChatClient : IChatClient
             throw new InvalidOperationException($"Unknown model id '{requested}': this client serves '{_host.ModelId}'.");
         }
 
-        SamplingParameters sampling = MapSampling(options);
         int maxTokens = options?.MaxOutputTokens ?? _defaults.DefaultMaxOutputTokens;
         if (maxTokens < 1)
         {
@@ -91,6 +92,8 @@ public sealed class CoralChatClient : IChatClient
         }
 
         InferenceEngine engine = await _host.GetEngineAsync(cancellationToken).ConfigureAwait(false);
+        ModelSamplingDefaults? modelDefaults = _host.SamplingDefaults;
+        SamplingParameters sampling = MapSampling(options, modelDefaults);
         ToolCallSyntax syntax = AssistantOutputParser.Detect(engine.Tokenizer.Config.ChatTemplate);
         OutputConstraint? constraint = OutputConstraints.For(options, ref syntax, out string? schemaInstructions);
         ChatOptions? renderOptions = options;
@@ -101,7 +104,8 @@ public sealed class CoralChatClient : IChatClient
         }
 
         RenderedPrompt prompt = ChatPromptFormatter.Render(engine.Tokenizer.Config, history, renderOptions);
-        GenerationRequest request = prompt.ToRequest(engine.Tokenizer, sampling, maxTokens, options?.StopSequences) with
+        IList<string>? stops = options?.StopSequences ?? (modelDefaults is { StopSequences.Count: > 0 } m ? [.. m.StopSequences] : null);
+        GenerationRequest request = prompt.ToRequest(engine.Tokenizer, sampling, maxTokens, stops) with
         {
             Constraint = constraint,
             Speculative = ReadBool(options, "speculative") ?? true,
@@ -313,9 +317,11 @@ public sealed class CoralChatClient : IChatClient
         return usage;
     }
 
-    private SamplingParameters MapSampling(ChatOptions? o)
+    /// <summary>A request's sampling: <paramref name="o"/>'s values, else the options' defaults, else the model's
+    /// (<paramref name="model"/>), else temperature 0.7 and top-p 0.95.</summary>
+    internal SamplingParameters MapSampling(ChatOptions? o, ModelSamplingDefaults? model)
     {
-        float temperature = o?.Temperature ?? _defaults.DefaultTemperature;
+        float temperature = o?.Temperature ?? _defaults.DefaultTemperature ?? model?.Temperature ?? 0.7f;
         if (temperature < 0 || o?.TopP is < 0 or > 1 || o?.TopK is < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(o), "ChatOptions.Temperature must be >= 0, TopP in [0, 1] and TopK >= 0.");
@@ -324,10 +330,10 @@ public sealed class CoralChatClient : IChatClient
         return new SamplingParameters
         {
             Temperature = temperature,
-            TopP = o?.TopP ?? _defaults.DefaultTopP,
-            TopK = o?.TopK,
+            TopP = o?.TopP ?? _defaults.DefaultTopP ?? model?.TopP ?? 0.95f,
+            TopK = o?.TopK ?? _defaults.DefaultTopK ?? model?.TopK,
             MinP = ReadFloat(o, "min_p"),
-            RepetitionPenalty = ReadFloat(o, "repetition_penalty") ?? 1f,
+            RepetitionPenalty = ReadFloat(o, "repetition_penalty") ?? model?.RepetitionPenalty ?? 1f,
             FrequencyPenalty = o?.FrequencyPenalty ?? 0f,
             PresencePenalty = o?.PresencePenalty ?? 0f,
             Seed = o?.Seed,

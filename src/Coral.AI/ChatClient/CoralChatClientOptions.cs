@@ -98,11 +98,18 @@ public sealed class CoralChatClientOptions
     /// <summary>Gets or sets the output cap used when <c>ChatOptions.MaxOutputTokens</c> is not set.</summary>
     public int DefaultMaxOutputTokens { get; set; } = 1024;
 
-    /// <summary>Gets or sets the temperature used when <c>ChatOptions.Temperature</c> is not set (sampling by default, as ME.AI expects).</summary>
-    public float DefaultTemperature { get; set; } = 0.7f;
+    /// <summary>Gets or sets the temperature used when <c>ChatOptions.Temperature</c> is not set. Null (the default): the
+    /// model's own recommendation — its generation_config.json when that samples (<c>do_sample</c>; temperature, else 1,
+    /// as transformers), or an Ollama model's params — else 0.7 (sampling by default, as ME.AI expects).</summary>
+    public float? DefaultTemperature { get; set; }
 
-    /// <summary>Gets or sets the top-p used when <c>ChatOptions.TopP</c> is not set.</summary>
-    public float DefaultTopP { get; set; } = 0.95f;
+    /// <summary>Gets or sets the top-p used when <c>ChatOptions.TopP</c> is not set. Null (the default): the model's own
+    /// (generation_config.json's top_p, else 1, when it samples; an Ollama model's top_p), else 0.95.</summary>
+    public float? DefaultTopP { get; set; }
+
+    /// <summary>Gets or sets the top-k used when <c>ChatOptions.TopK</c> is not set. Null (the default): the model's own
+    /// (generation_config.json's top_k, else transformers' 50, when it samples; an Ollama model's top_k), else none.</summary>
+    public int? DefaultTopK { get; set; }
 
     /// <summary>Gets or sets how many prompt tokens one prefill forward processes.</summary>
     public int PrefillChunkSize { get; set; } = 256;

@@ -16,6 +16,8 @@ internal static class OllamaStore
 
     private const string ModelLayer = "application/vnd.ollama.image.model";
 
+    private const string ParamsLayer = "application/vnd.ollama.image.params";
+
     /// <summary>Whether <paramref name="path"/> is an Ollama model name.</summary>
     public static bool IsName(string? path) => path is not null && path.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
 
@@ -25,7 +27,35 @@ internal static class OllamaStore
     /// <summary>The GGUF blob of the Ollama model <paramref name="path"/> names.</summary>
     /// <exception cref="CoralModelException">No store, no such model or tag, or a manifest without a model layer; the
     /// message names the path it looked at.</exception>
-    public static string Resolve(string path)
+    public static string Resolve(string path) =>
+        Layer(path, ModelLayer) ?? throw new CoralModelException(Manifest(path).Path, "layers", $"has no layer of media type {ModelLayer}.");
+
+    /// <summary>The sampling parameters (and stop sequences) the model's params layer sets, or null when it has none.</summary>
+    public static ModelSamplingDefaults? ReadParams(string path) =>
+        Layer(path, ParamsLayer) is string blob ? ModelSamplingDefaults.FromOllamaParams(ModelConfig.ReadJsonObject(blob), blob) : null;
+
+    /// <summary>The blob of the manifest's first layer of <paramref name="mediaType"/>, or null when there is none.</summary>
+    private static string? Layer(string path, string mediaType)
+    {
+        var (manifest, json, root) = Manifest(path);
+        string? digest = (json["layers"] as JsonArray)?.OfType<JsonObject>()
+            .FirstOrDefault(l => l["mediaType"]?.GetValue<string>() == mediaType)?["digest"]?.GetValue<string>();
+        if (digest is null)
+        {
+            return null;
+        }
+
+        if (!digest.StartsWith("sha256:", StringComparison.Ordinal) || digest.Length != 71 || !digest[7..].All(Uri.IsHexDigit))
+        {
+            throw new CoralModelException(manifest, "layers.digest", $"'{digest}' is not a sha256 digest.");
+        }
+
+        string blob = Path.Combine(root, "blobs", "sha256-" + digest[7..]);
+        return File.Exists(blob) ? blob : throw new CoralModelException(blob, null, $"does not exist: the store lists it as a layer of {ModelId(path)} but it is missing (pull the model again).");
+    }
+
+    /// <summary>Finds and reads the manifest of <paramref name="path"/>.</summary>
+    private static (string Path, JsonObject Json, string Root) Manifest(string path)
     {
         string name = ModelId(path).Trim();
         string tag = "latest";
@@ -55,17 +85,7 @@ internal static class OllamaStore
             throw new CoralModelException(manifest, null, $"does not exist: '{ModelId(path)}' has not been pulled into the Ollama store at {root} (set OLLAMA_MODELS to another store).");
         }
 
-        JsonObject json = ModelConfig.ReadJsonObject(manifest);
-        string digest = (json["layers"] as JsonArray)?.OfType<JsonObject>()
-            .FirstOrDefault(l => l["mediaType"]?.GetValue<string>() == ModelLayer)?["digest"]?.GetValue<string>()
-            ?? throw new CoralModelException(manifest, "layers", $"has no layer of media type {ModelLayer}.");
-        if (!digest.StartsWith("sha256:", StringComparison.Ordinal) || digest.Length != 71 || !digest[7..].All(Uri.IsHexDigit))
-        {
-            throw new CoralModelException(manifest, "layers.digest", $"'{digest}' is not a sha256 digest.");
-        }
-
-        string blob = Path.Combine(root, "blobs", "sha256-" + digest[7..]);
-        return File.Exists(blob) ? blob : throw new CoralModelException(blob, null, $"does not exist: the store lists it as {ModelId(path)}'s model but it is missing (pull the model again).");
+        return (manifest, ModelConfig.ReadJsonObject(manifest), root);
     }
 
     private static string StoreRoot()

@@ -104,6 +104,10 @@ public sealed class CoralModelHost : IDisposable
     }
 
     /// <summary>Gets the engine when it has loaded, or null (nothing is started or awaited).</summary>
+    /// <summary>Gets the sampling the model's authors recommend (generation_config.json that samples, or an Ollama
+    /// model's params), once loaded; requests fall back to it where neither they nor the options say otherwise.</summary>
+    internal ModelSamplingDefaults? SamplingDefaults { get; private set; }
+
     internal InferenceEngine? LoadedEngine => !_disposed && _loading is { IsCompletedSuccessfully: true } t ? t.Result : null;
 
     internal async Task<InferenceEngine> GetEngineAsync(CancellationToken cancellationToken)
@@ -161,6 +165,13 @@ public sealed class CoralModelHost : IDisposable
                 torch.cuda.is_available() ? "with CUDA" : "CPU");
             _engine = InferenceEngine.Load(folder, device, dtype, _options.ContextLength, ModelId, _options.DraftModelPath, headType,
                 quantization: quantization, kvCacheType: kvCacheType);
+            SamplingDefaults = (OllamaStore.IsName(_options.ModelPath) ? OllamaStore.ReadParams(_options.ModelPath!) : null)
+                ?? _engine.Tokenizer.Config.SamplingDefaults;
+            if (SamplingDefaults is { } s)
+            {
+                _logger.LogInformation("Coral: the model's sampling defaults from {Source}: temperature {Temperature}, top-p {TopP}, top-k {TopK}, repetition penalty {Penalty}, {Stops} stop sequences",
+                    s.Source, s.Temperature, s.TopP, s.TopK, s.RepetitionPenalty, s.StopSequences.Count);
+            }
             if (TorchDevices.YieldTorchThreads(_engine.Model))
             {
                 // Measured: with libtorch's OpenMP workers spinning beside the kernels' helpers, a draft-and-verify cycle

@@ -15,6 +15,9 @@ internal sealed record TokenizerConfig
     /// <summary>Gets the EOS ids of generation_config.json (empty when absent).</summary>
     public IReadOnlyList<int> GenerationEosTokenIds { get; init; } = [];
 
+    /// <summary>Gets generation_config.json's sampling, when it samples.</summary>
+    public ModelSamplingDefaults? SamplingDefaults { get; init; }
+
     public static TokenizerConfig Load(string folder)
     {
         string path = Path.Combine(folder, "tokenizer_config.json");
@@ -50,7 +53,11 @@ internal sealed record TokenizerConfig
         if (File.Exists(generation))
         {
             JsonObject g = ModelConfig.ReadJsonObject(generation);
-            config = config with { GenerationEosTokenIds = ModelConfig.ReadIdList(g["eos_token_id"], generation, "eos_token_id") };
+            config = config with
+            {
+                GenerationEosTokenIds = ModelConfig.ReadIdList(g["eos_token_id"], generation, "eos_token_id"),
+                SamplingDefaults = ModelSamplingDefaults.FromGenerationConfig(g, generation),
+            };
         }
 
         return config;
