@@ -332,7 +332,7 @@ public sealed class CoralChatClient : IChatClient
             Temperature = temperature,
             TopP = o?.TopP ?? _defaults.DefaultTopP ?? model?.TopP ?? 0.95f,
             TopK = o?.TopK ?? _defaults.DefaultTopK ?? model?.TopK,
-            MinP = ReadFloat(o, "min_p"),
+            MinP = ReadFloat(o, "min_p") ?? model?.MinP,
             RepetitionPenalty = ReadFloat(o, "repetition_penalty") ?? model?.RepetitionPenalty ?? 1f,
             FrequencyPenalty = o?.FrequencyPenalty ?? 0f,
             PresencePenalty = o?.PresencePenalty ?? 0f,

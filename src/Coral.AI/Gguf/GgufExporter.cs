@@ -69,6 +69,22 @@ public static class GgufExporter
         var g = new GgufWriter();
         g.Add("general.architecture", arch);
         g.Add("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder))));
+        if (TokenizerConfig.Load(modelFolder).SamplingDefaults is { } sampling)
+        {
+            // The model's recommended sampling, as llama.cpp's converter copies generation_config.json.
+            g.Add("general.sampling.temp", sampling.Temperature ?? 1f);
+            g.Add("general.sampling.top_p", sampling.TopP ?? 1f);
+            g.Add("general.sampling.top_k", sampling.TopK ?? 0);
+            if (sampling.MinP is float minP)
+            {
+                g.Add("general.sampling.min_p", minP);
+            }
+
+            if (sampling.RepetitionPenalty is float penalty)
+            {
+                g.Add("general.sampling.penalty_repeat", penalty);
+            }
+        }
         g.Add("general.file_type", quantized switch
         {
             WeightQuantization.Q8_0 => 7u,   // llama.cpp's MOSTLY_Q8_0

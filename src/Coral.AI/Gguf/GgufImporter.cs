@@ -21,7 +21,7 @@ internal static class GgufImporter
 
     /// <summary>The version of what an import writes, part of the cache key: a Coral that maps files differently never
     /// reuses an older import.</summary>
-    private const int ImportVersion = 3;
+    private const int ImportVersion = 4;
 
     /// <summary>Whether <paramref name="path"/> names a GGUF file or an Ollama model (<see cref="OllamaStore"/>) rather than
     /// a model folder.</summary>
@@ -242,6 +242,7 @@ internal static class GgufImporter
         }
 
         WriteTokenizer(g, folder, tokens);
+        WriteGenerationConfig(g, folder);
 
         JsonObject map = TensorMap(g, ModelConfig.Load(Path.Combine(folder, "config.json")), arch, layers, heads, kvHeads, experts);
         var mapped = map.Select(kv => kv.Value!["gguf"]!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
@@ -619,6 +620,27 @@ internal static class GgufImporter
         bool phi3 = name.Contains("phi-3", StringComparison.Ordinal) || name.Contains("phi3", StringComparison.Ordinal);
         return i => phi3 && ((i < types.Length && types[i] is 2 or 3 or 4) || tokens[i] == "</s>")
             && tokens[i] is not ("<unk>" or "<s>" or "<|endoftext|>");
+    }
+
+    /// <summary>generation_config.json from llama.cpp's <c>general.sampling.*</c> keys (its converter's copy of the
+    /// model's generation_config.json when that samples): temperature, top-p, top-k (≤ 0: off), min-p, repetition
+    /// penalty; nothing when the file has none.</summary>
+    private static void WriteGenerationConfig(GgufFile g, string folder)
+    {
+        var generation = new JsonObject();
+        foreach (var (key, name) in new[] { ("temp", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"), ("penalty_repeat", "repetition_penalty") })
+        {
+            if (g.GetNumber("general.sampling." + key) is double value)
+            {
+                generation[name] = name == "top_k" ? Math.Max(0, (long)value) : value;
+            }
+        }
+
+        if (generation.Count > 0)
+        {
+            generation["do_sample"] = true;
+            Save(Path.Combine(folder, "generation_config.json"), generation);
+        }
     }
 
     /// <summary>tokenizer_config.json: the chat template, BOS/EOS/pad tokens, whether BOS (EOS) is added.</summary>

@@ -5,8 +5,9 @@ namespace Coral.AI;
 /// <summary>
 /// The sampling a model's authors recommend, used when neither <c>ChatOptions</c> nor <see cref="CoralChatClientOptions"/>
 /// says otherwise: <c>generation_config.json</c> with <c>do_sample: true</c>, as transformers' <c>generate()</c> reads it
-/// (temperature, else 1; top_p, else 1; top_k, else 50; repetition_penalty), or the parameters of an Ollama model's
-/// params layer (only the ones it sets, and its stop sequences).
+/// (temperature, else 1; top_p, else 1; top_k, else 50; min_p; repetition_penalty), or the parameters of an Ollama
+/// model's params layer (only the ones it sets, and its stop sequences). A GGUF file's <c>general.sampling.*</c> keys
+/// (what llama.cpp's converter copies from generation_config.json) come back as a generation_config.json.
 /// </summary>
 internal sealed record ModelSamplingDefaults
 {
@@ -15,6 +16,8 @@ internal sealed record ModelSamplingDefaults
     public float? TopP { get; init; }
 
     public int? TopK { get; init; }
+
+    public float? MinP { get; init; }
 
     public float? RepetitionPenalty { get; init; }
 
@@ -38,6 +41,7 @@ internal sealed record ModelSamplingDefaults
             Temperature = Number(g, path, "temperature") ?? 1f,
             TopP = Number(g, path, "top_p") ?? 1f,
             TopK = (int?)Number(g, path, "top_k") ?? 50,
+            MinP = Number(g, path, "min_p"),
             RepetitionPenalty = Number(g, path, "repetition_penalty"),
             Source = path,
         };
@@ -52,6 +56,7 @@ internal sealed record ModelSamplingDefaults
             Temperature = Number(p, path, "temperature"),
             TopP = Number(p, path, "top_p"),
             TopK = (int?)Number(p, path, "top_k"),
+            MinP = Number(p, path, "min_p"),
             RepetitionPenalty = Number(p, path, "repeat_penalty"),
             StopSequences = p["stop"] switch
             {
@@ -61,7 +66,7 @@ internal sealed record ModelSamplingDefaults
             },
             Source = path,
         };
-        return defaults is { Temperature: null, TopP: null, TopK: null, RepetitionPenalty: null, StopSequences.Count: 0 } ? null : defaults;
+        return defaults is { Temperature: null, TopP: null, TopK: null, MinP: null, RepetitionPenalty: null, StopSequences.Count: 0 } ? null : defaults;
     }
 
     private static float? Number(JsonObject o, string path, string key)

@@ -43,6 +43,31 @@ public class ModelSamplingDefaultsTests
         Assert.True(requested.IsGreedy);
     }
 
+    /// <summary>A GGUF file carries them as llama.cpp's <c>general.sampling.*</c> keys both ways.</summary>
+    [Fact]
+    public void GgufFile_CarriesTheModelsSampling()
+    {
+        string folder = WithGenerationConfig(new JsonObject
+        {
+            ["do_sample"] = true, ["temperature"] = 0.6, ["top_p"] = 0.9, ["top_k"] = 20, ["min_p"] = 0.05, ["repetition_penalty"] = 1.1,
+        });
+        string gguf = Path.Combine(ModelZoo.TempFolder("sampling-gguf"), "model.gguf");
+        GgufExporter.Export(folder, gguf, "f32");
+        using (var file = GgufFile.Open(gguf))
+        {
+            Assert.Equal(0.6, file.GetNumber("general.sampling.temp")!.Value, 6);
+            Assert.Equal(20, file.GetInteger("general.sampling.top_k"));
+        }
+
+        SamplingParameters s = Sampling(new CoralChatClientOptions { ModelPath = gguf, ContextLength = 64 }, null);
+        Assert.Equal((0.6f, 0.9f, 20, 0.05f, 1.1f), (s.Temperature, s.TopP!.Value, s.TopK!.Value, s.MinP!.Value, s.RepetitionPenalty));
+
+        string plain = Path.Combine(ModelZoo.TempFolder("sampling-gguf-none"), "model.gguf");
+        GgufExporter.Export(TransformerModelTests.ModelFor("llama"), plain, "f32");
+        SamplingParameters none = Sampling(new CoralChatClientOptions { ModelPath = plain, ContextLength = 64 }, null);
+        Assert.Equal((0.7f, 0.95f, (int?)null), (none.Temperature, none.TopP!.Value, none.TopK));
+    }
+
     [Fact]
     public void GenerationConfigThatDoesNotSample_KeepsCoralsDefaults()
     {
