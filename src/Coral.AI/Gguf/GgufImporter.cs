@@ -474,6 +474,7 @@ internal static class GgufImporter
         int[] types = g.GetArray<int>("tokenizer.ggml.token_type") ?? [.. tokens.Select(_ => 1)];
         Func<int, bool> rstrip = SpecialTokensRStrip(g, tokens, types);
         string[] merges = g.GetArray<string>("tokenizer.ggml.merges") ?? throw new CoralModelException(g.Path, "tokenizer.ggml.merges", "missing.");
+        CheckMerges(g, tokens, merges);
         var vocab = new JsonObject();
         var added = new JsonArray();
         for (int i = 0; i < tokens.Length; i++)
@@ -514,6 +515,23 @@ internal static class GgufImporter
         };
         Save(Path.Combine(folder, "tokenizer.json"), tokenizer);
         WriteTokenizerConfig(g, folder, tokens, addBosByDefault: preTokenizer.AddBos);
+    }
+
+    /// <summary>Checks that every merge is two tokens of the vocabulary whose concatenation is one too (what a BPE
+    /// tokenizer can load), so a corrupt file fails naming its merges rather than the imported tokenizer.json.</summary>
+    private static void CheckMerges(GgufFile g, string[] tokens, string[] merges)
+    {
+        var known = new HashSet<string>(tokens, StringComparer.Ordinal);
+        for (int i = 0; i < merges.Length; i++)
+        {
+            int space = merges[i].IndexOf(' ', 1);
+            if (space < 0 || !known.Contains(merges[i][..space]) || !known.Contains(merges[i][(space + 1)..])
+                || !known.Contains(string.Concat(merges[i].AsSpan(0, space), merges[i].AsSpan(space + 1))))
+            {
+                throw new CoralModelException(g.Path, "tokenizer.ggml.merges",
+                    $"merge {i} ('{merges[i]}') is not two tokens of the vocabulary that make a third: the file is corrupt.");
+            }
+        }
     }
 
     /// <summary>
