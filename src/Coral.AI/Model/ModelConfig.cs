@@ -376,8 +376,8 @@ internal sealed record ModelConfig
 
         int hidden = RequiredInt(root, path, "hidden_size");
         int heads = RequiredInt(root, path, "num_attention_heads");
-        int kvHeads = OptionalInt(root, path, "num_key_value_heads") ?? heads;
-        int headDim = OptionalInt(root, path, "head_dim") ?? (hidden % heads == 0
+        int kvHeads = Positive(OptionalInt(root, path, "num_key_value_heads") ?? heads, path, "num_key_value_heads");
+        int headDim = OptionalInt(root, path, "head_dim") is int explicitHeadDim ? Positive(explicitHeadDim, path, "head_dim") : (hidden % heads == 0
             ? hidden / heads
             : throw new CoralModelException(path, "hidden_size", $"{hidden} is not divisible by num_attention_heads {heads} and head_dim is absent."));
         if (heads % kvHeads != 0)
@@ -434,7 +434,7 @@ internal sealed record ModelConfig
             RmsNormEps = OptionalDouble(root, path, "rms_norm_eps") ?? 1e-6,
             RopeTheta = OptionalRopeTheta(root, path) ?? 10000.0,
             RopeScaling = scaling,
-            MaxPositionEmbeddings = OptionalInt(root, path, "max_position_embeddings") ?? 2048,
+            MaxPositionEmbeddings = Positive(OptionalInt(root, path, "max_position_embeddings") ?? 2048, path, "max_position_embeddings"),
             TieWordEmbeddings = OptionalBool(root, path, "tie_word_embeddings") ?? false,
             QkvBias = family is ModelFamily.Qwen2 or ModelFamily.Qwen2Moe || attentionBias,
             OutputBias = family is not (ModelFamily.Qwen2 or ModelFamily.Qwen2Moe) && attentionBias,
@@ -911,8 +911,12 @@ internal sealed record ModelConfig
         }
     }
 
+    /// <summary>A required size: an integer of at least 1.</summary>
     private static int RequiredInt(JsonObject o, string path, string field) =>
-        OptionalInt(o, path, field) ?? throw new CoralModelException(path, field, "missing.");
+        Positive(OptionalInt(o, path, field) ?? throw new CoralModelException(path, field, "missing."), path, field);
+
+    private static int Positive(int value, string path, string field) =>
+        value >= 1 ? value : throw new CoralModelException(path, field, $"{value} must be at least 1.");
 
     /// <summary>An optional integer field; a value of another type is a <see cref="CoralModelException"/> naming it.</summary>
     internal static int? OptionalInt(JsonObject o, string path, string field) => Get(o, path, field, n => n.GetValue<int>());

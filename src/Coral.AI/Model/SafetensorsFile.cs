@@ -82,14 +82,22 @@ internal sealed class SafetensorsFile : IDisposable
                 throw new CoralModelException(path, null, "header is not a JSON object.");
             }
 
-            foreach (JsonProperty p in doc.RootElement.EnumerateObject())
+            try
             {
-                if (p.Name == "__metadata__")
+                foreach (JsonProperty p in doc.RootElement.EnumerateObject())
                 {
-                    continue;
-                }
+                    if (p.Name == "__metadata__")
+                    {
+                        continue;
+                    }
 
-                entries[p.Name] = ParseEntry(path, p, dataLength);
+                    entries[p.Name] = ParseEntry(path, p, dataLength);
+                }
+            }
+            catch (InvalidOperationException ex)
+            {
+                // JsonDocument leaves strings undecoded until read: invalid UTF-8 in a name surfaces here.
+                throw new CoralModelException(path, null, $"header is not valid UTF-8 JSON: {ex.Message}", ex);
             }
         }
 

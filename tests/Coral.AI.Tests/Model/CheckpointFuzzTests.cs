@@ -1,0 +1,66 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Coral.AI.Tests;
+
+/// <summary>
+/// Corrupt model folders — random bytes overwritten in model.safetensors' header, config.json, tokenizer.json or
+/// tokenizer_config.json, or a file cut short — either still load or fail with a <see cref="CoralModelException"/> naming
+/// the file: never another exception type.
+/// </summary>
+public class CheckpointFuzzTests
+{
+    [Theory]
+    [InlineData("model.safetensors")]
+    [InlineData("config.json")]
+    [InlineData("tokenizer.json")]
+    [InlineData("tokenizer_config.json")]
+    public void CorruptFile_LoadsOrFailsWithACoralModelException(string name)
+    {
+        string source = TransformerModelTests.ModelFor("qwen2");
+        byte[] bytes = File.ReadAllBytes(Path.Combine(source, name));
+        // safetensors: the 8-byte length and the JSON header (the data after it is any bytes at all).
+        int span = name == "model.safetensors" ? 8 + (int)BitConverter.ToUInt64(bytes, 0) : bytes.Length;
+        var random = new Random(name.Length);
+        var failures = new List<string>();
+        int refused = 0;
+        for (int trial = 0; trial < 100; trial++)
+        {
+            string folder = ModelZoo.Copy(source, "fuzz-" + Path.GetFileNameWithoutExtension(name));
+            string path = Path.Combine(folder, name);
+            byte[] corrupt;
+            string what;
+            if (trial % 4 == 3)
+            {
+                int cut = random.Next(0, span);
+                corrupt = bytes[..cut];
+                what = $"cut at {cut}";
+            }
+            else
+            {
+                corrupt = (byte[])bytes.Clone();
+                int i = random.Next(0, span);
+                const string Bytes = "{}[]\":,0x\\\u00ff";
+                corrupt[i] = (byte)Bytes[random.Next(Bytes.Length)];
+                what = $"byte {i} = {corrupt[i]:X2}";
+            }
+
+            File.WriteAllBytes(path, corrupt);
+            try
+            {
+                using InferenceEngine engine = InferenceEngine.Load(folder, torch.CPU, ScalarType.Float32, 32);
+            }
+            catch (CoralModelException ex) when (ex.Message.Contains(folder, StringComparison.Ordinal))
+            {
+                refused++;
+            }
+            catch (Exception ex)
+            {
+                failures.Add($"{what}: {ex.GetType().Name}: {ex.Message.Split('\n')[0]}");
+            }
+        }
+
+        Assert.True(failures.Count == 0, $"{name}: {failures.Count} of 100 corrupt copies failed otherwise ({refused} refused):\n" + string.Join("\n", failures.Take(12)));
+        Assert.True(refused > 10, $"only {refused} refused");
+    }
+}
