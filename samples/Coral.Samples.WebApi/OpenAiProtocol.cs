@@ -234,11 +234,11 @@ public static class OpenAiProtocol
         var messages = new List<ChatMessage>();
         foreach (JsonNode? m in r["messages"] as JsonArray ?? throw new ArgumentException("'messages' is required."))
         {
-            var role = new ChatRole(m!["role"]?.GetValue<string>() ?? throw new ArgumentException("every message needs a 'role'."));
-            string text = m["content"] switch
+            var role = new ChatRole(Need(Need(m as JsonObject, "every message (an object)")["role"], "every message's 'role'").GetValue<string>());
+            string text = m!["content"] switch
             {
                 null => string.Empty,
-                JsonArray parts => string.Concat(parts.Where(p => p?["type"]?.GetValue<string>() == "text").Select(p => p!["text"]!.GetValue<string>())),
+                JsonArray parts => string.Concat(parts.Where(p => p?["type"]?.GetValue<string>() == "text").Select(p => Need(p!["text"], "a text part's 'text'").GetValue<string>())),
                 JsonNode c => c.GetValue<string>(),
             };
             if (role == ChatRole.Tool)
@@ -250,9 +250,11 @@ public static class OpenAiProtocol
             var message = new ChatMessage(role, text);
             foreach (JsonNode? call in m["tool_calls"] as JsonArray ?? [])
             {
-                string args = call!["function"]?["arguments"]?.GetValue<string>() ?? "{}";
+                JsonNode function = Need(Need(call, "every tool call")["function"], "a tool call's 'function'");
+                string args = function["arguments"]?.GetValue<string>() ?? "{}";
                 var parsed = JsonSerializer.Deserialize<Dictionary<string, object?>>(args);
-                message.Contents.Add(new FunctionCallContent(call["id"]!.GetValue<string>(), call["function"]!["name"]!.GetValue<string>(), parsed));
+                message.Contents.Add(new FunctionCallContent(Need(call!["id"], "a tool call's 'id'").GetValue<string>(),
+                    Need(function["name"], "a tool call's function 'name'").GetValue<string>(), parsed));
             }
 
             messages.Add(message);
@@ -270,14 +272,14 @@ public static class OpenAiProtocol
             StopSequences = r["stop"] switch
             {
                 null => null,
-                JsonArray a => a.Select(x => x!.GetValue<string>()).ToList(),
+                JsonArray a => a.Select(x => Need(x, "every stop sequence").GetValue<string>()).ToList(),
                 JsonNode s => [s.GetValue<string>()],
             },
         };
-        var tools = (r["tools"] as JsonArray ?? []).Select(t => (AITool)AIFunctionFactory.CreateDeclaration(
-            t!["function"]!["name"]!.GetValue<string>(),
-            t["function"]!["description"]?.GetValue<string>(),
-            JsonSerializer.Deserialize<JsonElement>(t["function"]!["parameters"]?.ToJsonString() ?? "{\"type\":\"object\"}"))).ToList();
+        var tools = (r["tools"] as JsonArray ?? []).Select(t => Need(Need(t, "every tool")["function"], "a tool's 'function'")).Select(f => (AITool)AIFunctionFactory.CreateDeclaration(
+            Need(f["name"], "a tool's function 'name'").GetValue<string>(),
+            f["description"]?.GetValue<string>(),
+            JsonSerializer.Deserialize<JsonElement>(f["parameters"]?.ToJsonString() ?? "{\"type\":\"object\"}"))).ToList();
         if (tools.Count > 0)
         {
             options.Tools = tools;
@@ -289,14 +291,14 @@ public static class OpenAiProtocol
             JsonValue v when v.GetValue<string>() == "none" => ChatToolMode.None,
             JsonValue v when v.GetValue<string>() == "required" => ChatToolMode.RequireAny,
             JsonValue => ChatToolMode.Auto,
-            JsonObject o => ChatToolMode.RequireSpecific(o["function"]!["name"]!.GetValue<string>()),
+            JsonObject o => ChatToolMode.RequireSpecific(Need(Need(o["function"], "tool_choice's 'function'")["name"], "tool_choice's function 'name'").GetValue<string>()),
             _ => null,
         };
         options.ResponseFormat = r["response_format"]?["type"]?.GetValue<string>() switch
         {
             "json_object" => ChatResponseFormat.Json,
             "json_schema" => ChatResponseFormat.ForJsonSchema(
-                JsonSerializer.Deserialize<JsonElement>(r["response_format"]!["json_schema"]!["schema"]!.ToJsonString()),
+                JsonSerializer.Deserialize<JsonElement>(Need(Need(r["response_format"]!["json_schema"], "response_format's 'json_schema'")["schema"], "the json_schema's 'schema'").ToJsonString()),
                 r["response_format"]!["json_schema"]!["name"]?.GetValue<string>()),
             _ => null,
         };
@@ -317,6 +319,9 @@ public static class OpenAiProtocol
 
         return (messages, options);
     }
+
+    /// <summary>A part of the request that must be there: absent (or JSON null) is a 400 naming it.</summary>
+    private static JsonNode Need(JsonNode? node, string what) => node ?? throw new ArgumentException($"{what} is required.");
 
     private static JsonArray? ToolCalls(IEnumerable<AIContent> contents)
     {

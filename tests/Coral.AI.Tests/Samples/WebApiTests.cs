@@ -100,6 +100,74 @@ public sealed class WebApiTests : IAsyncLifetime
         Assert.Contains("/v1/chat/completions", await http.GetStringAsync("/"));
     }
 
+    /// <summary>Requests with one value swapped for a wrong one (a wrong type, a negative or huge number, an empty or
+    /// missing part): the server answers 200 or 400 with an error message, never a 500, and stays up.</summary>
+    [Fact]
+    public async Task MangledRequests_Are200Or400_Never500()
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(_baseUrl) };
+        const string Valid = """
+            {"model":"qwen2","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]},
+             {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},
+             {"role":"tool","tool_call_id":"c1","content":"42"}],
+             "max_tokens":2,"temperature":0.5,"top_p":0.9,"seed":3,"stop":["\n"],"frequency_penalty":0.1,"presence_penalty":0.1,
+             "tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object","properties":{"a":{"type":"integer"}}}}}],
+             "tool_choice":"auto","response_format":{"type":"text"},"stream":false}
+            """;
+        JsonNode[] Replacements() => [null!, -1, 0, 1e300, 2147483648L, 3.5, "", "x", true, new JsonArray(), new JsonObject(), new JsonArray("a", 1)];
+        var random = new Random(5);
+        var failures = new List<string>();
+        var seen = new Dictionary<HttpStatusCode, int>();
+        for (int trial = 0; trial < 120; trial++)
+        {
+            JsonNode root = JsonNode.Parse(Valid)!;
+            var nodes = new List<JsonNode>();
+            void Walk(JsonNode n)
+            {
+                nodes.Add(n);
+                foreach (JsonNode? child in n switch { JsonObject o => o.Select(kv => kv.Value), JsonArray a => a, _ => [] })
+                {
+                    if (child is not null)
+                    {
+                        Walk(child);
+                    }
+                }
+            }
+
+            Walk(root);
+            JsonNode target = nodes[1 + random.Next(nodes.Count - 1)];
+            JsonNode[] choices = Replacements();
+            JsonNode? replacement = choices[random.Next(choices.Length)]?.DeepClone();
+            bool remove = random.Next(4) == 0;
+            switch (target.Parent)
+            {
+                case JsonObject o:
+                    string key = o.First(kv => ReferenceEquals(kv.Value, target)).Key;
+                    if (remove) { o.Remove(key); } else { o[key] = replacement; }
+                    break;
+                case JsonArray a:
+                    int i = a.IndexOf(target);
+                    if (remove) { a.RemoveAt(i); } else { a[i] = replacement; }
+                    break;
+            }
+
+            string body = root.ToJsonString();
+            using HttpResponseMessage r = await http.PostAsync("/v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+            seen[r.StatusCode] = seen.GetValueOrDefault(r.StatusCode) + 1;
+            string text = await r.Content.ReadAsStringAsync();
+            if (r.StatusCode is not (HttpStatusCode.OK or HttpStatusCode.BadRequest) || (r.StatusCode == HttpStatusCode.BadRequest && !text.Contains("error", StringComparison.Ordinal)))
+            {
+                failures.Add($"{(int)r.StatusCode}: {body}\n  -> {text[..Math.Min(text.Length, 200)]}");
+            }
+        }
+
+        Assert.True(failures.Count == 0, $"{failures.Count} of 120 mangled requests ({string.Join(", ", seen.Select(kv => $"{(int)kv.Key}: {kv.Value}"))}):\n" + string.Join("\n", failures.Take(6)));
+        Assert.True(seen.GetValueOrDefault(HttpStatusCode.BadRequest) > 10, "too few requests were refused to have tested anything");
+        using HttpResponseMessage still = await http.PostAsync("/v1/chat/completions",
+            new StringContent("""{"messages":[{"role":"user","content":"still there?"}],"max_tokens":2}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.OK, still.StatusCode);
+    }
+
     [Fact]
     public async Task Overload_Returns429_WithRetryAfter_AndBadRequestsAre400()
     {
