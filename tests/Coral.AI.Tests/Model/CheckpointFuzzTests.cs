@@ -63,4 +63,56 @@ public class CheckpointFuzzTests
         Assert.True(failures.Count == 0, $"{name}: {failures.Count} of 100 corrupt copies failed otherwise ({refused} refused):\n" + string.Join("\n", failures.Take(12)));
         Assert.True(refused > 10, $"only {refused} refused");
     }
+
+    /// <summary>The same for a CORAL drafter's files (its config, its layer, its router).</summary>
+    [Theory]
+    [InlineData("config.json")]
+    [InlineData("model.safetensors")]
+    [InlineData("router.safetensors")]
+    public void CorruptDrafterFile_LoadsOrFailsWithACoralModelException(string name)
+    {
+        string target = TransformerModelTests.ModelFor("qwen2");
+        string source = DrafterZoo.Random(target, "fuzz-source", new DraftInitOptions { Seed = 3, RouterGroups = 4, RouterTopK = 2 });
+        byte[] bytes = File.ReadAllBytes(Path.Combine(source, name));
+        int span = name.EndsWith(".safetensors", StringComparison.Ordinal) ? 8 + (int)BitConverter.ToUInt64(bytes, 0) : bytes.Length;
+        var random = new Random(name.Length * 7);
+        var failures = new List<string>();
+        int refused = 0;
+        for (int trial = 0; trial < 60; trial++)
+        {
+            string folder = ModelZoo.Copy(source, "fuzz-drafter");
+            byte[] corrupt = (byte[])bytes.Clone();
+            string what;
+            if (trial % 4 == 3)
+            {
+                int cut = random.Next(0, span);
+                corrupt = bytes[..cut];
+                what = $"cut at {cut}";
+            }
+            else
+            {
+                const string Bytes = "{}[]\":,0x\\\u00ff";
+                int i = random.Next(0, span);
+                corrupt[i] = (byte)Bytes[random.Next(Bytes.Length)];
+                what = $"byte {i} = {corrupt[i]:X2}";
+            }
+
+            File.WriteAllBytes(Path.Combine(folder, name), corrupt);
+            try
+            {
+                using InferenceEngine engine = InferenceEngine.Load(target, torch.CPU, ScalarType.Float32, 32, draftFolder: folder);
+            }
+            catch (CoralModelException ex) when (ex.Message.Contains(folder, StringComparison.Ordinal))
+            {
+                refused++;
+            }
+            catch (Exception ex)
+            {
+                failures.Add($"{what}: {ex.GetType().Name}: {ex.Message.Split('\n')[0]}");
+            }
+        }
+
+        Assert.True(failures.Count == 0, $"drafter {name}: {failures.Count} of 60 corrupt copies failed otherwise ({refused} refused):\n" + string.Join("\n", failures.Take(12)));
+        Assert.True(refused > 10, $"only {refused} refused");
+    }
 }
