@@ -322,9 +322,11 @@ public sealed class CoralChatClient : IChatClient
     internal SamplingParameters MapSampling(ChatOptions? o, ModelSamplingDefaults? model)
     {
         float temperature = o?.Temperature ?? _defaults.DefaultTemperature ?? model?.Temperature ?? 0.7f;
-        if (temperature < 0 || o?.TopP is < 0 or > 1 || o?.TopK is < 0)
+        if (!(temperature >= 0) || float.IsPositiveInfinity(temperature) || o?.TopP is { } p && !(p is >= 0 and <= 1) || o?.TopK is < 0
+            || o?.FrequencyPenalty is { } f && !float.IsFinite(f) || o?.PresencePenalty is { } pp && !float.IsFinite(pp))
         {
-            throw new ArgumentOutOfRangeException(nameof(o), "ChatOptions.Temperature must be >= 0, TopP in [0, 1] and TopK >= 0.");
+            throw new ArgumentOutOfRangeException(nameof(o),
+                "ChatOptions.Temperature must be a finite number >= 0, TopP in [0, 1], TopK >= 0 and the penalties finite.");
         }
 
         return new SamplingParameters

@@ -211,7 +211,8 @@ internal sealed class LogitsSampler
                 }
             }
 
-            if (mass >= topP || threshold < 1e-30f)
+            // Written so that NaN (a model that produced NaN logits) ends the loop too.
+            if (!(mass < topP) || !(threshold >= 1e-30f))
             {
                 break;
             }

@@ -118,3 +118,36 @@ public class LogitsSamplerTests
         Assert.Equal(1.0, probs.Sum(), 4);
     }
 }
+
+/// <summary>Logits a broken model could produce (NaN, infinities) do not hang or crash the sampler.</summary>
+public class LogitsSamplerBadLogitsTests
+{
+    [Theory]
+    [InlineData(float.NaN)]
+    [InlineData(float.PositiveInfinity)]
+    [InlineData(float.NegativeInfinity)]
+    public async Task NonFiniteLogits_EndWithinASecond(float bad)
+    {
+        var logits = new float[64];
+        for (int i = 0; i < logits.Length; i++)
+        {
+            logits[i] = i % 3 == 0 ? bad : i * 0.01f;
+        }
+
+        foreach (SamplingParameters p in new[]
+        {
+            SamplingParameters.Greedy, new SamplingParameters { Temperature = 0.8f, TopP = 0.9f, Seed = 1 },
+            new SamplingParameters { Temperature = 1f, TopK = 5, MinP = 0.1f, Seed = 2 }, new SamplingParameters { Temperature = 1f, TopP = 0.5f, Seed = 3, RepetitionPenalty = 1.3f },
+        })
+        {
+            var sampler = new LogitsSampler(p, logits.Length, [1, 2, 3]);
+            int token = await Task.Run(() => sampler.Sample(logits)).WaitAsync(TimeSpan.FromSeconds(5));
+            Assert.InRange(token, 0, logits.Length - 1);
+        }
+
+        var allNaN = Enumerable.Repeat(float.NaN, 16).ToArray();
+        var nucleus = new LogitsSampler(new SamplingParameters { Temperature = 0.7f, TopP = 0.9f, Seed = 4 }, allNaN.Length);
+        int any = await Task.Run(() => nucleus.Sample(allNaN)).WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.InRange(any, 0, allNaN.Length - 1);
+    }
+}
