@@ -103,9 +103,9 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return $"CoralChatClientOptions.DefaultMaxOutputTokens must be at least 1 (got {o.DefaultMaxOutputTokens}).";
         }
 
-        if (o.DefaultTemperature < 0 || o.DefaultTopP is <= 0 or > 1 || o.DefaultTopK < 0)
+        if (o.DefaultTemperature is { } t && !(t >= 0 && float.IsFinite(t)) || o.DefaultTopP is { } p && !(p > 0 && p <= 1) || o.DefaultTopK < 0)
         {
-            return "CoralChatClientOptions.DefaultTemperature must be >= 0, DefaultTopP in (0, 1] and DefaultTopK >= 0.";
+            return "CoralChatClientOptions.DefaultTemperature must be a finite number >= 0, DefaultTopP in (0, 1] and DefaultTopK >= 0.";
         }
 
         if (o.DraftModelPath is not null && !File.Exists(Path.Combine(o.DraftModelPath, "config.json")))

@@ -74,6 +74,23 @@ public class DependencyInjectionTests
         Assert.Contains(field, ex.Message);
     }
 
+    [Theory]
+    [InlineData(float.NaN, null, null)]
+    [InlineData(float.PositiveInfinity, null, null)]
+    [InlineData(-0.5f, null, null)]
+    [InlineData(null, 0f, null)]
+    [InlineData(null, float.NaN, null)]
+    [InlineData(null, null, -1)]
+    public void BadSamplingDefaults_AreRefused(float? temperature, float? topP, int? topK)
+    {
+        string? error = CoralChatClientOptionsValidator.Check(new CoralChatClientOptions
+        {
+            ModelPath = Model, DefaultTemperature = temperature, DefaultTopP = topP, DefaultTopK = topK,
+        });
+        Assert.NotNull(error);
+        Assert.Contains("DefaultTemperature must be a finite number", error);
+    }
+
     [Fact]
     public async Task CudaWithoutBackend_FailsFast_NamingThePackage_AndHealthIsUnhealthy()
     {
