@@ -100,13 +100,13 @@ public sealed class WebApiTests : IAsyncLifetime
         Assert.Contains("/v1/chat/completions", await http.GetStringAsync("/"));
     }
 
-    /// <summary>Requests with one value swapped for a wrong one (a wrong type, a negative or huge number, an empty or
-    /// missing part): the server answers 200 or 400 with an error message, never a 500, and stays up.</summary>
+    /// <summary>Chat and embedding requests with one value swapped for a wrong one (a wrong type, a negative or huge
+    /// number, an empty or missing part): the server answers 200 or 400 with an error message, never a 500, and stays up.</summary>
     [Fact]
     public async Task MangledRequests_Are200Or400_Never500()
     {
         using var http = new HttpClient { BaseAddress = new Uri(_baseUrl) };
-        const string Valid = """
+        const string Chat = """
             {"model":"qwen2","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]},
              {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},
              {"role":"tool","tool_call_id":"c1","content":"42"}],
@@ -114,13 +114,15 @@ public sealed class WebApiTests : IAsyncLifetime
              "tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object","properties":{"a":{"type":"integer"}}}}}],
              "tool_choice":"auto","response_format":{"type":"text"},"stream":false}
             """;
+        const string Embeddings = """{"model":"qwen2","input":["Whales are mammals.","Reefs"],"dimensions":8,"encoding_format":"float"}""";
         JsonNode[] Replacements() => [null!, -1, 0, 1e300, 2147483648L, 3.5, "", "x", true, new JsonArray(), new JsonObject(), new JsonArray("a", 1)];
         var random = new Random(5);
         var failures = new List<string>();
         var seen = new Dictionary<HttpStatusCode, int>();
-        for (int trial = 0; trial < 120; trial++)
+        for (int trial = 0; trial < 160; trial++)
         {
-            JsonNode root = JsonNode.Parse(Valid)!;
+            bool chat = trial % 4 != 3;
+            JsonNode root = JsonNode.Parse(chat ? Chat : Embeddings)!;
             var nodes = new List<JsonNode>();
             void Walk(JsonNode n)
             {
@@ -152,7 +154,7 @@ public sealed class WebApiTests : IAsyncLifetime
             }
 
             string body = root.ToJsonString();
-            using HttpResponseMessage r = await http.PostAsync("/v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+            using HttpResponseMessage r = await http.PostAsync(chat ? "/v1/chat/completions" : "/v1/embeddings", new StringContent(body, Encoding.UTF8, "application/json"));
             seen[r.StatusCode] = seen.GetValueOrDefault(r.StatusCode) + 1;
             string text = await r.Content.ReadAsStringAsync();
             if (r.StatusCode is not (HttpStatusCode.OK or HttpStatusCode.BadRequest) || (r.StatusCode == HttpStatusCode.BadRequest && !text.Contains("error", StringComparison.Ordinal)))
@@ -161,7 +163,7 @@ public sealed class WebApiTests : IAsyncLifetime
             }
         }
 
-        Assert.True(failures.Count == 0, $"{failures.Count} of 120 mangled requests ({string.Join(", ", seen.Select(kv => $"{(int)kv.Key}: {kv.Value}"))}):\n" + string.Join("\n", failures.Take(6)));
+        Assert.True(failures.Count == 0, $"{failures.Count} of 160 mangled requests ({string.Join(", ", seen.Select(kv => $"{(int)kv.Key}: {kv.Value}"))}):\n" + string.Join("\n", failures.Take(6)));
         Assert.True(seen.GetValueOrDefault(HttpStatusCode.BadRequest) > 10, "too few requests were refused to have tested anything");
         using HttpResponseMessage still = await http.PostAsync("/v1/chat/completions",
             new StringContent("""{"messages":[{"role":"user","content":"still there?"}],"max_tokens":2}""", Encoding.UTF8, "application/json"));
