@@ -322,7 +322,7 @@ public sealed class CoralChatClient : IChatClient
     internal SamplingParameters MapSampling(ChatOptions? o, ModelSamplingDefaults? model)
     {
         float temperature = o?.Temperature ?? _defaults.DefaultTemperature ?? model?.Temperature ?? 0.7f;
-        if (!(temperature >= 0) || float.IsPositiveInfinity(temperature) || o?.TopP is { } p && !(p is >= 0 and <= 1) || o?.TopK is < 0
+        if (!float.IsFinite(temperature) || temperature < 0 || o?.TopP is { } p && !(p is >= 0 and <= 1) || o?.TopK is < 0
             || o?.FrequencyPenalty is { } f && !float.IsFinite(f) || o?.PresencePenalty is { } pp && !float.IsFinite(pp))
         {
             throw new ArgumentOutOfRangeException(nameof(o),

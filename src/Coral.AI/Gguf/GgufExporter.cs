@@ -69,22 +69,6 @@ public static class GgufExporter
         var g = new GgufWriter();
         g.Add("general.architecture", arch);
         g.Add("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder))));
-        if (TokenizerConfig.Load(modelFolder).SamplingDefaults is { } sampling)
-        {
-            // The model's recommended sampling, as llama.cpp's converter copies generation_config.json.
-            g.Add("general.sampling.temp", sampling.Temperature ?? 1f);
-            g.Add("general.sampling.top_p", sampling.TopP ?? 1f);
-            g.Add("general.sampling.top_k", sampling.TopK ?? 0);
-            if (sampling.MinP is float minP)
-            {
-                g.Add("general.sampling.min_p", minP);
-            }
-
-            if (sampling.RepetitionPenalty is float penalty)
-            {
-                g.Add("general.sampling.penalty_repeat", penalty);
-            }
-        }
         g.Add("general.file_type", quantized switch
         {
             WeightQuantization.Q8_0 => 7u,   // llama.cpp's MOSTLY_Q8_0
@@ -557,7 +541,8 @@ public static class GgufExporter
         AddSpecialIds(g, tokenizer, c);
     }
 
-    /// <summary>BOS and EOS ids, whether BOS is added (what the tokenizer really does), and the chat template.</summary>
+    /// <summary>BOS and EOS ids, whether BOS is added (what the tokenizer really does), the model's recommended sampling
+    /// (a generation_config.json that samples, as llama.cpp's converter copies it) and the chat template.</summary>
     private static void AddSpecialIds(GgufWriter g, HfTokenizer tokenizer, ModelConfig c)
     {
         List<int> probe = tokenizer.Encode("a", addSpecialTokens: true);
@@ -575,8 +560,26 @@ public static class GgufExporter
         }
 
         g.Add("tokenizer.ggml.add_bos_token", addsBos);
+        if (tokenizer.Config.SamplingDefaults is { } sampling)
+        {
+            // The model's recommended sampling, as llama.cpp's converter copies generation_config.json.
+            g.Add("general.sampling.temp", sampling.Temperature ?? 1f);
+            g.Add("general.sampling.top_p", sampling.TopP ?? 1f);
+            g.Add("general.sampling.top_k", sampling.TopK ?? 0);
+            if (sampling.MinP is float minP)
+            {
+                g.Add("general.sampling.min_p", minP);
+            }
+
+            if (sampling.RepetitionPenalty is float penalty)
+            {
+                g.Add("general.sampling.penalty_repeat", penalty);
+            }
+        }
+
         if (tokenizer.Config.ChatTemplate is string template)
         {
             g.Add("tokenizer.chat_template", template);   // as llama.cpp's converter writes it
         }
-    }}
+    }
+}

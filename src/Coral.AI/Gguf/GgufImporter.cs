@@ -494,17 +494,12 @@ internal static class GgufImporter
             }
         }
 
-        var steps = new JsonArray([.. preTokenizer.Patterns.Select(p => (JsonNode)new JsonObject
-        {
-            ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = p }, ["behavior"] = "Isolated", ["invert"] = false,
-        })]);
-        steps.Add(new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = false });
         var tokenizer = new JsonObject
         {
             ["version"] = "1.0",
             ["added_tokens"] = added,
             ["normalizer"] = null,
-            ["pre_tokenizer"] = new JsonObject { ["type"] = "Sequence", ["pretokenizers"] = steps },
+            ["pre_tokenizer"] = preTokenizer.ToJson(),
             ["post_processor"] = null,
             ["decoder"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = true, ["trim_offsets"] = true, ["use_regex"] = true },
             ["model"] = new JsonObject

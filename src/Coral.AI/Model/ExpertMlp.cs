@@ -75,8 +75,9 @@ internal sealed unsafe class ExpertMlp : IDisposable
 
         string S(string name) => ModelConfig.SharedExpertWeightName(prefix, name);
         // Granite-MoE's stacked experts, read once ([E, 2ff, d] and [E, d, ff]); an expert is then one slice of each. (A
-        // model imported from GGUF names its experts one by one, as Mixtral's.)
-        bool stacked = c.StackedExperts && reader.Contains(stackedGateUp);
+        // model imported from GGUF names its experts one by one, as Mixtral's; a checkpoint that names neither is told
+        // its stacked tensor is missing.)
+        bool stacked = c.StackedExperts && !reader.Contains(E(0, "gate"));
         Tensor? gateUp3 = stacked ? reader.Take(stackedGateUp, [c.NumExperts, 2 * ff, d], pack ? Stored(stackedGateUp) : dtype, pack ? torch.CPU : device) : null;
         Tensor? down3 = stacked ? reader.Take(stackedDown, [c.NumExperts, d, ff], pack ? Stored(stackedDown) : dtype, pack ? torch.CPU : device) : null;
         try

@@ -31,7 +31,13 @@ internal sealed record ModelSamplingDefaults
     /// false: transformers would decode greedily, and Coral keeps its own stochastic defaults).</summary>
     public static ModelSamplingDefaults? FromGenerationConfig(JsonObject g, string path)
     {
-        if (g["do_sample"]?.GetValue<bool>() != true)
+        bool sample = g["do_sample"] switch
+        {
+            null => false,
+            JsonValue v when v.TryGetValue(out bool b) => b,
+            _ => throw new CoralModelException(path, "do_sample", "must be true or false."),
+        };
+        if (!sample)
         {
             return null;
         }
@@ -60,9 +66,10 @@ internal sealed record ModelSamplingDefaults
             RepetitionPenalty = Number(p, path, "repeat_penalty"),
             StopSequences = p["stop"] switch
             {
-                JsonArray a => [.. a.Select(n => n?.GetValue<string>()).OfType<string>().Where(x => x.Length > 0)],
-                JsonValue v when v.TryGetValue(out string? one) && one.Length > 0 => [one],
-                _ => [],
+                null => [],
+                JsonArray a when a.All(n => n is JsonValue v && v.TryGetValue(out string? _)) => [.. a.Select(n => n!.GetValue<string>()).Where(x => x.Length > 0)],
+                JsonValue v when v.TryGetValue(out string? one) => one.Length > 0 ? [one] : [],
+                _ => throw new CoralModelException(path, "stop", "must be a string or an array of strings."),
             },
             Source = path,
         };

@@ -82,14 +82,18 @@ public class ModelSamplingDefaultsTests
         }
     }
 
-    [Fact]
-    public void BadGenerationConfigValue_FailsNamingTheField()
+    [Theory]
+    [InlineData("temperature", "hot")]
+    [InlineData("do_sample", "yes")]
+    public void BadGenerationConfigValue_FailsNamingTheField(string field, string value)
     {
-        string folder = WithGenerationConfig(new JsonObject { ["do_sample"] = true, ["temperature"] = "hot" });
+        var generation = new JsonObject { ["do_sample"] = true, ["temperature"] = 0.5 };
+        generation[field] = value;
+        string folder = WithGenerationConfig(generation);
         var ex = Assert.ThrowsAny<Exception>(() => CoralModelHost.Load(new CoralChatClientOptions { ModelPath = folder, ContextLength = 64 }));
         CoralModelException model = ex as CoralModelException ?? Assert.IsType<CoralModelException>(ex.InnerException);
         Assert.Contains("generation_config.json", model.Message);
-        Assert.Contains("temperature", model.Message);
+        Assert.Contains(field, model.Message);
     }
 
     /// <summary>An Ollama model's params layer: its temperature and top-k become the defaults, and its stop sequence ends

@@ -107,12 +107,7 @@ public class GgufPreTokenizerTests
         vocab.Remove(built);
         vocab[Unreachable] = id;
         model["ignore_merges"] = entry.IgnoreMerges;
-        var steps = new JsonArray([.. entry.Patterns.Select(p => (JsonNode)new JsonObject
-        {
-            ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = p }, ["behavior"] = "Isolated", ["invert"] = false,
-        })]);
-        steps.Add(new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = false });
-        root["pre_tokenizer"] = new JsonObject { ["type"] = "Sequence", ["pretokenizers"] = steps };
+        root["pre_tokenizer"] = entry.ToJson();
         File.WriteAllText(path, root.ToJsonString());
         return folder;
     }
