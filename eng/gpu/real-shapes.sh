@@ -47,7 +47,7 @@ echo "== a random bf16 drafter with a 16-group router" | tee -a "$out/steps.txt"
 echo "== coral bench on CUDA: two prompts, 16 tokens, the tuned tree every step (costs, not τ)" | tee -a "$out/steps.txt"
 printf '%s\n' '{"kind":"writing","prompt":"Continue this text: The history of the city begins with a small settlement on the banks of the river."}' \
   '{"kind":"faq","prompt":"How do I open a file for reading in Perl?"}' > /tmp/coral-real-shape-prompts.jsonl
-timeout 420 "$app/coral" bench --device cuda --model "$model" --draft "$model-draft" --prompts /tmp/coral-real-shape-prompts.jsonl \
+timeout "${BENCH_TIMEOUT:-420}" "$app/coral" bench --device cuda --model "$model" --draft "$model-draft" --prompts /tmp/coral-real-shape-prompts.jsonl \
   --fixed-depth --no-plain-fallback --prompt-lookup 0 --max-new-tokens 16 --rounds 1 --warmup 1 --json \
   > "$out/bench.json" 2> "$out/bench.err"
 echo "bench exit $?" | tee -a "$out/steps.txt"

@@ -26,10 +26,15 @@ grep -E 'undefined symbol' "$out/ldd.txt" | sed -E 's/^undefined symbol: ([^ \t]
 echo "$(wc -l < "$out/unresolved.txt") unresolved symbols (first 30):"; head -30 "$out/unresolved.txt"
 
 step "CPU smoke test against this libtorch"
-timeout 300 "$app/coral" generate --device cpu --chat --temperature 0 --prompt "What is a dictionary?" --max-new-tokens 16 2>&1 | tee "$out/generate-cpu.txt"
+timeout 90 "$app/coral" generate --device cpu --chat --temperature 0 --prompt "What is a dictionary?" --max-new-tokens 16 2>&1 | tee "$out/generate-cpu.txt"
 
 step "CUDA: the demo pair, plain and speculative"
-timeout 300 "$app/coral" generate --device cuda --chat --temperature 0 --prompt "What is a dictionary?" --max-new-tokens 32 2>&1 | tee "$out/generate-cuda.txt"
-timeout 400 "$app/coral" bench --device cuda --prompts "$root/eng/demo/bench-prompts.jsonl" --max-new-tokens 64 --rounds 1 --json \
+timeout 120 "$app/coral" generate --device cuda --chat --temperature 0 --prompt "What is a dictionary?" --max-new-tokens 32 2>&1 | tee "$out/generate-cuda.txt"
+timeout 180 "$app/coral" bench --device cuda --prompts "$root/eng/demo/bench-prompts.jsonl" --max-new-tokens 64 --rounds 1 --json \
   > "$out/bench-cuda.json" 2> "$out/bench-cuda.err"
 echo "bench exit $?"; tail -5 "$out/bench-cuda.err"
+if ! grep -q 'tokens/s' "$out/generate-cuda.txt"; then
+  step "CUDA failed: which libraries the loader looked for (LD_DEBUG=libs)"
+  LD_DEBUG=libs timeout 60 "$app/coral" generate --device cuda --prompt hi --max-new-tokens 2 > /dev/null 2> "$out/ld-debug.txt"
+  grep -E 'torch_cuda|cudart|cublas|cudnn|nvrtc|error|cannot|not found' "$out/ld-debug.txt" | sort -u | head -60
+fi

@@ -54,7 +54,6 @@ internal static class TorchDevices
         return dtype is null || (int)dtype.Value >= 0;
     }
 
-    /// <summary>Parses a weight quantization name: null, empty or <c>none</c>, <c>q8_0</c> or <c>q4_0</c> (case-insensitive).</summary>
     /// <summary>Parses a KV cache type name: f32 (default; also float32) or bf16 (bfloat16).</summary>
     public static bool TryParseKvCacheType(string? name, out ScalarType type)
     {
@@ -67,6 +66,7 @@ internal static class TorchDevices
         return ok;
     }
 
+    /// <summary>Parses a weight quantization name: null, empty or <c>none</c>, <c>q8_0</c> or <c>q4_0</c> (case-insensitive).</summary>
     public static bool TryParseQuantization(string? name, out WeightQuantization quantization)
     {
         (bool ok, quantization) = name?.ToLowerInvariant() switch
