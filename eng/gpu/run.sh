@@ -33,6 +33,11 @@ timeout 120 "$app/coral" generate --device cuda --chat --temperature 0 --prompt 
 timeout 180 "$app/coral" bench --device cuda --prompts "$root/eng/demo/bench-prompts.jsonl" --max-new-tokens 64 --rounds 1 --json \
   > "$out/bench-cuda.json" 2> "$out/bench-cuda.err"
 echo "bench exit $?"; tail -5 "$out/bench-cuda.err"
+
+step "CUDA: the demo pair, the CORAL drafter alone (no prompt lookup, no plain fallback)"
+timeout 120 "$app/coral" bench --device cuda --prompts "$root/eng/demo/bench-prompts.jsonl" --max-new-tokens 64 --rounds 1 --json \
+  --prompt-lookup 0 --no-plain-fallback > "$out/bench-cuda-drafter.json" 2> "$out/bench-cuda-drafter.err"
+echo "bench exit $?"; tail -3 "$out/bench-cuda-drafter.err"
 if ! grep -q 'tokens/s' "$out/generate-cuda.txt"; then
   step "CUDA failed: which libraries the loader looked for (LD_DEBUG=libs)"
   LD_DEBUG=libs timeout 60 "$app/coral" generate --device cuda --prompt hi --max-new-tokens 2 > /dev/null 2> "$out/ld-debug.txt"

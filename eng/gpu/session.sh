@@ -29,7 +29,7 @@ elif [ "$left" -lt 240 ]; then
 else
   {
     echo "== eng/gpu/real-shapes.sh (LAYERS=${LAYERS:-16}, $left s left)"
-    LAYERS="${LAYERS:-16}" BENCH_TIMEOUT=$(( left - 120 )) bash "$root/eng/gpu/real-shapes.sh"
+    LAYERS="${LAYERS:-16}" BENCH_TIMEOUT=$(( left > 440 ? 240 : left - 200 )) bash "$root/eng/gpu/real-shapes.sh"
     echo "session took $((SECONDS - start)) s"
   } 2>&1 | tee -a "$work/session.log"
 fi

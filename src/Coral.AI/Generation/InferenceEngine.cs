@@ -973,7 +973,12 @@ internal sealed class InferenceEngine : IDisposable
     /// CPU's cache), they win — on the demo pair chains of depth 2–4 measured 1.2–1.4× with every step a cycle, against
     /// 0.74–0.8× for 16-node trees. Returns the chosen shape and the measured costs (ms).
     /// </summary>
-    public (TreeShape Shape, IReadOnlyDictionary<int, double> VerifyMs, double DraftStepMs) TuneTree(int depth, int topK, int routerTopK)
+    /// <param name="depth">The deepest tree to consider.</param>
+    /// <param name="topK">The widest expansion to consider.</param>
+    /// <param name="routerTopK">The router's group count per draft step (0: full head, -1: the router's own).</param>
+    /// <param name="timeEverySize">Time every candidate size in every round (a benchmark's cost curve); by default a large
+    /// target's sizes that cannot win keep their warm-up time, which on a GPU includes first-call kernel selection.</param>
+    public (TreeShape Shape, IReadOnlyDictionary<int, double> VerifyMs, double DraftStepMs) TuneTree(int depth, int topK, int routerTopK, bool timeEverySize = false)
     {
         if (Drafter is null)
         {
@@ -1045,7 +1050,7 @@ internal sealed class InferenceEngine : IDisposable
                 if (round == -1)
                 {
                     double warmUp = Stopwatch.GetElapsedTime(roundStart).TotalMilliseconds;
-                    if (warmUp > TuneBudgetMs)
+                    if (warmUp > TuneBudgetMs && !timeEverySize)
                     {
                         // A large target: sizes that cannot win are not timed again; their warm-up time stands for them.
                         var roles = prior.Keys.Where(warm.ContainsKey).Select(t => (t, prior[t], depth * draftStep))

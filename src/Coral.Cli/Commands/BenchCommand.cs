@@ -112,7 +112,7 @@ internal static class BenchCommand
         // for the configured depth and top-k (not only the chosen tree, which may be a 3-node chain): the cost curve.
         CoralChatClientOptions options = host.Options;
         IReadOnlyDictionary<int, double> verifyMs = engine.Drafter is null ? new Dictionary<int, double>()
-            : engine.TuneTree(Math.Max(tree.Depth, options.TreeDepth), Math.Max(tree.TopK, options.TreeTopK), tree.RouterTopK).VerifyMs;
+            : engine.TuneTree(Math.Max(tree.Depth, options.TreeDepth), Math.Max(tree.TopK, options.TreeTopK), tree.RouterTopK, timeEverySize: true).VerifyMs;
         double? draftFull = engine.Drafter is null ? null : engine.MeasureDraftStep(tree.TopK, 0);
         // The routed step is measured whenever the drafter has a router, at the run's top-k or, in a router-off run
         // (--router-topk 0), at the router's own: the JSON then holds both costs whatever the run used.
