@@ -61,6 +61,7 @@ print("verify ms by tree size", r.get("verify_ms_by_tree_size"))
 print("draft step ms", r.get("draft_step_ms"))
 PY
 
+[ -n "${SKIP_EAGER:-}" ] && exit 0
 echo "== the same checkpoint in eager PyTorch (transformers, sdpa): a forward of T new tokens after 128 cached" | tee -a "$out/steps.txt"
 timeout 150 python3 - "$model" "$out/eager.json" <<'PY' 2>&1 | grep -v Warning | tee -a "$out/steps.txt"
 import json, statistics, sys, time, torch
@@ -71,14 +72,14 @@ context, sizes, times = 128, [1, 3, 4, 5, 8, 12, 16, 24, 32, 48, 64], {}
 with torch.inference_mode():
     cache = DynamicCache()
     model(torch.arange(context, device="cuda").unsqueeze(0), past_key_values=cache, use_cache=True)
-    for round in range(9):                      # interleaved; round 0 warms up
+    for sweep in range(9):                      # interleaved; sweep 0 warms up
         for t in sizes:
             ids = torch.arange(1000, 1000 + t, device="cuda").unsqueeze(0)
             torch.cuda.synchronize(); start = time.perf_counter()
             logits = model(ids, past_key_values=cache, use_cache=True).logits.float().cpu()
             elapsed = (time.perf_counter() - start) * 1000
-            cache.crop(context)
-            if round > 0:
+            cache.crop(-t)
+            if sweep > 0:
                 times.setdefault(t, []).append(elapsed)
 result = {str(t): round(statistics.median(v), 3) for t, v in times.items()}
 json.dump({"context": context, "forward_ms_by_tokens": result}, open(dest, "w"))

@@ -255,7 +255,7 @@ internal static unsafe class CpuKernels
     /// <summary>
     /// Softmax attention of the q heads in qkv [rows, stride] over slots [0, total) of <paramref name="cache"/>'s layer,
     /// writing o [rows, heads·hd]. <paramref name="mask"/> [count, total] (true = attend) or null (every slot visible).
-    /// Rows at or past <paramref name="count"/> repeat row 0 (a one-token step run as two identical rows) and copy its
+    /// Rows at or past <paramref name="count"/> repeat row 0 (rows padding a step to whole f32 GEMM blocks) and copy its
     /// result.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -7,7 +7,8 @@ namespace Coral.AI;
 /// <summary>What every layer of one forward shares: rotary tables for the new tokens, the mask, where they go in the cache.</summary>
 /// <param name="Cos">[T, 1, hd] cosines at the new tokens' positions.</param>
 /// <param name="SinSigned">[T, 1, hd] sines with rotate_half's sign folded in.</param>
-/// <param name="Mask">[group·T, S] bool mask, or null when every cached slot and the (single) new token are visible.</param>
+/// <param name="Mask">[group·T, S] mask, additive (0 / −∞ in the cache's dtype; <see cref="TransformerModel.Forward"/>) or bool
+/// (true = attend), or null when every cached slot and the (single) new token are visible.</param>
 /// <param name="Start">The first cache slot of the new tokens.</param>
 /// <param name="Count">The number of new tokens T.</param>
 internal readonly record struct LayerInputs(Tensor Cos, Tensor SinSigned, Tensor? Mask, int Start, int Count);
@@ -16,7 +17,7 @@ internal readonly record struct LayerInputs(Tensor Cos, Tensor SinSigned, Tensor
 internal readonly unsafe struct CpuStep
 {
     /// <summary>Creates the step.</summary>
-    /// <param name="rows">Rows in the buffers (the new tokens, or two identical rows for a padded one-token step).</param>
+    /// <param name="rows">Rows in the buffers: the new tokens, then copies padding them to whole f32 GEMM blocks (<see cref="TransformerModel.InvariantRows"/>).</param>
     /// <param name="count">New tokens T: rows whose K/V go into the cache.</param>
     /// <param name="start">The first cache slot of the new tokens.</param>
     /// <param name="positions">Each row's rotary position.</param>
@@ -122,7 +123,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     }
 
     /// <summary>Gets whether <see cref="ForwardCpu"/> multiplies by <see cref="PackedMatrix"/> weights (batch-invariant
-    /// for any row count) rather than libtorch's f32 GEMMs (batch-invariant from two rows up). Packing happens only straight
+    /// for any row count) rather than libtorch's f32 GEMMs (batch-invariant only in whole blocks of rows). Packing happens only straight
     /// from the checkpoint's rows (<see cref="TryPackDirect"/>): no f32 copy of a packed layer is ever made.</summary>
     public bool UsesPackedWeights => _qkvP is not null;
 
@@ -372,7 +373,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     /// <summary>
     /// Runs the layer on x [R, d] (f32), writing the K/V of its first <see cref="LayerInputs.Count"/> rows into
     /// <paramref name="keys"/>/<paramref name="values"/> [1, Hkv, cap, hd]. R exceeds the count only for a one-token step
-    /// padded to two identical rows (see <see cref="TransformerModel.Forward"/>).
+    /// padded to whole f32 GEMM blocks (see <see cref="TransformerModel.Forward"/>).
     /// </summary>
     public Tensor Forward(Tensor x, in LayerInputs s, Tensor keys, Tensor values)
     {
@@ -521,6 +522,12 @@ internal sealed unsafe class DecoderLayer : IDisposable
             }
 
             CpuKernels.AttentionSegments(parts, qkvWidth, _heads, _kvHeads, hd, layer, (float)_scale, work.O, (float)(_softcap ?? 0));
+            // Rows past the last segment pad the batch to whole GEMM blocks (TransformerModel.InvariantRows): row 0's output.
+            long width = (long)_heads * hd;
+            for (int r = segments[^1].Row + segments[^1].Step.Count; r < rows; r++)
+            {
+                new ReadOnlySpan<float>(work.O, (int)width).CopyTo(new Span<float>(work.O + (r * width), (int)width));
+            }
         }
 
         Gemm(_oP, _o, v.O, work.O, v.Proj, work.Proj, rows);
@@ -629,7 +636,8 @@ internal sealed unsafe class DecoderLayer : IDisposable
 
         if (mask is not null)
         {
-            scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
+            // A bool mask (true = attend) or an additive one (0 / −∞).
+            scores = mask.dtype == ScalarType.Bool ? scores.masked_fill(mask.logical_not(), double.NegativeInfinity) : scores.add_(mask);
         }
 
         return scores.softmax(-1).matmul(values).to(ScalarType.Float32);

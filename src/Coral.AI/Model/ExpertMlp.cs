@@ -17,7 +17,7 @@ namespace Coral.AI;
 /// <remarks>
 /// Batch invariance (a verified tree's rows equal one-token steps bit for bit): routing is per row; the rows routed to
 /// one expert are multiplied together, which on <see cref="PackedMatrix"/> gives each row the same bits at any row count
-/// and on libtorch's f32 GEMMs from two rows up (a single routed row is padded to two); each row adds its experts' outputs
+/// and on libtorch's f32 GEMMs in whole blocks of rows (each expert's routed rows padded to a multiple of four); each row adds its experts' outputs
 /// in expert order whatever else the batch holds.
 /// </remarks>
 internal sealed unsafe class ExpertMlp : IDisposable
@@ -148,8 +148,8 @@ internal sealed unsafe class ExpertMlp : IDisposable
         }
     }
 
-    /// <summary>The block on x [R, d] (f32) by libtorch: the routed rows of each expert in one GEMM (padded to two rows when
-    /// one), the weighted outputs added into the result in expert order.</summary>
+    /// <summary>The block on x [R, d] (f32) by libtorch: the routed rows of each expert in one GEMM (f32 experts' padded to
+    /// whole blocks of rows), the weighted outputs added into the result in expert order.</summary>
     public Tensor Forward(Tensor x, Func<Tensor, Tensor, Tensor> project)
     {
         int rows = (int)x.shape[0];
@@ -169,7 +169,9 @@ internal sealed unsafe class ExpertMlp : IDisposable
                 continue;
             }
 
-            long[] index = routed.Length == 1 && _gateUp![e].dtype == ScalarType.Float32 ? [routed[0], routed[0]] : routed.Select(r => (long)r).ToArray();
+            // f32 experts run on libtorch's f32 GEMMs: the routed rows padded to whole blocks (TransformerModel.InvariantRows).
+            int padded = _gateUp![e].dtype == ScalarType.Float32 ? TransformerModel.InvariantRows(routed.Length) : routed.Length;
+            long[] index = [.. routed.Select(r => (long)r), .. Enumerable.Repeat((long)routed[^1], padded - routed.Length)];
             using var scope = torch.NewDisposeScope();
             Tensor out_ = Expert(x.index_select(0, torch.tensor(index, device: x.device)), e).narrow(0, 0, routed.Length);
             y.index_add_(0, torch.tensor(routed.Select(r => (long)r).ToArray(), device: x.device),

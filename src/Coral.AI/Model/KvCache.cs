@@ -20,7 +20,7 @@ internal sealed unsafe class KvCache : IDisposable
     /// transposed layout.</param>
     /// <param name="device">Where it lives.</param>
     /// <param name="batchInvariant">Whether the engine verifies draft trees, so a token must compute the same bits alone
-    /// as in a tree (one-token f32 steps are then padded to two rows; see <see cref="TransformerModel.Forward"/>).</param>
+    /// as in a tree (f32 GEMM rows are then padded to whole blocks; see <see cref="TransformerModel.Forward"/>).</param>
     /// <param name="keysTransposed">Whether keys are stored [1, kvHeads, headDim, KeyStride] (the CPU kernels' layout).</param>
     public KvCache(ModelConfig config, int capacity, ScalarType dtype, Device device, bool batchInvariant = false, bool keysTransposed = false)
     {

@@ -22,8 +22,9 @@ namespace Coral.AI;
 /// <remarks>
 /// <para>Why: a decode step on CPU streams every weight once, and two cores get ≈ 25 GB/s from this VM's memory
 /// (<c>Coral.Bench --profile</c>); bf16 halves those bytes against f32, and the packed blocks are read front to back.
-/// MKL's f32 GEMM, the alternative, takes a GEMV for one row and another kernel from two rows up, so a speculative
-/// engine had to pad one-token steps to two rows to stay exact; and its cost grows with the rows of a verified tree.</para>
+/// MKL's f32 GEMM, the alternative, takes a GEMV for one row and computes rows past its last whole 4-row block another
+/// way, so a speculative engine has to pad its rows to whole blocks to stay exact; and its cost grows with the rows of a
+/// verified tree.</para>
 /// <para>Exactness: every output element is one f32 accumulator that adds w[k]·x[k] by fused multiply-add for k = 0, 1,
 /// …, K − 1, whatever the number of rows, the block, the split between threads or the micro-kernel that computes it, so
 /// a token's logits have the same bits alone and as a node of a verified tree (lossless greedy speculation).</para>

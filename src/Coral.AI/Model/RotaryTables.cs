@@ -80,7 +80,7 @@ internal sealed unsafe class RotaryTables : IDisposable
 
     /// <summary>
     /// What the layers of one CPU-kernel forward share (<see cref="DecoderLayer.ForwardCpu"/>) for T new tokens after
-    /// <paramref name="start"/> slots run as <paramref name="rows"/> rows (T, or two for a padded one-token step): each
+    /// <paramref name="start"/> slots run as <paramref name="rows"/> rows (T, or T padded to whole f32 GEMM blocks): each
     /// row's position (its slot index, or the explicit one; rows past T repeat the first token's) and the [T, start + T]
     /// mask of <see cref="Mask"/> as an array.
     /// </summary>

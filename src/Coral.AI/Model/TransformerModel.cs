@@ -237,16 +237,16 @@ internal sealed unsafe class TransformerModel : IDisposable
             throw new InvalidOperationException($"KV cache overflow: {start} + {t} > {cache.Capacity}.");
         }
 
-        // libtorch's f32 GEMMs give a row the same bits for any row count >= 2 but take another kernel (GEMV) for one row,
-        // so a batch-invariant (speculative) f32 step runs one token as two identical rows; bf16 GEMMs and packed weights
-        // need no padding.
-        bool pad = t == 1 && WeightType == ScalarType.Float32 && cache.BatchInvariant && _packedHead is null;
+        // A batch-invariant (speculative) forward on libtorch's f32 GEMMs runs its rows padded to whole blocks (the last
+        // token repeated; see InvariantRows); bf16 GEMMs and packed weights need no padding.
+        int rows = RowsFor(t, cache.BatchInvariant);
+        bool pad = rows != t;
         if (_work is not null)
         {
-            return ForwardCpu(ids, cache, positions, treeMask, pad ? 2 : t);
+            return ForwardCpu(ids, cache, positions, treeMask, rows);
         }
 
-        using Tensor idx = torch.tensor(pad ? [ids[0], ids[0]] : ids, device: Device);
+        using Tensor idx = torch.tensor(pad ? [.. ids, .. Enumerable.Repeat(ids[^1], rows - t)] : ids, device: Device);
         Tensor x = _embed.index_select(0, idx).to(ScalarType.Float32);            // [T, d] ([2, d] padded)
         if (Config.EmbeddingScale != 1f)
         {
@@ -260,11 +260,22 @@ internal sealed unsafe class TransformerModel : IDisposable
         {
             var (tables, sliding) = _kinds[kind];
             var (cos, sin) = tables.At(start, t, positions);
-            Tensor? mask = RotaryTables.Mask(t, start, Config.NumHeads / Config.NumKvHeads, treeMask, positions,
-                sliding ? Config.SlidingWindow : null, Device);
-            if (pad && mask is not null)
+            int group = Config.NumHeads / Config.NumKvHeads;
+            Tensor? mask = RotaryTables.Mask(t, start, group, treeMask, positions, sliding ? Config.SlidingWindow : null, Device);
+            if (pad)
             {
-                mask = mask.repeat_interleave(2, 0);   // a sliding window's mask, for both copies of the token in each head group
+                // Padding rows are copies of the last token: its rotary angles and, in each head group, its mask row.
+                (cos, sin) = (PadRows(cos, 0, rows), PadRows(sin, 0, rows));
+                mask = mask is null ? null : PadRows(mask.view(group, t, -1), 1, rows).reshape(group * rows, -1);
+            }
+
+            if (mask is not null && Device.type != DeviceType.CPU)
+            {
+                // On a GPU: additive (0 / −∞, in the cache's dtype), built once for all layers, where SDPA would convert a bool
+                // mask in every layer's call (launches that a verify forward pays 32 times over on an 8B model). On CPU the
+                // mask stays bool: libtorch's CPU SDPA picks another kernel for an additive one, and tree rows would no longer
+                // equal one-token steps bit for bit.
+                mask = torch.zeros(mask.shape, cache.Keys[0].dtype, Device).masked_fill_(mask.logical_not(), double.NegativeInfinity);
             }
 
             return new LayerInputs(cos, sin, mask, start, t);
@@ -277,8 +288,32 @@ internal sealed unsafe class TransformerModel : IDisposable
         }
 
         cache.Length = start + t;
-        Tensor last = pad ? x.narrow(0, 0, 1) : x;
+        Tensor last = pad ? x.narrow(0, 0, t) : x;
         return DecoderLayer.Norm(last, _finalNorm, Config.RmsNormEps, Config.LayerNorms);
+    }
+
+    /// <summary>
+    /// The rows an f32-GEMM forward of <paramref name="t"/> tokens runs so that each row's bits do not depend on how many
+    /// rows share the GEMM: a multiple of <see cref="InvariantRowBlock"/>. libtorch's f32 GEMM (MKL) computes a row in one
+    /// of its whole 4-row blocks the same way at any row count, but rows past the last whole block another way (a GEMV
+    /// for one row; measured on AMD EPYC: tail rows below 12 rows differ; on Intel Xeon any count from 2 agreed). A
+    /// speculative engine's tree rows and its one-token steps, and a batch's rows and each sequence's, then agree bit for
+    /// bit. Packed and bf16 weights are batch-invariant at every row count: no padding.
+    /// </summary>
+    private int RowsFor(int t, bool batchInvariant) =>
+        batchInvariant && WeightType == ScalarType.Float32 && _packedHead is null ? InvariantRows(t) : t;
+
+    /// <summary>The block of rows that libtorch's f32 GEMMs compute alike at any row count (see <see cref="RowsFor"/>).</summary>
+    internal const int InvariantRowBlock = 4;
+
+    /// <summary><paramref name="t"/> rounded up to a whole number of <see cref="InvariantRowBlock"/>s.</summary>
+    internal static int InvariantRows(int t) => (t + InvariantRowBlock - 1) / InvariantRowBlock * InvariantRowBlock;
+
+    /// <summary>x with its last entry along <paramref name="dim"/> repeated up to <paramref name="rows"/> entries.</summary>
+    private static Tensor PadRows(Tensor x, int dim, int rows)
+    {
+        long n = x.shape[dim];
+        return n >= rows ? x : torch.cat([x, x.narrow(dim, n - 1, 1).expand(x.shape.Select((s, i) => i == dim ? rows - n : s).ToArray())], dim);
     }
 
     private Tensor ForwardCpu(long[] ids, KvCache cache, long[]? positions, Tensor? treeMask, int rows)
@@ -338,7 +373,8 @@ internal sealed unsafe class TransformerModel : IDisposable
             }
         }
 
-        Tensor y = ForwardCpu(segments.SelectMany(g => g.Ids).ToArray(), rows, rows, Segments);
+        // The kernel path counts every sequence's cache as batch-invariant: rows padded as a speculative step pads them.
+        Tensor y = ForwardCpu(segments.SelectMany(g => g.Ids).ToArray(), RowsFor(rows, batchInvariant: true), rows, Segments);
         foreach (var (ids, cache) in segments)
         {
             cache.Length += ids.Length;
