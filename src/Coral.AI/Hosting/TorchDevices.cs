@@ -106,8 +106,8 @@ internal static class TorchDevices
 
     /// <summary>
     /// Picks the LM head's dtype when it differs from the layers': bfloat16 under float32 layers with a drafter on CPU.
-    /// Tree verification must give each node the bits a one-token step gives; f32 layer GEMMs do that once one-token
-    /// steps are padded to two rows (<see cref="TransformerModel.Forward"/>), but the f32 head, kept [V, d], does not at
+    /// Tree verification must give each node the bits a one-token step gives; f32 layer GEMMs do that once rows are
+    /// padded to whole blocks (<see cref="TransformerModel.Forward"/>), but the f32 head, kept [V, d], does not at
     /// several row counts, while the bf16 head does at all of them and costs at 16 rows what one row costs (AMX).
     /// </summary>
     public static ScalarType? ResolveHeadType(ScalarType layers, Device device, bool speculative) =>
