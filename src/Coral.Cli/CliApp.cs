@@ -53,7 +53,7 @@ internal static class CliApp
         Every command that loads a model takes [--quantize q8_0|q4_0]: the decoder's projections quantized at load to
         llama.cpp's Q8_0 (int8 with an f16 scale per 32 inputs: about half the memory, faster CPU decoding, accuracy kept)
         or Q4_0 (4-bit levels: a third of the memory, faster still, at a visible cost in accuracy); and [--kv-cache f32|bf16]:
-        bf16 keys and values take half the KV cache's memory (CPU).
+        bf16 keys and values take half the KV cache's memory (CPU kernels, or a GPU).
         bench takes [--parallel N] (1-64; CoralChatClientOptions.ParallelRequests for servers: N requests decode together).
         --model also takes a .gguf file (llama.cpp's, Ollama's): read in place, its tokenizer and chat template included;
         its quantized layers load as Q8_0 blocks, Q4_K ones kept as they are (Q8_0 and Q4_0 files as their own values),

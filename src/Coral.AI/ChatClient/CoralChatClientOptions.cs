@@ -87,8 +87,8 @@ public sealed class CoralChatClientOptions
     /// Gets or sets what the KV cache stores: <c>f32</c> (the default) or <c>bf16</c> — half the memory (a Llama-3-8B
     /// shape's 32,768-token cache: 4 GiB instead of 8) and less to read per step at long contexts; keys and values are
     /// rounded to bf16 as they are written, so logits move slightly from the f32 cache's, while speculative decoding stays
-    /// exact against plain decoding with the same cache. CPU kernels only (<see cref="Device"/> cpu, <see cref="DType"/>
-    /// unset or float32).
+    /// exact against plain decoding with the same cache. On CPU it needs the kernels (<see cref="DType"/> unset or float32);
+    /// on a GPU attention then runs in bf16 (SDPA's bf16 kernels).
     /// </summary>
     public string? KvCacheType { get; set; }
 

@@ -83,9 +83,9 @@ internal sealed class CoralChatClientOptionsValidator : IValidateOptions<CoralCh
             return $"CoralChatClientOptions.KvCacheType '{o.KvCacheType}' is not valid; use f32 or bf16 (or leave it unset).";
         }
 
-        if (kvType == TorchSharp.torch.ScalarType.BFloat16 && (o.Device != "cpu" || dtype is not (null or TorchSharp.torch.ScalarType.Float32)))
+        if (kvType == TorchSharp.torch.ScalarType.BFloat16 && o.Device == "cpu" && dtype is not (null or TorchSharp.torch.ScalarType.Float32))
         {
-            return $"CoralChatClientOptions.KvCacheType {o.KvCacheType} is for the CPU kernels: Device cpu with CoralChatClientOptions.DType unset or float32.";
+            return $"CoralChatClientOptions.KvCacheType {o.KvCacheType} on CPU is for the CPU kernels: leave CoralChatClientOptions.DType unset or float32 (or use a GPU).";
         }
 
         if (o.ContextLength < 16)

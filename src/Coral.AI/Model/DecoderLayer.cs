@@ -612,7 +612,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
     }
 
     /// <summary>
-    /// Softmax attention in the KV cache's dtype. With the f64 cache used on CPU, a query's result does not depend on
+    /// Softmax attention in the KV cache's dtype (a bf16 cache's explicit form takes the softmax in f32). With the f64 cache used on CPU, a query's result does not depend on
     /// how many queries share the call or which masked keys sit between the keys it sees: dot products, the softmax sum
     /// and the weighted sum over values all accumulate in f64, so their f32 result is the same (short of an exact rounding
     /// tie) whether a token runs alone or as a node of a verified tree. That keeps speculative greedy decoding token-
@@ -628,7 +628,9 @@ internal sealed unsafe class DecoderLayer : IDisposable
             return F.scaled_dot_product_attention(q, keys, values, mask).to(ScalarType.Float32);
         }
 
-        Tensor scores = q.matmul(keys.transpose(-2, -1)).mul_(scale);
+        // A bf16 cache: the products in bf16, the softmax in f32.
+        Tensor scores = q.matmul(keys.transpose(-2, -1));
+        scores = (scores.dtype == ScalarType.BFloat16 ? scores.to(ScalarType.Float32) : scores).mul_(scale);
         if (softcap is double c)
         {
             scores = scores.div_(c).tanh_().mul_(c);
@@ -640,7 +642,7 @@ internal sealed unsafe class DecoderLayer : IDisposable
             scores = mask.dtype == ScalarType.Bool ? scores.masked_fill(mask.logical_not(), double.NegativeInfinity) : scores.add_(mask);
         }
 
-        return scores.softmax(-1).matmul(values).to(ScalarType.Float32);
+        return scores.softmax(-1).to(values.dtype).matmul(values).to(ScalarType.Float32);
     }
 
     /// <summary>x [T, in] through a layer projection kept by <see cref="Projection"/> (f32 [in, out] or bf16 [out, in]); the

@@ -68,6 +68,9 @@ internal sealed unsafe class KvCache : IDisposable
     /// <see cref="TransformerModel.KvCacheType"/>).</summary>
     public bool IsBFloat16 { get; }
 
+    /// <summary>Gets what the slots store: f32, bf16 (the CPU kernels or libtorch) or f64 (CPU libtorch, batch-invariant).</summary>
+    public ScalarType DType => Values[0].dtype;
+
     /// <summary>Gets whether the cache belongs to an engine that verifies draft trees.</summary>
     public bool BatchInvariant { get; }
 

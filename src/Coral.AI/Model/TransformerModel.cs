@@ -181,19 +181,20 @@ internal sealed unsafe class TransformerModel : IDisposable
     /// <summary>
     /// Allocates a KV cache. <paramref name="batchInvariant"/> (for engines that verify draft trees) makes it f64 on CPU,
     /// which switches attention to <see cref="DecoderLayer.Attention"/> so that a tree node computes exactly what a
-    /// one-token step computes; otherwise it is f32 and attention is fused SDPA (faster for plain decoding).
+    /// one-token step computes; otherwise it stores <see cref="KvCacheType"/> and attention is fused SDPA (faster for plain
+    /// decoding).
     /// </summary>
     public KvCache CreateCache(int capacity, bool batchInvariant = false) =>
         new(Config, Math.Min(capacity, MaxPositions),
-            batchInvariant && Device.type == DeviceType.CPU && _work is null ? ScalarType.Float64
-            : _work is not null && KvCacheType == ScalarType.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32, Device, batchInvariant,
+            batchInvariant && Device.type == DeviceType.CPU && _work is null ? ScalarType.Float64 : KvCacheType, Device, batchInvariant,
             keysTransposed: _work is not null);
 
     /// <summary>
-    /// Gets or sets what the KV caches this model creates store on the CPU kernels: f32 (the default) or bf16 — half the
-    /// memory, keys and values rounded to nearest even as they are written, read back exactly as f32 (every step and every
-    /// tree row sees the same values, so speculation stays exact against plain decoding with the same cache). Off the
-    /// kernels the cache stays f32 (f64 where tree verification needs it).
+    /// Gets or sets what the KV caches this model creates store: f32 (the default) or bf16 — half the memory, keys and
+    /// values rounded to nearest even as they are written. On the CPU kernels they are read back exactly as f32 (every step
+    /// and every tree row sees the same values, so speculation stays exact against plain decoding with the same cache); on
+    /// libtorch (a GPU) attention runs in bf16 (SDPA's bf16 kernels; the explicit form's softmax in f32). A batch-invariant
+    /// cache on CPU's libtorch path stays f64 whatever this says.
     /// </summary>
     public ScalarType KvCacheType
     {

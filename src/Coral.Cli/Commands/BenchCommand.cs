@@ -156,7 +156,7 @@ internal static class BenchCommand
             ["head_dtype"] = engine.Model.HeadType.ToString(),
             ["quantization"] = engine.Model.Quantization == WeightQuantization.None ? null : engine.Model.Quantization.ToString().ToLowerInvariant(),
             ["int8_activations"] = engine.Model.UsesInt8Activations,
-            ["kv_cache"] = engine.Cache.IsBFloat16 ? "bf16" : "f32",
+            ["kv_cache"] = ModelLoading.KvCacheName(engine.Cache),
             ["temperature"] = temperature,
             ["max_new_tokens"] = maxNew,
             ["rounds"] = rounds,

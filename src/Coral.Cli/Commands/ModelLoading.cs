@@ -79,8 +79,16 @@ internal static class ModelLoading
         string quantized = engine.Model.Quantization == WeightQuantization.None ? ""
             : $", {engine.Model.Quantization} weights{(kept > 0 ? $" ({kept} projections kept as the file's Q4_K blocks)" : "")}"
               + (engine.Model.UsesInt8Activations ? " × int8 activations (AVX-VNNI)" : "");
-        string kv = engine.Cache.IsBFloat16 ? $", bf16 KV cache ({engine.Cache.Bytes / (1024 * 1024)} MiB for {engine.Cache.Capacity} tokens)" : "";
+        string kv = engine.Cache.DType == TorchSharp.torch.ScalarType.BFloat16 ? $", bf16 KV cache ({engine.Cache.Bytes / (1024 * 1024)} MiB for {engine.Cache.Capacity} tokens)" : "";
         stderr.WriteLine($"[loaded {host.ModelId} on {options.Device} ({engine.Model.WeightType}{quantized}{(engine.Model.HeadType != engine.Model.WeightType ? $", LM head {engine.Model.HeadType}" : "")}{kv}) in {clock.ElapsedMilliseconds} ms{tree}]");
         return host;
     }
+
+    /// <summary>The KV cache's element type as bench JSON names it: f32, bf16 or f64.</summary>
+    public static string KvCacheName(KvCache cache) => cache.DType switch
+    {
+        TorchSharp.torch.ScalarType.BFloat16 => "bf16",
+        TorchSharp.torch.ScalarType.Float64 => "f64",
+        _ => "f32",
+    };
 }

@@ -108,7 +108,7 @@ internal static class ParallelBench
             ["dtype"] = engine.Model.WeightType.ToString(),
             ["quantization"] = engine.Model.Quantization == WeightQuantization.None ? null : engine.Model.Quantization.ToString().ToLowerInvariant(),
             ["int8_activations"] = engine.Model.UsesInt8Activations,
-            ["kv_cache"] = engine.Cache.IsBFloat16 ? "bf16" : "f32",
+            ["kv_cache"] = ModelLoading.KvCacheName(engine.Cache),
             ["parallel"] = batch.Slots,
             ["peak_batch"] = batch.PeakBatch,
             ["prompts"] = requests.Length,
