@@ -39,8 +39,8 @@ public sealed class CoralChatClientOptions
     public bool AdaptiveTreeDepth { get; set; } = true;
 
     /// <summary>
-    /// Gets or sets the LM-head groups a CORAL router computes per draft step; <see langword="null"/> uses the checkpoint's
-    /// default, 0 disables the router (full head).
+    /// Gets or sets the LM-head groups a CORAL router computes per draft step; 0 disables the router (full head);
+    /// <see langword="null"/> uses the checkpoint's default on CPU and the full head on a GPU (where routing saves nothing).
     /// </summary>
     public int? RouterTopK { get; set; }
 

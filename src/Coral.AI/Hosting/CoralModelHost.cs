@@ -187,7 +187,7 @@ public sealed class CoralModelHost : IDisposable
             _engine.WarmUp();
             if (_engine.Drafter is not null)
             {
-                int routerTopK = _options.RouterTopK ?? -1;
+                int routerTopK = _options.RouterTopK ?? DefaultRouterTopK(_engine.Model.Device);
                 LmHeadRouter? router = _engine.Drafter.Model.Router;
                 if (routerTopK > 0 && router is null)
                 {
@@ -239,6 +239,14 @@ public sealed class CoralModelHost : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// The router's top-k when <see cref="CoralChatClientOptions.RouterTopK"/> is unset: the checkpoint's own (−1) on CPU,
+    /// where the full LM head bounds a draft step (the demo pair: 0.36 ms full, 0.14 routed); 0 (the full head) on a GPU,
+    /// where launches bound it and routing saved nothing on an H200 (V = 128k: 1.2–1.5 ms full, 1.5–1.6 routed; docs/gpu.md)
+    /// while costing a little acceptance.
+    /// </summary>
+    internal static int DefaultRouterTopK(torch.Device device) => device.type == DeviceType.CPU ? -1 : 0;
 
     /// <summary>A copy of every option (the host keeps its own, so later changes to the caller's object change nothing).</summary>
     internal static CoralChatClientOptions Copy(CoralChatClientOptions o) => o.Clone();
