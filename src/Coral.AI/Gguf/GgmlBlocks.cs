@@ -5,8 +5,8 @@ namespace Coral.AI;
 /// <summary>
 /// ggml's storage types as bytes: the size of a tensor of each type, and its values as f32 — the numbers llama.cpp
 /// multiplies by (its dequantize_row_* arithmetic in f32: a block's scale times its level, minus a block minimum where the
-/// type has one). F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K (the types of the usual
-/// Q4_K_M / Q5_K_M / Q6_K files) are read; other types are named in the error.
+/// type has one). F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (the types of
+/// the usual Q2_K / Q3_K_M / Q4_K_M / Q5_K_M / Q6_K files) are read; other types (the IQ types, TQ) are named in the error.
 /// </summary>
 internal static unsafe class GgmlBlocks
 {
@@ -29,7 +29,7 @@ internal static unsafe class GgmlBlocks
     };
 
     /// <summary>Whether <see cref="Dequantize"/> reads <paramref name="type"/>.</summary>
-    public static bool Readable(GgmlType type) => Block(type).Elements > 0 && type is not (GgmlType.Q2_K or GgmlType.Q3_K);
+    public static bool Readable(GgmlType type) => Block(type).Elements > 0;
 
     /// <summary>The bytes of a tensor of <paramref name="elements"/> values; refuses a type Coral does not know and a count
     /// that is not whole blocks.</summary>
@@ -38,7 +38,7 @@ internal static unsafe class GgmlBlocks
         var (per, bytes) = Block(type);
         if (per == 0)
         {
-            throw new CoralModelException(path, name, $"is stored as ggml type {(uint)type}, which Coral cannot read (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K).");
+            throw new CoralModelException(path, name, $"is stored as ggml type {(uint)type}, which Coral cannot read (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K).");
         }
 
         if (elements % per != 0)
@@ -145,6 +145,63 @@ internal static unsafe class GgmlBlocks
                     break;
                 }
 
+                case GgmlType.Q2_K:
+                {
+                    // 16 groups of 16 with a 4-bit scale (low nibble) and 4-bit minimum (high) each, 2-bit levels four to a
+                    // byte: two halves of 128, each 32 bytes whose bit pairs 0–1, 2–3, 4–5, 6–7 are four runs of 32 values
+                    // (bytes 0–15 one group, 16–31 the next); d and dmin (f16) last.
+                    byte* scales = x, qs = x + 16;
+                    float d = Half(x + 80), dmin = Half(x + 82);
+                    int group = 0;
+                    for (int n = 0; n < 2; n++)
+                    {
+                        byte* q = qs + (32 * n);
+                        for (int shift = 0; shift < 8; shift += 2)
+                        {
+                            for (int part = 0; part < 2; part++, group++)
+                            {
+                                float dl = d * (scales[group] & 0xF), ml = dmin * (scales[group] >> 4);
+                                for (int l = 0; l < 16; l++)
+                                {
+                                    y[(16 * group) + l] = (dl * ((q[(16 * part) + l] >> shift) & 3)) - ml;
+                                }
+                            }
+                        }
+                    }
+
+                    break;
+                }
+
+                case GgmlType.Q3_K:
+                {
+                    // 16 groups of 16 with 6-bit scales (12 bytes: low 4 bits in bytes 0–7, high 2 bits in bytes 8–11),
+                    // offset by 32; 2-bit levels laid out as Q2_K's; a third bit per value in hmask (bit j of byte l for
+                    // value l of run j), clear meaning minus 4; d (f16) last.
+                    byte* hmask = x, qs = x + 32, packed = x + 96;
+                    float d = Half(x + 108);
+                    int group = 0;
+                    for (int n = 0; n < 2; n++)
+                    {
+                        byte* q = qs + (32 * n);
+                        for (int run = 0; run < 4; run++)
+                        {
+                            int shift = 2 * run, bit = 1 << ((4 * n) + run);
+                            for (int part = 0; part < 2; part++, group++)
+                            {
+                                float dl = d * (Q3KScale(group, packed) - 32);
+                                for (int l = 0; l < 16; l++)
+                                {
+                                    int i = (16 * part) + l;
+                                    int level = ((q[i] >> shift) & 3) - ((hmask[i] & bit) != 0 ? 0 : 4);
+                                    y[(16 * group) + l] = dl * level;
+                                }
+                            }
+                        }
+                    }
+
+                    break;
+                }
+
                 case GgmlType.Q6_K:
                 {
                     // Two halves of 128: low 4 bits in ql (64 bytes a half), high 2 bits in qh (32 bytes a half), 16
@@ -206,6 +263,11 @@ internal static unsafe class GgmlBlocks
     }
 
     private static float Half(byte* p) => (float)BitConverter.UInt16BitsToHalf(Unsafe.ReadUnaligned<ushort>(p));
+
+    /// <summary>Group <paramref name="g"/>'s 6-bit scale (0–63) from Q3_K's 12 packed bytes: the low 4 bits are nibbles of
+    /// bytes 0–7 (groups 0–7 the low nibbles, 8–15 the high), the high 2 bits bit pairs of bytes 8–11 (byte 8 + g mod 4,
+    /// pair g / 4).</summary>
+    private static int Q3KScale(int g, byte* q) => ((g < 8 ? q[g] & 0xF : q[g - 8] >> 4) | (((q[8 + (g % 4)] >> (2 * (g / 4))) & 3) << 4));
 
     /// <summary>Sub-block <paramref name="j"/>'s 6-bit scale and minimum from a K-quant's 12 packed bytes.</summary>
     private static (int Scale, int Min) ScaleMin(int j, byte* q) => j < 4

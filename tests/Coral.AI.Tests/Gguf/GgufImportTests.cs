@@ -163,6 +163,9 @@ public class GgufImportTests
     /// them give logits closer to llama.cpp's on the same file than the unquantized model's are (a misread block would be
     /// far off), within 3% of the largest logit; loaded with the default Q8_0 blocks of those values as well.</summary>
     [Theory]
+    [InlineData(LLamaFtype.MOSTLY_Q2_K, "llama-demo-width", "Q2_K")]
+    [InlineData(LLamaFtype.MOSTLY_Q3_K_S, "llama-demo-width", "Q3_K")]
+    [InlineData(LLamaFtype.MOSTLY_Q3_K_M, "llama-demo-width", "Q3_K")]
     [InlineData(LLamaFtype.MOSTLY_Q4_K_M, "llama-demo-width")]
     [InlineData(LLamaFtype.MOSTLY_Q5_K_M, "llama-demo-width")]
     [InlineData(LLamaFtype.MOSTLY_Q6_K, "llama-demo-width")]
@@ -170,7 +173,7 @@ public class GgufImportTests
     [InlineData(LLamaFtype.MOSTLY_Q5_0, "llama-demo-width")]
     [InlineData(LLamaFtype.MOSTLY_Q5_1, "llama-demo-width")]
     [InlineData(LLamaFtype.MOSTLY_Q4_K_M, "qwen3moe-wide")]   // stacked experts in K-quant blocks
-    public void LlamaCppQuantizedFile_AgreesWithLlamaCpp(LLamaFtype ftype, string name)
+    public void LlamaCppQuantizedFile_AgreesWithLlamaCpp(LLamaFtype ftype, string name, string? holds = null)
     {
         string folder = TransformerModelTests.ModelFor(name);
         string dir = ModelZoo.TempFolder($"gguf-import-{ftype}-{name}");
@@ -184,6 +187,7 @@ public class GgufImportTests
         using (GgufFile file = GgufFile.Open(quantized))
         {
             Assert.Contains(file.Tensors.Values, t => t.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0));
+            Assert.True(holds is null || file.Tensors.Values.Any(t => t.Type == Enum.Parse<GgmlType>(holds)), $"{ftype} holds no {holds} tensor");
         }
 
         long[] ids = [.. HfTokenizer.Load(folder).Encode(Text).Select(x => (long)x)];
