@@ -6,7 +6,7 @@ public sealed class CoralChatClientOptions
 {
     /// <summary>Gets or sets the Hugging Face model folder (config.json, model.safetensors[.index.json], tokenizer.json), or
     /// a GGUF file (llama.cpp's, Ollama's: llama (Mixtral too), qwen2, qwen3, qwen2moe, qwen3moe, olmoe, phi3, gemma 1–3, granite, smollm3, olmo2, command-r and cohere2 architectures with a byte-level BPE or SentencePiece tokenizer; F32, F16,
-    /// BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K tensors). A GGUF file's quantized layers load as Q8_0 blocks
+    /// BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS tensors). A GGUF file's quantized layers load as Q8_0 blocks
     /// with its Q4_K projections kept as they are, unless <see cref="Quantization"/> says otherwise (Q4_0 files as
     /// Q4_0: their values exactly; Q8_0 files exactly);
     /// or a model an Ollama installation has pulled, <c>ollama:llama3.2</c> (<c>ollama:&lt;model&gt;[:&lt;tag&gt;]</c>: its GGUF

@@ -6,7 +6,8 @@ namespace Coral.AI;
 /// ggml's storage types as bytes: the size of a tensor of each type, and its values as f32 — the numbers llama.cpp
 /// multiplies by (its dequantize_row_* arithmetic in f32: a block's scale times its level, minus a block minimum where the
 /// type has one). F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (the types of
-/// the usual Q2_K / Q3_K_M / Q4_K_M / Q5_K_M / Q6_K files) are read; other types (the IQ types, TQ) are named in the error.
+/// the usual Q2_K / Q3_K_M / Q4_K_M / Q5_K_M / Q6_K files) and IQ4_NL, IQ4_XS are read; other types (the 1–3-bit IQ types,
+/// TQ) are named in the error.
 /// </summary>
 internal static unsafe class GgmlBlocks
 {
@@ -25,6 +26,8 @@ internal static unsafe class GgmlBlocks
         GgmlType.Q4_K => (256, 144),
         GgmlType.Q5_K => (256, 176),
         GgmlType.Q6_K => (256, 210),
+        GgmlType.IQ4_NL => (32, 18),
+        GgmlType.IQ4_XS => (256, 136),
         _ => (0, 0),
     };
 
@@ -38,7 +41,7 @@ internal static unsafe class GgmlBlocks
         var (per, bytes) = Block(type);
         if (per == 0)
         {
-            throw new CoralModelException(path, name, $"is stored as ggml type {(uint)type}, which Coral cannot read (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K).");
+            throw new CoralModelException(path, name, $"is stored as ggml type {(uint)type}, which Coral cannot read (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS).");
         }
 
         if (elements % per != 0)
@@ -202,6 +205,40 @@ internal static unsafe class GgmlBlocks
                     break;
                 }
 
+                case GgmlType.IQ4_NL:
+                {
+                    // As Q4_0's layout, each 4-bit index naming one of 16 non-uniform levels.
+                    float d = Half(x);
+                    for (int j = 0; j < 16; j++)
+                    {
+                        y[j] = d * Iq4Levels[x[2 + j] & 0xF];
+                        y[j + 16] = d * Iq4Levels[x[2 + j] >> 4];
+                    }
+
+                    break;
+                }
+
+                case GgmlType.IQ4_XS:
+                {
+                    // 8 groups of 32, each with a 6-bit scale offset by 32 (low 4 bits in scales_l's nibbles, high 2 bits
+                    // in scales_h's bit pairs) and IQ4_NL's indices (16 bytes a group).
+                    float d = Half(x);
+                    ushort high = Unsafe.ReadUnaligned<ushort>(x + 2);
+                    byte* low = x + 4, qs = x + 8;
+                    for (int g = 0; g < 8; g++)
+                    {
+                        int scale = ((low[g / 2] >> (4 * (g % 2))) & 0xF) | (((high >> (2 * g)) & 3) << 4);
+                        float dl = d * (scale - 32);
+                        for (int j = 0; j < 16; j++)
+                        {
+                            y[(32 * g) + j] = dl * Iq4Levels[qs[(16 * g) + j] & 0xF];
+                            y[(32 * g) + j + 16] = dl * Iq4Levels[qs[(16 * g) + j] >> 4];
+                        }
+                    }
+
+                    break;
+                }
+
                 case GgmlType.Q6_K:
                 {
                     // Two halves of 128: low 4 bits in ql (64 bytes a half), high 2 bits in qh (32 bytes a half), 16
@@ -261,6 +298,9 @@ internal static unsafe class GgmlBlocks
             }
         }
     }
+
+    /// <summary>The 16 levels an IQ4_NL / IQ4_XS index names (ggml's kvalues_iq4nl).</summary>
+    private static ReadOnlySpan<sbyte> Iq4Levels => [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
     private static float Half(byte* p) => (float)BitConverter.UInt16BitsToHalf(Unsafe.ReadUnaligned<ushort>(p));
 

@@ -257,7 +257,7 @@ internal static class GgufImporter
             GgufTensorInfo t = g.Tensors[entry!["gguf"]!.GetValue<string>()];
             if (!GgmlBlocks.Readable(t.Type))
             {
-                throw new CoralModelException(g.Path, t.Name, $"is stored as {t.Type}, which Coral cannot read yet (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K).");
+                throw new CoralModelException(g.Path, t.Name, $"is stored as {t.Type}, which Coral cannot read yet (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS).");
             }
         }
 

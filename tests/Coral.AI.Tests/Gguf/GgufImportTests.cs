@@ -166,6 +166,8 @@ public class GgufImportTests
     [InlineData(LLamaFtype.MOSTLY_Q2_K, "llama-demo-width", "Q2_K")]
     [InlineData(LLamaFtype.MOSTLY_Q3_K_S, "llama-demo-width", "Q3_K")]
     [InlineData(LLamaFtype.MOSTLY_Q3_K_M, "llama-demo-width", "Q3_K")]
+    [InlineData(LLamaFtype.MOSTLY_IQ4_NL, "llama-demo-width", "IQ4_NL")]
+    [InlineData(LLamaFtype.MOSTLY_IQ4_XS, "llama-demo-width", "IQ4_XS")]
     [InlineData(LLamaFtype.MOSTLY_Q4_K_M, "llama-demo-width")]
     [InlineData(LLamaFtype.MOSTLY_Q5_K_M, "llama-demo-width")]
     [InlineData(LLamaFtype.MOSTLY_Q6_K, "llama-demo-width")]
