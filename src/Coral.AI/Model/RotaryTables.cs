@@ -255,6 +255,11 @@ internal sealed unsafe class RotaryTables : IDisposable
         return group == 1 ? mask : mask.repeat(group, 1);
     }
 
+    /// <summary>A bool mask (true = attend) as an additive one of <paramref name="dtype"/>: 0 where it attends, −∞ elsewhere
+    /// (what SDPA and <see cref="DecoderLayer.Attention"/> add to the scores).</summary>
+    public static Tensor Additive(Tensor mask, ScalarType dtype) =>
+        torch.zeros(mask.shape, dtype, mask.device).masked_fill_(mask.logical_not(), double.NegativeInfinity);
+
     public void Dispose()
     {
         _cos.Dispose();

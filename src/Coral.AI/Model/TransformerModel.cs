@@ -276,7 +276,7 @@ internal sealed unsafe class TransformerModel : IDisposable
                 // mask in every layer's call (launches that a verify forward pays 32 times over on an 8B model). On CPU the
                 // mask stays bool: libtorch's CPU SDPA picks another kernel for an additive one, and tree rows would no longer
                 // equal one-token steps bit for bit.
-                mask = torch.zeros(mask.shape, cache.Keys[0].dtype, Device).masked_fill_(mask.logical_not(), double.NegativeInfinity);
+                mask = RotaryTables.Additive(mask, cache.Keys[0].dtype);
             }
 
             return new LayerInputs(cos, sin, mask, start, t);
