@@ -28,6 +28,7 @@ internal static class CliApp
                          [--hidden R] [--grouping kmeans|frequency|contiguous] [--steps N] [--depths N] [--labels target|drafter]
           coral draft-inspect <draft-dir>
           coral info     --model <hf-dir>   (what the loader reads: architecture, layer kinds, weights, tokenizer, template)
+          coral info     (no model: this machine — processor, instruction sets, CPU paths, the f32 GEMM's row blocks, CUDA)
           coral pretrain --tokenizer <dir-with-tokenizer.json|gpt2> --data <text|jsonl> --out <dir> [--config <json>] [--steps N]
                          [--lr LR] [--max-length N] [--batch B] [--accumulate A] [--minutes M] [--matmul f32|bf16|auto]
                          [--save-every N] [--init <hf-dir>] [--sft <chat.jsonl> [--sft-steps N] [--sft-lr LR] [--sft-minutes M]] [--bf16]

@@ -6,13 +6,24 @@ namespace Coral.Cli;
 /// <c>coral info --model &lt;dir&gt;</c>: what the loader reads from a checkpoint folder without loading its weights — the
 /// architecture and the parts of it the forward applies (layer kinds, norms, RoPE, multipliers, caps), the stored weights,
 /// the tokenizer, the chat template and its tool-call syntax. A checkpoint the engine cannot run fails here with the same
-/// error naming the file and field.
+/// error naming the file and field. Without <c>--model</c>: the machine (<see cref="MachineReport"/>).
 /// </summary>
 internal static class InfoCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var cl = new CommandLine(args, new HashSet<string> { "--model" }, new HashSet<string>());
+        if (cl.Value("--model") is null)
+        {
+            // No model: what this machine offers the engine (for bug reports).
+            foreach (var (label, value) in MachineReport.Lines())
+            {
+                stdout.WriteLine($"{label,-13} {value}");
+            }
+
+            return 0;
+        }
+
         string folder = GgufImporter.Resolve(cl.Required("--model"));   // a GGUF file or Ollama name: what its import reads
         ModelConfig c = ModelConfig.Load(Path.Combine(folder, "config.json"));
         stdout.WriteLine($"architecture  {c.Architecture} ({c.Family})");

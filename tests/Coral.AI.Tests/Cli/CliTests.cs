@@ -258,4 +258,22 @@ public class CliTests
         Assert.Equal(1, code);
         Assert.Contains("hidden_act", stderr.ToString());
     }
+
+    /// <summary><c>coral info</c> without a model reports the machine: the processor's instruction sets, the CPU paths,
+    /// the f32 GEMM's measured row block (at most what Coral pads to, or speculation on f32 weights is not exact here),
+    /// and CUDA.</summary>
+    [Fact]
+    public async Task Info_WithoutAModel_ReportsTheMachine()
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = await Coral.Cli.CliApp.RunAsync(["info"], stdout, stderr, TextReader.Null);
+        Assert.True(code == 0, stderr.ToString());
+        string text = stdout.ToString();
+        Assert.Contains($"AVX-512F {(System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? "yes" : "no")}", text);
+        Assert.Contains($"packed weights {(PackedMatrix.Enabled ? "on" : "off")}", text);
+        Assert.Contains($"(Coral pads to {TransformerModel.InvariantRowBlock}: exact)", text);
+        Assert.Contains("cuda          not available", text);
+        Assert.InRange(MachineReport.F32GemmRowBlock(), 1, TransformerModel.InvariantRowBlock);
+    }
 }
