@@ -248,7 +248,7 @@ internal sealed unsafe class TransformerModel : IDisposable
         }
 
         using Tensor idx = torch.tensor(pad ? [.. ids, .. Enumerable.Repeat(ids[^1], rows - t)] : ids, device: Device);
-        Tensor x = _embed.index_select(0, idx).to(ScalarType.Float32);            // [T, d] ([2, d] padded)
+        Tensor x = _embed.index_select(0, idx).to(ScalarType.Float32);            // [T, d] ([rows, d] padded)
         if (Config.EmbeddingScale != 1f)
         {
             x = x.mul_(Config.EmbeddingScale);
