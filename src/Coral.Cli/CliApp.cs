@@ -47,6 +47,7 @@ internal static class CliApp
           coral plot     --bench label=bench.json[,label=bench.json...] --out <dir> [--title T]
           coral plot     --pretrain <metrics.jsonl> --out <file.png> [--title T]
           coral plot     --sweep label=bench.json[,label=bench.json...] --out <file.png> [--title T]
+          coral plot     --tree-cost label=bench.json[,label=bench.json...] --out <file.png> [--title T]   (verify cost by tree size, a series per run)
 
         generate, chat and bench also take the tree: [--tree-tokens N] (fixed; default auto-tuned) [--tree-depth D] [--tree-topk K]
         [--router-topk K] (groups per draft step; 0 = the full LM head) and [--prompt-lookup N] (tokens of a prompt-lookup

@@ -38,15 +38,32 @@ internal static class BenchPlot
         plot.SavePng(pngPath, 900, 480);
     }
 
-    /// <summary>Verify time by tree size, with the draft step (full head, router) as horizontal lines.</summary>
-    public static void TreeCost(JsonObject bench, string title, string pngPath)
+    /// <summary>Verify time by tree size, one series per run (its plain one-token step at 1 node), with the first run's
+    /// draft step (full head, router) as horizontal lines.</summary>
+    public static void TreeCost(IReadOnlyList<(string Label, JsonObject Bench)> runs, string title, string pngPath)
     {
-        var verify = (JsonObject)bench["verify_ms_by_tree_size"]!;
-        double[] sizes = verify.Select(kv => double.Parse(kv.Key, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
-        double[] ms = verify.Select(kv => kv.Value!.GetValue<double>()).ToArray();
         var plot = new ScottPlot.Plot();
-        var line = plot.Add.Scatter(sizes, ms);
-        line.LegendText = "target verify forward (ms)";
+        double top = 0;
+        foreach (var (label, run) in runs)
+        {
+            var verify = (JsonObject)run["verify_ms_by_tree_size"]!;
+            var points = verify.Select(kv => (Size: double.Parse(kv.Key, System.Globalization.CultureInfo.InvariantCulture), Ms: kv.Value!.GetValue<double>())).ToList();
+            if (run["overall"]?["plain_step_ms"] is JsonNode step && step.GetValue<double>() > 0)
+            {
+                points.Insert(0, (1, step.GetValue<double>()));   // the plain step: one token
+            }
+
+            if (points.Count == 0)
+            {
+                continue;   // prompt lookup alone: no tree was timed
+            }
+
+            var line = plot.Add.Scatter(points.Select(p => p.Size).ToArray(), points.Select(p => p.Ms).ToArray());
+            line.LegendText = runs.Count == 1 ? "target verify forward (ms)" : $"{label}: target forward (ms)";
+            top = Math.Max(top, points.Max(p => p.Ms));
+        }
+
+        JsonObject bench = runs[0].Bench;
         foreach ((string key, string label) in new[] { ("full_head", "draft step, full head"), ("router", "draft step, router") })
         {
             if (bench["draft_step_ms"]?[key] is JsonNode v)
@@ -60,7 +77,7 @@ internal static class BenchPlot
         plot.Title(title);
         plot.XLabel("tree nodes verified");
         plot.YLabel("ms");
-        plot.Axes.SetLimitsY(0, ms.Max() * 1.15);
+        plot.Axes.SetLimitsY(0, top * 1.15);
         plot.ShowLegend();
         plot.SavePng(pngPath, 900, 480);
     }

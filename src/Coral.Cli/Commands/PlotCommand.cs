@@ -12,12 +12,19 @@ internal static class PlotCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var cl = new CommandLine(args, new HashSet<string> { "--bench", "--sweep", "--pretrain", "--out", "--title" }, new HashSet<string>());
+        var cl = new CommandLine(args, new HashSet<string> { "--bench", "--sweep", "--tree-cost", "--pretrain", "--out", "--title" }, new HashSet<string>());
         string output = cl.Required("--out");
         string title = cl.Value("--title") ?? string.Empty;
         if (cl.Value("--pretrain") is string metrics)
         {
             BenchPlot.PretrainLoss(metrics, title, output);
+            stderr.WriteLine($"wrote {output}");
+            return 0;
+        }
+
+        if (cl.Value("--tree-cost") is string costs)
+        {
+            BenchPlot.TreeCost(Runs(costs), $"{title} verify cost vs tree size", output);
             stderr.WriteLine($"wrote {output}");
             return 0;
         }
@@ -33,7 +40,7 @@ internal static class PlotCommand
         Directory.CreateDirectory(output);
         BenchPlot.ByKind(runs, "mean_accepted_length", "mean accepted length τ", $"{title} τ by prompt kind", Path.Combine(output, "tau-by-kind.png"));
         BenchPlot.ByKind(runs, "speedup", "speedup over plain decoding", $"{title} speedup by prompt kind", Path.Combine(output, "speedup-by-kind.png"));
-        BenchPlot.TreeCost(runs[0].Item2, $"{title} verify cost vs tree size", Path.Combine(output, "tree-cost.png"));
+        BenchPlot.TreeCost(runs, $"{title} verify cost vs tree size", Path.Combine(output, "tree-cost.png"));
         stderr.WriteLine($"wrote tau-by-kind.png, speedup-by-kind.png, tree-cost.png to {output}");
         return 0;
     }

@@ -209,10 +209,15 @@ public class DraftCheckpointTests
         string plots = Path.Combine(folder, "plots"), sweep = Path.Combine(folder, "sweep.png");
         Assert.Equal(0, await CliApp.RunAsync(["plot", "--bench", $"auto (T=0)={auto},4 nodes={small}", "--out", plots], new StringWriter(), benchErr, TextReader.Null));
         Assert.Equal(0, await CliApp.RunAsync(["plot", "--sweep", $"a={small},b={auto}", "--out", sweep], new StringWriter(), benchErr, TextReader.Null));
-        foreach (string png in new[] { "tau-by-kind.png", "speedup-by-kind.png", "tree-cost.png" }.Select(f => Path.Combine(plots, f)).Append(sweep))
+        string costs = Path.Combine(folder, "costs.png"), oneCost = Path.Combine(folder, "cost.png");
+        Assert.Equal(0, await CliApp.RunAsync(["plot", "--tree-cost", $"a={small},b={auto}", "--out", costs], new StringWriter(), benchErr, TextReader.Null));
+        Assert.Equal(0, await CliApp.RunAsync(["plot", "--tree-cost", $"a={small}", "--out", oneCost], new StringWriter(), benchErr, TextReader.Null));
+        foreach (string png in new[] { "tau-by-kind.png", "speedup-by-kind.png", "tree-cost.png" }.Select(f => Path.Combine(plots, f)).Append(sweep).Append(costs))
         {
             Assert.Equal((900, 480), PngSize(png));
         }
+
+        Assert.NotEqual(File.ReadAllBytes(costs), File.ReadAllBytes(oneCost));   // a series per run
 
         Assert.NotEqual(File.ReadAllBytes(Path.Combine(plots, "tau-by-kind.png")), File.ReadAllBytes(Path.Combine(plots, "speedup-by-kind.png")));
     }
