@@ -207,7 +207,7 @@ public class TransformerModelTests
     [InlineData("qwen2moe-bf16", "float32")]
     [InlineData("cohere2-bf16", "float32")]
     [InlineData("qwen3moe", "bfloat16")]
-    [InlineData("qwen3moe-wide", "float32")]   // experts on libtorch's f32 GEMMs: an expert with one routed row pads it to two
+    [InlineData("qwen3moe-wide", "float32")]   // experts on libtorch's f32 GEMMs: each expert's routed rows padded to whole blocks
     public void BatchInvariantCache_TreeNodesEqualOneTokenSteps_Bitwise(string arch, string dtype)
     {
         // f32 layers verify with a bf16 LM head (the CPU speculative form): f32 GEMMs are batch-invariant from two rows
@@ -220,6 +220,22 @@ public class TransformerModelTests
         bool f16 = arch.EndsWith("-f16", StringComparison.Ordinal);
         Assert.Equal(arch.EndsWith("16", StringComparison.Ordinal) && PackedMatrix.Enabled, model.UsesPackedWeights);
         Assert.Equal(f16 && PackedMatrix.Enabled ? ScalarType.Float16 : ScalarType.BFloat16, model.HeadType);
+        AssertTreeNodesEqualOneTokenSteps(model);
+    }
+
+    /// <summary>
+    /// The libtorch path with f32 weights (the kernels off): a forward's rows are padded to whole f32 GEMM blocks — the
+    /// padding rows copies of the last token, with its rotary angles and, in each head group, its mask row (a sliding
+    /// window's too) — and every tree node still equals its one-token steps bit for bit.
+    /// </summary>
+    [Theory]
+    [InlineData("llama-demo-width")]
+    [InlineData("gemma2")]        // soft caps (the explicit form), sliding layers
+    [InlineData("phi3-window")]   // a sliding window on every layer
+    public void BatchInvariantCache_LibtorchPath_TreeNodesEqualOneTokenSteps_Bitwise(string arch)
+    {
+        using var model = TransformerModel.Load(ModelFor(arch), torch.CPU, ScalarType.Float32, 256, headType: ScalarType.BFloat16, cpuKernels: false);
+        Assert.False(model.UsesCpuKernels);
         AssertTreeNodesEqualOneTokenSteps(model);
     }
 
