@@ -8,7 +8,7 @@
 # plain step, verification cost by tree size (3 … 64 nodes), draft step through the full head and routed, and the
 # tuned tree's cycle parts in the loop. Random weights say nothing about acceptance: the costs are what this measures.
 # Results in $OUT/real-shapes/. Checked here on CPU (the coral half, on a 1B-shaped checkpoint of symbolic links).
-#   env: LAYERS (32; 16 if the session's device time is short)
+#   env: LAYERS (32; 16 if the session's device time is short), KV_CACHE (f32 or bf16: the target's KV cache; default f32)
 set -uo pipefail
 root="$(pwd)"
 out="${OUT:-$root/artifacts/gpu/out}/real-shapes"
@@ -48,7 +48,7 @@ echo "== coral bench on CUDA: two prompts, 16 tokens, the tuned tree every step 
 printf '%s\n' '{"kind":"writing","prompt":"Continue this text: The history of the city begins with a small settlement on the banks of the river."}' \
   '{"kind":"faq","prompt":"How do I open a file for reading in Perl?"}' > /tmp/coral-real-shape-prompts.jsonl
 timeout "${BENCH_TIMEOUT:-420}" "$app/coral" bench --device cuda --model "$model" --draft "$model-draft" --prompts /tmp/coral-real-shape-prompts.jsonl \
-  --fixed-depth --no-plain-fallback --prompt-lookup 0 --max-new-tokens 16 --rounds 1 --warmup 1 --json \
+  --fixed-depth --no-plain-fallback --prompt-lookup 0 --max-new-tokens 16 --rounds 1 --warmup 1 --json ${KV_CACHE:+--kv-cache "$KV_CACHE"} \
   > "$out/bench.json" 2> "$out/bench.err"
 echo "bench exit $?" | tee -a "$out/steps.txt"
 tail -5 "$out/bench.err"
