@@ -46,7 +46,8 @@ internal static class BenchPlot
         double top = 0;
         foreach (var (label, run) in runs)
         {
-            var verify = (JsonObject)run["verify_ms_by_tree_size"]!;
+            var verify = run["verify_ms_by_tree_size"] as JsonObject
+                ?? throw new ArgumentException($"'{label}' is not a coral bench JSON: it has no verify_ms_by_tree_size object.");
             var points = verify.Select(kv => (Size: double.Parse(kv.Key, System.Globalization.CultureInfo.InvariantCulture), Ms: kv.Value!.GetValue<double>())).ToList();
             if (run["overall"]?["plain_step_ms"] is JsonNode step && step.GetValue<double>() > 0)
             {

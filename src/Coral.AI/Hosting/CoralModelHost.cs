@@ -103,11 +103,11 @@ public sealed class CoralModelHost : IDisposable
         await StartLoading().WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Gets the engine when it has loaded, or null (nothing is started or awaited).</summary>
     /// <summary>Gets the sampling the model's authors recommend (generation_config.json that samples, or an Ollama
     /// model's params), once loaded; requests fall back to it where neither they nor the options say otherwise.</summary>
     internal ModelSamplingDefaults? SamplingDefaults { get; private set; }
 
+    /// <summary>Gets the engine when it has loaded, or null (nothing is started or awaited).</summary>
     internal InferenceEngine? LoadedEngine => !_disposed && _loading is { IsCompletedSuccessfully: true } t ? t.Result : null;
 
     internal async Task<InferenceEngine> GetEngineAsync(CancellationToken cancellationToken)

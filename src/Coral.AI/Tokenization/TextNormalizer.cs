@@ -79,17 +79,15 @@ internal sealed class TextNormalizer
                 }
 
                 break;
-            case "NFC":
-                steps.Add(s => s.Normalize(NormalizationForm.FormC));
-                break;
-            case "NFD":
-                steps.Add(s => s.Normalize(NormalizationForm.FormD));
-                break;
-            case "NFKC":
-                steps.Add(s => s.Normalize(NormalizationForm.FormKC));
-                break;
-            case "NFKD":
-                steps.Add(s => s.Normalize(NormalizationForm.FormKD));
+            case "NFC" or "NFD" or "NFKC" or "NFKD":
+                NormalizationForm form = type switch
+                {
+                    "NFC" => NormalizationForm.FormC,
+                    "NFD" => NormalizationForm.FormD,
+                    "NFKC" => NormalizationForm.FormKC,
+                    _ => NormalizationForm.FormKD,
+                };
+                steps.Add(s => s.Normalize(form));
                 break;
             case "Lowercase":
                 steps.Add(s => s.ToLowerInvariant());

@@ -218,6 +218,11 @@ public class DraftCheckpointTests
         }
 
         Assert.NotEqual(File.ReadAllBytes(costs), File.ReadAllBytes(oneCost));   // a series per run
+        string notBench = Path.Combine(folder, "not-bench.json");
+        File.WriteAllText(notBench, "{\"model\": \"x\"}");
+        var plotErr = new StringWriter();
+        Assert.Equal(1, await CliApp.RunAsync(["plot", "--tree-cost", $"odd={notBench}", "--out", oneCost], new StringWriter(), plotErr, TextReader.Null));
+        Assert.Contains("'odd' is not a coral bench JSON", plotErr.ToString());
 
         Assert.NotEqual(File.ReadAllBytes(Path.Combine(plots, "tau-by-kind.png")), File.ReadAllBytes(Path.Combine(plots, "speedup-by-kind.png")));
     }
